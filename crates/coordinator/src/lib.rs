@@ -1,0 +1,1 @@
+//! coordinator (work in progress).

@@ -1,0 +1,1 @@
+//! exec-gpu (work in progress).

@@ -1,0 +1,1 @@
+//! exec-inference (work in progress).

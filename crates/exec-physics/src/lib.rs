@@ -1,0 +1,1 @@
+//! exec-physics (work in progress).

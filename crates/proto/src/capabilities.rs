@@ -1,0 +1,181 @@
+//! Peer capabilities, read leniently.
+//!
+//! The seed leaves `capabilities` free-form (`{...}`), so no shape of it may
+//! get a peer refused: keys we know are read when their values make sense,
+//! anything unreadable is noted in [`Capabilities::warnings`], and the whole
+//! object is kept in [`Capabilities::raw`] for operators to see.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Json;
+
+/// What a peer says it can do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Task types the peer runs; `None` means every type (a seed-literal peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_types: Option<Vec<String>>,
+    /// Tasks it runs at once (`max_concurrent`, or `slots`); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// CPU cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// GPU adapters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+    /// Models served (inference).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Known keys whose values could not be read, for operators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The object exactly as the peer sent it.
+    #[serde(default)]
+    pub raw: Value,
+}
+
+/// One GPU as a peer describes it. Only the name is required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<u64>,
+}
+
+/// The most slots a peer may declare; more is clamped (and warned about).
+pub const MAX_SLOTS: u32 = 4096;
+
+impl Capabilities {
+    /// Reads capabilities from the raw `capabilities` field (absent is fine).
+    pub fn from_json(raw: Option<&Json>) -> Capabilities {
+        let value = match raw {
+            Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        Capabilities::from_value(value)
+    }
+
+    /// Reads capabilities from a parsed JSON value (absent or non-object is fine).
+    pub fn from_value(value: Value) -> Capabilities {
+        let mut caps = Capabilities::default();
+        if let Value::Object(map) = &value {
+            caps.read(map);
+        } else if !value.is_null() {
+            caps.warnings.push("capabilities is not an object; ignored".to_owned());
+        }
+        caps.raw = value;
+        caps
+    }
+
+    /// Slots, with the default of one task at a time.
+    pub fn slots(&self) -> u32 {
+        self.max_concurrent.unwrap_or(1)
+    }
+
+    fn read(&mut self, map: &Map<String, Value>) {
+        if let Some((key, v)) = first(map, &["task_types", "supported_tasks"]) {
+            match string_list(v) {
+                Some(list) => self.task_types = Some(list),
+                None => self.warn(key, "a list of task type names"),
+            }
+        }
+        if let Some((key, v)) = first(map, &["max_concurrent", "slots"]) {
+            match v.as_u64() {
+                Some(0) => self.warn(key, "at least 1"),
+                Some(n) if n > u64::from(MAX_SLOTS) => {
+                    self.warn(key, "at most 4096 (clamped)");
+                    self.max_concurrent = Some(MAX_SLOTS);
+                }
+                Some(n) => self.max_concurrent = u32::try_from(n).ok(),
+                None => self.warn(key, "a positive integer"),
+            }
+        }
+        if let Some((key, v)) = first(map, &["cores", "cpu_cores", "cpu_count"]) {
+            match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => self.cores = Some(n),
+                None => self.warn(key, "an integer"),
+            }
+        }
+        self.read_memory(map);
+        self.read_gpus(map);
+        if let Some((key, v)) = first(map, &["models"]) {
+            match string_list(v) {
+                Some(list) => self.models = list,
+                None => self.warn(key, "a list of model names"),
+            }
+        }
+    }
+
+    fn read_memory(&mut self, map: &Map<String, Value>) {
+        if let Some((key, v)) = first(map, &["memory_mb", "ram_mb"]) {
+            match v.as_f64() {
+                Some(mb) if mb >= 0.0 => self.memory_mb = Some(mb as u64),
+                _ => self.warn(key, "a number of MiB"),
+            }
+        } else if let Some((key, v)) = first(map, &["memory_gb", "ram_gb"]) {
+            match v.as_f64() {
+                Some(gb) if gb >= 0.0 => self.memory_mb = Some((gb * 1024.0) as u64),
+                _ => self.warn(key, "a number of GiB"),
+            }
+        }
+    }
+
+    fn read_gpus(&mut self, map: &Map<String, Value>) {
+        let Some((key, v)) = first(map, &["gpus", "gpu"]) else { return };
+        let items: Vec<&Value> = match v {
+            Value::Array(items) => items.iter().collect(),
+            Value::Null | Value::Bool(false) => Vec::new(),
+            other => vec![other],
+        };
+        for item in items {
+            match gpu(item) {
+                Some(g) => self.gpus.push(g),
+                None => self.warn(key, "GPU names or objects with a `name`"),
+            }
+        }
+    }
+
+    fn warn(&mut self, key: &str, expected: &str) {
+        self.warnings.push(format!("capabilities.{key}: expected {expected}; ignored"));
+    }
+}
+
+fn first<'a>(map: &'a Map<String, Value>, keys: &[&'a str]) -> Option<(&'a str, &'a Value)> {
+    keys.iter().find_map(|k| map.get(*k).map(|v| (*k, v)))
+}
+
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?.iter().map(|s| s.as_str().map(str::to_owned)).collect()
+}
+
+fn gpu(v: &Value) -> Option<GpuInfo> {
+    match v {
+        Value::String(name) => Some(GpuInfo { name: name.clone(), ..GpuInfo::default() }),
+        Value::Object(m) => {
+            let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+            let vram = ["vram_mb", "memory_mb"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(Value::as_u64))
+                .or_else(|| m.get("vram_gb").and_then(Value::as_f64).map(|g| (g * 1024.0) as u64));
+            Some(GpuInfo {
+                name: text("name")?,
+                vendor: text("vendor"),
+                device_type: text("device_type"),
+                backend: text("backend"),
+                vram_mb: vram,
+            })
+        }
+        _ => None,
+    }
+}

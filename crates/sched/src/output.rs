@@ -1,0 +1,161 @@
+//! What the scheduler asks of its shell: commands to carry out and events to
+//! publish (to the store, the metrics and the event stream).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::task::{AttemptEnd, TaskSpec};
+use crate::types::{Attempt, ConnId, Failure, GamerId, Outcome, PeerId, TaskId, Time};
+
+/// Something the shell must do.
+#[derive(Debug, Clone)]
+pub enum Command<P> {
+    /// Send `task_assignment` to the peer on `conn`.
+    Assign { conn: ConnId, peer: PeerId, task: Arc<TaskSpec<P>>, attempt: Attempt },
+    /// Send `cancel_task` to the peer on `conn`.
+    Cancel { conn: ConnId, task: TaskId, attempt: Attempt, reason: &'static str },
+    /// Send the task's outcome (`task_result` or `task_error`) to the gamer on `conn`.
+    Deliver {
+        conn: ConnId,
+        gamer: GamerId,
+        task: Arc<TaskSpec<P>>,
+        outcome: Outcome<P>,
+        attempts: u32,
+    },
+    /// Close a peer's connection: its session was replaced, or it was
+    /// declared dead while its socket stayed open.
+    ClosePeer { conn: ConnId, reason: &'static str },
+    /// Close a gamer's connection: another connection took its id.
+    CloseGamer { conn: ConnId, reason: &'static str },
+}
+
+/// Why a peer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// Its connection closed.
+    Disconnected,
+    /// It stopped heartbeating.
+    Dead,
+    /// A new session with the same id replaced it.
+    Replaced,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Dead => "dead",
+            LeaveReason::Replaced => "replaced",
+        }
+    }
+}
+
+/// Why a task went back to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueReason {
+    PeerLost,
+    /// A retryable error.
+    Failed(Failure),
+    Returned,
+    /// After a coordinator restart, its peer did not claim it in time.
+    Unclaimed,
+}
+
+impl RequeueReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequeueReason::PeerLost => "peer_lost",
+            RequeueReason::Failed(_) => "failed",
+            RequeueReason::Returned => "returned",
+            RequeueReason::Unclaimed => "unclaimed",
+        }
+    }
+}
+
+/// Something that happened, in order. The store persists these, the metrics
+/// count them and the event stream publishes them.
+#[derive(Debug, Clone)]
+pub enum Event<P> {
+    PeerJoined {
+        peer: PeerId,
+        conn: ConnId,
+        slots: u32,
+    },
+    PeerLeft {
+        peer: PeerId,
+        conn: ConnId,
+        reason: LeaveReason,
+    },
+    PeerDraining {
+        peer: PeerId,
+    },
+    GamerJoined {
+        gamer: GamerId,
+        conn: ConnId,
+    },
+    GamerLeft {
+        gamer: GamerId,
+        conn: ConnId,
+    },
+    /// A task was accepted (the store must make it durable before the
+    /// submitter is told).
+    TaskSubmitted {
+        task: Arc<TaskSpec<P>>,
+    },
+    TaskAssigned {
+        task: TaskId,
+        task_type: Arc<str>,
+        peer: PeerId,
+        attempt: Attempt,
+        queue_wait: Duration,
+        at: Time,
+    },
+    TaskStarted {
+        task: TaskId,
+        peer: PeerId,
+        attempt: Attempt,
+        at: Time,
+    },
+    /// A requeued task went back to the peer that lost it: the peer
+    /// reconnected still running the same attempt.
+    TaskReclaimed {
+        task: TaskId,
+        peer: PeerId,
+        attempt: Attempt,
+    },
+    /// An attempt ended without finishing the task; the task waits for
+    /// another after `retry_at`.
+    TaskRequeued {
+        task: TaskId,
+        task_type: Arc<str>,
+        attempt: Attempt,
+        end: AttemptEnd,
+        reason: RequeueReason,
+        failures: u32,
+        retry_at: Time,
+    },
+    /// The task ended. `run_time` is the last attempt's, when it ran.
+    TaskFinished {
+        task: Arc<TaskSpec<P>>,
+        outcome: Outcome<P>,
+        attempts: u32,
+        run_time: Option<Duration>,
+        at: Time,
+    },
+    /// A result arrived for an attempt that is no longer current; recorded,
+    /// never delivered.
+    StaleResult {
+        task: TaskId,
+        attempt: Attempt,
+        peer: PeerId,
+    },
+    /// The outcome was handed to the submitter.
+    Delivered {
+        task: TaskId,
+    },
+    /// Finished tasks dropped from memory (their TTL passed or the cap was hit).
+    Evicted {
+        tasks: BTreeSet<TaskId>,
+    },
+}

@@ -1,0 +1,217 @@
+//! Peers: what each can run, what it holds, and how fast it has been.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::queue::Class;
+use crate::types::{Attempt, ConnId, PeerId, TaskId, Time};
+
+/// What a peer can run, as the shell read it from its registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCaps {
+    /// Task types it runs; `None` means every type.
+    pub task_types: Option<BTreeSet<Arc<str>>>,
+    /// Tasks at once; at least 1.
+    pub slots: u32,
+    pub models: BTreeSet<Arc<str>>,
+    /// One entry per GPU: its memory in MiB, where known.
+    pub gpus_vram_mb: Vec<Option<u64>>,
+}
+
+impl Default for PeerCaps {
+    fn default() -> PeerCaps {
+        PeerCaps { task_types: None, slots: 1, models: BTreeSet::new(), gpus_vram_mb: Vec::new() }
+    }
+}
+
+impl PeerCaps {
+    /// Whether a peer with these capabilities can run tasks of `class`.
+    pub fn can_run(&self, class: &Class) -> bool {
+        let typed = self.task_types.as_ref().is_none_or(|types| types.contains(&class.task_type));
+        let req = &class.requirements;
+        let model = req.model.as_ref().is_none_or(|m| self.models.contains(m));
+        let gpu = !req.needs_gpu()
+            || match req.min_vram_mb {
+                None => !self.gpus_vram_mb.is_empty(),
+                Some(min) => self.gpus_vram_mb.iter().any(|v| v.is_some_and(|v| v >= min)),
+            };
+        typed && model && gpu
+    }
+
+    /// The largest known GPU memory, in MiB.
+    pub fn max_vram_mb(&self) -> Option<u64> {
+        self.gpus_vram_mb.iter().flatten().copied().max()
+    }
+
+    pub fn has_gpu(&self) -> bool {
+        !self.gpus_vram_mb.is_empty()
+    }
+}
+
+/// A peer joining, as the shell hands it to [`crate::Scheduler::handle_peer_joined`].
+#[derive(Debug, Clone)]
+pub struct PeerJoin {
+    pub id: PeerId,
+    pub conn: ConnId,
+    pub caps: PeerCaps,
+    /// Assignments the peer says it still runs from an earlier session.
+    pub running: Vec<(TaskId, Attempt)>,
+}
+
+/// An exponentially weighted moving average of run times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ewma {
+    /// Microseconds.
+    pub mean_us: f64,
+    pub samples: u64,
+}
+
+impl Ewma {
+    const ALPHA: f64 = 0.2;
+
+    fn add(&mut self, sample: Duration) {
+        let x = sample.as_secs_f64() * 1e6;
+        self.mean_us =
+            if self.samples == 0 { x } else { self.mean_us + Ewma::ALPHA * (x - self.mean_us) };
+        self.samples += 1;
+    }
+}
+
+/// A connected peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub(crate) id: PeerId,
+    pub(crate) conn: ConnId,
+    pub(crate) caps: PeerCaps,
+    pub(crate) joined_at: Time,
+    pub(crate) last_seen: Time,
+    /// Assignments it holds, by task.
+    pub(crate) tasks: BTreeMap<TaskId, Attempt>,
+    /// Runs that were cancelled or timed out but that the peer has not yet
+    /// confirmed stopping: they still occupy a slot (until `cancel_grace`).
+    pub(crate) zombies: BTreeMap<TaskId, Attempt>,
+    pub(crate) draining: bool,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) runtimes: BTreeMap<Arc<str>, Ewma>,
+}
+
+impl Peer {
+    pub(crate) fn new(join: &PeerJoin, now: Time) -> Peer {
+        Peer {
+            id: join.id.clone(),
+            conn: join.conn,
+            caps: join.caps.clone(),
+            joined_at: now,
+            last_seen: now,
+            tasks: BTreeMap::new(),
+            zombies: BTreeMap::new(),
+            draining: false,
+            completed: 0,
+            failed: 0,
+            runtimes: BTreeMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &PeerId {
+        &self.id
+    }
+
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    pub fn caps(&self) -> &PeerCaps {
+        &self.caps
+    }
+
+    pub fn joined_at(&self) -> Time {
+        self.joined_at
+    }
+
+    pub fn last_seen(&self) -> Time {
+        self.last_seen
+    }
+
+    /// Slots in use, stopped-but-unconfirmed runs included.
+    pub fn used(&self) -> u32 {
+        u32::try_from(self.tasks.len() + self.zombies.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Slots free for new work (none while draining).
+    pub fn free(&self) -> u32 {
+        if self.draining { 0 } else { self.caps.slots.saturating_sub(self.used()) }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The tasks it holds.
+    pub fn tasks(&self) -> impl Iterator<Item = (TaskId, Attempt)> + '_ {
+        self.tasks.iter().map(|(t, a)| (*t, *a))
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    /// Its measured mean run time for a task type, if it ran any.
+    pub fn runtime(&self, task_type: &str) -> Option<Ewma> {
+        self.runtimes.get(task_type).copied()
+    }
+
+    pub(crate) fn record_runtime(&mut self, task_type: &Arc<str>, run: Duration) {
+        self.runtimes
+            .entry(Arc::clone(task_type))
+            .or_insert(Ewma { mean_us: 0.0, samples: 0 })
+            .add(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Requirements;
+
+    fn class(t: &str, req: Requirements) -> Class {
+        Class { task_type: t.into(), requirements: req }
+    }
+
+    #[test]
+    fn capability_matching() {
+        let seed_peer = PeerCaps::default();
+        let gpu_peer = PeerCaps {
+            task_types: Some(["gpu".into(), "inference".into()].into()),
+            slots: 2,
+            models: ["resnet50".into()].into(),
+            gpus_vram_mb: vec![Some(8192)],
+        };
+        let plain = Requirements::default();
+        let model = Requirements { model: Some("resnet50".into()), ..Requirements::default() };
+        let gpu = Requirements { gpu: true, ..Requirements::default() };
+        let big = Requirements { min_vram_mb: Some(16_000), ..Requirements::default() };
+
+        assert!(seed_peer.can_run(&class("anything", plain.clone())));
+        assert!(!seed_peer.can_run(&class("inference", model.clone())));
+        assert!(!seed_peer.can_run(&class("gpu", gpu.clone())));
+        assert!(gpu_peer.can_run(&class("inference", model)));
+        assert!(gpu_peer.can_run(&class("gpu", gpu)));
+        assert!(!gpu_peer.can_run(&class("gpu", big)));
+        assert!(!gpu_peer.can_run(&class("echo", plain)));
+    }
+
+    #[test]
+    fn unknown_vram_does_not_satisfy_a_minimum() {
+        let caps = PeerCaps { gpus_vram_mb: vec![None], ..PeerCaps::default() };
+        let gpu = Requirements { gpu: true, ..Requirements::default() };
+        let min = Requirements { min_vram_mb: Some(1), ..Requirements::default() };
+        assert!(caps.can_run(&class("gpu", gpu)));
+        assert!(!caps.can_run(&class("gpu", min)));
+    }
+}

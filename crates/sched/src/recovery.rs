@@ -1,0 +1,103 @@
+//! Recovery after a coordinator restart: tasks reloaded from the store.
+
+use std::sync::Arc;
+
+use crate::queue::Class;
+use crate::scheduler::Scheduler;
+use crate::task::{AttemptRecord, Holder, State, Task, TaskSpec};
+use crate::timers::Timer;
+use crate::types::{Attempt, Failure, Outcome, Owner, PeerId, Time};
+
+/// A task reloaded from the store.
+#[derive(Debug, Clone)]
+pub struct Recovered<P> {
+    pub spec: TaskSpec<P>,
+    pub attempts: u32,
+    pub failures: u32,
+    pub last_error: Option<Failure>,
+    pub history: Vec<AttemptRecord>,
+    pub state: RecoveredState<P>,
+}
+
+/// Where a reloaded task stood when the coordinator stopped.
+#[derive(Debug, Clone)]
+pub enum RecoveredState<P> {
+    /// Queued or backing off: it is queued again.
+    Waiting,
+    /// Held by a peer: the peer gets `recovery_grace` to reconnect and claim
+    /// it before it is requeued, so a restart does not run everything twice.
+    Assigned {
+        peer: PeerId,
+        attempt: Attempt,
+        started: Option<Time>,
+    },
+    Finished {
+        outcome: Outcome<P>,
+        at: Time,
+        delivered: bool,
+    },
+}
+
+impl<P: Clone> Scheduler<P> {
+    /// Loads tasks from the store. Call once, before any other input.
+    pub fn handle_recovered(&mut self, now: Time, mut tasks: Vec<Recovered<P>>) {
+        let now = self.tick(now);
+        tasks.sort_by_key(|t| t.spec.id);
+        let mut finished = Vec::new();
+        for rec in tasks {
+            let id = rec.spec.id;
+            self.next_task = self.next_task.max(id.0 + 1);
+            let spec = Arc::new(rec.spec);
+            let class = Arc::new(Class {
+                task_type: Arc::clone(&spec.task_type),
+                requirements: spec.requirements.clone(),
+            });
+            self.by_client.insert((spec.owner.clone(), Arc::clone(&spec.client_task_id)), id);
+            if let Some(key) = &spec.idempotency_key {
+                self.by_key.insert((spec.owner.clone(), Arc::clone(key)), id);
+            }
+            let state = match rec.state {
+                RecoveredState::Waiting => State::Backoff { until: now },
+                RecoveredState::Assigned { peer, attempt, started } => {
+                    self.orphans.entry(peer.clone()).or_default().insert(id);
+                    self.timers.insert(
+                        now + self.config.recovery_grace,
+                        Timer::RecoveryGrace(id, attempt),
+                    );
+                    if let Some(limit) = spec.run_timeout {
+                        let at = now + limit + self.config.run_timeout_slack;
+                        self.timers.insert(at, Timer::RunDeadline(id, attempt));
+                    }
+                    State::Assigned(Holder { peer, conn: None, attempt, since: now, started })
+                }
+                RecoveredState::Finished { outcome, at, delivered } => {
+                    if let (false, Owner::Gamer(g)) = (delivered, &spec.owner) {
+                        self.undelivered.entry(g.clone()).or_default().insert(id);
+                    }
+                    finished.push((at, id));
+                    State::Finished { outcome, at, delivered }
+                }
+            };
+            let waiting = matches!(state, State::Backoff { .. });
+            let task = Task {
+                spec,
+                class,
+                state,
+                queued_at: now,
+                waits: 0,
+                attempts: rec.attempts,
+                failures: rec.failures,
+                last_error: rec.last_error,
+                history: rec.history,
+            };
+            self.tasks.insert(id, task);
+            if waiting {
+                self.enqueue(now, id, false);
+            }
+        }
+        finished.sort();
+        self.finished.extend(finished);
+        self.evict(now);
+        self.place(now);
+    }
+}

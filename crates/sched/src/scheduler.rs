@@ -1,0 +1,554 @@
+//! The [`Scheduler`]: state, outputs, timers and the transitions shared by
+//! every input. The inputs themselves are in `scheduler/peers.rs` (peers and
+//! gamers) and `scheduler/tasks.rs` (submissions, results, cancellations).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::output::{Command, Event, LeaveReason, RequeueReason};
+use crate::peer::Peer;
+use crate::placement::{self, Strategy};
+use crate::queue::Queue;
+use crate::task::{AttemptEnd, AttemptRecord, Holder, State, Task};
+use crate::timers::{Timer, Timers};
+use crate::types::{
+    Attempt, ConnId, Failure, GamerId, Outcome, Owner, PeerId, Status, TaskId, Time,
+};
+
+mod peers;
+mod tasks;
+
+pub use peers::Joined;
+pub use tasks::{Accepted, CancelError, ResultAck, SubmitError};
+
+/// Why a peer's message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerError {
+    /// No peer with this id is registered on this connection.
+    NotRegistered,
+    /// The peer sent a result for a task the coordinator does not know.
+    UnknownTask(TaskId),
+}
+
+/// The scheduler state machine. See the crate docs.
+#[derive(Debug)]
+pub struct Scheduler<P> {
+    pub(crate) config: Config,
+    pub(crate) now: Time,
+    pub(crate) next_task: u64,
+    pub(crate) tasks: BTreeMap<TaskId, Task<P>>,
+    /// (owner, the submitter's task id) → task, for live and retained tasks.
+    pub(crate) by_client: HashMap<(Owner, Arc<str>), TaskId>,
+    /// (owner, idempotency key) → task, for live and retained tasks.
+    pub(crate) by_key: HashMap<(Owner, Arc<str>), TaskId>,
+    pub(crate) queue: Queue,
+    /// Tasks out of the queue waiting for their back-off.
+    pub(crate) backing_off: usize,
+    pub(crate) peers: BTreeMap<PeerId, Peer>,
+    /// Peers with at least one free slot.
+    pub(crate) free: BTreeSet<PeerId>,
+    /// Recovered assignments whose peer has not reconnected yet, by peer.
+    pub(crate) orphans: BTreeMap<PeerId, BTreeSet<TaskId>>,
+    pub(crate) gamers: BTreeMap<GamerId, ConnId>,
+    /// Finished tasks whose outcome waits for its gamer to connect.
+    pub(crate) undelivered: BTreeMap<GamerId, BTreeSet<TaskId>>,
+    /// Finished tasks in the order they finished, for retention.
+    pub(crate) finished: VecDeque<(Time, TaskId)>,
+    pub(crate) timers: Timers,
+    pub(crate) cursor: Option<PeerId>,
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) commands: VecDeque<Command<P>>,
+    pub(crate) events: VecDeque<Event<P>>,
+    pub(crate) counters: Counters,
+}
+
+/// Totals since the scheduler started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub timed_out: u64,
+    pub requeued: u64,
+    pub stale_results: u64,
+    pub peers_dead: u64,
+}
+
+impl<P: Clone> Scheduler<P> {
+    /// A scheduler with no peers and no tasks; `now` is its first instant.
+    pub fn new(config: Config, now: Time) -> Scheduler<P> {
+        let rng = fastrand::Rng::with_seed(config.seed);
+        Scheduler {
+            config,
+            now,
+            next_task: 1,
+            tasks: BTreeMap::new(),
+            by_client: HashMap::new(),
+            by_key: HashMap::new(),
+            queue: Queue::new(),
+            backing_off: 0,
+            peers: BTreeMap::new(),
+            free: BTreeSet::new(),
+            orphans: BTreeMap::new(),
+            gamers: BTreeMap::new(),
+            undelivered: BTreeMap::new(),
+            finished: VecDeque::new(),
+            timers: Timers::default(),
+            cursor: None,
+            rng,
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Switches the placement strategy; it applies from the next placement.
+    pub fn set_strategy(&mut self, strategy: Strategy) {
+        self.config.strategy = strategy;
+    }
+
+    /// Task ids start above `floor` (after a restart, above every stored id).
+    pub fn set_next_task_id(&mut self, floor: u64) {
+        self.next_task = self.next_task.max(floor.saturating_add(1));
+    }
+
+    /// The next command for the shell.
+    pub fn poll_command(&mut self) -> Option<Command<P>> {
+        self.commands.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
+        self.events.pop_front()
+    }
+
+    /// When [`Scheduler::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let retention = self.finished.front().map(|(at, _)| *at + self.config.result_ttl);
+        match (self.timers.next(), retention) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let now = self.tick(now);
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.fire(now, timer);
+        }
+        self.evict(now);
+        self.place(now);
+    }
+
+    /// Time only moves forward: an input from the past counts as now.
+    pub(crate) fn tick(&mut self, now: Time) -> Time {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    fn fire(&mut self, now: Time, timer: Timer) {
+        match timer {
+            Timer::PeerLiveness(id, conn) => {
+                let Some(peer) = self.peers.get(&id).filter(|p| p.conn == conn) else { return };
+                let deadline = peer.last_seen + self.config.heartbeat_timeout;
+                if deadline <= now {
+                    self.counters.peers_dead += 1;
+                    self.commands
+                        .push_back(Command::ClosePeer { conn, reason: "heartbeat timeout" });
+                    self.drop_peer(now, &id, LeaveReason::Dead);
+                } else {
+                    self.timers.insert(deadline, Timer::PeerLiveness(id, conn));
+                }
+            }
+            Timer::QueueDeadline(id, waits) => self.queue_deadline(now, id, waits),
+            Timer::RunDeadline(id, attempt) => self.run_deadline(now, id, attempt),
+            Timer::Retry(id) => {
+                let due = matches!(
+                    self.tasks.get(&id).map(|t| &t.state),
+                    Some(State::Backoff { until }) if *until <= now
+                );
+                if due {
+                    self.backing_off -= 1;
+                    self.enqueue(now, id, true);
+                }
+            }
+            Timer::RecoveryGrace(id, attempt) => self.recovery_grace(now, id, attempt),
+            Timer::Zombie(peer, id, attempt) => {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.zombies.get(&id) == Some(&attempt)
+                {
+                    p.zombies.remove(&id);
+                    self.refresh_free(&peer);
+                }
+            }
+        }
+    }
+
+    fn queue_deadline(&mut self, now: Time, id: TaskId, waits: u32) {
+        let Some(task) = self.tasks.get(&id) else { return };
+        if task.waits != waits
+            || !matches!(task.state, State::Queued { .. } | State::Backoff { .. })
+        {
+            return;
+        }
+        let waited = now.saturating_since(task.queued_at);
+        let reason = self.waiting_reason(id).map(|r| format!(" ({r})")).unwrap_or_default();
+        let failure = Failure::new(
+            "queue_timeout",
+            format!("waited {:.1} s in the queue without starting{reason}", waited.as_secs_f64()),
+        );
+        self.finish(now, id, Outcome::TimedOut(failure), None);
+    }
+
+    fn run_deadline(&mut self, now: Time, id: TaskId, attempt: Attempt) {
+        let Some(task) = self.tasks.get(&id) else { return };
+        let State::Assigned(holder) = &task.state else { return };
+        if holder.attempt != attempt {
+            return;
+        }
+        let holder = holder.clone();
+        let limit = task.spec.run_timeout.unwrap_or_default();
+        self.stop_run(now, id, &holder, "timed_out");
+        let run = now.saturating_since(holder.since);
+        let failure = Failure::new(
+            "run_timeout",
+            format!(
+                "ran {:.1} s on peer {}, over its timeout of {:.1} s",
+                run.as_secs_f64(),
+                holder.peer,
+                limit.as_secs_f64()
+            ),
+        );
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.end_attempt(attempt, now, AttemptEnd::TimedOut);
+            task.last_error = Some(failure.clone());
+        }
+        self.finish(now, id, Outcome::TimedOut(failure), Some(run));
+    }
+
+    /// Takes a running attempt away from its peer (cancel or timeout): the
+    /// peer is told to stop, and the run keeps its slot as a zombie until
+    /// the peer confirms or `cancel_grace` passes.
+    pub(crate) fn stop_run(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        holder: &Holder,
+        reason: &'static str,
+    ) {
+        match holder.conn {
+            Some(conn) => {
+                if let Some(peer) = self.peers.get_mut(&holder.peer) {
+                    peer.tasks.remove(&id);
+                    peer.zombies.insert(id, holder.attempt);
+                }
+                self.commands.push_back(Command::Cancel {
+                    conn,
+                    task: id,
+                    attempt: holder.attempt,
+                    reason,
+                });
+                self.timers.insert(
+                    now + self.config.cancel_grace,
+                    Timer::Zombie(holder.peer.clone(), id, holder.attempt),
+                );
+            }
+            None => self.forget_orphan(&holder.peer, id),
+        }
+    }
+
+    pub(crate) fn forget_orphan(&mut self, peer: &PeerId, id: TaskId) {
+        if let Some(set) = self.orphans.get_mut(peer) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.orphans.remove(peer);
+            }
+        }
+    }
+
+    /// Assigns every task it can to every free slot.
+    pub(crate) fn place(&mut self, now: Time) {
+        if self.queue.is_empty() || self.free.is_empty() {
+            return;
+        }
+        let free_peers: Vec<&Peer> = self.free.iter().filter_map(|id| self.peers.get(id)).collect();
+        let plan =
+            placement::plan(&self.queue, &free_peers, self.config.strategy, &mut self.cursor);
+        for p in plan {
+            self.assign(now, p.task, &p.peer);
+        }
+    }
+
+    fn assign(&mut self, now: Time, id: TaskId, peer_id: &PeerId) {
+        let Some(peer) = self.peers.get_mut(peer_id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let State::Queued { pos } = &task.state else { return };
+        self.queue.remove(pos);
+        task.attempts += 1;
+        let attempt = Attempt(task.attempts);
+        let conn = peer.conn;
+        task.state = State::Assigned(Holder {
+            peer: peer_id.clone(),
+            conn: Some(conn),
+            attempt,
+            since: now,
+            started: None,
+        });
+        task.history.push(AttemptRecord {
+            attempt,
+            peer: peer_id.clone(),
+            assigned_at: now,
+            ended_at: None,
+            end: None,
+        });
+        peer.tasks.insert(id, attempt);
+        if let Some(limit) = task.spec.run_timeout {
+            let at = now + limit + self.config.run_timeout_slack;
+            self.timers.insert(at, Timer::RunDeadline(id, attempt));
+        }
+        let spec = Arc::clone(&task.spec);
+        let queue_wait = now.saturating_since(task.queued_at);
+        self.refresh_free(peer_id);
+        self.events.push_back(Event::TaskAssigned {
+            task: id,
+            task_type: Arc::clone(&spec.task_type),
+            peer: peer_id.clone(),
+            attempt,
+            queue_wait,
+            at: now,
+        });
+        self.commands.push_back(Command::Assign {
+            conn,
+            peer: peer_id.clone(),
+            task: spec,
+            attempt,
+        });
+    }
+
+    /// Puts a task in the queue (at the front of its level after a failure).
+    pub(crate) fn enqueue(&mut self, now: Time, id: TaskId, front: bool) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let pos = self.queue.push(Arc::clone(&task.class), task.spec.priority, id, front);
+        task.state = State::Queued { pos };
+        task.queued_at = now;
+        task.waits += 1;
+        let deadline = now + task.spec.queue_timeout;
+        self.timers.insert(deadline, Timer::QueueDeadline(id, task.waits));
+    }
+
+    /// An attempt ended without finishing its task: requeue the task, or end
+    /// it when the failures reach `max_attempts`.
+    pub(crate) fn requeue(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        end: AttemptEnd,
+        reason: RequeueReason,
+        counts: bool,
+    ) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let State::Assigned(holder) = &task.state else { return };
+        let (attempt, holder_peer) = (holder.attempt, holder.peer.clone());
+        task.end_attempt(attempt, now, end.clone());
+        if counts {
+            task.failures += 1;
+            task.last_error = Some(match &reason {
+                RequeueReason::Failed(f) => f.clone(),
+                RequeueReason::PeerLost => Failure::new(
+                    "peer_lost",
+                    format!("peer {holder_peer} was lost while running the task"),
+                ),
+                RequeueReason::Unclaimed => Failure::new(
+                    "peer_lost",
+                    format!("peer {holder_peer} did not reclaim the task after a restart"),
+                ),
+                RequeueReason::Returned => Failure::new("returned", "returned by its peer"),
+            });
+        }
+        let (failures, max) = (task.failures, task.spec.max_attempts);
+        let task_type = Arc::clone(&task.spec.task_type);
+        if counts && failures >= max {
+            let last = task.last_error.clone().map(|f| f.to_string()).unwrap_or_default();
+            let failure = Failure::new(
+                "attempts_exhausted",
+                format!("failed {failures} attempts (max_attempts {max}); last error: {last}"),
+            );
+            self.finish(now, id, Outcome::Failed(failure), None);
+            return;
+        }
+        let delay = if counts {
+            self.config.retry_backoff.delay(failures, self.rng.f64())
+        } else {
+            Duration::ZERO
+        };
+        let retry_at = now + delay;
+        if delay.is_zero() {
+            self.enqueue(now, id, true);
+        } else if let Some(task) = self.tasks.get_mut(&id) {
+            task.state = State::Backoff { until: retry_at };
+            task.queued_at = now;
+            self.backing_off += 1;
+            self.timers.insert(retry_at, Timer::Retry(id));
+        }
+        self.counters.requeued += 1;
+        self.events.push_back(Event::TaskRequeued {
+            task: id,
+            task_type,
+            attempt,
+            end,
+            reason,
+            failures,
+            retry_at,
+        });
+    }
+
+    /// Ends a task with `outcome` and delivers it when its gamer is connected.
+    /// The caller has already released the task from its peer, if any.
+    pub(crate) fn finish(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        outcome: Outcome<P>,
+        run_time: Option<Duration>,
+    ) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        match &task.state {
+            State::Queued { pos } => {
+                self.queue.remove(pos);
+            }
+            State::Backoff { .. } => self.backing_off -= 1,
+            State::Assigned(_) => {}
+            State::Finished { .. } => return,
+        }
+        match outcome.status() {
+            Status::Completed => self.counters.completed += 1,
+            Status::Failed => self.counters.failed += 1,
+            Status::Cancelled => self.counters.cancelled += 1,
+            _ => self.counters.timed_out += 1,
+        }
+        let spec = Arc::clone(&task.spec);
+        let attempts = task.attempts;
+        let conn = match &spec.owner {
+            Owner::Gamer(g) => self.gamers.get(g).copied(),
+            Owner::Api => None,
+        };
+        let delivered = conn.is_some() || spec.owner == Owner::Api;
+        task.state = State::Finished { outcome: outcome.clone(), at: now, delivered };
+        self.finished.push_back((now, id));
+        self.events.push_back(Event::TaskFinished {
+            task: Arc::clone(&spec),
+            outcome: outcome.clone(),
+            attempts,
+            run_time,
+            at: now,
+        });
+        match (&spec.owner, conn) {
+            (Owner::Gamer(gamer), Some(conn)) => {
+                let gamer = gamer.clone();
+                self.push_delivery(conn, gamer, spec, outcome, attempts);
+            }
+            (Owner::Gamer(gamer), None) => {
+                self.undelivered.entry(gamer.clone()).or_default().insert(id);
+            }
+            (Owner::Api, _) => {}
+        }
+        self.evict(now);
+    }
+
+    pub(crate) fn push_delivery(
+        &mut self,
+        conn: ConnId,
+        gamer: GamerId,
+        task: Arc<crate::task::TaskSpec<P>>,
+        outcome: Outcome<P>,
+        attempts: u32,
+    ) {
+        let id = task.id;
+        self.commands.push_back(Command::Deliver { conn, gamer, task, outcome, attempts });
+        self.events.push_back(Event::Delivered { task: id });
+    }
+
+    /// Drops finished tasks past their TTL, and the oldest beyond the cap.
+    pub(crate) fn evict(&mut self, now: Time) {
+        let mut gone = BTreeSet::new();
+        while let Some(&(at, id)) = self.finished.front() {
+            let expired = at + self.config.result_ttl <= now;
+            if !expired && self.finished.len() <= self.config.max_retained {
+                break;
+            }
+            self.finished.pop_front();
+            if let Some(task) = self.tasks.remove(&id) {
+                let owner = task.spec.owner.clone();
+                let client = (owner.clone(), Arc::clone(&task.spec.client_task_id));
+                if self.by_client.get(&client) == Some(&id) {
+                    self.by_client.remove(&client);
+                }
+                if let Some(key) = &task.spec.idempotency_key {
+                    let key = (owner.clone(), Arc::clone(key));
+                    if self.by_key.get(&key) == Some(&id) {
+                        self.by_key.remove(&key);
+                    }
+                }
+                if let Owner::Gamer(g) = &owner
+                    && let Some(set) = self.undelivered.get_mut(g)
+                {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.undelivered.remove(g);
+                    }
+                }
+            }
+            gone.insert(id);
+        }
+        if !gone.is_empty() {
+            self.events.push_back(Event::Evicted { tasks: gone });
+        }
+    }
+
+    /// Removes a peer; its assignments go back to the queue (a failed attempt
+    /// each), and its zombies vanish with it.
+    pub(crate) fn drop_peer(&mut self, now: Time, id: &PeerId, reason: LeaveReason) {
+        let Some(peer) = self.peers.remove(id) else { return };
+        self.free.remove(id);
+        for (task, _) in peer.tasks {
+            self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
+        }
+        self.events.push_back(Event::PeerLeft { peer: id.clone(), conn: peer.conn, reason });
+    }
+
+    /// Keeps `free` in step with a peer's slots.
+    pub(crate) fn refresh_free(&mut self, id: &PeerId) {
+        match self.peers.get(id) {
+            Some(p) if p.free() > 0 => {
+                self.free.insert(id.clone());
+            }
+            _ => {
+                self.free.remove(id);
+            }
+        }
+    }
+
+    pub(crate) fn recovery_grace(&mut self, now: Time, id: TaskId, attempt: Attempt) {
+        let Some(task) = self.tasks.get(&id) else { return };
+        let State::Assigned(h) = &task.state else { return };
+        if h.attempt != attempt || h.conn.is_some() {
+            return;
+        }
+        let peer = h.peer.clone();
+        self.forget_orphan(&peer, id);
+        self.requeue(now, id, AttemptEnd::Unclaimed, RequeueReason::Unclaimed, true);
+    }
+
+    /// Totals since start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+}

@@ -1,0 +1,212 @@
+//! Inputs from peers and gamers joining, leaving and heartbeating.
+
+use std::collections::BTreeMap;
+
+use super::{PeerError, Scheduler};
+use crate::output::{Command, Event, LeaveReason, RequeueReason};
+use crate::peer::{Peer, PeerJoin};
+use crate::task::{AttemptEnd, Holder, State};
+use crate::timers::Timer;
+use crate::types::{Attempt, ConnId, GamerId, PeerId, TaskId, Time};
+
+/// What became of a peer's registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// An older session of the same peer was replaced.
+    pub replaced: bool,
+    /// Tasks the peer claimed to run that it no longer holds: it should stop them.
+    pub stale: Vec<(TaskId, Attempt)>,
+}
+
+impl<P: Clone> Scheduler<P> {
+    /// A peer registered on `join.conn`. A live session with the same id is
+    /// replaced: the assignments the new session claims (`join.running`) stay
+    /// with it, the others are requeued.
+    pub fn handle_peer_joined(&mut self, now: Time, join: PeerJoin) -> Joined {
+        let now = self.tick(now);
+        let claims: BTreeMap<TaskId, Attempt> = join.running.iter().copied().collect();
+        let mut peer = Peer::new(&join, now);
+        let mut joined = Joined::default();
+
+        if let Some(old) = self.peers.remove(&join.id) {
+            joined.replaced = true;
+            self.free.remove(&join.id);
+            if old.conn != join.conn {
+                self.commands.push_back(Command::ClosePeer {
+                    conn: old.conn,
+                    reason: "replaced by a new session",
+                });
+            }
+            for (task, attempt) in old.tasks {
+                if claims.get(&task) == Some(&attempt) {
+                    self.move_holder(task, join.conn);
+                    peer.tasks.insert(task, attempt);
+                } else {
+                    self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
+                }
+            }
+            peer.zombies =
+                old.zombies.into_iter().filter(|(t, a)| claims.get(t) == Some(a)).collect();
+            self.events.push_back(Event::PeerLeft {
+                peer: join.id.clone(),
+                conn: old.conn,
+                reason: LeaveReason::Replaced,
+            });
+        }
+
+        // Assignments recovered after a coordinator restart, waiting for this peer.
+        for task in self.orphans.remove(&join.id).unwrap_or_default() {
+            let held = match self.tasks.get(&task).map(|t| &t.state) {
+                Some(State::Assigned(h)) if h.conn.is_none() => h.attempt,
+                _ => continue,
+            };
+            if claims.get(&task) == Some(&held) {
+                self.move_holder(task, join.conn);
+                peer.tasks.insert(task, held);
+            } else {
+                self.requeue(now, task, AttemptEnd::Unclaimed, RequeueReason::Unclaimed, true);
+            }
+        }
+
+        // Claims of tasks requeued when this peer's connection dropped.
+        for (&task, &attempt) in &claims {
+            if peer.tasks.contains_key(&task) || peer.zombies.contains_key(&task) {
+                continue;
+            }
+            if self.reclaim(now, task, attempt, &join.id, join.conn) {
+                peer.tasks.insert(task, attempt);
+            } else {
+                joined.stale.push((task, attempt));
+            }
+        }
+
+        let slots = peer.caps.slots;
+        self.peers.insert(join.id.clone(), peer);
+        self.refresh_free(&join.id);
+        self.timers.insert(
+            now + self.config.heartbeat_timeout,
+            Timer::PeerLiveness(join.id.clone(), join.conn),
+        );
+        self.events.push_back(Event::PeerJoined { peer: join.id, conn: join.conn, slots });
+        self.place(now);
+        joined
+    }
+
+    /// Points an assignment at the peer's new connection.
+    fn move_holder(&mut self, task: TaskId, conn: ConnId) {
+        if let Some(State::Assigned(h)) = self.tasks.get_mut(&task).map(|t| &mut t.state) {
+            h.conn = Some(conn);
+        }
+    }
+
+    /// Gives a requeued task back to the peer that lost it, when that peer
+    /// reconnects still running the same attempt and no newer attempt was
+    /// issued: the run goes on as if the connection had never dropped.
+    fn reclaim(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        attempt: Attempt,
+        peer: &PeerId,
+        conn: ConnId,
+    ) -> bool {
+        let Some(task) = self.tasks.get_mut(&id) else { return false };
+        let lost_here = task.history.last().is_some_and(|r| {
+            r.attempt == attempt && &r.peer == peer && r.end == Some(AttemptEnd::PeerLost)
+        });
+        if task.attempts != attempt.0 || !lost_here {
+            return false;
+        }
+        match &task.state {
+            State::Queued { pos } => {
+                self.queue.remove(pos);
+            }
+            State::Backoff { .. } => self.backing_off -= 1,
+            _ => return false,
+        }
+        task.failures = task.failures.saturating_sub(1);
+        let since = match task.history.last_mut() {
+            Some(rec) => {
+                rec.end = None;
+                rec.ended_at = None;
+                rec.assigned_at
+            }
+            None => now,
+        };
+        task.state = State::Assigned(Holder {
+            peer: peer.clone(),
+            conn: Some(conn),
+            attempt,
+            since,
+            started: None,
+        });
+        self.events.push_back(Event::TaskReclaimed { task: id, peer: peer.clone(), attempt });
+        true
+    }
+
+    /// A peer's connection closed. Its assignments are requeued at once.
+    pub fn handle_peer_left(&mut self, now: Time, id: &PeerId, conn: ConnId) {
+        let now = self.tick(now);
+        if self.peers.get(id).is_some_and(|p| p.conn == conn) {
+            self.drop_peer(now, id, LeaveReason::Disconnected);
+            self.place(now);
+        }
+    }
+
+    /// A peer says it is alive.
+    pub fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        id: &PeerId,
+        conn: ConnId,
+    ) -> Result<(), PeerError> {
+        let now = self.tick(now);
+        let peer =
+            self.peers.get_mut(id).filter(|p| p.conn == conn).ok_or(PeerError::NotRegistered)?;
+        peer.last_seen = now;
+        Ok(())
+    }
+
+    /// A peer takes no new tasks from now on (it is shutting down).
+    pub fn handle_drain(&mut self, now: Time, id: &PeerId, conn: ConnId) -> Result<(), PeerError> {
+        let now = self.tick(now);
+        let peer =
+            self.peers.get_mut(id).filter(|p| p.conn == conn).ok_or(PeerError::NotRegistered)?;
+        peer.last_seen = now;
+        if !peer.draining {
+            peer.draining = true;
+            self.refresh_free(id);
+            self.events.push_back(Event::PeerDraining { peer: id.clone() });
+        }
+        Ok(())
+    }
+
+    /// A gamer registered on `conn`; outcomes that finished while it was away
+    /// are delivered now. Another connection holding the same id is closed.
+    pub fn handle_gamer_joined(&mut self, now: Time, gamer: GamerId, conn: ConnId) {
+        self.tick(now);
+        if let Some(old) = self.gamers.insert(gamer.clone(), conn)
+            && old != conn
+        {
+            self.commands.push_back(Command::CloseGamer { conn: old, reason: "replaced" });
+            self.events.push_back(Event::GamerLeft { gamer: gamer.clone(), conn: old });
+        }
+        self.events.push_back(Event::GamerJoined { gamer: gamer.clone(), conn });
+        for id in self.undelivered.remove(&gamer).unwrap_or_default() {
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let State::Finished { outcome, delivered, .. } = &mut task.state else { continue };
+            *delivered = true;
+            let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
+            self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
+        }
+    }
+
+    /// A gamer's connection closed; its outcomes are kept until it returns.
+    pub fn handle_gamer_left(&mut self, now: Time, gamer: &GamerId, conn: ConnId) {
+        self.tick(now);
+        if self.gamers.get(gamer) == Some(&conn) {
+            self.gamers.remove(gamer);
+            self.events.push_back(Event::GamerLeft { gamer: gamer.clone(), conn });
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Scheduler scenarios, each a script and the expected log (see `harness`).
+
+mod harness;
+mod lifecycle;
+
+use harness::{check, check_events};
+
+#[test]
+fn seed_flow_submit_assign_result_deliver() {
+    check(
+        r"
+        join p1
+        gamer g1
+        submit g1 physics id=123 p=data
+        result p1 t-1 ok=R
+        ",
+        r"
+        join p1
+        gamer g1
+        submit g1 physics id=123 p=data
+          => t-1 123 Assigned
+          assign t-1#1 data -> p1 (c1)
+        result p1 t-1 ok=R
+          => Accepted
+          deliver t-1 (123) to g1: completed R by p1#1 after 1
+        ",
+    );
+}
+
+#[test]
+fn a_peer_without_slots_gets_one_task_at_a_time() {
+    check(
+        r"
+        join p1
+        submit g1 echo p=a
+        submit g1 echo p=b
+        result p1 t-1 ok=A
+        ",
+        r"
+        join p1
+        submit g1 echo p=a
+          => t-1 t-1 Assigned
+          assign t-1#1 a -> p1 (c1)
+        submit g1 echo p=b
+          => t-2 t-2 Queued
+        result p1 t-1 ok=A
+          => Accepted
+          assign t-2#1 b -> p1 (c1)
+        ",
+    );
+}
+
+#[test]
+fn placement_fills_every_free_slot_on_one_event() {
+    check(
+        r"
+        submit g1 echo p=a
+        submit g1 echo p=b
+        submit g1 echo p=c
+        submit g1 echo p=d
+        join p1 slots=3
+        join p2 slots=2
+        ",
+        r"
+        submit g1 echo p=a
+          => t-1 t-1 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=b
+          => t-2 t-2 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=c
+          => t-3 t-3 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=d
+          => t-4 t-4 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        join p1 slots=3
+          assign t-1#1 a -> p1 (c1)
+          assign t-2#1 b -> p1 (c1)
+          assign t-3#1 c -> p1 (c1)
+        join p2 slots=2
+          assign t-4#1 d -> p2 (c2)
+        ",
+    );
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    check(
+        r"
+        submit g1 echo p=low prio=0
+        submit g1 echo p=n1
+        submit g1 echo p=crit prio=3
+        submit g1 echo p=n2
+        submit g1 echo p=high prio=2
+        join p1 slots=5
+        ",
+        r"
+        submit g1 echo p=low prio=0
+          => t-1 t-1 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=n1
+          => t-2 t-2 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=crit prio=3
+          => t-3 t-3 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=n2
+          => t-4 t-4 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        submit g1 echo p=high prio=2
+          => t-5 t-5 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        join p1 slots=5
+          assign t-3#1 crit -> p1 (c1)
+          assign t-5#1 high -> p1 (c1)
+          assign t-2#1 n1 -> p1 (c1)
+          assign t-4#1 n2 -> p1 (c1)
+          assign t-1#1 low -> p1 (c1)
+        ",
+    );
+}
+
+#[test]
+fn tasks_go_only_to_peers_that_can_run_them() {
+    check(
+        r"
+        join cpu types=echo,physics slots=4
+        join gpu types=gpu,inference models=resnet50 gpu=8192 slots=4
+        submit g1 inference model=resnet50 p=img
+        submit g1 gpu gpu p=matmul
+        submit g1 physics p=sim
+        submit g1 inference model=vgg p=img2
+        submit g1 gpu vram=16000 p=big
+        ",
+        r"
+        join cpu types=echo,physics slots=4
+        join gpu types=gpu,inference models=resnet50 gpu=8192 slots=4
+        submit g1 inference model=resnet50 p=img
+          => t-1 t-1 Assigned
+          assign t-1#1 img -> gpu (c2)
+        submit g1 gpu gpu p=matmul
+          => t-2 t-2 Assigned
+          assign t-2#1 matmul -> gpu (c2)
+        submit g1 physics p=sim
+          => t-3 t-3 Assigned
+          assign t-3#1 sim -> cpu (c1)
+        submit g1 inference model=vgg p=img2
+          => t-4 t-4 Queued (no capable peer: needs task type `inference`, model `vgg`; 2 peer(s) connected, none can run it)
+        submit g1 gpu vram=16000 p=big
+          => t-5 t-5 Queued (no capable peer: needs task type `gpu`, a GPU with at least 16000 MiB; 2 peer(s) connected, none can run it)
+        ",
+    );
+}
+
+#[test]
+fn a_peer_declaring_no_types_runs_every_type() {
+    check(
+        r"
+        join typed types=echo
+        submit g1 physics p=sim
+        join seed
+        ",
+        r"
+        join typed types=echo
+        submit g1 physics p=sim
+          => t-1 t-1 Queued (no capable peer: needs task type `physics`; 1 peer(s) connected, none can run it)
+        join seed
+          assign t-1#1 sim -> seed (c2)
+        ",
+    );
+}
+
+#[test]
+fn an_unplaceable_head_does_not_block_the_queue() {
+    check(
+        r"
+        join p1 types=echo slots=2
+        submit g1 physics p=blocked
+        submit g1 echo p=a
+        submit g1 echo p=b
+        ",
+        r"
+        join p1 types=echo slots=2
+        submit g1 physics p=blocked
+          => t-1 t-1 Queued (no capable peer: needs task type `physics`; 1 peer(s) connected, none can run it)
+        submit g1 echo p=a
+          => t-2 t-2 Assigned
+          assign t-2#1 a -> p1 (c1)
+        submit g1 echo p=b
+          => t-3 t-3 Assigned
+          assign t-3#1 b -> p1 (c1)
+        ",
+    );
+}
+
+#[test]
+fn results_go_to_the_submitting_gamer_only() {
+    check(
+        r"
+        gamer g1
+        gamer g2
+        join p1 slots=2
+        submit g1 echo id=1 p=a
+        submit g2 echo id=1 p=b
+        result p1 t-2 ok=B
+        result p1 t-1 ok=A
+        ",
+        r"
+        gamer g1
+        gamer g2
+        join p1 slots=2
+        submit g1 echo id=1 p=a
+          => t-1 1 Assigned
+          assign t-1#1 a -> p1 (c3)
+        submit g2 echo id=1 p=b
+          => t-2 1 Assigned
+          assign t-2#1 b -> p1 (c3)
+        result p1 t-2 ok=B
+          => Accepted
+          deliver t-2 (1) to g2: completed B by p1#1 after 1
+        result p1 t-1 ok=A
+          => Accepted
+          deliver t-1 (1) to g1: completed A by p1#1 after 1
+        ",
+    );
+}
+
+#[test]
+fn a_gamer_that_reconnects_gets_what_finished_while_away() {
+    check(
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=a
+        submit g1 echo id=b
+        gamer-left g1
+        result p1 t-1 ok=A
+        result p1 t-2 err=invalid_input
+        gamer g1
+        ",
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=a
+          => t-1 a Assigned
+          assign t-1#1 x -> p1 (c2)
+        submit g1 echo id=b
+          => t-2 b Assigned
+          assign t-2#1 x -> p1 (c2)
+        gamer-left g1
+        result p1 t-1 ok=A
+          => Accepted
+        result p1 t-2 err=invalid_input
+          => Accepted
+        gamer g1
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+          deliver t-2 (b) to g1: failed invalid_input: boom after 1
+        ",
+    );
+}
+
+#[test]
+fn duplicate_live_task_ids_are_refused() {
+    check(
+        r"
+        join p1
+        submit g1 echo id=same
+        submit g1 echo id=same
+        submit g2 echo id=same
+        result p1 t-1 ok=A
+        submit g1 echo id=same
+        ",
+        r"
+        join p1
+        submit g1 echo id=same
+          => t-1 same Assigned
+          assign t-1#1 x -> p1 (c1)
+        submit g1 echo id=same
+          => DuplicateTaskId { existing: TaskId(1) }
+        submit g2 echo id=same
+          => t-2 same Queued
+        result p1 t-1 ok=A
+          => Accepted
+          assign t-2#1 x -> p1 (c1)
+        submit g1 echo id=same
+          => t-3 same Queued
+        ",
+    );
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead_and_its_task_requeued_at_the_front() {
+    check_events(
+        r"
+        join p1
+        join p2 types=sleep
+        submit g1 echo p=first
+        submit g1 echo p=second
+        at 10s
+        hb p1
+        at 24s
+        at 25s
+        at 27s
+        join p3
+        ",
+        r"
+        join p1
+          ev peer joined p1
+        join p2 types=sleep
+          ev peer joined p2
+        submit g1 echo p=first
+          => t-1 t-1 Assigned
+          assign t-1#1 first -> p1 (c1)
+          ev submitted t-1
+          ev assigned t-1#1 p1
+        submit g1 echo p=second
+          => t-2 t-2 Queued
+          ev submitted t-2
+        at 10s
+        hb p1
+        at 24s
+          close peer c2 (heartbeat timeout)
+          ev peer left p2 dead
+        at 25s
+          close peer c1 (heartbeat timeout)
+          ev requeued t-1#1 peer_lost failures=1
+          ev peer left p1 dead
+        at 27s
+        join p3
+          assign t-1#2 first -> p3 (c3)
+          ev peer joined p3
+          ev assigned t-1#2 p3
+        ",
+    );
+}

@@ -1,0 +1,260 @@
+//! Time, ids and outcomes: the small value types the scheduler speaks in.
+
+use std::fmt;
+use std::ops::Add;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A point in time, in microseconds since an epoch the shell chooses (its
+/// start). The scheduler never reads a clock: every input carries `now`, and
+/// time only moves forward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(u64);
+
+impl Time {
+    pub const ZERO: Time = Time(0);
+
+    pub const fn from_micros(us: u64) -> Time {
+        Time(us)
+    }
+
+    pub const fn from_millis(ms: u64) -> Time {
+        Time(ms.saturating_mul(1000))
+    }
+
+    pub const fn from_secs(s: u64) -> Time {
+        Time(s.saturating_mul(1_000_000))
+    }
+
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// The time elapsed since `earlier`, zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+
+    fn add(self, d: Duration) -> Time {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(us))
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:06}s", self.0 / 1_000_000, self.0 % 1_000_000)
+    }
+}
+
+/// The cluster-wide id of a task, made by the scheduler. Shown as `t-<n>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t-{}", self.0)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = std::num::ParseIntError;
+
+    /// Reads `t-42` (or a bare `42`).
+    fn from_str(s: &str) -> Result<TaskId, Self::Err> {
+        s.strip_prefix("t-").unwrap_or(s).parse().map(TaskId)
+    }
+}
+
+/// The number of an assignment of a task: 1 for the first, then 2, 3, …
+/// A result is accepted only for the task's current attempt (fencing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(pub u32);
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// One connection of the shell. A peer or gamer that reconnects gets a new
+/// `ConnId`, which is how the scheduler tells sessions apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn new(name: impl Into<Arc<str>>) -> $name {
+                $name(name.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name(Arc::from(s))
+            }
+        }
+    };
+}
+
+name_id!(
+    /// A peer's id, as it registered.
+    PeerId
+);
+name_id!(
+    /// A gamer's (client's) id, as it registered.
+    GamerId
+);
+
+/// Who submitted a task, and so who receives its result.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// A WebSocket client: results are pushed to it, and kept for it while
+    /// it is away.
+    Gamer(GamerId),
+    /// The REST API: results are fetched, not pushed.
+    Api,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Gamer(g) => write!(f, "gamer:{g}"),
+            Owner::Api => f.write_str("api"),
+        }
+    }
+}
+
+/// Why a run failed: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: Arc<str>,
+    pub message: Arc<str>,
+}
+
+impl Failure {
+    pub fn new(code: impl Into<Arc<str>>, message: impl Into<Arc<str>>) -> Failure {
+        Failure { code: code.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Waiting for a peer (or for its retry back-off to pass).
+    Queued,
+    /// Sent to a peer, which has not said it started.
+    Assigned,
+    /// The peer said it started.
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled | Status::TimedOut)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Assigned => "assigned",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// How a task ended. Exactly one outcome is delivered per task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<P> {
+    Completed {
+        result: P,
+        attempt: Attempt,
+        peer: PeerId,
+    },
+    /// The task failed: a non-retryable error, or `max_attempts` failures.
+    Failed(Failure),
+    Cancelled,
+    /// The task waited longer than its queue timeout, or ran longer than its
+    /// run timeout.
+    TimedOut(Failure),
+}
+
+impl<P> Outcome<P> {
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Completed { .. } => Status::Completed,
+            Outcome::Failed(_) => Status::Failed,
+            Outcome::Cancelled => Status::Cancelled,
+            Outcome::TimedOut(_) => Status::TimedOut,
+        }
+    }
+
+    /// The failure's code and message, for outcomes without a result.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Outcome::Completed { .. } => None,
+            Outcome::Failed(f) | Outcome::TimedOut(f) => Some(f.clone()),
+            Outcome::Cancelled => Some(Failure::new("cancelled", "the task was cancelled")),
+        }
+    }
+}
+
+/// What a peer reports for an assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome<P> {
+    Completed(P),
+    /// The run failed; `retryable` says whether another attempt could succeed.
+    Failed {
+        failure: Failure,
+        retryable: bool,
+    },
+    /// The peer gives the task back unfinished (it is shutting down); the
+    /// task is requeued without counting a failure.
+    Returned,
+}

@@ -1,0 +1,1 @@
+//! worker (work in progress).
