@@ -1,1 +1,58 @@
-fn main() {}
+//! `legacygpu`: one binary for the whole cluster.
+//!
+//! `cluster start` runs a coordinator, `worker start` a peer, `task …` is a
+//! client. Errors end the process with a non-zero exit code and one line on
+//! stderr.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod args;
+mod cluster;
+mod signals;
+mod task;
+mod worker;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Cluster(cmd) => cluster::run(cmd).await,
+            Command::Worker(cmd) => worker::run(cmd).await,
+            Command::Task(cmd) => task::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` or `--log-level` picks the level.
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

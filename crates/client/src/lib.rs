@@ -1,1 +1,176 @@
-//! client (work in progress).
+//! The client SDK: submit tasks to a legacygpu coordinator and get results.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), client::ClientError> {
+//! use client::{Client, ClientOptions, TaskOutcome};
+//! let client = Client::connect("ws://127.0.0.1:8765", ClientOptions::default()).await?;
+//! let req = proto::TaskRequest::new("echo", proto::json(r#"{"hello": "world"}"#).unwrap());
+//! match client.run(req).await? {
+//!     TaskOutcome::Completed(done) => println!("{}", done.result.get()),
+//!     TaskOutcome::Failed(err) => eprintln!("{}: {}", err.code, err.reason),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! One [`Client`] is one gamer connection with many tasks in flight. Every task
+//! gets a task id (made here when the caller gives none) and an idempotency
+//! key (its task id unless given). When the connection drops, the client
+//! reconnects with the same gamer id and resubmits every task still waiting
+//! for its result under the same keys: the coordinator answers with the
+//! original task, and re-sends the result when the task already finished. A
+//! task's result future resolves exactly once, whatever the wire delivers.
+
+use std::time::Duration;
+
+use proto::{ErrorMsg, TaskAccepted, TaskErrorOut, TaskRequest, TaskResultOut, TaskStatusOut};
+use tokio::sync::{mpsc, oneshot};
+
+mod conn;
+
+/// Options for [`Client::connect`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The gamer id; reconnecting with the same id delivers results that
+    /// finished while away. Default: a random one.
+    pub gamer_id: Option<String>,
+    /// The cluster token, when the coordinator requires one.
+    pub token: Option<String>,
+    /// Reconnect (and resubmit pending tasks) when the connection drops. Default true.
+    pub reconnect: bool,
+    /// The longest wait between reconnection attempts. Default 5 s.
+    pub reconnect_max: Duration,
+    /// How long connecting and registering may take. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            gamer_id: None,
+            token: None,
+            reconnect: true,
+            reconnect_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The coordinator refused the registration (a bad token, …).
+    #[error("the coordinator refused the connection: {0}")]
+    Refused(String),
+    /// The coordinator refused a request.
+    #[error("{}: {}", .0.code, .0.reason)]
+    Rejected(ErrorMsg),
+    /// The connection is gone and the client does not reconnect.
+    #[error("the connection to the coordinator is closed")]
+    Closed,
+}
+
+/// How a task ended: exactly one per task.
+#[derive(Debug, Clone)]
+pub enum TaskOutcome {
+    Completed(TaskResultOut),
+    /// Failed, cancelled or timed out.
+    Failed(TaskErrorOut),
+}
+
+impl TaskOutcome {
+    pub fn task_id(&self) -> &str {
+        match self {
+            TaskOutcome::Completed(r) => &r.task_id,
+            TaskOutcome::Failed(e) => &e.task_id,
+        }
+    }
+
+    pub fn is_completed(&self) -> bool {
+        matches!(self, TaskOutcome::Completed(_))
+    }
+}
+
+/// A submitted task: its acceptance, and its outcome to come.
+#[derive(Debug)]
+pub struct Submitted {
+    pub accepted: TaskAccepted,
+    outcome: oneshot::Receiver<TaskOutcome>,
+}
+
+impl Submitted {
+    /// Waits for the task's outcome.
+    pub async fn outcome(self) -> Result<TaskOutcome, ClientError> {
+        self.outcome.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+pub(crate) enum Cmd {
+    Submit {
+        req: TaskRequest,
+        accepted: oneshot::Sender<Result<TaskAccepted, ClientError>>,
+        outcome: oneshot::Sender<TaskOutcome>,
+    },
+    Cancel {
+        task_id: String,
+    },
+    Status {
+        task_id: String,
+        reply: oneshot::Sender<Result<TaskStatusOut, ClientError>>,
+    },
+}
+
+/// A connection to a coordinator as a gamer.
+#[derive(Debug, Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Cmd>,
+    gamer_id: String,
+}
+
+impl Client {
+    /// Connects to `url` (`ws://HOST:8765`) and registers as a gamer.
+    pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let gamer_id =
+            options.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
+        let (tx, rx) = mpsc::channel(1024);
+        let driver = conn::Driver::connect(url, gamer_id.clone(), options, rx).await?;
+        tokio::spawn(driver.run());
+        Ok(Client { tx, gamer_id })
+    }
+
+    pub fn gamer_id(&self) -> &str {
+        &self.gamer_id
+    }
+
+    /// Submits a task and waits for `task_accepted` (which, with the store on,
+    /// means the task is durable).
+    pub async fn submit(&self, req: TaskRequest) -> Result<Submitted, ClientError> {
+        let (accepted_tx, accepted_rx) = oneshot::channel();
+        let (outcome_tx, outcome) = oneshot::channel();
+        let cmd = Cmd::Submit { req, accepted: accepted_tx, outcome: outcome_tx };
+        self.tx.send(cmd).await.map_err(|_| ClientError::Closed)?;
+        let accepted = accepted_rx.await.map_err(|_| ClientError::Closed)??;
+        Ok(Submitted { accepted, outcome })
+    }
+
+    /// Submits a task and waits for its outcome.
+    pub async fn run(&self, req: TaskRequest) -> Result<TaskOutcome, ClientError> {
+        self.submit(req).await?.outcome().await
+    }
+
+    /// Asks for a task to be cancelled; its outcome (cancelled, or whatever
+    /// came first) arrives on its [`Submitted`].
+    pub async fn cancel(&self, task_id: &str) -> Result<(), ClientError> {
+        let cmd = Cmd::Cancel { task_id: task_id.to_owned() };
+        self.tx.send(cmd).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Where a task stands.
+    pub async fn status(&self, task_id: &str) -> Result<TaskStatusOut, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Status { task_id: task_id.to_owned(), reply };
+        self.tx.send(cmd).await.map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+}

@@ -1,1 +1,24 @@
-//! coordinator (work in progress).
+//! The coordinator: the async shell around the scheduler.
+//!
+//! It listens for the WebSocket protocol (port 8765 by default) — peers and
+//! gamers — and, in the same process, for the HTTP API (port 8000). Inside,
+//! one core loop owns the [`sched::Scheduler`]: connection tasks decode frames
+//! and forward them, the core feeds the scheduler and carries out its commands,
+//! and its events go to the store, the metrics and the event stream.
+//!
+//! ```text
+//!  peers/gamers ──ws──▶ conn tasks ──Input──▶ core loop ──▶ Scheduler
+//!        ▲                                 │  │
+//!        └────────── Outbound ─────────────┘  └──▶ observer (store, metrics, events)
+//! ```
+//!
+//! Protected by default: without a token only loopback clients are admitted.
+
+mod config;
+mod conn;
+mod core;
+mod observe;
+mod server;
+
+pub use crate::config::{Config, Secret, StoreMode};
+pub use crate::server::{Coordinator, StartError};

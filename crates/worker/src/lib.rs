@@ -1,1 +1,273 @@
-//! worker (work in progress).
+//! The peer daemon: joins a coordinator and runs tasks.
+//!
+//! A [`Worker`] connects to the coordinator's WebSocket port, registers with
+//! its capabilities (task types from its [`exec::Executors`], slots, cores,
+//! memory, GPUs, models), heartbeats, and runs each `task_assignment` on a
+//! blocking thread with the task's time limit. When the coordinator goes
+//! away it reconnects with exponential back-off, keeps its running tasks,
+//! claims them in the new registration (`running`) and reports the results
+//! that finished in between. On shutdown it drains: it takes no new tasks,
+//! waits a while for the running ones, and returns the rest to the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use exec::{Executors, RunContext};
+use proto::ToCoordinator;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+mod machine;
+mod runner;
+mod session;
+
+pub use machine::Machine;
+
+use runner::Report;
+use session::{End, Session};
+
+/// Worker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The coordinator's WebSocket URL, e.g. `ws://10.0.0.2:8765`.
+    pub coordinator: String,
+    pub peer_id: String,
+    /// Tasks run at once. Default: the number of CPU cores.
+    pub slots: u32,
+    /// The cluster token, when the coordinator requires one.
+    pub token: Option<String>,
+    /// Heartbeat interval; `None` uses what the coordinator says (5 s by default).
+    pub heartbeat_interval: Option<Duration>,
+    /// First and longest wait between reconnection attempts.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// On shutdown, how long running tasks may finish before they are returned.
+    pub drain_timeout: Duration,
+    /// A task still running after this is reported as started (`task_started`),
+    /// so that short tasks cost no extra message.
+    pub started_notice_after: Duration,
+    /// The limit for tasks whose assignment gives none.
+    pub default_task_timeout: Duration,
+    /// Extra keys for the registration's `capabilities`.
+    pub extra_capabilities: serde_json::Map<String, Value>,
+}
+
+impl Config {
+    pub fn new(coordinator: impl Into<String>, peer_id: impl Into<String>) -> Config {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Config {
+            coordinator: coordinator.into(),
+            peer_id: peer_id.into(),
+            slots: cores,
+            token: None,
+            heartbeat_interval: None,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            started_notice_after: Duration::from_millis(50),
+            default_task_timeout: Duration::from_secs(3600),
+            extra_capabilities: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Why a worker stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
+    #[error("invalid coordinator URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// A task the worker holds.
+pub(crate) struct Running {
+    pub attempt: u32,
+    pub ctx: RunContext,
+}
+
+/// The worker: its executors and its tasks, across connections.
+pub struct Worker {
+    pub(crate) config: Config,
+    pub(crate) executors: Executors,
+    pub(crate) machine: Machine,
+    pub(crate) running: HashMap<String, Running>,
+    /// Reports that could not be sent (the connection was down), in order.
+    pub(crate) unsent: VecDeque<ToCoordinator>,
+    pub(crate) reports_tx: mpsc::UnboundedSender<Report>,
+    pub(crate) reports: mpsc::UnboundedReceiver<Report>,
+}
+
+impl Worker {
+    pub fn new(config: Config, executors: Executors) -> Worker {
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        Worker {
+            config,
+            executors,
+            machine: Machine::detect(),
+            running: HashMap::new(),
+            unsent: VecDeque::new(),
+            reports_tx,
+            reports,
+        }
+    }
+
+    /// The `capabilities` this worker registers with.
+    pub fn capabilities(&self) -> Value {
+        let advertised = self.executors.advertise();
+        let mut caps = self.machine.capabilities();
+        caps.insert("task_types".into(), json!(self.executors.task_types().collect::<Vec<_>>()));
+        caps.insert("max_concurrent".into(), json!(self.config.slots));
+        caps.insert("gpus".into(), json!(advertised.gpus));
+        caps.insert("models".into(), json!(advertised.models));
+        caps.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        for (k, v) in &self.config.extra_capabilities {
+            caps.insert(k.clone(), v.clone());
+        }
+        Value::Object(caps)
+    }
+
+    /// Runs until `shutdown` completes (then drains) or the coordinator
+    /// refuses this worker.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        validate_url(&self.config.coordinator)?;
+        tokio::pin!(shutdown);
+        let mut backoff = self.config.reconnect_min;
+        loop {
+            let connected = tokio::select! {
+                _ = &mut shutdown => return Ok(self.abandon()),
+                c = session::connect(&self.config) => c,
+            };
+            match connected {
+                Ok(ws) => {
+                    backoff = self.config.reconnect_min;
+                    match Session::new(&mut self, ws).run(&mut shutdown).await {
+                        End::Shutdown => return Ok(()),
+                        End::Refused(reason) => return Err(WorkerError::Refused(reason)),
+                        End::Disconnected(why) => info!("disconnected from the coordinator: {why}"),
+                    }
+                }
+                Err(session::ConnectError::Refused(reason)) => {
+                    return Err(WorkerError::Refused(reason));
+                }
+                Err(session::ConnectError::Other(e)) => {
+                    warn!("cannot reach the coordinator at {}: {e}", self.config.coordinator)
+                }
+            }
+            // Wait before the next attempt, collecting reports meanwhile.
+            let wait = jittered(backoff);
+            backoff = (backoff * 2).min(self.config.reconnect_max);
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(self.abandon()),
+                    _ = &mut sleep => break,
+                    Some(report) = self.reports.recv() => self.buffer(report),
+                }
+            }
+        }
+    }
+
+    /// Keeps a report for when the connection is back.
+    pub(crate) fn buffer(&mut self, report: Report) {
+        if let Some(msg) = self.report_message(report) {
+            self.unsent.push_back(msg);
+        }
+    }
+
+    /// The message for a report; finished tasks leave `running`.
+    pub(crate) fn report_message(&mut self, report: Report) -> Option<ToCoordinator> {
+        match report {
+            Report::Started { task_id, attempt } => {
+                self.running.contains_key(&task_id).then(|| {
+                    ToCoordinator::TaskStarted(proto::TaskStarted {
+                        task_id,
+                        attempt: Some(attempt),
+                    })
+                })
+            }
+            Report::Finished { task_id, attempt, outcome, elapsed } => {
+                let current = self.running.get(&task_id).is_some_and(|r| r.attempt == attempt);
+                if current {
+                    self.running.remove(&task_id);
+                }
+                let (result, error) = match outcome {
+                    Ok(result) => (Some(result), None),
+                    Err(failure) => (None, Some(failure)),
+                };
+                Some(ToCoordinator::TaskResult(proto::TaskResult {
+                    task_id,
+                    result,
+                    error,
+                    attempt: Some(attempt),
+                    peer_id: Some(self.config.peer_id.clone()),
+                    elapsed_ms: Some(elapsed.as_secs_f64() * 1e3),
+                }))
+            }
+        }
+    }
+
+    /// Shutdown while disconnected: nobody can take the tasks back, so they
+    /// are cancelled (the coordinator requeues them when it sees we are gone).
+    fn abandon(&mut self) {
+        for (task, running) in self.running.drain() {
+            info!(%task, "cancelling on shutdown while disconnected");
+            running.ctx.cancel();
+        }
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), WorkerError> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(())
+    } else {
+        Err(WorkerError::BadUrl {
+            url: url.to_owned(),
+            reason: "expected ws://HOST:PORT (the coordinator's WebSocket port, 8765 by default)"
+                .to_owned(),
+        })
+    }
+}
+
+/// A wait between half and all of `d`, so that many workers do not all
+/// reconnect at the same instant.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + 0.5 * fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_list_types_slots_and_machine() {
+        let mut config = Config::new("ws://127.0.0.1:1", "p");
+        config.slots = 3;
+        let worker = Worker::new(config, Executors::builtin());
+        let caps = worker.capabilities();
+        assert_eq!(caps["task_types"], json!(["echo", "sleep"]));
+        assert_eq!(caps["max_concurrent"], json!(3));
+        assert!(caps["cores"].as_u64().unwrap() >= 1);
+        let parsed = proto::Capabilities::from_value(caps);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        assert_eq!(parsed.slots(), 3);
+    }
+
+    #[test]
+    fn urls_must_be_websocket() {
+        assert!(validate_url("ws://h:8765").is_ok());
+        assert!(validate_url("http://h:8765").is_err());
+        assert!(validate_url("tcp://h:5555").is_err());
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+}

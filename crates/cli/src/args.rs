@@ -1,0 +1,217 @@
+//! The command line, as clap derives it. Every command has examples in its
+//! long help.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Pool machines' CPUs and GPUs — old consumer cards included — into one cluster.
+#[derive(Debug, Parser)]
+#[command(name = "legacygpu", version, about, propagate_version = true)]
+#[command(after_long_help = "Examples:\n  \
+    legacygpu cluster start\n  \
+    legacygpu worker start --coordinator ws://127.0.0.1:8765\n  \
+    legacygpu task submit --type echo --data '{\"hello\":\"world\"}' --wait")]
+pub struct Cli {
+    /// Log level or filter (e.g. `debug`, `coordinator=trace`); default `info`, or `RUST_LOG`.
+    #[arg(long, global = true, env = "LEGACYGPU_LOG")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run and manage the coordinator.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Run a worker (peer) that executes tasks.
+    #[command(subcommand)]
+    Worker(WorkerCmd),
+    /// Submit tasks and follow them.
+    #[command(subcommand)]
+    Task(TaskCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Start the coordinator (WebSocket protocol port and HTTP API).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu cluster start\n  \
+        legacygpu cluster start --bind 0.0.0.0:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
+        legacygpu cluster start --bind 127.0.0.1:0 --heartbeat-timeout 3")]
+    Start(ClusterStart),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStart {
+    /// Address of the WebSocket protocol port (peers and gamers).
+    #[arg(long, default_value = "0.0.0.0:8765", env = "LEGACYGPU_BIND")]
+    pub bind: SocketAddr,
+
+    /// Shared token that peers and gamers must present. Without one, only
+    /// loopback clients are accepted (protected mode).
+    #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Accept clients from other machines without a token. Dangerous: anyone
+    /// who can reach the port can join as a peer and submit work.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Seconds of silence after which a peer is declared dead and its tasks requeued.
+    #[arg(long, default_value_t = 15.0, value_parser = positive_secs)]
+    pub heartbeat_timeout: f64,
+
+    /// Seconds between heartbeats that peers are told to use.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    pub heartbeat_interval: f64,
+
+    /// Failed attempts (peer lost, retryable error) that end a task, unless it says otherwise.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Most tasks waiting in the queue; beyond, submissions get a "busy" error.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_queued: usize,
+
+    /// Largest WebSocket message accepted, in bytes; larger closes that connection (code 1009).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Seconds finished tasks and their results are kept for retrieval.
+    #[arg(long, default_value_t = 3600.0, value_parser = positive_secs)]
+    pub result_ttl: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCmd {
+    /// Start a worker that joins a coordinator and runs tasks.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker start --coordinator ws://10.0.0.2:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
+        legacygpu worker start --peer-id rx580-box --slots 2")]
+    Start(WorkerStart),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerStart {
+    #[command(flatten)]
+    pub conn: Connection,
+
+    /// This peer's id; reconnecting with the same id resumes its session.
+    /// Default: the host name.
+    #[arg(long, env = "LEGACYGPU_PEER_ID")]
+    pub peer_id: Option<String>,
+
+    /// Tasks run at once. Default: the number of CPU cores.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub slots: Option<u32>,
+
+    /// Seconds between heartbeats (default: what the coordinator says, 5 s).
+    #[arg(long, value_parser = positive_secs)]
+    pub heartbeat_interval: Option<f64>,
+
+    /// On shutdown, seconds running tasks may finish before they are returned to the queue.
+    #[arg(long, default_value_t = 30.0, value_parser = nonnegative_secs)]
+    pub drain_timeout: f64,
+
+    /// Task types to offer (default: every executor this worker has).
+    #[arg(long, value_delimiter = ',')]
+    pub task_types: Option<Vec<String>>,
+}
+
+/// How clients reach the coordinator.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The coordinator's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8765", env = "LEGACYGPU_COORDINATOR")]
+    pub coordinator: String,
+
+    /// The cluster token, when the coordinator requires one.
+    #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Submit a task.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu task submit --type echo --data '{\"x\": 1}' --wait\n  \
+        legacygpu task submit --type physics --data @scene.json --priority HIGH --wait\n  \
+        legacygpu task submit --model resnet50 --input image.jpg --wait")]
+    Submit(TaskSubmit),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskSubmit {
+    #[command(flatten)]
+    pub conn: Connection,
+
+    /// The task type (echo, sleep, physics, inference, gpu, …).
+    #[arg(long = "type", required_unless_present = "model")]
+    pub task_type: Option<String>,
+
+    /// The task's data: JSON text, or @FILE to read it from a file.
+    #[arg(long, default_value = "{}", conflicts_with = "model")]
+    pub data: String,
+
+    /// Inference shorthand: the model to classify `--input` with.
+    #[arg(long, requires = "input")]
+    pub model: Option<String>,
+
+    /// Inference shorthand: the image (JPEG or PNG) to classify.
+    #[arg(long, requires = "model")]
+    pub input: Option<PathBuf>,
+
+    /// Inference shorthand: how many labels to return.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: u32,
+
+    /// Priority: LOW, NORMAL, HIGH, CRITICAL or an integer (higher runs first).
+    #[arg(long, value_parser = parse_priority)]
+    pub priority: Option<proto::Priority>,
+
+    /// Seconds the task may run on a peer.
+    #[arg(long, value_parser = positive_secs)]
+    pub timeout: Option<f64>,
+
+    /// Your own id for the task.
+    #[arg(long)]
+    pub task_id: Option<String>,
+
+    /// Wait for the result and print it.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
+}
+
+fn nonnegative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds")),
+    }
+}
+
+fn parse_priority(s: &str) -> Result<proto::Priority, String> {
+    proto::Priority::parse(s)
+        .ok_or_else(|| format!("`{s}` is not LOW, NORMAL, HIGH, CRITICAL or an integer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,271 @@
+//! The task behind a [`crate::Client`]: owns the WebSocket, matches replies
+//! to requests, reconnects and resubmits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use proto::{
+    FromCoordinator, RegisterGamer, TaskAccepted, TaskRequest, TaskStatusOut, ToCoordinator,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+
+use crate::{ClientError, ClientOptions, Cmd, TaskOutcome};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Pending {
+    seq: u64,
+    req: TaskRequest,
+    accepted: Option<oneshot::Sender<Result<TaskAccepted, ClientError>>>,
+    outcome: oneshot::Sender<TaskOutcome>,
+}
+
+pub(crate) struct Driver {
+    url: String,
+    gamer_id: String,
+    options: ClientOptions,
+    rx: mpsc::Receiver<Cmd>,
+    ws: Ws,
+    /// Tasks waiting for their outcome, by task id.
+    pending: HashMap<String, Pending>,
+    statuses: HashMap<String, VecDeque<oneshot::Sender<Result<TaskStatusOut, ClientError>>>>,
+    /// A random prefix for task ids made here, so that a restarted client
+    /// with the same gamer id never reuses one.
+    session: u32,
+    next: u64,
+}
+
+impl Driver {
+    pub async fn connect(
+        url: &str,
+        gamer_id: String,
+        options: ClientOptions,
+        rx: mpsc::Receiver<Cmd>,
+    ) -> Result<Driver, ClientError> {
+        let ws = open(url, &gamer_id, &options).await?;
+        Ok(Driver {
+            url: url.to_owned(),
+            gamer_id,
+            options,
+            rx,
+            ws,
+            pending: HashMap::new(),
+            statuses: HashMap::new(),
+            session: fastrand::u32(..),
+            next: 0,
+        })
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if self.on_cmd(cmd).await.is_err() && !self.reconnect().await {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = self.ws.close(None).await;
+                        return;
+                    }
+                },
+                frame = self.ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        if !self.reconnect().await {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) -> Result<(), ()> {
+        match cmd {
+            Cmd::Submit { mut req, accepted, outcome } => {
+                self.next += 1;
+                let task_id = req
+                    .task_id
+                    .get_or_insert_with(|| format!("{:08x}-{}", self.session, self.next))
+                    .clone();
+                req.idempotency_key.get_or_insert_with(|| task_id.clone());
+                let msg = ToCoordinator::TaskRequest(req.clone());
+                let pending = Pending { seq: self.next, req, accepted: Some(accepted), outcome };
+                self.pending.insert(task_id, pending);
+                self.send(&msg).await
+            }
+            Cmd::Cancel { task_id } => {
+                self.send(&ToCoordinator::CancelTask(proto::CancelTask { task_id })).await
+            }
+            Cmd::Status { task_id, reply } => {
+                self.statuses.entry(task_id.clone()).or_default().push_back(reply);
+                self.send(&ToCoordinator::TaskStatus(proto::TaskStatusQuery { task_id })).await
+            }
+        }
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let msg = match FromCoordinator::decode(text) {
+            Ok(msg) => msg,
+            Err(e) => return warn!("undecodable message from the coordinator: {e}"),
+        };
+        match msg {
+            FromCoordinator::TaskAccepted(a) => {
+                if let Some(tx) = self.pending.get_mut(&a.task_id).and_then(|p| p.accepted.take()) {
+                    let _ = tx.send(Ok(a));
+                }
+            }
+            FromCoordinator::TaskResult(r) => self.finish(TaskOutcome::Completed(r)),
+            FromCoordinator::TaskError(e) => self.finish(TaskOutcome::Failed(e)),
+            FromCoordinator::TaskStatus(s) => {
+                if let Some(tx) = self.statuses.get_mut(&s.task_id).and_then(VecDeque::pop_front) {
+                    let _ = tx.send(Ok(s));
+                }
+            }
+            FromCoordinator::Error(e) => self.on_error(e),
+            FromCoordinator::Shutdown(s) => info!("the coordinator is shutting down: {}", s.reason),
+            other => debug!("ignoring {}", other.msg_type()),
+        }
+    }
+
+    /// Resolves a task's outcome once; a second delivery finds nothing.
+    fn finish(&mut self, outcome: TaskOutcome) {
+        match self.pending.remove(outcome.task_id()) {
+            Some(p) => {
+                let _ = p.outcome.send(outcome);
+            }
+            None => debug!(task = outcome.task_id(), "dropping a repeated outcome"),
+        }
+    }
+
+    fn on_error(&mut self, e: proto::ErrorMsg) {
+        let task = e.task_id.clone().unwrap_or_default();
+        match e.in_reply_to.as_deref() {
+            Some("task_request") => {
+                if let Some(p) = self.pending.remove(&task) {
+                    if let Some(tx) = p.accepted {
+                        let _ = tx.send(Err(ClientError::Rejected(e)));
+                    }
+                }
+            }
+            Some("task_status") => {
+                if let Some(tx) = self.statuses.get_mut(&task).and_then(VecDeque::pop_front) {
+                    let _ = tx.send(Err(ClientError::Rejected(e)));
+                }
+            }
+            _ => warn!(code = %e.code, "the coordinator refused a message: {}", e.reason),
+        }
+    }
+
+    /// Reconnects with back-off and resubmits what is pending. False when the
+    /// client should stop (reconnect is off, or the client was dropped).
+    async fn reconnect(&mut self) -> bool {
+        if !self.options.reconnect {
+            self.pending.clear();
+            self.statuses.clear();
+            return false;
+        }
+        let mut wait = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(wait.mul_f64(0.5 + 0.5 * fastrand::f64())).await;
+            if self.rx.is_closed() && self.pending.is_empty() {
+                return false;
+            }
+            match open(&self.url, &self.gamer_id, &self.options).await {
+                Ok(ws) => {
+                    self.ws = ws;
+                    info!(gamer = %self.gamer_id, pending = self.pending.len(), "reconnected");
+                    // Status queries in flight were lost with the connection.
+                    self.statuses.clear();
+                    if self.resubmit().await.is_ok() {
+                        return true;
+                    }
+                }
+                Err(ClientError::Refused(reason)) => {
+                    warn!("the coordinator refused the reconnection: {reason}");
+                    self.pending.clear();
+                    return false;
+                }
+                Err(e) => debug!("reconnect failed: {e}"),
+            }
+            wait = (wait * 2).min(self.options.reconnect_max);
+        }
+    }
+
+    /// Sends every pending task again, oldest first, under its idempotency key.
+    async fn resubmit(&mut self) -> Result<(), ()> {
+        let order: BTreeMap<u64, TaskRequest> =
+            self.pending.values().map(|p| (p.seq, p.req.clone())).collect();
+        for req in order.into_values() {
+            self.send(&ToCoordinator::TaskRequest(req)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, msg: &ToCoordinator) -> Result<(), ()> {
+        self.ws.send(Message::text(msg.encode())).await.map_err(|e| debug!("send failed: {e}"))
+    }
+}
+
+/// Connects and registers as `gamer_id`.
+async fn open(url: &str, gamer_id: &str, options: &ClientOptions) -> Result<Ws, ClientError> {
+    let connect_err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
+    let attempt = async {
+        let mut request = url.into_client_request().map_err(|e| connect_err(e.to_string()))?;
+        if let Some(token) = &options.token {
+            let value =
+                format!("Bearer {token}").parse().map_err(|_| connect_err("bad token".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
+            // The coordinator explains a refused upgrade in the body.
+            WsError::Http(resp) => {
+                let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let reason = format!("{}: {}", resp.status(), body.trim());
+                if matches!(resp.status().as_u16(), 401 | 403) {
+                    ClientError::Refused(reason)
+                } else {
+                    connect_err(reason)
+                }
+            }
+            e => connect_err(e.to_string()),
+        })?;
+        let register = ToCoordinator::RegisterGamer(RegisterGamer {
+            gamer_id: gamer_id.to_owned(),
+            token: options.token.clone(),
+        });
+        ws.send(Message::text(register.encode())).await.map_err(|e| connect_err(e.to_string()))?;
+        await_ack(&mut ws).await?;
+        Ok(ws)
+    };
+    match tokio::time::timeout(options.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(connect_err("timed out".into())),
+    }
+}
+
+async fn await_ack(ws: &mut Ws) -> Result<(), ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => match FromCoordinator::decode(text.as_str()) {
+                Ok(FromCoordinator::RegistrationAck(_)) => return Ok(()),
+                Ok(FromCoordinator::Error(e)) => {
+                    return Err(ClientError::Refused(format!("{}: {}", e.code, e.reason)));
+                }
+                _ => {}
+            },
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ClientError::Refused(e.to_string())),
+            None => return Err(ClientError::Refused("connection closed".into())),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The coordinator's configuration, with documented defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A shared secret (the cluster token, API keys). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// Compares in constant time, so that timing does not leak the secret.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+    }
+
+    /// The secret itself, for clients that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where tasks are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreMode {
+    /// SQLite in this directory (WAL, group commit): accepted tasks survive a crash.
+    Sqlite { data_dir: PathBuf },
+    /// Memory only: a coordinator crash loses every task.
+    Memory,
+}
+
+/// Coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The WebSocket protocol port. Default `0.0.0.0:8765`.
+    pub ws_addr: SocketAddr,
+    /// The HTTP API port; `None` to serve no HTTP. Default `0.0.0.0:8000`.
+    pub http_addr: Option<SocketAddr>,
+    /// The shared token peers and gamers present. Without one, only loopback
+    /// clients are accepted (unless `insecure`).
+    pub token: Option<Secret>,
+    /// Accept non-loopback clients without a token. Dangerous: anyone who can
+    /// reach the port can submit work and join as a peer.
+    pub insecure: bool,
+    /// The largest WebSocket frame or message accepted; larger ones close
+    /// the connection with code 1009. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// The most connections at once (peers and gamers). Default 20 000.
+    pub max_connections: usize,
+    /// The heartbeat interval peers are told to use. Default 5 s.
+    pub heartbeat_interval: Duration,
+    /// Messages queued to one connection before it is dropped as too slow.
+    /// Default 16 384.
+    pub outbound_capacity: usize,
+    /// How long shutdown waits for connections to flush. Default 2 s.
+    pub shutdown_grace: Duration,
+    /// The scheduler's knobs (heartbeat timeout, attempts, limits, strategy).
+    pub sched: sched::Config,
+    pub store: StoreMode,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            ws_addr: SocketAddr::from(([0, 0, 0, 0], proto::DEFAULT_WS_PORT)),
+            http_addr: Some(SocketAddr::from(([0, 0, 0, 0], proto::DEFAULT_HTTP_PORT))),
+            token: None,
+            insecure: false,
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_connections: 20_000,
+            heartbeat_interval: Duration::from_secs(5),
+            outbound_capacity: 16_384,
+            shutdown_grace: Duration::from_secs(2),
+            sched: sched::Config::default(),
+            store: StoreMode::Memory,
+        }
+    }
+}
+
+impl Config {
+    /// Whether clients from `addr` may connect: loopback always; others only
+    /// with a token configured or in insecure mode.
+    pub fn admits(&self, addr: &SocketAddr) -> bool {
+        addr.ip().is_loopback() || self.token.is_some() || self.insecure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert!(s.matches("hunter2"));
+        assert!(!s.matches("hunter"));
+        assert!(!s.matches("hunter22"));
+    }
+
+    #[test]
+    fn protected_mode_admits_loopback_only() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let local6: SocketAddr = "[::1]:5000".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let mut config = Config::default();
+        assert!(config.admits(&local) && config.admits(&local6));
+        assert!(!config.admits(&remote));
+        config.token = Some(Secret::new("t"));
+        assert!(config.admits(&remote));
+        config.token = None;
+        config.insecure = true;
+        assert!(config.admits(&remote));
+    }
+}

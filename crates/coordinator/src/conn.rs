@@ -1,0 +1,311 @@
+//! One WebSocket connection: handshake, admission, decoding, writing.
+//!
+//! A connection task only parses and forwards: frames are decoded here (so
+//! JSON parsing spreads over the runtime's threads) and handed to the core
+//! loop as [`Input::Message`]; what the core wants sent arrives on the
+//! connection's own bounded channel as [`Outbound`]. Malformed frames are
+//! answered here with an `error` reply and never reach the core. A frame
+//! over the size limit closes this connection with code 1009 and touches no
+//! other.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use proto::{DecodeError, ErrorMsg, FromCoordinator, ToCoordinator};
+use sched::ConnId;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::core::Input;
+
+/// What the core sends to a connection.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Msg(FromCoordinator),
+    /// Close the connection with this code and reason.
+    Close {
+        code: u16,
+        reason: Cow<'static, str>,
+    },
+}
+
+/// Close codes of our own (4000–4999 are for applications).
+pub(crate) mod close {
+    pub const REPLACED: u16 = 4000;
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    pub const UNAUTHORIZED: u16 = 1008;
+    pub const TOO_SLOW: u16 = 1013;
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// Writes queued after one wake-up are flushed together, up to this many.
+const WRITE_BATCH: usize = 256;
+
+pub(crate) struct ConnCtx {
+    pub conn: ConnId,
+    pub remote: SocketAddr,
+    pub core: mpsc::Sender<Input>,
+    pub config: Arc<Config>,
+    /// False when the coordinator is at its connection limit.
+    pub admitted: bool,
+}
+
+/// Serves one TCP connection until it closes.
+pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
+    let _ = stream.set_nodelay(true);
+    let header_auth = Arc::new(AtomicBool::new(false));
+    let callback = handshake_check(&ctx, Arc::clone(&header_auth));
+    let ws_config = ws_config(&ctx.config);
+    let ws =
+        match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config))
+            .await
+        {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(remote = %ctx.remote, "handshake failed: {e}");
+                return;
+            }
+        };
+    let (tx, rx) = mpsc::channel(ctx.config.outbound_capacity);
+    let connected = Input::Connected { conn: ctx.conn, tx, remote: ctx.remote };
+    if ctx.core.send(connected).await.is_err() {
+        return; // The core is gone: shutting down.
+    }
+    let authorized = ctx.config.token.is_none() || header_auth.load(Ordering::Relaxed);
+    let mut session = Session { ctx: &ctx, ws, rx, authorized };
+    session.run().await;
+    let _ = ctx.core.send(Input::Disconnected { conn: ctx.conn }).await;
+}
+
+/// The WebSocket limits: frames and messages over `max_frame_bytes` fail,
+/// and buffers start small so that 10 000 idle peers stay cheap.
+pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+/// Refuses the upgrade (with an HTTP status and a reason people can read)
+/// for clients protected mode does not admit, over the connection limit, or
+/// with a wrong `Authorization` header; notes a right one.
+fn handshake_check(
+    ctx: &ConnCtx,
+    header_auth: Arc<AtomicBool>,
+) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + use<> {
+    let config = Arc::clone(&ctx.config);
+    let (remote, admitted) = (ctx.remote, ctx.admitted);
+    move |req: &Request, resp: Response| {
+        if !admitted {
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; retry later",
+            ));
+        }
+        if !config.admits(&remote) {
+            info!(%remote, "refused a non-loopback client in protected mode");
+            return Err(reject(
+                StatusCode::FORBIDDEN,
+                "protected mode: this coordinator has no token configured and accepts \
+                 loopback clients only; start it with --token (and give peers the token) \
+                 or with --insecure",
+            ));
+        }
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let (Some(token), Some(given)) = (&config.token, bearer) {
+            if !token.matches(given.trim()) {
+                return Err(reject(StatusCode::UNAUTHORIZED, "invalid token"));
+            }
+            header_auth.store(true, Ordering::Relaxed);
+        }
+        Ok(resp)
+    }
+}
+
+fn reject(status: StatusCode, reason: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    resp
+}
+
+struct Session<'a> {
+    ctx: &'a ConnCtx,
+    ws: WebSocketStream<TcpStream>,
+    rx: mpsc::Receiver<Outbound>,
+    authorized: bool,
+}
+
+/// A message refused for want of the token.
+struct Denied {
+    error: ErrorMsg,
+    /// A registration with a wrong token closes the connection.
+    close_connection: bool,
+}
+
+/// Whether the session goes on after handling something.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) {
+        loop {
+            let flow = tokio::select! {
+                frame = self.ws.next() => match frame {
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(e)) => self.on_error(e).await,
+                    None => Flow::Stop,
+                },
+                out = self.rx.recv() => match out {
+                    Some(out) => self.write(out).await,
+                    None => Flow::Stop,
+                },
+            };
+            if let Flow::Stop = flow {
+                break;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Flow {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                let err = ErrorMsg::new(
+                    "unsupported_frame",
+                    "binary frames are not part of the protocol; send JSON text frames",
+                );
+                self.send_now(FromCoordinator::Error(err)).await
+            }
+            Message::Close(_) => Flow::Stop,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let msg = match ToCoordinator::decode(text) {
+            Ok(msg) => msg,
+            Err(e) => return self.send_now(FromCoordinator::Error(decode_error(&e))).await,
+        };
+        let msg = match self.authorize(msg) {
+            Ok(msg) => msg,
+            Err(Denied { error, close_connection }) => {
+                let flow = self.send_now(FromCoordinator::Error(error)).await;
+                if close_connection {
+                    self.close(close::UNAUTHORIZED, "unauthorized".into()).await;
+                    return Flow::Stop;
+                }
+                return flow;
+            }
+        };
+        let input = Input::Message { conn: self.ctx.conn, msg };
+        if self.ctx.core.send(input).await.is_err() { Flow::Stop } else { Flow::Continue }
+    }
+
+    /// With a token configured, the first message must be a registration
+    /// carrying it (unless the upgrade's `Authorization` header did). Tokens
+    /// are stripped before the message goes on, so they are never logged.
+    fn authorize(&mut self, mut msg: ToCoordinator) -> Result<ToCoordinator, Denied> {
+        let token = match &mut msg {
+            ToCoordinator::RegisterPeer(m) => m.token.take(),
+            ToCoordinator::RegisterGamer(m) => m.token.take(),
+            _ => None,
+        };
+        if self.authorized {
+            return Ok(msg);
+        }
+        let registering =
+            matches!(msg, ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_));
+        let expected = self.ctx.config.token.as_ref();
+        if registering && token.zip(expected).is_some_and(|(given, t)| t.matches(&given)) {
+            self.authorized = true;
+            return Ok(msg);
+        }
+        let reason = if registering {
+            "missing or invalid token: this coordinator requires the cluster token \
+             (the `token` field of the registration or an `Authorization: Bearer` header)"
+        } else {
+            "not authorized: register with the cluster token first"
+        };
+        Err(Denied {
+            error: ErrorMsg::new("unauthorized", reason).in_reply_to(msg.msg_type()),
+            close_connection: registering,
+        })
+    }
+
+    async fn on_error(&mut self, e: WsError) -> Flow {
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                info!(remote = %self.ctx.remote, size, max_size, "closing: frame over the limit");
+                let reason = format!("message of {size} bytes is over the limit of {max_size}");
+                self.close(u16::from(CloseCode::Size), reason.into()).await;
+            }
+            e => debug!(remote = %self.ctx.remote, "connection error: {e}"),
+        }
+        Flow::Stop
+    }
+
+    /// Writes one outbound item and whatever else is already queued, then flushes.
+    async fn write(&mut self, first: Outbound) -> Flow {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Msg(msg) => {
+                    if self.ws.feed(Message::text(msg.encode())).await.is_err() {
+                        return Flow::Stop;
+                    }
+                }
+                Outbound::Close { code, reason } => {
+                    let _ = self.ws.flush().await;
+                    self.close(code, reason).await;
+                    return Flow::Stop;
+                }
+            }
+            n += 1;
+            if n < WRITE_BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        if self.ws.flush().await.is_err() { Flow::Stop } else { Flow::Continue }
+    }
+
+    async fn send_now(&mut self, msg: FromCoordinator) -> Flow {
+        if self.ws.send(Message::text(msg.encode())).await.is_err() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: Cow<'static, str>) {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.as_ref().into() };
+        let _ = self.ws.close(Some(frame)).await;
+    }
+}
+
+/// The `error` reply for a frame that did not decode.
+pub(crate) fn decode_error(e: &DecodeError) -> ErrorMsg {
+    let err = ErrorMsg::new(e.code(), e.to_string());
+    match e.msg_type() {
+        Some(t) => err.in_reply_to(t),
+        None => err,
+    }
+}

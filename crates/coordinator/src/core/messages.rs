@@ -1,0 +1,359 @@
+//! Handling of decoded messages, by `msg_type`, with the role rules: peer
+//! messages only on a connection registered as that peer, gamer messages only
+//! on one registered as a gamer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::{
+    Capabilities, ErrorMsg, FromCoordinator, Json, RegisterGamer, RegisterPeer, RegistrationAck,
+    RunningTask, TaskAccepted, TaskRequest, TaskStatusOut, ToCoordinator,
+};
+use sched::{
+    Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
+    Requirements, RunOutcome, Submission, SubmitError, TaskId,
+};
+use tracing::{info, warn};
+
+use super::{Core, PeerInfo, Role, wire_state};
+
+pub(super) fn handle(core: &mut Core, conn: ConnId, msg: ToCoordinator) {
+    let Some(role) = core.conns.get(&conn).map(|c| c.role.clone()) else { return };
+    let msg_type = msg.msg_type();
+    match (msg, role) {
+        (ToCoordinator::RegisterPeer(m), Role::Unregistered) => register_peer(core, conn, m),
+        (ToCoordinator::RegisterPeer(m), Role::Peer(id)) if id.as_str() == m.peer_id => {
+            register_peer(core, conn, m)
+        }
+        (ToCoordinator::RegisterGamer(m), Role::Unregistered) => register_gamer(core, conn, m),
+        (ToCoordinator::RegisterGamer(m), Role::Gamer(id)) if id.as_str() == m.gamer_id => {
+            register_gamer(core, conn, m)
+        }
+        (ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_), role) => {
+            let err = ErrorMsg::new(
+                "already_registered",
+                format!("this connection is already registered as {}", describe(&role)),
+            );
+            core.reply_error(conn, err.in_reply_to(msg_type));
+        }
+        (msg, Role::Peer(peer)) => peer_message(core, conn, &peer, msg),
+        (msg, Role::Gamer(gamer)) => gamer_message(core, conn, &gamer, msg),
+        (_, Role::Unregistered) => {
+            let err = ErrorMsg::new(
+                "not_registered",
+                "register first: send register_peer (workers) or register_gamer (clients)",
+            );
+            core.reply_error(conn, err.in_reply_to(msg_type));
+        }
+    }
+}
+
+fn describe(role: &Role) -> String {
+    match role {
+        Role::Peer(id) => format!("peer `{id}`"),
+        Role::Gamer(id) => format!("gamer `{id}`"),
+        Role::Unregistered => "nothing".to_owned(),
+    }
+}
+
+fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
+    let caps = Capabilities::from_json(m.capabilities.as_ref());
+    for warning in &caps.warnings {
+        warn!(peer = %m.peer_id, "{warning}");
+    }
+    let id = PeerId::from(m.peer_id.as_str());
+    let running: Vec<_> = m
+        .running
+        .iter()
+        .filter_map(|r| r.task_id.parse().ok().map(|t| (t, Attempt(r.attempt))))
+        .collect();
+    let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
+    let now = core.now();
+    let joined = core.sched.handle_peer_joined(now, join);
+    let remote = core.conns.get(&conn).map(|c| c.remote);
+    if let Some(c) = core.conns.get_mut(&conn) {
+        c.role = Role::Peer(id.clone());
+    }
+    info!(peer = %id, slots = caps.slots(), replaced = joined.replaced, "peer registered");
+    if let Some(remote) = remote {
+        let info = PeerInfo { caps, remote, registered_at: SystemTime::now(), heartbeat: None };
+        core.peer_info.insert(id.clone(), info);
+    }
+    let ack = RegistrationAck {
+        peer_id: Some(id.to_string()),
+        heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),
+        heartbeat_timeout_s: Some(core.config.sched.heartbeat_timeout.as_secs_f64()),
+        max_frame_bytes: Some(core.config.max_frame_bytes as u64),
+        stale: joined
+            .stale
+            .iter()
+            .map(|(t, a)| RunningTask { task_id: t.to_string(), attempt: a.0 })
+            .collect(),
+        ..RegistrationAck::registered()
+    };
+    // The ack goes before any assignment the join produced (flushed after this).
+    core.send(conn, FromCoordinator::RegistrationAck(ack));
+}
+
+/// What the scheduler needs of a peer's capabilities.
+pub(crate) fn peer_caps(caps: &Capabilities) -> PeerCaps {
+    let set = |names: &[String]| -> BTreeSet<Arc<str>> {
+        names.iter().map(|s| Arc::from(s.as_str())).collect()
+    };
+    PeerCaps {
+        task_types: caps.task_types.as_deref().map(set),
+        slots: caps.slots(),
+        models: set(&caps.models),
+        gpus_vram_mb: caps.gpus.iter().map(|g| g.vram_mb).collect(),
+    }
+}
+
+fn register_gamer(core: &mut Core, conn: ConnId, m: RegisterGamer) {
+    let id = GamerId::from(m.gamer_id.as_str());
+    if let Some(c) = core.conns.get_mut(&conn) {
+        c.role = Role::Gamer(id.clone());
+    }
+    let ack = RegistrationAck { gamer_id: Some(id.to_string()), ..RegistrationAck::registered() };
+    core.send(conn, FromCoordinator::RegistrationAck(ack));
+    let now = core.now();
+    // Results that finished while the gamer was away follow the ack.
+    core.sched.handle_gamer_joined(now, id, conn);
+}
+
+fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator) {
+    let now = core.now();
+    let msg_type = msg.msg_type();
+    let result = match msg {
+        ToCoordinator::Heartbeat(m) => {
+            if m.peer_id != peer.as_str() {
+                return mismatch(core, conn, peer, msg_type);
+            }
+            if let Some(info) = core.peer_info.get_mut(peer) {
+                info.heartbeat = Some(m);
+            }
+            core.sched.handle_heartbeat(now, peer, conn)
+        }
+        ToCoordinator::TaskResult(m) => {
+            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            let outcome = match (m.error, m.result) {
+                (Some(err), _) => RunOutcome::Failed {
+                    retryable: err.is_retryable(),
+                    failure: Failure::new(err.code, err.message),
+                },
+                (None, Some(result)) => RunOutcome::Completed(result),
+                (None, None) => return, // Refused by decoding already.
+            };
+            core.sched
+                .handle_result(now, peer, conn, task, m.attempt.map(Attempt), outcome)
+                .map(drop)
+        }
+        ToCoordinator::TaskStarted(m) => {
+            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            core.sched.handle_started(now, peer, conn, task, m.attempt.map(Attempt))
+        }
+        ToCoordinator::ReturnTask(m) => {
+            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            let attempt = m.attempt.map(Attempt);
+            core.sched.handle_result(now, peer, conn, task, attempt, RunOutcome::Returned).map(drop)
+        }
+        ToCoordinator::Drain(_) => core.sched.handle_drain(now, peer, conn),
+        other => {
+            let err = ErrorMsg::new(
+                "wrong_role",
+                format!(
+                    "`{}` is a gamer message; this connection is peer `{peer}`",
+                    other.msg_type()
+                ),
+            );
+            return core.reply_error(conn, err.in_reply_to(msg_type));
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(PeerError::NotRegistered) => {
+            let err = ErrorMsg::new(
+                "not_registered",
+                format!(
+                    "peer `{peer}` is not registered on this connection (it was replaced or declared dead); register again"
+                ),
+            );
+            core.reply_error(conn, err.in_reply_to(msg_type));
+        }
+        Err(PeerError::UnknownTask(task)) => {
+            let err = ErrorMsg::new("unknown_task", format!("no task `{task}` is known"))
+                .in_reply_to(msg_type)
+                .task(task.to_string());
+            core.reply_error(conn, err);
+        }
+    }
+}
+
+fn mismatch(core: &mut Core, conn: ConnId, peer: &PeerId, msg_type: &str) {
+    let err = ErrorMsg::new(
+        "peer_id_mismatch",
+        format!("this connection is registered as peer `{peer}`"),
+    );
+    core.reply_error(conn, err.in_reply_to(msg_type));
+}
+
+/// Reads a cluster task id (`t-42`) from a peer, or replies with an error.
+fn task_id(core: &mut Core, conn: ConnId, text: &str, msg_type: &str) -> Option<TaskId> {
+    match text.parse() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            let err = ErrorMsg::new("unknown_task", format!("no task `{text}` is known"))
+                .in_reply_to(msg_type)
+                .task(text);
+            core.reply_error(conn, err);
+            None
+        }
+    }
+}
+
+fn gamer_message(core: &mut Core, conn: ConnId, gamer: &GamerId, msg: ToCoordinator) {
+    let owner = Owner::Gamer(gamer.clone());
+    match msg {
+        ToCoordinator::TaskRequest(req) => submit(core, conn, owner, req),
+        ToCoordinator::CancelTask(m) => {
+            let Some(id) = core.sched.lookup(&owner, &m.task_id) else {
+                return unknown_client_task(core, conn, &m.task_id, "cancel_task");
+            };
+            let now = core.now();
+            if let Err(e) = core.sched.handle_cancel(now, &owner, id) {
+                let (code, reason) = match e {
+                    CancelError::AlreadyFinished(s) => (
+                        "task_finished",
+                        format!("task `{}` already ended ({})", m.task_id, s.as_str()),
+                    ),
+                    CancelError::NotOwner | CancelError::UnknownTask => {
+                        ("unknown_task", format!("no task `{}` of yours is known", m.task_id))
+                    }
+                };
+                let err = ErrorMsg::new(code, reason).in_reply_to("cancel_task").task(m.task_id);
+                core.reply_error(conn, err);
+            }
+        }
+        ToCoordinator::TaskStatus(m) => {
+            let Some(id) = core.sched.lookup(&owner, &m.task_id) else {
+                return unknown_client_task(core, conn, &m.task_id, "task_status");
+            };
+            if let Some(status) = task_status(core, id) {
+                core.send(conn, FromCoordinator::TaskStatus(status));
+            }
+        }
+        other => {
+            let err = ErrorMsg::new(
+                "wrong_role",
+                format!(
+                    "`{}` is a peer message; this connection is gamer `{gamer}`",
+                    other.msg_type()
+                ),
+            );
+            core.reply_error(conn, err.in_reply_to(other.msg_type()));
+        }
+    }
+}
+
+fn unknown_client_task(core: &mut Core, conn: ConnId, task: &str, msg_type: &str) {
+    let err = ErrorMsg::new("unknown_task", format!("no task `{task}` of yours is known"))
+        .in_reply_to(msg_type)
+        .task(task);
+    core.reply_error(conn, err);
+}
+
+pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
+    let task = core.sched.task(id)?;
+    Some(TaskStatusOut {
+        task_id: task.spec().client_task_id.to_string(),
+        id: id.to_string(),
+        status: wire_state(task.status()),
+        attempt: task.attempt().0,
+        peer_id: task.peer().map(ToString::to_string),
+        waiting_reason: core.sched.waiting_reason(id),
+    })
+}
+
+fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
+    let client_id = req.task_id.clone();
+    let sub = submission(owner, req);
+    let now = core.now();
+    match core.sched.handle_submit(now, sub) {
+        Ok(acc) => {
+            // Persist the submission (flush hands the event to the store)
+            // before the acknowledgement is allowed out.
+            core.flush();
+            let msg = TaskAccepted {
+                task_id: acc.client_task_id.to_string(),
+                id: acc.id.to_string(),
+                status: wire_state(acc.status),
+                existing: acc.existing,
+                waiting_reason: acc.waiting_reason,
+            };
+            core.send_durable(conn, FromCoordinator::TaskAccepted(msg));
+        }
+        Err(SubmitError::DuplicateTaskId { existing }) => {
+            let id = client_id.unwrap_or_default();
+            let err = ErrorMsg::new(
+                "duplicate_task_id",
+                format!(
+                    "you already have a live task `{id}` ({existing}); use a new task_id, or an idempotency_key to resubmit safely"
+                ),
+            );
+            core.reply_error(conn, err.in_reply_to("task_request").task(id));
+        }
+        Err(SubmitError::Busy { queued, retry_after }) => {
+            let mut err = ErrorMsg::new(
+                "busy",
+                format!("the queue is full ({queued} tasks waiting); retry later"),
+            )
+            .in_reply_to("task_request");
+            err.retry_after_s = Some(retry_after.as_secs_f64());
+            if let Some(id) = client_id {
+                err = err.task(id);
+            }
+            core.reply_error(conn, err);
+        }
+    }
+}
+
+/// A scheduler submission from a wire request. Task types whose executors
+/// need hardware get implicit requirements, so that peers declaring every
+/// type (seed-literal peers) are not sent work they cannot do: `gpu` needs a
+/// GPU, and `inference` needs the model its data names.
+pub(crate) fn submission(owner: Owner, req: TaskRequest) -> Submission<Json> {
+    let mut requirements = match req.requirements {
+        Some(r) => {
+            Requirements { model: r.model.map(Arc::from), gpu: r.gpu, min_vram_mb: r.min_vram_mb }
+        }
+        None => Requirements::default(),
+    };
+    match req.task_type.as_str() {
+        "gpu" => requirements.gpu = true,
+        "inference" if requirements.model.is_none() => requirements.model = model_of(&req.data),
+        _ => {}
+    }
+    Submission {
+        owner,
+        client_task_id: req.task_id.map(Arc::from),
+        task_type: Arc::from(req.task_type),
+        payload: req.data,
+        priority: req.priority.unwrap_or_default().0,
+        requirements,
+        run_timeout: req.timeout_s.map(Duration::from_secs_f64),
+        queue_timeout: req.queue_timeout_s.map(Duration::from_secs_f64),
+        max_attempts: req.max_attempts,
+        idempotency_key: req.idempotency_key.map(Arc::from),
+    }
+}
+
+/// The `model` field of inference data, if any.
+fn model_of(data: &Json) -> Option<Arc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let m: Model<'_> = serde_json::from_str(data.get()).ok()?;
+    m.model.map(|m| Arc::from(m.as_ref()))
+}

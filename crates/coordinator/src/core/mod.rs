@@ -1,0 +1,345 @@
+//! The core loop: the one owner of the scheduler.
+//!
+//! Every connection task and every HTTP handler talks to the core through one
+//! bounded channel of [`Input`]s; the core feeds the scheduler, then drains its
+//! events (to the store, the metrics and the event stream) and its commands
+//! (to connections). Nothing else touches scheduler state, so there are no
+//! locks around it and the order of inputs is the order of history.
+//!
+//! Replies that promise durability — `task_accepted`, and results delivered to
+//! gamers — go through [`Core::send_durable`], which holds them until the store
+//! has committed what they promise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::{
+    CancelAssignment, Capabilities, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut,
+    TaskResultOut, TaskState,
+};
+use sched::{Command, ConnId, GamerId, Outcome, PeerId, Scheduler, Status, TaskSpec, Time};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::conn::{Outbound, close};
+use crate::observe::Observer;
+
+mod messages;
+
+/// What the core loop is fed.
+pub(crate) enum Input {
+    Connected {
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+        remote: SocketAddr,
+    },
+    Message {
+        conn: ConnId,
+        msg: proto::ToCoordinator,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    /// Run a closure on the core (the HTTP API's queries and commands).
+    Call(Box<dyn FnOnce(&mut Core) + Send>),
+}
+
+/// What a connection registered as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    Unregistered,
+    Peer(PeerId),
+    Gamer(GamerId),
+}
+
+pub(crate) struct Conn {
+    tx: mpsc::Sender<Outbound>,
+    pub role: Role,
+    pub remote: SocketAddr,
+}
+
+/// What the coordinator knows of a peer beyond what the scheduler needs.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    pub caps: Capabilities,
+    pub remote: SocketAddr,
+    pub registered_at: SystemTime,
+    pub heartbeat: Option<proto::Heartbeat>,
+}
+
+/// The state the core loop owns.
+pub(crate) struct Core {
+    pub sched: Scheduler<Json>,
+    pub conns: HashMap<ConnId, Conn>,
+    pub peer_info: BTreeMap<PeerId, PeerInfo>,
+    pub config: Arc<Config>,
+    pub observer: Observer,
+    epoch: Instant,
+    pub started_at: SystemTime,
+}
+
+impl Core {
+    pub fn new(config: Arc<Config>, observer: Observer) -> Core {
+        let sched = Scheduler::new(config.sched.clone(), Time::ZERO);
+        Core {
+            sched,
+            conns: HashMap::new(),
+            peer_info: BTreeMap::new(),
+            config,
+            observer,
+            epoch: Instant::now(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// The scheduler's clock: time since the core started.
+    pub fn now(&self) -> Time {
+        Time::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The scheduler time of a wall-clock instant (for recovered tasks).
+    pub fn time_of(&self, at: SystemTime) -> Time {
+        let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+        let now = self.now();
+        Time::from_micros(
+            now.as_micros().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(0)),
+        )
+    }
+
+    /// The wall-clock instant of a scheduler time.
+    pub fn wall(&self, t: Time) -> SystemTime {
+        let ago = self.now().saturating_since(t);
+        SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    fn instant_of(&self, t: Time) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    /// Runs until `shutdown` turns true or every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+        let mut durable = self.observer.durable_watch();
+        loop {
+            let deadline = self.sched.poll_timeout().map(|t| self.instant_of(t));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                input = rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    // Take what else is waiting before flushing, up to a bound,
+                    // so that bursts cost one flush.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let now = self.now();
+                    self.sched.handle_timeout(now);
+                    self.flush();
+                }
+                Ok(()) = durable.changed() => {}
+            }
+            self.release_durable();
+        }
+        self.shut_down();
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Connected { conn, tx, remote } => {
+                self.conns.insert(conn, Conn { tx, role: Role::Unregistered, remote });
+            }
+            Input::Message { conn, msg } => {
+                messages::handle(self, conn, msg);
+                self.flush();
+            }
+            Input::Disconnected { conn } => {
+                self.drop_conn(conn);
+                self.flush();
+            }
+            Input::Call(f) => {
+                f(self);
+                self.flush();
+            }
+        }
+    }
+
+    /// Forgets a connection and tells the scheduler its peer or gamer left.
+    fn drop_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let now = self.now();
+        match c.role {
+            Role::Peer(id) => {
+                if self.sched.peer(id.as_str()).is_some_and(|p| p.conn() == conn) {
+                    self.peer_info.remove(&id);
+                }
+                self.sched.handle_peer_left(now, &id, conn);
+            }
+            Role::Gamer(id) => self.sched.handle_gamer_left(now, &id, conn),
+            Role::Unregistered => {}
+        }
+    }
+
+    /// Drains the scheduler: events first (so the store sees what commands
+    /// promise), then commands.
+    pub fn flush(&mut self) {
+        while let Some(event) = self.sched.poll_event() {
+            self.observer.observe(&event, &self.sched, &self.peer_info);
+        }
+        while let Some(cmd) = self.sched.poll_command() {
+            self.route(cmd);
+        }
+    }
+
+    fn route(&mut self, cmd: Command<Json>) {
+        match cmd {
+            Command::Assign { conn, task, attempt, .. } => {
+                let msg = TaskAssignment {
+                    task_id: task.id.to_string(),
+                    task_data: Json::clone(&task.payload),
+                    task_type: task.task_type.to_string(),
+                    attempt: attempt.0,
+                    timeout_s: task.run_timeout.map(|d| d.as_secs_f64()),
+                };
+                self.send(conn, FromCoordinator::TaskAssignment(msg));
+            }
+            Command::Cancel { conn, task, attempt, reason } => {
+                let msg = CancelAssignment {
+                    task_id: task.to_string(),
+                    attempt: attempt.0,
+                    reason: reason.to_owned(),
+                };
+                self.send(conn, FromCoordinator::CancelTask(msg));
+            }
+            Command::Deliver { conn, task, outcome, attempts, .. } => {
+                let msg = outcome_message(&task, &outcome, attempts);
+                self.send_durable(conn, msg);
+            }
+            Command::ClosePeer { conn, reason } => {
+                let code = if reason == "heartbeat timeout" {
+                    close::HEARTBEAT_TIMEOUT
+                } else {
+                    close::REPLACED
+                };
+                self.close(conn, code, reason);
+            }
+            Command::CloseGamer { conn, reason } => self.close(conn, close::REPLACED, reason),
+        }
+    }
+
+    /// Queues a message to a connection. A connection whose queue is full
+    /// cannot keep up: it is dropped rather than slowing the core.
+    pub fn send(&mut self, conn: ConnId, msg: FromCoordinator) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        match c.tx.try_send(Outbound::Msg(msg)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
+                self.observer.connection_dropped_slow();
+                self.drop_conn(conn);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_conn(conn),
+        }
+    }
+
+    /// Queues a message that must not leave before the store has committed
+    /// everything observed so far.
+    pub fn send_durable(&mut self, conn: ConnId, msg: FromCoordinator) {
+        if let Some((conn, msg)) = self.observer.hold(conn, msg) {
+            self.send(conn, msg);
+        }
+    }
+
+    /// Sends the held messages the store has made durable.
+    fn release_durable(&mut self) {
+        for (conn, msg) in self.observer.release() {
+            self.send(conn, msg);
+        }
+    }
+
+    pub fn reply_error(&mut self, conn: ConnId, err: ErrorMsg) {
+        debug!(%conn, code = %err.code, reason = %err.reason, "error reply");
+        self.observer.rejected(&err.code);
+        self.send(conn, FromCoordinator::Error(err));
+    }
+
+    fn close(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Unregistered;
+            let _ = c.tx.try_send(Outbound::Close { code, reason: reason.into() });
+        }
+    }
+
+    /// Tells every connection the coordinator is going away, then closes it.
+    fn shut_down(&mut self) {
+        self.observer.flush_store();
+        self.release_durable();
+        let reason = "coordinator shutting down".to_owned();
+        for c in self.conns.values() {
+            let bye = FromCoordinator::Shutdown(proto::Shutdown { reason: reason.clone() });
+            let _ = c.tx.try_send(Outbound::Msg(bye));
+            let _ = c
+                .tx
+                .try_send(Outbound::Close { code: close::GOING_AWAY, reason: "shutdown".into() });
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The wire state of a scheduler status.
+pub(crate) fn wire_state(status: Status) -> TaskState {
+    match status {
+        Status::Queued => TaskState::Queued,
+        Status::Assigned => TaskState::Assigned,
+        Status::Running => TaskState::Running,
+        Status::Completed => TaskState::Completed,
+        Status::Failed => TaskState::Failed,
+        Status::Cancelled => TaskState::Cancelled,
+        Status::TimedOut => TaskState::TimedOut,
+    }
+}
+
+/// `task_result` or `task_error` for a finished task.
+pub(crate) fn outcome_message(
+    task: &TaskSpec<Json>,
+    outcome: &Outcome<Json>,
+    attempts: u32,
+) -> FromCoordinator {
+    match outcome {
+        Outcome::Completed { result, attempt, peer } => {
+            FromCoordinator::TaskResult(TaskResultOut {
+                task_id: task.client_task_id.to_string(),
+                result: Json::clone(result),
+                id: Some(task.id.to_string()),
+                status: Some(TaskState::Completed),
+                attempt: Some(attempt.0),
+                peer_id: Some(peer.to_string()),
+            })
+        }
+        other => {
+            let failure = other.failure().unwrap_or_else(|| sched::Failure::new("failed", ""));
+            FromCoordinator::TaskError(TaskErrorOut {
+                task_id: task.client_task_id.to_string(),
+                id: task.id.to_string(),
+                status: wire_state(other.status()),
+                code: failure.code.to_string(),
+                reason: failure.message.to_string(),
+                attempts,
+            })
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! One connection to the coordinator: register, heartbeat, run, drain.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use proto::{
+    Drain, FromCoordinator, Heartbeat, RegisterPeer, ReturnTask, RunningTask, TaskAssignment,
+    TaskFailure, TaskResult, ToCoordinator,
+};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+
+use crate::machine::Load;
+use crate::runner::{self, Job};
+use crate::{Config, Running, Worker};
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a connection attempt, and the wait for `registration_ack`, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection attempt failed.
+pub(crate) enum ConnectError {
+    /// The coordinator refused the upgrade (protected mode, a bad token):
+    /// retrying will not help.
+    Refused(String),
+    Other(String),
+}
+
+/// Connects to the coordinator, presenting the token as a bearer header.
+pub(crate) async fn connect(config: &Config) -> Result<Ws, ConnectError> {
+    let other = |e: &dyn std::fmt::Display| ConnectError::Other(e.to_string());
+    let mut request = config.coordinator.as_str().into_client_request().map_err(|e| other(&e))?;
+    if let Some(token) = &config.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| other(&"the token is not a valid header value"))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let connecting = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(WsError::Http(resp))) => {
+            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let reason = format!("{}: {}", resp.status(), body.trim());
+            if matches!(resp.status().as_u16(), 401 | 403) {
+                Err(ConnectError::Refused(reason))
+            } else {
+                Err(ConnectError::Other(reason))
+            }
+        }
+        Ok(Err(e)) => Err(other(&e)),
+        Err(_) => Err(other(&"connect timed out")),
+    }
+}
+
+/// How a session ended.
+pub(crate) enum End {
+    /// Shutdown asked and done.
+    Shutdown,
+    /// The coordinator refused us (bad token, …): do not retry.
+    Refused(String),
+    /// The connection is gone: reconnect.
+    Disconnected(String),
+}
+
+pub(crate) struct Session<'w> {
+    worker: &'w mut Worker,
+    ws: Ws,
+    heartbeat: Duration,
+    load: Load,
+}
+
+impl<'w> Session<'w> {
+    pub fn new(worker: &'w mut Worker, ws: Ws) -> Session<'w> {
+        let heartbeat = worker.config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
+        Session { worker, ws, heartbeat, load: Load::new() }
+    }
+
+    pub async fn run<F: Future<Output = ()>>(mut self, shutdown: &mut Pin<&mut F>) -> End {
+        if let Err(end) = self.register().await {
+            return end;
+        }
+        while let Some(msg) = self.worker.unsent.pop_front() {
+            if let Err(e) = self.send(&msg).await {
+                self.worker.unsent.push_front(msg);
+                return End::Disconnected(e.to_string());
+            }
+        }
+        let mut tick = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return self.drain().await,
+                frame = self.ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(end) = self.on_text(text.as_str()).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
+                        return End::Disconnected(why);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return End::Disconnected(e.to_string()),
+                    None => return End::Disconnected("closed".to_owned()),
+                },
+                Some(report) = self.worker.reports.recv() => {
+                    if let Some(msg) = self.worker.report_message(report) {
+                        if let Err(e) = self.send(&msg).await {
+                            self.worker.unsent.push_back(msg);
+                            return End::Disconnected(e.to_string());
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        return End::Disconnected(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `register_peer` (claiming running and finished-but-unreported
+    /// tasks) and waits for the acknowledgement.
+    async fn register(&mut self) -> Result<(), End> {
+        let mut claims: Vec<RunningTask> = self
+            .worker
+            .running
+            .iter()
+            .map(|(id, r)| RunningTask { task_id: id.clone(), attempt: r.attempt })
+            .collect();
+        claims.extend(self.worker.unsent.iter().filter_map(|m| match m {
+            ToCoordinator::TaskResult(r) => {
+                Some(RunningTask { task_id: r.task_id.clone(), attempt: r.attempt.unwrap_or(0) })
+            }
+            _ => None,
+        }));
+        let register = ToCoordinator::RegisterPeer(RegisterPeer {
+            peer_id: self.worker.config.peer_id.clone(),
+            capabilities: proto::to_json(&self.worker.capabilities()).ok(),
+            token: self.worker.config.token.clone(),
+            running: claims,
+        });
+        self.send(&register).await.map_err(|e| End::Disconnected(e.to_string()))?;
+        let ack = tokio::time::timeout(CONNECT_TIMEOUT, self.await_ack()).await;
+        let ack =
+            ack.map_err(|_| End::Disconnected("no registration_ack in time".to_owned()))??;
+        if self.worker.config.heartbeat_interval.is_none() {
+            if let Some(s) = ack.heartbeat_interval_s.filter(|s| s.is_finite() && *s > 0.0) {
+                self.heartbeat = Duration::from_secs_f64(s);
+            }
+        }
+        for stale in ack.stale {
+            if let Some(r) = self.worker.running.remove(&stale.task_id) {
+                info!(task = %stale.task_id, "the coordinator reassigned this task; stopping it");
+                r.ctx.cancel();
+            }
+        }
+        info!(peer = %self.worker.config.peer_id, coordinator = %self.worker.config.coordinator, "registered");
+        Ok(())
+    }
+
+    async fn await_ack(&mut self) -> Result<proto::RegistrationAck, End> {
+        loop {
+            let frame = self.ws.next().await;
+            let text = match frame {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => {
+                    let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
+                    return Err(End::Disconnected(why));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(End::Disconnected(e.to_string())),
+                None => return Err(End::Disconnected("closed".to_owned())),
+            };
+            match FromCoordinator::decode(text.as_str()) {
+                Ok(FromCoordinator::RegistrationAck(ack)) => return Ok(ack),
+                Ok(FromCoordinator::Error(e)) => {
+                    return Err(End::Refused(format!("{}: {}", e.code, e.reason)));
+                }
+                Ok(other) => debug!("before registration_ack: {}", other.msg_type()),
+                Err(e) => warn!("undecodable message from the coordinator: {e}"),
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        match FromCoordinator::decode(text) {
+            Ok(FromCoordinator::TaskAssignment(a)) => self.start(a).await,
+            Ok(FromCoordinator::CancelTask(c)) => {
+                if let Some(r) =
+                    self.worker.running.get(&c.task_id).filter(|r| r.attempt == c.attempt)
+                {
+                    info!(task = %c.task_id, reason = %c.reason, "cancelling");
+                    r.ctx.cancel();
+                }
+                Ok(())
+            }
+            Ok(FromCoordinator::Shutdown(s)) => Err(End::Disconnected(s.reason)),
+            Ok(FromCoordinator::Error(e)) => {
+                warn!(code = %e.code, "the coordinator refused a message: {}", e.reason);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!("undecodable message from the coordinator: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    async fn start(&mut self, a: TaskAssignment) -> Result<(), End> {
+        if self.worker.running.contains_key(&a.task_id) {
+            return Ok(()); // Already running this one (a reclaimed assignment).
+        }
+        let Some(executor) = self.worker.executors.get(&a.task_type).map(Arc::clone) else {
+            let failure = TaskFailure {
+                code: "unsupported_task_type".into(),
+                message: format!("this worker has no `{}` executor", a.task_type),
+                retryable: Some(true),
+            };
+            let msg = ToCoordinator::TaskResult(TaskResult {
+                task_id: a.task_id,
+                result: None,
+                error: Some(failure),
+                attempt: Some(a.attempt),
+                peer_id: Some(self.worker.config.peer_id.clone()),
+                elapsed_ms: None,
+            });
+            return self.send(&msg).await.map_err(|e| End::Disconnected(e.to_string()));
+        };
+        let limit = a
+            .timeout_s
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.worker.config.default_task_timeout);
+        let job = Job {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            input: a.task_data,
+            limit,
+            notice_after: self.worker.config.started_notice_after,
+        };
+        let ctx = runner::spawn(executor, job, self.worker.reports_tx.clone());
+        self.worker.running.insert(a.task_id, Running { attempt: a.attempt, ctx });
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), WsError> {
+        let (cpu, mem) = self.load.sample();
+        let msg = ToCoordinator::Heartbeat(Heartbeat {
+            peer_id: self.worker.config.peer_id.clone(),
+            running_tasks: Some(self.worker.running.len() as u32),
+            cpu_percent: cpu,
+            memory_used_mb: mem,
+        });
+        self.send(&msg).await
+    }
+
+    /// Takes no new tasks, lets running ones finish for a while, returns the rest.
+    async fn drain(mut self) -> End {
+        info!(running = self.worker.running.len(), "draining before shutdown");
+        let peer_id = Some(self.worker.config.peer_id.clone());
+        if self.send(&ToCoordinator::Drain(Drain { peer_id })).await.is_err() {
+            self.worker.running.clear();
+            return End::Shutdown;
+        }
+        let deadline = tokio::time::sleep(self.worker.config.drain_timeout);
+        tokio::pin!(deadline);
+        while !self.worker.running.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                Some(report) = self.worker.reports.recv() => {
+                    if let Some(msg) = self.worker.report_message(report) {
+                        let _ = self.send(&msg).await;
+                    }
+                }
+                frame = self.ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => self.on_drain_text(text.as_str()).await,
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+        let left: Vec<(String, Running)> = self.worker.running.drain().collect();
+        for (task_id, running) in left {
+            running.ctx.cancel();
+            let msg = ToCoordinator::ReturnTask(ReturnTask {
+                task_id,
+                attempt: Some(running.attempt),
+                reason: Some("worker shutting down".to_owned()),
+            });
+            let _ = self.send(&msg).await;
+        }
+        let _ = self.ws.close(None).await;
+        End::Shutdown
+    }
+
+    /// While draining, new assignments go straight back.
+    async fn on_drain_text(&mut self, text: &str) {
+        match FromCoordinator::decode(text) {
+            Ok(FromCoordinator::TaskAssignment(a)) => {
+                let msg = ToCoordinator::ReturnTask(ReturnTask {
+                    task_id: a.task_id,
+                    attempt: Some(a.attempt),
+                    reason: Some("worker draining".to_owned()),
+                });
+                let _ = self.send(&msg).await;
+            }
+            Ok(FromCoordinator::CancelTask(c)) => {
+                if let Some(r) = self.worker.running.get(&c.task_id) {
+                    r.ctx.cancel();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn send(&mut self, msg: &ToCoordinator) -> Result<(), WsError> {
+        self.ws.send(Message::text(msg.encode())).await
+    }
+}
