@@ -21,8 +21,9 @@ async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;
     // Tests and scripts read the bound addresses from these lines.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "legacygpu coordinator ready")?;
+    writeln!(out, "legacygpu coordinator {}", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  websocket: ws://{}", coordinator.ws_addr())?;
+    writeln!(out, "ready (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
     coordinator.run(signals::shutdown()).await;

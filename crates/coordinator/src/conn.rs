@@ -85,7 +85,18 @@ pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
     let authorized = ctx.config.token.is_none() || header_auth.load(Ordering::Relaxed);
     let mut session = Session { ctx: &ctx, ws, rx, authorized };
     session.run().await;
-    let _ = ctx.core.send(Input::Disconnected { conn: ctx.conn }).await;
+    // What the core queued but this connection never wrote goes back, so
+    // that results are kept for the gamer's return instead of lost.
+    session.rx.close();
+    let mut unsent = Vec::new();
+    while let Ok(out) = session.rx.try_recv() {
+        if let Outbound::Msg(msg) = out {
+            unsent.push(msg);
+        }
+    }
+    let _ = ctx.core.send(Input::Disconnected { conn: ctx.conn, unsent }).await;
+    // The socket closes here, after the core has heard of it.
+    drop(session);
 }
 
 /// The WebSocket limits: frames and messages over `max_frame_bytes` fail,

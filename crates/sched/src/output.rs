@@ -154,6 +154,10 @@ pub enum Event<P> {
     Delivered {
         task: TaskId,
     },
+    /// A handed-over outcome did not reach the submitter; it waits again.
+    Undelivered {
+        task: TaskId,
+    },
     /// Finished tasks dropped from memory (their TTL passed or the cap was hit).
     Evicted {
         tasks: BTreeSet<TaskId>,

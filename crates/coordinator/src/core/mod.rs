@@ -41,8 +41,10 @@ pub(crate) enum Input {
         conn: ConnId,
         msg: proto::ToCoordinator,
     },
+    /// The connection closed; `unsent` is what was still queued to it.
     Disconnected {
         conn: ConnId,
+        unsent: Vec<FromCoordinator>,
     },
     /// Run a closure on the core (the HTTP API's queries and commands).
     Call(Box<dyn FnOnce(&mut Core) + Send>),
@@ -161,7 +163,10 @@ impl Core {
                 messages::handle(self, conn, msg);
                 self.flush();
             }
-            Input::Disconnected { conn } => {
+            Input::Disconnected { conn, unsent } => {
+                for msg in unsent {
+                    self.undelivered(conn, &msg);
+                }
                 self.drop_conn(conn);
                 self.flush();
             }
@@ -236,17 +241,37 @@ impl Core {
     }
 
     /// Queues a message to a connection. A connection whose queue is full
-    /// cannot keep up: it is dropped rather than slowing the core.
+    /// cannot keep up: it is dropped rather than slowing the core. An outcome
+    /// that cannot be queued waits for its gamer's return.
     pub fn send(&mut self, conn: ConnId, msg: FromCoordinator) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        match c.tx.try_send(Outbound::Msg(msg)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let Some(c) = self.conns.get(&conn) else {
+            return self.undelivered(conn, &msg);
+        };
+        let failed = match c.tx.try_send(Outbound::Msg(msg)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(out)) => {
                 warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
                 self.observer.connection_dropped_slow();
-                self.drop_conn(conn);
+                out
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_conn(conn),
+            Err(mpsc::error::TrySendError::Closed(out)) => out,
+        };
+        if let Outbound::Msg(msg) = failed {
+            self.undelivered(conn, &msg);
+        }
+        self.drop_conn(conn);
+    }
+
+    /// A task outcome that did not reach `conn` goes back to waiting.
+    fn undelivered(&mut self, conn: ConnId, msg: &FromCoordinator) {
+        let id = match msg {
+            FromCoordinator::TaskResult(r) => r.id.as_deref(),
+            FromCoordinator::TaskError(e) => Some(e.id.as_str()),
+            _ => None,
+        };
+        if let Some(id) = id.and_then(|id| id.parse().ok()) {
+            let now = self.now();
+            self.sched.handle_undelivered(now, id, conn);
         }
     }
 

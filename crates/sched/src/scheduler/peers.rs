@@ -7,7 +7,7 @@ use crate::output::{Command, Event, LeaveReason, RequeueReason};
 use crate::peer::{Peer, PeerJoin};
 use crate::task::{AttemptEnd, Holder, State};
 use crate::timers::Timer;
-use crate::types::{Attempt, ConnId, GamerId, PeerId, TaskId, Time};
+use crate::types::{Attempt, ConnId, GamerId, Owner, PeerId, TaskId, Time};
 
 /// What became of a peer's registration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,6 +198,28 @@ impl<P: Clone> Scheduler<P> {
             *delivered = true;
             let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
             self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
+        }
+    }
+
+    /// An outcome sent to `conn` did not reach it (the connection was already
+    /// closing): it is kept for the gamer's return, or sent again at once when
+    /// the gamer is already back on another connection.
+    pub fn handle_undelivered(&mut self, now: Time, id: TaskId, conn: ConnId) {
+        self.tick(now);
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Owner::Gamer(gamer) = &task.spec.owner else { return };
+        let State::Finished { outcome, delivered, .. } = &mut task.state else { return };
+        let gamer = gamer.clone();
+        match self.gamers.get(&gamer).copied().filter(|c| *c != conn) {
+            Some(current) => {
+                let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
+                self.push_delivery(current, gamer, spec, outcome, attempts);
+            }
+            None => {
+                *delivered = false;
+                self.undelivered.entry(gamer).or_default().insert(id);
+                self.events.push_back(Event::Undelivered { task: id });
+            }
         }
     }
 

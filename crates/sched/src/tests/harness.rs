@@ -111,6 +111,10 @@ impl World {
                 self.gamer_conns.insert(words[1].to_owned(), conn);
                 self.sched.handle_gamer_joined(now, GamerId::from(words[1]), conn);
             }
+            "undelivered" => {
+                let conn = self.gamer_conns[words[2]];
+                self.sched.handle_undelivered(now, task_ref(words[1]).0, conn);
+            }
             "gamer-left" => {
                 let conn = self.gamer_conns[words[1]];
                 self.sched.handle_gamer_left(now, &GamerId::from(words[1]), conn);
@@ -238,6 +242,7 @@ pub fn describe_event(event: &Event<String>) -> String {
         }
         Event::StaleResult { task, attempt, peer } => format!("stale {task}{attempt} from {peer}"),
         Event::Delivered { task } => format!("delivered {task}"),
+        Event::Undelivered { task } => format!("undelivered {task}"),
         Event::Evicted { tasks } => format!("evicted {tasks:?}"),
         Event::PeerJoined { peer, .. } => format!("peer joined {peer}"),
         Event::PeerLeft { peer, reason, .. } => format!("peer left {peer} {}", reason.as_str()),

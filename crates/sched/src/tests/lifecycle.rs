@@ -625,3 +625,39 @@ fn time_never_goes_backwards() {
     world.sched.handle_timeout(Time::from_secs(1));
     assert_eq!(world.sched.poll_timeout(), Some(Time::from_secs(25)));
 }
+
+#[test]
+fn an_outcome_that_did_not_reach_its_gamer_waits_for_its_return() {
+    check(
+        r"
+        gamer g1
+        join p1
+        submit g1 echo id=a
+        result p1 t-1 ok=A
+        undelivered t-1 g1
+        gamer-left g1
+        gamer g1
+        undelivered t-1 g1
+        gamer g2
+        undelivered t-1 g2
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 echo id=a
+          => t-1 a Assigned
+          assign t-1#1 x -> p1 (c2)
+        result p1 t-1 ok=A
+          => Accepted
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+        undelivered t-1 g1
+        gamer-left g1
+        gamer g1
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+        undelivered t-1 g1
+        gamer g2
+        undelivered t-1 g2
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+        ",
+    );
+}

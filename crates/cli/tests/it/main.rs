@@ -1,0 +1,19 @@
+//! Integration tests: the real `legacygpu` binary on 127.0.0.1, ephemeral
+//! ports, raw WebSocket clients sending the seed's literal JSON, real
+//! `kill -9`. One test binary (modules below) so the binary links once.
+
+mod auth;
+mod bad_input;
+mod failover;
+mod lifecycle;
+mod seed;
+
+use std::path::Path;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_legacygpu"))
+}
+
+/// Coordinator flags that make failure detection fast in tests.
+pub const FAST: &[&str] = &["--heartbeat-timeout", "1", "--heartbeat-interval", "0.2"];
