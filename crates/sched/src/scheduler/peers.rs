@@ -21,7 +21,7 @@ pub struct Joined {
 impl<P: Clone> Scheduler<P> {
     /// A peer registered on `join.conn`. A live session with the same id is
     /// replaced: the assignments the new session claims (`join.running`) stay
-    /// with it, the others are requeued.
+    /// with it as far as its slots go, the others are requeued.
     pub fn handle_peer_joined(&mut self, now: Time, join: PeerJoin) -> Joined {
         let now = self.tick(now);
         let claims: BTreeMap<TaskId, Attempt> = join.running.iter().copied().collect();
@@ -38,10 +38,13 @@ impl<P: Clone> Scheduler<P> {
                 });
             }
             for (task, attempt) in old.tasks {
-                if claims.get(&task) == Some(&attempt) {
+                if claims.get(&task) == Some(&attempt) && peer.used() < peer.caps.slots {
                     self.move_holder(task, join.conn);
                     peer.tasks.insert(task, attempt);
                 } else {
+                    if claims.contains_key(&task) {
+                        joined.stale.push((task, attempt));
+                    }
                     self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
                 }
             }
@@ -60,20 +63,29 @@ impl<P: Clone> Scheduler<P> {
                 Some(State::Assigned(h)) if h.conn.is_none() => h.attempt,
                 _ => continue,
             };
-            if claims.get(&task) == Some(&held) {
+            if claims.get(&task) == Some(&held) && peer.used() < peer.caps.slots {
                 self.move_holder(task, join.conn);
                 peer.tasks.insert(task, held);
             } else {
+                if claims.contains_key(&task) {
+                    joined.stale.push((task, held));
+                }
                 self.requeue(now, task, AttemptEnd::Unclaimed, RequeueReason::Unclaimed, true);
             }
         }
 
-        // Claims of tasks requeued when this peer's connection dropped.
+        // Claims of tasks requeued when this peer's connection dropped, as
+        // far as its slots go: a claim beyond them is stale (the peer is told
+        // to stop it, and it runs elsewhere).
         for (&task, &attempt) in &claims {
-            if peer.tasks.contains_key(&task) || peer.zombies.contains_key(&task) {
+            if peer.tasks.contains_key(&task)
+                || peer.zombies.contains_key(&task)
+                || joined.stale.contains(&(task, attempt))
+            {
                 continue;
             }
-            if self.reclaim(now, task, attempt, &join.id, join.conn) {
+            let room = peer.used() < peer.caps.slots;
+            if room && self.reclaim(now, task, attempt, &join.id, join.conn) {
                 peer.tasks.insert(task, attempt);
             } else {
                 joined.stale.push((task, attempt));

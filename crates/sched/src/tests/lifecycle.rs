@@ -661,3 +661,28 @@ fn an_outcome_that_did_not_reach_its_gamer_waits_for_its_return() {
         ",
     );
 }
+
+#[test]
+fn claims_beyond_a_peers_slots_are_stale() {
+    check(
+        r"
+        join p1 slots=2
+        submit api echo p=a
+        submit api echo p=b
+        leave p1
+        join p1 slots=1 running=t-1#1,t-2#1
+        ",
+        r"
+        join p1 slots=2
+        submit api echo p=a
+          => t-1 t-1 Assigned
+          assign t-1#1 a -> p1 (c1)
+        submit api echo p=b
+          => t-2 t-2 Assigned
+          assign t-2#1 b -> p1 (c1)
+        leave p1
+        join p1 slots=1 running=t-1#1,t-2#1
+          => Joined { replaced: false, stale: [(TaskId(2), Attempt(1))] }
+        ",
+    );
+}
