@@ -33,6 +33,16 @@ pub enum Command {
     /// Submit tasks and follow them.
     #[command(subcommand)]
     Task(TaskCmd),
+    /// Run a whole cluster locally (a coordinator and two workers) and a
+    /// short mix of real tasks through it.
+    Demo(Demo),
+}
+
+#[derive(Debug, Args)]
+pub struct Demo {
+    /// Tasks of each kind to run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tasks: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@ use clap::Parser;
 
 mod args;
 mod cluster;
+mod demo;
 mod signals;
 mod task;
 mod worker;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             Command::Cluster(cmd) => cluster::run(cmd).await,
             Command::Worker(cmd) => worker::run(cmd).await,
             Command::Task(cmd) => task::run(cmd).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -151,10 +151,10 @@ impl Driver {
         let task = e.task_id.clone().unwrap_or_default();
         match e.in_reply_to.as_deref() {
             Some("task_request") => {
-                if let Some(p) = self.pending.remove(&task) {
-                    if let Some(tx) = p.accepted {
-                        let _ = tx.send(Err(ClientError::Rejected(e)));
-                    }
+                if let Some(p) = self.pending.remove(&task)
+                    && let Some(tx) = p.accepted
+                {
+                    let _ = tx.send(Err(ClientError::Rejected(e)));
                 }
             }
             Some("task_status") => {

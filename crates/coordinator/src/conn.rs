@@ -45,7 +45,6 @@ pub(crate) mod close {
     pub const REPLACED: u16 = 4000;
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
     pub const UNAUTHORIZED: u16 = 1008;
-    pub const TOO_SLOW: u16 = 1013;
     pub const GOING_AWAY: u16 = 1001;
 }
 
@@ -112,6 +111,8 @@ pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
 /// Refuses the upgrade (with an HTTP status and a reason people can read)
 /// for clients protected mode does not admit, over the connection limit, or
 /// with a wrong `Authorization` header; notes a right one.
+// The error type is tungstenite's callback signature, large or not.
+#[allow(clippy::result_large_err)]
 fn handshake_check(
     ctx: &ConnCtx,
     header_auth: Arc<AtomicBool>,

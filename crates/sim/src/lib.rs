@@ -158,11 +158,11 @@ impl World {
     /// Live, non-silent peers heartbeat every 5 s.
     fn heartbeats(&mut self) {
         for p in &mut self.peers {
-            if let (Some(conn), false) = (p.conn, p.silent) {
-                if self.now.saturating_since(p.last_heartbeat) >= Duration::from_secs(5) {
-                    p.last_heartbeat = self.now;
-                    let _ = self.sched.handle_heartbeat(self.now, &p.id, conn);
-                }
+            if let (Some(conn), false) = (p.conn, p.silent)
+                && self.now.saturating_since(p.last_heartbeat) >= Duration::from_secs(5)
+            {
+                p.last_heartbeat = self.now;
+                let _ = self.sched.handle_heartbeat(self.now, &p.id, conn);
             }
         }
     }

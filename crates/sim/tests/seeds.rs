@@ -16,10 +16,10 @@ fn thousands_of_seeded_worlds() {
 
 #[test]
 fn replay_one_seed() {
-    if let Some(seed) = std::env::var("LEGACYGPU_SIM_SEED").ok().and_then(|n| n.parse().ok()) {
-        if let Err(e) = sim::run_seed(seed, STEPS) {
-            panic!("{e}");
-        }
+    if let Some(seed) = std::env::var("LEGACYGPU_SIM_SEED").ok().and_then(|n| n.parse().ok())
+        && let Err(e) = sim::run_seed(seed, STEPS)
+    {
+        panic!("{e}");
     }
 }
 

@@ -4,6 +4,9 @@
 //! Waiting is always for an event (a line on stdout, a message) with a
 //! generous timeout as a safety net, never a sleep.
 
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

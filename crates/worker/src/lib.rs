@@ -137,7 +137,10 @@ impl Worker {
         let mut backoff = self.config.reconnect_min;
         loop {
             let connected = tokio::select! {
-                _ = &mut shutdown => return Ok(self.abandon()),
+                _ = &mut shutdown => return {
+                    self.abandon();
+                    Ok(())
+                },
                 c = session::connect(&self.config) => c,
             };
             match connected {
@@ -163,7 +166,10 @@ impl Worker {
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(self.abandon()),
+                    _ = &mut shutdown => return {
+                        self.abandon();
+                        Ok(())
+                    },
                     _ = &mut sleep => break,
                     Some(report) = self.reports.recv() => self.buffer(report),
                 }
@@ -182,7 +188,7 @@ impl Worker {
     pub(crate) fn report_message(&mut self, report: Report) -> Option<ToCoordinator> {
         match report {
             Report::Started { task_id, attempt } => {
-                self.running.contains_key(&task_id).then(|| {
+                self.running.contains_key(&task_id).then_some({
                     ToCoordinator::TaskStarted(proto::TaskStarted {
                         task_id,
                         attempt: Some(attempt),

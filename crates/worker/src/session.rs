@@ -113,12 +113,11 @@ impl<'w> Session<'w> {
                     None => return End::Disconnected("closed".to_owned()),
                 },
                 Some(report) = self.worker.reports.recv() => {
-                    if let Some(msg) = self.worker.report_message(report) {
-                        if let Err(e) = self.send(&msg).await {
+                    if let Some(msg) = self.worker.report_message(report)
+                        && let Err(e) = self.send(&msg).await {
                             self.worker.unsent.push_back(msg);
                             return End::Disconnected(e.to_string());
                         }
-                    }
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.heartbeat().await {
@@ -154,10 +153,10 @@ impl<'w> Session<'w> {
         let ack = tokio::time::timeout(CONNECT_TIMEOUT, self.await_ack()).await;
         let ack =
             ack.map_err(|_| End::Disconnected("no registration_ack in time".to_owned()))??;
-        if self.worker.config.heartbeat_interval.is_none() {
-            if let Some(s) = ack.heartbeat_interval_s.filter(|s| s.is_finite() && *s > 0.0) {
-                self.heartbeat = Duration::from_secs_f64(s);
-            }
+        if self.worker.config.heartbeat_interval.is_none()
+            && let Some(s) = ack.heartbeat_interval_s.filter(|s| s.is_finite() && *s > 0.0)
+        {
+            self.heartbeat = Duration::from_secs_f64(s);
         }
         for stale in ack.stale {
             if let Some(r) = self.worker.running.remove(&stale.task_id) {

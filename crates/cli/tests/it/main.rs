@@ -2,6 +2,9 @@
 //! ports, raw WebSocket clients sending the seed's literal JSON, real
 //! `kill -9`. One test binary (modules below) so the binary links once.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod bad_input;
 mod failover;

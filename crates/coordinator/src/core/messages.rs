@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proto::{
     Capabilities, ErrorMsg, FromCoordinator, Json, RegisterGamer, RegisterPeer, RegistrationAck,
@@ -71,15 +71,11 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
     let now = core.now();
     let joined = core.sched.handle_peer_joined(now, join);
-    let remote = core.conns.get(&conn).map(|c| c.remote);
     if let Some(c) = core.conns.get_mut(&conn) {
         c.role = Role::Peer(id.clone());
     }
     info!(peer = %id, slots = caps.slots(), replaced = joined.replaced, "peer registered");
-    if let Some(remote) = remote {
-        let info = PeerInfo { caps, remote, registered_at: SystemTime::now(), heartbeat: None };
-        core.peer_info.insert(id.clone(), info);
-    }
+    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None });
     let ack = RegistrationAck {
         peer_id: Some(id.to_string()),
         heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),

@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proto::{
-    CancelAssignment, Capabilities, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut,
-    TaskResultOut, TaskState,
+    CancelAssignment, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut, TaskResultOut,
+    TaskState,
 };
 use sched::{Command, ConnId, GamerId, Outcome, PeerId, Scheduler, Status, TaskSpec, Time};
 use tokio::sync::{mpsc, watch};
@@ -46,8 +46,6 @@ pub(crate) enum Input {
         conn: ConnId,
         unsent: Vec<FromCoordinator>,
     },
-    /// Run a closure on the core (the HTTP API's queries and commands).
-    Call(Box<dyn FnOnce(&mut Core) + Send>),
 }
 
 /// What a connection registered as.
@@ -67,9 +65,6 @@ pub(crate) struct Conn {
 /// What the coordinator knows of a peer beyond what the scheduler needs.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerInfo {
-    pub caps: Capabilities,
-    pub remote: SocketAddr,
-    pub registered_at: SystemTime,
     pub heartbeat: Option<proto::Heartbeat>,
 }
 
@@ -81,7 +76,6 @@ pub(crate) struct Core {
     pub config: Arc<Config>,
     pub observer: Observer,
     epoch: Instant,
-    pub started_at: SystemTime,
 }
 
 impl Core {
@@ -94,28 +88,12 @@ impl Core {
             config,
             observer,
             epoch: Instant::now(),
-            started_at: SystemTime::now(),
         }
     }
 
     /// The scheduler's clock: time since the core started.
     pub fn now(&self) -> Time {
         Time::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
-    }
-
-    /// The scheduler time of a wall-clock instant (for recovered tasks).
-    pub fn time_of(&self, at: SystemTime) -> Time {
-        let ago = SystemTime::now().duration_since(at).unwrap_or_default();
-        let now = self.now();
-        Time::from_micros(
-            now.as_micros().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(0)),
-        )
-    }
-
-    /// The wall-clock instant of a scheduler time.
-    pub fn wall(&self, t: Time) -> SystemTime {
-        let ago = self.now().saturating_since(t);
-        SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     fn instant_of(&self, t: Time) -> Instant {
@@ -168,10 +146,6 @@ impl Core {
                     self.undelivered(conn, &msg);
                 }
                 self.drop_conn(conn);
-                self.flush();
-            }
-            Input::Call(f) => {
-                f(self);
                 self.flush();
             }
         }
