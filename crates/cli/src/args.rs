@@ -94,6 +94,21 @@ pub struct ClusterStart {
     /// Seconds finished tasks and their results are kept for retrieval.
     #[arg(long, default_value_t = 3600.0, value_parser = positive_secs)]
     pub result_ttl: f64,
+
+    /// Directory of the task store (SQLite). Default: $XDG_DATA_HOME/legacygpu,
+    /// or ~/.local/share/legacygpu.
+    #[arg(long, env = "LEGACYGPU_DATA_DIR", conflicts_with = "no_store")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep tasks in memory only: a coordinator crash or restart loses every
+    /// queued and running task, and results not yet delivered.
+    #[arg(long)]
+    pub no_store: bool,
+
+    /// How hard each commit tries to reach the disk: `full` (fsync; survives
+    /// a power cut) or `normal` (survives a coordinator crash, not a power cut).
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    pub sync: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! `legacygpu cluster …`: the coordinator.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,20 +18,25 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
-    let config = config(&args);
+    let config = config(&args)?;
+    let store = match &config.store {
+        StoreMode::Sqlite { data_dir, .. } => format!("sqlite in {}", data_dir.display()),
+        StoreMode::Memory => "memory only (--no-store): a restart loses all tasks".to_owned(),
+    };
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;
     // Tests and scripts read the bound addresses from these lines.
     let mut out = std::io::stdout().lock();
     writeln!(out, "legacygpu coordinator {}", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  websocket: ws://{}", coordinator.ws_addr())?;
+    writeln!(out, "  store: {store} ({} tasks recovered)", coordinator.recovered_tasks())?;
     writeln!(out, "ready (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
-    coordinator.run(signals::shutdown()).await;
+    coordinator.run(signals::shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn config(args: &ClusterStart) -> Config {
+fn config(args: &ClusterStart) -> anyhow::Result<Config> {
     let sched = sched::Config {
         heartbeat_timeout: Duration::from_secs_f64(args.heartbeat_timeout),
         default_max_attempts: args.max_attempts,
@@ -39,14 +45,35 @@ fn config(args: &ClusterStart) -> Config {
         cancel_grace: Duration::from_secs_f64(args.heartbeat_timeout),
         ..sched::Config::default()
     };
-    Config {
+    let store = if args.no_store {
+        StoreMode::Memory
+    } else {
+        let data_dir = match &args.data_dir {
+            Some(dir) => dir.clone(),
+            None => default_data_dir()
+                .context("no --data-dir given and no home directory to put one in")?,
+        };
+        let sync =
+            if args.sync == "normal" { coordinator::Sync::Normal } else { coordinator::Sync::Full };
+        StoreMode::Sqlite { data_dir, sync }
+    };
+    Ok(Config {
         ws_addr: args.bind,
         token: args.token.clone().filter(|t| !t.is_empty()).map(Secret::new),
         insecure: args.insecure,
         max_frame_bytes: args.max_frame_bytes,
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         sched,
-        store: StoreMode::Memory,
+        store,
         ..Config::default()
-    }
+    })
+}
+
+/// `$XDG_DATA_HOME/legacygpu`, or `~/.local/share/legacygpu`.
+fn default_data_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/share"),
+    };
+    Some(base.join("legacygpu"))
 }

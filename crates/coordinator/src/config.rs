@@ -36,7 +36,7 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreMode {
     /// SQLite in this directory (WAL, group commit): accepted tasks survive a crash.
-    Sqlite { data_dir: PathBuf },
+    Sqlite { data_dir: PathBuf, sync: store::Sync },
     /// Memory only: a coordinator crash loses every task.
     Memory,
 }

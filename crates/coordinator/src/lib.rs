@@ -14,11 +14,14 @@
 //!
 //! Protected by default: without a token only loopback clients are admitted.
 
+mod clock;
 mod config;
 mod conn;
 mod core;
 mod observe;
+mod persist;
 mod server;
 
 pub use crate::config::{Config, Secret, StoreMode};
-pub use crate::server::{Coordinator, StartError};
+pub use crate::server::{Coordinator, RunError, StartError};
+pub use store::Sync;

@@ -1,64 +1,148 @@
-//! What the core does with the scheduler's events: persist them, count them
-//! and publish them; and the gate that holds durable replies until the store
-//! has committed what they promise.
+//! What the core does with the scheduler's events: persist them (and, in the
+//! API, count and publish them); and the gate that holds durable replies
+//! until the store has committed what they promise.
+//!
+//! Each flush of the core becomes one numbered batch for the store writer.
+//! A reply that promises durability — `task_accepted`, a delivered result —
+//! is held until the writer reports that batch committed. A delivery is
+//! marked in the store only *after* it went out, so a crash in between
+//! re-delivers rather than loses (clients dedupe by task id).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use proto::{FromCoordinator, Json};
-use sched::{ConnId, Event, PeerId, Scheduler};
+use sched::{ConnId, Event, TaskId};
+use store::{Op, Store, Writer};
 use tokio::sync::watch;
+use tracing::error;
 
-use crate::core::PeerInfo;
+use crate::persist;
 
-/// The core's observer. With no store, durable replies go out at once.
-pub(crate) struct Observer {
-    /// Store sequence numbers: the last appended and the last committed.
+/// How far the store has got.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durable {
+    /// The last batch committed.
+    pub seq: u64,
+    /// Set when the store failed for good: the coordinator must stop.
+    pub failed: Option<Arc<str>>,
+}
+
+/// The most batches written but not yet committed before submissions are
+/// refused as busy: the store is the bottleneck.
+const MAX_STORE_LAG: u64 = 10_000;
+
+/// Ops per transaction, at most.
+const MAX_OPS_PER_COMMIT: usize = 50_000;
+
+struct StoreSide {
+    writer: Writer,
+    pending: Vec<Op>,
+    /// The last batch handed to the writer.
     appended: u64,
-    durable: watch::Receiver<u64>,
-    /// Keeps the durability channel open when there is no store.
-    _durable_tx: Option<watch::Sender<u64>>,
+    /// Deliveries to mark once the batch they depend on is committed.
+    deferred: VecDeque<(u64, TaskId)>,
+}
+
+pub(crate) struct Observer {
+    store: Option<StoreSide>,
+    durable: watch::Receiver<Durable>,
+    /// Keeps the channel open when there is no store.
+    _durable_tx: Option<watch::Sender<Durable>>,
     held: VecDeque<(u64, ConnId, FromCoordinator)>,
 }
 
 impl Observer {
-    /// An observer without a store.
+    /// An observer without a store: durable replies go out at once.
     pub fn in_memory() -> Observer {
-        let (tx, rx) = watch::channel(0);
-        Observer { appended: 0, durable: rx, _durable_tx: Some(tx), held: VecDeque::new() }
+        let (tx, rx) = watch::channel(Durable::default());
+        Observer { store: None, durable: rx, _durable_tx: Some(tx), held: VecDeque::new() }
+    }
+
+    /// An observer writing to `store` on a writer thread.
+    pub fn with_store(store: Box<dyn Store>) -> Observer {
+        let (tx, rx) = watch::channel(Durable::default());
+        let writer = Writer::spawn(store, MAX_OPS_PER_COMMIT, move |committed| match committed {
+            Ok(seq) => {
+                tx.send_modify(|d| d.seq = d.seq.max(seq));
+            }
+            Err(e) => {
+                error!("the store failed: {e}");
+                tx.send_modify(|d| d.failed = Some(Arc::from(e.to_string())));
+            }
+        });
+        let side =
+            StoreSide { writer, pending: Vec::new(), appended: 0, deferred: VecDeque::new() };
+        Observer { store: Some(side), durable: rx, _durable_tx: None, held: VecDeque::new() }
     }
 
     /// Handles one scheduler event.
-    pub fn observe(
-        &mut self,
-        event: &Event<Json>,
-        _sched: &Scheduler<Json>,
-        _peers: &BTreeMap<PeerId, PeerInfo>,
-    ) {
-        tracing::trace!(?event, "event");
+    pub fn observe(&mut self, event: &Event<Json>) {
+        let Some(side) = self.store.as_mut() else { return };
+        match event {
+            Event::Delivered { task } => side.deferred.push_back((side.appended + 1, *task)),
+            other => side.pending.extend(persist::op_for(other)),
+        }
     }
 
-    /// A receiver that changes when the store commits.
-    pub fn durable_watch(&self) -> watch::Receiver<u64> {
+    /// Hands what was observed since the last call to the writer, as one batch.
+    pub fn commit(&mut self) {
+        let committed = self.durable.borrow().seq;
+        let Some(side) = self.store.as_mut() else { return };
+        while side.deferred.front().is_some_and(|(seq, _)| *seq <= committed) {
+            if let Some((_, task)) = side.deferred.pop_front() {
+                side.pending.push(Op::Delivered { id: task.0, delivered: true });
+            }
+        }
+        if side.pending.is_empty() {
+            return;
+        }
+        side.appended += 1;
+        let ops = std::mem::take(&mut side.pending);
+        if side.writer.send(side.appended, ops).is_err() {
+            error!("the store writer has stopped; nothing more is made durable");
+        }
+    }
+
+    /// A receiver that changes when the store commits (or fails).
+    pub fn durable_watch(&self) -> watch::Receiver<Durable> {
         self.durable.clone()
     }
 
-    /// Holds a durable reply until the store has committed everything
-    /// appended so far; returns it back when that is already so.
+    /// The store's fatal error, if it failed.
+    pub fn failed(&self) -> Option<Arc<str>> {
+        self.durable.borrow().failed.clone()
+    }
+
+    /// Batches handed to the writer but not yet committed.
+    pub fn store_lag(&self) -> u64 {
+        let appended = self.store.as_ref().map_or(0, |s| s.appended);
+        appended.saturating_sub(self.durable.borrow().seq)
+    }
+
+    /// Whether the store is too far behind to accept more work.
+    pub fn store_overloaded(&self) -> bool {
+        self.store_lag() > MAX_STORE_LAG
+    }
+
+    /// Holds a durable reply until the store has committed everything handed
+    /// to it so far; gives it back when that is already so.
     pub fn hold(
         &mut self,
         conn: ConnId,
         msg: FromCoordinator,
     ) -> Option<(ConnId, FromCoordinator)> {
-        if *self.durable.borrow() >= self.appended {
+        let appended = self.store.as_ref().map_or(0, |s| s.appended);
+        if self.durable.borrow().seq >= appended {
             return Some((conn, msg));
         }
-        self.held.push_back((self.appended, conn, msg));
+        self.held.push_back((appended, conn, msg));
         None
     }
 
     /// The held replies that are now durable, in order.
     pub fn release(&mut self) -> Vec<(ConnId, FromCoordinator)> {
-        let committed = *self.durable.borrow();
+        let committed = self.durable.borrow().seq;
         let mut out = Vec::new();
         while self.held.front().is_some_and(|(seq, _, _)| *seq <= committed) {
             if let Some((_, conn, msg)) = self.held.pop_front() {
@@ -68,10 +152,26 @@ impl Observer {
         out
     }
 
-    /// Waits until everything appended is committed (at shutdown).
-    pub fn flush_store(&mut self) {}
+    /// Writes everything still pending and waits for the writer (at shutdown).
+    pub fn close_store(&mut self) {
+        self.commit();
+        if let Some(mut side) = self.store.take() {
+            // Deliveries that went out are marked even if their batch had
+            // not reported back yet: the writer commits in order.
+            let marks: Vec<Op> = side
+                .deferred
+                .drain(..)
+                .map(|(_, task)| Op::Delivered { id: task.0, delivered: true })
+                .collect();
+            if !marks.is_empty() {
+                side.appended += 1;
+                let _ = side.writer.send(side.appended, marks);
+            }
+            side.writer.close();
+        }
+    }
 
-    /// Counts a refused message.
+    /// Counts a refused message (metrics come with the HTTP API).
     pub fn rejected(&mut self, _code: &str) {}
 
     /// Counts a connection dropped for reading too slowly.

@@ -6,21 +6,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sched::ConnId;
+use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::clock::Clock;
+use crate::config::{Config, StoreMode};
 use crate::conn::{self, ConnCtx};
 use crate::core::Core;
 use crate::observe::Observer;
+use crate::persist;
 
 /// Why the coordinator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Why a running coordinator stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the store failed, so nothing more could be made durable: {0}")]
+    Store(String),
 }
 
 /// A bound coordinator, ready to run.
@@ -28,6 +40,7 @@ pub struct Coordinator {
     config: Arc<Config>,
     ws: TcpListener,
     ws_addr: SocketAddr,
+    core: Core,
 }
 
 impl Coordinator {
@@ -44,7 +57,9 @@ impl Coordinator {
                  so only loopback clients are accepted; use --token, or --insecure to accept anyone"
             );
         }
-        Ok(Coordinator { config: Arc::new(config), ws, ws_addr })
+        let config = Arc::new(config);
+        let core = recover(Arc::clone(&config))?;
+        Ok(Coordinator { config, ws, ws_addr, core })
     }
 
     /// The WebSocket address actually bound.
@@ -52,12 +67,18 @@ impl Coordinator {
         self.ws_addr
     }
 
-    /// Runs until `shutdown` completes, then closes every connection and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Tasks recovered from the store at start (queued, running, finished).
+    pub fn recovered_tasks(&self) -> usize {
+        self.core.sched.tasks().count()
+    }
+
+    /// Runs until `shutdown` completes, then closes every connection and
+    /// returns; or until the store fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let (core_tx, core_rx) = mpsc::channel(65_536);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let core = Core::new(Arc::clone(&self.config), Observer::in_memory());
-        let core_task = tokio::spawn(core.run(core_rx, stop_rx));
+        let mut core_task = tokio::spawn(self.core.run(core_rx, stop_rx));
+        let (mut failure, mut core_done) = (None, false);
 
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut conns = JoinSet::new();
@@ -66,6 +87,11 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                stopped = &mut core_task => {
+                    core_done = true;
+                    failure = stopped.ok().flatten();
+                    break;
+                }
                 accepted = self.ws.accept() => {
                     let (stream, remote) = match accepted {
                         Ok(a) => a,
@@ -95,7 +121,9 @@ impl Coordinator {
         info!("shutting down: closing connections");
         drop(self.ws);
         let _ = stop_tx.send(true);
-        let _ = core_task.await;
+        if !core_done {
+            failure = core_task.await.ok().flatten();
+        }
         drop(core_tx);
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while conns.join_next().await.is_some() {}
@@ -105,5 +133,35 @@ impl Coordinator {
             conns.abort_all();
         }
         info!("coordinator stopped");
+        match failure {
+            Some(e) => Err(RunError::Store(e.to_string())),
+            None => Ok(()),
+        }
     }
+}
+
+/// The core, with the store opened and its tasks recovered.
+fn recover(config: Arc<Config>) -> Result<Core, StartError> {
+    let clock = Clock::start();
+    let (observer, loaded) = match &config.store {
+        StoreMode::Memory => (Observer::in_memory(), None),
+        StoreMode::Sqlite { data_dir, sync } => {
+            let mut db = store::SqliteStore::open(data_dir, *sync)?;
+            let loaded = db.load()?;
+            (Observer::with_store(Box::new(db)), Some(loaded))
+        }
+    };
+    let mut core = Core::new(config, observer, clock);
+    if let Some(loaded) = loaded {
+        let n = loaded.tasks.len();
+        let tasks = loaded.tasks.into_iter().map(persist::recovered).collect();
+        let now = core.now();
+        core.sched.handle_recovered(now, tasks);
+        core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));
+        core.flush();
+        if n > 0 {
+            info!(tasks = n, "recovered tasks from the store");
+        }
+    }
+    Ok(core)
 }

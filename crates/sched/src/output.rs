@@ -141,6 +141,8 @@ pub enum Event<P> {
         outcome: Outcome<P>,
         attempts: u32,
         run_time: Option<Duration>,
+        /// The attempt that ended with the task, and how, when one did.
+        ended: Option<(Attempt, AttemptEnd)>,
         at: Time,
     },
     /// A result arrived for an attempt that is no longer current; recorded,

@@ -441,6 +441,11 @@ impl<P: Clone> Scheduler<P> {
             Owner::Api => None,
         };
         let delivered = conn.is_some() || spec.owner == Owner::Api;
+        let ended = task
+            .history
+            .last()
+            .filter(|r| r.ended_at == Some(now))
+            .and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
         task.state = State::Finished { outcome: outcome.clone(), at: now, delivered };
         self.finished.push_back((now, id));
         self.events.push_back(Event::TaskFinished {
@@ -448,6 +453,7 @@ impl<P: Clone> Scheduler<P> {
             outcome: outcome.clone(),
             attempts,
             run_time,
+            ended,
             at: now,
         });
         match (&spec.owner, conn) {

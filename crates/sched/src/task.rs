@@ -94,6 +94,21 @@ pub enum AttemptEnd {
     TimedOut,
 }
 
+impl AttemptEnd {
+    /// A stable name, for storage and display.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttemptEnd::Completed => "completed",
+            AttemptEnd::Failed(_) => "failed",
+            AttemptEnd::PeerLost => "peer_lost",
+            AttemptEnd::Returned => "returned",
+            AttemptEnd::Unclaimed => "unclaimed",
+            AttemptEnd::Cancelled => "cancelled",
+            AttemptEnd::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// One assignment of a task and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {

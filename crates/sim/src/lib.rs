@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sched::{
-    Attempt, Command, Config, ConnId, Failure, GamerId, Outcome, Owner, PeerCaps, PeerId, PeerJoin,
-    Requirements, RunOutcome, Scheduler, Strategy, Submission, TaskId, Time,
+    Attempt, AttemptRecord, Command, Config, ConnId, Event, Failure, GamerId, Outcome, Owner,
+    PeerCaps, PeerId, PeerJoin, Recovered, RecoveredState, Requirements, RunOutcome, Scheduler,
+    Strategy, Submission, TaskId, TaskSpec, Time,
 };
 
 /// The payload: the sim's own task number.
@@ -60,6 +61,111 @@ struct Accepted {
     task: TaskId,
 }
 
+/// What the store would hold: the scheduler's events applied in order and
+/// committed after every step. A restart recovers from it.
+#[derive(Default)]
+struct Durable {
+    tasks: BTreeMap<TaskId, DurableTask>,
+    next_task: u64,
+}
+
+struct DurableTask {
+    spec: TaskSpec<P>,
+    state: RecoveredState<P>,
+    attempts: u32,
+    failures: u32,
+    history: Vec<AttemptRecord>,
+}
+
+impl Durable {
+    fn apply(&mut self, event: &Event<P>) {
+        match event {
+            Event::TaskSubmitted { task } => {
+                self.next_task = self.next_task.max(task.id.0);
+                let t = DurableTask {
+                    spec: TaskSpec::clone(task),
+                    state: RecoveredState::Waiting,
+                    attempts: 0,
+                    failures: 0,
+                    history: Vec::new(),
+                };
+                self.tasks.insert(task.id, t);
+            }
+            Event::TaskAssigned { task, peer, attempt, at, .. } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.state = RecoveredState::Assigned {
+                        peer: peer.clone(),
+                        attempt: *attempt,
+                        started: None,
+                    };
+                    t.attempts = attempt.0;
+                    let rec = AttemptRecord {
+                        attempt: *attempt,
+                        peer: peer.clone(),
+                        assigned_at: *at,
+                        ended_at: None,
+                        end: None,
+                    };
+                    t.history.push(rec);
+                }
+            }
+            Event::TaskReclaimed { task, peer, attempt } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.state = RecoveredState::Assigned {
+                        peer: peer.clone(),
+                        attempt: *attempt,
+                        started: None,
+                    };
+                    t.failures = t.failures.saturating_sub(1);
+                }
+            }
+            Event::TaskRequeued { task, failures, .. } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.state = RecoveredState::Waiting;
+                    t.failures = *failures;
+                }
+            }
+            Event::TaskFinished { task, outcome, at, .. } => {
+                if let Some(t) = self.tasks.get_mut(&task.id) {
+                    t.state = RecoveredState::Finished {
+                        outcome: outcome.clone(),
+                        at: *at,
+                        delivered: false,
+                    };
+                }
+            }
+            Event::Delivered { task } | Event::Undelivered { task } => {
+                let now_delivered = matches!(event, Event::Delivered { .. });
+                if let Some(RecoveredState::Finished { delivered, .. }) =
+                    self.tasks.get_mut(task).map(|t| &mut t.state)
+                {
+                    *delivered = now_delivered;
+                }
+            }
+            Event::Evicted { tasks } => {
+                for t in tasks {
+                    self.tasks.remove(t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn recovered(&self) -> Vec<Recovered<P>> {
+        self.tasks
+            .values()
+            .map(|t| Recovered {
+                spec: t.spec.clone(),
+                attempts: t.attempts,
+                failures: t.failures,
+                last_error: None,
+                history: t.history.clone(),
+                state: t.state.clone(),
+            })
+            .collect()
+    }
+}
+
 /// One seeded run.
 pub struct World {
     pub seed: u64,
@@ -73,6 +179,9 @@ pub struct World {
     accepted: Vec<Accepted>,
     /// Tasks the scheduler dropped from memory after delivering them.
     evicted: BTreeSet<TaskId>,
+    durable: Durable,
+    config: Config,
+    pub restarts: u32,
     pub trace: String,
 }
 
@@ -99,7 +208,10 @@ impl World {
         World {
             seed,
             rng,
-            sched: Scheduler::new(config, Time::ZERO),
+            sched: Scheduler::new(config.clone(), Time::ZERO),
+            durable: Durable::default(),
+            config,
+            restarts: 0,
             now: Time::ZERO,
             next_conn: 0,
             next_task: 0,
@@ -143,6 +255,7 @@ impl World {
             45..=49 => self.gamer_leave_random(),
             50..=69 => self.submit_random(),
             70..=74 => self.cancel_random(),
+            75 => self.restart(),
             _ => self.answer_random(),
         }
     }
@@ -202,6 +315,24 @@ impl World {
         }
         self.sched.handle_peer_left(self.now, &id, conn);
         self.log(format!("crash p{i}"));
+    }
+
+    /// The coordinator crashes and restarts: a new scheduler recovers from
+    /// what was durable; every connection is gone. Peers keep running their
+    /// tasks and gamers keep what they received.
+    fn restart(&mut self) {
+        self.restarts += 1;
+        let mut sched = Scheduler::new(self.config.clone(), self.now);
+        sched.handle_recovered(self.now, self.durable.recovered());
+        sched.set_next_task_id(self.durable.next_task);
+        self.sched = sched;
+        for p in &mut self.peers {
+            p.conn = None;
+        }
+        for g in &mut self.gamers {
+            g.conn = None;
+        }
+        self.log("coordinator restart");
     }
 
     fn silence_random(&mut self) {
@@ -370,7 +501,8 @@ impl World {
             }
         }
         while let Some(event) = self.sched.poll_event() {
-            if let sched::Event::Evicted { tasks } = event {
+            self.durable.apply(&event);
+            if let Event::Evicted { tasks } = event {
                 self.evicted.extend(tasks);
             }
         }
@@ -550,10 +682,11 @@ mod coverage {
     #[test]
     fn the_world_exercises_failures() {
         let mut totals = sched::Counters::default();
-        let (mut accepted, mut delivered) = (0, 0);
+        let (mut accepted, mut delivered, mut restarts) = (0, 0, 0);
         for seed in 0..200 {
             let mut w = World::new(seed);
             w.run(300).unwrap();
+            restarts += w.restarts;
             let c = w.sched.counters();
             totals.completed += c.completed;
             totals.failed += c.failed;
@@ -565,7 +698,8 @@ mod coverage {
             accepted += w.accepted.len();
             delivered += w.gamers.iter().map(|g| g.received.len()).sum::<usize>();
         }
-        eprintln!("{totals:?} accepted={accepted} delivered={delivered}");
+        eprintln!("{totals:?} accepted={accepted} delivered={delivered} restarts={restarts}");
+        assert!(restarts > 100);
         assert!(totals.requeued > 100 && totals.stale_results > 10 && totals.peers_dead > 10);
         assert!(
             totals.completed > 1000

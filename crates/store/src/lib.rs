@@ -1,1 +1,178 @@
-//! store (work in progress).
+//! Durable task storage.
+//!
+//! The coordinator writes every change of a task's life as an [`Op`] and reads
+//! the tasks back with [`Store::load`] after a restart. The [`Store`] trait is
+//! the whole contract — apply a batch of ops atomically, load what is there —
+//! so that a PostgreSQL backend can be added beside [`SqliteStore`] without
+//! the scheduler or the coordinator changing.
+//!
+//! [`Writer`] runs a store on a thread of its own with **group commit**: ops
+//! that arrive while a transaction commits are gathered into the next one, so
+//! one fsync covers many tasks. It reports the highest batch sequence number
+//! committed, which is what lets the coordinator acknowledge a submission only
+//! once it is durable.
+//!
+//! This crate knows nothing of the scheduler: its rows are plain data.
+
+use std::fmt;
+
+mod sqlite;
+mod writer;
+
+pub use sqlite::{SqliteStore, Sync};
+pub use writer::{Writer, WriterClosed};
+
+/// A store error. A coordinator that cannot write stops acknowledging.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "the store at {path} was written by a newer version (schema {found}, this build knows {known})"
+    )]
+    Schema { path: String, found: i64, known: i64 },
+}
+
+/// Where tasks are kept, as a backend sees it.
+pub trait Store: Send + 'static {
+    /// Every task stored, with its attempts, in id order.
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+
+    /// Applies `ops` in order, all or none.
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+}
+
+/// What [`Store::load`] returns.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub tasks: Vec<StoredTask>,
+    /// Every task id ever stored is below this (ids are never reused).
+    pub next_task_id: u64,
+}
+
+/// A submitted task, as accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: u64,
+    /// `gamer:<id>` or `api`.
+    pub owner: String,
+    pub client_task_id: String,
+    pub task_type: String,
+    /// The task's data, JSON text.
+    pub payload: String,
+    pub priority: i32,
+    pub req_model: Option<String>,
+    pub req_gpu: bool,
+    pub req_min_vram_mb: Option<u64>,
+    pub run_timeout_ms: Option<u64>,
+    pub queue_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub idempotency_key: Option<String>,
+    /// Unix milliseconds.
+    pub submitted_at_ms: i64,
+}
+
+/// A failure's code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRow {
+    pub code: String,
+    pub message: String,
+}
+
+/// One change in a task's life. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Insert(NewTask),
+    Assigned {
+        id: u64,
+        attempt: u32,
+        peer: String,
+        at_ms: i64,
+    },
+    Started {
+        id: u64,
+        attempt: u32,
+        at_ms: i64,
+    },
+    /// The attempt's peer reclaimed it after reconnecting: assigned again.
+    Reclaimed {
+        id: u64,
+        attempt: u32,
+        peer: String,
+    },
+    /// The attempt ended (`end`) and the task waits for another.
+    Requeued {
+        id: u64,
+        attempt: u32,
+        end: String,
+        failures: u32,
+        error: Option<ErrorRow>,
+        at_ms: i64,
+    },
+    /// The task ended. `end` closes its last attempt, when one was running.
+    Finished {
+        id: u64,
+        /// `completed`, `failed`, `cancelled` or `timed_out`.
+        state: String,
+        result: Option<String>,
+        error: Option<ErrorRow>,
+        end: Option<(u32, String)>,
+        at_ms: i64,
+        delivered: bool,
+    },
+    Delivered {
+        id: u64,
+        delivered: bool,
+    },
+    /// A result for an attempt that was no longer current.
+    Stale {
+        id: u64,
+        attempt: u32,
+        peer: String,
+        at_ms: i64,
+    },
+    /// Tasks dropped (their retention ended).
+    Deleted {
+        ids: Vec<u64>,
+    },
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTask {
+    pub task: NewTask,
+    /// `queued`, `assigned`, `running`, `completed`, `failed`, `cancelled`, `timed_out`.
+    pub state: String,
+    /// The current (latest) attempt; 0 before the first assignment.
+    pub attempt: u32,
+    pub failures: u32,
+    pub peer: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub result: Option<String>,
+    pub error: Option<ErrorRow>,
+    pub delivered: bool,
+    pub attempts: Vec<StoredAttempt>,
+}
+
+/// One attempt as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttempt {
+    pub attempt: u32,
+    pub peer: String,
+    pub assigned_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// `completed`, `failed`, `peer_lost`, `returned`, `unclaimed`, `cancelled`, `timed_out`.
+    pub end: Option<String>,
+    pub error: Option<ErrorRow>,
+}
+
+impl fmt::Display for ErrorRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}

@@ -125,6 +125,7 @@ pub struct Coordinator {
     /// `http://127.0.0.1:PORT`, when the HTTP API is on.
     pub http_url: Option<String>,
     pub lines: mpsc::Receiver<String>,
+    _data: tempfile::TempDir,
 }
 
 impl Coordinator {
@@ -134,9 +135,15 @@ impl Coordinator {
     }
 
     pub fn start_env(bin: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Coordinator {
+        let data = tempfile::tempdir().expect("tempdir");
+        let data_dir = data.path().to_string_lossy().into_owned();
         let mut args = vec!["cluster", "start"];
         if !extra.contains(&"--bind") {
             args.extend(["--bind", "127.0.0.1:0"]);
+        }
+        // Each coordinator gets a store of its own unless the test chose one.
+        if !extra.contains(&"--data-dir") && !extra.contains(&"--no-store") {
+            args.extend(["--data-dir", &data_dir]);
         }
         args.extend_from_slice(extra);
         let (proc, lines) = Proc::spawn(bin, &args, envs);
@@ -157,7 +164,7 @@ impl Coordinator {
                 break;
             }
         }
-        Coordinator { proc, ws_url, http_url, lines }
+        Coordinator { proc, ws_url, http_url, lines, _data: data }
     }
 
     /// The HTTP API's base URL (panics when it is off).

@@ -272,6 +272,15 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
 
 fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
     let client_id = req.task_id.clone();
+    if core.observer.store_overloaded() {
+        let mut err =
+            ErrorMsg::new("busy", "the store is behind; retry shortly").in_reply_to("task_request");
+        err.retry_after_s = Some(1.0);
+        if let Some(id) = client_id {
+            err = err.task(id);
+        }
+        return core.reply_error(conn, err);
+    }
     let sub = submission(owner, req);
     let now = core.now();
     match core.sched.handle_submit(now, sub) {

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use proto::{
     CancelAssignment, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut, TaskResultOut,
@@ -24,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::{Outbound, close};
 use crate::observe::Observer;
@@ -75,36 +75,30 @@ pub(crate) struct Core {
     pub peer_info: BTreeMap<PeerId, PeerInfo>,
     pub config: Arc<Config>,
     pub observer: Observer,
-    epoch: Instant,
+    pub clock: Clock,
 }
 
 impl Core {
-    pub fn new(config: Arc<Config>, observer: Observer) -> Core {
-        let sched = Scheduler::new(config.sched.clone(), Time::ZERO);
-        Core {
-            sched,
-            conns: HashMap::new(),
-            peer_info: BTreeMap::new(),
-            config,
-            observer,
-            epoch: Instant::now(),
-        }
+    pub fn new(config: Arc<Config>, observer: Observer, clock: Clock) -> Core {
+        let sched = Scheduler::new(config.sched.clone(), clock.now());
+        Core { sched, conns: HashMap::new(), peer_info: BTreeMap::new(), config, observer, clock }
     }
 
-    /// The scheduler's clock: time since the core started.
+    /// The scheduler's clock.
     pub fn now(&self) -> Time {
-        Time::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+        self.clock.now()
     }
 
-    fn instant_of(&self, t: Time) -> Instant {
-        self.epoch + Duration::from_micros(t.as_micros())
-    }
-
-    /// Runs until `shutdown` turns true or every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` turns true or every sender is gone; returns the
+    /// store's error when the store failed (the coordinator must stop).
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Arc<str>> {
         let mut durable = self.observer.durable_watch();
         loop {
-            let deadline = self.sched.poll_timeout().map(|t| self.instant_of(t));
+            let deadline = self.sched.poll_timeout().map(|t| self.clock.instant(t));
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -125,11 +119,16 @@ impl Core {
                     self.sched.handle_timeout(now);
                     self.flush();
                 }
-                Ok(()) = durable.changed() => {}
+                Ok(()) = durable.changed() => {
+                    if self.observer.failed().is_some() {
+                        break;
+                    }
+                }
             }
             self.release_durable();
         }
         self.shut_down();
+        self.observer.failed()
     }
 
     fn handle(&mut self, input: Input) {
@@ -171,8 +170,9 @@ impl Core {
     /// promise), then commands.
     pub fn flush(&mut self) {
         while let Some(event) = self.sched.poll_event() {
-            self.observer.observe(&event, &self.sched, &self.peer_info);
+            self.observer.observe(&event);
         }
+        self.observer.commit();
         while let Some(cmd) = self.sched.poll_command() {
             self.route(cmd);
         }
@@ -279,8 +279,11 @@ impl Core {
 
     /// Tells every connection the coordinator is going away, then closes it.
     fn shut_down(&mut self) {
-        self.observer.flush_store();
-        self.release_durable();
+        self.flush();
+        if self.observer.failed().is_none() {
+            self.observer.close_store();
+            self.release_durable();
+        }
         let reason = "coordinator shutting down".to_owned();
         for c in self.conns.values() {
             let bye = FromCoordinator::Shutdown(proto::Shutdown { reason: reason.clone() });

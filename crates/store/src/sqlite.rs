@@ -1,0 +1,468 @@
+//! The SQLite backend: one file, WAL mode, prepared statements.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::{ErrorRow, Loaded, NewTask, Op, Store, StoreError, StoredAttempt, StoredTask};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id               INTEGER PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    client_task_id   TEXT NOT NULL,
+    task_type        TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    req_model        TEXT,
+    req_gpu          INTEGER NOT NULL,
+    req_min_vram_mb  INTEGER,
+    run_timeout_ms   INTEGER,
+    queue_timeout_ms INTEGER NOT NULL,
+    max_attempts     INTEGER NOT NULL,
+    idempotency_key  TEXT,
+    submitted_at     INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    failures         INTEGER NOT NULL DEFAULT 0,
+    peer             TEXT,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    result           TEXT,
+    error_code       TEXT,
+    error_message    TEXT,
+    delivered        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id       INTEGER NOT NULL,
+    attempt       INTEGER NOT NULL,
+    peer          TEXT NOT NULL,
+    assigned_at   INTEGER NOT NULL,
+    ended_at      INTEGER,
+    end_reason    TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    PRIMARY KEY (task_id, attempt)
+) WITHOUT ROWID;
+";
+
+/// How hard each commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sync {
+    /// fsync every commit: an acknowledged task survives a power cut. The default.
+    #[default]
+    Full,
+    /// Let the OS write: survives the coordinator crashing (`kill -9`), not
+    /// the machine losing power. Faster.
+    Normal,
+}
+
+/// Tasks in an SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.conn.path()).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/tasks.db`.
+    pub fn open(dir: &Path, sync: Sync) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path: PathBuf = dir.join("tasks.db");
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        let sync = match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .optional()?;
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Schema {
+                    path: path.display().to_string(),
+                    found: v,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+        }
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let next: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_task_id'", [], |r| r.get(0))
+            .optional()?;
+        let mut tasks = load_tasks(&self.conn)?;
+        let mut attempts = load_attempts(&self.conn)?;
+        for task in &mut tasks {
+            task.attempts = attempts.remove(&task.task.id).unwrap_or_default();
+        }
+        let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
+        let next_task_id = max.max(next.map_or(1, |n| n as u64));
+        Ok(Loaded { tasks, next_task_id })
+    }
+
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut max_id = 0;
+        for op in ops {
+            apply(&tx, op)?;
+            if let Op::Insert(t) = op {
+                max_id = max_id.max(t.id);
+            }
+        }
+        if max_id > 0 {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute([max_id as i64 + 1])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
+    match op {
+        Op::Insert(t) => insert(tx, t)?,
+        Op::Assigned { id, attempt, peer, at_ms } => {
+            tx.prepare_cached("UPDATE tasks SET state = 'assigned', attempt = ?2, peer = ?3, started_at = NULL WHERE id = ?1")?
+                .execute(params![*id as i64, attempt, peer])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (task_id, attempt, peer, assigned_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![*id as i64, attempt, peer, at_ms])?;
+        }
+        Op::Started { id, attempt, at_ms } => {
+            tx.prepare_cached("UPDATE tasks SET state = 'running', started_at = ?3 WHERE id = ?1 AND attempt = ?2")?
+                .execute(params![*id as i64, attempt, at_ms])?;
+        }
+        Op::Reclaimed { id, attempt, peer } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET state = 'assigned', attempt = ?2, peer = ?3 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, attempt, peer])?;
+            tx.prepare_cached(
+                "UPDATE attempts SET ended_at = NULL, end_reason = NULL, error_code = NULL, error_message = NULL
+                 WHERE task_id = ?1 AND attempt = ?2",
+            )?
+            .execute(params![*id as i64, attempt])?;
+        }
+        Op::Requeued { id, attempt, end, failures, error, at_ms } => {
+            let (code, msg) = split(error);
+            tx.prepare_cached(
+                "UPDATE tasks SET state = 'queued', peer = NULL, started_at = NULL, failures = ?2,
+                 error_code = coalesce(?3, error_code), error_message = coalesce(?4, error_message) WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, failures, code, msg])?;
+            end_attempt(tx, *id, *attempt, end, error.as_ref(), *at_ms)?;
+        }
+        Op::Finished { id, state, result, error, end, at_ms, delivered } => {
+            let (code, msg) = split(error);
+            tx.prepare_cached(
+                "UPDATE tasks SET state = ?2, result = ?3, error_code = coalesce(?4, error_code),
+                 error_message = coalesce(?5, error_message), finished_at = ?6, delivered = ?7, peer = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, state, result, code, msg, at_ms, delivered])?;
+            if let Some((attempt, how)) = end {
+                end_attempt(tx, *id, *attempt, how, error.as_ref(), *at_ms)?;
+            }
+        }
+        Op::Delivered { id, delivered } => {
+            tx.prepare_cached("UPDATE tasks SET delivered = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, delivered])?;
+        }
+        Op::Stale { id, attempt, peer, at_ms } => {
+            // Recorded in the attempt's history when it has one.
+            tx.prepare_cached(
+                "UPDATE attempts SET end_reason = coalesce(end_reason, 'stale'), ended_at = coalesce(ended_at, ?4)
+                 WHERE task_id = ?1 AND attempt = ?2 AND peer = ?3",
+            )?
+            .execute(params![*id as i64, attempt, peer, at_ms])?;
+        }
+        Op::Deleted { ids } => {
+            let mut task = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
+            let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE task_id = ?1")?;
+            for id in ids {
+                task.execute([*id as i64])?;
+                attempts.execute([*id as i64])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
+         req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
+         submitted_at, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued')",
+    )?
+    .execute(params![
+        t.id as i64,
+        t.owner,
+        t.client_task_id,
+        t.task_type,
+        t.payload,
+        t.priority,
+        t.req_model,
+        t.req_gpu,
+        t.req_min_vram_mb.map(|v| v as i64),
+        t.run_timeout_ms.map(|v| v as i64),
+        t.queue_timeout_ms as i64,
+        t.max_attempts,
+        t.idempotency_key,
+        t.submitted_at_ms,
+    ])?;
+    Ok(())
+}
+
+fn end_attempt(
+    tx: &Transaction<'_>,
+    id: u64,
+    attempt: u32,
+    end: &str,
+    error: Option<&ErrorRow>,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE attempts SET ended_at = ?3, end_reason = ?4, error_code = ?5, error_message = ?6
+         WHERE task_id = ?1 AND attempt = ?2",
+    )?
+    .execute(params![
+        id as i64,
+        attempt,
+        at_ms,
+        end,
+        error.map(|e| e.code.as_str()),
+        error.map(|e| e.message.as_str())
+    ])?;
+    Ok(())
+}
+
+fn split(error: &Option<ErrorRow>) -> (Option<&str>, Option<&str>) {
+    match error {
+        Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
+        None => (None, None),
+    }
+}
+
+fn load_tasks(conn: &Connection) -> Result<Vec<StoredTask>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
+         req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
+         state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message, delivered
+         FROM tasks ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let task = NewTask {
+            id: r.get::<_, i64>(0)? as u64,
+            owner: r.get(1)?,
+            client_task_id: r.get(2)?,
+            task_type: r.get(3)?,
+            payload: r.get(4)?,
+            priority: r.get(5)?,
+            req_model: r.get(6)?,
+            req_gpu: r.get(7)?,
+            req_min_vram_mb: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            run_timeout_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+            queue_timeout_ms: r.get::<_, i64>(10)? as u64,
+            max_attempts: r.get(11)?,
+            idempotency_key: r.get(12)?,
+            submitted_at_ms: r.get(13)?,
+        };
+        let error = match (r.get::<_, Option<String>>(21)?, r.get::<_, Option<String>>(22)?) {
+            (Some(code), message) => Some(ErrorRow { code, message: message.unwrap_or_default() }),
+            _ => None,
+        };
+        Ok(StoredTask {
+            task,
+            state: r.get(14)?,
+            attempt: r.get(15)?,
+            failures: r.get(16)?,
+            peer: r.get(17)?,
+            started_at_ms: r.get(18)?,
+            finished_at_ms: r.get(19)?,
+            result: r.get(20)?,
+            error,
+            delivered: r.get(23)?,
+            attempts: Vec::new(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn load_attempts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<u64, Vec<StoredAttempt>>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT task_id, attempt, peer, assigned_at, ended_at, end_reason, error_code, error_message
+         FROM attempts ORDER BY task_id, attempt",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let error = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
+            (Some(code), message) => Some(ErrorRow { code, message: message.unwrap_or_default() }),
+            _ => None,
+        };
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            StoredAttempt {
+                attempt: r.get(1)?,
+                peer: r.get(2)?,
+                assigned_at_ms: r.get(3)?,
+                ended_at_ms: r.get(4)?,
+                end: r.get(5)?,
+                error,
+            },
+        ))
+    })?;
+    let mut out: std::collections::BTreeMap<u64, Vec<StoredAttempt>> = Default::default();
+    for row in rows {
+        let (id, attempt) = row?;
+        out.entry(id).or_default().push(attempt);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64) -> NewTask {
+        NewTask {
+            id,
+            owner: "gamer:g1".into(),
+            client_task_id: format!("c{id}"),
+            task_type: "echo".into(),
+            payload: r#"{"x": 1}"#.into(),
+            priority: 2,
+            req_model: Some("resnet50".into()),
+            req_gpu: true,
+            req_min_vram_mb: Some(4096),
+            run_timeout_ms: Some(30_000),
+            queue_timeout_ms: 3_600_000,
+            max_attempts: 3,
+            idempotency_key: Some(format!("k{id}")),
+            submitted_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn err(code: &str) -> Option<ErrorRow> {
+        Some(ErrorRow { code: code.into(), message: "boom".into() })
+    }
+
+    #[test]
+    fn a_task_life_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        store
+            .write(&[
+                Op::Insert(task(1)),
+                Op::Insert(task(2)),
+                Op::Insert(task(3)),
+                Op::Assigned { id: 1, attempt: 1, peer: "p1".into(), at_ms: 10 },
+                Op::Requeued {
+                    id: 1,
+                    attempt: 1,
+                    end: "peer_lost".into(),
+                    failures: 1,
+                    error: err("peer_lost"),
+                    at_ms: 20,
+                },
+                Op::Assigned { id: 1, attempt: 2, peer: "p2".into(), at_ms: 30 },
+                Op::Started { id: 1, attempt: 2, at_ms: 31 },
+                Op::Finished {
+                    id: 1,
+                    state: "completed".into(),
+                    result: Some("[1]".into()),
+                    error: None,
+                    end: Some((2, "completed".into())),
+                    at_ms: 40,
+                    delivered: false,
+                },
+                Op::Delivered { id: 1, delivered: true },
+                Op::Assigned { id: 2, attempt: 1, peer: "p1".into(), at_ms: 50 },
+                Op::Stale { id: 1, attempt: 1, peer: "p1".into(), at_ms: 60 },
+            ])
+            .unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(dir.path(), Sync::Full).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.next_task_id, 4);
+        let [t1, t2, t3] = &loaded.tasks[..] else { panic!("{loaded:?}") };
+        assert_eq!(t1.task, task(1));
+        assert_eq!((t1.state.as_str(), t1.attempt, t1.failures), ("completed", 2, 1));
+        assert_eq!(
+            (t1.result.as_deref(), t1.delivered, t1.finished_at_ms),
+            (Some("[1]"), true, Some(40))
+        );
+        assert_eq!(t1.error, err("peer_lost"));
+        assert_eq!(t1.attempts.len(), 2);
+        assert_eq!(t1.attempts[0].end.as_deref(), Some("peer_lost"));
+        assert_eq!(t1.attempts[1].end.as_deref(), Some("completed"));
+        assert_eq!(
+            (t2.state.as_str(), t2.peer.as_deref(), t2.attempt),
+            ("assigned", Some("p1"), 1)
+        );
+        assert_eq!(t3.state, "queued");
+    }
+
+    #[test]
+    fn ids_are_never_reused_after_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        store.write(&[Op::Insert(task(7))]).unwrap();
+        store.write(&[Op::Deleted { ids: vec![7] }]).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.tasks.is_empty());
+        assert_eq!(loaded.next_task_id, 8);
+    }
+
+    #[test]
+    fn a_failed_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        store.conn.execute_batch("CREATE TRIGGER boom BEFORE INSERT ON tasks WHEN NEW.id = 2 BEGIN SELECT RAISE(ABORT, 'boom'); END;").unwrap();
+        assert!(store.write(&[Op::Insert(task(1)), Op::Insert(task(2))]).is_err());
+        assert!(store.load().unwrap().tasks.is_empty());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), Sync::Normal).unwrap());
+        let conn = Connection::open(dir.path().join("tasks.db")).unwrap();
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema'", []).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(dir.path(), Sync::Normal).unwrap_err();
+        assert!(err.to_string().contains("newer version"), "{err}");
+    }
+}
