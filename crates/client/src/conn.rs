@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use crate::{ClientError, ClientOptions, Cmd, TaskOutcome};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::{ClientError, ClientOptions, Cmd, Counters, TaskOutcome};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -39,6 +42,7 @@ pub(crate) struct Driver {
     /// with the same gamer id never reuses one.
     session: u32,
     next: u64,
+    counters: Arc<Counters>,
 }
 
 impl Driver {
@@ -47,6 +51,7 @@ impl Driver {
         gamer_id: String,
         options: ClientOptions,
         rx: mpsc::Receiver<Cmd>,
+        counters: Arc<Counters>,
     ) -> Result<Driver, ClientError> {
         let ws = open(url, &gamer_id, &options).await?;
         Ok(Driver {
@@ -59,6 +64,7 @@ impl Driver {
             statuses: HashMap::new(),
             session: fastrand::u32(..),
             next: 0,
+            counters,
         })
     }
 
@@ -139,11 +145,15 @@ impl Driver {
 
     /// Resolves a task's outcome once; a second delivery finds nothing.
     fn finish(&mut self, outcome: TaskOutcome) {
+        self.counters.outcomes.fetch_add(1, Ordering::Relaxed);
         match self.pending.remove(outcome.task_id()) {
             Some(p) => {
                 let _ = p.outcome.send(outcome);
             }
-            None => debug!(task = outcome.task_id(), "dropping a repeated outcome"),
+            None => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                debug!(task = outcome.task_id(), "dropping a repeated outcome");
+            }
         }
     }
 
@@ -183,6 +193,7 @@ impl Driver {
             match open(&self.url, &self.gamer_id, &self.options).await {
                 Ok(ws) => {
                     self.ws = ws;
+                    self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     info!(gamer = %self.gamer_id, pending = self.pending.len(), "reconnected");
                     // Status queries in flight were lost with the connection.
                     self.statuses.clear();
@@ -201,10 +212,16 @@ impl Driver {
         }
     }
 
-    /// Sends every pending task again, oldest first, under its idempotency key.
+    /// Sends pending tasks again, oldest first, under their idempotency keys:
+    /// those never acknowledged, and (unless turned off) the others too.
     async fn resubmit(&mut self) -> Result<(), ()> {
-        let order: BTreeMap<u64, TaskRequest> =
-            self.pending.values().map(|p| (p.seq, p.req.clone())).collect();
+        let all = self.options.resubmit_acknowledged;
+        let order: BTreeMap<u64, TaskRequest> = self
+            .pending
+            .values()
+            .filter(|p| all || p.accepted.is_some())
+            .map(|p| (p.seq, p.req.clone()))
+            .collect();
         for req in order.into_values() {
             self.send(&ToCoordinator::TaskRequest(req)).await?;
         }

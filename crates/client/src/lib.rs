@@ -20,6 +20,8 @@
 //! original task, and re-sends the result when the task already finished. A
 //! task's result future resolves exactly once, whatever the wire delivers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proto::{ErrorMsg, TaskAccepted, TaskErrorOut, TaskRequest, TaskResultOut, TaskStatusOut};
@@ -37,6 +39,11 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// Reconnect (and resubmit pending tasks) when the connection drops. Default true.
     pub reconnect: bool,
+    /// On reconnecting, resubmit tasks the coordinator had already
+    /// acknowledged (under their idempotency keys) as well as those it had
+    /// not. Default true: belt and braces. A client that relies on the
+    /// coordinator's durability alone (and tests of it) turns this off.
+    pub resubmit_acknowledged: bool,
     /// The longest wait between reconnection attempts. Default 5 s.
     pub reconnect_max: Duration,
     /// How long connecting and registering may take. Default 10 s.
@@ -49,6 +56,7 @@ impl Default for ClientOptions {
             gamer_id: None,
             token: None,
             reconnect: true,
+            resubmit_acknowledged: true,
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
         }
@@ -121,11 +129,30 @@ pub(crate) enum Cmd {
     },
 }
 
+/// What a client has seen on the wire, for diagnostics and checkers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Outcomes received (first deliveries and repeats).
+    pub outcomes: u64,
+    /// Repeated outcomes for tasks that already had one (dropped).
+    pub duplicates: u64,
+    /// Successful reconnections.
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub outcomes: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
 /// A connection to a coordinator as a gamer.
 #[derive(Debug, Clone)]
 pub struct Client {
     tx: mpsc::Sender<Cmd>,
     gamer_id: String,
+    counters: Arc<Counters>,
 }
 
 impl Client {
@@ -134,13 +161,26 @@ impl Client {
         let gamer_id =
             options.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
         let (tx, rx) = mpsc::channel(1024);
-        let driver = conn::Driver::connect(url, gamer_id.clone(), options, rx).await?;
+        let counters = Arc::new(Counters::default());
+        let driver =
+            conn::Driver::connect(url, gamer_id.clone(), options, rx, Arc::clone(&counters))
+                .await?;
         tokio::spawn(driver.run());
-        Ok(Client { tx, gamer_id })
+        Ok(Client { tx, gamer_id, counters })
     }
 
     pub fn gamer_id(&self) -> &str {
         &self.gamer_id
+    }
+
+    /// What this client has seen on the wire so far.
+    pub fn stats(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            outcomes: get(&self.counters.outcomes),
+            duplicates: get(&self.counters.duplicates),
+            reconnects: get(&self.counters.reconnects),
+        }
     }
 
     /// Submits a task and waits for `task_accepted` (which, with the store on,

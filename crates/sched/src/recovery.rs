@@ -75,7 +75,7 @@ impl<P: Clone> Scheduler<P> {
                         self.undelivered.entry(g.clone()).or_default().insert(id);
                     }
                     finished.push((at, id));
-                    State::Finished { outcome, at, delivered }
+                    State::Finished { outcome, at, delivered, to: None }
                 }
             };
             let waiting = matches!(state, State::Backoff { .. });

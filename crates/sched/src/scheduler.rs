@@ -446,7 +446,7 @@ impl<P: Clone> Scheduler<P> {
             .last()
             .filter(|r| r.ended_at == Some(now))
             .and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
-        task.state = State::Finished { outcome: outcome.clone(), at: now, delivered };
+        task.state = State::Finished { outcome: outcome.clone(), at: now, delivered, to: conn };
         self.finished.push_back((now, id));
         self.events.push_back(Event::TaskFinished {
             task: Arc::clone(&spec),

@@ -145,6 +145,8 @@ pub(crate) enum State<P> {
         outcome: Outcome<P>,
         at: Time,
         delivered: bool,
+        /// The connection the outcome was last handed to.
+        to: Option<ConnId>,
     },
 }
 

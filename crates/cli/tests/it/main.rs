@@ -7,6 +7,7 @@
 
 mod auth;
 mod bad_input;
+mod crash;
 mod failover;
 mod lifecycle;
 mod seed;

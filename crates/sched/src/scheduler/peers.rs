@@ -206,8 +206,9 @@ impl<P: Clone> Scheduler<P> {
         self.events.push_back(Event::GamerJoined { gamer: gamer.clone(), conn });
         for id in self.undelivered.remove(&gamer).unwrap_or_default() {
             let Some(task) = self.tasks.get_mut(&id) else { continue };
-            let State::Finished { outcome, delivered, .. } = &mut task.state else { continue };
+            let State::Finished { outcome, delivered, to, .. } = &mut task.state else { continue };
             *delivered = true;
+            *to = Some(conn);
             let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
             self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
         }
@@ -220,15 +221,17 @@ impl<P: Clone> Scheduler<P> {
         self.tick(now);
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let Owner::Gamer(gamer) = &task.spec.owner else { return };
-        let State::Finished { outcome, delivered, .. } = &mut task.state else { return };
+        let State::Finished { outcome, delivered, to, .. } = &mut task.state else { return };
         let gamer = gamer.clone();
         match self.gamers.get(&gamer).copied().filter(|c| *c != conn) {
             Some(current) => {
+                *to = Some(current);
                 let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
                 self.push_delivery(current, gamer, spec, outcome, attempts);
             }
             None => {
                 *delivered = false;
+                *to = None;
                 self.undelivered.entry(gamer).or_default().insert(id);
                 self.events.push_back(Event::Undelivered { task: id });
             }

@@ -127,16 +127,20 @@ impl<P: Clone> Scheduler<P> {
             status,
             waiting_reason: None,
         };
-        if let (State::Finished { outcome, .. }, Owner::Gamer(gamer)) =
+        // An outcome already handed to this very connection is on its way:
+        // sending it again would only make a duplicate.
+        if let (State::Finished { outcome, to, .. }, Owner::Gamer(gamer)) =
             (&task.state, &task.spec.owner)
             && let Some(&conn) = self.gamers.get(gamer)
+            && *to != Some(conn)
         {
             let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
             let gamer = gamer.clone();
-            if let Some(State::Finished { delivered, .. }) =
+            if let Some(State::Finished { delivered, to, .. }) =
                 self.tasks.get_mut(&id).map(|t| &mut t.state)
             {
                 *delivered = true;
+                *to = Some(conn);
             }
             if let Some(set) = self.undelivered.get_mut(&gamer) {
                 set.remove(&id);

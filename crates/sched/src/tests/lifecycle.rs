@@ -338,6 +338,9 @@ fn idempotency_keys_return_the_original_task() {
         submit g2 echo key=k1 p=b
         result p1 t-1 ok=A
         submit g1 echo key=k1 p=again
+        gamer-left g1
+        gamer g1
+        submit g1 echo key=k1 p=again
         ",
         r"
         gamer g1
@@ -353,6 +356,10 @@ fn idempotency_keys_return_the_original_task() {
           => Accepted
           deliver t-1 (t-1) to g1: completed A by p1#1 after 1
           assign t-2#1 b -> p1 (c2)
+        submit g1 echo key=k1 p=again
+          => t-1 t-1 existing Completed
+        gamer-left g1
+        gamer g1
         submit g1 echo key=k1 p=again
           => t-1 t-1 existing Completed
           deliver t-1 (t-1) to g1: completed A by p1#1 after 1
