@@ -71,6 +71,11 @@ pub struct ClusterStart {
     #[arg(long)]
     pub insecure: bool,
 
+    /// How a task picks among the free peers able to run it: ROUND_ROBIN,
+    /// LEAST_LOADED, GPU_MATCH, LATENCY or ADAPTIVE (see docs/STRATEGIES.md).
+    #[arg(long, default_value = "ADAPTIVE", value_parser = parse_strategy)]
+    pub strategy: sched::Strategy,
+
     /// Seconds of silence after which a peer is declared dead and its tasks requeued.
     #[arg(long, default_value_t = 15.0, value_parser = positive_secs)]
     pub heartbeat_timeout: f64,
@@ -223,6 +228,13 @@ fn nonnegative_secs(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds")),
     }
+}
+
+fn parse_strategy(s: &str) -> Result<sched::Strategy, String> {
+    sched::Strategy::parse(s).ok_or_else(|| {
+        let names: Vec<_> = sched::Strategy::ALL.iter().map(|s| s.name()).collect();
+        format!("`{s}` is not one of {}", names.join(", "))
+    })
 }
 
 fn parse_priority(s: &str) -> Result<proto::Priority, String> {

@@ -43,6 +43,7 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
         max_queued: args.max_queued,
         result_ttl: Duration::from_secs_f64(args.result_ttl),
         cancel_grace: Duration::from_secs_f64(args.heartbeat_timeout),
+        strategy: args.strategy,
         ..sched::Config::default()
     };
     let store = if args.no_store {

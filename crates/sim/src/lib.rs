@@ -20,6 +20,8 @@
 //!
 //! The style follows quinn-proto's test world and TigerBeetle's VOPR.
 
+pub mod fleet;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;

@@ -693,3 +693,59 @@ fn claims_beyond_a_peers_slots_are_stale() {
         ",
     );
 }
+
+#[test]
+fn retries_back_off_exponentially_with_jitter_and_a_cap() {
+    use crate::{Backoff, ConnId, Event, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission};
+    let config = Config {
+        retry_backoff: Backoff { base: Duration::from_secs(1), max: Duration::from_secs(8) },
+        heartbeat_timeout: Duration::from_secs(3600),
+        ..config()
+    };
+    let mut s: Scheduler<u32> = Scheduler::new(config, Time::ZERO);
+    let peer = PeerId::from("p");
+    let join =
+        PeerJoin { id: peer.clone(), conn: ConnId(1), caps: PeerCaps::default(), running: vec![] };
+    s.handle_peer_joined(Time::ZERO, join);
+    let mut sub = Submission::new(Owner::Api, "echo", 0);
+    sub.max_attempts = Some(7);
+    s.handle_submit(Time::ZERO, sub).unwrap();
+    let mut now = Time::ZERO;
+    let mut delays = Vec::new();
+    for attempt in 1..=6 {
+        let failure =
+            RunOutcome::Failed { failure: Failure::new("internal", "flaky"), retryable: true };
+        s.handle_result(now, &peer, ConnId(1), TaskId(1), Some(Attempt(attempt)), failure).unwrap();
+        let retry_at = std::iter::from_fn(|| s.poll_event())
+            .find_map(|e| match e {
+                Event::TaskRequeued { retry_at, .. } => Some(retry_at),
+                _ => None,
+            })
+            .expect("requeued");
+        delays.push(retry_at.saturating_since(now));
+        // Nothing is reassigned before the back-off passes …
+        s.handle_timeout(now + (retry_at.saturating_since(now) / 2));
+        assert_eq!(s.task(TaskId(1)).unwrap().status(), Status::Queued);
+        // … and it is reassigned when it does.
+        now = retry_at;
+        s.handle_timeout(now);
+        assert_eq!(s.task(TaskId(1)).unwrap().attempt(), Attempt(attempt + 1));
+        while s.poll_event().is_some() {}
+    }
+    for (i, d) in delays.iter().enumerate() {
+        let full = Duration::from_secs(1 << i.min(3)); // 1, 2, 4, 8, 8, 8 s
+        assert!(
+            *d >= full / 2 && *d <= full,
+            "retry {}: {d:?} not in [{:?}, {full:?}]",
+            i + 1,
+            full / 2
+        );
+    }
+    // Jitter: not all the same fraction of the full delay.
+    let fractions: Vec<u128> = delays
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.as_millis() * 1000 / (1000u128 << i.min(3)))
+        .collect();
+    assert!(fractions.windows(2).any(|w| w[0] != w[1]), "{fractions:?}");
+}
