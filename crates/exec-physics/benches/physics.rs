@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 //! Physics throughput: steps per second for 1 000 bodies (and a small scene),
 //! through the executor (parsing and output included) and through
 //! `simulate` alone.
