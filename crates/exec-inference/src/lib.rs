@@ -1,1 +1,193 @@
-//! exec-inference (work in progress).
+//! The `inference` executor: ONNX image classification with tract.
+//!
+//! A worker started with `--models-dir DIR` loads every `DIR/NAME/model.onnx`
+//! (with `NAME/labels.txt` and an optional `NAME/config.json`) once, at
+//! start, and advertises the names of the models that loaded. A task names a
+//! model and carries a JPEG or PNG (base64); the executor decodes it, resizes
+//! it to the model's input, normalises it, runs the model and returns the
+//! top-k labels with their scores and timings.
+//!
+//! Nothing is downloaded: a model the peer does not have is an `unavailable`
+//! error naming the directory (the coordinator only sends inference tasks to
+//! peers that advertise the model, so this happens only on a race). One
+//! broken model does not stop the others: it is reported and not advertised.
+//!
+//! [`fixture`] writes a tiny but real classifier without Python, for the
+//! demo and the tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use exec::{Advertised, ExecError, Executor, Output, RunContext, to_output};
+use serde::{Deserialize, Serialize};
+
+mod config;
+pub mod fixture;
+mod model;
+mod preprocess;
+
+pub use config::{Layout, ModelConfig};
+pub use model::{Model, Models, load, load_dir};
+pub use preprocess::{decode, preprocess, softmax};
+
+/// Why a models directory could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("cannot read the models directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+}
+
+/// The `inference` executor and its models.
+#[derive(Debug)]
+pub struct Inference {
+    dir: PathBuf,
+    models: Models,
+}
+
+/// A task's input.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    model: String,
+    /// A JPEG or PNG file, base64 (standard alphabet).
+    image: String,
+    #[serde(default)]
+    top_k: Option<usize>,
+}
+
+/// One label of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub label: String,
+    pub index: usize,
+    pub score: f32,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    top_k: Vec<Scored>,
+    timing: Timing,
+}
+
+#[derive(Serialize)]
+struct Timing {
+    decode_ms: f64,
+    preprocess_ms: f64,
+    inference_ms: f64,
+}
+
+impl Inference {
+    /// Loads every model of `dir`. Fails only when `dir` cannot be read;
+    /// models that fail to load are kept with their reason (see [`Inference::failed`]).
+    pub fn from_dir(dir: &Path) -> Result<Inference, InferenceError> {
+        let models =
+            load_dir(dir).map_err(|source| InferenceError::Dir { path: dir.to_owned(), source })?;
+        Ok(Inference { dir: dir.to_owned(), models })
+    }
+
+    /// The models that loaded, sorted.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.iter().filter(|(_, m)| m.is_ok()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The models that did not load, with why.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        self.models
+            .iter()
+            .filter_map(|(n, m)| m.as_ref().err().map(|e| (n.clone(), e.clone())))
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The loaded model called `name`, or the error a task for it gets.
+    pub fn model(&self, name: &str) -> Result<&Arc<Model>, ExecError> {
+        match self.models.get(name) {
+            Some(Ok(model)) => Ok(model),
+            Some(Err(reason)) => Err(ExecError::Unavailable(format!(
+                "model `{name}` in {} failed to load: {reason}",
+                self.dir.join(name).display()
+            ))),
+            None => Err(ExecError::Unavailable(format!(
+                "model `{name}` is not in this peer's models directory {} (it has: {})",
+                self.dir.display(),
+                self.model_names().join(", ")
+            ))),
+        }
+    }
+}
+
+impl Executor for Inference {
+    fn task_type(&self) -> &str {
+        "inference"
+    }
+
+    fn advertise(&self) -> Advertised {
+        Advertised { models: self.model_names(), gpus: Vec::new() }
+    }
+
+    fn run(&self, input: &str, ctx: &RunContext) -> Result<Output, ExecError> {
+        let input: Input = serde_json::from_str(input).map_err(ExecError::invalid)?;
+        let model = self.model(&input.model)?;
+        let top_k = match input.top_k {
+            Some(0) => return Err(ExecError::InvalidInput("top_k must be at least 1".into())),
+            Some(k) => k,
+            None => model.config.top_k,
+        }
+        .min(model.labels.len());
+        if input.image.len() > preprocess::MAX_ENCODED_BYTES * 4 / 3 + 4 {
+            return Err(ExecError::LimitExceeded("the image is over the 20 MiB limit".into()));
+        }
+        let t0 = Instant::now();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(input.image.trim())
+            .map_err(|e| ExecError::InvalidInput(format!("`image` is not valid base64: {e}")))?;
+        let image = decode(&bytes)?;
+        let t1 = Instant::now();
+        let tensor = preprocess(&image, &model.config, model.height, model.width);
+        ctx.check()?;
+        let t2 = Instant::now();
+        let raw = model
+            .run(&tensor)
+            .map_err(|e| ExecError::Internal(format!("model `{}` failed: {e}", model.name)))?;
+        let t3 = Instant::now();
+        let scores = if model.config.apply_softmax { softmax(&raw) } else { raw };
+        let report = Report {
+            model: &model.name,
+            top_k: top(&scores, &model.labels, top_k),
+            timing: Timing {
+                decode_ms: ms(t1 - t0),
+                preprocess_ms: ms(t2 - t1),
+                inference_ms: ms(t3 - t2),
+            },
+        };
+        to_output(&report)
+    }
+}
+
+/// The `k` best scores with their labels, best first (ties by index).
+pub fn top(scores: &[f32], labels: &[String], k: usize) -> Vec<Scored> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Scored {
+            label: labels.get(i).cloned().unwrap_or_default(),
+            index: i,
+            score: scores[i],
+        })
+        .collect()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests;
