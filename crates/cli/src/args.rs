@@ -150,6 +150,26 @@ pub struct WorkerStart {
     /// Task types to offer (default: every executor this worker has).
     #[arg(long, value_delimiter = ',')]
     pub task_types: Option<Vec<String>>,
+
+    #[command(flatten)]
+    pub backends: Backends,
+}
+
+/// Which heavy executors a worker sets up.
+#[derive(Debug, Clone, Args)]
+pub struct Backends {
+    /// Directory of ONNX models (NAME/model.onnx, NAME/labels.txt, optional
+    /// NAME/config.json); enables the `inference` task type.
+    #[arg(long, env = "LEGACYGPU_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// Use no GPU even if one is present (no `gpu` tasks come to this worker).
+    #[arg(long)]
+    pub no_gpu: bool,
+
+    /// Do not use software GPU adapters such as Mesa's lavapipe.
+    #[arg(long)]
+    pub no_software_gpu: bool,
 }
 
 /// How clients reach the coordinator.

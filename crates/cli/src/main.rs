@@ -11,6 +11,7 @@ use clap::Parser;
 mod args;
 mod cluster;
 mod demo;
+mod executors;
 mod signals;
 mod task;
 mod worker;

@@ -35,7 +35,7 @@ async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
 
 /// The executors this worker offers.
 fn executors(args: &WorkerStart) -> anyhow::Result<Executors> {
-    let all = Executors::builtin();
+    let all = crate::executors::build(&args.backends)?;
     let Some(wanted) = &args.task_types else { return Ok(all) };
     let mut chosen = Executors::new();
     for t in wanted {

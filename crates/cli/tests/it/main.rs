@@ -8,6 +8,7 @@
 mod auth;
 mod bad_input;
 mod crash;
+mod executors;
 mod failover;
 mod lifecycle;
 mod seed;

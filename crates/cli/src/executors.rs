@@ -1,0 +1,43 @@
+//! The executors a worker offers: the built-ins and physics always, GPU
+//! compute when an adapter works, inference when a models directory is given.
+
+use anyhow::Context;
+use exec::Executors;
+use exec_gpu::{Gpu, GpuOptions};
+use exec_inference::Inference;
+use exec_physics::Physics;
+use tracing::{info, warn};
+
+use crate::args::Backends;
+
+/// Sets up every executor this machine can run.
+pub fn build(backends: &Backends) -> anyhow::Result<Executors> {
+    let mut set = Executors::builtin();
+    set.add(Physics::default());
+    let gpu = Gpu::new(GpuOptions {
+        disabled: backends.no_gpu,
+        allow_software: !backends.no_software_gpu,
+    });
+    match gpu.adapter() {
+        Some(adapter) => {
+            info!(adapter = %adapter.name, kind = %adapter.device_type, "offering gpu tasks");
+            set.add(gpu);
+        }
+        None if backends.no_gpu => info!("GPU disabled (--no-gpu): not offering gpu tasks"),
+        None => info!("no usable GPU adapter: not offering gpu tasks"),
+    }
+    if let Some(dir) = &backends.models_dir {
+        let inference = Inference::from_dir(dir).context("cannot use --models-dir")?;
+        for (model, reason) in inference.failed() {
+            warn!(%model, "model not loaded: {reason}");
+        }
+        let names = inference.model_names();
+        if names.is_empty() {
+            warn!(dir = %dir.display(), "no model loaded: not offering inference tasks");
+        } else {
+            info!(models = %names.join(", "), "offering inference");
+            set.add(inference);
+        }
+    }
+    Ok(set)
+}

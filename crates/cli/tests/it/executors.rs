@@ -1,0 +1,158 @@
+//! Real executors through the cluster: tasks go only to peers able to run
+//! them, physics is bit-identical across worker processes, and the seed's
+//! `task submit --model … --input … --wait` works.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use test_support::{Coordinator, Raw, worker};
+
+use crate::{FAST, bin};
+
+/// A models directory with the tiny colour classifier as `tiny`.
+fn models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    exec_inference::fixture::write_tiny_classifier(dir.path(), "tiny").unwrap();
+    dir
+}
+
+fn gpu_present() -> bool {
+    let present = !exec_gpu::enumerate_adapters(&exec_gpu::GpuOptions::default()).is_empty();
+    if !present && std::env::var("LEGACYGPU_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("no GPU adapter, and LEGACYGPU_REQUIRE_GPU=1");
+    }
+    present
+}
+
+async fn submit(gamer: &mut Raw, id: &str, task_type: &str, data: Value) -> Value {
+    gamer.send_json(&json!({"msg_type": "task_request", "task_id": id, "task_type": task_type, "data": data})).await;
+    gamer.expect("task_accepted").await
+}
+
+#[tokio::test]
+async fn tasks_go_only_to_peers_that_can_run_them() {
+    let c = Coordinator::start(bin(), FAST);
+    let models = models();
+    let dir = models.path().to_string_lossy().into_owned();
+    let _plain = worker(bin(), &c.ws_url, "plain", &["--no-gpu", "--slots", "4"]);
+    let _rich = worker(bin(), &c.ws_url, "rich", &["--models-dir", &dir, "--slots", "1"]);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let image = {
+        use base64::Engine;
+        let png = exec_inference::fixture::png(&exec_inference::fixture::picture(
+            32,
+            32,
+            exec_inference::fixture::Picture::Solid([10, 20, 240]),
+        ));
+        base64::engine::general_purpose::STANDARD.encode(png)
+    };
+    let with_gpu = gpu_present();
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        submit(
+            &mut gamer,
+            &format!("inf-{i}"),
+            "inference",
+            json!({"model": "tiny", "image": image}),
+        )
+        .await;
+        expected.push((format!("inf-{i}"), "rich"));
+        if with_gpu {
+            submit(
+                &mut gamer,
+                &format!("gpu-{i}"),
+                "gpu",
+                json!({"op": "matmul", "m": 8, "k": 8, "n": 8, "seed": i}),
+            )
+            .await;
+            expected.push((format!("gpu-{i}"), "rich"));
+        }
+    }
+    // A model nobody has waits, and says why.
+    let waiting =
+        submit(&mut gamer, "nobody", "inference", json!({"model": "resnet50", "image": image}))
+            .await;
+    let why = waiting["waiting_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("no capable peer") && why.contains("resnet50"), "{waiting}");
+    for _ in 0..expected.len() {
+        let r = gamer.until("task_result").await;
+        let id = r["task_id"].as_str().unwrap().to_owned();
+        let want = expected.iter().find(|(e, _)| *e == id).map(|(_, p)| *p);
+        assert_eq!(r["peer_id"].as_str(), want, "{r}");
+        if id.starts_with("inf") {
+            assert_eq!(r["result"]["top_k"][0]["label"], "blue");
+        }
+    }
+    gamer.send(r#"{"msg_type": "task_status", "task_id": "nobody"}"#).await;
+    assert_eq!(gamer.until("task_status").await["status"], "queued");
+}
+
+#[tokio::test]
+async fn physics_is_bit_identical_across_worker_processes() {
+    let c = Coordinator::start(bin(), &["--strategy", "ROUND_ROBIN"]);
+    let _a = worker(bin(), &c.ws_url, "a", &["--no-gpu", "--slots", "1"]);
+    let _b = worker(bin(), &c.ws_url, "b", &["--no-gpu", "--slots", "1"]);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let scene = exec_physics::example_scene(30, 90);
+    for i in 0..6 {
+        submit(&mut gamer, &format!("s{i}"), "physics", scene.clone()).await;
+    }
+    let mut peers = BTreeSet::new();
+    let mut results = BTreeSet::new();
+    for _ in 0..6 {
+        let r = gamer.until("task_result").await;
+        peers.insert(r["peer_id"].as_str().unwrap().to_owned());
+        // Everything but the timing must be the same bytes.
+        results.insert(
+            serde_json::to_string(&(&r["result"]["bodies"], &r["result"]["checksum"])).unwrap(),
+        );
+    }
+    assert_eq!(peers.len(), 2, "both workers ran the scene: {peers:?}");
+    assert_eq!(results.len(), 1, "results differ across workers");
+}
+
+#[tokio::test]
+async fn the_seeds_model_and_input_command_classifies_an_image() {
+    let c = Coordinator::start(bin(), FAST);
+    let models = models();
+    let dir = models.path().to_string_lossy().into_owned();
+    let _w = worker(bin(), &c.ws_url, "w", &["--models-dir", &dir, "--no-gpu"]);
+    let image = models.path().join("image.jpg");
+    let picture = exec_inference::fixture::picture(
+        120,
+        90,
+        exec_inference::fixture::Picture::Solid([230, 10, 10]),
+    );
+    std::fs::write(&image, exec_inference::fixture::jpeg(&picture)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "tiny", "--input"])
+        .arg(&image)
+        .args(["--top-k", "2", "--wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["top_k"][0]["label"], "red", "{printed}");
+    assert_eq!(printed["top_k"].as_array().unwrap().len(), 2);
+    // A model that no worker has waits with a reason on stderr (no --wait).
+    let out = std::process::Command::new(bin())
+        .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "resnet50", "--input"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no capable peer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_worker_with_a_missing_models_dir_refuses_to_start() {
+    let c = Coordinator::start(bin(), FAST);
+    let mut w = worker(bin(), &c.ws_url, "w", &["--models-dir", "/no/such/dir"]);
+    assert_eq!(w.wait(), Some(1));
+    let stderr = w.log();
+    assert!(stderr.contains("/no/such/dir"), "{stderr}");
+}
