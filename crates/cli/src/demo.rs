@@ -82,8 +82,12 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Two workers: one for the CPU (physics, inference), one with the GPU.
-fn workers(models: &std::path::Path) -> anyhow::Result<(Vec<(String, Executors)>, Option<String>)> {
+/// A named worker and what it runs.
+type DemoWorker = (String, Executors);
+
+/// Two workers: one for the CPU (physics, inference), one with the GPU; and
+/// the GPU adapter's description, if there is one.
+fn workers(models: &std::path::Path) -> anyhow::Result<(Vec<DemoWorker>, Option<String>)> {
     let mut cpu = Executors::builtin();
     cpu.add(Physics::default());
     cpu.add(Inference::from_dir(models)?);
