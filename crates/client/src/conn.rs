@@ -53,7 +53,7 @@ impl Driver {
         rx: mpsc::Receiver<Cmd>,
         counters: Arc<Counters>,
     ) -> Result<Driver, ClientError> {
-        let ws = open(url, &gamer_id, &options).await?;
+        let ws = open(url, &gamer_id, &options, Vec::new()).await?;
         Ok(Driver {
             url: url.to_owned(),
             gamer_id,
@@ -190,7 +190,7 @@ impl Driver {
             if self.rx.is_closed() && self.pending.is_empty() {
                 return false;
             }
-            match open(&self.url, &self.gamer_id, &self.options).await {
+            match open(&self.url, &self.gamer_id, &self.options, self.awaiting()).await {
                 Ok(ws) => {
                     self.ws = ws;
                     self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +210,20 @@ impl Driver {
             }
             wait = (wait * 2).min(self.options.reconnect_max);
         }
+    }
+
+    /// Acknowledged tasks still waiting for an outcome, when they are not
+    /// resubmitted: the coordinator sends again those that finished (their
+    /// outcome may have been lost with the old connection).
+    fn awaiting(&self) -> Vec<String> {
+        if self.options.resubmit_acknowledged {
+            return Vec::new();
+        }
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.accepted.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Sends pending tasks again, oldest first, under their idempotency keys:
@@ -234,7 +248,12 @@ impl Driver {
 }
 
 /// Connects and registers as `gamer_id`.
-async fn open(url: &str, gamer_id: &str, options: &ClientOptions) -> Result<Ws, ClientError> {
+async fn open(
+    url: &str,
+    gamer_id: &str,
+    options: &ClientOptions,
+    awaiting: Vec<String>,
+) -> Result<Ws, ClientError> {
     let connect_err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
     let attempt = async {
         let mut request = url.into_client_request().map_err(|e| connect_err(e.to_string()))?;
@@ -259,6 +278,7 @@ async fn open(url: &str, gamer_id: &str, options: &ClientOptions) -> Result<Ws, 
         let register = ToCoordinator::RegisterGamer(RegisterGamer {
             gamer_id: gamer_id.to_owned(),
             token: options.token.clone(),
+            awaiting,
         });
         ws.send(Message::text(register.encode())).await.map_err(|e| connect_err(e.to_string()))?;
         await_ack(&mut ws).await?;

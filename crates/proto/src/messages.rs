@@ -133,6 +133,11 @@ pub struct RegisterGamer {
     pub gamer_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Ids of acknowledged tasks whose outcome the gamer still waits for
+    /// (sent when reconnecting): finished ones are sent again, unknown ones
+    /// get a `task_error` with code `unknown_task`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting: Vec<String>,
 }
 
 /// `task_request`: submit a task.

@@ -37,6 +37,43 @@ async fn results_go_only_to_the_submitter_and_wait_for_it_to_return() {
 }
 
 #[tokio::test]
+async fn a_reconnecting_gamer_can_ask_again_for_outcomes_it_awaits() {
+    // An outcome handed to a connection that died before it arrived is not
+    // lost: the gamer names the tasks it still awaits when it registers.
+    let c = Coordinator::start(bin(), &[]);
+    let mut peer = Raw::peer(&c.ws_url, "p", "{}").await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    gamer
+        .send(r#"{"msg_type": "task_request", "task_id": "a", "task_type": "x", "data": 7}"#)
+        .await;
+    gamer.expect("task_accepted").await;
+    let a = peer.expect("task_assignment").await;
+    peer.send_json(&json!({"msg_type": "task_result", "task_id": a["task_id"], "result": 49}))
+        .await;
+    assert_eq!(gamer.expect("task_result").await["result"], 49);
+    gamer.close().await;
+
+    let mut again = Raw::connect(&c.ws_url).await;
+    again
+        .send(r#"{"msg_type": "register_gamer", "gamer_id": "g", "awaiting": ["a", "never-sent"]}"#)
+        .await;
+    again.expect("registration_ack").await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let m = again.recv().await;
+        seen.push((m["msg_type"].clone(), m["task_id"].clone(), m["code"].clone()));
+    }
+    seen.sort_by_key(|s| s.1.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            (json!("task_result"), json!("a"), json!(null)),
+            (json!("task_error"), json!("never-sent"), json!("unknown_task")),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_task_without_an_id_gets_one_and_priorities_are_honoured() {
     let c = Coordinator::start(bin(), &[]);
     let mut gamer = Raw::gamer(&c.ws_url, "g").await;

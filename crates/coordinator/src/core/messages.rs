@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proto::{
     Capabilities, ErrorMsg, FromCoordinator, Json, RegisterGamer, RegisterPeer, RegistrationAck,
-    RunningTask, TaskAccepted, TaskRequest, TaskStatusOut, ToCoordinator,
+    RunningTask, TaskAccepted, TaskErrorOut, TaskRequest, TaskState, TaskStatusOut, ToCoordinator,
 };
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
@@ -114,7 +114,41 @@ fn register_gamer(core: &mut Core, conn: ConnId, m: RegisterGamer) {
     core.send(conn, FromCoordinator::RegistrationAck(ack));
     let now = core.now();
     // Results that finished while the gamer was away follow the ack.
-    core.sched.handle_gamer_joined(now, id, conn);
+    core.sched.handle_gamer_joined(now, id.clone(), conn);
+    if m.awaiting.is_empty() {
+        return;
+    }
+    let owner = Owner::Gamer(id.clone());
+    let mut known = Vec::new();
+    for task in &m.awaiting {
+        match core.sched.lookup(&owner, task) {
+            Some(t) => known.push(t),
+            None => unknown_awaited(core, conn, task),
+        }
+    }
+    for t in core.sched.handle_awaiting(now, &id, conn, &known) {
+        if let Some(task) = core.sched.task(t) {
+            let client_id = task.spec().client_task_id.to_string();
+            unknown_awaited(core, conn, &client_id);
+        }
+    }
+}
+
+/// A reconnecting gamer waits for a task the coordinator has no record of:
+/// its one answer is this error, so that it does not wait for ever.
+fn unknown_awaited(core: &mut Core, conn: ConnId, task: &str) {
+    let reason = format!(
+        "no record of task `{task}`: its result expired, or the coordinator restarted without a store"
+    );
+    let err = TaskErrorOut {
+        task_id: task.to_owned(),
+        id: String::new(),
+        status: TaskState::Failed,
+        code: "unknown_task".into(),
+        reason,
+        attempts: 0,
+    };
+    core.send(conn, FromCoordinator::TaskError(err));
 }
 
 fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator) {

@@ -214,6 +214,44 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
+    /// A gamer on `conn` says it still waits for the outcomes of `tasks`
+    /// (after reconnecting): those already finished are sent again, even if
+    /// they went out before — a reply queued just before a crash may never
+    /// have reached it. Returns the ids the scheduler does not know (never
+    /// accepted, or evicted after their TTL) so the caller can say so.
+    pub fn handle_awaiting(
+        &mut self,
+        now: Time,
+        gamer: &GamerId,
+        conn: ConnId,
+        tasks: &[TaskId],
+    ) -> Vec<TaskId> {
+        self.tick(now);
+        let mut unknown = Vec::new();
+        for &id in tasks {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                unknown.push(id);
+                continue;
+            };
+            if task.spec.owner != Owner::Gamer(gamer.clone()) {
+                unknown.push(id);
+                continue;
+            }
+            let State::Finished { outcome, delivered, to, .. } = &mut task.state else { continue };
+            if *to == Some(conn) {
+                continue; // already sent on this very connection
+            }
+            *delivered = true;
+            *to = Some(conn);
+            let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
+            if let Some(waiting) = self.undelivered.get_mut(gamer) {
+                waiting.remove(&id);
+            }
+            self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
+        }
+        unknown
+    }
+
     /// An outcome sent to `conn` did not reach it (the connection was already
     /// closing): it is kept for the gamer's return, or sent again at once when
     /// the gamer is already back on another connection.

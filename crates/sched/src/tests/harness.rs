@@ -7,7 +7,7 @@
 //! at 16s                          # move time to 16 s and fire due timers
 //! join p1 slots=2 types=echo,sleep models=m gpu=8192 running=t-1#1
 //! leave p1 | hb p1 | drain p1
-//! gamer g1 | gamer-left g1
+//! gamer g1 | gamer-left g1 | awaiting g1 t-1,t-2
 //! submit g1 echo id=123 prio=2 key=k model=m gpu vram=4000 timeout=5s qtimeout=9s attempts=2
 //! submit api echo ...
 //! result p1 t-1 ok=R | err=code | err=code:retry | returned   (optionally #attempt after the id)
@@ -110,6 +110,15 @@ impl World {
                 let conn = self.conn();
                 self.gamer_conns.insert(words[1].to_owned(), conn);
                 self.sched.handle_gamer_joined(now, GamerId::from(words[1]), conn);
+            }
+            "awaiting" => {
+                let conn = self.gamer_conns[words[1]];
+                let ids: Vec<TaskId> = words[2].split(',').map(|t| task_ref(t).0).collect();
+                let unknown = self.sched.handle_awaiting(now, &GamerId::from(words[1]), conn, &ids);
+                if !unknown.is_empty() {
+                    let ids: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+                    self.ret(format!("unknown {}", ids.join(",")));
+                }
             }
             "undelivered" => {
                 let conn = self.gamer_conns[words[2]];

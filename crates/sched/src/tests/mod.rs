@@ -252,6 +252,48 @@ fn a_gamer_that_reconnects_gets_what_finished_while_away() {
 }
 
 #[test]
+fn a_gamer_still_awaiting_a_delivered_outcome_gets_it_again() {
+    // The outcome was handed to the gamer's first connection, which died
+    // before it arrived; the gamer says on its new connection that it still
+    // waits. Ids it does not own, or that are unknown, come back.
+    check(
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=a
+        submit g1 echo id=b
+        submit g2 echo id=c
+        result p1 t-1 ok=A
+        gamer g1
+        awaiting g1 t-1,t-2,t-3,t-9
+        awaiting g1 t-1
+        ",
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=a
+          => t-1 a Assigned
+          assign t-1#1 x -> p1 (c2)
+        submit g1 echo id=b
+          => t-2 b Assigned
+          assign t-2#1 x -> p1 (c2)
+        submit g2 echo id=c
+          => t-3 c Queued
+        result p1 t-1 ok=A
+          => Accepted
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+          assign t-3#1 x -> p1 (c2)
+        gamer g1
+          close gamer c1 (replaced)
+        awaiting g1 t-1,t-2,t-3,t-9
+          => unknown t-3,t-9
+          deliver t-1 (a) to g1: completed A by p1#1 after 1
+        awaiting g1 t-1
+        ",
+    );
+}
+
+#[test]
 fn duplicate_live_task_ids_are_refused() {
     check(
         r"
