@@ -61,6 +61,33 @@ pub struct ClusterStart {
     #[arg(long, default_value = "0.0.0.0:8765", env = "LEGACYGPU_BIND")]
     pub bind: SocketAddr,
 
+    /// Address of the HTTP API (REST, events, /metrics, /docs).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8000",
+        env = "LEGACYGPU_HTTP",
+        conflicts_with = "no_http"
+    )]
+    pub http: SocketAddr,
+
+    /// Serve no HTTP API.
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// HTTP API keys as `key:role,key:role` (roles: admin, client, read-only).
+    /// Without keys the API follows protected mode, and the --token, if set,
+    /// is the admin key.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A file of API keys, one `key:role` per line (`#` comments).
+    #[arg(long, env = "LEGACYGPU_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Seconds between `cluster_stats` events on the event stream.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    pub stats_interval: f64,
+
     /// Shared token that peers and gamers must present. Without one, only
     /// loopback clients are accepted (protected mode).
     #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]

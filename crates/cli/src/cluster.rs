@@ -28,6 +28,9 @@ async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "legacygpu coordinator {}", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  websocket: ws://{}", coordinator.ws_addr())?;
+    if let Some(http) = coordinator.http_addr() {
+        writeln!(out, "  http: http://{http}  (API docs: http://{http}/docs)")?;
+    }
     writeln!(out, "  store: {store} ({} tasks recovered)", coordinator.recovered_tasks())?;
     writeln!(out, "ready (Ctrl-C to stop)")?;
     out.flush()?;
@@ -58,8 +61,22 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
             if args.sync == "normal" { coordinator::Sync::Normal } else { coordinator::Sync::Full };
         StoreMode::Sqlite { data_dir, sync }
     };
+    let mut api_keys = Vec::new();
+    if let Some(keys) = &args.api_keys {
+        api_keys.extend(coordinator::parse_api_keys(keys).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(file) = &args.api_keys_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the API keys file {}", file.display()))?;
+        let keys = coordinator::parse_api_keys(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        api_keys.extend(keys);
+    }
     Ok(Config {
         ws_addr: args.bind,
+        http_addr: (!args.no_http).then_some(args.http),
+        api_keys,
+        stats_interval: Duration::from_secs_f64(args.stats_interval),
         token: args.token.clone().filter(|t| !t.is_empty()).map(Secret::new),
         insecure: args.insecure,
         max_frame_bytes: args.max_frame_bytes,

@@ -32,8 +32,12 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
     let models = tempfile::tempdir().context("cannot make a temporary models directory")?;
     write_tiny_classifier(models.path(), "colours").context("cannot write the demo model")?;
 
-    let config =
-        Config { ws_addr: "127.0.0.1:0".parse()?, store: StoreMode::Memory, ..Config::default() };
+    let config = Config {
+        ws_addr: "127.0.0.1:0".parse()?,
+        http_addr: None,
+        store: StoreMode::Memory,
+        ..Config::default()
+    };
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;
     let url = format!("ws://{}", coordinator.ws_addr());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -32,6 +32,77 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What an API key may do. Each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ApiRole {
+    /// Read cluster state, tasks, metrics and events.
+    ReadOnly,
+    /// Also submit, cancel and fetch results.
+    Client,
+    /// Also approve workers, change the configuration and shut down.
+    Admin,
+}
+
+impl ApiRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::ReadOnly => "read-only",
+            ApiRole::Client => "client",
+            ApiRole::Admin => "admin",
+        }
+    }
+
+    /// Reads `admin`, `client`, `read-only` (also `readonly`, `read`).
+    pub fn parse(name: &str) -> Option<ApiRole> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "admin" => Some(ApiRole::Admin),
+            "client" | "user" => Some(ApiRole::Client),
+            "read-only" | "readonly" | "read_only" | "read" | "viewer" => Some(ApiRole::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// An API key and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key: Secret,
+    pub role: ApiRole,
+}
+
+/// Reads keys in seed 2's form, `key:role,key:role` (whitespace and newlines
+/// also separate entries, `#` starts a comment line in files).
+pub fn parse_api_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+    let mut keys = Vec::new();
+    let entries = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split([',', ' ', '\t']))
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    for entry in entries {
+        let (key, role) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("API key entry `{}…` has no `:role`", mask(entry)))?;
+        let role = ApiRole::parse(role).ok_or_else(|| {
+            format!(
+                "unknown role `{role}` for API key `{}…` (use admin, client or read-only)",
+                mask(key)
+            )
+        })?;
+        if key.len() < 8 {
+            return Err(format!("API key `{}…` is too short (8 characters at least)", mask(key)));
+        }
+        keys.push(ApiKey { key: Secret::new(key), role });
+    }
+    Ok(keys)
+}
+
+/// The first characters of a secret, for error messages.
+fn mask(secret: &str) -> String {
+    secret.chars().take(3).collect()
+}
+
 /// Where tasks are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreMode {
@@ -69,6 +140,11 @@ pub struct Config {
     /// The scheduler's knobs (heartbeat timeout, attempts, limits, strategy).
     pub sched: sched::Config,
     pub store: StoreMode,
+    /// HTTP API keys. Without any, the API follows protected mode (loopback
+    /// only, unless `insecure`), and the cluster token, if set, is an admin key.
+    pub api_keys: Vec<ApiKey>,
+    /// How often the event stream carries a `cluster_stats` event. Default 5 s.
+    pub stats_interval: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +161,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(2),
             sched: sched::Config::default(),
             store: StoreMode::Memory,
+            api_keys: Vec::new(),
+            stats_interval: Duration::from_secs(5),
         }
     }
 }
@@ -123,5 +201,21 @@ mod tests {
         config.token = None;
         config.insecure = true;
         assert!(config.admits(&remote));
+    }
+
+    #[test]
+    fn api_keys_read_in_seed_form() {
+        let keys =
+            parse_api_keys("adminkey1:admin, clientkey1:client\n# comment\nviewerkey:read-only")
+                .unwrap();
+        let roles: Vec<_> = keys.iter().map(|k| k.role).collect();
+        assert_eq!(roles, [ApiRole::Admin, ApiRole::Client, ApiRole::ReadOnly]);
+        assert!(keys[0].key.matches("adminkey1"));
+        assert!(parse_api_keys("").unwrap().is_empty());
+        let err = parse_api_keys("secretkey:root").unwrap_err();
+        assert!(err.contains("unknown role `root`") && !err.contains("secretkey"), "{err}");
+        assert!(parse_api_keys("nocolonhere").unwrap_err().contains("no `:role`"));
+        assert!(parse_api_keys("short:admin").unwrap_err().contains("too short"));
+        assert!(ApiRole::Admin > ApiRole::Client && ApiRole::Client > ApiRole::ReadOnly);
     }
 }

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 use tracing::{debug, info};
 
+use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::core::Input;
 
@@ -58,12 +59,13 @@ pub(crate) struct ConnCtx {
     pub config: Arc<Config>,
     /// False when the coordinator is at its connection limit.
     pub admitted: bool,
+    pub approvals: Approvals,
 }
 
 /// Serves one TCP connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
     let _ = stream.set_nodelay(true);
-    let header_auth = Arc::new(AtomicBool::new(false));
+    let header_auth = Arc::new(HeaderAuth::default());
     let callback = handshake_check(&ctx, Arc::clone(&header_auth));
     let ws_config = ws_config(&ctx.config);
     let ws =
@@ -81,8 +83,12 @@ pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
     if ctx.core.send(connected).await.is_err() {
         return; // The core is gone: shutting down.
     }
-    let authorized = ctx.config.token.is_none() || header_auth.load(Ordering::Relaxed);
-    let mut session = Session { ctx: &ctx, ws, rx, authorized };
+    // Without a token, protected mode already chose who gets this far;
+    // a non-loopback peer let in only for approvals must show its credential.
+    let open = ctx.config.token.is_none() && ctx.config.admits(&ctx.remote);
+    let authorized = open || header_auth.matched.load(Ordering::Relaxed);
+    let header_token = header_auth.other.lock().ok().and_then(|mut t| t.take());
+    let mut session = Session { ctx: &ctx, ws, rx, authorized, header_token };
     session.run().await;
     // What the core queued but this connection never wrote goes back, so
     // that results are kept for the gamer's return instead of lost.
@@ -115,10 +121,11 @@ pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
 #[allow(clippy::result_large_err)]
 fn handshake_check(
     ctx: &ConnCtx,
-    header_auth: Arc<AtomicBool>,
+    header_auth: Arc<HeaderAuth>,
 ) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + use<> {
     let config = Arc::clone(&ctx.config);
     let (remote, admitted) = (ctx.remote, ctx.admitted);
+    let approvals = ctx.approvals.clone();
     move |req: &Request, resp: Response| {
         if !admitted {
             return Err(reject(
@@ -126,7 +133,7 @@ fn handshake_check(
                 "too many connections; retry later",
             ));
         }
-        if !config.admits(&remote) {
+        if !config.admits(&remote) && approvals.is_empty() {
             info!(%remote, "refused a non-loopback client in protected mode");
             return Err(reject(
                 StatusCode::FORBIDDEN,
@@ -141,10 +148,16 @@ fn handshake_check(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if let (Some(token), Some(given)) = (&config.token, bearer) {
-            if !token.matches(given.trim()) {
+            if token.matches(given.trim()) {
+                header_auth.matched.store(true, Ordering::Relaxed);
+            } else if approvals.is_empty() {
                 return Err(reject(StatusCode::UNAUTHORIZED, "invalid token"));
             }
-            header_auth.store(true, Ordering::Relaxed);
+        }
+        // It may be an approved worker's credential, checked against its
+        // peer id at registration.
+        if let (Some(given), Ok(mut other)) = (bearer, header_auth.other.lock()) {
+            *other = Some(given.trim().to_owned());
         }
         Ok(resp)
     }
@@ -161,6 +174,17 @@ struct Session<'a> {
     ws: WebSocketStream<TcpStream>,
     rx: mpsc::Receiver<Outbound>,
     authorized: bool,
+    /// The upgrade's bearer token, for registrations that carry none.
+    header_token: Option<String>,
+}
+
+/// What the upgrade's `Authorization` header showed.
+#[derive(Default)]
+struct HeaderAuth {
+    /// It carried the cluster token.
+    matched: AtomicBool,
+    /// The bearer token given, to check against approved workers.
+    other: std::sync::Mutex<Option<String>>,
 }
 
 /// A message refused for want of the token.
@@ -246,7 +270,15 @@ impl Session<'_> {
         let registering =
             matches!(msg, ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_));
         let expected = self.ctx.config.token.as_ref();
-        if registering && token.zip(expected).is_some_and(|(given, t)| t.matches(&given)) {
+        let given = token.or_else(|| self.header_token.clone());
+        if registering && given.as_ref().zip(expected).is_some_and(|(given, t)| t.matches(given)) {
+            self.authorized = true;
+            return Ok(msg);
+        }
+        // An approved worker's credential admits that peer id only.
+        if let (ToCoordinator::RegisterPeer(m), Some(given)) = (&msg, &given)
+            && self.ctx.approvals.admits(&m.peer_id, given)
+        {
             self.authorized = true;
             return Ok(msg);
         }

@@ -14,14 +14,17 @@
 //!
 //! Protected by default: without a token only loopback clients are admitted.
 
+mod approvals;
 mod clock;
 mod config;
 mod conn;
 mod core;
+mod http;
 mod observe;
 mod persist;
 mod server;
+mod telemetry;
 
-pub use crate::config::{Config, Secret, StoreMode};
+pub use crate::config::{ApiKey, ApiRole, Config, Secret, StoreMode, parse_api_keys};
 pub use crate::server::{Coordinator, RunError, StartError};
 pub use store::Sync;

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use metrics_exporter_prometheus::PrometheusRecorder;
 use proto::{FromCoordinator, Json};
 use sched::{ConnId, Event, TaskId};
 use store::{Op, Store, Writer};
@@ -60,11 +61,16 @@ impl Observer {
     }
 
     /// An observer writing to `store` on a writer thread.
-    pub fn with_store(store: Box<dyn Store>) -> Observer {
+    /// Commit times are recorded in `recorder`.
+    pub fn with_store(store: Box<dyn Store>, recorder: Arc<PrometheusRecorder>) -> Observer {
         let (tx, rx) = watch::channel(Durable::default());
         let writer = Writer::spawn(store, MAX_OPS_PER_COMMIT, move |committed| match committed {
-            Ok(seq) => {
-                tx.send_modify(|d| d.seq = d.seq.max(seq));
+            Ok(c) => {
+                metrics::with_local_recorder(recorder.as_ref(), || {
+                    metrics::histogram!("legacygpu_store_commit_seconds")
+                        .record(c.took.as_secs_f64());
+                });
+                tx.send_modify(|d| d.seq = d.seq.max(c.seq));
             }
             Err(e) => {
                 error!("the store failed: {e}");
@@ -102,6 +108,12 @@ impl Observer {
         if side.writer.send(side.appended, ops).is_err() {
             error!("the store writer has stopped; nothing more is made durable");
         }
+    }
+
+    /// The last batch handed to the store (0 without one): a reply that
+    /// depends on what was observed so far may go once this is committed.
+    pub fn appended(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.appended)
     }
 
     /// A receiver that changes when the store commits (or fails).
@@ -170,10 +182,4 @@ impl Observer {
             side.writer.close();
         }
     }
-
-    /// Counts a refused message (metrics come with the HTTP API).
-    pub fn rejected(&mut self, _code: &str) {}
-
-    /// Counts a connection dropped for reading too slowly.
-    pub fn connection_dropped_slow(&mut self) {}
 }

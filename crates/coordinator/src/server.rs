@@ -12,12 +12,15 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::{Config, StoreMode};
 use crate::conn::{self, ConnCtx};
 use crate::core::Core;
+use crate::http::{self, Api};
 use crate::observe::Observer;
 use crate::persist;
+use crate::telemetry::Telemetry;
 
 /// Why the coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,7 @@ pub struct Coordinator {
     config: Arc<Config>,
     ws: TcpListener,
     ws_addr: SocketAddr,
+    http: Option<(TcpListener, SocketAddr)>,
     core: Core,
 }
 
@@ -57,9 +61,25 @@ impl Coordinator {
                  so only loopback clients are accepted; use --token, or --insecure to accept anyone"
             );
         }
+        let http = match config.http_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound =
+                    listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let config = Arc::new(config);
         let core = recover(Arc::clone(&config))?;
-        Ok(Coordinator { config, ws, ws_addr, core })
+        Ok(Coordinator { config, ws, ws_addr, http, core })
+    }
+
+    /// The HTTP API's address actually bound, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The WebSocket address actually bound.
@@ -77,6 +97,13 @@ impl Coordinator {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let (core_tx, core_rx) = mpsc::channel(65_536);
         let (stop_tx, stop_rx) = watch::channel(false);
+        // `POST /cluster/shutdown` turns this.
+        let (api_stop_tx, mut api_stop) = watch::channel(false);
+        let approvals = Approvals::default();
+        let http = self.http.map(|(listener, _)| {
+            let api = Api::new(core_tx.clone(), &self.core, api_stop_tx, approvals.clone());
+            tokio::spawn(http::serve(listener, api, stop_rx.clone()))
+        });
         let mut core_task = tokio::spawn(self.core.run(core_rx, stop_rx));
         let (mut failure, mut core_done) = (None, false);
 
@@ -87,6 +114,7 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Ok(()) = api_stop.changed() => break,
                 stopped = &mut core_task => {
                     core_done = true;
                     failure = stopped.ok().flatten();
@@ -108,6 +136,7 @@ impl Coordinator {
                         core: core_tx.clone(),
                         config: Arc::clone(&self.config),
                         admitted: permit.is_some(),
+                        approvals: approvals.clone(),
                     };
                     conns.spawn(async move {
                         conn::serve(stream, ctx).await;
@@ -125,6 +154,9 @@ impl Coordinator {
             failure = core_task.await.ok().flatten();
         }
         drop(core_tx);
+        if let Some(http) = http {
+            let _ = tokio::time::timeout(self.config.shutdown_grace, http).await;
+        }
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while conns.join_next().await.is_some() {}
         })
@@ -143,15 +175,16 @@ impl Coordinator {
 /// The core, with the store opened and its tasks recovered.
 fn recover(config: Arc<Config>) -> Result<Core, StartError> {
     let clock = Clock::start();
+    let telemetry = Telemetry::new();
     let (observer, loaded) = match &config.store {
         StoreMode::Memory => (Observer::in_memory(), None),
         StoreMode::Sqlite { data_dir, sync } => {
             let mut db = store::SqliteStore::open(data_dir, *sync)?;
             let loaded = db.load()?;
-            (Observer::with_store(Box::new(db)), Some(loaded))
+            (Observer::with_store(Box::new(db), telemetry.recorder()), Some(loaded))
         }
     };
-    let mut core = Core::new(config, observer, clock);
+    let mut core = Core::new(config, observer, telemetry, clock);
     if let Some(loaded) = loaded {
         let n = loaded.tasks.len();
         let tasks = loaded.tasks.into_iter().map(persist::recovered).collect();

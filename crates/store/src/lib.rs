@@ -20,7 +20,7 @@ mod sqlite;
 mod writer;
 
 pub use sqlite::{SqliteStore, Sync};
-pub use writer::{Writer, WriterClosed};
+pub use writer::{Committed, Writer, WriterClosed};
 
 /// A store error. A coordinator that cannot write stops acknowledging.
 #[derive(Debug, thiserror::Error)]

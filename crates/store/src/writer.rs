@@ -33,13 +33,24 @@ pub struct Writer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// One group commit that reached the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    /// The highest batch number it holds.
+    pub seq: u64,
+    /// Ops written.
+    pub ops: usize,
+    /// Time the transaction took.
+    pub took: std::time::Duration,
+}
+
 impl Writer {
     /// Starts the writer. `on_commit` is called on the writer thread with the
     /// highest batch number committed, or with the error that stopped it.
     pub fn spawn(
         mut store: Box<dyn Store>,
         max_ops_per_commit: usize,
-        on_commit: impl Fn(Result<u64, StoreError>) + Send + 'static,
+        on_commit: impl Fn(Result<Committed, StoreError>) + Send + 'static,
     ) -> Writer {
         let (tx, rx) = mpsc::channel::<Batch>();
         let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
@@ -56,8 +67,11 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+                let started = std::time::Instant::now();
                 match write_with_retries(store.as_mut(), &ops) {
-                    Ok(()) => on_commit(Ok(seq)),
+                    Ok(()) => {
+                        on_commit(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() }))
+                    }
                     Err(e) => {
                         on_commit(Err(e));
                         return;
@@ -154,7 +168,7 @@ mod tests {
         let probe = Probe { slow: Duration::from_millis(30), ..Probe::default() };
         let (tx, rx) = mpsc::channel();
         let writer = Writer::spawn(Box::new(probe.clone()), 10_000, move |r| {
-            let _ = tx.send(r.unwrap());
+            let _ = tx.send(r.unwrap().seq);
         });
         for seq in 1..=50 {
             writer.send(seq, vec![op(seq)]).unwrap();

@@ -141,6 +141,9 @@ impl Coordinator {
         if !extra.contains(&"--bind") {
             args.extend(["--bind", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--http") && !extra.contains(&"--no-http") {
+            args.extend(["--http", "127.0.0.1:0"]);
+        }
         // Each coordinator gets a store of its own unless the test chose one.
         if !extra.contains(&"--data-dir") && !extra.contains(&"--no-store") {
             args.extend(["--data-dir", &data_dir]);
@@ -159,7 +162,7 @@ impl Coordinator {
             if line.trim_start().starts_with("websocket:") {
                 ws_url = value();
             } else if line.trim_start().starts_with("http:") {
-                http_url = Some(value());
+                http_url = value().split_whitespace().next().map(str::to_owned);
             } else if line.starts_with("ready") {
                 break;
             }

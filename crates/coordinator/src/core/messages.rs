@@ -69,13 +69,15 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
         .filter_map(|r| r.task_id.parse().ok().map(|t| (t, Attempt(r.attempt))))
         .collect();
     let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
+    let slots = caps.slots();
     let now = core.now();
     let joined = core.sched.handle_peer_joined(now, join);
     if let Some(c) = core.conns.get_mut(&conn) {
         c.role = Role::Peer(id.clone());
     }
-    info!(peer = %id, slots = caps.slots(), replaced = joined.replaced, "peer registered");
-    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None });
+    info!(peer = %id, slots, replaced = joined.replaced, "peer registered");
+    let remote = core.conns.get(&conn).map(|c| c.remote);
+    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, caps, remote });
     let ack = RegistrationAck {
         peer_id: Some(id.to_string()),
         heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),
@@ -305,15 +307,32 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
 }
 
 fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
+    match accept(core, owner, req) {
+        Ok(msg) => core.send_durable(conn, FromCoordinator::TaskAccepted(msg)),
+        Err(err) => core.reply_error(conn, err),
+    }
+}
+
+/// Submits a task for `owner` (a gamer, or the HTTP API): the
+/// acknowledgement, which must not go out before the store has committed
+/// what the core observed so far, or the error that refused it.
+pub(crate) fn accept(
+    core: &mut Core,
+    owner: Owner,
+    req: TaskRequest,
+) -> Result<TaskAccepted, ErrorMsg> {
     let client_id = req.task_id.clone();
+    let refuse = |err: ErrorMsg| {
+        let err = err.in_reply_to("task_request");
+        Err(match &client_id {
+            Some(id) => err.task(id.clone()),
+            None => err,
+        })
+    };
     if core.observer.store_overloaded() {
-        let mut err =
-            ErrorMsg::new("busy", "the store is behind; retry shortly").in_reply_to("task_request");
+        let mut err = ErrorMsg::new("busy", "the store is behind; retry shortly");
         err.retry_after_s = Some(1.0);
-        if let Some(id) = client_id {
-            err = err.task(id);
-        }
-        return core.reply_error(conn, err);
+        return refuse(err);
     }
     let sub = submission(owner, req);
     let now = core.now();
@@ -322,36 +341,30 @@ fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
             // Persist the submission (flush hands the event to the store)
             // before the acknowledgement is allowed out.
             core.flush();
-            let msg = TaskAccepted {
+            Ok(TaskAccepted {
                 task_id: acc.client_task_id.to_string(),
                 id: acc.id.to_string(),
                 status: wire_state(acc.status),
                 existing: acc.existing,
                 waiting_reason: acc.waiting_reason,
-            };
-            core.send_durable(conn, FromCoordinator::TaskAccepted(msg));
+            })
         }
         Err(SubmitError::DuplicateTaskId { existing }) => {
-            let id = client_id.unwrap_or_default();
-            let err = ErrorMsg::new(
+            let id = client_id.clone().unwrap_or_default();
+            refuse(ErrorMsg::new(
                 "duplicate_task_id",
                 format!(
                     "you already have a live task `{id}` ({existing}); use a new task_id, or an idempotency_key to resubmit safely"
                 ),
-            );
-            core.reply_error(conn, err.in_reply_to("task_request").task(id));
+            ))
         }
         Err(SubmitError::Busy { queued, retry_after }) => {
             let mut err = ErrorMsg::new(
                 "busy",
                 format!("the queue is full ({queued} tasks waiting); retry later"),
-            )
-            .in_reply_to("task_request");
+            );
             err.retry_after_s = Some(retry_after.as_secs_f64());
-            if let Some(id) = client_id {
-                err = err.task(id);
-            }
-            core.reply_error(conn, err);
+            refuse(err)
         }
     }
 }

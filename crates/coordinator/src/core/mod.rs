@@ -18,8 +18,10 @@ use proto::{
     CancelAssignment, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut, TaskResultOut,
     TaskState,
 };
-use sched::{Command, ConnId, GamerId, Outcome, PeerId, Scheduler, Status, TaskSpec, Time};
-use tokio::sync::{mpsc, watch};
+use sched::{
+    Command, ConnId, Event, GamerId, Outcome, PeerId, Scheduler, Status, TaskId, TaskSpec, Time,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -27,8 +29,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::{Outbound, close};
 use crate::observe::Observer;
+use crate::telemetry::Telemetry;
 
-mod messages;
+pub(crate) mod messages;
 
 /// What the core loop is fed.
 pub(crate) enum Input {
@@ -46,6 +49,9 @@ pub(crate) enum Input {
         conn: ConnId,
         unsent: Vec<FromCoordinator>,
     },
+    /// Work from the HTTP API, run on the core with full access; it answers
+    /// through a channel of its own.
+    Call(Box<dyn FnOnce(&mut Core) + Send>),
 }
 
 /// What a connection registered as.
@@ -66,6 +72,9 @@ pub(crate) struct Conn {
 #[derive(Debug, Clone)]
 pub(crate) struct PeerInfo {
     pub heartbeat: Option<proto::Heartbeat>,
+    /// The capabilities as it declared them.
+    pub caps: proto::Capabilities,
+    pub remote: Option<SocketAddr>,
 }
 
 /// The state the core loop owns.
@@ -75,13 +84,30 @@ pub(crate) struct Core {
     pub peer_info: BTreeMap<PeerId, PeerInfo>,
     pub config: Arc<Config>,
     pub observer: Observer,
+    pub telemetry: Telemetry,
     pub clock: Clock,
+    /// HTTP requests waiting for a task to finish.
+    pub result_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
 }
 
 impl Core {
-    pub fn new(config: Arc<Config>, observer: Observer, clock: Clock) -> Core {
+    pub fn new(
+        config: Arc<Config>,
+        observer: Observer,
+        telemetry: Telemetry,
+        clock: Clock,
+    ) -> Core {
         let sched = Scheduler::new(config.sched.clone(), clock.now());
-        Core { sched, conns: HashMap::new(), peer_info: BTreeMap::new(), config, observer, clock }
+        Core {
+            sched,
+            conns: HashMap::new(),
+            peer_info: BTreeMap::new(),
+            config,
+            observer,
+            telemetry,
+            clock,
+            result_waiters: HashMap::new(),
+        }
     }
 
     /// The scheduler's clock.
@@ -147,6 +173,10 @@ impl Core {
                 self.drop_conn(conn);
                 self.flush();
             }
+            Input::Call(f) => {
+                f(self);
+                self.flush();
+            }
         }
     }
 
@@ -171,6 +201,14 @@ impl Core {
     pub fn flush(&mut self) {
         while let Some(event) = self.sched.poll_event() {
             self.observer.observe(&event);
+            self.telemetry.observe(&event);
+            if let Event::TaskFinished { task, .. } = &event
+                && let Some(waiters) = self.result_waiters.remove(&task.id)
+            {
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
         }
         self.observer.commit();
         while let Some(cmd) = self.sched.poll_command() {
@@ -225,7 +263,9 @@ impl Core {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(out)) => {
                 warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
-                self.observer.connection_dropped_slow();
+                self.telemetry.with(|| {
+                    metrics::counter!("legacygpu_connections_dropped_slow_total").increment(1);
+                });
                 out
             }
             Err(mpsc::error::TrySendError::Closed(out)) => out,
@@ -266,7 +306,10 @@ impl Core {
 
     pub fn reply_error(&mut self, conn: ConnId, err: ErrorMsg) {
         debug!(%conn, code = %err.code, reason = %err.reason, "error reply");
-        self.observer.rejected(&err.code);
+        let reason = err.code.to_string();
+        self.telemetry.with(|| {
+            metrics::counter!("legacygpu_messages_rejected_total", "reason" => reason).increment(1);
+        });
         self.send(conn, FromCoordinator::Error(err));
     }
 

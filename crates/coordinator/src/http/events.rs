@@ -1,0 +1,119 @@
+//! `/ws/cluster/events`: the live event stream.
+//!
+//! Each subscriber holds a receiver of one bounded broadcast channel fed by
+//! the core loop, which never waits for anyone. A subscriber that falls more
+//! than the buffer behind is sent a `dropped` notice and closed: it slows
+//! nobody. Filters: `?kinds=task_completed,worker_joined` and `?task_id=t-42`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+
+use super::{Api, ApiError};
+use crate::telemetry::{ApiEvent, EVENT_BUFFER, Published};
+
+/// Close code for a subscriber dropped for reading too slowly.
+const TOO_SLOW: u16 = 4008;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct Filter {
+    /// Event kinds to receive, comma-separated (default: all).
+    kinds: Option<String>,
+    /// Only events about this task (cluster id, e.g. t-42).
+    task_id: Option<String>,
+}
+
+struct Subscription {
+    kinds: Option<BTreeSet<&'static str>>,
+    task_id: Option<String>,
+}
+
+impl Subscription {
+    fn parse(f: Filter) -> Result<Subscription, ApiError> {
+        let kinds = match f.kinds.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+            None => None,
+            Some(list) => {
+                let mut set = BTreeSet::new();
+                for k in list.split(',').map(str::trim) {
+                    let Some(kind) = ApiEvent::KINDS.iter().find(|known| **known == k) else {
+                        return Err(ApiError::bad_request(
+                            "invalid_filter",
+                            format!(
+                                "unknown event kind `{k}`; kinds are {}",
+                                ApiEvent::KINDS.join(", ")
+                            ),
+                        ));
+                    };
+                    set.insert(*kind);
+                }
+                Some(set)
+            }
+        };
+        Ok(Subscription { kinds, task_id: f.task_id })
+    }
+
+    fn wants(&self, e: &Published) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(e.kind))
+            && self.task_id.as_deref().is_none_or(|t| e.task_id.as_deref() == Some(t))
+    }
+}
+
+/// Upgrades to a WebSocket that carries one JSON event per text frame.
+#[utoipa::path(get, path = "/ws/cluster/events", tag = "monitoring", params(Filter),
+    responses((status = 101, description = "WebSocket of events, one JSON object each", body = ApiEvent),
+              (status = 400, body = super::ErrorBody)))]
+pub(crate) async fn stream(
+    State(api): State<Api>,
+    Query(filter): Query<Filter>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let sub = Subscription::parse(filter)?;
+    // Subscribe before the upgrade completes, so nothing after it is missed.
+    let rx = api.events.subscribe();
+    Ok(ws.on_upgrade(move |socket| forward(socket, rx, sub)))
+}
+
+async fn forward(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    sub: Subscription,
+) {
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(e) => {
+                    if sub.wants(&e) && socket.send(Message::text(e.json.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    let notice = json!({
+                        "event": "dropped",
+                        "reason": format!(
+                            "too slow: {missed} events were missed (the buffer holds {EVENT_BUFFER}); reconnect to resume"
+                        ),
+                    });
+                    let _ = socket.send(Message::text(notice.to_string())).await;
+                    let frame = CloseFrame { code: TOO_SLOW, reason: "too slow".into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                Err(RecvError::Closed) => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The operator's HTTP API on port 8000: REST under `/cluster/*` (seed 2's
+//! paths and field names), the live event stream `/ws/cluster/events`,
+//! Prometheus `/metrics`, and the OpenAPI document with a browsable `/docs`.
+//!
+//! Handlers never touch scheduler state themselves: they send a closure to
+//! the core loop ([`Input::Call`]) and await its answer, so the API sees the
+//! same ordered history as the WebSocket protocol. Every route is in
+//! [`routes::ROUTES`] with the role it needs; one middleware authenticates
+//! every request against that table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use utoipa::ToSchema;
+
+use crate::approvals::Approvals;
+use crate::config::{ApiRole, Config};
+use crate::core::{Core, Input};
+use crate::observe::Durable;
+use crate::telemetry::{ApiEvent, Published};
+
+mod events;
+pub(crate) mod routes;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Api {
+    core: mpsc::Sender<Input>,
+    events: broadcast::Sender<Arc<Published>>,
+    durable: watch::Receiver<Durable>,
+    metrics: PrometheusHandle,
+    config: Arc<Config>,
+    /// Asks the coordinator to shut down (`POST /cluster/shutdown`).
+    stop: watch::Sender<bool>,
+    approvals: Approvals,
+}
+
+impl Api {
+    pub fn new(
+        core: mpsc::Sender<Input>,
+        state: &Core,
+        stop: watch::Sender<bool>,
+        approvals: Approvals,
+    ) -> Api {
+        Api {
+            core,
+            events: state.telemetry.events(),
+            durable: state.observer.durable_watch(),
+            metrics: state.telemetry.handle(),
+            config: Arc::clone(&state.config),
+            stop,
+            approvals,
+        }
+    }
+
+    /// Runs `f` on the core loop and returns what it returns.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let input = Input::Call(Box::new(move |core| {
+            let _ = tx.send(f(core));
+        }));
+        self.core.send(input).await.map_err(|_| ApiError::unavailable())?;
+        rx.await.map_err(|_| ApiError::unavailable())
+    }
+
+    /// Waits until the store has committed batch `seq` (what an
+    /// acknowledgement promises).
+    pub async fn durable(&self, seq: u64) -> Result<(), ApiError> {
+        let mut durable = self.durable.clone();
+        let done = durable.wait_for(|d| d.seq >= seq || d.failed.is_some()).await;
+        match done {
+            Ok(d) if d.failed.is_none() => Ok(()),
+            _ => Err(ApiError::unavailable()),
+        }
+    }
+}
+
+/// The one error body of the API, as seed 2 had it: `detail` for people,
+/// `error_code` for programs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    pub error_code: String,
+    pub status_code: u16,
+    /// When to retry (for `busy`), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<f64>,
+    /// The task concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                detail: detail.into(),
+                error_code: code.to_owned(),
+                status_code: status.as_u16(),
+                retry_after_s: None,
+                task_id: None,
+            },
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the coordinator is shutting down or its store failed",
+        )
+    }
+
+    pub fn task(mut self, task_id: impl Into<String>) -> ApiError {
+        self.body.task_id = Some(task_id.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: f64) -> ApiError {
+        self.body.retry_after_s = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let retry = self.body.retry_after_s.map(|s| s.ceil().max(1.0).to_string());
+        let mut resp = (self.status, axum::Json(self.body)).into_response();
+        if let Some(retry) = retry.and_then(|r| r.parse().ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        resp
+    }
+}
+
+/// The router with every route, the docs and the auth middleware.
+pub(crate) fn router(api: Api) -> Router {
+    let openapi = routes::openapi();
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
+    let limit = axum::extract::DefaultBodyLimit::max(api.config.max_frame_bytes);
+    routes::ROUTES
+        .iter()
+        .fold(Router::new(), |r, route| r.route(route.path, (route.handler)()))
+        .merge(docs)
+        .fallback(|| async { ApiError::not_found("no such route; see /docs") })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(limit)
+        .with_state(api)
+}
+
+/// Serves the API until `shutdown` turns true; publishes `cluster_stats`
+/// every `stats_interval` while anyone listens to the event stream.
+pub(crate) async fn serve(listener: TcpListener, api: Api, mut shutdown: watch::Receiver<bool>) {
+    let stats = tokio::spawn(publish_stats(api.clone()));
+    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
+    let done = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(done).await {
+        tracing::warn!("the HTTP API stopped: {e}");
+    }
+    stats.abort();
+}
+
+async fn publish_stats(api: Api) {
+    let mut tick = tokio::time::interval(api.config.stats_interval.max(Duration::from_millis(50)));
+    loop {
+        tick.tick().await;
+        if api.events.receiver_count() == 0 {
+            continue;
+        }
+        let stats = api.call(|core| {
+            let s = core.sched.stats();
+            let f = core.telemetry.figures();
+            ApiEvent::ClusterStats {
+                workers: s.peers,
+                queued: s.queued,
+                running: s.assigned + s.running,
+                completed: f.completed,
+                failed: f.failed,
+                tasks_per_minute: f.tasks_per_minute,
+            }
+        });
+        match stats.await {
+            Ok(event) => {
+                let _ = api.events.send(Arc::new(Published::new(&event)));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The role a request's credentials carry, or why it has none.
+fn role_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<ApiRole, ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let unauthorized =
+        |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    if config.api_keys.is_empty() {
+        if let Some(token) = &config.token {
+            // The cluster token doubles as the admin key.
+            return match given {
+                Some(g) if token.matches(g) => Ok(ApiRole::Admin),
+                Some(_) => Err(unauthorized("invalid API key")),
+                None => Err(unauthorized(
+                    "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                )),
+            };
+        }
+        if config.admits(&remote) {
+            return Ok(ApiRole::Admin);
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "protected_mode",
+            "protected mode: no API keys are configured, so only loopback clients are served; \
+             set API_KEYS (key:role,…) or start with --insecure",
+        ));
+    }
+    let Some(given) = given else {
+        return Err(unauthorized(
+            "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+        ));
+    };
+    config
+        .api_keys
+        .iter()
+        .find(|k| k.key.matches(given))
+        .map(|k| k.role)
+        .ok_or_else(|| unauthorized("invalid API key"))
+}
+
+/// Authenticates every request and checks the role its route needs.
+async fn authenticate(
+    State(api): State<Api>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let needed = routes::required_role(req.method(), path.as_deref());
+    match role_of(&api.config, req.headers(), remote) {
+        Ok(role) if role >= needed => next.run(req).await,
+        Ok(role) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {} role; your key has {}", needed.as_str(), role.as_str()),
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

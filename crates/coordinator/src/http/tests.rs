@@ -1,0 +1,139 @@
+//! Every route is documented, and every route refuses the wrong credentials:
+//! the table of routes is the single place a route can be added, and this
+//! test walks all of it, so a new route is covered the moment it exists.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+
+use super::routes::{ROUTES, openapi, required_role};
+use super::{Api, role_of, router};
+use crate::approvals::Approvals;
+use crate::clock::Clock;
+use crate::config::{ApiKey, ApiRole, Config, Secret};
+use crate::core::Core;
+use crate::observe::Observer;
+use crate::telemetry::Telemetry;
+
+const ADMIN: &str = "admin-key-1";
+const CLIENT: &str = "client-key-1";
+const READER: &str = "reader-key-1";
+
+fn keyed() -> Config {
+    let key = |k: &str, role| ApiKey { key: Secret::new(k), role };
+    Config {
+        api_keys: vec![
+            key(ADMIN, ApiRole::Admin),
+            key(CLIENT, ApiRole::Client),
+            key(READER, ApiRole::ReadOnly),
+        ],
+        ..Config::default()
+    }
+}
+
+/// A router over a running core (no sockets).
+fn app(config: Config) -> axum::Router {
+    let core = Core::new(Arc::new(config), Observer::in_memory(), Telemetry::new(), Clock::start());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let api = Api::new(tx, &core, stop, Approvals::default());
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = _never;
+        core.run(rx, shutdown).await;
+    });
+    router(api)
+}
+
+async fn status(app: &axum::Router, method: &Method, path: &str, key: Option<&str>) -> StatusCode {
+    let path = path.replace("{id}", "t-1");
+    let mut req = Request::builder().method(method).uri(&path);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(remote));
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+#[test]
+fn the_route_table_and_the_openapi_document_list_the_same_routes() {
+    let table: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|r| (r.method.as_str().to_lowercase(), r.path.to_owned())).collect();
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    assert_eq!(table, documented);
+}
+
+#[tokio::test]
+async fn every_route_refuses_missing_wrong_and_too_weak_keys() {
+    let app = app(keyed());
+    for route in ROUTES {
+        let (m, p) = (&route.method, route.path);
+        assert_eq!(
+            status(&app, m, p, None).await,
+            StatusCode::UNAUTHORIZED,
+            "{m} {p} without a key"
+        );
+        assert_eq!(
+            status(&app, m, p, Some("wrong-key-123")).await,
+            StatusCode::UNAUTHORIZED,
+            "{m} {p} with a wrong key"
+        );
+        for (key, role) in [(READER, ApiRole::ReadOnly), (CLIENT, ApiRole::Client)] {
+            let got = status(&app, m, p, Some(key)).await;
+            if role < route.role {
+                assert_eq!(got, StatusCode::FORBIDDEN, "{m} {p} as {}", role.as_str());
+            } else {
+                assert!(
+                    got != StatusCode::FORBIDDEN && got != StatusCode::UNAUTHORIZED,
+                    "{m} {p} as {}: {got}",
+                    role.as_str()
+                );
+            }
+        }
+    }
+    // The docs need a key too.
+    assert_eq!(status(&app, &Method::GET, "/openapi.json", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&app, &Method::GET, "/openapi.json", Some(READER)).await, StatusCode::OK);
+}
+
+#[test]
+fn roles_needed_follow_the_table() {
+    assert_eq!(required_role(&Method::POST, Some("/cluster/shutdown")), ApiRole::Admin);
+    assert_eq!(required_role(&Method::POST, Some("/cluster/tasks")), ApiRole::Client);
+    assert_eq!(required_role(&Method::GET, Some("/cluster/tasks")), ApiRole::ReadOnly);
+    assert_eq!(required_role(&Method::HEAD, Some("/cluster/health")), ApiRole::ReadOnly);
+    assert_eq!(required_role(&Method::GET, None), ApiRole::ReadOnly);
+}
+
+#[test]
+fn protected_mode_without_keys_serves_loopback_only() {
+    let headers = axum::http::HeaderMap::new();
+    let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let remote: SocketAddr = "10.1.2.3:1".parse().unwrap();
+    let open = Config::default();
+    assert_eq!(role_of(&open, &headers, local).unwrap(), ApiRole::Admin);
+    assert_eq!(role_of(&open, &headers, remote).unwrap_err().status, StatusCode::FORBIDDEN);
+    let insecure = Config { insecure: true, ..Config::default() };
+    assert_eq!(role_of(&insecure, &headers, remote).unwrap(), ApiRole::Admin);
+    // With a cluster token and no keys, the token is the admin key, for everyone.
+    let token = Config { token: Some(Secret::new("cluster-token")), ..Config::default() };
+    assert_eq!(role_of(&token, &headers, local).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    let mut bearer = axum::http::HeaderMap::new();
+    bearer.insert("authorization", "Bearer cluster-token".parse().unwrap());
+    assert_eq!(role_of(&token, &bearer, remote).unwrap(), ApiRole::Admin);
+}

@@ -1,0 +1,516 @@
+//! What the operator sees of the scheduler's events: Prometheus metrics, the
+//! live event stream, and the running figures behind `/cluster/health` and
+//! `/cluster/metrics`.
+//!
+//! Everything here is fed from the core loop, one event at a time, and never
+//! blocks it: metrics are atomics, the event stream is a bounded broadcast
+//! channel whose slow subscribers lose events (and are then dropped by their
+//! connection task), and events are only built when someone subscribes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{Recorder, counter, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use proto::Json;
+use sched::{Event, LeaveReason, Outcome, Status};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+/// Events buffered per subscriber before it counts as too slow.
+pub(crate) const EVENT_BUFFER: usize = 4096;
+
+/// Histogram buckets, in seconds: from half a millisecond to five minutes.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+    300.0,
+];
+
+/// One event of the live stream (`/ws/cluster/events`), tagged by `event`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ApiEvent {
+    WorkerJoined {
+        worker_id: String,
+        slots: u32,
+    },
+    /// The worker's connection closed, or a newer session replaced it.
+    WorkerLeft {
+        worker_id: String,
+        reason: String,
+    },
+    /// The worker stopped heartbeating; its tasks were requeued.
+    WorkerDead {
+        worker_id: String,
+    },
+    WorkerStatus {
+        worker_id: String,
+        status: String,
+    },
+    TaskQueued {
+        task_id: String,
+        client_task_id: String,
+        task_type: String,
+        priority: i32,
+    },
+    TaskAssigned {
+        task_id: String,
+        task_type: String,
+        worker_id: String,
+        attempt: u32,
+        queue_wait_ms: f64,
+    },
+    TaskStarted {
+        task_id: String,
+        worker_id: String,
+        attempt: u32,
+    },
+    /// An attempt ended without finishing the task; it waits for another.
+    TaskRetried {
+        task_id: String,
+        task_type: String,
+        attempt: u32,
+        reason: String,
+        failures: u32,
+    },
+    TaskCompleted {
+        task_id: String,
+        client_task_id: String,
+        task_type: String,
+        worker_id: String,
+        attempts: u32,
+        run_ms: Option<f64>,
+    },
+    /// Failed or timed out (`status` says which).
+    TaskFailed {
+        task_id: String,
+        client_task_id: String,
+        task_type: String,
+        status: String,
+        code: String,
+        message: String,
+        attempts: u32,
+    },
+    TaskCancelled {
+        task_id: String,
+        client_task_id: String,
+        task_type: String,
+    },
+    /// Sent every few seconds while someone listens.
+    ClusterStats {
+        workers: usize,
+        queued: usize,
+        running: usize,
+        completed: u64,
+        failed: u64,
+        tasks_per_minute: u64,
+    },
+}
+
+impl ApiEvent {
+    /// The `event` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiEvent::WorkerJoined { .. } => "worker_joined",
+            ApiEvent::WorkerLeft { .. } => "worker_left",
+            ApiEvent::WorkerDead { .. } => "worker_dead",
+            ApiEvent::WorkerStatus { .. } => "worker_status",
+            ApiEvent::TaskQueued { .. } => "task_queued",
+            ApiEvent::TaskAssigned { .. } => "task_assigned",
+            ApiEvent::TaskStarted { .. } => "task_started",
+            ApiEvent::TaskRetried { .. } => "task_retried",
+            ApiEvent::TaskCompleted { .. } => "task_completed",
+            ApiEvent::TaskFailed { .. } => "task_failed",
+            ApiEvent::TaskCancelled { .. } => "task_cancelled",
+            ApiEvent::ClusterStats { .. } => "cluster_stats",
+        }
+    }
+
+    /// Every kind, for validating subscription filters.
+    pub const KINDS: [&'static str; 12] = [
+        "worker_joined",
+        "worker_left",
+        "worker_dead",
+        "worker_status",
+        "task_queued",
+        "task_assigned",
+        "task_started",
+        "task_retried",
+        "task_completed",
+        "task_failed",
+        "task_cancelled",
+        "cluster_stats",
+    ];
+
+    /// The task the event is about, if any.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            ApiEvent::TaskQueued { task_id, .. }
+            | ApiEvent::TaskAssigned { task_id, .. }
+            | ApiEvent::TaskStarted { task_id, .. }
+            | ApiEvent::TaskRetried { task_id, .. }
+            | ApiEvent::TaskCompleted { task_id, .. }
+            | ApiEvent::TaskFailed { task_id, .. }
+            | ApiEvent::TaskCancelled { task_id, .. } => Some(task_id),
+            _ => None,
+        }
+    }
+}
+
+/// An event as it goes out: serialised once for every subscriber.
+#[derive(Debug)]
+pub struct Published {
+    pub kind: &'static str,
+    pub task_id: Option<String>,
+    pub json: String,
+}
+
+impl Published {
+    pub fn new(event: &ApiEvent) -> Published {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            ts_ms: u64,
+            #[serde(flatten)]
+            event: &'a ApiEvent,
+        }
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let json = serde_json::to_string(&Envelope { ts_ms, event }).unwrap_or_default();
+        Published { kind: event.kind(), task_id: event.task_id().map(str::to_owned), json }
+    }
+}
+
+/// Running figures since the coordinator started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub uptime: Duration,
+    pub completed: u64,
+    pub failed: u64,
+    /// Tasks finished (either way) in the last minute.
+    pub tasks_per_minute: u64,
+    /// Mean time from submission to outcome, over the tasks finished since start.
+    pub avg_latency: Option<Duration>,
+    /// Mean run time on a peer, over the tasks completed since start.
+    pub avg_run_time: Option<Duration>,
+}
+
+pub(crate) struct Telemetry {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    events: broadcast::Sender<Arc<Published>>,
+    started: Instant,
+    /// Finished tasks per second over the last minute, as a ring.
+    window: [u64; 60],
+    window_sec: u64,
+    completed: u64,
+    failed: u64,
+    latency_sum: Duration,
+    latency_n: u64,
+    run_sum: Duration,
+    run_n: u64,
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        describe(&recorder);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Telemetry {
+            recorder: Arc::new(recorder),
+            handle,
+            events,
+            started: Instant::now(),
+            window: [0; 60],
+            window_sec: 0,
+            completed: 0,
+            failed: 0,
+            latency_sum: Duration::ZERO,
+            latency_n: 0,
+            run_sum: Duration::ZERO,
+            run_n: 0,
+        }
+    }
+
+    /// The recorder, for code that records off the core loop (the store writer).
+    pub fn recorder(&self) -> Arc<PrometheusRecorder> {
+        Arc::clone(&self.recorder)
+    }
+
+    pub fn handle(&self) -> PrometheusHandle {
+        self.handle.clone()
+    }
+
+    pub fn events(&self) -> broadcast::Sender<Arc<Published>> {
+        self.events.clone()
+    }
+
+    /// Runs `f` with this coordinator's recorder as the metrics recorder.
+    pub fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        metrics::with_local_recorder(self.recorder.as_ref(), f)
+    }
+
+    /// Counts, times and publishes one scheduler event.
+    pub fn observe(&mut self, event: &Event<Json>) {
+        self.tally(event);
+        let recorder = Arc::clone(&self.recorder);
+        metrics::with_local_recorder(recorder.as_ref(), || record(event));
+        if self.events.receiver_count() > 0
+            && let Some(api) = api_event(event)
+        {
+            self.publish(&api);
+        }
+    }
+
+    /// Sends an event to every subscriber (never waits).
+    pub fn publish(&self, event: &ApiEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(Published::new(event)));
+        }
+    }
+
+    fn tally(&mut self, event: &Event<Json>) {
+        let Event::TaskFinished { task, outcome, run_time, .. } = event else { return };
+        let now = Instant::now();
+        let sec = now.duration_since(self.started).as_secs();
+        self.advance(sec);
+        self.window[(sec % 60) as usize] += 1;
+        match outcome {
+            Outcome::Completed { .. } => self.completed += 1,
+            _ => self.failed += 1,
+        }
+        if let Some(run) = run_time
+            && outcome.status() == Status::Completed
+        {
+            self.run_sum += *run;
+            self.run_n += 1;
+        }
+        let submitted = task.submitted_at.as_micros();
+        let finished = sched_now_us();
+        if finished >= submitted {
+            self.latency_sum += Duration::from_micros(finished - submitted);
+            self.latency_n += 1;
+        }
+    }
+
+    /// Clears the seconds of the ring that passed since it was last written.
+    fn advance(&mut self, sec: u64) {
+        let from = self.window_sec + 1;
+        for s in from..=sec.min(from + 60) {
+            self.window[(s % 60) as usize] = 0;
+        }
+        self.window_sec = self.window_sec.max(sec);
+    }
+
+    pub fn figures(&mut self) -> Figures {
+        let sec = Instant::now().duration_since(self.started).as_secs();
+        self.advance(sec);
+        let mean =
+            |sum: Duration, n: u64| (n > 0).then(|| sum / u32::try_from(n).unwrap_or(u32::MAX));
+        Figures {
+            uptime: self.started.elapsed(),
+            completed: self.completed,
+            failed: self.failed,
+            tasks_per_minute: self.window.iter().sum(),
+            avg_latency: mean(self.latency_sum, self.latency_n),
+            avg_run_time: mean(self.run_sum, self.run_n),
+        }
+    }
+}
+
+/// Unix microseconds now, the scheduler's time base.
+fn sched_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    metrics::with_local_recorder(recorder as &dyn Recorder, || {
+        describe_counter!("legacygpu_tasks_submitted_total", "Tasks accepted, by task type.");
+        describe_counter!("legacygpu_tasks_completed_total", "Tasks completed, by task type.");
+        describe_counter!(
+            "legacygpu_tasks_failed_total",
+            "Tasks that ended without a result, by task type and status (failed, cancelled, timed_out)."
+        );
+        describe_counter!(
+            "legacygpu_tasks_retried_total",
+            "Attempts that ended without finishing their task, by task type and reason."
+        );
+        describe_counter!(
+            "legacygpu_stale_results_total",
+            "Results for attempts no longer current."
+        );
+        describe_counter!(
+            "legacygpu_heartbeats_missed_total",
+            "Peers declared dead because their heartbeats stopped."
+        );
+        describe_counter!("legacygpu_peers_joined_total", "Peer registrations.");
+        describe_counter!("legacygpu_messages_rejected_total", "Messages refused, by reason.");
+        describe_counter!(
+            "legacygpu_connections_dropped_slow_total",
+            "Connections dropped for reading their messages too slowly."
+        );
+        describe_histogram!(
+            "legacygpu_task_queue_wait_seconds",
+            Unit::Seconds,
+            "Time from entering the queue to assignment, by task type."
+        );
+        describe_histogram!(
+            "legacygpu_task_run_seconds",
+            Unit::Seconds,
+            "Time an attempt ran on its peer, by task type."
+        );
+        describe_histogram!(
+            "legacygpu_store_commit_seconds",
+            Unit::Seconds,
+            "Time to commit one batch to the store."
+        );
+        describe_gauge!("legacygpu_queue_depth", "Tasks waiting for a peer (back-offs included).");
+        describe_gauge!("legacygpu_tasks_running", "Tasks assigned to peers.");
+        describe_gauge!("legacygpu_peers_connected", "Peers connected.");
+        describe_gauge!(
+            "legacygpu_peers_healthy",
+            "Peers connected, heartbeating and not draining."
+        );
+        describe_gauge!("legacygpu_slots", "Task slots over all connected peers.");
+        describe_gauge!("legacygpu_peer_busy_slots", "Slots in use, by peer.");
+        describe_gauge!("legacygpu_gamers_connected", "Gamers (clients) connected.");
+        describe_gauge!(
+            "legacygpu_uptime_seconds",
+            Unit::Seconds,
+            "Time since the coordinator started."
+        );
+    });
+}
+
+/// Counts one event in the current recorder.
+fn record(event: &Event<Json>) {
+    match event {
+        Event::TaskSubmitted { task } => {
+            counter!("legacygpu_tasks_submitted_total", "task_type" => task.task_type.to_string())
+                .increment(1);
+        }
+        Event::TaskAssigned { task_type, queue_wait, .. } => {
+            histogram!("legacygpu_task_queue_wait_seconds", "task_type" => task_type.to_string())
+                .record(queue_wait.as_secs_f64());
+        }
+        Event::TaskRequeued { task_type, reason, .. } => {
+            counter!(
+                "legacygpu_tasks_retried_total",
+                "task_type" => task_type.to_string(),
+                "reason" => reason.as_str()
+            )
+            .increment(1);
+        }
+        Event::TaskFinished { task, outcome, run_time, .. } => {
+            let task_type = task.task_type.to_string();
+            if let Some(run) = run_time {
+                histogram!("legacygpu_task_run_seconds", "task_type" => task_type.clone())
+                    .record(run.as_secs_f64());
+            }
+            match outcome.status() {
+                Status::Completed => {
+                    counter!("legacygpu_tasks_completed_total", "task_type" => task_type)
+                        .increment(1);
+                }
+                status => {
+                    let status = crate::core::wire_state(status).as_str();
+                    counter!("legacygpu_tasks_failed_total", "task_type" => task_type, "status" => status)
+                        .increment(1);
+                }
+            }
+        }
+        Event::StaleResult { .. } => counter!("legacygpu_stale_results_total").increment(1),
+        Event::PeerJoined { .. } => counter!("legacygpu_peers_joined_total").increment(1),
+        Event::PeerLeft { reason: LeaveReason::Dead, .. } => {
+            counter!("legacygpu_heartbeats_missed_total").increment(1);
+        }
+        _ => {}
+    }
+}
+
+/// The stream's form of a scheduler event, for those worth publishing.
+fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
+    Some(match event {
+        Event::PeerJoined { peer, slots, .. } => {
+            ApiEvent::WorkerJoined { worker_id: peer.to_string(), slots: *slots }
+        }
+        Event::PeerLeft { peer, reason: LeaveReason::Dead, .. } => {
+            ApiEvent::WorkerDead { worker_id: peer.to_string() }
+        }
+        Event::PeerLeft { peer, reason, .. } => {
+            ApiEvent::WorkerLeft { worker_id: peer.to_string(), reason: reason.as_str().to_owned() }
+        }
+        Event::PeerDraining { peer } => {
+            ApiEvent::WorkerStatus { worker_id: peer.to_string(), status: "draining".into() }
+        }
+        Event::TaskSubmitted { task } => ApiEvent::TaskQueued {
+            task_id: task.id.to_string(),
+            client_task_id: task.client_task_id.to_string(),
+            task_type: task.task_type.to_string(),
+            priority: task.priority,
+        },
+        Event::TaskAssigned { task, task_type, peer, attempt, queue_wait, .. } => {
+            ApiEvent::TaskAssigned {
+                task_id: task.to_string(),
+                task_type: task_type.to_string(),
+                worker_id: peer.to_string(),
+                attempt: attempt.0,
+                queue_wait_ms: queue_wait.as_secs_f64() * 1e3,
+            }
+        }
+        Event::TaskStarted { task, peer, attempt, .. } => ApiEvent::TaskStarted {
+            task_id: task.to_string(),
+            worker_id: peer.to_string(),
+            attempt: attempt.0,
+        },
+        Event::TaskRequeued { task, task_type, attempt, reason, failures, .. } => {
+            ApiEvent::TaskRetried {
+                task_id: task.to_string(),
+                task_type: task_type.to_string(),
+                attempt: attempt.0,
+                reason: reason.as_str().to_owned(),
+                failures: *failures,
+            }
+        }
+        Event::TaskFinished { task, outcome, attempts, run_time, .. } => {
+            let (task_id, client_task_id, task_type) =
+                (task.id.to_string(), task.client_task_id.to_string(), task.task_type.to_string());
+            match outcome {
+                Outcome::Completed { peer, .. } => ApiEvent::TaskCompleted {
+                    task_id,
+                    client_task_id,
+                    task_type,
+                    worker_id: peer.to_string(),
+                    attempts: *attempts,
+                    run_ms: run_time.map(|d| d.as_secs_f64() * 1e3),
+                },
+                other if other.status() == Status::Cancelled => {
+                    ApiEvent::TaskCancelled { task_id, client_task_id, task_type }
+                }
+                other => {
+                    let failure =
+                        other.failure().unwrap_or_else(|| sched::Failure::new("failed", ""));
+                    ApiEvent::TaskFailed {
+                        task_id,
+                        client_task_id,
+                        task_type,
+                        status: crate::core::wire_state(other.status()).as_str().to_owned(),
+                        code: failure.code.to_string(),
+                        message: failure.message.to_string(),
+                        attempts: *attempts,
+                    }
+                }
+            }
+        }
+        _ => return None,
+    })
+}
