@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
+use metrics_exporter_prometheus::PrometheusRecorder;
 use proto::{DecodeError, ErrorMsg, FromCoordinator, ToCoordinator};
 use sched::ConnId;
 use tokio::net::TcpStream;
@@ -60,6 +61,18 @@ pub(crate) struct ConnCtx {
     /// False when the coordinator is at its connection limit.
     pub admitted: bool,
     pub approvals: Approvals,
+    /// Where refused frames are counted.
+    pub metrics: Arc<PrometheusRecorder>,
+}
+
+impl ConnCtx {
+    /// Counts a message refused here, before it reached the core.
+    fn rejected(&self, reason: &str) {
+        let reason = reason.to_owned();
+        metrics::with_local_recorder(self.metrics.as_ref(), || {
+            metrics::counter!("legacygpu_messages_rejected_total", "reason" => reason).increment(1);
+        });
+    }
 }
 
 /// Serves one TCP connection until it closes.
@@ -224,6 +237,7 @@ impl Session<'_> {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
+                self.ctx.rejected("unsupported_frame");
                 let err = ErrorMsg::new(
                     "unsupported_frame",
                     "binary frames are not part of the protocol; send JSON text frames",
@@ -238,11 +252,15 @@ impl Session<'_> {
     async fn on_text(&mut self, text: &str) -> Flow {
         let msg = match ToCoordinator::decode(text) {
             Ok(msg) => msg,
-            Err(e) => return self.send_now(FromCoordinator::Error(decode_error(&e))).await,
+            Err(e) => {
+                self.ctx.rejected(e.code());
+                return self.send_now(FromCoordinator::Error(decode_error(&e))).await;
+            }
         };
         let msg = match self.authorize(msg) {
             Ok(msg) => msg,
             Err(Denied { error, close_connection }) => {
+                self.ctx.rejected("unauthorized");
                 let flow = self.send_now(FromCoordinator::Error(error)).await;
                 if close_connection {
                     self.close(close::UNAUTHORIZED, "unauthorized".into()).await;
@@ -298,6 +316,7 @@ impl Session<'_> {
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 info!(remote = %self.ctx.remote, size, max_size, "closing: frame over the limit");
+                self.ctx.rejected("frame_too_large");
                 let reason = format!("message of {size} bytes is over the limit of {max_size}");
                 self.close(u16::from(CloseCode::Size), reason.into()).await;
             }

@@ -100,6 +100,7 @@ impl Coordinator {
         // `POST /cluster/shutdown` turns this.
         let (api_stop_tx, mut api_stop) = watch::channel(false);
         let approvals = Approvals::default();
+        let recorder = self.core.telemetry.recorder();
         let http = self.http.map(|(listener, _)| {
             let api = Api::new(core_tx.clone(), &self.core, api_stop_tx, approvals.clone());
             tokio::spawn(http::serve(listener, api, stop_rx.clone()))
@@ -137,6 +138,7 @@ impl Coordinator {
                         config: Arc::clone(&self.config),
                         admitted: permit.is_some(),
                         approvals: approvals.clone(),
+                        metrics: Arc::clone(&recorder),
                     };
                     conns.spawn(async move {
                         conn::serve(stream, ctx).await;

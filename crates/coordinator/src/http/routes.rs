@@ -475,18 +475,23 @@ async fn submit(
         use axum::extract::FromRequest;
         let form = Multipart::from_request(req, &api)
             .await
-            .map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+            .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
         from_multipart(form).await?
     } else {
         use axum::extract::FromRequest;
-        let Json(body) = Json::<SubmitTask>::from_request(req, &api).await.map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.body_text())
-        })?;
+        let Json(body) = Json::<SubmitTask>::from_request(req, &api)
+            .await
+            .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
         body
     };
     let header_key =
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     submit_task(&api, body, header_key).await
+}
+
+/// The error code for a body axum refused with `status`.
+fn body_code(status: StatusCode) -> &'static str {
+    if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_body" }
 }
 
 /// Same as `POST /cluster/tasks` (seed 2's path).
@@ -498,7 +503,7 @@ async fn submit_alias() {}
 /// An inference task from a form: the `file` part is the image.
 async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
-        ApiError::bad_request("invalid_body", e.body_text())
+        ApiError::new(e.status(), body_code(e.status()), e.body_text())
     };
     let mut data = serde_json::Map::new();
     let mut task = SubmitTask {
