@@ -36,6 +36,86 @@ pub enum Command {
     /// Run a whole cluster locally (a coordinator and two workers) and a
     /// short mix of real tasks through it.
     Demo(Demo),
+    /// Load a coordinator with no-op tasks (or idle peers) and measure it.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu bench                                  # throughput, store on\n  \
+        legacygpu bench --no-store --tasks 200000\n  \
+        legacygpu bench --rate 20000 --duration 10       # latency at a fixed offered load\n  \
+        legacygpu bench --idle-peers 10000 --duration 30 # memory and lag with 10 000 peers\n  \
+        legacygpu bench --coordinator ws://10.0.0.5:8765 --token \"$LEGACYGPU_TOKEN\"")]
+    Bench(Bench),
+}
+
+#[derive(Debug, Args)]
+pub struct Bench {
+    /// Load this running coordinator (ws://HOST:PORT) instead of starting one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+
+    /// The cluster token, for a coordinator that requires one.
+    #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// The local coordinator keeps tasks in memory only (store off).
+    #[arg(long)]
+    pub no_store: bool,
+
+    /// The local coordinator's store sync mode: `full` or `normal`.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    pub sync: String,
+
+    /// No-op peers.
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub peers: usize,
+
+    /// Slots (tasks at once) per peer.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub slots: u32,
+
+    /// Run each peer as a separate process instead of a task of this one.
+    #[arg(long)]
+    pub peer_processes: bool,
+
+    /// Gamers (clients) submitting tasks.
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub gamers: usize,
+
+    /// Tasks to run at most.
+    #[arg(long, default_value_t = 200_000)]
+    pub tasks: u64,
+
+    /// Seconds to run at most (the run ends at whichever limit comes first).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    pub duration: f64,
+
+    /// Tasks in flight over all gamers (throughput mode).
+    #[arg(long, default_value_t = 4096)]
+    pub in_flight: usize,
+
+    /// Offer this many tasks per second, on schedule (latency mode, open loop).
+    #[arg(long, value_parser = positive_secs)]
+    pub rate: Option<f64>,
+
+    /// Scale mode: hold this many idle peers heartbeating and measure the
+    /// coordinator's memory, CPU and lag.
+    #[arg(long)]
+    pub idle_peers: Option<usize>,
+
+    /// Heartbeat interval the local coordinator asks peers for, in seconds.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    pub heartbeat_interval: f64,
+
+    /// Loopback source addresses to spread idle peers over (127.0.0.1…N).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_ips: u8,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run as one no-op peer until killed (used by --peer-processes).
+    #[arg(long, hide = true)]
+    pub peer_agent: bool,
 }
 
 #[derive(Debug, Args)]

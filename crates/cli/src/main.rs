@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod args;
+mod bench;
 mod cluster;
 mod demo;
 mod executors;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             Command::Worker(cmd) => worker::run(cmd).await,
             Command::Task(cmd) => task::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 mod bad_input;
+mod bench;
 mod crash;
 mod executors;
 mod failover;

@@ -679,7 +679,11 @@ fn task_view(core: &Core, task: &sched::Task<proto::Json>) -> TaskView {
         priority: spec.priority,
         attempt: task.attempt().0,
         failures: task.failures(),
-        worker_id: task.peer().map(ToString::to_string),
+        // The current holder, or the one that ran the last attempt.
+        worker_id: task
+            .peer()
+            .or_else(|| task.history().last().map(|a| &a.peer))
+            .map(ToString::to_string),
         waiting_reason: core.sched.waiting_reason(task.id()),
         queue_position: core.sched.queue_position(task.id()),
         submitted_at_ms: unix(spec.submitted_at),

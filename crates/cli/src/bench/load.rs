@@ -1,0 +1,371 @@
+//! Throughput and latency modes: no-op peers and measuring gamers, speaking
+//! the wire protocol directly (no SDK in between), writing in batches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use proto::{FromCoordinator, ToCoordinator};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::local::{Local, Usage};
+use super::{CONNECT_TIMEOUT, Histogram, Latency, Report, histogram};
+use crate::args::Bench;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Tx = SplitSink<Ws, Message>;
+type Rx = SplitStream<Ws>;
+
+/// The task type the no-op peers run.
+const NOOP: &str = "noop";
+
+pub async fn run(
+    args: &Bench,
+    url: &str,
+    store: String,
+    local: Option<&Local>,
+    _baseline: Option<Usage>,
+) -> anyhow::Result<Report> {
+    let token = args.token.as_deref();
+    // Peers first, registered, so that the first tasks do not queue.
+    let mut peer_procs = Vec::new();
+    let mut peers = Vec::new();
+    for i in 0..args.peers {
+        if args.peer_processes {
+            let exe = std::env::current_exe()?;
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["bench", "--peer-agent", "--coordinator", url, "--slots"])
+                .arg(args.slots.to_string());
+            if let Some(t) = token {
+                cmd.env("LEGACYGPU_TOKEN", t);
+            }
+            peer_procs.push(KillOnDrop(cmd.stdin(std::process::Stdio::null()).spawn()?));
+        } else {
+            let peer = register_peer(url, token, &format!("bench-peer-{i}"), args.slots).await?;
+            peers.push(tokio::spawn(serve_peer(peer)));
+        }
+    }
+    if args.peer_processes {
+        // Each agent registers on its own; give them a moment to.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let limit = Limit {
+        tasks: args.tasks,
+        deadline: Instant::now() + Duration::from_secs_f64(args.duration),
+        issued: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let limit = Arc::new(limit);
+    let before = local.and_then(Local::usage);
+    let started = Instant::now();
+    let mut gamers = Vec::new();
+    for g in 0..args.gamers {
+        let ws = open(url, token).await?;
+        let (mut tx, mut rx) = ws.split();
+        let register =
+            json!({"msg_type": "register_gamer", "gamer_id": format!("bench-gamer-{g}")});
+        tx.send(Message::text(register.to_string())).await?;
+        await_ack(&mut rx).await?;
+        let mode = match args.rate {
+            Some(rate) => Mode::Rate(rate / args.gamers as f64),
+            None => Mode::Window((args.in_flight / args.gamers).max(1)),
+        };
+        gamers.push(tokio::spawn(gamer(tx, rx, mode, Arc::clone(&limit))));
+    }
+    let mut latency = histogram();
+    let (mut completed, mut errors, mut busy) = (0, 0, 0);
+    for g in gamers {
+        let out = g.await.context("a gamer task panicked")??;
+        latency.add(&out.latency).ok();
+        completed += out.completed;
+        errors += out.errors;
+        busy += out.busy;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = local.and_then(Local::usage);
+    for p in peers {
+        p.abort();
+    }
+    drop(peer_procs);
+    Ok(Report {
+        mode: if args.rate.is_some() { "latency" } else { "throughput" },
+        peers: args.peers,
+        gamers: args.gamers,
+        store,
+        offered_rate: args.rate,
+        in_flight: args.rate.is_none().then_some(args.in_flight),
+        completed,
+        errors,
+        busy,
+        seconds,
+        tasks_per_second: completed as f64 / seconds,
+        latency_ms: Latency::of(&latency),
+        coordinator: before.zip(after).map(|(b, a)| Local::between(b, a)),
+        idle_peers: None,
+    })
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// When to stop issuing tasks.
+struct Limit {
+    tasks: u64,
+    deadline: Instant,
+    issued: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Limit {
+    /// Claims the next task number, if the run is not over.
+    fn next(&self) -> Option<u64> {
+        if self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+            self.stop.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        if n >= self.tasks {
+            self.stop.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(n)
+    }
+}
+
+/// Task `n`: a no-op with its number as data.
+fn task_request(n: u64) -> Message {
+    Message::text(format!(
+        r#"{{"msg_type":"task_request","task_id":"{n}","task_type":"{NOOP}","data":{n}}}"#
+    ))
+}
+
+enum Mode {
+    /// Keep this many in flight.
+    Window(usize),
+    /// Offer this many per second.
+    Rate(f64),
+}
+
+struct GamerOut {
+    latency: Histogram,
+    completed: u64,
+    errors: u64,
+    busy: u64,
+}
+
+pub(crate) async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    if let Some(t) = token {
+        request.headers_mut().insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("cannot connect to {url}"))?;
+    Ok(ws)
+}
+
+pub(crate) async fn await_ack(rx: &mut Rx) -> anyhow::Result<FromCoordinator> {
+    let wait = async {
+        while let Some(frame) = rx.next().await {
+            if let Message::Text(text) = frame? {
+                match FromCoordinator::decode(text.as_str()) {
+                    Ok(ack @ FromCoordinator::RegistrationAck(_)) => return Ok(ack),
+                    Ok(FromCoordinator::Error(e)) => bail!("refused: {}: {}", e.code, e.reason),
+                    _ => {}
+                }
+            }
+        }
+        bail!("the coordinator closed the connection")
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, wait).await.context("no registration_ack")?
+}
+
+/// A registered peer connection.
+struct Peer {
+    tx: Tx,
+    rx: Rx,
+    id: String,
+    heartbeat: Duration,
+}
+
+async fn register_peer(
+    url: &str,
+    token: Option<&str>,
+    id: &str,
+    slots: u32,
+) -> anyhow::Result<Peer> {
+    let ws = open(url, token).await?;
+    let (mut tx, mut rx) = ws.split();
+    let register = json!({
+        "msg_type": "register_peer",
+        "peer_id": id,
+        "capabilities": {"task_types": [NOOP], "max_concurrent": slots},
+    });
+    tx.send(Message::text(register.to_string())).await?;
+    let ack = await_ack(&mut rx).await?;
+    Ok(Peer { tx, rx, id: id.to_owned(), heartbeat: heartbeat_interval(&ack) })
+}
+
+/// The heartbeat interval a registration ack asks for (5 s if it says none).
+pub(crate) fn heartbeat_interval(ack: &FromCoordinator) -> Duration {
+    match ack {
+        FromCoordinator::RegistrationAck(a) => a
+            .heartbeat_interval_s
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(Duration::from_secs(5), Duration::from_secs_f64),
+        _ => Duration::from_secs(5),
+    }
+}
+
+/// A peer in its own process (`--peer-processes`): runs until killed.
+pub async fn peer_agent(url: &str, token: Option<&str>, slots: u32) -> anyhow::Result<()> {
+    let id = format!("bench-peer-p{}", std::process::id());
+    let peer = register_peer(url, token, &id, slots).await?;
+    serve_peer(peer).await
+}
+
+/// Answers every assignment at once with its own data; heartbeats.
+async fn serve_peer(peer: Peer) -> anyhow::Result<()> {
+    let Peer { mut tx, mut rx, id, heartbeat } = peer;
+    let mut heartbeat = tokio::time::interval(heartbeat);
+    let beat = json!({"msg_type": "heartbeat", "peer_id": id}).to_string();
+    loop {
+        tokio::select! {
+            frame = rx.next() => {
+                let Some(frame) = frame else { return Ok(()) };
+                let mut next = Some(frame?);
+                // Answer everything already received, then flush once.
+                while let Some(msg) = next.take() {
+                    if let Message::Text(text) = msg
+                        && let Ok(FromCoordinator::TaskAssignment(a)) = FromCoordinator::decode(text.as_str())
+                    {
+                        let result = proto::TaskResult {
+                            task_id: a.task_id,
+                            result: Some(a.task_data),
+                            error: None,
+                            attempt: Some(a.attempt),
+                            peer_id: None,
+                            elapsed_ms: None,
+                        };
+                        tx.feed(Message::text(ToCoordinator::TaskResult(result).encode())).await?;
+                    }
+                    next = match rx.next().now_or_never() {
+                        Some(Some(m)) => Some(m?),
+                        _ => None,
+                    };
+                }
+                tx.flush().await?;
+            }
+            _ = heartbeat.tick() => tx.send(Message::text(beat.clone())).await?,
+        }
+    }
+}
+
+async fn gamer(mut tx: Tx, mut rx: Rx, mode: Mode, limit: Arc<Limit>) -> anyhow::Result<GamerOut> {
+    let mut out = GamerOut { latency: histogram(), completed: 0, errors: 0, busy: 0 };
+    // Sent (or due) time per task id.
+    let mut due: HashMap<u64, Instant> = HashMap::new();
+    let started = Instant::now();
+    let (mut ticker, per_task) = match mode {
+        Mode::Window(w) => {
+            for _ in 0..w {
+                let Some(n) = limit.next() else { break };
+                due.insert(n, Instant::now());
+                tx.feed(task_request(n)).await?;
+            }
+            tx.flush().await?;
+            (None, Duration::ZERO)
+        }
+        Mode::Rate(rate) => {
+            let per = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+            (Some(tokio::time::interval(per.max(Duration::from_micros(100)))), per)
+        }
+    };
+    let mut offered = 0u64;
+    loop {
+        if limit.stop.load(Ordering::Relaxed) && due.is_empty() {
+            break;
+        }
+        let tick = async {
+            match ticker.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick => {
+                // Open loop: send every task that is due by now.
+                let now = Instant::now();
+                while started + per_task * u32::try_from(offered).unwrap_or(u32::MAX) <= now {
+                    let Some(n) = limit.next() else { break };
+                    due.insert(n, started + per_task * u32::try_from(offered).unwrap_or(u32::MAX));
+                    offered += 1;
+                    tx.feed(task_request(n)).await?;
+                }
+                tx.flush().await?;
+            }
+            frame = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
+                let frame = match frame { Ok(Some(f)) => f, other => bail!("the coordinator stopped answering: {other:?}") };
+                let mut next = Some(frame?);
+                let mut refill = 0;
+                while let Some(msg) = next.take() {
+                    if let Message::Text(text) = msg {
+                        match FromCoordinator::decode(text.as_str()) {
+                            Ok(FromCoordinator::TaskResult(r)) => {
+                                if let Some(at) = r.task_id.parse().ok().and_then(|n: u64| due.remove(&n)) {
+                                    let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                                    out.latency.saturating_record(us.max(1));
+                                    out.completed += 1;
+                                    refill += 1;
+                                }
+                            }
+                            Ok(FromCoordinator::TaskError(e)) => {
+                                due.remove(&e.task_id.parse().unwrap_or(u64::MAX));
+                                out.errors += 1;
+                                refill += 1;
+                            }
+                            Ok(FromCoordinator::Error(e)) => {
+                                if let Some(n) = e.task_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
+                                    due.remove(&n);
+                                }
+                                out.errors += 1;
+                                out.busy += u64::from(e.code == "busy");
+                                refill += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    next = match rx.next().now_or_never() {
+                        Some(Some(m)) => Some(m?),
+                        _ => None,
+                    };
+                }
+                if matches!(mode, Mode::Window(_)) {
+                    for _ in 0..refill {
+                        let Some(n) = limit.next() else { break };
+                        due.insert(n, Instant::now());
+                        tx.feed(task_request(n)).await?;
+                    }
+                    tx.flush().await?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
