@@ -259,7 +259,7 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return self.undelivered(conn, &msg);
         };
-        let failed = match c.tx.try_send(Outbound::Msg(msg)) {
+        let failed = match c.tx.try_send(Outbound::Msg(Box::new(msg))) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(out)) => {
                 warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
@@ -330,7 +330,7 @@ impl Core {
         let reason = "coordinator shutting down".to_owned();
         for c in self.conns.values() {
             let bye = FromCoordinator::Shutdown(proto::Shutdown { reason: reason.clone() });
-            let _ = c.tx.try_send(Outbound::Msg(bye));
+            let _ = c.tx.try_send(Outbound::Msg(Box::new(bye)));
             let _ = c
                 .tx
                 .try_send(Outbound::Close { code: close::GOING_AWAY, reason: "shutdown".into() });
