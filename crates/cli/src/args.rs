@@ -36,6 +36,22 @@ pub enum Command {
     /// Run a whole cluster locally (a coordinator and two workers) and a
     /// short mix of real tasks through it.
     Demo(Demo),
+    /// A live terminal view of the cluster: workers, queue, throughput, events.
+    #[command(after_long_help = "Keys: q (or Esc, Ctrl-C) quits.\n\nExamples:\n  \
+        legacygpu monitor\n  \
+        legacygpu monitor --api-url http://10.0.0.2:8000 --api-key \"$KEY\" --interval 1")]
+    Monitor(Monitor),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu completions bash > /etc/bash_completion.d/legacygpu\n  \
+        legacygpu completions zsh > \"${fpath[1]}/_legacygpu\"")]
+    Completions { shell: clap_complete::Shell },
+    /// Generate reference docs (docs/CLI.md, docs/openapi.json).
+    #[command(hide = true)]
+    Docs {
+        #[arg(value_parser = ["cli", "openapi"])]
+        what: String,
+    },
     /// Load a coordinator with no-op tasks (or idle peers) and measure it.
     #[command(after_long_help = "Examples:\n  \
         legacygpu bench                                  # throughput, store on\n  \
@@ -131,8 +147,70 @@ pub enum ClusterCmd {
     #[command(after_long_help = "Examples:\n  \
         legacygpu cluster start\n  \
         legacygpu cluster start --bind 0.0.0.0:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
+        legacygpu cluster start --daemon --data-dir /var/lib/legacygpu\n  \
         legacygpu cluster start --bind 127.0.0.1:0 --heartbeat-timeout 3")]
     Start(ClusterStart),
+    /// Stop the coordinator (through the API; or, for one started here with
+    /// --daemon, by its pid file).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu cluster stop\n  \
+        legacygpu cluster stop --api-url http://10.0.0.2:8000 --api-key \"$ADMIN_KEY\"")]
+    Stop(Remote),
+    /// Health and metrics of the cluster.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu cluster status\n  \
+        legacygpu cluster status --json | jq .health.status")]
+    Status(Remote),
+    /// The workers connected to the cluster (`cluster workers list` works too).
+    #[command(args_conflicts_with_subcommands = true)]
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu cluster workers\n  \
+        legacygpu cluster workers list --status unhealthy --json")]
+    Workers {
+        #[command(subcommand)]
+        action: Option<WorkersAction>,
+        #[command(flatten)]
+        args: WorkersList,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// List the connected workers.
+    List(WorkersList),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkersList {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Only workers in this state: healthy, unhealthy or draining.
+    #[arg(long, value_parser = ["healthy", "unhealthy", "draining"])]
+    pub status: Option<String>,
+}
+
+/// How read commands reach the coordinator's HTTP API. Flags win over the
+/// environment, which wins over ~/.config/legacygpu/cli.json.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000.
+    #[arg(long, env = "LEGACYGPU_API_URL")]
+    pub api_url: Option<String>,
+    /// An API key (or the cluster token, when no API keys are configured).
+    #[arg(long, env = "LEGACYGPU_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Monitor {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Seconds between refreshes of the worker table.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_secs)]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +299,16 @@ pub struct ClusterStart {
     /// a power cut) or `normal` (survives a coordinator crash, not a power cut).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     pub sync: String,
+
+    /// Run in the background: print the addresses, write a pid file (for
+    /// `cluster stop`) and log to --log-file.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// With --daemon: the log file. Default: coordinator.log in the state
+    /// directory ($XDG_STATE_HOME/legacygpu or ~/.local/state/legacygpu).
+    #[arg(long, requires = "daemon")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,8 +316,33 @@ pub enum WorkerCmd {
     /// Start a worker that joins a coordinator and runs tasks.
     #[command(after_long_help = "Examples:\n  \
         legacygpu worker start --coordinator ws://10.0.0.2:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
-        legacygpu worker start --peer-id rx580-box --slots 2")]
+        legacygpu worker start --peer-id rx580-box --slots 2 --models-dir /srv/models")]
     Start(WorkerStart),
+    /// Stop workers started on this machine (by their pid files): running
+    /// tasks may finish within the worker's drain timeout.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker stop --peer-id rx580-box\n  \
+        legacygpu worker stop --all")]
+    Stop(WorkerStop),
+    /// List workers started on this machine.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker list\n  \
+        legacygpu worker list --json")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerStop {
+    /// The worker to stop.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub peer_id: Option<String>,
+    /// Stop every worker started on this machine.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -282,13 +395,33 @@ pub struct Backends {
 /// How clients reach the coordinator.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// The coordinator's WebSocket URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8765", env = "LEGACYGPU_COORDINATOR")]
-    pub coordinator: String,
+    /// The coordinator's WebSocket URL. Default: ws://127.0.0.1:8765.
+    #[arg(long, env = "LEGACYGPU_COORDINATOR")]
+    pub coordinator: Option<String>,
 
     /// The cluster token, when the coordinator requires one.
     #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+impl Connection {
+    /// The flag or environment, else `~/.config/legacygpu/cli.json`, else local.
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(match &self.coordinator {
+            Some(url) => url.clone(),
+            None => crate::remote::CliConfig::load()?
+                .coordinator
+                .unwrap_or_else(|| "ws://127.0.0.1:8765".to_owned()),
+        })
+    }
+
+    /// The flag or environment, else the config file.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        Ok(match &self.token {
+            Some(t) => Some(t.clone()),
+            None => crate::remote::CliConfig::load()?.token,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,8 +430,62 @@ pub enum TaskCmd {
     #[command(after_long_help = "Examples:\n  \
         legacygpu task submit --type echo --data '{\"x\": 1}' --wait\n  \
         legacygpu task submit --type physics --data @scene.json --priority HIGH --wait\n  \
-        legacygpu task submit --model resnet50 --input image.jpg --wait")]
+        legacygpu task submit --model resnet50 --input image.jpg --wait\n  \
+        legacygpu task submit --batch tasks.jsonl")]
     Submit(TaskSubmit),
+    /// Where a task stands.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu task status t-42\n  \
+        legacygpu task status t-42 --json")]
+    Status(TaskRef),
+    /// A task's result; waits up to --timeout seconds for it to finish.
+    #[command(
+        after_long_help = "Exit codes: 0 completed, 3 failed/cancelled/timed out, 4 not finished yet.\n\nExamples:\n  \
+        legacygpu task result t-42\n  \
+        legacygpu task result t-42 --timeout 60"
+    )]
+    Result(TaskResultArgs),
+    /// Tasks the coordinator holds (live ones, and finished ones still kept).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu task list\n  \
+        legacygpu task list --status failed --json")]
+    List(TaskListArgs),
+    /// Cancel a task (a running one is stopped on its worker).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu task cancel t-42")]
+    Cancel(TaskRef),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskRef {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The cluster task id (t-42), as `task submit` prints it.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskResultArgs {
+    #[command(flatten)]
+    pub task: TaskRef,
+    /// Seconds to wait for the task to finish.
+    #[arg(long, default_value_t = 0.0, value_parser = nonnegative_secs)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Only tasks in this state.
+    #[arg(long, value_parser = ["queued", "assigned", "running", "completed", "failed", "cancelled", "timed_out"])]
+    pub status: Option<String>,
+    /// Only tasks of this type.
+    #[arg(long = "type")]
+    pub task_type: Option<String>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: u64,
 }
 
 #[derive(Debug, Args)]
@@ -307,8 +494,22 @@ pub struct TaskSubmit {
     pub conn: Connection,
 
     /// The task type (echo, sleep, physics, inference, gpu, …).
-    #[arg(long = "type", required_unless_present = "model")]
+    #[arg(long = "type", required_unless_present_any = ["model", "batch"])]
     pub task_type: Option<String>,
+
+    /// Submit many tasks from a file: JSON lines (or one JSON array) of
+    /// `{"task_type": …, "data": …, "priority": …, "timeout_s": …}`; shows
+    /// progress, waits for every outcome and prints a summary.
+    #[arg(long, conflicts_with_all = ["model", "task_type", "task_id"])]
+    pub batch: Option<PathBuf>,
+
+    /// With --batch: tasks in flight at once.
+    #[arg(long, default_value_t = 256, requires = "batch")]
+    pub in_flight: usize,
+
+    /// With --batch: print the summary as JSON.
+    #[arg(long, requires = "batch")]
+    pub json: bool,
 
     /// The task's data: JSON text, or @FILE to read it from a file.
     #[arg(long, default_value = "{}", conflicts_with = "model")]

@@ -12,7 +12,11 @@ mod args;
 mod bench;
 mod cluster;
 mod demo;
+mod docs;
 mod executors;
+mod local;
+mod monitor;
+mod remote;
 mod signals;
 mod task;
 mod worker;
@@ -41,6 +45,18 @@ fn main() -> ExitCode {
             Command::Task(cmd) => task::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Monitor(args) => monitor::run(args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "legacygpu",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Docs { what } => docs::run(&what),
         }
     });
     match result {

@@ -2,17 +2,251 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use client::{Client, ClientOptions, TaskOutcome};
 use proto::{Json, TaskRequest};
 
-use crate::args::{TaskCmd, TaskSubmit};
+use serde_json::{Value, json};
+
+use crate::args::{TaskCmd, TaskListArgs, TaskRef, TaskResultArgs, TaskSubmit};
+use crate::remote::{api, cell, exit, print_json, status_colour, table};
 
 pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        TaskCmd::Submit(args) if args.batch.is_some() => batch(args).await,
         TaskCmd::Submit(args) => submit(args).await,
+        TaskCmd::Status(args) => status(&args).await,
+        TaskCmd::Result(args) => result(&args).await,
+        TaskCmd::List(args) => list(&args).await,
+        TaskCmd::Cancel(args) => cancel(&args).await,
     }
+}
+
+async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
+    let t = api(&args.remote)?.get(&format!("/cluster/tasks/{}/status", args.id)).await?;
+    if args.remote.json {
+        return print_json(&t);
+    }
+    println!(
+        "task {} ({}): {}",
+        cell(&t["task_id"]),
+        cell(&t["task_type"]),
+        status_colour(&cell(&t["status"]))
+    );
+    println!("  your id:  {}", cell(&t["client_task_id"]));
+    println!("  attempt:  {} ({} failed)", cell(&t["attempt"]), cell(&t["failures"]));
+    println!("  worker:   {}", cell(&t["worker_id"]));
+    if !t["waiting_reason"].is_null() {
+        println!("  waiting:  {}", cell(&t["waiting_reason"]));
+    }
+    if !t["queue_position"].is_null() {
+        println!("  in queue: {} ahead", cell(&t["queue_position"]));
+    }
+    if let Some(e) = t["last_error"].as_object() {
+        println!("  error:    {}: {}", cell(&e["code"]), cell(&e["message"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn result(args: &TaskResultArgs) -> anyhow::Result<ExitCode> {
+    let api = api(&args.task.remote)?;
+    let path = format!("/cluster/tasks/{}/result?timeout={}", args.task.id, args.timeout);
+    let answer = api.get_with_status(&path, Some(Duration::from_secs_f64(args.timeout))).await;
+    match answer {
+        Ok((202, pending)) => {
+            if args.task.remote.json {
+                print_json(&pending)?;
+            }
+            eprintln!(
+                "error: task {} is not finished yet ({})",
+                args.task.id,
+                cell(&pending["status"])
+            );
+            Ok(ExitCode::from(exit::NOT_FINISHED))
+        }
+        Ok((_, done)) => {
+            if args.task.remote.json {
+                return print_json(&done);
+            }
+            println!("{}", serde_json::to_string_pretty(&done["result"])?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(client::api::ApiError::Status { status: 422, code, detail }) => {
+            if args.task.remote.json {
+                print_json(
+                    &json!({"task_id": args.task.id, "error_code": code, "detail": detail}),
+                )?;
+            }
+            eprintln!("error: task {}: {code}: {detail}", args.task.id);
+            Ok(ExitCode::from(exit::TASK_FAILED))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn list(args: &TaskListArgs) -> anyhow::Result<ExitCode> {
+    let mut query = format!("limit={}", args.limit);
+    if let Some(s) = &args.status {
+        query += &format!("&status={s}");
+    }
+    if let Some(t) = &args.task_type {
+        query += &format!("&task_type={}", urlencode(t));
+    }
+    let list = api(&args.remote)?.get(&format!("/cluster/tasks?{query}")).await?;
+    if args.remote.json {
+        return print_json(&list);
+    }
+    let tasks = list["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                cell(&t["task_id"]),
+                cell(&t["client_task_id"]),
+                cell(&t["task_type"]),
+                status_colour(&cell(&t["status"])),
+                cell(&t["attempt"]),
+                cell(&t["worker_id"]),
+                cell(&t["owner"]),
+            ]
+        })
+        .collect();
+    table(&["id", "your id", "type", "status", "attempt", "worker", "owner"], &rows);
+    eprintln!("{} of {} tasks", tasks.len(), cell(&list["total"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(args: &TaskRef) -> anyhow::Result<ExitCode> {
+    let answer = api(&args.remote)?.delete(&format!("/cluster/tasks/{}", args.id)).await?;
+    if args.remote.json {
+        return print_json(&answer);
+    }
+    println!("cancelled {}", args.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Enough escaping for a query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `task submit --batch FILE`: every task through one connection, a bounded
+/// number in flight, a progress bar, and a summary.
+async fn batch(args: TaskSubmit) -> anyhow::Result<ExitCode> {
+    use futures_util::StreamExt;
+    let path = args.batch.clone().context("--batch FILE")?;
+    let requests = read_batch(&path)?;
+    let options = ClientOptions { token: args.conn.token()?, ..ClientOptions::default() };
+    let client = Client::connect(&args.conn.url()?, options).await?;
+    let bar = indicatif::ProgressBar::new(requests.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let outcomes = futures_util::stream::iter(requests)
+        .map(|req| {
+            let client = client.clone();
+            async move { client.run(req).await }
+        })
+        .buffer_unordered(args.in_flight.max(1));
+    tokio::pin!(outcomes);
+    let (mut completed, mut failed, mut errors) = (0u64, 0u64, Vec::new());
+    while let Some(outcome) = outcomes.next().await {
+        match outcome {
+            Ok(TaskOutcome::Completed(_)) => completed += 1,
+            Ok(TaskOutcome::Failed(f)) => {
+                failed += 1;
+                if errors.len() < 10 {
+                    errors.push(format!(
+                        "{}: {} {}: {}",
+                        f.task_id,
+                        f.status.as_str(),
+                        f.code,
+                        f.reason
+                    ));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < 10 {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        bar.inc(1);
+        if failed > 0 {
+            bar.set_message(format!("{failed} failed"));
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let total = completed + failed;
+    if args.json {
+        print_json(&json!({
+            "tasks": total, "completed": completed, "failed": failed,
+            "seconds": seconds, "tasks_per_second": total as f64 / seconds.max(1e-9),
+            "errors": errors,
+        }))?;
+    } else {
+        println!(
+            "{total} tasks: {completed} completed, {failed} failed in {seconds:.2} s ({:.0} tasks/s)",
+            total as f64 / seconds.max(1e-9)
+        );
+        for e in &errors {
+            eprintln!("  {e}");
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::TASK_FAILED) })
+}
+
+/// JSON lines, or one JSON array, of `{task_type, data, priority, timeout_s,
+/// task_id, max_attempts, requirements}`.
+fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let items: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
+        let all: Vec<Value> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON array of tasks", path.display()))?;
+        all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map(|v| (i + 1, v))
+                    .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if items.is_empty() {
+        bail!("{} holds no tasks", path.display());
+    }
+    items
+        .into_iter()
+        .map(|(line, mut v)| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("msg_type".into(), json!("task_request"));
+            }
+            match proto::ToCoordinator::decode(&v.to_string()) {
+                Ok(proto::ToCoordinator::TaskRequest(req)) => Ok(req),
+                Ok(_) => bail!("{}:{line}: not a task", path.display()),
+                Err(e) => bail!("{}:{line}: {e}", path.display()),
+            }
+        })
+        .collect()
 }
 
 async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
@@ -30,11 +264,11 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     req.priority = args.priority;
     req.timeout_s = args.timeout;
     let options = ClientOptions {
-        token: args.conn.token.clone(),
+        token: args.conn.token()?,
         reconnect: args.wait,
         ..ClientOptions::default()
     };
-    let client = Client::connect(&args.conn.coordinator, options).await?;
+    let client = Client::connect(&args.conn.url()?, options).await?;
     let submitted = client.submit(req).await.context("the coordinator refused the task")?;
     let accepted = &submitted.accepted;
     eprintln!("accepted {} (id {}, {})", accepted.task_id, accepted.id, accepted.status.as_str());
@@ -58,7 +292,7 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
                 failed.code,
                 failed.reason
             );
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(exit::TASK_FAILED))
         }
     }
 }

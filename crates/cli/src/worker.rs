@@ -6,13 +6,64 @@ use std::time::Duration;
 use anyhow::Context;
 use exec::Executors;
 
-use crate::args::{WorkerCmd, WorkerStart};
-use crate::signals;
+use serde_json::json;
+
+use crate::args::{WorkerCmd, WorkerStart, WorkerStop};
+use crate::remote::{print_json, table};
+use crate::{local, signals};
 
 pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         WorkerCmd::Start(args) => start(args).await,
+        WorkerCmd::Stop(args) => stop(&args),
+        WorkerCmd::List { json } => list(json),
     }
+}
+
+fn stop(args: &WorkerStop) -> anyhow::Result<ExitCode> {
+    let targets: Vec<(String, u32, bool)> = match &args.peer_id {
+        Some(id) => {
+            let path = local::worker_pid_file(id)?;
+            let pid = local::read_pid(&path).with_context(|| {
+                format!("no worker `{id}` was started on this machine (no {})", path.display())
+            })?;
+            vec![(id.clone(), pid, local::alive(pid))]
+        }
+        None => local::workers()?,
+    };
+    if targets.is_empty() {
+        anyhow::bail!("no worker was started on this machine");
+    }
+    for (id, pid, alive) in targets {
+        if alive {
+            local::terminate(pid)?;
+            println!("stopping worker {id} (pid {pid}); its running tasks may finish first");
+        } else {
+            // A stale file from a worker that did not exit cleanly.
+            let _ = std::fs::remove_file(local::worker_pid_file(&id)?);
+            println!("worker {id} (pid {pid}) was not running; removed its pid file");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(as_json: bool) -> anyhow::Result<ExitCode> {
+    let workers = local::workers()?;
+    if as_json {
+        let list: Vec<_> = workers
+            .iter()
+            .map(|(id, pid, alive)| json!({"peer_id": id, "pid": pid, "running": alive}))
+            .collect();
+        return print_json(&json!({ "workers": list }));
+    }
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|(id, pid, alive)| {
+            vec![id.clone(), pid.to_string(), if *alive { "running" } else { "gone" }.to_owned()]
+        })
+        .collect();
+    table(&["peer id", "pid", "state"], &rows);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
@@ -21,13 +72,14 @@ async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
         Some(id) => id,
         None => worker::Machine::detect().hostname.unwrap_or_else(|| "worker".to_owned()),
     };
-    let mut config = worker::Config::new(args.conn.coordinator.clone(), peer_id);
-    config.token = args.conn.token.clone();
+    let mut config = worker::Config::new(args.conn.url()?, peer_id);
+    config.token = args.conn.token()?;
     if let Some(slots) = args.slots {
         config.slots = slots;
     }
     config.heartbeat_interval = args.heartbeat_interval.map(Duration::from_secs_f64);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
+    let _pid_file = local::PidFile::create(local::worker_pid_file(&config.peer_id)?)?;
     let w = worker::Worker::new(config, executors);
     w.run(signals::shutdown()).await.context("worker stopped")?;
     Ok(ExitCode::SUCCESS)

@@ -27,6 +27,7 @@ use std::time::Duration;
 use proto::{ErrorMsg, TaskAccepted, TaskErrorOut, TaskRequest, TaskResultOut, TaskStatusOut};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod api;
 mod conn;
 
 /// Options for [`Client::connect`].

@@ -28,3 +28,8 @@ mod telemetry;
 pub use crate::config::{ApiKey, ApiRole, Config, Secret, StoreMode, parse_api_keys};
 pub use crate::server::{Coordinator, RunError, StartError};
 pub use store::Sync;
+
+/// The HTTP API's OpenAPI document, pretty-printed (what `/openapi.json` serves).
+pub fn openapi_json() -> String {
+    http::routes::openapi().to_pretty_json().unwrap_or_default()
+}

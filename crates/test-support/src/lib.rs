@@ -45,6 +45,8 @@ impl Proc {
         let mut cmd = Command::new(bin);
         cmd.args(args).stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         cmd.env("RUST_LOG", "info").env_remove("LEGACYGPU_TOKEN");
+        // Pid files and CLI config of the process's own, not the developer's.
+        cmd.env("XDG_STATE_HOME", dir.path()).env("XDG_CONFIG_HOME", dir.path());
         for (k, v) in envs {
             cmd.env(k, v);
         }

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod bench;
+mod cli;
 mod crash;
 mod executors;
 mod failover;
