@@ -579,4 +579,61 @@ mod tests {
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    /// Splits a shell command line into words: quotes are honoured, a word
+    /// holding a shell expansion becomes a placeholder, `&` and what follows
+    /// `|`, `>` or `#` are dropped.
+    fn words(line: &str) -> Vec<String> {
+        let (mut out, mut word, mut quote, mut expands) = (Vec::new(), String::new(), None, false);
+        let mut push = |word: &mut String, expands: &mut bool| {
+            if !word.is_empty() {
+                out.push(if *expands { "placeholder".to_owned() } else { std::mem::take(word) });
+            }
+            word.clear();
+            *expands = false;
+        };
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), '$') | (None, '$') => {
+                    expands = true;
+                    word.push(c);
+                }
+                (Some(_), c) => word.push(c),
+                (None, '\'' | '"') => quote = Some(c),
+                (None, ' ') => push(&mut word, &mut expands),
+                (None, '|' | '>' | '#' | '&') => break,
+                (None, c) => word.push(c),
+            }
+        }
+        push(&mut word, &mut expands);
+        out
+    }
+
+    #[test]
+    fn deployment_guide_commands_parse() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let guide =
+            std::fs::read_to_string(format!("{root}/docs/CLUSTER_DEPLOYMENT_GUIDE.md")).unwrap();
+        let mut lines: Vec<String> = guide
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("legacygpu "))
+            .map(str::to_owned)
+            .collect();
+        for unit in ["legacygpu-coordinator.service", "legacygpu-worker.service"] {
+            let text = std::fs::read_to_string(format!("{root}/deploy/systemd/{unit}")).unwrap();
+            let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+            lines.push(exec.replace("/usr/local/bin/legacygpu", "legacygpu").replace("%H", "host"));
+        }
+        assert!(lines.len() >= 15, "{lines:?}");
+        for line in lines {
+            let args = words(&line);
+            match Cli::try_parse_from(&args) {
+                Ok(_) => {}
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {}
+                Err(e) => panic!("`{line}` does not parse:\n{e}"),
+            }
+        }
+    }
 }

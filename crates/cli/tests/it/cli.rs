@@ -300,3 +300,45 @@ fn the_monitor_shows_workers_and_events_and_quits_on_q() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Section 2 of docs/CLUSTER_DEPLOYMENT_GUIDE.md, run as written (ports and
+/// directories moved by environment variables, which every command honours).
+#[test]
+fn the_deployment_guide_walkthrough_works() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let guide = std::fs::read_to_string(root.join("docs/CLUSTER_DEPLOYMENT_GUIDE.md")).unwrap();
+    let section = guide.split("## 2. One machine").nth(1).unwrap();
+    let script = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    assert!(
+        script.contains("cluster start --daemon") && script.contains("cluster stop"),
+        "{script}"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (ws, http) = (port(), port());
+    let path = format!(
+        "{}:{}",
+        bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("timeout")
+        .args(["120", "sh", "-e", "-c", script])
+        .env("PATH", path)
+        .env("HOME", home.path())
+        .env("XDG_STATE_HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .env("LEGACYGPU_BIND", format!("127.0.0.1:{ws}"))
+        .env("LEGACYGPU_HTTP", format!("127.0.0.1:{http}"))
+        .env("LEGACYGPU_COORDINATOR", format!("ws://127.0.0.1:{ws}"))
+        .env("LEGACYGPU_API_URL", format!("http://127.0.0.1:{http}"))
+        .env_remove("LEGACYGPU_TOKEN")
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the walkthrough failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"hello\": \"world\""), "the task's result: {stdout}");
+    assert!(stdout.contains("HEALTHY") && stdout.contains("local-1"), "{stdout}");
+    assert!(stdout.contains("is shutting down"), "{stdout}");
+}
