@@ -509,3 +509,42 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_too_slow_to_read_is_dropped_with_a_notice() {
+    let c = Coordinator::start(bin(), &["--no-store"]);
+    let events_url = c.http().replace("http://", "ws://") + "/ws/cluster/events";
+    // Subscribes, then reads nothing while tens of thousands of events pass.
+    let mut slow = Raw::connect(&events_url).await;
+    let out = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "--coordinator",
+            &c.ws_url,
+            "--tasks",
+            "20000",
+            "--duration",
+            "120",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["completed"], 20000, "the scheduler was not slowed down: {report}");
+    // What it finally reads ends with the notice and a close.
+    let mut read = 0u64;
+    loop {
+        let e = slow.recv().await;
+        read += 1;
+        if e["event"] == "dropped" {
+            assert!(e["reason"].as_str().unwrap().contains("too slow"), "{e}");
+            break;
+        }
+        assert!(read < 100_000, "no `dropped` notice");
+    }
+    let close = slow.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4008);
+    // The coordinator itself is fine.
+    assert_eq!(Http::new(&c).get("/cluster/health").await.0, StatusCode::OK);
+}

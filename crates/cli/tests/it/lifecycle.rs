@@ -150,7 +150,8 @@ async fn task_submit_wait_prints_the_result() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, json!({"hello": "world"}));
-    // A failing task: exit code 1 and one line on stderr.
+    // A failing task: exit code 3 (the task ended without a result) and one
+    // line on stderr.
     let out = std::process::Command::new(bin())
         .args([
             "task",
@@ -165,7 +166,7 @@ async fn task_submit_wait_prints_the_result() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.lines().any(|l| l.starts_with("error: ") && l.contains("invalid_input")),
