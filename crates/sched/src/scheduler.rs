@@ -292,6 +292,9 @@ impl<P: Clone> Scheduler<P> {
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let State::Queued { pos } = &task.state else { return };
         self.queue.remove(pos);
+        // The wait is over: its deadline goes.
+        let deadline = task.queued_at + task.spec.queue_timeout;
+        self.timers.remove(deadline, Timer::QueueDeadline(id, task.waits));
         task.attempts += 1;
         let attempt = Attempt(task.attempts);
         let conn = peer.conn;
@@ -354,10 +357,11 @@ impl<P: Clone> Scheduler<P> {
         reason: RequeueReason,
         counts: bool,
     ) {
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = self.tasks.get(&id) else { return };
         let State::Assigned(holder) = &task.state else { return };
         let (attempt, holder_peer) = (holder.attempt, holder.peer.clone());
-        task.end_attempt(attempt, now, end.clone());
+        self.end_attempt(now, id, attempt, end.clone());
+        let Some(task) = self.tasks.get_mut(&id) else { return };
         if counts {
             task.failures += 1;
             task.last_error = Some(match &reason {
@@ -480,6 +484,29 @@ impl<P: Clone> Scheduler<P> {
         let id = task.id;
         self.commands.push_back(Command::Deliver { conn, gamer, task, outcome, attempts });
         self.events.push_back(Event::Delivered { task: id });
+    }
+
+    /// Ends `attempt` in the task's history and removes its run-deadline timer.
+    pub(crate) fn end_attempt(&mut self, now: Time, id: TaskId, attempt: Attempt, end: AttemptEnd) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        if let (State::Assigned(h), Some(limit)) = (&task.state, task.spec.run_timeout)
+            && h.attempt == attempt
+        {
+            let at = h.since + limit + self.config.run_timeout_slack;
+            self.timers.remove(at, Timer::RunDeadline(id, attempt));
+        }
+        task.end_attempt(attempt, now, end);
+    }
+
+    /// Timers pending (for tests: the set must not grow with history).
+    #[cfg(test)]
+    pub(crate) fn timers_pending(&self) -> usize {
+        self.timers.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn timer_kinds(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        self.timers.kinds()
     }
 
     /// Drops finished tasks past their TTL, and the oldest beyond the cap.

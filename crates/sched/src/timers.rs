@@ -1,8 +1,10 @@
 //! Timers, kept in one ordered set.
 //!
-//! Timers are never cancelled: when one fires, its handler checks that what
-//! it was set for still holds (the same peer session, the same attempt) and
-//! does nothing otherwise. Heartbeats do not touch the set at all — the
+//! When one fires, its handler checks that what it was set for still holds
+//! (the same peer session, the same attempt) and does nothing otherwise. The
+//! long ones — a task's queue deadline (an hour by default) and its run
+//! deadline — are removed when the wait or the attempt ends, so that the set
+//! holds live tasks only, not every task of the last hour. Heartbeats do not touch the set at all — the
 //! liveness timer, when it fires early, re-arms itself at the peer's real
 //! deadline — so the hot path of 10 000 heartbeating peers costs one field
 //! write each.
@@ -35,6 +37,34 @@ pub(crate) struct Timers {
 impl Timers {
     pub fn insert(&mut self, at: Time, timer: Timer) {
         self.set.insert((at, timer));
+    }
+
+    /// Removes a timer set for `at` (nothing if it is not there).
+    pub fn remove(&mut self, at: Time, timer: Timer) {
+        self.set.remove(&(at, timer));
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// How many timers of each kind are set (for tests).
+    #[cfg(test)]
+    pub fn kinds(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, t) in &self.set {
+            let kind = match t {
+                Timer::PeerLiveness(..) => "liveness",
+                Timer::QueueDeadline(..) => "queue",
+                Timer::RunDeadline(..) => "run",
+                Timer::Retry(..) => "retry",
+                Timer::RecoveryGrace(..) => "recovery",
+                Timer::Zombie(..) => "zombie",
+            };
+            *out.entry(kind).or_default() += 1;
+        }
+        out
     }
 
     pub fn next(&self) -> Option<Time> {

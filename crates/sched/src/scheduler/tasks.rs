@@ -238,9 +238,7 @@ impl<P: Clone> Scheduler<P> {
         self.refresh_free(peer_id);
         match outcome {
             RunOutcome::Completed(result) => {
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.end_attempt(attempt, now, AttemptEnd::Completed);
-                }
+                self.end_attempt(now, id, attempt, AttemptEnd::Completed);
                 let outcome = Outcome::Completed { result, attempt, peer: peer_id.clone() };
                 self.finish(now, id, outcome, Some(run));
             }
@@ -249,8 +247,8 @@ impl<P: Clone> Scheduler<P> {
                 self.requeue(now, id, end, RequeueReason::Failed(failure), true);
             }
             RunOutcome::Failed { failure, retryable: false } => {
+                self.end_attempt(now, id, attempt, AttemptEnd::Failed(failure.clone()));
                 if let Some(t) = self.tasks.get_mut(&id) {
-                    t.end_attempt(attempt, now, AttemptEnd::Failed(failure.clone()));
                     t.failures += 1;
                     t.last_error = Some(failure.clone());
                 }
@@ -337,12 +335,14 @@ impl<P: Clone> Scheduler<P> {
             State::Assigned(h) => {
                 let holder = h.clone();
                 self.stop_run(now, id, &holder, "cancelled");
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.end_attempt(holder.attempt, now, AttemptEnd::Cancelled);
-                }
+                self.end_attempt(now, id, holder.attempt, AttemptEnd::Cancelled);
                 self.refresh_free(&holder.peer);
             }
-            State::Queued { .. } | State::Backoff { .. } => {}
+            State::Queued { .. } => {
+                let deadline = task.queued_at + task.spec.queue_timeout;
+                self.timers.remove(deadline, crate::timers::Timer::QueueDeadline(id, task.waits));
+            }
+            State::Backoff { .. } => {}
         }
         self.finish(now, id, Outcome::Cancelled, None);
         self.place(now);

@@ -367,3 +367,62 @@ fn a_silent_peer_is_declared_dead_and_its_task_requeued_at_the_front() {
         ",
     );
 }
+
+#[test]
+fn timers_do_not_pile_up_with_finished_tasks() {
+    // Every task sets an hour-long queue deadline and, with a run timeout, a
+    // run deadline; both go when the wait or the attempt ends, so the timer
+    // set holds live tasks only (it once grew by every task for an hour).
+    use crate::{
+        Command, Config, ConnId, Failure, Owner, PeerCaps, PeerId, PeerJoin, RunOutcome, Scheduler,
+        Submission, Time,
+    };
+    use std::sync::Arc;
+    let mut s: Scheduler<u64> = Scheduler::new(Config::default(), Time::ZERO);
+    let caps = PeerCaps { slots: 8, ..PeerCaps::default() };
+    s.handle_peer_joined(
+        Time::ZERO,
+        PeerJoin { id: PeerId::from("p"), conn: ConnId(1), caps, running: Vec::new() },
+    );
+    let baseline = s.timers_pending();
+    let mut now = 0u64;
+    for round in 0..500u64 {
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            now += 10;
+            let mut sub = Submission::new(Owner::Api, Arc::from("x"), round * 4 + i);
+            sub.run_timeout = Some(std::time::Duration::from_secs(600));
+            ids.push(s.handle_submit(Time::from_micros(now), sub).unwrap().id);
+        }
+        // One of the four is cancelled while it runs, the rest complete.
+        now += 10;
+        s.handle_cancel(Time::from_micros(now), &Owner::Api, ids[0]).unwrap();
+        while let Some(cmd) = s.poll_command() {
+            now += 10;
+            let at = Time::from_micros(now);
+            match cmd {
+                Command::Assign { conn, peer, task, attempt } if task.id != ids[0] => {
+                    let done = RunOutcome::Completed(1);
+                    s.handle_result(at, &peer, conn, task.id, Some(attempt), done).unwrap();
+                }
+                // The peer confirms the cancelled run stopped: its slot is free.
+                Command::Cancel { conn, task, attempt, .. } => {
+                    let stopped = RunOutcome::Failed {
+                        failure: Failure::new("cancelled", "stopped"),
+                        retryable: false,
+                    };
+                    let _ =
+                        s.handle_result(at, &PeerId::from("p"), conn, task, Some(attempt), stopped);
+                }
+                _ => {}
+            }
+        }
+        while s.poll_event().is_some() {}
+    }
+    assert_eq!(s.stats().queued, 0);
+    // No queue or run deadline outlives its wait or attempt. (A confirmed
+    // cancel's slot timer stays until `cancel_grace` passes, 15 s: bounded.)
+    let kinds = s.timer_kinds();
+    assert_eq!((kinds.get("queue"), kinds.get("run")), (None, None), "{kinds:?}");
+    assert_eq!(s.timers_pending(), baseline + kinds.get("zombie").copied().unwrap_or(0));
+}
