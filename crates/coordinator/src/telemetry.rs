@@ -369,6 +369,11 @@ fn describe(recorder: &PrometheusRecorder) {
             "Time an attempt ran on its peer, by task type."
         );
         describe_histogram!(
+            "legacygpu_task_latency_seconds",
+            Unit::Seconds,
+            "Time from submission to outcome inside the coordinator, by task type."
+        );
+        describe_histogram!(
             "legacygpu_store_commit_seconds",
             Unit::Seconds,
             "Time to commit one batch to the store."
@@ -410,8 +415,11 @@ fn record(event: &Event<Json>) {
             )
             .increment(1);
         }
-        Event::TaskFinished { task, outcome, run_time, .. } => {
+        Event::TaskFinished { task, outcome, run_time, at, .. } => {
             let task_type = task.task_type.to_string();
+            let latency = at.saturating_since(task.submitted_at);
+            histogram!("legacygpu_task_latency_seconds", "task_type" => task_type.clone())
+                .record(latency.as_secs_f64());
             if let Some(run) = run_time {
                 histogram!("legacygpu_task_run_seconds", "task_type" => task_type.clone())
                     .record(run.as_secs_f64());
