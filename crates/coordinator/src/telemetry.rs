@@ -259,8 +259,7 @@ impl Telemetry {
     /// Counts, times and publishes one scheduler event.
     pub fn observe(&mut self, event: &Event<Json>) {
         self.tally(event);
-        let recorder = Arc::clone(&self.recorder);
-        metrics::with_local_recorder(recorder.as_ref(), || record(event));
+        metrics::with_local_recorder(self.recorder.as_ref(), || record(event));
         if self.events.receiver_count() > 0
             && let Some(api) = api_event(event)
         {
@@ -276,7 +275,7 @@ impl Telemetry {
     }
 
     fn tally(&mut self, event: &Event<Json>) {
-        let Event::TaskFinished { task, outcome, run_time, .. } = event else { return };
+        let Event::TaskFinished { task, outcome, run_time, at, .. } = event else { return };
         let now = Instant::now();
         let sec = now.duration_since(self.started).as_secs();
         self.advance(sec);
@@ -291,12 +290,8 @@ impl Telemetry {
             self.run_sum += *run;
             self.run_n += 1;
         }
-        let submitted = task.submitted_at.as_micros();
-        let finished = sched_now_us();
-        if finished >= submitted {
-            self.latency_sum += Duration::from_micros(finished - submitted);
-            self.latency_n += 1;
-        }
+        self.latency_sum += at.saturating_since(task.submitted_at);
+        self.latency_n += 1;
     }
 
     /// Clears the seconds of the ring that passed since it was last written.
@@ -322,13 +317,6 @@ impl Telemetry {
             avg_run_time: mean(self.run_sum, self.run_n),
         }
     }
-}
-
-/// Unix microseconds now, the scheduler's time base.
-fn sched_now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn describe(recorder: &PrometheusRecorder) {

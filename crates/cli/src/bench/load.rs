@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::local::{Local, Usage};
+use super::local::Local;
 use super::{CONNECT_TIMEOUT, Histogram, Latency, Report, histogram};
 use crate::args::Bench;
 
@@ -31,7 +31,6 @@ pub async fn run(
     url: &str,
     store: String,
     local: Option<&Local>,
-    _baseline: Option<Usage>,
 ) -> anyhow::Result<Report> {
     let token = args.token.as_deref();
     // Peers first, registered, so that the first tasks do not queue.

@@ -15,7 +15,7 @@
 //! are its own; `--coordinator URL` loads a running one instead.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -107,11 +107,9 @@ pub async fn run(args: Bench) -> anyhow::Result<ExitCode> {
         (Some(_), true) => "memory".to_owned(),
         (Some(_), false) => format!("sqlite (sync={})", args.sync),
     };
-    let started = Instant::now();
-    let baseline = local.as_ref().and_then(|l| l.usage());
     let report = match args.idle_peers {
         Some(k) => scale::run(&args, &url, k, local.as_ref(), store).await?,
-        None => load::run(&args, &url, store, local.as_ref(), baseline).await?,
+        None => load::run(&args, &url, store, local.as_ref()).await?,
     };
     drop(local);
     if args.json {
@@ -119,7 +117,6 @@ pub async fn run(args: Bench) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
-    let _ = started;
     Ok(if report.errors > 0 && report.completed == 0 {
         ExitCode::FAILURE
     } else {
