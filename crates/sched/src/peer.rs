@@ -166,6 +166,11 @@ impl Peer {
         self.runtimes.get(task_type).copied()
     }
 
+    /// Measured run times, by task type.
+    pub fn runtimes(&self) -> impl Iterator<Item = (&str, Ewma)> + '_ {
+        self.runtimes.iter().map(|(t, e)| (&**t, *e))
+    }
+
     pub(crate) fn record_runtime(&mut self, task_type: &Arc<str>, run: Duration) {
         self.runtimes
             .entry(Arc::clone(task_type))

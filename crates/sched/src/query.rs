@@ -55,6 +55,11 @@ impl<P: Clone> Scheduler<P> {
         self.tasks.get(&id)
     }
 
+    /// How many tasks are held in memory (live and retained).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// All tasks held in memory (live and retained), by id.
     pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &Task<P>> {
         self.tasks.values()

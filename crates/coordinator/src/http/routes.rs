@@ -153,7 +153,7 @@ async fn health(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
             total_workers: workers.len(),
             healthy_workers: healthy,
             unhealthy_workers: workers.len() - healthy,
-            total_tasks: core.sched.tasks().count(),
+            total_tasks: core.sched.task_count(),
             pending_tasks: stats.queued,
             running_tasks: stats.assigned + stats.running,
             completed_tasks: figures.completed,
@@ -352,12 +352,7 @@ async fn worker_stats(
         .call(move |core| {
             let Some(p) = core.sched.peer(&id) else { return Err(id) };
             let running = p.tasks().map(|(t, _)| t.to_string()).collect();
-            let mut times = BTreeMap::new();
-            for t in core.sched.tasks().map(|t| t.spec().task_type.clone()) {
-                if let Some(e) = p.runtime(&t) {
-                    times.insert(t.to_string(), e.mean_us / 1e3);
-                }
-            }
+            let times = p.runtimes().map(|(t, e)| (t.to_owned(), e.mean_us / 1e3)).collect();
             Ok(WorkerStats {
                 worker: worker_info(core, p),
                 running_tasks: running,
