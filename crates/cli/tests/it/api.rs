@@ -90,6 +90,16 @@ async fn tasks_and_workers_through_rest() {
         (status["status"].as_str(), status["priority"].as_i64()),
         (Some("completed"), Some(2))
     );
+    // The lifecycle's timestamps, and the attempt history.
+    let (submitted, assigned, finished) =
+        (&status["submitted_at_ms"], &status["assigned_at_ms"], &status["finished_at_ms"]);
+    assert!(submitted.as_i64().is_some(), "{status}");
+    assert!(
+        submitted.as_i64() <= assigned.as_i64() && assigned.as_i64() <= finished.as_i64(),
+        "{status}"
+    );
+    assert_eq!(status["attempts"][0]["end"], "completed", "{status}");
+    assert_eq!(status["attempts"][0]["worker_id"], "p1");
 
     // Seed 2's submit path and field name (`payload`), waiting server-side.
     let (s, second) =

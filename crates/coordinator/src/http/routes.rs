@@ -682,14 +682,28 @@ fn task_view(core: &Core, task: &sched::Task<proto::Json>) -> TaskView {
         waiting_reason: core.sched.waiting_reason(task.id()),
         queue_position: core.sched.queue_position(task.id()),
         submitted_at_ms: unix(spec.submitted_at),
-        assigned_at_ms: task.assigned_at().map(unix),
+        // The current assignment, or the last attempt's when it ended.
+        assigned_at_ms: task
+            .assigned_at()
+            .or_else(|| task.history().last().map(|a| a.assigned_at))
+            .map(unix),
         started_at_ms: task.started_at().map(unix),
         finished_at_ms: task.finished_at().map(unix),
-        last_error: task.last_error().map(|f| TaskErrorView { code: f.code.to_string(), message: f.message.to_string() }),
+        last_error: task
+            .last_error()
+            .map(|f| TaskErrorView { code: f.code.to_string(), message: f.message.to_string() }),
         attempts: task
             .history()
             .iter()
-            .map(|a| json!({"attempt": a.attempt.0, "worker_id": a.peer.to_string(), "end": a.end.as_ref().map(sched::AttemptEnd::as_str)}))
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt.0,
+                    "worker_id": a.peer.to_string(),
+                    "assigned_at_ms": unix(a.assigned_at),
+                    "ended_at_ms": a.ended_at.map(unix),
+                    "end": a.end.as_ref().map(sched::AttemptEnd::as_str),
+                })
+            })
             .collect(),
     }
 }
