@@ -342,3 +342,25 @@ fn the_deployment_guide_walkthrough_works() {
     assert!(stdout.contains("HEALTHY") && stdout.contains("local-1"), "{stdout}");
     assert!(stdout.contains("is shutting down"), "{stdout}");
 }
+
+/// The README's first command, `legacygpu demo`: a local cluster running real
+/// physics, inference and (with an adapter) GPU tasks.
+#[test]
+fn the_demo_runs_real_tasks() {
+    let home = tempfile::tempdir().unwrap();
+    let out = ok(cli(home.path(), &["demo", "--tasks", "1"]));
+    let text = stdout(&out);
+    assert!(text.contains("0 failed"), "{text}");
+    for kind in ["physics:", "inference:"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("ok") && l.contains(kind)),
+            "no {kind} task in\n{text}"
+        );
+    }
+    if std::env::var("LEGACYGPU_REQUIRE_GPU").is_ok() {
+        assert!(
+            text.lines().any(|l| l.starts_with("ok") && l.contains("gpu:")),
+            "no gpu task in\n{text}"
+        );
+    }
+}
