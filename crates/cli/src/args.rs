@@ -49,7 +49,7 @@ pub enum Command {
     /// Generate reference docs (docs/CLI.md, docs/openapi.json).
     #[command(hide = true)]
     Docs {
-        #[arg(value_parser = ["cli", "openapi"])]
+        #[arg(value_parser = ["cli", "openapi", "api"])]
         what: String,
     },
     /// Load a coordinator with no-op tasks (or idle peers) and measure it.

@@ -29,6 +29,15 @@ pub use crate::config::{ApiKey, ApiRole, Config, Secret, StoreMode, parse_api_ke
 pub use crate::server::{Coordinator, RunError, StartError};
 pub use store::Sync;
 
+/// Every HTTP route: method, path and the least role that may call it
+/// (`read-only`, `client`, `admin`).
+pub fn http_routes() -> Vec<(String, &'static str, &'static str)> {
+    http::routes::ROUTES
+        .iter()
+        .map(|r| (r.method.as_str().to_owned(), r.path, r.role.as_str()))
+        .collect()
+}
+
 /// The HTTP API's OpenAPI document, pretty-printed (what `/openapi.json` serves).
 pub fn openapi_json() -> String {
     http::routes::openapi().to_pretty_json().unwrap_or_default()

@@ -260,6 +260,10 @@ fn version_completions_and_generated_docs_are_current() {
         openapi == committed,
         "docs/openapi.json is stale: run `legacygpu docs openapi > docs/openapi.json`"
     );
+    let api_md = String::from_utf8(ok(cli(h, &["docs", "api"])).stdout).unwrap();
+    let committed = std::fs::read_to_string(root.join("docs/API.md")).unwrap();
+    assert!(api_md == committed, "docs/API.md is stale: run `legacygpu docs api > docs/API.md`");
+    assert!(api_md.contains("## `DELETE /cluster/tasks/{id}`") && api_md.contains("Role: `admin`"));
 }
 
 /// The monitor in a real terminal (tmux): workers and events appear, `q` quits.

@@ -65,7 +65,9 @@ impl Subscription {
     }
 }
 
-/// Upgrades to a WebSocket that carries one JSON event per text frame.
+/// The live event stream: a WebSocket carrying one JSON event per text frame,
+/// filtered by `kinds` and `task_id`; a subscriber too slow to read is sent a
+/// `dropped` notice and closed.
 #[utoipa::path(get, path = "/ws/cluster/events", tag = "monitoring", params(Filter),
     responses((status = 101, description = "WebSocket of events, one JSON object each", body = ApiEvent),
               (status = 400, body = super::ErrorBody)))]

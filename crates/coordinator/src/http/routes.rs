@@ -135,6 +135,7 @@ pub struct Health {
     pub uptime_seconds: f64,
 }
 
+/// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
 #[utoipa::path(get, path = "/cluster/health", tag = "cluster",
     responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
 async fn health(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
@@ -186,6 +187,7 @@ pub struct ClusterMetrics {
     pub uptime_seconds: f64,
 }
 
+/// Throughput, success rate, latencies, active workers and slots.
 #[utoipa::path(get, path = "/cluster/metrics", tag = "cluster",
     responses((status = 200, body = ClusterMetrics), (status = 401, body = ErrorBody)))]
 async fn cluster_metrics(State(api): State<Api>) -> Result<Json<ClusterMetrics>, ApiError> {
@@ -308,6 +310,7 @@ fn worker_info(core: &Core, p: &sched::Peer) -> WorkerInfo {
     }
 }
 
+/// The connected workers, optionally only those in one state.
 #[utoipa::path(get, path = "/cluster/workers", tag = "workers", params(WorkerFilter),
     responses((status = 200, body = WorkerList), (status = 400, body = ErrorBody)))]
 async fn list_workers(
@@ -330,6 +333,7 @@ async fn list_workers(
     Ok(Json(WorkerList { total: list.len(), workers: list }))
 }
 
+/// One connected worker: capabilities, load, counts, heartbeat age.
 #[utoipa::path(get, path = "/cluster/workers/{id}", tag = "workers",
     params(("id" = String, Path, description = "The worker's peer id")),
     responses((status = 200, body = WorkerInfo), (status = 404, body = ErrorBody)))]
@@ -341,6 +345,7 @@ async fn worker(
     found.map(Json).map_err(|id| ApiError::not_found(format!("no worker `{id}` is connected")))
 }
 
+/// One worker with the tasks it holds and its measured run times by task type.
 #[utoipa::path(get, path = "/cluster/workers/{id}/stats", tag = "workers",
     params(("id" = String, Path, description = "The worker's peer id")),
     responses((status = 200, body = WorkerStats), (status = 404, body = ErrorBody)))]
@@ -379,6 +384,7 @@ pub struct WorkerCredential {
     pub status: &'static str,
 }
 
+/// Approves a worker id and returns its own join credential (admin).
 #[utoipa::path(post, path = "/cluster/workers/register", tag = "workers",
     request_body = RegisterWorker,
     responses((status = 201, body = WorkerCredential), (status = 400, body = ErrorBody),
@@ -451,6 +457,7 @@ pub struct Submitted {
     pub waiting_reason: Option<String>,
 }
 
+/// Submits a task: JSON, or multipart with an image file for inference. 201 with the cluster task id; 200 when an idempotency key matched an earlier task.
 #[utoipa::path(post, path = "/cluster/tasks", tag = "tasks",
     request_body(content = SubmitTask, description = "JSON; or multipart/form-data with a `file` \
         part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
@@ -489,7 +496,7 @@ fn body_code(status: StatusCode) -> &'static str {
     if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_body" }
 }
 
-/// Same as `POST /cluster/tasks` (seed 2's path).
+/// Seed 2's path for submitting a task; the same as `POST /cluster/tasks`.
 #[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
     responses((status = 201, body = Submitted), (status = 422, body = ErrorBody)))]
 #[allow(dead_code)]
@@ -732,6 +739,7 @@ pub struct TaskList {
 const STATES: [&str; 7] =
     ["queued", "assigned", "running", "completed", "failed", "cancelled", "timed_out"];
 
+/// Tasks held by the coordinator (live, and finished ones still kept), newest first, filtered and paged.
 #[utoipa::path(get, path = "/cluster/tasks", tag = "tasks", params(TaskFilter),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 async fn list_tasks(
@@ -768,6 +776,7 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     })
 }
 
+/// Where a task stands: state, attempt, worker, why it waits, timestamps, attempt history, last error.
 #[utoipa::path(get, path = "/cluster/tasks/{id}/status", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id, e.g. t-42")),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
@@ -806,6 +815,7 @@ pub struct Pending {
     pub detail: String,
 }
 
+/// A task's result, waiting up to `timeout` seconds for it to finish (no polling needed). 202 while unfinished; 422 with the task's error when it failed, was cancelled or timed out.
 #[utoipa::path(get, path = "/cluster/tasks/{id}/result", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id"), ResultWait),
     responses((status = 200, body = TaskResultView), (status = 202, description = "Not finished yet", body = Pending),
@@ -874,6 +884,7 @@ async fn task_result(
     }
 }
 
+/// Cancels a task; a running one is stopped on its worker.
 #[utoipa::path(delete, path = "/cluster/tasks/{id}", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id")),
     responses((status = 202, description = "Cancelled (a running task is stopped on its worker)"),
@@ -926,6 +937,7 @@ pub struct ClusterConfig {
     pub auth: &'static str,
 }
 
+/// The coordinator's configuration and the balancing strategy in use.
 #[utoipa::path(get, path = "/cluster/config", tag = "config",
     responses((status = 200, body = ClusterConfig)))]
 async fn config(State(api): State<Api>) -> Result<Json<ClusterConfig>, ApiError> {
@@ -968,6 +980,7 @@ pub struct Balancing {
     pub strategy: String,
 }
 
+/// Switches the load-balancing strategy at run time (admin).
 #[utoipa::path(put, path = "/cluster/config/balancing", tag = "config", request_body = Balancing,
     responses((status = 200, description = "Switched; applies to the next placement"),
               (status = 400, body = ErrorBody)))]
@@ -994,6 +1007,7 @@ async fn set_balancing(
         .into_response())
 }
 
+/// Shuts the coordinator down gracefully (admin).
 #[utoipa::path(post, path = "/cluster/shutdown", tag = "config",
     responses((status = 202, description = "The coordinator is shutting down")))]
 async fn shutdown(State(api): State<Api>) -> Response {
@@ -1004,6 +1018,7 @@ async fn shutdown(State(api): State<Api>) -> Response {
 
 // --------------------------------------------------------------- metrics
 
+/// Prometheus metrics (text format), every name `legacygpu_*`.
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
