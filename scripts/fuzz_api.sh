@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 examples="${1:-50}"
-bin="${LEGACYGPU_BIN:-target/debug/legacygpu}"
+bin="$(realpath "${LEGACYGPU_BIN:-target/debug/legacygpu}")"
 [ -x "$bin" ] || cargo build -q -p cli
 port_ws=$((20000 + RANDOM % 10000))
 port_http=$((port_ws + 1))
@@ -21,7 +21,9 @@ for _ in $(seq 100); do grep -q '^ready' "$log/coordinator.log" && break; sleep 
 "$bin" worker start --coordinator "ws://127.0.0.1:$port_ws" --peer-id fuzz-worker --no-gpu \
     >"$log/worker.log" 2>&1 &
 worker=$!
-# Shutdown would end the run; the event stream is a WebSocket.
+# Shutdown would end the run; the event stream is a WebSocket. Run from the
+# log directory so that schemathesis keeps its cache out of the tree.
+cd "$log"
 schemathesis run "http://127.0.0.1:$port_http/openapi.json" \
     --checks not_a_server_error \
     --max-examples "$examples" \
