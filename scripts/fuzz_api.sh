@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 examples="${1:-50}"
-bin="$(realpath "${LEGACYGPU_BIN:-target/debug/legacygpu}")"
+bin="$(realpath -m "${LEGACYGPU_BIN:-target/debug/legacygpu}")"
 [ -x "$bin" ] || cargo build -q -p cli
 port_ws=$((20000 + RANDOM % 10000))
 port_http=$((port_ws + 1))
