@@ -91,6 +91,13 @@ impl Observer {
         }
     }
 
+    /// Adds an op that is not a scheduler event (an approval) to the next batch.
+    pub fn record(&mut self, op: Op) {
+        if let Some(side) = self.store.as_mut() {
+            side.pending.push(op);
+        }
+    }
+
     /// Hands what was observed since the last call to the writer, as one batch.
     pub fn commit(&mut self) {
         let committed = self.durable.borrow().seq;

@@ -12,7 +12,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::{Config, StoreMode};
 use crate::conn::{self, ConnCtx};
@@ -99,10 +98,10 @@ impl Coordinator {
         let (stop_tx, stop_rx) = watch::channel(false);
         // `POST /cluster/shutdown` turns this.
         let (api_stop_tx, mut api_stop) = watch::channel(false);
-        let approvals = Approvals::default();
+        let approvals = self.core.approvals.clone();
         let recorder = self.core.telemetry.recorder();
         let http = self.http.map(|(listener, _)| {
-            let api = Api::new(core_tx.clone(), &self.core, api_stop_tx, approvals.clone());
+            let api = Api::new(core_tx.clone(), &self.core, api_stop_tx);
             tokio::spawn(http::serve(listener, api, stop_rx.clone()))
         });
         let mut core_task = tokio::spawn(self.core.run(core_rx, stop_rx));
@@ -188,6 +187,9 @@ fn recover(config: Arc<Config>) -> Result<Core, StartError> {
     };
     let mut core = Core::new(config, observer, telemetry, clock);
     if let Some(loaded) = loaded {
+        for (peer, credential_sha256) in loaded.approvals {
+            core.approvals.approve(&peer, credential_sha256);
+        }
         let n = loaded.tasks.len();
         let tasks = loaded.tasks.into_iter().map(persist::recovered).collect();
         let now = core.now();

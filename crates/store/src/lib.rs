@@ -50,6 +50,8 @@ pub trait Store: Send + 'static {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub tasks: Vec<StoredTask>,
+    /// Approved workers: peer id and the SHA-256 (hex) of its credential.
+    pub approvals: Vec<(String, String)>,
     /// Every task id ever stored is below this (ids are never reused).
     pub next_task_id: u64,
 }
@@ -138,6 +140,12 @@ pub enum Op {
     /// Tasks dropped (their retention ended).
     Deleted {
         ids: Vec<u64>,
+    },
+    /// An operator approved a worker; only its credential's hash is kept.
+    Approved {
+        peer_id: String,
+        credential_sha256: String,
+        at_ms: i64,
     },
 }
 

@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approvals (
+    peer_id           TEXT PRIMARY KEY,
+    credential_sha256 TEXT NOT NULL,
+    approved_at       INTEGER NOT NULL
+);
 ";
 
 /// How hard each commit tries to reach the disk.
@@ -124,7 +129,13 @@ impl Store for SqliteStore {
         }
         let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
         let next_task_id = max.max(next.map_or(1, |n| n as u64));
-        Ok(Loaded { tasks, next_task_id })
+        let mut stmt = self
+            .conn
+            .prepare("SELECT peer_id, credential_sha256 FROM approvals ORDER BY peer_id")?;
+        let approvals = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        Ok(Loaded { tasks, approvals, next_task_id })
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
@@ -206,6 +217,14 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
                  WHERE task_id = ?1 AND attempt = ?2 AND peer = ?3",
             )?
             .execute(params![*id as i64, attempt, peer, at_ms])?;
+        }
+        Op::Approved { peer_id, credential_sha256, at_ms } => {
+            tx.prepare_cached(
+                "INSERT INTO approvals (peer_id, credential_sha256, approved_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer_id) DO UPDATE SET credential_sha256 = excluded.credential_sha256,
+                 approved_at = excluded.approved_at",
+            )?
+            .execute(params![peer_id, credential_sha256, at_ms])?;
         }
         Op::Deleted { ids } => {
             let mut task = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
@@ -464,5 +483,22 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(dir.path(), Sync::Normal).unwrap_err();
         assert!(err.to_string().contains("newer version"), "{err}");
+    }
+
+    #[test]
+    fn approvals_survive_a_reopen_and_the_last_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+            let approve = |peer: &str, hash: &str| Op::Approved {
+                peer_id: peer.into(),
+                credential_sha256: hash.into(),
+                at_ms: 1,
+            };
+            store.write(&[approve("w1", "aa"), approve("w2", "bb"), approve("w1", "cc")]).unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.approvals, vec![("w1".into(), "cc".into()), ("w2".into(), "bb".into())]);
     }
 }

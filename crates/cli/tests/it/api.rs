@@ -324,26 +324,33 @@ async fn api_keys_decide_who_may_do_what() {
 
 #[tokio::test]
 async fn an_approved_worker_joins_with_its_own_credential() {
-    let c = Coordinator::start(bin(), &["--token", "cluster-secret"]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let args = ["--token", "cluster-secret", "--data-dir", dir.as_str()];
+    let mut c = Coordinator::start(bin(), &args);
     // Without API keys the cluster token is the admin key.
     let admin = Http::with_key(&c, "cluster-secret");
     let (s, cred) = admin.post("/cluster/workers/register", json!({"worker_id": "w9"})).await;
     assert_eq!(s, StatusCode::CREATED, "{cred}");
-    let token = cred["token"].as_str().unwrap();
+    let token = cred["token"].as_str().unwrap().to_owned();
+    let register = |peer: &str| json!({"msg_type": "register_peer", "peer_id": peer, "capabilities": {}, "token": token});
     let mut w9 = Raw::connect(&c.ws_url).await;
-    w9.send_json(
-        &json!({"msg_type": "register_peer", "peer_id": "w9", "capabilities": {}, "token": token}),
-    )
-    .await;
+    w9.send_json(&register("w9")).await;
     assert_eq!(w9.expect("registration_ack").await["status"], "registered");
     // The credential is for w9 only.
     let mut other = Raw::connect(&c.ws_url).await;
-    other.send_json(&json!({"msg_type": "register_peer", "peer_id": "w8", "capabilities": {}, "token": token})).await;
+    other.send_json(&register("w8")).await;
     assert_eq!(other.expect("error").await["code"], "unauthorized");
     assert_eq!(
         Http::new(&c).post("/cluster/workers/register", json!({"worker_id": "x"})).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // The approval is durable: it still admits w9 after a kill -9.
+    c.proc.kill9();
+    let c = Coordinator::start(bin(), &args);
+    let mut again = Raw::connect(&c.ws_url).await;
+    again.send_json(&register("w9")).await;
+    assert_eq!(again.expect("registration_ack").await["status"], "registered");
 }
 
 #[tokio::test]

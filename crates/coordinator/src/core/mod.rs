@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::{Outbound, close};
@@ -88,6 +89,8 @@ pub(crate) struct Core {
     pub clock: Clock,
     /// HTTP requests waiting for a task to finish.
     pub result_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
+    /// Workers approved through the API (shared with connection tasks).
+    pub approvals: Approvals,
 }
 
 impl Core {
@@ -107,6 +110,7 @@ impl Core {
             telemetry,
             clock,
             result_waiters: HashMap::new(),
+            approvals: Approvals::default(),
         }
     }
 

@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use utoipa::ToSchema;
 
-use crate::approvals::Approvals;
 use crate::config::{ApiRole, Config};
 use crate::core::{Core, Input};
 use crate::observe::Durable;
@@ -42,16 +41,10 @@ pub(crate) struct Api {
     config: Arc<Config>,
     /// Asks the coordinator to shut down (`POST /cluster/shutdown`).
     stop: watch::Sender<bool>,
-    approvals: Approvals,
 }
 
 impl Api {
-    pub fn new(
-        core: mpsc::Sender<Input>,
-        state: &Core,
-        stop: watch::Sender<bool>,
-        approvals: Approvals,
-    ) -> Api {
+    pub fn new(core: mpsc::Sender<Input>, state: &Core, stop: watch::Sender<bool>) -> Api {
         Api {
             core,
             events: state.telemetry.events(),
@@ -59,7 +52,6 @@ impl Api {
             metrics: state.telemetry.handle(),
             config: Arc::clone(&state.config),
             stop,
-            approvals,
         }
     }
 

@@ -401,8 +401,25 @@ async fn register_worker(
         ));
     }
     let token = new_credential();
-    api.approvals.approve(&id, &token);
-    let body = WorkerCredential { worker_id: id, token, status: "approved" };
+    let digest = crate::approvals::digest(&token);
+    let worker_id = id.clone();
+    // Approved in memory and in the store (when there is one) before the
+    // credential is shown: it keeps working after a restart.
+    let seq = api
+        .call(move |core| {
+            core.approvals.approve(&id, digest.clone());
+            let at_ms = crate::clock::Clock::unix_ms(core.now());
+            core.observer.record(store::Op::Approved {
+                peer_id: id,
+                credential_sha256: digest,
+                at_ms,
+            });
+            core.observer.commit();
+            core.observer.appended()
+        })
+        .await?;
+    api.durable(seq).await?;
+    let body = WorkerCredential { worker_id, token, status: "approved" };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

@@ -15,7 +15,6 @@ use tower::ServiceExt;
 
 use super::routes::{ROUTES, openapi, required_role};
 use super::{Api, role_of, router};
-use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::{ApiKey, ApiRole, Config, Secret};
 use crate::core::Core;
@@ -43,7 +42,7 @@ fn app(config: Config) -> axum::Router {
     let core = Core::new(Arc::new(config), Observer::in_memory(), Telemetry::new(), Clock::start());
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let (stop, _) = tokio::sync::watch::channel(false);
-    let api = Api::new(tx, &core, stop, Approvals::default());
+    let api = Api::new(tx, &core, stop);
     let (_never, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _keep = _never;
