@@ -312,6 +312,24 @@ async fn api_keys_decide_who_may_do_what() {
         StatusCode::CREATED
     );
     assert_eq!(client.post("/cluster/shutdown", json!({})).await.0, StatusCode::FORBIDDEN);
+    // A keys file works too, and a bad one stops the start with a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "# operators\nfile-admin-0001:admin\n").unwrap();
+    let from_file = Coordinator::start(bin(), &["--api-keys-file", file.to_str().unwrap()]);
+    assert_eq!(
+        Http::with_key(&from_file, "file-admin-0001").get("/cluster/config").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(Http::new(&from_file).get("/cluster/config").await.0, StatusCode::UNAUTHORIZED);
+    std::fs::write(&file, "file-admin-0001:root\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["cluster", "start", "--bind", "127.0.0.1:0", "--no-store", "--api-keys-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role `root`"));
     // X-API-Key works as well as a bearer token.
     let resp = anonymous
         .req(reqwest::Method::GET, "/cluster/config")

@@ -168,6 +168,13 @@ fn every_read_and_task_command_against_a_real_coordinator() {
         (summary["tasks"].as_u64(), summary["completed"].as_u64(), summary["failed"].as_u64()),
         (Some(3), Some(2), Some(1))
     );
+    // A JSON array works as well as JSON lines.
+    std::fs::write(&batch, r#"[{"task_type": "echo", "data": 1}, {"task_type": "echo"}]"#).unwrap();
+    let out = cli(
+        h,
+        &["task", "submit", "--coordinator", &ws, "--batch", batch.to_str().unwrap(), "--json"],
+    );
+    assert_eq!((code(&out), json_of(&out)["completed"].as_u64()), (0, Some(2)));
     std::fs::write(&batch, "{\"task_type\": 5}\n").unwrap();
     let out = cli(h, &["task", "submit", "--coordinator", &ws, "--batch", batch.to_str().unwrap()]);
     assert_eq!(code(&out), 1);
@@ -186,7 +193,7 @@ fn every_read_and_task_command_against_a_real_coordinator() {
     );
 
     // `worker stop` ends the worker through its pid file.
-    ok(cli(h, &["worker", "stop", "--peer-id", "cli-w"]));
+    ok(cli(h, &["worker", "stop", "--all"]));
     assert_eq!(worker.wait(), Some(0));
     let local = json_of(&ok(cli(h, &["worker", "list", "--json"])));
     assert_eq!(local["workers"], json!([]));
