@@ -28,8 +28,11 @@ use crate::core::{Core, Input};
 use crate::observe::Durable;
 use crate::telemetry::{ApiEvent, Published};
 
+mod cluster;
 mod events;
 pub(crate) mod routes;
+mod tasks;
+mod workers;
 
 /// What every handler shares.
 #[derive(Clone)]

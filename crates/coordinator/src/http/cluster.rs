@@ -1,0 +1,262 @@
+//! Cluster-wide routes: health, metrics, configuration, shutdown, Prometheus.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sched::Strategy;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::workers::workers;
+use super::{Api, ApiError, ErrorBody};
+use crate::config::StoreMode;
+
+// ---------------------------------------------------------------- health
+
+/// `GET /cluster/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// HEALTHY, DEGRADED (some workers unhealthy) or CRITICAL (no workers).
+    pub status: &'static str,
+    pub total_workers: usize,
+    pub healthy_workers: usize,
+    pub unhealthy_workers: usize,
+    /// Tasks held: live ones and finished ones still retained.
+    pub total_tasks: usize,
+    pub pending_tasks: usize,
+    pub running_tasks: usize,
+    /// Since the coordinator started.
+    pub completed_tasks: u64,
+    pub failed_tasks: u64,
+    /// Mean time from submission to outcome, in milliseconds.
+    pub average_task_latency_ms: Option<f64>,
+    pub uptime_seconds: f64,
+}
+
+/// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
+#[utoipa::path(get, path = "/cluster/health", tag = "cluster",
+    responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
+pub(super) async fn health(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
+    api.call(|core| {
+        let workers = workers(core, None);
+        let healthy = workers.iter().filter(|w| w.status == "healthy").count();
+        let stats = core.sched.stats();
+        let figures = core.telemetry.figures();
+        let status = match (workers.len(), healthy) {
+            (0, _) => "CRITICAL",
+            (n, h) if h < n => "DEGRADED",
+            _ => "HEALTHY",
+        };
+        Json(Health {
+            status,
+            total_workers: workers.len(),
+            healthy_workers: healthy,
+            unhealthy_workers: workers.len() - healthy,
+            total_tasks: core.sched.task_count(),
+            pending_tasks: stats.queued,
+            running_tasks: stats.assigned + stats.running,
+            completed_tasks: figures.completed,
+            failed_tasks: figures.failed,
+            average_task_latency_ms: figures.avg_latency.map(ms),
+            uptime_seconds: figures.uptime.as_secs_f64(),
+        })
+    })
+    .await
+}
+
+/// `GET /cluster/metrics`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterMetrics {
+    /// Tasks finished (either way) in the last minute.
+    pub tasks_per_minute: u64,
+    /// Tasks finished per second over the last minute.
+    pub throughput_per_second: f64,
+    /// Completed / finished since start, 0–1 (null before any finished).
+    pub success_rate: Option<f64>,
+    pub average_latency_ms: Option<f64>,
+    pub average_run_time_ms: Option<f64>,
+    pub active_workers: usize,
+    pub pending_tasks: usize,
+    pub running_tasks: usize,
+    pub completed_tasks: u64,
+    pub failed_tasks: u64,
+    pub slots_total: u64,
+    pub slots_used: u64,
+    pub uptime_seconds: f64,
+}
+
+/// Throughput, success rate, latencies, active workers and slots.
+#[utoipa::path(get, path = "/cluster/metrics", tag = "cluster",
+    responses((status = 200, body = ClusterMetrics), (status = 401, body = ErrorBody)))]
+pub(super) async fn cluster_metrics(
+    State(api): State<Api>,
+) -> Result<Json<ClusterMetrics>, ApiError> {
+    api.call(|core| {
+        let s = core.sched.stats();
+        let f = core.telemetry.figures();
+        let finished = f.completed + f.failed;
+        Json(ClusterMetrics {
+            tasks_per_minute: f.tasks_per_minute,
+            throughput_per_second: f.tasks_per_minute as f64 / 60.0,
+            success_rate: (finished > 0).then(|| f.completed as f64 / finished as f64),
+            average_latency_ms: f.avg_latency.map(ms),
+            average_run_time_ms: f.avg_run_time.map(ms),
+            active_workers: s.peers - s.peers_draining,
+            pending_tasks: s.queued,
+            running_tasks: s.assigned + s.running,
+            completed_tasks: f.completed,
+            failed_tasks: f.failed,
+            slots_total: s.slots_total,
+            slots_used: s.slots_used,
+            uptime_seconds: f.uptime.as_secs_f64(),
+        })
+    })
+    .await
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------- config
+
+/// `GET /cluster/config`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterConfig {
+    /// The load-balancing strategy in use.
+    pub balancing_strategy: String,
+    pub strategies: Vec<&'static str>,
+    pub websocket_address: String,
+    pub heartbeat_interval_s: f64,
+    pub heartbeat_timeout_s: f64,
+    pub max_attempts: u32,
+    pub max_queued: usize,
+    pub result_ttl_s: f64,
+    pub max_frame_bytes: usize,
+    /// `sqlite` or `memory`.
+    pub store: &'static str,
+    pub data_dir: Option<String>,
+    /// `api_keys`, `token`, or `protected_mode` (loopback only) / `insecure`.
+    pub auth: &'static str,
+}
+
+/// The coordinator's configuration and the balancing strategy in use.
+#[utoipa::path(get, path = "/cluster/config", tag = "config",
+    responses((status = 200, body = ClusterConfig)))]
+pub(super) async fn config(State(api): State<Api>) -> Result<Json<ClusterConfig>, ApiError> {
+    let strategy = api.call(|core| core.sched.config().strategy).await?;
+    let c = &api.config;
+    let (store, data_dir) = match &c.store {
+        StoreMode::Sqlite { data_dir, .. } => ("sqlite", Some(data_dir.display().to_string())),
+        StoreMode::Memory => ("memory", None),
+    };
+    let auth = if !c.api_keys.is_empty() {
+        "api_keys"
+    } else if c.token.is_some() {
+        "token"
+    } else if c.insecure {
+        "insecure"
+    } else {
+        "protected_mode"
+    };
+    Ok(Json(ClusterConfig {
+        balancing_strategy: strategy.name().to_owned(),
+        strategies: Strategy::ALL.iter().map(|s| s.name()).collect(),
+        websocket_address: c.ws_addr.to_string(),
+        heartbeat_interval_s: c.heartbeat_interval.as_secs_f64(),
+        heartbeat_timeout_s: c.sched.heartbeat_timeout.as_secs_f64(),
+        max_attempts: c.sched.default_max_attempts,
+        max_queued: c.sched.max_queued,
+        result_ttl_s: c.sched.result_ttl.as_secs_f64(),
+        max_frame_bytes: c.max_frame_bytes,
+        store,
+        data_dir,
+        auth,
+    }))
+}
+
+/// `PUT /cluster/config/balancing` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Balancing {
+    /// ROUND_ROBIN, LEAST_LOADED, GPU_MATCH, LATENCY or ADAPTIVE.
+    #[serde(alias = "balancing_strategy")]
+    pub strategy: String,
+}
+
+/// Switches the load-balancing strategy at run time (admin).
+#[utoipa::path(put, path = "/cluster/config/balancing", tag = "config", request_body = Balancing,
+    responses((status = 200, description = "Switched; applies to the next placement"),
+              (status = 400, body = ErrorBody)))]
+pub(super) async fn set_balancing(
+    State(api): State<Api>,
+    Json(body): Json<Balancing>,
+) -> Result<Response, ApiError> {
+    let Some(strategy) = Strategy::parse(&body.strategy) else {
+        let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
+        return Err(ApiError::bad_request(
+            "invalid_strategy",
+            format!("unknown strategy `{}`; use one of {}", body.strategy, names.join(", ")),
+        ));
+    };
+    let previous = api
+        .call(move |core| {
+            let previous = core.sched.config().strategy;
+            core.sched.set_strategy(strategy);
+            previous
+        })
+        .await?;
+    tracing::info!(from = %previous, to = %strategy, "balancing strategy switched");
+    Ok(Json(json!({"balancing_strategy": strategy.name(), "previous": previous.name()}))
+        .into_response())
+}
+
+/// Shuts the coordinator down gracefully (admin).
+#[utoipa::path(post, path = "/cluster/shutdown", tag = "config",
+    responses((status = 202, description = "The coordinator is shutting down")))]
+pub(super) async fn shutdown(State(api): State<Api>) -> Response {
+    tracing::info!("shutdown requested through the API");
+    let _ = api.stop.send(true);
+    (StatusCode::ACCEPTED, Json(json!({"status": "shutting_down"}))).into_response()
+}
+
+// --------------------------------------------------------------- metrics
+
+/// Prometheus metrics (text format), every name `legacygpu_*`.
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(super) async fn prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
+    api.call(|core| {
+        let s = core.sched.stats();
+        let interval = core.config.heartbeat_interval.as_secs_f64();
+        let now = core.now();
+        let busy: Vec<(String, u32, bool)> = core
+            .sched
+            .peers()
+            .map(|p| {
+                let silent = now.as_micros().saturating_sub(p.last_seen().as_micros()) as f64 / 1e6;
+                (p.id().to_string(), p.used(), !p.draining() && silent <= 2.0 * interval)
+            })
+            .collect();
+        let uptime = core.telemetry.figures().uptime.as_secs_f64();
+        core.telemetry.with(|| {
+            metrics::gauge!("legacygpu_queue_depth").set(s.queued as f64);
+            metrics::gauge!("legacygpu_tasks_running").set((s.assigned + s.running) as f64);
+            metrics::gauge!("legacygpu_peers_connected").set(s.peers as f64);
+            metrics::gauge!("legacygpu_peers_healthy")
+                .set(busy.iter().filter(|b| b.2).count() as f64);
+            metrics::gauge!("legacygpu_slots").set(s.slots_total as f64);
+            metrics::gauge!("legacygpu_gamers_connected").set(s.gamers as f64);
+            metrics::gauge!("legacygpu_uptime_seconds").set(uptime);
+            for (peer, used, _) in busy {
+                metrics::gauge!("legacygpu_peer_busy_slots", "peer" => peer).set(f64::from(used));
+            }
+        });
+    })
+    .await?;
+    let text = api.metrics.render();
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

@@ -1,0 +1,523 @@
+//! Task routes: submit (JSON or a multipart upload), list, status, result, cancel.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use proto::ToCoordinator;
+use sched::{CancelError, Owner, TaskId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{Api, ApiError, ErrorBody};
+use crate::core::{Core, messages, wire_state};
+
+// ----------------------------------------------------------------- tasks
+
+/// `POST /cluster/tasks` body (also `POST /cluster/tasks/submit`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SubmitTask {
+    /// physics, inference, gpu, echo, sleep… Defaults to `inference` when
+    /// `data` names a model.
+    pub task_type: Option<String>,
+    /// The task's input (seed 2 called it `payload`).
+    #[serde(alias = "payload")]
+    #[schema(value_type = Object)]
+    pub data: Option<Value>,
+    /// A number, or LOW, NORMAL (default), HIGH, CRITICAL.
+    #[schema(value_type = Object)]
+    pub priority: Option<Value>,
+    /// The most one run may take, in seconds.
+    #[serde(alias = "timeout")]
+    pub timeout_s: Option<f64>,
+    /// The most the task may wait before it starts, in seconds.
+    pub queue_timeout_s: Option<f64>,
+    pub max_attempts: Option<u32>,
+    /// `{model, gpu, min_vram_mb}`.
+    #[schema(value_type = Object)]
+    pub requirements: Option<Value>,
+    /// Your own id for the task (the cluster id is used when absent).
+    pub task_id: Option<String>,
+    /// Resubmitting the same key returns the original task. The
+    /// `Idempotency-Key` header does the same.
+    pub idempotency_key: Option<String>,
+}
+
+/// A task accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    /// The cluster id: use it in `/cluster/tasks/{id}/…`.
+    pub task_id: String,
+    /// The submitter's own id (the cluster id when none was given).
+    pub client_task_id: String,
+    pub status: String,
+    /// True when an idempotency key matched an earlier submission.
+    pub existing: bool,
+    /// Why it waits, when no connected worker can run it.
+    pub waiting_reason: Option<String>,
+}
+
+/// Submits a task: JSON, or multipart with an image file for inference. 201 with the cluster task id; 200 when an idempotency key matched an earlier task.
+#[utoipa::path(post, path = "/cluster/tasks", tag = "tasks",
+    request_body(content = SubmitTask, description = "JSON; or multipart/form-data with a `file` \
+        part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
+    responses((status = 201, body = Submitted), (status = 200, description = "Idempotent resubmission", body = Submitted),
+              (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn submit(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let multipart = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let body = if multipart {
+        use axum::extract::FromRequest;
+        let form = Multipart::from_request(req, &api)
+            .await
+            .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
+        from_multipart(form).await?
+    } else {
+        use axum::extract::FromRequest;
+        let Json(body) = Json::<SubmitTask>::from_request(req, &api)
+            .await
+            .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
+        body
+    };
+    let header_key =
+        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    submit_task(&api, body, header_key).await
+}
+
+/// The error code for a body axum refused with `status`.
+fn body_code(status: StatusCode) -> &'static str {
+    if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_body" }
+}
+
+/// Seed 2's path for submitting a task; the same as `POST /cluster/tasks`.
+#[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
+    responses((status = 201, body = Submitted), (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+pub(super) async fn submit_alias() {}
+
+/// An inference task from a form: the `file` part is the image.
+pub(super) async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, ApiError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(e.status(), body_code(e.status()), e.body_text())
+    };
+    let mut data = serde_json::Map::new();
+    let mut task = SubmitTask {
+        task_type: None,
+        data: None,
+        priority: None,
+        timeout_s: None,
+        queue_timeout_s: None,
+        max_attempts: None,
+        requirements: None,
+        task_id: None,
+        idempotency_key: None,
+    };
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" || name == "image" {
+            let bytes = field.bytes().await.map_err(bad)?;
+            data.insert(
+                "image".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            );
+            continue;
+        }
+        let text = field.text().await.map_err(bad)?;
+        let number = || text.trim().parse::<f64>().ok();
+        match name.as_str() {
+            "task_type" => task.task_type = Some(text),
+            "model" => {
+                data.insert("model".into(), json!(text));
+            }
+            "top_k" => {
+                data.insert("top_k".into(), json!(text.trim().parse::<u64>().unwrap_or(5)));
+            }
+            "priority" => {
+                task.priority = Some(number().map_or_else(|| json!(text), |n| json!(n as i64)))
+            }
+            "timeout_s" | "timeout" => task.timeout_s = number(),
+            "task_id" => task.task_id = Some(text),
+            "idempotency_key" => task.idempotency_key = Some(text),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!(
+                        "unknown form field `{other}` (use file, model, top_k, task_type, priority, timeout_s, task_id)"
+                    ),
+                ));
+            }
+        }
+    }
+    if !data.contains_key("image") {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the form has no `file` part (the image)",
+        ));
+    }
+    task.data = Some(Value::Object(data));
+    Ok(task)
+}
+
+pub(super) async fn submit_task(
+    api: &Api,
+    body: SubmitTask,
+    header_key: Option<String>,
+) -> Result<Response, ApiError> {
+    let data = body.data.unwrap_or_else(|| json!({}));
+    let task_type = match body.task_type {
+        Some(t) => t,
+        None if data.get("model").is_some() => "inference".to_owned(),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "task_type is required (physics, inference, gpu, …)",
+            ));
+        }
+    };
+    // The wire decoder checks every field as it does for gamers.
+    let mut wire = json!({
+        "msg_type": "task_request",
+        "task_type": task_type,
+        "data": data,
+    });
+    let fields = [
+        ("task_id", body.task_id.map(Value::from)),
+        ("priority", body.priority),
+        ("timeout_s", body.timeout_s.map(Value::from)),
+        ("queue_timeout_s", body.queue_timeout_s.map(Value::from)),
+        ("max_attempts", body.max_attempts.map(Value::from)),
+        ("requirements", body.requirements),
+        ("idempotency_key", header_key.or(body.idempotency_key).map(Value::from)),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            wire[name] = v;
+        }
+    }
+    let req = match ToCoordinator::decode(&wire.to_string()) {
+        Ok(ToCoordinator::TaskRequest(req)) => req,
+        Ok(_) => return Err(ApiError::unavailable()),
+        Err(e) => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()));
+        }
+    };
+    let (accepted, seq) = api
+        .call(move |core| {
+            let accepted = messages::accept(core, Owner::Api, req);
+            (accepted, core.observer.appended())
+        })
+        .await?;
+    let accepted = accepted.map_err(|e| {
+        let status =
+            if e.code == "busy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
+        let mut err = ApiError::new(status, &e.code, e.reason);
+        if let Some(r) = e.retry_after_s {
+            err = err.retry_after(r);
+        }
+        err
+    })?;
+    api.durable(seq).await?;
+    let status = if accepted.existing { StatusCode::OK } else { StatusCode::CREATED };
+    let body = Submitted {
+        task_id: accepted.id,
+        client_task_id: accepted.task_id,
+        status: accepted.status.as_str().to_owned(),
+        existing: accepted.existing,
+        waiting_reason: accepted.waiting_reason,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub client_task_id: String,
+    /// `api`, or `gamer:ID`.
+    pub owner: String,
+    pub task_type: String,
+    /// queued, assigned, running, completed, failed, cancelled, timed_out.
+    pub status: String,
+    pub priority: i32,
+    pub attempt: u32,
+    pub failures: u32,
+    pub worker_id: Option<String>,
+    pub waiting_reason: Option<String>,
+    pub queue_position: Option<usize>,
+    /// Unix milliseconds.
+    pub submitted_at_ms: i64,
+    pub assigned_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub last_error: Option<TaskErrorView>,
+    /// Every attempt so far: worker, how it ended.
+    #[schema(value_type = Vec<Object>)]
+    pub attempts: Vec<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+fn task_view(core: &Core, task: &sched::Task<proto::Json>) -> TaskView {
+    let unix = |t: sched::Time| crate::clock::Clock::unix_ms(t);
+    let spec = task.spec();
+    TaskView {
+        task_id: task.id().to_string(),
+        client_task_id: spec.client_task_id.to_string(),
+        owner: spec.owner.to_string(),
+        task_type: spec.task_type.to_string(),
+        status: wire_state(task.status()).as_str().to_owned(),
+        priority: spec.priority,
+        attempt: task.attempt().0,
+        failures: task.failures(),
+        // The current holder, or the one that ran the last attempt.
+        worker_id: task
+            .peer()
+            .or_else(|| task.history().last().map(|a| &a.peer))
+            .map(ToString::to_string),
+        waiting_reason: core.sched.waiting_reason(task.id()),
+        queue_position: core.sched.queue_position(task.id()),
+        submitted_at_ms: unix(spec.submitted_at),
+        // The current assignment, or the last attempt's when it ended.
+        assigned_at_ms: task
+            .assigned_at()
+            .or_else(|| task.history().last().map(|a| a.assigned_at))
+            .map(unix),
+        started_at_ms: task.started_at().map(unix),
+        finished_at_ms: task.finished_at().map(unix),
+        last_error: task
+            .last_error()
+            .map(|f| TaskErrorView { code: f.code.to_string(), message: f.message.to_string() }),
+        attempts: task
+            .history()
+            .iter()
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt.0,
+                    "worker_id": a.peer.to_string(),
+                    "assigned_at_ms": unix(a.assigned_at),
+                    "ended_at_ms": a.ended_at.map(unix),
+                    "end": a.end.as_ref().map(sched::AttemptEnd::as_str),
+                })
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(super) struct TaskFilter {
+    /// Only tasks in this state.
+    status: Option<String>,
+    /// Only tasks of this type.
+    task_type: Option<String>,
+    /// Page size, default 100, at most 1000.
+    limit: Option<usize>,
+    /// Tasks to skip (newest first).
+    offset: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
+    /// Tasks matching the filter.
+    pub total: usize,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+const STATES: [&str; 7] =
+    ["queued", "assigned", "running", "completed", "failed", "cancelled", "timed_out"];
+
+/// Tasks held by the coordinator (live, and finished ones still kept), newest first, filtered and paged.
+#[utoipa::path(get, path = "/cluster/tasks", tag = "tasks", params(TaskFilter),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+pub(super) async fn list_tasks(
+    State(api): State<Api>,
+    Query(f): Query<TaskFilter>,
+) -> Result<Json<TaskList>, ApiError> {
+    if let Some(s) = &f.status
+        && !STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            format!("status `{s}` is not one of {}", STATES.join(", ")),
+        ));
+    }
+    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = f.offset.unwrap_or(0);
+    api.call(move |core| {
+        let matching: Vec<_> = core
+            .sched
+            .tasks()
+            .rev()
+            .filter(|t| f.status.as_deref().is_none_or(|s| wire_state(t.status()).as_str() == s))
+            .filter(|t| f.task_type.as_deref().is_none_or(|ty| &*t.spec().task_type == ty))
+            .collect();
+        let tasks = matching.iter().skip(offset).take(limit).map(|t| task_view(core, t)).collect();
+        Json(TaskList { tasks, total: matching.len(), limit, offset })
+    })
+    .await
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::not_found(format!("no task `{id}` is known (ids look like t-42)")).task(id)
+    })
+}
+
+/// Where a task stands: state, attempt, worker, why it waits, timestamps, attempt history, last error.
+#[utoipa::path(get, path = "/cluster/tasks/{id}/status", tag = "tasks",
+    params(("id" = String, Path, description = "The cluster task id, e.g. t-42")),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
+pub(super) async fn task_status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task = parse_id(&id)?;
+    let view = api.call(move |core| core.sched.task(task).map(|t| task_view(core, t))).await?;
+    view.map(Json).ok_or_else(|| ApiError::not_found(format!("no task `{id}` is known")).task(id))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(super) struct ResultWait {
+    /// Seconds to wait for the task to finish (default 0, at most 300).
+    timeout: Option<f64>,
+}
+
+/// A finished task's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskResultView {
+    pub task_id: String,
+    pub client_task_id: String,
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub result: Value,
+    pub worker_id: String,
+    pub attempts: u32,
+}
+
+/// Not finished within the wait.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pending {
+    pub task_id: String,
+    pub status: String,
+    pub detail: String,
+}
+
+/// A task's result, waiting up to `timeout` seconds for it to finish (no polling needed). 202 while unfinished; 422 with the task's error when it failed, was cancelled or timed out.
+#[utoipa::path(get, path = "/cluster/tasks/{id}/result", tag = "tasks",
+    params(("id" = String, Path, description = "The cluster task id"), ResultWait),
+    responses((status = 200, body = TaskResultView), (status = 202, description = "Not finished yet", body = Pending),
+              (status = 404, body = ErrorBody),
+              (status = 422, description = "The task failed, was cancelled or timed out", body = ErrorBody)))]
+pub(super) async fn task_result(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(wait): Query<ResultWait>,
+) -> Result<Response, ApiError> {
+    let task = parse_id(&id)?;
+    let timeout = wait.timeout.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, 300.0);
+    // Register for the finish and read the state in one step: no race, no polling.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let known = api
+        .call(move |core| {
+            let finished = core.sched.task(task).map(|t| t.outcome().is_some());
+            if finished == Some(false) {
+                let waiters = core.result_waiters.entry(task).or_default();
+                waiters.retain(|w| !w.is_closed());
+                waiters.push(tx);
+            }
+            finished.is_some()
+        })
+        .await?;
+    if !known {
+        return Err(ApiError::not_found(format!("no task `{id}` is known")).task(id));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await;
+    let answer = api
+        .call(move |core| {
+            let t = core.sched.task(task)?;
+            let spec = t.spec();
+            Some(match t.outcome() {
+                None => Err(Pending {
+                    task_id: task.to_string(),
+                    status: wire_state(t.status()).as_str().to_owned(),
+                    detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
+                }),
+                Some(sched::Outcome::Completed { result, peer, .. }) => Ok(Ok(TaskResultView {
+                    task_id: task.to_string(),
+                    client_task_id: spec.client_task_id.to_string(),
+                    status: "completed".into(),
+                    result: serde_json::from_str(result.get()).unwrap_or(Value::Null),
+                    worker_id: peer.to_string(),
+                    attempts: t.attempt().0,
+                })),
+                Some(other) => {
+                    let f = other.failure().unwrap_or_else(|| sched::Failure::new("failed", ""));
+                    let status = wire_state(other.status()).as_str();
+                    Ok(Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &f.code,
+                        format!("the task {status}: {}", f.message),
+                    )
+                    .task(task.to_string())))
+                }
+            })
+        })
+        .await?;
+    match answer {
+        None => Err(ApiError::not_found(format!("no task `{id}` is known")).task(id)),
+        Some(Err(pending)) => Ok((StatusCode::ACCEPTED, Json(pending)).into_response()),
+        Some(Ok(Ok(done))) => Ok(Json(done).into_response()),
+        Some(Ok(Err(failed))) => Err(failed),
+    }
+}
+
+/// Cancels a task; a running one is stopped on its worker.
+#[utoipa::path(delete, path = "/cluster/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "The cluster task id")),
+    responses((status = 202, description = "Cancelled (a running task is stopped on its worker)"),
+              (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
+pub(super) async fn cancel(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let task = parse_id(&id)?;
+    let result = api
+        .call(move |core| {
+            let owner = core
+                .sched
+                .task(task)
+                .map(|t| t.spec().owner.clone())
+                .ok_or(CancelError::UnknownTask)?;
+            let now = core.now();
+            core.sched.handle_cancel(now, &owner, task)
+        })
+        .await?;
+    match result {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({"task_id": id, "status": "cancelled"})))
+            .into_response()),
+        Err(CancelError::AlreadyFinished(s)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("task `{id}` already ended ({})", s.as_str()),
+        )
+        .task(id)),
+        Err(_) => Err(ApiError::not_found(format!("no task `{id}` is known")).task(id)),
+    }
+}
