@@ -276,31 +276,21 @@ async fn serve_peer(peer: Peer) -> anyhow::Result<()> {
     }
 }
 
-async fn gamer(mut tx: Tx, mut rx: Rx, mode: Mode, limit: Arc<Limit>) -> anyhow::Result<GamerOut> {
-    let mut out = GamerOut { latency: histogram(), completed: 0, errors: 0, busy: 0 };
-    // Sent (or due) time per task id.
-    let mut due: HashMap<u64, Instant> = HashMap::new();
-    let started = Instant::now();
-    let (mut ticker, per_task) = match mode {
+async fn gamer(tx: Tx, mut rx: Rx, mode: Mode, limit: Arc<Limit>) -> anyhow::Result<GamerOut> {
+    let out = GamerOut { latency: histogram(), completed: 0, errors: 0, busy: 0 };
+    let mut g = Gamer { tx, due: HashMap::new(), out, limit };
+    let (mut ticker, mut schedule) = match mode {
         Mode::Window(w) => {
-            for _ in 0..w {
-                let Some(n) = limit.next() else { break };
-                due.insert(n, Instant::now());
-                tx.feed(task_request(n)).await?;
-            }
-            tx.flush().await?;
-            (None, Duration::ZERO)
+            g.send_now(w).await?;
+            (None, None)
         }
         Mode::Rate(rate) => {
             let per = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-            (Some(tokio::time::interval(per.max(Duration::from_micros(100)))), per)
+            let tick = tokio::time::interval(per.max(Duration::from_micros(100)));
+            (Some(tick), Some(Schedule { started: Instant::now(), per, offered: 0 }))
         }
     };
-    let mut offered = 0u64;
-    loop {
-        if limit.stop.load(Ordering::Relaxed) && due.is_empty() {
-            break;
-        }
+    while !(g.limit.stop.load(Ordering::Relaxed) && g.due.is_empty()) {
         let tick = async {
             match ticker.as_mut() {
                 Some(t) => t.tick().await,
@@ -309,62 +299,103 @@ async fn gamer(mut tx: Tx, mut rx: Rx, mode: Mode, limit: Arc<Limit>) -> anyhow:
         };
         tokio::select! {
             _ = tick => {
-                // Open loop: send every task that is due by now.
-                let now = Instant::now();
-                while started + per_task * u32::try_from(offered).unwrap_or(u32::MAX) <= now {
-                    let Some(n) = limit.next() else { break };
-                    due.insert(n, started + per_task * u32::try_from(offered).unwrap_or(u32::MAX));
-                    offered += 1;
-                    tx.feed(task_request(n)).await?;
+                if let Some(schedule) = schedule.as_mut() {
+                    g.send_due(schedule).await?;
                 }
-                tx.flush().await?;
             }
             frame = tokio::time::timeout(Duration::from_secs(30), rx.next()) => {
-                let frame = match frame { Ok(Some(f)) => f, other => bail!("the coordinator stopped answering: {other:?}") };
-                let mut next = Some(frame?);
-                let mut refill = 0;
-                while let Some(msg) = next.take() {
-                    if let Message::Text(text) = msg {
-                        match FromCoordinator::decode(text.as_str()) {
-                            Ok(FromCoordinator::TaskResult(r)) => {
-                                if let Some(at) = r.task_id.parse().ok().and_then(|n: u64| due.remove(&n)) {
-                                    let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
-                                    out.latency.saturating_record(us.max(1));
-                                    out.completed += 1;
-                                    refill += 1;
-                                }
-                            }
-                            Ok(FromCoordinator::TaskError(e)) => {
-                                due.remove(&e.task_id.parse().unwrap_or(u64::MAX));
-                                out.errors += 1;
-                                refill += 1;
-                            }
-                            Ok(FromCoordinator::Error(e)) => {
-                                if let Some(n) = e.task_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
-                                    due.remove(&n);
-                                }
-                                out.errors += 1;
-                                out.busy += u64::from(e.code == "busy");
-                                refill += 1;
-                            }
-                            _ => {}
-                        }
-                    }
-                    next = match rx.next().now_or_never() {
-                        Some(Some(m)) => Some(m?),
-                        _ => None,
-                    };
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    other => bail!("the coordinator stopped answering: {other:?}"),
+                };
+                // Everything already received, then one refill.
+                let mut ended = usize::from(g.on_message(frame?));
+                while let Some(Some(msg)) = rx.next().now_or_never() {
+                    ended += usize::from(g.on_message(msg?));
                 }
-                if matches!(mode, Mode::Window(_)) {
-                    for _ in 0..refill {
-                        let Some(n) = limit.next() else { break };
-                        due.insert(n, Instant::now());
-                        tx.feed(task_request(n)).await?;
-                    }
-                    tx.flush().await?;
+                if schedule.is_none() {
+                    g.send_now(ended).await?;
                 }
             }
         }
     }
-    Ok(out)
+    Ok(g.out)
+}
+
+/// One gamer's side of the run.
+struct Gamer {
+    tx: Tx,
+    /// When each task in flight was sent (closed loop) or due (open loop).
+    due: HashMap<u64, Instant>,
+    out: GamerOut,
+    limit: Arc<Limit>,
+}
+
+/// The open loop's timetable: task k is due at `started + k × per`.
+struct Schedule {
+    started: Instant,
+    per: Duration,
+    offered: u32,
+}
+
+impl Schedule {
+    fn next_due(&self) -> Instant {
+        self.started + self.per * self.offered
+    }
+}
+
+impl Gamer {
+    /// Sends up to `n` new tasks now (closed loop).
+    async fn send_now(&mut self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            let Some(task) = self.limit.next() else { break };
+            self.due.insert(task, Instant::now());
+            self.tx.feed(task_request(task)).await?;
+        }
+        self.tx.flush().await?;
+        Ok(())
+    }
+
+    /// Sends every task due by now (open loop), each timed from when it was due.
+    async fn send_due(&mut self, schedule: &mut Schedule) -> anyhow::Result<()> {
+        let now = Instant::now();
+        while schedule.next_due() <= now {
+            let Some(task) = self.limit.next() else { break };
+            self.due.insert(task, schedule.next_due());
+            schedule.offered += 1;
+            self.tx.feed(task_request(task)).await?;
+        }
+        self.tx.flush().await?;
+        Ok(())
+    }
+
+    /// Counts one message from the coordinator; whether it ended a task.
+    fn on_message(&mut self, msg: Message) -> bool {
+        let Message::Text(text) = msg else { return false };
+        match FromCoordinator::decode(text.as_str()) {
+            Ok(FromCoordinator::TaskResult(r)) => {
+                let Some(at) = r.task_id.parse().ok().and_then(|n: u64| self.due.remove(&n)) else {
+                    return false;
+                };
+                let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.out.latency.saturating_record(us.max(1));
+                self.out.completed += 1;
+                true
+            }
+            Ok(FromCoordinator::TaskError(e)) => {
+                self.due.remove(&e.task_id.parse().unwrap_or(u64::MAX));
+                self.out.errors += 1;
+                true
+            }
+            Ok(FromCoordinator::Error(e)) => {
+                if let Some(n) = e.task_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
+                    self.due.remove(&n);
+                }
+                self.out.errors += 1;
+                self.out.busy += u64::from(e.code == "busy");
+                true
+            }
+            _ => false,
+        }
+    }
 }
