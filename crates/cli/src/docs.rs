@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
+use serde_json::Value;
 
 use crate::args::Cli;
 
@@ -54,117 +55,121 @@ fn walk(cmd: &clap::Command, path: &str, out: &mut String) {
 
 /// The HTTP API reference, from the OpenAPI document and the route table.
 pub fn api_markdown() -> String {
-    use serde_json::Value;
     let doc: Value = serde_json::from_str(&coordinator::openapi_json()).unwrap_or(Value::Null);
-    let roles = coordinator::http_routes();
-    let mut out = String::from(
-        "# The HTTP API\n\n\
-         Generated from the code by `legacygpu docs api` (from the OpenAPI document the \
-         coordinator serves at `/openapi.json`, also in `docs/openapi.json`; a browsable \
-         version is at `/docs`). A test fails when this file is stale.\n\n\
-         The API listens on port 8000 (`cluster start --http ADDR`). JSON in and out. \
-         Authenticate with `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key's role \
-         (`read-only` < `client` < `admin`) must reach the route's. Without API keys the \
-         cluster token is the admin key; without either, only loopback clients are served \
-         (protected mode). Every failure has one body:\n\n\
-         ```json\n{\"detail\": \"no task `t-9` is known\", \"error_code\": \"not_found\", \"status_code\": 404}\n```\n\n\
-         with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned.\n",
-    );
-    let schema_name = |v: &Value| -> String {
-        if let Some(r) = v["$ref"].as_str() {
-            return format!("`{}`", r.rsplit('/').next().unwrap_or(r));
-        }
-        match v["type"].as_str() {
-            Some("array") => format!(
-                "array of {}",
-                match &v["items"] {
-                    Value::Null => "any".to_owned(),
-                    items => items["$ref"].as_str().map_or_else(
-                        || items["type"].as_str().unwrap_or("object").to_owned(),
-                        |r| format!("`{}`", r.rsplit('/').next().unwrap_or(r)),
-                    ),
-                }
-            ),
-            Some(t) => t.to_owned(),
-            None => match v["type"].as_array() {
-                Some(ts) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" or "),
-                None => "any".to_owned(),
-            },
-        }
-    };
-    for (method, path, role) in &roles {
-        let op = &doc["paths"][*path][method.to_lowercase()];
-        let _ = write!(out, "\n## `{method} {path}`\n\nRole: `{role}`.");
-        if let Some(d) = op["description"].as_str().or(op["summary"].as_str()) {
-            let _ = write!(out, " {}", d.replace('\n', " "));
-        }
-        out.push('\n');
-        if let Some(params) = op["parameters"].as_array().filter(|p| !p.is_empty()) {
-            out.push_str(
-                "\n| parameter | in | required | type | meaning |\n|---|---|---|---|---|\n",
-            );
-            for p in params {
-                let _ = writeln!(
-                    out,
-                    "| `{}` | {} | {} | {} | {} |",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["in"].as_str().unwrap_or("?"),
-                    if p["required"].as_bool() == Some(true) { "yes" } else { "no" },
-                    schema_name(&p["schema"]),
-                    p["description"].as_str().unwrap_or("").replace('\n', " "),
-                );
-            }
-        }
-        if let Some(content) = op["requestBody"]["content"].as_object() {
-            for (mime, c) in content {
-                let _ = writeln!(out, "\nBody ({mime}): {}", schema_name(&c["schema"]));
-            }
-        }
-        if let Some(responses) = op["responses"].as_object() {
-            out.push_str("\n| status | meaning | body |\n|---|---|---|\n");
-            for (status, r) in responses {
-                let body = r["content"]
-                    .as_object()
-                    .and_then(|c| c.values().next())
-                    .map_or_else(String::new, |c| schema_name(&c["schema"]));
-                let meaning = match r["description"].as_str().filter(|d| !d.is_empty()) {
-                    Some(d) => d.replace('\n', " "),
-                    None => reason(status).to_owned(),
-                };
-                let _ = writeln!(out, "| {status} | {meaning} | {body} |");
-            }
-        }
+    let mut out = String::from(API_INTRO);
+    for (method, path, role) in coordinator::http_routes() {
+        operation(&mut out, &method, path, role, &doc["paths"][path][method.to_lowercase()]);
     }
     out.push_str("\n# Schemas\n");
     if let Some(schemas) = doc["components"]["schemas"].as_object() {
         for (name, schema) in schemas {
-            let _ = write!(out, "\n## `{name}`\n\n");
-            if let Some(d) = schema["description"].as_str() {
-                let _ = writeln!(out, "{}\n", d.replace('\n', " "));
-            }
-            let required: Vec<&str> = schema["required"]
-                .as_array()
-                .map_or_else(Vec::new, |r| r.iter().filter_map(Value::as_str).collect());
-            match schema["properties"].as_object() {
-                Some(props) => {
-                    out.push_str("| field | type | required | meaning |\n|---|---|---|---|\n");
-                    for (field, p) in props {
-                        let _ = writeln!(
-                            out,
-                            "| `{field}` | {} | {} | {} |",
-                            schema_name(p),
-                            if required.contains(&field.as_str()) { "yes" } else { "no" },
-                            p["description"].as_str().unwrap_or("").replace('\n', " "),
-                        );
-                    }
-                }
-                None => out.push_str(
-                    "One of several shapes, tagged by `event`; see `docs/openapi.json`.\n",
-                ),
-            }
+            schema_section(&mut out, name, schema);
         }
     }
     out
+}
+
+const API_INTRO: &str = "# The HTTP API\n\n\
+    Generated from the code by `legacygpu docs api` (from the OpenAPI document the \
+    coordinator serves at `/openapi.json`, also in `docs/openapi.json`; a browsable \
+    version is at `/docs`). A test fails when this file is stale.\n\n\
+    The API listens on port 8000 (`cluster start --http ADDR`). JSON in and out. \
+    Authenticate with `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key's role \
+    (`read-only` < `client` < `admin`) must reach the route's. Without API keys the \
+    cluster token is the admin key; without either, only loopback clients are served \
+    (protected mode). Every failure has one body:\n\n\
+    ```json\n{\"detail\": \"no task `t-9` is known\", \"error_code\": \"not_found\", \"status_code\": 404}\n```\n\n\
+    with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned.\n";
+
+/// One route: its role, description, parameters, body and responses.
+fn operation(out: &mut String, method: &str, path: &str, role: &str, op: &Value) {
+    let _ = write!(out, "\n## `{method} {path}`\n\nRole: `{role}`.");
+    if let Some(d) = op["description"].as_str().or(op["summary"].as_str()) {
+        let _ = write!(out, " {}", d.replace('\n', " "));
+    }
+    out.push('\n');
+    if let Some(params) = op["parameters"].as_array().filter(|p| !p.is_empty()) {
+        out.push_str("\n| parameter | in | required | type | meaning |\n|---|---|---|---|---|\n");
+        for p in params {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} |",
+                p["name"].as_str().unwrap_or("?"),
+                p["in"].as_str().unwrap_or("?"),
+                if p["required"].as_bool() == Some(true) { "yes" } else { "no" },
+                type_name(&p["schema"]),
+                p["description"].as_str().unwrap_or("").replace('\n', " "),
+            );
+        }
+    }
+    if let Some(content) = op["requestBody"]["content"].as_object() {
+        for (mime, c) in content {
+            let _ = writeln!(out, "\nBody ({mime}): {}", type_name(&c["schema"]));
+        }
+    }
+    if let Some(responses) = op["responses"].as_object() {
+        out.push_str("\n| status | meaning | body |\n|---|---|---|\n");
+        for (status, r) in responses {
+            let body = r["content"]
+                .as_object()
+                .and_then(|c| c.values().next())
+                .map_or_else(String::new, |c| type_name(&c["schema"]));
+            let meaning = match r["description"].as_str().filter(|d| !d.is_empty()) {
+                Some(d) => d.replace('\n', " "),
+                None => reason(status).to_owned(),
+            };
+            let _ = writeln!(out, "| {status} | {meaning} | {body} |");
+        }
+    }
+}
+
+/// One schema: its fields, or a pointer for tagged unions.
+fn schema_section(out: &mut String, name: &str, schema: &Value) {
+    let _ = write!(out, "\n## `{name}`\n\n");
+    if let Some(d) = schema["description"].as_str() {
+        let _ = writeln!(out, "{}\n", d.replace('\n', " "));
+    }
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map_or_else(Vec::new, |r| r.iter().filter_map(Value::as_str).collect());
+    let Some(props) = schema["properties"].as_object() else {
+        out.push_str("One of several shapes, tagged by `event`; see `docs/openapi.json`.\n");
+        return;
+    };
+    out.push_str("| field | type | required | meaning |\n|---|---|---|---|\n");
+    for (field, p) in props {
+        let _ = writeln!(
+            out,
+            "| `{field}` | {} | {} | {} |",
+            type_name(p),
+            if required.contains(&field.as_str()) { "yes" } else { "no" },
+            p["description"].as_str().unwrap_or("").replace('\n', " "),
+        );
+    }
+}
+
+/// A schema as a short type name: `Health`, `string`, `array of TaskView`.
+fn type_name(v: &Value) -> String {
+    let reference = |r: &str| format!("`{}`", r.rsplit('/').next().unwrap_or(r));
+    if let Some(r) = v["$ref"].as_str() {
+        return reference(r);
+    }
+    match v["type"].as_str() {
+        Some("array") => {
+            let items = &v["items"];
+            let item = match items["$ref"].as_str() {
+                Some(r) => reference(r),
+                None if items.is_null() => "any".to_owned(),
+                None => items["type"].as_str().unwrap_or("object").to_owned(),
+            };
+            format!("array of {item}")
+        }
+        Some(t) => t.to_owned(),
+        None => match v["type"].as_array() {
+            Some(ts) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" or "),
+            None => "any".to_owned(),
+        },
+    }
 }
 
 /// The usual meaning of an HTTP status in this API.
