@@ -193,10 +193,26 @@ fn draw(f: &mut Frame, v: &View) {
         Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(title)),
         top,
     );
-
     let [workers_area, spark_area] =
         Layout::horizontal([Constraint::Percentage(65), Constraint::Percentage(35)]).areas(middle);
-    let rows = v.workers.iter().map(|w| {
+    f.render_widget(workers_table(&v.workers), workers_area);
+    let data: Vec<u64> = v.per_second.iter().copied().collect();
+    let spark = Sparkline::default()
+        .block(Block::new().borders(Borders::ALL).title(" tasks finished per second "))
+        .data(&data)
+        .style(Style::new().fg(Color::Cyan));
+    f.render_widget(spark, spark_area);
+    let items: Vec<ListItem> = v.recent.iter().map(|e| ListItem::new(e.as_str())).collect();
+    f.render_widget(
+        List::new(items).block(Block::new().borders(Borders::ALL).title(" recent events ")),
+        bottom,
+    );
+    f.render_widget(Paragraph::new(" q: quit"), help);
+}
+
+/// The workers, one row each, status in colour.
+fn workers_table(workers: &[Value]) -> Table<'_> {
+    let rows = workers.iter().map(|w| {
         let status = w["status"].as_str().unwrap_or("?");
         let style = match status {
             "healthy" => Style::new().fg(Color::Green),
@@ -222,23 +238,9 @@ fn draw(f: &mut Frame, v: &View) {
     ];
     let header = Row::new(["worker", "status", "busy", "load", "done", "heartbeat"])
         .style(Style::new().add_modifier(Modifier::BOLD));
-    let table = Table::new(rows, widths).header(header).block(
-        Block::new().borders(Borders::ALL).title(format!(" workers ({}) ", v.workers.len())),
-    );
-    f.render_widget(table, workers_area);
-    let data: Vec<u64> = v.per_second.iter().copied().collect();
-    let spark = Sparkline::default()
-        .block(Block::new().borders(Borders::ALL).title(" tasks finished per second "))
-        .data(&data)
-        .style(Style::new().fg(Color::Cyan));
-    f.render_widget(spark, spark_area);
-
-    let items: Vec<ListItem> = v.recent.iter().map(|e| ListItem::new(e.as_str())).collect();
-    f.render_widget(
-        List::new(items).block(Block::new().borders(Borders::ALL).title(" recent events ")),
-        bottom,
-    );
-    f.render_widget(Paragraph::new(" q: quit"), help);
+    Table::new(rows, widths)
+        .header(header)
+        .block(Block::new().borders(Borders::ALL).title(format!(" workers ({}) ", workers.len())))
 }
 
 /// Health and workers, every `interval`.
