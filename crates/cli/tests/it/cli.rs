@@ -174,7 +174,8 @@ fn every_read_and_task_command_against_a_real_coordinator() {
         h,
         &["task", "submit", "--coordinator", &ws, "--batch", batch.to_str().unwrap(), "--json"],
     );
-    assert_eq!((code(&out), json_of(&out)["completed"].as_u64()), (0, Some(2)));
+    let summary = json_of(&out);
+    assert_eq!((code(&out), summary["completed"].as_u64()), (0, Some(2)), "{summary}");
     std::fs::write(&batch, "{\"task_type\": 5}\n").unwrap();
     let out = cli(h, &["task", "submit", "--coordinator", &ws, "--batch", batch.to_str().unwrap()]);
     assert_eq!(code(&out), 1);
