@@ -233,6 +233,12 @@ async fn cancel_idempotency_upload_config_and_shutdown() {
         "{e}"
     );
 
+    // Requirements pass through: this one waits for a GPU with 4 GiB.
+    let body = json!({"task_type": "x", "requirements": {"min_vram_mb": 4096}, "timeout_s": 5});
+    let (s, t) = api.post("/cluster/tasks", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert!(t["waiting_reason"].as_str().unwrap().contains("at least 4096 MiB"), "{t}");
+
     // The same Idempotency-Key returns the original task.
     let submit = || {
         api.req(reqwest::Method::POST, "/cluster/tasks")
