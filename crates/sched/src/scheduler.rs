@@ -279,7 +279,13 @@ impl<P: Clone> Scheduler<P> {
         if self.queue.is_empty() || self.free.is_empty() {
             return;
         }
-        let free_peers: Vec<&Peer> = self.free.iter().filter_map(|id| self.peers.get(id)).collect();
+        // The free peers in id order: a scan when many are free (no lookups),
+        // lookups by id when few are.
+        let free_peers: Vec<&Peer> = if self.free.len() * 8 >= self.peers.len() {
+            self.peers.values().filter(|p| p.free() > 0).collect()
+        } else {
+            self.free.iter().filter_map(|id| self.peers.get(id)).collect()
+        };
         let plan =
             placement::plan(&self.queue, &free_peers, self.config.strategy, &mut self.cursor);
         for p in plan {
