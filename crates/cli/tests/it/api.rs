@@ -589,3 +589,38 @@ async fn a_subscriber_too_slow_to_read_is_dropped_with_a_notice() {
     // The coordinator itself is fine.
     assert_eq!(Http::new(&c).get("/cluster/health").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_worker_with_late_heartbeats_makes_the_cluster_degraded() {
+    // Late after two intervals (0.4 s), dead only at the timeout (30 s).
+    let c =
+        Coordinator::start(bin(), &["--heartbeat-interval", "0.2", "--heartbeat-timeout", "30"]);
+    let api = Http::new(&c);
+    let _silent = Raw::peer(&c.ws_url, "silent", "{}").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, health) = api.get("/cluster/health").await;
+        if health["status"] == "DEGRADED" {
+            assert_eq!(
+                (health["total_workers"].as_u64(), health["unhealthy_workers"].as_u64()),
+                (Some(1), Some(1))
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never degraded: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, workers) = api.get("/cluster/workers?status_filter=unhealthy").await;
+    assert_eq!(workers["workers"][0]["worker_id"], "silent");
+    let text = loop {
+        let (_, t) = api.get("/metrics").await;
+        let t = t.as_str().unwrap().to_owned();
+        if t.contains("legacygpu_peers_healthy") {
+            break t;
+        }
+    };
+    assert!(
+        text.contains("legacygpu_peers_healthy 0") && text.contains("legacygpu_peers_connected 1"),
+        "{text}"
+    );
+}

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::workers::workers;
+use super::workers::peer_status;
 use super::{Api, ApiError, ErrorBody};
 use crate::config::StoreMode;
 
@@ -42,20 +42,21 @@ pub struct Health {
     responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
 pub(super) async fn health(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
     api.call(|core| {
-        let workers = workers(core, None);
-        let healthy = workers.iter().filter(|w| w.status == "healthy").count();
+        // Counted, not built into views: no capability copies on the core loop.
         let stats = core.sched.stats();
+        let total = stats.peers;
+        let healthy = core.sched.peers().filter(|p| peer_status(core, p) == "healthy").count();
         let figures = core.telemetry.figures();
-        let status = match (workers.len(), healthy) {
+        let status = match (total, healthy) {
             (0, _) => "CRITICAL",
             (n, h) if h < n => "DEGRADED",
             _ => "HEALTHY",
         };
         Json(Health {
             status,
-            total_workers: workers.len(),
+            total_workers: total,
             healthy_workers: healthy,
-            unhealthy_workers: workers.len() - healthy,
+            unhealthy_workers: total - healthy,
             total_tasks: core.sched.task_count(),
             pending_tasks: stats.queued,
             running_tasks: stats.assigned + stats.running,
@@ -231,15 +232,10 @@ pub(super) async fn shutdown(State(api): State<Api>) -> Response {
 pub(super) async fn prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
     api.call(|core| {
         let s = core.sched.stats();
-        let interval = core.config.heartbeat_interval.as_secs_f64();
-        let now = core.now();
         let busy: Vec<(String, u32, bool)> = core
             .sched
             .peers()
-            .map(|p| {
-                let silent = now.as_micros().saturating_sub(p.last_seen().as_micros()) as f64 / 1e6;
-                (p.id().to_string(), p.used(), !p.draining() && silent <= 2.0 * interval)
-            })
+            .map(|p| (p.id().to_string(), p.used(), peer_status(core, p) == "healthy"))
             .collect();
         let uptime = core.telemetry.figures().uptime.as_secs_f64();
         core.telemetry.with(|| {

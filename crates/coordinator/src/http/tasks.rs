@@ -374,6 +374,11 @@ pub(super) async fn list_tasks(
     .await
 }
 
+/// The 404 for a task id the coordinator does not hold.
+fn unknown_task(id: String) -> ApiError {
+    ApiError::not_found(format!("no task `{id}` is known")).task(id)
+}
+
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     id.parse().map_err(|_| {
         ApiError::not_found(format!("no task `{id}` is known (ids look like t-42)")).task(id)
@@ -390,7 +395,7 @@ pub(super) async fn task_status(
 ) -> Result<Json<TaskView>, ApiError> {
     let task = parse_id(&id)?;
     let view = api.call(move |core| core.sched.task(task).map(|t| task_view(core, t))).await?;
-    view.map(Json).ok_or_else(|| ApiError::not_found(format!("no task `{id}` is known")).task(id))
+    view.map(Json).ok_or_else(|| unknown_task(id))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -446,7 +451,7 @@ pub(super) async fn task_result(
         })
         .await?;
     if !known {
-        return Err(ApiError::not_found(format!("no task `{id}` is known")).task(id));
+        return Err(unknown_task(id));
     }
     let _ = tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await;
     let answer = api
@@ -481,7 +486,7 @@ pub(super) async fn task_result(
         })
         .await?;
     match answer {
-        None => Err(ApiError::not_found(format!("no task `{id}` is known")).task(id)),
+        None => Err(unknown_task(id)),
         Some(Err(pending)) => Ok((StatusCode::ACCEPTED, Json(pending)).into_response()),
         Some(Ok(Ok(done))) => Ok(Json(done).into_response()),
         Some(Ok(Err(failed))) => Err(failed),
@@ -518,6 +523,6 @@ pub(super) async fn cancel(
             format!("task `{id}` already ended ({})", s.as_str()),
         )
         .task(id)),
-        Err(_) => Err(ApiError::not_found(format!("no task `{id}` is known")).task(id)),
+        Err(_) => Err(unknown_task(id)),
     }
 }

@@ -72,18 +72,29 @@ pub(super) fn workers(core: &Core, only: Option<&str>) -> Vec<WorkerInfo> {
         .collect()
 }
 
-fn worker_info(core: &Core, p: &sched::Peer) -> WorkerInfo {
-    let now = core.now();
-    let since = |t: sched::Time| now.as_micros().saturating_sub(t.as_micros()) as f64 / 1e6;
-    let silent = since(p.last_seen());
-    let late = silent > 2.0 * core.config.heartbeat_interval.as_secs_f64();
-    let status = if p.draining() {
+/// Seconds since `t`, by the core's clock.
+fn seconds_since(core: &Core, t: sched::Time) -> f64 {
+    core.now().as_micros().saturating_sub(t.as_micros()) as f64 / 1e6
+}
+
+/// `draining`; `unhealthy` when its heartbeats are more than two intervals
+/// late (it is declared dead only at the heartbeat timeout); else `healthy`.
+pub(super) fn peer_status(core: &Core, p: &sched::Peer) -> &'static str {
+    if p.draining() {
         "draining"
-    } else if late {
+    } else if seconds_since(core, p.last_seen())
+        > 2.0 * core.config.heartbeat_interval.as_secs_f64()
+    {
         "unhealthy"
     } else {
         "healthy"
-    };
+    }
+}
+
+fn worker_info(core: &Core, p: &sched::Peer) -> WorkerInfo {
+    let since = |t: sched::Time| seconds_since(core, t);
+    let silent = since(p.last_seen());
+    let status = peer_status(core, p);
     let info = core.peer_info.get(p.id());
     let heartbeat = info.and_then(|i| i.heartbeat.as_ref());
     let caps = p.caps();
