@@ -122,17 +122,19 @@ fn register_gamer(core: &mut Core, conn: ConnId, m: RegisterGamer) {
     }
     let owner = Owner::Gamer(id.clone());
     let mut known = Vec::new();
-    for task in &m.awaiting {
-        match core.sched.lookup(&owner, task) {
-            Some(t) => known.push(t),
-            None => unknown_awaited(core, conn, task),
+    let mut unknown = Vec::new();
+    for task in m.awaiting {
+        match core.sched.lookup(&owner, &task) {
+            Some(t) => known.push((t, task)),
+            None => unknown.push(task),
         }
     }
-    for t in core.sched.handle_awaiting(now, &id, conn, &known) {
-        if let Some(task) = core.sched.task(t) {
-            let client_id = task.spec().client_task_id.to_string();
-            unknown_awaited(core, conn, &client_id);
-        }
+    let ids: Vec<_> = known.iter().map(|(t, _)| *t).collect();
+    for t in core.sched.handle_awaiting(now, &id, conn, &ids) {
+        unknown.extend(known.iter().filter(|(k, _)| *k == t).map(|(_, name)| name.clone()));
+    }
+    for task in unknown {
+        unknown_awaited(core, conn, &task);
     }
 }
 
