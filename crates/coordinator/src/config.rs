@@ -145,6 +145,60 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// How often the event stream carries a `cluster_stats` event. Default 5 s.
     pub stats_interval: Duration,
+    /// Bounds on the shell's queues and waits.
+    pub limits: Limits,
+}
+
+/// Bounds on the shell's queues, batches and waits, each with its default.
+/// (The protocol's own limits — frame size, connections, queue length — are
+/// fields of [`Config`] and of [`sched::Config`].)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Inputs the core loop takes after one wake-up before it flushes, so
+    /// that a burst costs one flush and one store batch. Default 256.
+    pub inputs_per_flush: usize,
+    /// Inputs waiting for the core loop; senders wait when it is full.
+    /// Default 65 536.
+    pub core_queue: usize,
+    /// Store batches handed to the writer but not yet committed beyond
+    /// which submissions are refused as `busy` (the store is the
+    /// bottleneck). Also bounds the writer's queue. Default 10 000.
+    pub max_store_lag: u64,
+    /// Ops in one store transaction, at most. Default 50 000.
+    pub max_ops_per_commit: usize,
+    /// Messages written to a connection after one wake-up before a flush.
+    /// Default 256.
+    pub write_batch: usize,
+    /// Events buffered per event-stream subscriber before it counts as too
+    /// slow and is dropped. Default 4 096.
+    pub event_buffer: usize,
+    /// HTTP requests waiting for a task's result at once; more get 503.
+    /// Default 10 000.
+    pub max_result_waiters: usize,
+    /// The longest `GET /cluster/tasks/{id}/result?timeout=`. Default 300 s.
+    pub max_result_wait: Duration,
+    /// Tasks in one page of a task list, at most. Default 1 000.
+    pub max_page: usize,
+    /// The snapshot that reads are served from is published at most this
+    /// often (and at once when workers come or go). Default 50 ms.
+    pub snapshot_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            inputs_per_flush: 256,
+            core_queue: 65_536,
+            max_store_lag: 10_000,
+            max_ops_per_commit: 50_000,
+            write_batch: 256,
+            event_buffer: 4096,
+            max_result_waiters: 10_000,
+            max_result_wait: Duration::from_secs(300),
+            max_page: 1000,
+            snapshot_interval: Duration::from_millis(50),
+        }
+    }
 }
 
 impl Default for Config {
@@ -163,6 +217,7 @@ impl Default for Config {
             store: StoreMode::Memory,
             api_keys: Vec::new(),
             stats_interval: Duration::from_secs(5),
+            limits: Limits::default(),
         }
     }
 }

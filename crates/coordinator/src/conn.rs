@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use codes::CloseReason;
 use futures_util::{SinkExt, StreamExt};
 use metrics_exporter_prometheus::PrometheusRecorder;
-use proto::{DecodeError, ErrorMsg, FromCoordinator, ToCoordinator};
+use proto::{DecodeError, ErrorCode, ErrorMsg, FromCoordinator, ToCoordinator};
 use sched::ConnId;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -37,20 +38,9 @@ pub(crate) enum Outbound {
     /// Boxed: every connection's channel preallocates a block of slots, and
     /// a small slot keeps 10 000 idle connections cheap.
     Msg(Box<FromCoordinator>),
-    /// Close the connection with this code and reason.
-    Close { code: u16, reason: Cow<'static, str> },
+    /// Close the connection, with the reason's code.
+    Close(CloseReason),
 }
-
-/// Close codes of our own (4000–4999 are for applications).
-pub(crate) mod close {
-    pub const REPLACED: u16 = 4000;
-    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
-    pub const UNAUTHORIZED: u16 = 1008;
-    pub const GOING_AWAY: u16 = 1001;
-}
-
-/// Writes queued after one wake-up are flushed together, up to this many.
-const WRITE_BATCH: usize = 256;
 
 pub(crate) struct ConnCtx {
     pub conn: ConnId,
@@ -66,11 +56,8 @@ pub(crate) struct ConnCtx {
 
 impl ConnCtx {
     /// Counts a message refused here, before it reached the core.
-    fn rejected(&self, reason: &str) {
-        let reason = reason.to_owned();
-        metrics::with_local_recorder(self.metrics.as_ref(), || {
-            metrics::counter!("legacygpu_messages_rejected_total", "reason" => reason).increment(1);
-        });
+    fn rejected(&self, reason: &ErrorCode) {
+        crate::telemetry::message_rejected(&self.metrics, reason);
     }
 }
 
@@ -236,9 +223,9 @@ impl Session<'_> {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
-                self.ctx.rejected("unsupported_frame");
+                self.ctx.rejected(&ErrorCode::UNSUPPORTED_FRAME);
                 let err = ErrorMsg::new(
-                    "unsupported_frame",
+                    ErrorCode::UNSUPPORTED_FRAME,
                     "binary frames are not part of the protocol; send JSON text frames",
                 );
                 self.send_now(FromCoordinator::Error(err)).await
@@ -252,17 +239,18 @@ impl Session<'_> {
         let msg = match ToCoordinator::decode(text) {
             Ok(msg) => msg,
             Err(e) => {
-                self.ctx.rejected(e.code());
+                self.ctx.rejected(&e.code());
                 return self.send_now(FromCoordinator::Error(decode_error(&e))).await;
             }
         };
         let msg = match self.authorize(msg) {
             Ok(msg) => msg,
             Err(Denied { error, close_connection }) => {
-                self.ctx.rejected("unauthorized");
+                self.ctx.rejected(&ErrorCode::UNAUTHORIZED);
                 let flow = self.send_now(FromCoordinator::Error(error)).await;
                 if close_connection {
-                    self.close(close::UNAUTHORIZED, "unauthorized".into()).await;
+                    let reason = CloseReason::Unauthorized;
+                    self.close(reason.code(), reason.as_str().into()).await;
                     return Flow::Stop;
                 }
                 return flow;
@@ -306,7 +294,7 @@ impl Session<'_> {
             "not authorized: register with the cluster token first"
         };
         Err(Denied {
-            error: ErrorMsg::new("unauthorized", reason).in_reply_to(msg.msg_type()),
+            error: ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg.msg_type()),
             close_connection: registering,
         })
     }
@@ -315,9 +303,9 @@ impl Session<'_> {
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 info!(remote = %self.ctx.remote, size, max_size, "closing: frame over the limit");
-                self.ctx.rejected("frame_too_large");
+                self.ctx.rejected(&ErrorCode::FRAME_TOO_LARGE);
                 let reason = format!("message of {size} bytes is over the limit of {max_size}");
-                self.close(u16::from(CloseCode::Size), reason.into()).await;
+                self.close(CloseReason::TooBig.code(), reason.into()).await;
             }
             e => debug!(remote = %self.ctx.remote, "connection error: {e}"),
         }
@@ -335,14 +323,14 @@ impl Session<'_> {
                         return Flow::Stop;
                     }
                 }
-                Outbound::Close { code, reason } => {
+                Outbound::Close(reason) => {
                     let _ = self.ws.flush().await;
-                    self.close(code, reason).await;
+                    self.close(reason.code(), reason.as_str().into()).await;
                     return Flow::Stop;
                 }
             }
             n += 1;
-            if n < WRITE_BATCH {
+            if n < self.ctx.config.limits.write_batch {
                 next = self.rx.try_recv().ok();
             }
         }

@@ -23,9 +23,10 @@ mod http;
 mod observe;
 mod persist;
 mod server;
+mod snapshot;
 mod telemetry;
 
-pub use crate::config::{ApiKey, ApiRole, Config, Secret, StoreMode, parse_api_keys};
+pub use crate::config::{ApiKey, ApiRole, Config, Limits, Secret, StoreMode, parse_api_keys};
 pub use crate::server::{Coordinator, RunError, StartError};
 pub use store::Sync;
 

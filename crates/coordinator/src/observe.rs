@@ -14,10 +14,11 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusRecorder;
 use proto::{FromCoordinator, Json};
 use sched::{ConnId, Event, TaskId};
-use store::{Op, Store, Writer};
+use store::{Op, SendError, Store, StoreError, Writer};
 use tokio::sync::watch;
 use tracing::error;
 
+use crate::config::Limits;
 use crate::persist;
 
 /// How far the store has got.
@@ -28,13 +29,6 @@ pub(crate) struct Durable {
     /// Set when the store failed for good: the coordinator must stop.
     pub failed: Option<Arc<str>>,
 }
-
-/// The most batches written but not yet committed before submissions are
-/// refused as busy: the store is the bottleneck.
-const MAX_STORE_LAG: u64 = 10_000;
-
-/// Ops per transaction, at most.
-const MAX_OPS_PER_COMMIT: usize = 50_000;
 
 struct StoreSide {
     writer: Writer,
@@ -47,6 +41,9 @@ struct StoreSide {
 
 pub(crate) struct Observer {
     store: Option<StoreSide>,
+    /// Batches handed to the store but not committed beyond which the store
+    /// counts as overloaded.
+    max_lag: u64,
     durable: watch::Receiver<Durable>,
     /// Keeps the channel open when there is no store.
     _durable_tx: Option<watch::Sender<Durable>>,
@@ -57,29 +54,44 @@ impl Observer {
     /// An observer without a store: durable replies go out at once.
     pub fn in_memory() -> Observer {
         let (tx, rx) = watch::channel(Durable::default());
-        Observer { store: None, durable: rx, _durable_tx: Some(tx), held: VecDeque::new() }
+        Observer {
+            store: None,
+            max_lag: u64::MAX,
+            durable: rx,
+            _durable_tx: Some(tx),
+            held: VecDeque::new(),
+        }
     }
 
-    /// An observer writing to `store` on a writer thread.
-    /// Commit times are recorded in `recorder`.
-    pub fn with_store(store: Box<dyn Store>, recorder: Arc<PrometheusRecorder>) -> Observer {
+    /// An observer writing to `store` on a writer thread, or the error that
+    /// kept the thread from starting. Commit times are recorded in `recorder`.
+    pub fn with_store(
+        store: Box<dyn Store>,
+        recorder: Arc<PrometheusRecorder>,
+        limits: &Limits,
+    ) -> Result<Observer, StoreError> {
         let (tx, rx) = watch::channel(Durable::default());
-        let writer = Writer::spawn(store, MAX_OPS_PER_COMMIT, move |committed| match committed {
+        let queue = usize::try_from(limits.max_store_lag).unwrap_or(usize::MAX).saturating_mul(2);
+        let max_ops = limits.max_ops_per_commit;
+        let writer = Writer::spawn(store, queue, max_ops, move |committed| match committed {
             Ok(c) => {
-                metrics::with_local_recorder(recorder.as_ref(), || {
-                    metrics::histogram!("legacygpu_store_commit_seconds")
-                        .record(c.took.as_secs_f64());
-                });
+                crate::telemetry::store_committed(&recorder, c.took);
                 tx.send_modify(|d| d.seq = d.seq.max(c.seq));
             }
             Err(e) => {
                 error!("the store failed: {e}");
                 tx.send_modify(|d| d.failed = Some(Arc::from(e.to_string())));
             }
-        });
+        })?;
         let side =
             StoreSide { writer, pending: Vec::new(), appended: 0, deferred: VecDeque::new() };
-        Observer { store: Some(side), durable: rx, _durable_tx: None, held: VecDeque::new() }
+        Ok(Observer {
+            store: Some(side),
+            max_lag: limits.max_store_lag,
+            durable: rx,
+            _durable_tx: None,
+            held: VecDeque::new(),
+        })
     }
 
     /// Handles one scheduler event.
@@ -110,10 +122,14 @@ impl Observer {
         if side.pending.is_empty() {
             return;
         }
-        side.appended += 1;
         let ops = std::mem::take(&mut side.pending);
-        if side.writer.send(side.appended, ops).is_err() {
-            error!("the store writer has stopped; nothing more is made durable");
+        match side.writer.send(side.appended + 1, ops) {
+            Ok(()) => side.appended += 1,
+            // Held back and sent with the next batch: what is held waits.
+            Err(SendError::Full(ops)) => side.pending = ops,
+            Err(SendError::Closed) => {
+                error!("the store writer has stopped; nothing more is made durable");
+            }
         }
     }
 
@@ -141,7 +157,7 @@ impl Observer {
 
     /// Whether the store is too far behind to accept more work.
     pub fn store_overloaded(&self) -> bool {
-        self.store_lag() > MAX_STORE_LAG
+        self.store_lag() > self.max_lag
     }
 
     /// Holds a durable reply until the store has committed everything handed
@@ -177,14 +193,15 @@ impl Observer {
         if let Some(mut side) = self.store.take() {
             // Deliveries that went out are marked even if their batch had
             // not reported back yet: the writer commits in order.
-            let marks: Vec<Op> = side
-                .deferred
-                .drain(..)
-                .map(|(_, task)| Op::Delivered { id: task.0, delivered: true })
-                .collect();
-            if !marks.is_empty() {
+            let mut last = std::mem::take(&mut side.pending);
+            last.extend(
+                side.deferred
+                    .drain(..)
+                    .map(|(_, task)| Op::Delivered { id: task.0, delivered: true }),
+            );
+            if !last.is_empty() {
                 side.appended += 1;
-                let _ = side.writer.send(side.appended, marks);
+                let _ = side.writer.send_waiting(side.appended, last);
             }
             side.writer.close();
         }

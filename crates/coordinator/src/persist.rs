@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use proto::Json;
 use sched::{
-    Attempt, AttemptEnd, AttemptRecord, Event, Failure, GamerId, Outcome, Owner, PeerId, Recovered,
-    RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec,
+    Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, GamerId, Outcome, Owner,
+    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec,
 };
-use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask};
+use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask, TaskState};
 use tracing::warn;
 
 use crate::clock::Clock;
@@ -36,7 +36,7 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
             Op::Requeued {
                 id: task.0,
                 attempt: attempt.0,
-                end: end.as_str().to_owned(),
+                end: end.kind(),
                 failures: *failures,
                 error: requeue_error(reason, end),
                 at_ms: Clock::unix_ms(*retry_at),
@@ -49,10 +49,10 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
             };
             Op::Finished {
                 id: task.id.0,
-                state: outcome.status().as_str().to_owned(),
+                state: outcome.status(),
                 result,
                 error,
-                end: ended.as_ref().map(|(a, e)| (a.0, e.as_str().to_owned())),
+                end: ended.as_ref().map(|(a, e)| (a.0, e.kind())),
                 at_ms: Clock::unix_ms(*at),
                 delivered: false,
             }
@@ -67,14 +67,14 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
 }
 
 fn row(f: &Failure) -> ErrorRow {
-    ErrorRow { code: f.code.to_string(), message: f.message.to_string() }
+    ErrorRow { code: f.code.clone(), message: f.message.to_string() }
 }
 
 fn requeue_error(reason: &RequeueReason, end: &AttemptEnd) -> Option<ErrorRow> {
     match reason {
         RequeueReason::Failed(f) => Some(row(f)),
         RequeueReason::PeerLost | RequeueReason::Unclaimed => Some(ErrorRow {
-            code: "peer_lost".into(),
+            code: FailureCode::PEER_LOST,
             message: format!("the attempt ended: {}", end.as_str()),
         }),
         RequeueReason::Returned => None,
@@ -101,6 +101,7 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
         id: spec.id.0,
         owner: owner_name(&spec.owner),
         client_task_id: spec.client_task_id.to_string(),
+        peer_task_id: spec.peer_task_id.to_string(),
         task_type: spec.task_type.to_string(),
         payload: spec.payload.get().to_owned(),
         priority: spec.priority,
@@ -126,6 +127,7 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         id: TaskId(t.id),
         owner: owner_of(&t.owner),
         client_task_id: Arc::from(t.client_task_id.as_str()),
+        peer_task_id: Arc::from(t.peer_task_id.as_str()),
         task_type: Arc::from(t.task_type.as_str()),
         payload,
         priority: t.priority,
@@ -140,7 +142,7 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
         submitted_at: Clock::from_unix_ms(t.submitted_at_ms),
     };
-    let failure = stored.error.as_ref().map(|e| Failure::new(e.code.as_str(), e.message.as_str()));
+    let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
     let state = recovered_state(&stored, &history, failure.clone());
     Recovered {
@@ -159,11 +161,12 @@ fn recovered_state(
     failure: Option<Failure>,
 ) -> RecoveredState<Json> {
     let at = Clock::from_unix_ms(stored.finished_at_ms.unwrap_or(0));
-    let failure =
-        || failure.clone().unwrap_or_else(|| Failure::new("failed", "no reason recorded"));
-    let outcome = match stored.state.as_str() {
-        "queued" => return RecoveredState::Waiting,
-        "assigned" | "running" => {
+    let failure = || {
+        failure.clone().unwrap_or_else(|| Failure::new(FailureCode::FAILED, "no reason recorded"))
+    };
+    let outcome = match stored.state {
+        TaskState::Queued => return RecoveredState::Waiting,
+        TaskState::Assigned | TaskState::Running => {
             let peer = stored.peer.clone().unwrap_or_default();
             let started = stored.started_at_ms.map(Clock::from_unix_ms);
             return RecoveredState::Assigned {
@@ -172,7 +175,7 @@ fn recovered_state(
                 started,
             };
         }
-        "completed" => {
+        TaskState::Completed => {
             let result = stored
                 .result
                 .as_deref()
@@ -181,23 +184,26 @@ fn recovered_state(
             let peer = history.last().map_or_else(|| PeerId::from(""), |r| r.peer.clone());
             Outcome::Completed { result, attempt: Attempt(stored.attempt), peer }
         }
-        "cancelled" => Outcome::Cancelled,
-        "timed_out" => Outcome::TimedOut(failure()),
-        _ => Outcome::Failed(failure()),
+        TaskState::Cancelled => Outcome::Cancelled,
+        TaskState::TimedOut => Outcome::TimedOut(failure()),
+        TaskState::Failed => Outcome::Failed(failure()),
     };
     RecoveredState::Finished { outcome, at, delivered: stored.delivered }
 }
 
 fn attempt_record(a: &StoredAttempt) -> AttemptRecord {
-    let error = a.error.as_ref().map(|e| Failure::new(e.code.as_str(), e.message.as_str()));
-    let end = a.end.as_deref().map(|end| match end {
-        "completed" => AttemptEnd::Completed,
-        "peer_lost" | "stale" => AttemptEnd::PeerLost,
-        "returned" => AttemptEnd::Returned,
-        "unclaimed" => AttemptEnd::Unclaimed,
-        "cancelled" => AttemptEnd::Cancelled,
-        "timed_out" => AttemptEnd::TimedOut,
-        _ => AttemptEnd::Failed(error.clone().unwrap_or_else(|| Failure::new("failed", ""))),
+    use codes::AttemptEnd as End;
+    let error = a.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
+    let end = a.end.map(|end| match end {
+        End::Completed => AttemptEnd::Completed,
+        End::PeerLost | End::Stale => AttemptEnd::PeerLost,
+        End::Returned => AttemptEnd::Returned,
+        End::Unclaimed => AttemptEnd::Unclaimed,
+        End::Cancelled => AttemptEnd::Cancelled,
+        End::TimedOut => AttemptEnd::TimedOut,
+        End::Failed => AttemptEnd::Failed(
+            error.clone().unwrap_or_else(|| Failure::new(FailureCode::FAILED, "")),
+        ),
     });
     AttemptRecord {
         attempt: Attempt(a.attempt),

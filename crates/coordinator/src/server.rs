@@ -94,7 +94,7 @@ impl Coordinator {
     /// Runs until `shutdown` completes, then closes every connection and
     /// returns; or until the store fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let (core_tx, core_rx) = mpsc::channel(65_536);
+        let (core_tx, core_rx) = mpsc::channel(self.config.limits.core_queue.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
         // `POST /cluster/shutdown` turns this.
         let (api_stop_tx, mut api_stop) = watch::channel(false);
@@ -176,13 +176,15 @@ impl Coordinator {
 /// The core, with the store opened and its tasks recovered.
 fn recover(config: Arc<Config>) -> Result<Core, StartError> {
     let clock = Clock::start();
-    let telemetry = Telemetry::new();
+    let telemetry = Telemetry::new(config.limits.event_buffer);
     let (observer, loaded) = match &config.store {
         StoreMode::Memory => (Observer::in_memory(), None),
         StoreMode::Sqlite { data_dir, sync } => {
             let mut db = store::SqliteStore::open(data_dir, *sync)?;
             let loaded = db.load()?;
-            (Observer::with_store(Box::new(db), telemetry.recorder()), Some(loaded))
+            let observer =
+                Observer::with_store(Box::new(db), telemetry.recorder(), &config.limits)?;
+            (observer, Some(loaded))
         }
     };
     let mut core = Core::new(config, observer, telemetry, clock);

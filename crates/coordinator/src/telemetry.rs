@@ -2,25 +2,30 @@
 //! live event stream, and the running figures behind `/cluster/health` and
 //! `/cluster/metrics`.
 //!
-//! Everything here is fed from the core loop, one event at a time, and never
-//! blocks it: metrics are atomics, the event stream is a bounded broadcast
-//! channel whose slow subscribers lose events (and are then dropped by their
-//! connection task), and events are only built when someone subscribes.
+//! This is the one module that emits metrics: every other module reports
+//! what happened to it through the functions here ([`message_rejected`],
+//! [`connection_dropped_slow`], [`store_committed`]), and gauges are set from
+//! the published snapshot when `/metrics` is scraped ([`Metrics::render`]).
+//!
+//! Scheduler events are fed from the core loop, one at a time, and never
+//! block it: counters and histograms are atomic updates in the Prometheus
+//! recorder, the event stream is a bounded broadcast channel whose slow
+//! subscribers lose events (and are then dropped by their connection task),
+//! and API events are only built when someone subscribes.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metrics::{Recorder, counter, histogram};
+use metrics::{Recorder, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use proto::Json;
-use sched::{Event, LeaveReason, Outcome, Status};
+use proto::{ErrorCode, Json};
+use sched::{Event, LeaveReason, Outcome, TaskState};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-/// Events buffered per subscriber before it counts as too slow.
-pub(crate) const EVENT_BUFFER: usize = 4096;
+use crate::snapshot::Snapshot;
 
 /// Histogram buckets, in seconds: from half a millisecond to five minutes.
 const BUCKETS: [f64; 16] = [
@@ -197,6 +202,56 @@ pub struct Figures {
     pub avg_run_time: Option<Duration>,
 }
 
+/// A message refused, by its error code.
+pub(crate) fn message_rejected(recorder: &PrometheusRecorder, code: &ErrorCode) {
+    let reason = code.to_string();
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_messages_rejected_total", "reason" => reason).increment(1);
+    });
+}
+
+/// A connection dropped for reading its messages too slowly.
+pub(crate) fn connection_dropped_slow(recorder: &PrometheusRecorder) {
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_connections_dropped_slow_total").increment(1);
+    });
+}
+
+/// A store batch committed in `took`.
+pub(crate) fn store_committed(recorder: &PrometheusRecorder, took: Duration) {
+    metrics::with_local_recorder(recorder, || {
+        histogram!("legacygpu_store_commit_seconds").record(took.as_secs_f64());
+    });
+}
+
+/// The Prometheus side that `/metrics` renders.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// The exposition text, with the gauges set from `snap` first.
+    pub fn render(&self, snap: &Snapshot, healthy_workers: usize) -> String {
+        let s = &snap.stats;
+        metrics::with_local_recorder(self.recorder.as_ref(), || {
+            gauge!("legacygpu_queue_depth").set(s.queued as f64);
+            gauge!("legacygpu_tasks_running").set((s.assigned + s.running) as f64);
+            gauge!("legacygpu_peers_connected").set(s.peers as f64);
+            gauge!("legacygpu_peers_healthy").set(healthy_workers as f64);
+            gauge!("legacygpu_slots").set(s.slots_total as f64);
+            gauge!("legacygpu_gamers_connected").set(s.gamers as f64);
+            gauge!("legacygpu_uptime_seconds").set(snap.figures.uptime.as_secs_f64());
+            for w in &snap.workers {
+                gauge!("legacygpu_peer_busy_slots", "peer" => w.id.to_string())
+                    .set(f64::from(w.busy_slots));
+            }
+        });
+        self.handle.render()
+    }
+}
+
 pub(crate) struct Telemetry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
@@ -214,14 +269,14 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new() -> Telemetry {
+    pub fn new(event_buffer: usize) -> Telemetry {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
         describe(&recorder);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(event_buffer.max(1));
         Telemetry {
             recorder: Arc::new(recorder),
             handle,
@@ -243,17 +298,12 @@ impl Telemetry {
         Arc::clone(&self.recorder)
     }
 
-    pub fn handle(&self) -> PrometheusHandle {
-        self.handle.clone()
+    pub fn metrics(&self) -> Metrics {
+        Metrics { recorder: Arc::clone(&self.recorder), handle: self.handle.clone() }
     }
 
     pub fn events(&self) -> broadcast::Sender<Arc<Published>> {
         self.events.clone()
-    }
-
-    /// Runs `f` with this coordinator's recorder as the metrics recorder.
-    pub fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        metrics::with_local_recorder(self.recorder.as_ref(), f)
     }
 
     /// Counts, times and publishes one scheduler event.
@@ -285,7 +335,7 @@ impl Telemetry {
             _ => self.failed += 1,
         }
         if let Some(run) = run_time
-            && outcome.status() == Status::Completed
+            && outcome.status() == TaskState::Completed
         {
             self.run_sum += *run;
             self.run_n += 1;
@@ -413,12 +463,12 @@ fn record(event: &Event<Json>) {
                     .record(run.as_secs_f64());
             }
             match outcome.status() {
-                Status::Completed => {
+                TaskState::Completed => {
                     counter!("legacygpu_tasks_completed_total", "task_type" => task_type)
                         .increment(1);
                 }
                 status => {
-                    let status = crate::core::wire_state(status).as_str();
+                    let status = status.as_str();
                     counter!("legacygpu_tasks_failed_total", "task_type" => task_type, "status" => status)
                         .increment(1);
                 }
@@ -489,7 +539,7 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
                     attempts: *attempts,
                     run_ms: run_time.map(|d| d.as_secs_f64() * 1e3),
                 },
-                other if other.status() == Status::Cancelled => {
+                other if other.status() == TaskState::Cancelled => {
                     ApiEvent::TaskCancelled { task_id, client_task_id, task_type }
                 }
                 other => {
@@ -499,7 +549,7 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
                         task_id,
                         client_task_id,
                         task_type,
-                        status: crate::core::wire_state(other.status()).as_str().to_owned(),
+                        status: other.status().as_str().to_owned(),
                         code: failure.code.to_string(),
                         message: failure.message.to_string(),
                         attempts: *attempts,

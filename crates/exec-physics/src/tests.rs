@@ -9,7 +9,7 @@ fn run(input: Value) -> Result<Value, ExecError> {
         .map(|out| serde_json::from_str(out.get()).unwrap())
 }
 
-fn code(input: Value) -> &'static str {
+fn code(input: Value) -> exec::FailureCode {
     run(input).unwrap_err().code()
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use codes::FailureCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -103,14 +104,14 @@ pub enum ExecError {
 
 impl ExecError {
     /// A stable, machine-readable code for this error, as sent on the wire.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
-            ExecError::InvalidInput(_) => "invalid_input",
-            ExecError::LimitExceeded(_) => "limit_exceeded",
-            ExecError::Unavailable(_) => "unavailable",
-            ExecError::TimedOut => "timed_out",
-            ExecError::Cancelled => "cancelled",
-            ExecError::Internal(_) => "internal",
+            ExecError::InvalidInput(_) => FailureCode::INVALID_INPUT,
+            ExecError::LimitExceeded(_) => FailureCode::LIMIT_EXCEEDED,
+            ExecError::Unavailable(_) => FailureCode::UNAVAILABLE,
+            ExecError::TimedOut => FailureCode::TIMED_OUT,
+            ExecError::Cancelled => FailureCode::CANCELLED,
+            ExecError::Internal(_) => FailureCode::INTERNAL,
         }
     }
 

@@ -32,6 +32,7 @@ fn codec(c: &mut Criterion) {
     let assignment = FromCoordinator::TaskAssignment(TaskAssignment {
         task_id: "t-12345".into(),
         task_data: data,
+        id: Some("t-12345".into()),
         task_type: "noop".into(),
         attempt: 1,
         timeout_s: None,

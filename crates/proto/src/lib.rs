@@ -78,12 +78,12 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The stable, machine-readable code sent in `error.code`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DecodeError::Malformed(_) => "malformed_json",
-            DecodeError::MissingType => "missing_msg_type",
-            DecodeError::UnknownType(_) => "unknown_msg_type",
-            DecodeError::Invalid { .. } => "invalid_message",
+            DecodeError::Malformed(_) => ErrorCode::MALFORMED_JSON,
+            DecodeError::MissingType => ErrorCode::MISSING_MSG_TYPE,
+            DecodeError::UnknownType(_) => ErrorCode::UNKNOWN_MSG_TYPE,
+            DecodeError::Invalid { .. } => ErrorCode::INVALID_MESSAGE,
         }
     }
 

@@ -5,6 +5,7 @@
 //! client written from the seed alone never sees a required field it does not
 //! know.
 
+pub use codes::{ErrorCode, FailureCode, TaskState};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{DecodeError, Json, check_id, empty_object, invalid};
@@ -38,6 +39,9 @@ pub struct RegisterPeer {
 pub struct RunningTask {
     pub task_id: String,
     pub attempt: u32,
+    /// The cluster id from the assignment, when the peer kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// `heartbeat`: the peer is alive. Sent every 5 s by default.
@@ -61,6 +65,9 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskStarted {
     pub task_id: String,
+    /// The cluster id from the assignment (`task_assignment.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
 }
@@ -70,6 +77,10 @@ pub struct TaskStarted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task_id: String,
+    /// The cluster id from the assignment (`task_assignment.id`): when
+    /// present, it names the task rather than `task_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub result: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +100,7 @@ pub struct TaskResult {
 pub struct TaskFailure {
     /// A stable code: `invalid_input`, `limit_exceeded`, `unavailable`,
     /// `timed_out`, `cancelled`, `internal`, `unsupported_task_type`, …
-    pub code: String,
+    pub code: FailureCode,
     #[serde(default, alias = "reason")]
     pub message: String,
     /// Whether another attempt could succeed. When absent, the code decides
@@ -101,7 +112,7 @@ pub struct TaskFailure {
 impl TaskFailure {
     /// Whether the coordinator should try the task again.
     pub fn is_retryable(&self) -> bool {
-        self.retryable.unwrap_or(matches!(self.code.as_str(), "unavailable" | "internal"))
+        self.retryable.unwrap_or_else(|| self.code.retryable_by_default())
     }
 }
 
@@ -110,6 +121,9 @@ impl TaskFailure {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReturnTask {
     pub task_id: String,
+    /// The cluster id from the assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,8 +354,13 @@ impl RegistrationAck {
 /// `task_assignment`: run this task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskAssignment {
+    /// The submitter's own id when no other live task holds it, else the
+    /// cluster id (see docs/PROTOCOL.md, "Ids").
     pub task_id: String,
     pub task_data: Json,
+    /// The cluster id (`t-42`); echo it in `task_result.id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default)]
     pub task_type: String,
     /// Echo it in `task_result.attempt`.
@@ -356,6 +375,9 @@ pub struct TaskAssignment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelAssignment {
     pub task_id: String,
+    /// The cluster id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub attempt: u32,
     #[serde(default)]
     pub reason: String,
@@ -400,7 +422,7 @@ pub struct TaskErrorOut {
     #[serde(default)]
     pub id: String,
     pub status: TaskState,
-    pub code: String,
+    pub code: FailureCode,
     pub reason: String,
     #[serde(default)]
     pub attempts: u32,
@@ -424,7 +446,7 @@ pub struct TaskStatusOut {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorMsg {
     /// A stable code, e.g. `malformed_json`, `unknown_msg_type`, `not_registered`.
-    pub code: String,
+    pub code: ErrorCode,
     /// What was wrong, for people.
     pub reason: String,
     /// The `msg_type` of the refused message, when known.
@@ -439,9 +461,9 @@ pub struct ErrorMsg {
 }
 
 impl ErrorMsg {
-    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> ErrorMsg {
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> ErrorMsg {
         ErrorMsg {
-            code: code.into(),
+            code,
             reason: reason.into(),
             in_reply_to: None,
             task_id: None,
@@ -467,55 +489,6 @@ pub struct Shutdown {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    Queued,
-    Assigned,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl TaskState {
-    /// The state's wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Assigned => "assigned",
-            TaskState::Running => "running",
-            TaskState::Completed => "completed",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-            TaskState::TimedOut => "timed_out",
-        }
-    }
-
-    /// Reads a wire name.
-    pub fn parse(name: &str) -> Option<TaskState> {
-        Some(match name {
-            "queued" => TaskState::Queued,
-            "assigned" => TaskState::Assigned,
-            "running" => TaskState::Running,
-            "completed" => TaskState::Completed,
-            "failed" => TaskState::Failed,
-            "cancelled" => TaskState::Cancelled,
-            "timed_out" => TaskState::TimedOut,
-            _ => return None,
-        })
-    }
-
-    /// Whether the task has ended.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut
-        )
-    }
-}
-
 /// Deserializes a field that, when present, is always `Some` — even when it
 /// is JSON `null`, which is a legitimate task result.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Json>, D::Error> {

@@ -59,6 +59,7 @@ fn coordinator_messages_have_the_seeds_shape() {
     let assignment = FromCoordinator::TaskAssignment(TaskAssignment {
         task_id: "123".into(),
         task_data: json(r#"{"x": 1}"#).unwrap(),
+        id: Some("t-42".into()),
         task_type: "physics".into(),
         attempt: 1,
         timeout_s: None,
@@ -67,6 +68,7 @@ fn coordinator_messages_have_the_seeds_shape() {
     let v: serde_json::Value = serde_json::from_str(&assignment).unwrap();
     assert_eq!(v["msg_type"], "task_assignment");
     assert_eq!(v["task_id"], "123");
+    assert_eq!(v["id"], "t-42");
     assert_eq!(v["task_data"], serde_json::json!({"x": 1}));
 
     let result = FromCoordinator::TaskResult(TaskResultOut {

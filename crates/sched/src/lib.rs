@@ -47,5 +47,6 @@ pub use crate::scheduler::{
 };
 pub use crate::task::{AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskSpec};
 pub use crate::types::{
-    Attempt, ConnId, Failure, GamerId, Outcome, Owner, PeerId, RunOutcome, Status, TaskId, Time,
+    Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, Owner, PeerId, RunOutcome, TaskId,
+    TaskState, Time,
 };

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::task::{AttemptEnd, TaskSpec};
-use crate::types::{Attempt, ConnId, Failure, GamerId, Outcome, PeerId, TaskId, Time};
+use codes::CloseReason;
+
+use crate::types::{Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, PeerId, TaskId, Time};
 
 /// Something the shell must do.
 #[derive(Debug, Clone)]
@@ -14,7 +16,7 @@ pub enum Command<P> {
     /// Send `task_assignment` to the peer on `conn`.
     Assign { conn: ConnId, peer: PeerId, task: Arc<TaskSpec<P>>, attempt: Attempt },
     /// Send `cancel_task` to the peer on `conn`.
-    Cancel { conn: ConnId, task: TaskId, attempt: Attempt, reason: &'static str },
+    Cancel { conn: ConnId, task: TaskId, attempt: Attempt, reason: FailureCode },
     /// Send the task's outcome (`task_result` or `task_error`) to the gamer on `conn`.
     Deliver {
         conn: ConnId,
@@ -25,9 +27,9 @@ pub enum Command<P> {
     },
     /// Close a peer's connection: its session was replaced, or it was
     /// declared dead while its socket stayed open.
-    ClosePeer { conn: ConnId, reason: &'static str },
+    ClosePeer { conn: ConnId, reason: CloseReason },
     /// Close a gamer's connection: another connection took its id.
-    CloseGamer { conn: ConnId, reason: &'static str },
+    CloseGamer { conn: ConnId, reason: CloseReason },
 }
 
 /// Why a peer is gone.
@@ -129,6 +131,8 @@ pub enum Event<P> {
     TaskRequeued {
         task: TaskId,
         task_type: Arc<str>,
+        /// The peer whose attempt ended.
+        peer: PeerId,
         attempt: Attempt,
         end: AttemptEnd,
         reason: RequeueReason,
@@ -143,6 +147,8 @@ pub enum Event<P> {
         run_time: Option<Duration>,
         /// The attempt that ended with the task, and how, when one did.
         ended: Option<(Attempt, AttemptEnd)>,
+        /// The peer of the attempt that ended with the task, when one did.
+        peer: Option<PeerId>,
         at: Time,
     },
     /// A result arrived for an attempt that is no longer current; recorded,

@@ -56,6 +56,9 @@ impl<P: Clone> Scheduler<P> {
             if let Some(key) = &spec.idempotency_key {
                 self.by_key.insert((spec.owner.clone(), Arc::clone(key)), id);
             }
+            if !matches!(rec.state, RecoveredState::Finished { .. }) {
+                self.peer_ids.insert(Arc::clone(&spec.peer_task_id), id);
+            }
             let state = match rec.state {
                 RecoveredState::Waiting => State::Backoff { until: now },
                 RecoveredState::Assigned { peer, attempt, started } => {
@@ -64,11 +67,19 @@ impl<P: Clone> Scheduler<P> {
                         now + self.config.recovery_grace,
                         Timer::RecoveryGrace(id, attempt),
                     );
-                    if let Some(limit) = spec.run_timeout {
-                        let at = now + limit + self.config.run_timeout_slack;
+                    let run_deadline =
+                        spec.run_timeout.map(|limit| now + limit + self.config.run_timeout_slack);
+                    if let Some(at) = run_deadline {
                         self.timers.insert(at, Timer::RunDeadline(id, attempt));
                     }
-                    State::Assigned(Holder { peer, conn: None, attempt, since: now, started })
+                    State::Assigned(Holder {
+                        peer,
+                        conn: None,
+                        attempt,
+                        since: now,
+                        started,
+                        run_deadline,
+                    })
                 }
                 RecoveredState::Finished { outcome, at, delivered } => {
                     if let (false, Owner::Gamer(g)) = (delivered, &spec.owner) {
@@ -85,6 +96,7 @@ impl<P: Clone> Scheduler<P> {
                 state,
                 queued_at: now,
                 waits: 0,
+                queue_deadline: None,
                 attempts: rec.attempts,
                 failures: rec.failures,
                 last_error: rec.last_error,

@@ -9,14 +9,17 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::output::{Command, Event, LeaveReason, RequeueReason};
 use crate::peer::Peer;
+use codes::CloseReason;
+
 use crate::placement::{self, Strategy};
 use crate::queue::Queue;
 use crate::task::{AttemptEnd, AttemptRecord, Holder, State, Task};
 use crate::timers::{Timer, Timers};
 use crate::types::{
-    Attempt, ConnId, Failure, GamerId, Outcome, Owner, PeerId, Status, TaskId, Time,
+    Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, Owner, PeerId, TaskId, TaskState, Time,
 };
 
+mod peer_ids;
 mod peers;
 mod tasks;
 
@@ -43,6 +46,10 @@ pub struct Scheduler<P> {
     pub(crate) by_client: HashMap<(Owner, Arc<str>), TaskId>,
     /// (owner, idempotency key) → task, for live and retained tasks.
     pub(crate) by_key: HashMap<(Owner, Arc<str>), TaskId>,
+    /// The id peers see → task, for live tasks and those a peer still runs.
+    pub(crate) peer_ids: HashMap<Arc<str>, TaskId>,
+    /// Peer ids still held by tasks already evicted (a peer still runs them).
+    pub(crate) evicted_peer_ids: HashMap<TaskId, Arc<str>>,
     pub(crate) queue: Queue,
     /// Tasks out of the queue waiting for their back-off.
     pub(crate) backing_off: usize,
@@ -88,6 +95,8 @@ impl<P: Clone> Scheduler<P> {
             tasks: BTreeMap::new(),
             by_client: HashMap::new(),
             by_key: HashMap::new(),
+            peer_ids: HashMap::new(),
+            evicted_peer_ids: HashMap::new(),
             queue: Queue::new(),
             backing_off: 0,
             peers: BTreeMap::new(),
@@ -161,8 +170,10 @@ impl<P: Clone> Scheduler<P> {
                 let deadline = peer.last_seen + self.config.heartbeat_timeout;
                 if deadline <= now {
                     self.counters.peers_dead += 1;
-                    self.commands
-                        .push_back(Command::ClosePeer { conn, reason: "heartbeat timeout" });
+                    self.commands.push_back(Command::ClosePeer {
+                        conn,
+                        reason: CloseReason::HeartbeatTimeout,
+                    });
                     self.drop_peer(now, &id, LeaveReason::Dead);
                 } else {
                     self.timers.insert(deadline, Timer::PeerLiveness(id, conn));
@@ -187,6 +198,7 @@ impl<P: Clone> Scheduler<P> {
                 {
                     p.zombies.remove(&id);
                     self.refresh_free(&peer);
+                    self.release_peer_task_id(id);
                 }
             }
         }
@@ -202,7 +214,7 @@ impl<P: Clone> Scheduler<P> {
         let waited = now.saturating_since(task.queued_at);
         let reason = self.waiting_reason(id).map(|r| format!(" ({r})")).unwrap_or_default();
         let failure = Failure::new(
-            "queue_timeout",
+            FailureCode::QUEUE_TIMEOUT,
             format!("waited {:.1} s in the queue without starting{reason}", waited.as_secs_f64()),
         );
         self.finish(now, id, Outcome::TimedOut(failure), None);
@@ -216,10 +228,10 @@ impl<P: Clone> Scheduler<P> {
         }
         let holder = holder.clone();
         let limit = task.spec.run_timeout.unwrap_or_default();
-        self.stop_run(now, id, &holder, "timed_out");
+        self.stop_run(now, id, &holder, FailureCode::TIMED_OUT);
         let run = now.saturating_since(holder.since);
         let failure = Failure::new(
-            "run_timeout",
+            FailureCode::RUN_TIMEOUT,
             format!(
                 "ran {:.1} s on peer {}, over its timeout of {:.1} s",
                 run.as_secs_f64(),
@@ -237,13 +249,7 @@ impl<P: Clone> Scheduler<P> {
     /// Takes a running attempt away from its peer (cancel or timeout): the
     /// peer is told to stop, and the run keeps its slot as a zombie until
     /// the peer confirms or `cancel_grace` passes.
-    pub(crate) fn stop_run(
-        &mut self,
-        now: Time,
-        id: TaskId,
-        holder: &Holder,
-        reason: &'static str,
-    ) {
+    pub(crate) fn stop_run(&mut self, now: Time, id: TaskId, holder: &Holder, reason: FailureCode) {
         match holder.conn {
             Some(conn) => {
                 if let Some(peer) = self.peers.get_mut(&holder.peer) {
@@ -298,18 +304,18 @@ impl<P: Clone> Scheduler<P> {
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let State::Queued { pos } = &task.state else { return };
         self.queue.remove(pos);
-        // The wait is over: its deadline goes.
-        let deadline = task.queued_at + task.spec.queue_timeout;
-        self.timers.remove(deadline, Timer::QueueDeadline(id, task.waits));
         task.attempts += 1;
         let attempt = Attempt(task.attempts);
         let conn = peer.conn;
+        let run_deadline =
+            task.spec.run_timeout.map(|limit| now + limit + self.config.run_timeout_slack);
         task.state = State::Assigned(Holder {
             peer: peer_id.clone(),
             conn: Some(conn),
             attempt,
             since: now,
             started: None,
+            run_deadline,
         });
         task.history.push(AttemptRecord {
             attempt,
@@ -319,12 +325,13 @@ impl<P: Clone> Scheduler<P> {
             end: None,
         });
         peer.tasks.insert(id, attempt);
-        if let Some(limit) = task.spec.run_timeout {
-            let at = now + limit + self.config.run_timeout_slack;
+        if let Some(at) = run_deadline {
             self.timers.insert(at, Timer::RunDeadline(id, attempt));
         }
         let spec = Arc::clone(&task.spec);
         let queue_wait = now.saturating_since(task.queued_at);
+        // The wait is over: its deadline goes.
+        self.end_wait(id);
         self.refresh_free(peer_id);
         self.events.push_back(Event::TaskAssigned {
             task: id,
@@ -350,7 +357,17 @@ impl<P: Clone> Scheduler<P> {
         task.queued_at = now;
         task.waits += 1;
         let deadline = now + task.spec.queue_timeout;
+        task.queue_deadline = Some(deadline);
         self.timers.insert(deadline, Timer::QueueDeadline(id, task.waits));
+    }
+
+    /// A task's wait in the queue ended (assigned, cancelled, reclaimed):
+    /// its queue-deadline timer goes.
+    pub(crate) fn end_wait(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        if let Some(at) = task.queue_deadline.take() {
+            self.timers.remove(at, Timer::QueueDeadline(id, task.waits));
+        }
     }
 
     /// An attempt ended without finishing its task: requeue the task, or end
@@ -373,14 +390,16 @@ impl<P: Clone> Scheduler<P> {
             task.last_error = Some(match &reason {
                 RequeueReason::Failed(f) => f.clone(),
                 RequeueReason::PeerLost => Failure::new(
-                    "peer_lost",
+                    FailureCode::PEER_LOST,
                     format!("peer {holder_peer} was lost while running the task"),
                 ),
                 RequeueReason::Unclaimed => Failure::new(
-                    "peer_lost",
+                    FailureCode::PEER_LOST,
                     format!("peer {holder_peer} did not reclaim the task after a restart"),
                 ),
-                RequeueReason::Returned => Failure::new("returned", "returned by its peer"),
+                RequeueReason::Returned => {
+                    Failure::new(FailureCode::RETURNED, "returned by its peer")
+                }
             });
         }
         let (failures, max) = (task.failures, task.spec.max_attempts);
@@ -388,7 +407,7 @@ impl<P: Clone> Scheduler<P> {
         if counts && failures >= max {
             let last = task.last_error.clone().map(|f| f.to_string()).unwrap_or_default();
             let failure = Failure::new(
-                "attempts_exhausted",
+                FailureCode::ATTEMPTS_EXHAUSTED,
                 format!("failed {failures} attempts (max_attempts {max}); last error: {last}"),
             );
             self.finish(now, id, Outcome::Failed(failure), None);
@@ -412,6 +431,7 @@ impl<P: Clone> Scheduler<P> {
         self.events.push_back(Event::TaskRequeued {
             task: id,
             task_type,
+            peer: holder_peer,
             attempt,
             end,
             reason,
@@ -439,9 +459,9 @@ impl<P: Clone> Scheduler<P> {
             State::Finished { .. } => return,
         }
         match outcome.status() {
-            Status::Completed => self.counters.completed += 1,
-            Status::Failed => self.counters.failed += 1,
-            Status::Cancelled => self.counters.cancelled += 1,
+            TaskState::Completed => self.counters.completed += 1,
+            TaskState::Failed => self.counters.failed += 1,
+            TaskState::Cancelled => self.counters.cancelled += 1,
             _ => self.counters.timed_out += 1,
         }
         let spec = Arc::clone(&task.spec);
@@ -451,19 +471,19 @@ impl<P: Clone> Scheduler<P> {
             Owner::Api => None,
         };
         let delivered = conn.is_some() || spec.owner == Owner::Api;
-        let ended = task
-            .history
-            .last()
-            .filter(|r| r.ended_at == Some(now))
-            .and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
+        let last = task.history.last().filter(|r| r.ended_at == Some(now));
+        let ended = last.and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
+        let peer = last.map(|r| r.peer.clone());
         task.state = State::Finished { outcome: outcome.clone(), at: now, delivered, to: conn };
         self.finished.push_back((now, id));
+        self.release_peer_task_id(id);
         self.events.push_back(Event::TaskFinished {
             task: Arc::clone(&spec),
             outcome: outcome.clone(),
             attempts,
             run_time,
             ended,
+            peer,
             at: now,
         });
         match (&spec.owner, conn) {
@@ -477,6 +497,25 @@ impl<P: Clone> Scheduler<P> {
             (Owner::Api, _) => {}
         }
         self.evict(now);
+    }
+
+    /// Hands a finished task's outcome to its gamer on `conn` — again, when
+    /// it went out before: the one path every re-delivery takes.
+    pub(crate) fn hand_over(&mut self, id: TaskId, conn: ConnId) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Owner::Gamer(gamer) = &task.spec.owner else { return };
+        let State::Finished { outcome, delivered, to, .. } = &mut task.state else { return };
+        *delivered = true;
+        *to = Some(conn);
+        let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
+        let gamer = gamer.clone();
+        if let Some(set) = self.undelivered.get_mut(&gamer) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.undelivered.remove(&gamer);
+            }
+        }
+        self.push_delivery(conn, gamer, spec, outcome, attempts);
     }
 
     pub(crate) fn push_delivery(
@@ -495,10 +534,10 @@ impl<P: Clone> Scheduler<P> {
     /// Ends `attempt` in the task's history and removes its run-deadline timer.
     pub(crate) fn end_attempt(&mut self, now: Time, id: TaskId, attempt: Attempt, end: AttemptEnd) {
         let Some(task) = self.tasks.get_mut(&id) else { return };
-        if let (State::Assigned(h), Some(limit)) = (&task.state, task.spec.run_timeout)
+        if let State::Assigned(h) = &task.state
             && h.attempt == attempt
+            && let Some(at) = h.run_deadline
         {
-            let at = h.since + limit + self.config.run_timeout_slack;
             self.timers.remove(at, Timer::RunDeadline(id, attempt));
         }
         task.end_attempt(attempt, now, end);
@@ -524,6 +563,7 @@ impl<P: Clone> Scheduler<P> {
                 break;
             }
             self.finished.pop_front();
+            self.evict_peer_task_id(id);
             if let Some(task) = self.tasks.remove(&id) {
                 let owner = task.spec.owner.clone();
                 let client = (owner.clone(), Arc::clone(&task.spec.client_task_id));
@@ -559,6 +599,9 @@ impl<P: Clone> Scheduler<P> {
         self.free.remove(id);
         for (task, _) in peer.tasks {
             self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
+        }
+        for task in peer.zombies.keys() {
+            self.release_peer_task_id(*task);
         }
         self.events.push_back(Event::PeerLeft { peer: id.clone(), conn: peer.conn, reason });
     }

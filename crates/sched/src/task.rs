@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::queue::{Class, QueuePos};
-use crate::types::{Attempt, ConnId, Failure, Outcome, Owner, PeerId, Status, TaskId, Time};
+use crate::types::{Attempt, ConnId, Failure, Outcome, Owner, PeerId, TaskId, TaskState, Time};
 
 /// What a peer must have to run a task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,6 +67,9 @@ pub struct TaskSpec<P> {
     pub owner: Owner,
     /// The id the submitter knows the task by.
     pub client_task_id: Arc<str>,
+    /// The id peers know the task by: the submitter's own, unless another
+    /// live task held it when this one was submitted (then the cluster id).
+    pub peer_task_id: Arc<str>,
     pub task_type: Arc<str>,
     pub payload: P,
     pub priority: i32,
@@ -95,17 +98,21 @@ pub enum AttemptEnd {
 }
 
 impl AttemptEnd {
-    /// A stable name, for storage and display.
-    pub fn as_str(&self) -> &'static str {
+    /// The end's stable name, for storage and display.
+    pub fn kind(&self) -> codes::AttemptEnd {
         match self {
-            AttemptEnd::Completed => "completed",
-            AttemptEnd::Failed(_) => "failed",
-            AttemptEnd::PeerLost => "peer_lost",
-            AttemptEnd::Returned => "returned",
-            AttemptEnd::Unclaimed => "unclaimed",
-            AttemptEnd::Cancelled => "cancelled",
-            AttemptEnd::TimedOut => "timed_out",
+            AttemptEnd::Completed => codes::AttemptEnd::Completed,
+            AttemptEnd::Failed(_) => codes::AttemptEnd::Failed,
+            AttemptEnd::PeerLost => codes::AttemptEnd::PeerLost,
+            AttemptEnd::Returned => codes::AttemptEnd::Returned,
+            AttemptEnd::Unclaimed => codes::AttemptEnd::Unclaimed,
+            AttemptEnd::Cancelled => codes::AttemptEnd::Cancelled,
+            AttemptEnd::TimedOut => codes::AttemptEnd::TimedOut,
         }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
     }
 }
 
@@ -128,6 +135,9 @@ pub(crate) struct Holder {
     pub attempt: Attempt,
     pub since: Time,
     pub started: Option<Time>,
+    /// When the attempt's run-deadline timer fires, when it has one (the
+    /// timer's key, kept so that removing it needs no recomputation).
+    pub run_deadline: Option<Time>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +170,8 @@ pub struct Task<P> {
     pub(crate) queued_at: Time,
     /// How many times it entered the queue (tells queue-deadline timers apart).
     pub(crate) waits: u32,
+    /// When the current wait's queue-deadline timer fires, while one is set.
+    pub(crate) queue_deadline: Option<Time>,
     /// Assignments issued so far; the current attempt's number.
     pub(crate) attempts: u32,
     /// Failed attempts, counted against `max_attempts`.
@@ -174,6 +186,7 @@ impl<P> Task<P> {
         class: Arc<Class>,
         pos: QueuePos,
         now: Time,
+        queue_deadline: Time,
     ) -> Task<P> {
         Task {
             spec,
@@ -181,6 +194,7 @@ impl<P> Task<P> {
             state: State::Queued { pos },
             queued_at: now,
             waits: 1,
+            queue_deadline: Some(queue_deadline),
             attempts: 0,
             failures: 0,
             last_error: None,
@@ -196,11 +210,11 @@ impl<P> Task<P> {
         self.spec.id
     }
 
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> TaskState {
         match &self.state {
-            State::Queued { .. } | State::Backoff { .. } => Status::Queued,
-            State::Assigned(h) if h.started.is_some() => Status::Running,
-            State::Assigned(_) => Status::Assigned,
+            State::Queued { .. } | State::Backoff { .. } => TaskState::Queued,
+            State::Assigned(h) if h.started.is_some() => TaskState::Running,
+            State::Assigned(_) => TaskState::Assigned,
             State::Finished { outcome, .. } => outcome.status(),
         }
     }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::ops::Add;
 use std::str::FromStr;
 use std::sync::Arc;
+
+pub use codes::{FailureCode, TaskState};
 use std::time::Duration;
 
 /// A point in time, in microseconds since an epoch the shell chooses (its
@@ -59,6 +61,17 @@ pub struct TaskId(pub u64);
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "t-{}", self.0)
+    }
+}
+
+impl TaskId {
+    /// Reads a cluster id, `t-42`, and nothing else.
+    pub fn parse_cluster(s: &str) -> Option<TaskId> {
+        let digits = s.strip_prefix("t-")?;
+        if digits.starts_with('+') {
+            return None;
+        }
+        digits.parse().ok().map(TaskId)
     }
 }
 
@@ -160,12 +173,12 @@ impl fmt::Display for Owner {
 /// Why a run failed: a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub code: Arc<str>,
+    pub code: FailureCode,
     pub message: Arc<str>,
 }
 
 impl Failure {
-    pub fn new(code: impl Into<Arc<str>>, message: impl Into<Arc<str>>) -> Failure {
+    pub fn new(code: impl Into<FailureCode>, message: impl Into<Arc<str>>) -> Failure {
         Failure { code: code.into(), message: message.into() }
     }
 }
@@ -173,39 +186,6 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Waiting for a peer (or for its retry back-off to pass).
-    Queued,
-    /// Sent to a peer, which has not said it started.
-    Assigned,
-    /// The peer said it started.
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl Status {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled | Status::TimedOut)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Assigned => "assigned",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-            Status::Cancelled => "cancelled",
-            Status::TimedOut => "timed_out",
-        }
     }
 }
 
@@ -226,12 +206,12 @@ pub enum Outcome<P> {
 }
 
 impl<P> Outcome<P> {
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> TaskState {
         match self {
-            Outcome::Completed { .. } => Status::Completed,
-            Outcome::Failed(_) => Status::Failed,
-            Outcome::Cancelled => Status::Cancelled,
-            Outcome::TimedOut(_) => Status::TimedOut,
+            Outcome::Completed { .. } => TaskState::Completed,
+            Outcome::Failed(_) => TaskState::Failed,
+            Outcome::Cancelled => TaskState::Cancelled,
+            Outcome::TimedOut(_) => TaskState::TimedOut,
         }
     }
 
@@ -240,7 +220,9 @@ impl<P> Outcome<P> {
         match self {
             Outcome::Completed { .. } => None,
             Outcome::Failed(f) | Outcome::TimedOut(f) => Some(f.clone()),
-            Outcome::Cancelled => Some(Failure::new("cancelled", "the task was cancelled")),
+            Outcome::Cancelled => {
+                Some(Failure::new(FailureCode::CANCELLED, "the task was cancelled"))
+            }
         }
     }
 }

@@ -16,11 +16,13 @@
 
 use std::fmt;
 
+pub use codes::{AttemptEnd, FailureCode, TaskState};
+
 mod sqlite;
 mod writer;
 
 pub use sqlite::{SqliteStore, Sync};
-pub use writer::{Committed, Writer, WriterClosed};
+pub use writer::{Committed, SendError, Writer};
 
 /// A store error. A coordinator that cannot write stops acknowledging.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,13 @@ pub enum StoreError {
         "the store at {path} was written by a newer version (schema {found}, this build knows {known})"
     )]
     Schema { path: String, found: i64, known: i64 },
+    /// The writer thread panicked: nothing more is committed.
+    #[error("the store writer panicked: {0}")]
+    WriterPanicked(String),
+    /// A stored value this build cannot read (a state it does not know):
+    /// refused rather than guessed.
+    #[error("the store holds a row this build cannot read: {0}")]
+    Corrupt(String),
 }
 
 /// Where tasks are kept, as a backend sees it.
@@ -63,6 +72,9 @@ pub struct NewTask {
     /// `gamer:<id>` or `api`.
     pub owner: String,
     pub client_task_id: String,
+    /// The id peers see (the client's own id unless another live task held
+    /// it; see docs/PROTOCOL.md).
+    pub peer_task_id: String,
     pub task_type: String,
     /// The task's data, JSON text.
     pub payload: String,
@@ -81,7 +93,7 @@ pub struct NewTask {
 /// A failure's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorRow {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
 }
 
@@ -110,7 +122,7 @@ pub enum Op {
     Requeued {
         id: u64,
         attempt: u32,
-        end: String,
+        end: AttemptEnd,
         failures: u32,
         error: Option<ErrorRow>,
         at_ms: i64,
@@ -118,11 +130,11 @@ pub enum Op {
     /// The task ended. `end` closes its last attempt, when one was running.
     Finished {
         id: u64,
-        /// `completed`, `failed`, `cancelled` or `timed_out`.
-        state: String,
+        /// A terminal state.
+        state: TaskState,
         result: Option<String>,
         error: Option<ErrorRow>,
-        end: Option<(u32, String)>,
+        end: Option<(u32, AttemptEnd)>,
         at_ms: i64,
         delivered: bool,
     },
@@ -153,8 +165,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTask {
     pub task: NewTask,
-    /// `queued`, `assigned`, `running`, `completed`, `failed`, `cancelled`, `timed_out`.
-    pub state: String,
+    pub state: TaskState,
     /// The current (latest) attempt; 0 before the first assignment.
     pub attempt: u32,
     pub failures: u32,
@@ -174,8 +185,7 @@ pub struct StoredAttempt {
     pub peer: String,
     pub assigned_at_ms: i64,
     pub ended_at_ms: Option<i64>,
-    /// `completed`, `failed`, `peer_lost`, `returned`, `unclaimed`, `cancelled`, `timed_out`.
-    pub end: Option<String>,
+    pub end: Option<AttemptEnd>,
     pub error: Option<ErrorRow>,
 }
 

@@ -4,9 +4,12 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::{ErrorRow, Loaded, NewTask, Op, Store, StoreError, StoredAttempt, StoredTask};
+use crate::{
+    AttemptEnd, ErrorRow, Loaded, NewTask, Op, Store, StoreError, StoredAttempt, StoredTask,
+};
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `tasks.peer_task_id`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -17,6 +20,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     id               INTEGER PRIMARY KEY,
     owner            TEXT NOT NULL,
     client_task_id   TEXT NOT NULL,
+    peer_task_id     TEXT,
     task_type        TEXT NOT NULL,
     payload          TEXT NOT NULL,
     priority         INTEGER NOT NULL,
@@ -104,6 +108,7 @@ impl SqliteStore {
                     known: SCHEMA_VERSION,
                 });
             }
+            Some(1) => migrate_1_to_2(&conn).map_err(open_err)?,
             Some(_) => {}
             None => {
                 conn.execute(
@@ -114,6 +119,17 @@ impl SqliteStore {
         }
         Ok(SqliteStore { conn })
     }
+}
+
+/// Version 1 had no `peer_task_id`: peers saw the cluster id, which is
+/// what recovery uses for those rows.
+fn migrate_1_to_2(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE tasks ADD COLUMN peer_task_id TEXT;
+         UPDATE meta SET value = 2 WHERE key = 'schema';
+         COMMIT;",
+    )
 }
 
 impl Store for SqliteStore {
@@ -192,7 +208,7 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
                  error_code = coalesce(?3, error_code), error_message = coalesce(?4, error_message) WHERE id = ?1",
             )?
             .execute(params![*id as i64, failures, code, msg])?;
-            end_attempt(tx, *id, *attempt, end, error.as_ref(), *at_ms)?;
+            end_attempt(tx, *id, *attempt, *end, error.as_ref(), *at_ms)?;
         }
         Op::Finished { id, state, result, error, end, at_ms, delivered } => {
             let (code, msg) = split(error);
@@ -201,9 +217,9 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
                  error_message = coalesce(?5, error_message), finished_at = ?6, delivered = ?7, peer = NULL
                  WHERE id = ?1",
             )?
-            .execute(params![*id as i64, state, result, code, msg, at_ms, delivered])?;
+            .execute(params![*id as i64, state.as_str(), result, code, msg, at_ms, delivered])?;
             if let Some((attempt, how)) = end {
-                end_attempt(tx, *id, *attempt, how, error.as_ref(), *at_ms)?;
+                end_attempt(tx, *id, *attempt, *how, error.as_ref(), *at_ms)?;
             }
         }
         Op::Delivered { id, delivered } => {
@@ -242,8 +258,8 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
          req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
-         submitted_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued')",
+         submitted_at, state, peer_task_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15)",
     )?
     .execute(params![
         t.id as i64,
@@ -260,6 +276,7 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
         t.max_attempts,
         t.idempotency_key,
         t.submitted_at_ms,
+        t.peer_task_id,
     ])?;
     Ok(())
 }
@@ -268,7 +285,7 @@ fn end_attempt(
     tx: &Transaction<'_>,
     id: u64,
     attempt: u32,
-    end: &str,
+    end: AttemptEnd,
     error: Option<&ErrorRow>,
     at_ms: i64,
 ) -> Result<(), StoreError> {
@@ -280,7 +297,7 @@ fn end_attempt(
         id as i64,
         attempt,
         at_ms,
-        end,
+        end.as_str(),
         error.map(|e| e.code.as_str()),
         error.map(|e| e.message.as_str())
     ])?;
@@ -298,14 +315,17 @@ fn load_tasks(conn: &Connection) -> Result<Vec<StoredTask>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
          req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
-         state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message, delivered
+         state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message, delivered,
+         peer_task_id
          FROM tasks ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
+        let id = r.get::<_, i64>(0)? as u64;
         let task = NewTask {
-            id: r.get::<_, i64>(0)? as u64,
+            id,
             owner: r.get(1)?,
             client_task_id: r.get(2)?,
+            peer_task_id: r.get::<_, Option<String>>(24)?.unwrap_or_else(|| format!("t-{id}")),
             task_type: r.get(3)?,
             payload: r.get(4)?,
             priority: r.get(5)?,
@@ -319,12 +339,14 @@ fn load_tasks(conn: &Connection) -> Result<Vec<StoredTask>, StoreError> {
             submitted_at_ms: r.get(13)?,
         };
         let error = match (r.get::<_, Option<String>>(21)?, r.get::<_, Option<String>>(22)?) {
-            (Some(code), message) => Some(ErrorRow { code, message: message.unwrap_or_default() }),
+            (Some(code), message) => {
+                Some(ErrorRow { code: code.into(), message: message.unwrap_or_default() })
+            }
             _ => None,
         };
         Ok(StoredTask {
             task,
-            state: r.get(14)?,
+            state: typed(r, 14, id)?,
             attempt: r.get(15)?,
             failures: r.get(16)?,
             peer: r.get(17)?,
@@ -339,6 +361,21 @@ fn load_tasks(conn: &Connection) -> Result<Vec<StoredTask>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Reads column `idx` of task `id` as a code of a closed set; a name this
+/// build does not know is an error naming the task, never a default.
+fn typed<T>(r: &rusqlite::Row<'_>, idx: usize, id: u64) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = codes::UnknownCode>,
+{
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e| corrupt(idx, id, e))
+}
+
+fn corrupt(idx: usize, id: u64, e: codes::UnknownCode) -> rusqlite::Error {
+    let what = StoreError::Corrupt(format!("task {id}: {e}"));
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(what))
+}
+
 fn load_attempts(
     conn: &Connection,
 ) -> Result<std::collections::BTreeMap<u64, Vec<StoredAttempt>>, StoreError> {
@@ -348,17 +385,25 @@ fn load_attempts(
     )?;
     let rows = stmt.query_map([], |r| {
         let error = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
-            (Some(code), message) => Some(ErrorRow { code, message: message.unwrap_or_default() }),
+            (Some(code), message) => {
+                Some(ErrorRow { code: code.into(), message: message.unwrap_or_default() })
+            }
             _ => None,
         };
+        let id = r.get::<_, i64>(0)? as u64;
+        let end: Option<String> = r.get(5)?;
+        let end = match end {
+            Some(e) => Some(e.parse().map_err(|e| corrupt(5, id, e))?),
+            None => None,
+        };
         Ok((
-            r.get::<_, i64>(0)? as u64,
+            id,
             StoredAttempt {
                 attempt: r.get(1)?,
                 peer: r.get(2)?,
                 assigned_at_ms: r.get(3)?,
                 ended_at_ms: r.get(4)?,
-                end: r.get(5)?,
+                end,
                 error,
             },
         ))
@@ -374,12 +419,14 @@ fn load_attempts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TaskState;
 
     fn task(id: u64) -> NewTask {
         NewTask {
             id,
             owner: "gamer:g1".into(),
             client_task_id: format!("c{id}"),
+            peer_task_id: format!("c{id}"),
             task_type: "echo".into(),
             payload: r#"{"x": 1}"#.into(),
             priority: 2,
@@ -411,7 +458,7 @@ mod tests {
                 Op::Requeued {
                     id: 1,
                     attempt: 1,
-                    end: "peer_lost".into(),
+                    end: AttemptEnd::PeerLost,
                     failures: 1,
                     error: err("peer_lost"),
                     at_ms: 20,
@@ -420,10 +467,10 @@ mod tests {
                 Op::Started { id: 1, attempt: 2, at_ms: 31 },
                 Op::Finished {
                     id: 1,
-                    state: "completed".into(),
+                    state: TaskState::Completed,
                     result: Some("[1]".into()),
                     error: None,
-                    end: Some((2, "completed".into())),
+                    end: Some((2, AttemptEnd::Completed)),
                     at_ms: 40,
                     delivered: false,
                 },
@@ -438,20 +485,20 @@ mod tests {
         assert_eq!(loaded.next_task_id, 4);
         let [t1, t2, t3] = &loaded.tasks[..] else { panic!("{loaded:?}") };
         assert_eq!(t1.task, task(1));
-        assert_eq!((t1.state.as_str(), t1.attempt, t1.failures), ("completed", 2, 1));
+        assert_eq!((t1.state, t1.attempt, t1.failures), (TaskState::Completed, 2, 1));
         assert_eq!(
             (t1.result.as_deref(), t1.delivered, t1.finished_at_ms),
             (Some("[1]"), true, Some(40))
         );
         assert_eq!(t1.error, err("peer_lost"));
         assert_eq!(t1.attempts.len(), 2);
-        assert_eq!(t1.attempts[0].end.as_deref(), Some("peer_lost"));
-        assert_eq!(t1.attempts[1].end.as_deref(), Some("completed"));
+        assert_eq!(t1.attempts[0].end, Some(AttemptEnd::PeerLost));
+        assert_eq!(t1.attempts[1].end, Some(AttemptEnd::Completed));
         assert_eq!(
-            (t2.state.as_str(), t2.peer.as_deref(), t2.attempt),
-            ("assigned", Some("p1"), 1)
+            (t2.state, t2.peer.as_deref(), t2.attempt),
+            (TaskState::Assigned, Some("p1"), 1)
         );
-        assert_eq!(t3.state, "queued");
+        assert_eq!(t3.state, TaskState::Queued);
     }
 
     #[test]
@@ -483,6 +530,45 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(dir.path(), Sync::Normal).unwrap_err();
         assert!(err.to_string().contains("newer version"), "{err}");
+    }
+
+    #[test]
+    fn a_row_with_an_unknown_state_is_refused_naming_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        store.write(&[Op::Insert(task(1)), Op::Insert(task(2))]).unwrap();
+        store.conn.execute("UPDATE tasks SET state = 'exploded' WHERE id = 2", []).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("task 2") && err.contains("unknown task state `exploded`"), "{err}");
+        store.conn.execute("UPDATE tasks SET state = 'queued' WHERE id = 2", []).unwrap();
+        store.write(&[Op::Assigned { id: 1, attempt: 1, peer: "p".into(), at_ms: 1 }]).unwrap();
+        store.conn.execute("UPDATE attempts SET end_reason = 'vanished'", []).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("unknown attempt end `vanished`"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_its_peers_keep_the_cluster_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+            store.write(&[Op::Insert(task(5))]).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "ALTER TABLE tasks DROP COLUMN peer_task_id;
+                     UPDATE meta SET value = 1 WHERE key = 'schema';",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.tasks[0].task.peer_task_id, "t-5");
+        let version: i64 = store
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! waits for the disk, the next batches pile up and share the next commit: one
 //! fsync acknowledges many tasks, which is what keeps throughput high with
 //! `Sync::Full`.
+//!
+//! The queue is bounded: [`Writer::send`] never blocks, and a full queue is
+//! reported ([`SendError::Full`]) for the caller to hold its ops back and
+//! try again. A writer that cannot start, or that panics, reports it: a
+//! coordinator whose store cannot commit must stop rather than acknowledge.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -21,15 +26,21 @@ struct Batch {
     ops: Vec<Op>,
 }
 
-/// The writer was stopped (after a fatal store error, or being closed).
+/// Why a batch was not queued.
 #[derive(Debug, thiserror::Error)]
-#[error("the store writer has stopped")]
-pub struct WriterClosed;
+pub enum SendError {
+    /// The queue is full: hold the ops and send them with a later batch.
+    #[error("the store writer's queue is full")]
+    Full(Vec<Op>),
+    /// The writer was stopped (after a fatal store error, or being closed).
+    #[error("the store writer has stopped")]
+    Closed,
+}
 
 /// A store running on its own thread.
 #[derive(Debug)]
 pub struct Writer {
-    tx: Option<mpsc::Sender<Batch>>,
+    tx: Option<mpsc::SyncSender<Batch>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -45,52 +56,47 @@ pub struct Committed {
 }
 
 impl Writer {
-    /// Starts the writer. `on_commit` is called on the writer thread with the
-    /// highest batch number committed, or with the error that stopped it.
+    /// Starts the writer with room for `queue` batches. `on_commit` is
+    /// called on the writer thread with the highest batch number committed,
+    /// or with the error that stopped it — a panic included.
     pub fn spawn(
-        mut store: Box<dyn Store>,
+        store: Box<dyn Store>,
+        queue: usize,
         max_ops_per_commit: usize,
         on_commit: impl Fn(Result<Committed, StoreError>) + Send + 'static,
-    ) -> Writer {
-        let (tx, rx) = mpsc::channel::<Batch>();
+    ) -> Result<Writer, StoreError> {
+        let (tx, rx) = mpsc::sync_channel::<Batch>(queue.max(1));
         let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
-            let mut ops: Vec<Op> = Vec::new();
-            while let Ok(first) = rx.recv() {
-                let mut seq = first.seq;
-                ops.extend(first.ops);
-                while ops.len() < max_ops_per_commit {
-                    match rx.try_recv() {
-                        Ok(next) => {
-                            seq = next.seq;
-                            ops.extend(next.ops);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let started = std::time::Instant::now();
-                match write_with_retries(store.as_mut(), &ops) {
-                    Ok(()) => {
-                        on_commit(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() }))
-                    }
-                    Err(e) => {
-                        on_commit(Err(e));
-                        return;
-                    }
-                }
-                ops.clear();
+            let mut store = store;
+            let run = std::panic::AssertUnwindSafe(|| {
+                commit_loop(store.as_mut(), &rx, max_ops_per_commit, &on_commit);
+            });
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                on_commit(Err(StoreError::WriterPanicked(what)));
             }
-        });
-        match thread {
-            Ok(thread) => Writer { tx: Some(tx), thread: Some(thread) },
-            // Without a thread nothing is ever committed: report it as closed.
-            Err(_) => Writer { tx: None, thread: None },
-        }
+        })?;
+        Ok(Writer { tx: Some(tx), thread: Some(thread) })
     }
 
-    /// Queues batch `seq` (numbers must increase).
-    pub fn send(&self, seq: u64, ops: Vec<Op>) -> Result<(), WriterClosed> {
-        let tx = self.tx.as_ref().ok_or(WriterClosed)?;
-        tx.send(Batch { seq, ops }).map_err(|_| WriterClosed)
+    /// Queues batch `seq` (numbers must increase); never blocks.
+    pub fn send(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
+        let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
+        tx.try_send(Batch { seq, ops }).map_err(|e| match e {
+            mpsc::TrySendError::Full(batch) => SendError::Full(batch.ops),
+            mpsc::TrySendError::Disconnected(_) => SendError::Closed,
+        })
+    }
+
+    /// Queues batch `seq`, waiting for room (at shutdown, when nothing else
+    /// waits on the caller).
+    pub fn send_waiting(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
+        let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
+        tx.send(Batch { seq, ops }).map_err(|_| SendError::Closed)
     }
 
     /// Commits what is queued and stops the thread.
@@ -109,6 +115,38 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         self.shut();
+    }
+}
+
+/// Takes batches until the channel closes or a write fails for good.
+fn commit_loop(
+    store: &mut dyn Store,
+    rx: &mpsc::Receiver<Batch>,
+    max_ops_per_commit: usize,
+    on_commit: &impl Fn(Result<Committed, StoreError>),
+) {
+    let mut ops: Vec<Op> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut seq = first.seq;
+        ops.extend(first.ops);
+        while ops.len() < max_ops_per_commit {
+            match rx.try_recv() {
+                Ok(next) => {
+                    seq = next.seq;
+                    ops.extend(next.ops);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        match write_with_retries(store, &ops) {
+            Ok(()) => on_commit(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() })),
+            Err(e) => {
+                on_commit(Err(e));
+                return;
+            }
+        }
+        ops.clear();
     }
 }
 
@@ -167,9 +205,10 @@ mod tests {
     fn batches_arriving_during_a_commit_share_the_next_one() {
         let probe = Probe { slow: Duration::from_millis(30), ..Probe::default() };
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::spawn(Box::new(probe.clone()), 10_000, move |r| {
+        let writer = Writer::spawn(Box::new(probe.clone()), 100, 10_000, move |r| {
             let _ = tx.send(r.unwrap().seq);
-        });
+        })
+        .unwrap();
         for seq in 1..=50 {
             writer.send(seq, vec![op(seq)]).unwrap();
         }
@@ -186,9 +225,10 @@ mod tests {
         let probe = Probe::default();
         *probe.fail.lock().unwrap() = true;
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::spawn(Box::new(probe), 100, move |r| {
+        let writer = Writer::spawn(Box::new(probe), 100, 100, move |r| {
             let _ = tx.send(r.is_err());
-        });
+        })
+        .unwrap();
         writer.send(1, vec![op(1)]).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
         // The thread has stopped: later sends fail.
@@ -199,15 +239,57 @@ mod tests {
         }
     }
 
+    /// A store whose writes panic.
+    struct Bomb;
+
+    impl Store for Bomb {
+        fn load(&mut self) -> Result<Loaded, StoreError> {
+            Ok(Loaded::default())
+        }
+
+        fn write(&mut self, _: &[Op]) -> Result<(), StoreError> {
+            panic!("the disk driver exploded");
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_writer_thread_is_reported_as_a_failure() {
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::spawn(Box::new(Bomb), 10, 100, move |r| {
+            let _ = tx.send(r.map(|c| c.seq).map_err(|e| e.to_string()));
+        })
+        .unwrap();
+        writer.send(1, vec![op(1)]).unwrap();
+        let reported = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(reported, Err("the store writer panicked: the disk driver exploded".into()));
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_ops_back_instead_of_blocking() {
+        let probe = Probe { slow: Duration::from_millis(200), ..Probe::default() };
+        let writer = Writer::spawn(Box::new(probe), 1, 100, |_| {}).unwrap();
+        let mut refused = None;
+        for seq in 1..=10 {
+            if let Err(SendError::Full(ops)) = writer.send(seq, vec![op(seq)]) {
+                refused = Some(ops);
+                break;
+            }
+        }
+        let ops = refused.expect("a queue of one batch fills while a commit takes 200 ms");
+        assert_eq!(ops.len(), 1);
+        writer.close();
+    }
+
     #[test]
     fn close_commits_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::SqliteStore::open(dir.path(), crate::Sync::Normal).unwrap();
-        let writer = Writer::spawn(Box::new(store), 1000, |_| {});
+        let writer = Writer::spawn(Box::new(store), 100, 1000, |_| {}).unwrap();
         let task = NewTask {
             id: 1,
             owner: "api".into(),
             client_task_id: "t-1".into(),
+            peer_task_id: "t-1".into(),
             task_type: "echo".into(),
             payload: "{}".into(),
             priority: 1,

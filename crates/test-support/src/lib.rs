@@ -24,6 +24,24 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Asks `check` until it answers `Some`, a little apart, and returns that;
+/// fails the test, saying `what` was awaited, when [`WAIT`] passes first.
+/// For state that another process changes and that no message announces.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(done) = check().await {
+            return done;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     child: Child,

@@ -85,6 +85,8 @@ pub enum WorkerError {
 /// A task the worker holds.
 pub(crate) struct Running {
     pub attempt: u32,
+    /// The cluster id from the assignment, echoed in every report.
+    pub id: Option<String>,
     pub ctx: RunContext,
 }
 
@@ -188,16 +190,17 @@ impl Worker {
     pub(crate) fn report_message(&mut self, report: Report) -> Option<ToCoordinator> {
         match report {
             Report::Started { task_id, attempt } => {
-                self.running.contains_key(&task_id).then_some({
-                    ToCoordinator::TaskStarted(proto::TaskStarted {
-                        task_id,
-                        attempt: Some(attempt),
-                    })
-                })
+                let id = self.running.get(&task_id)?.id.clone();
+                Some(ToCoordinator::TaskStarted(proto::TaskStarted {
+                    task_id,
+                    id,
+                    attempt: Some(attempt),
+                }))
             }
             Report::Finished { task_id, attempt, outcome, elapsed } => {
-                let current = self.running.get(&task_id).is_some_and(|r| r.attempt == attempt);
-                if current {
+                let running = self.running.get(&task_id).filter(|r| r.attempt == attempt);
+                let id = running.and_then(|r| r.id.clone());
+                if running.is_some() {
                     self.running.remove(&task_id);
                 }
                 let (result, error) = match outcome {
@@ -206,6 +209,7 @@ impl Worker {
                 };
                 Some(ToCoordinator::TaskResult(proto::TaskResult {
                     task_id,
+                    id,
                     result,
                     error,
                     attempt: Some(attempt),

@@ -94,13 +94,13 @@ fn outcome_of(joined: Joined) -> Result<Json, TaskFailure> {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(TaskFailure {
-                code: "executor_panicked".into(),
+                code: proto::FailureCode::EXECUTOR_PANICKED,
                 message: format!("the executor panicked: {what}"),
                 retryable: Some(false),
             })
         }
         Err(e) => Err(TaskFailure {
-            code: "internal".into(),
+            code: proto::FailureCode::INTERNAL,
             message: format!("the task thread failed: {e}"),
             retryable: Some(true),
         }),
@@ -109,7 +109,7 @@ fn outcome_of(joined: Joined) -> Result<Json, TaskFailure> {
 
 /// The wire form of an executor error.
 pub(crate) fn failure(e: &ExecError) -> TaskFailure {
-    TaskFailure { code: e.code().into(), message: e.to_string(), retryable: Some(e.retryable()) }
+    TaskFailure { code: e.code(), message: e.to_string(), retryable: Some(e.retryable()) }
 }
 
 #[cfg(test)]

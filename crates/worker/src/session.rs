@@ -135,12 +135,18 @@ impl<'w> Session<'w> {
             .worker
             .running
             .iter()
-            .map(|(id, r)| RunningTask { task_id: id.clone(), attempt: r.attempt })
+            .map(|(task_id, r)| RunningTask {
+                task_id: task_id.clone(),
+                attempt: r.attempt,
+                id: r.id.clone(),
+            })
             .collect();
         claims.extend(self.worker.unsent.iter().filter_map(|m| match m {
-            ToCoordinator::TaskResult(r) => {
-                Some(RunningTask { task_id: r.task_id.clone(), attempt: r.attempt.unwrap_or(0) })
-            }
+            ToCoordinator::TaskResult(r) => Some(RunningTask {
+                task_id: r.task_id.clone(),
+                attempt: r.attempt.unwrap_or(0),
+                id: r.id.clone(),
+            }),
             _ => None,
         }));
         let register = ToCoordinator::RegisterPeer(RegisterPeer {
@@ -223,12 +229,13 @@ impl<'w> Session<'w> {
         }
         let Some(executor) = self.worker.executors.get(&a.task_type).map(Arc::clone) else {
             let failure = TaskFailure {
-                code: "unsupported_task_type".into(),
+                code: proto::FailureCode::UNSUPPORTED_TASK_TYPE,
                 message: format!("this worker has no `{}` executor", a.task_type),
                 retryable: Some(true),
             };
             let msg = ToCoordinator::TaskResult(TaskResult {
                 task_id: a.task_id,
+                id: a.id,
                 result: None,
                 error: Some(failure),
                 attempt: Some(a.attempt),
@@ -249,7 +256,7 @@ impl<'w> Session<'w> {
             notice_after: self.worker.config.started_notice_after,
         };
         let ctx = runner::spawn(executor, job, self.worker.reports_tx.clone());
-        self.worker.running.insert(a.task_id, Running { attempt: a.attempt, ctx });
+        self.worker.running.insert(a.task_id, Running { attempt: a.attempt, id: a.id, ctx });
         Ok(())
     }
 
@@ -294,6 +301,7 @@ impl<'w> Session<'w> {
             running.ctx.cancel();
             let msg = ToCoordinator::ReturnTask(ReturnTask {
                 task_id,
+                id: running.id.clone(),
                 attempt: Some(running.attempt),
                 reason: Some("worker shutting down".to_owned()),
             });
@@ -309,6 +317,7 @@ impl<'w> Session<'w> {
             Ok(FromCoordinator::TaskAssignment(a)) => {
                 let msg = ToCoordinator::ReturnTask(ReturnTask {
                     task_id: a.task_id,
+                    id: a.id,
                     attempt: Some(a.attempt),
                     reason: Some("worker draining".to_owned()),
                 });

@@ -256,6 +256,7 @@ async fn serve_peer(peer: Peer) -> anyhow::Result<()> {
                     {
                         let result = proto::TaskResult {
                             task_id: a.task_id,
+                            id: a.id,
                             result: Some(a.task_data),
                             error: None,
                             attempt: Some(a.attempt),

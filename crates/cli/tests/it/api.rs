@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use test_support::{Coordinator, Raw};
+use test_support::{Coordinator, Raw, eventually};
 
 use crate::{FAST, bin};
 
@@ -432,16 +432,7 @@ async fn metrics_are_prometheus_text_with_our_names() {
     let mut gamer = Raw::gamer(&c.ws_url, "g").await;
     gamer.send("{broken").await;
     gamer.expect("error").await;
-    let text = loop {
-        let resp = api.req(reqwest::Method::GET, "/metrics").send().await.unwrap();
-        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-        let text = resp.text().await.unwrap();
-        if text.contains("legacygpu_tasks_completed_total") {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    for name in [
+    let wanted = [
         "legacygpu_tasks_submitted_total{task_type=\"x\"} 1",
         "legacygpu_tasks_completed_total{task_type=\"x\"} 1",
         "legacygpu_task_run_seconds_bucket",
@@ -450,9 +441,15 @@ async fn metrics_are_prometheus_text_with_our_names() {
         "legacygpu_peer_busy_slots{peer=\"p\"} 0",
         "legacygpu_queue_depth 0",
         "legacygpu_store_commit_seconds_bucket",
-    ] {
-        assert!(text.contains(name), "missing {name} in\n{text}");
-    }
+    ];
+    // Gauges come from a snapshot published a few milliseconds after the fact.
+    let text = eventually("every metric in /metrics", || async {
+        let resp = api.req(reqwest::Method::GET, "/metrics").send().await.unwrap();
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = resp.text().await.unwrap();
+        wanted.iter().all(|name| text.contains(name)).then_some(text)
+    })
+    .await;
     // Checked by Prometheus's own linter where it is installed (CI installs it).
     match std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -523,21 +520,19 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
         }
     }
     assert!(names.len() >= 10, "{names:?}");
-    let text = loop {
+    let text = eventually("the failure metrics", || async {
         let (_, text) = api.get("/metrics").await;
         let text = text.as_str().unwrap().to_owned();
-        if [
+        [
             "legacygpu_heartbeats_missed_total",
             "legacygpu_tasks_failed_total",
             "legacygpu_tasks_completed_total",
         ]
         .iter()
         .all(|n| text.contains(n))
-        {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        .then_some(text)
+    })
+    .await;
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -612,15 +607,11 @@ async fn a_worker_with_late_heartbeats_makes_the_cluster_degraded() {
     }
     let (_, workers) = api.get("/cluster/workers?status_filter=unhealthy").await;
     assert_eq!(workers["workers"][0]["worker_id"], "silent");
-    let text = loop {
+    eventually("the healthy-workers gauge at 0", || async {
         let (_, t) = api.get("/metrics").await;
         let t = t.as_str().unwrap().to_owned();
-        if t.contains("legacygpu_peers_healthy") {
-            break t;
-        }
-    };
-    assert!(
-        text.contains("legacygpu_peers_healthy 0") && text.contains("legacygpu_peers_connected 1"),
-        "{text}"
-    );
+        (t.contains("legacygpu_peers_healthy 0") && t.contains("legacygpu_peers_connected 1"))
+            .then_some(())
+    })
+    .await;
 }

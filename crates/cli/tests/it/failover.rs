@@ -17,12 +17,14 @@ async fn submit_sleep(url: &str, id: &str, ms: u64) -> Raw {
 /// Polls the task's status until it runs on `peer` (an event, not a sleep:
 /// each answer comes from the coordinator).
 async fn until_held_by(gamer: &mut Raw, id: &str, peer: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + test_support::WAIT;
     loop {
         gamer.send_json(&json!({"msg_type": "task_status", "task_id": id})).await;
         let status = gamer.until("task_status").await;
         if status["peer_id"] == peer {
             return status;
         }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never ran on {peer}: {status}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{
-    Capabilities, ErrorMsg, FromCoordinator, Json, RegisterGamer, RegisterPeer, RegistrationAck,
-    RunningTask, TaskAccepted, TaskErrorOut, TaskRequest, TaskState, TaskStatusOut, ToCoordinator,
+    Capabilities, ErrorCode, ErrorMsg, FailureCode, FromCoordinator, Json, RegisterGamer,
+    RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskRequest, TaskState,
+    TaskStatusOut, ToCoordinator,
 };
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
@@ -16,7 +17,7 @@ use sched::{
 };
 use tracing::{info, warn};
 
-use super::{Core, PeerInfo, Role, wire_state};
+use super::{Core, PeerInfo, Role};
 
 pub(super) fn handle(core: &mut Core, conn: ConnId, msg: ToCoordinator) {
     let Some(role) = core.conns.get(&conn).map(|c| c.role.clone()) else { return };
@@ -32,7 +33,7 @@ pub(super) fn handle(core: &mut Core, conn: ConnId, msg: ToCoordinator) {
         }
         (ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_), role) => {
             let err = ErrorMsg::new(
-                "already_registered",
+                ErrorCode::ALREADY_REGISTERED,
                 format!("this connection is already registered as {}", describe(&role)),
             );
             core.reply_error(conn, err.in_reply_to(msg_type));
@@ -41,7 +42,7 @@ pub(super) fn handle(core: &mut Core, conn: ConnId, msg: ToCoordinator) {
         (msg, Role::Gamer(gamer)) => gamer_message(core, conn, &gamer, msg),
         (_, Role::Unregistered) => {
             let err = ErrorMsg::new(
-                "not_registered",
+                ErrorCode::NOT_REGISTERED,
                 "register first: send register_peer (workers) or register_gamer (clients)",
             );
             core.reply_error(conn, err.in_reply_to(msg_type));
@@ -66,7 +67,10 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     let running: Vec<_> = m
         .running
         .iter()
-        .filter_map(|r| r.task_id.parse().ok().map(|t| (t, Attempt(r.attempt))))
+        .filter_map(|r| {
+            let task = peer_task(core, r.id.as_deref(), &r.task_id)?;
+            Some((task, Attempt(r.attempt)))
+        })
         .collect();
     let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
     let slots = caps.slots();
@@ -77,7 +81,8 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     }
     info!(peer = %id, slots, replaced = joined.replaced, "peer registered");
     let remote = core.conns.get(&conn).map(|c| c.remote);
-    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, caps, remote });
+    let raw_caps = Arc::new(caps.raw);
+    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, raw_caps, remote });
     let ack = RegistrationAck {
         peer_id: Some(id.to_string()),
         heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),
@@ -86,7 +91,13 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
         stale: joined
             .stale
             .iter()
-            .map(|(t, a)| RunningTask { task_id: t.to_string(), attempt: a.0 })
+            .map(|(t, a)| {
+                let task_id = core
+                    .sched
+                    .task(*t)
+                    .map_or_else(|| t.to_string(), |task| task.spec().peer_task_id.to_string());
+                RunningTask { task_id, attempt: a.0, id: Some(t.to_string()) }
+            })
             .collect(),
         ..RegistrationAck::registered()
     };
@@ -148,7 +159,7 @@ fn unknown_awaited(core: &mut Core, conn: ConnId, task: &str) {
         task_id: task.to_owned(),
         id: String::new(),
         status: TaskState::Failed,
-        code: "unknown_task".into(),
+        code: FailureCode::UNKNOWN_TASK,
         reason,
         attempts: 0,
     };
@@ -166,10 +177,13 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
             if let Some(info) = core.peer_info.get_mut(peer) {
                 info.heartbeat = Some(m);
             }
+            core.publisher.touch(peer);
             core.sched.handle_heartbeat(now, peer, conn)
         }
         ToCoordinator::TaskResult(m) => {
-            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            let Some(task) = task_id(core, conn, m.id.as_deref(), &m.task_id, msg_type) else {
+                return;
+            };
             let outcome = match (m.error, m.result) {
                 (Some(err), _) => RunOutcome::Failed {
                     retryable: err.is_retryable(),
@@ -183,18 +197,22 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
                 .map(drop)
         }
         ToCoordinator::TaskStarted(m) => {
-            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            let Some(task) = task_id(core, conn, m.id.as_deref(), &m.task_id, msg_type) else {
+                return;
+            };
             core.sched.handle_started(now, peer, conn, task, m.attempt.map(Attempt))
         }
         ToCoordinator::ReturnTask(m) => {
-            let Some(task) = task_id(core, conn, &m.task_id, msg_type) else { return };
+            let Some(task) = task_id(core, conn, m.id.as_deref(), &m.task_id, msg_type) else {
+                return;
+            };
             let attempt = m.attempt.map(Attempt);
             core.sched.handle_result(now, peer, conn, task, attempt, RunOutcome::Returned).map(drop)
         }
         ToCoordinator::Drain(_) => core.sched.handle_drain(now, peer, conn),
         other => {
             let err = ErrorMsg::new(
-                "wrong_role",
+                ErrorCode::WRONG_ROLE,
                 format!(
                     "`{}` is a gamer message; this connection is peer `{peer}`",
                     other.msg_type()
@@ -207,7 +225,7 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
         Ok(()) => {}
         Err(PeerError::NotRegistered) => {
             let err = ErrorMsg::new(
-                "not_registered",
+                ErrorCode::NOT_REGISTERED,
                 format!(
                     "peer `{peer}` is not registered on this connection (it was replaced or declared dead); register again"
                 ),
@@ -215,7 +233,7 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
             core.reply_error(conn, err.in_reply_to(msg_type));
         }
         Err(PeerError::UnknownTask(task)) => {
-            let err = ErrorMsg::new("unknown_task", format!("no task `{task}` is known"))
+            let err = ErrorMsg::new(ErrorCode::UNKNOWN_TASK, format!("no task `{task}` is known"))
                 .in_reply_to(msg_type)
                 .task(task.to_string());
             core.reply_error(conn, err);
@@ -225,24 +243,37 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
 
 fn mismatch(core: &mut Core, conn: ConnId, peer: &PeerId, msg_type: &str) {
     let err = ErrorMsg::new(
-        "peer_id_mismatch",
+        ErrorCode::PEER_ID_MISMATCH,
         format!("this connection is registered as peer `{peer}`"),
     );
     core.reply_error(conn, err.in_reply_to(msg_type));
 }
 
-/// Reads a cluster task id (`t-42`) from a peer, or replies with an error.
-fn task_id(core: &mut Core, conn: ConnId, text: &str, msg_type: &str) -> Option<TaskId> {
-    match text.parse() {
-        Ok(id) => Some(id),
-        Err(_) => {
-            let err = ErrorMsg::new("unknown_task", format!("no task `{text}` is known"))
-                .in_reply_to(msg_type)
-                .task(text);
-            core.reply_error(conn, err);
-            None
-        }
+/// The task a peer names: by the cluster id it echoes (`id`), else by the
+/// `task_id` of its assignment.
+fn peer_task(core: &Core, id: Option<&str>, task_id: &str) -> Option<TaskId> {
+    match id {
+        Some(id) => TaskId::parse_cluster(id),
+        None => core.sched.resolve_peer_task(task_id),
     }
+}
+
+/// The task a peer's message names, or an `unknown_task` reply.
+fn task_id(
+    core: &mut Core,
+    conn: ConnId,
+    id: Option<&str>,
+    text: &str,
+    msg_type: &str,
+) -> Option<TaskId> {
+    let found = peer_task(core, id, text);
+    if found.is_none() {
+        let err = ErrorMsg::new(ErrorCode::UNKNOWN_TASK, format!("no task `{text}` is known"))
+            .in_reply_to(msg_type)
+            .task(text);
+        core.reply_error(conn, err);
+    }
+    found
 }
 
 fn gamer_message(core: &mut Core, conn: ConnId, gamer: &GamerId, msg: ToCoordinator) {
@@ -257,12 +288,13 @@ fn gamer_message(core: &mut Core, conn: ConnId, gamer: &GamerId, msg: ToCoordina
             if let Err(e) = core.sched.handle_cancel(now, &owner, id) {
                 let (code, reason) = match e {
                     CancelError::AlreadyFinished(s) => (
-                        "task_finished",
-                        format!("task `{}` already ended ({})", m.task_id, s.as_str()),
+                        ErrorCode::TASK_FINISHED,
+                        format!("task `{}` already ended ({s})", m.task_id),
                     ),
-                    CancelError::NotOwner | CancelError::UnknownTask => {
-                        ("unknown_task", format!("no task `{}` of yours is known", m.task_id))
-                    }
+                    CancelError::NotOwner | CancelError::UnknownTask => (
+                        ErrorCode::UNKNOWN_TASK,
+                        format!("no task `{}` of yours is known", m.task_id),
+                    ),
                 };
                 let err = ErrorMsg::new(code, reason).in_reply_to("cancel_task").task(m.task_id);
                 core.reply_error(conn, err);
@@ -278,7 +310,7 @@ fn gamer_message(core: &mut Core, conn: ConnId, gamer: &GamerId, msg: ToCoordina
         }
         other => {
             let err = ErrorMsg::new(
-                "wrong_role",
+                ErrorCode::WRONG_ROLE,
                 format!(
                     "`{}` is a peer message; this connection is gamer `{gamer}`",
                     other.msg_type()
@@ -290,7 +322,7 @@ fn gamer_message(core: &mut Core, conn: ConnId, gamer: &GamerId, msg: ToCoordina
 }
 
 fn unknown_client_task(core: &mut Core, conn: ConnId, task: &str, msg_type: &str) {
-    let err = ErrorMsg::new("unknown_task", format!("no task `{task}` of yours is known"))
+    let err = ErrorMsg::new(ErrorCode::UNKNOWN_TASK, format!("no task `{task}` of yours is known"))
         .in_reply_to(msg_type)
         .task(task);
     core.reply_error(conn, err);
@@ -301,7 +333,7 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
     Some(TaskStatusOut {
         task_id: task.spec().client_task_id.to_string(),
         id: id.to_string(),
-        status: wire_state(task.status()),
+        status: task.status(),
         attempt: task.attempt().0,
         peer_id: task.peer().map(ToString::to_string),
         waiting_reason: core.sched.waiting_reason(id),
@@ -332,7 +364,7 @@ pub(crate) fn accept(
         })
     };
     if core.observer.store_overloaded() {
-        let mut err = ErrorMsg::new("busy", "the store is behind; retry shortly");
+        let mut err = ErrorMsg::new(ErrorCode::BUSY, "the store is behind; retry shortly");
         err.retry_after_s = Some(1.0);
         return refuse(err);
     }
@@ -346,7 +378,7 @@ pub(crate) fn accept(
             Ok(TaskAccepted {
                 task_id: acc.client_task_id.to_string(),
                 id: acc.id.to_string(),
-                status: wire_state(acc.status),
+                status: acc.status,
                 existing: acc.existing,
                 waiting_reason: acc.waiting_reason,
             })
@@ -354,7 +386,7 @@ pub(crate) fn accept(
         Err(SubmitError::DuplicateTaskId { existing }) => {
             let id = client_id.clone().unwrap_or_default();
             refuse(ErrorMsg::new(
-                "duplicate_task_id",
+                ErrorCode::DUPLICATE_TASK_ID,
                 format!(
                     "you already have a live task `{id}` ({existing}); use a new task_id, or an idempotency_key to resubmit safely"
                 ),
@@ -362,7 +394,7 @@ pub(crate) fn accept(
         }
         Err(SubmitError::Busy { queued, retry_after }) => {
             let mut err = ErrorMsg::new(
-                "busy",
+                ErrorCode::BUSY,
                 format!("the queue is full ({queued} tasks waiting); retry later"),
             );
             err.retry_after_s = Some(retry_after.as_secs_f64());

@@ -1,10 +1,13 @@
 //! The core loop: the one owner of the scheduler.
 //!
 //! Every connection task and every HTTP handler talks to the core through one
-//! bounded channel of [`Input`]s; the core feeds the scheduler, then drains its
-//! events (to the store, the metrics and the event stream) and its commands
-//! (to connections). Nothing else touches scheduler state, so there are no
-//! locks around it and the order of inputs is the order of history.
+//! bounded channel of [`Input`]s — a closed set: connections, their decoded
+//! messages, and the API's typed [`ApiRequest`]s; the core feeds the scheduler,
+//! then drains its events (to the store, the metrics, the event stream and
+//! the published [`Snapshot`](crate::snapshot::Snapshot) that reads are served
+//! from) and its commands (to connections). Nothing else touches scheduler
+//! state, so there are no locks around it and the order of inputs is the
+//! order of history.
 //!
 //! Replies that promise durability — `task_accepted`, and results delivered to
 //! gamers — go through [`Core::send_durable`], which holds them until the store
@@ -14,25 +17,28 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use codes::CloseReason;
 use proto::{
-    CancelAssignment, ErrorMsg, FromCoordinator, Json, TaskAssignment, TaskErrorOut, TaskResultOut,
-    TaskState,
+    CancelAssignment, ErrorMsg, FailureCode, FromCoordinator, Json, TaskAssignment, TaskErrorOut,
+    TaskResultOut, TaskState,
 };
-use sched::{
-    Command, ConnId, Event, GamerId, Outcome, PeerId, Scheduler, Status, TaskId, TaskSpec, Time,
-};
-use tokio::sync::{mpsc, oneshot, watch};
+use sched::{Command, ConnId, Event, GamerId, Outcome, PeerId, Scheduler, TaskSpec, Time};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::conn::{Outbound, close};
+use crate::conn::Outbound;
 use crate::observe::Observer;
+use crate::snapshot::Publisher;
 use crate::telemetry::Telemetry;
 
 pub(crate) mod messages;
+pub(crate) mod requests;
+
+pub(crate) use requests::ApiRequest;
 
 /// What the core loop is fed.
 pub(crate) enum Input {
@@ -50,9 +56,8 @@ pub(crate) enum Input {
         conn: ConnId,
         unsent: Vec<FromCoordinator>,
     },
-    /// Work from the HTTP API, run on the core with full access; it answers
-    /// through a channel of its own.
-    Call(Box<dyn FnOnce(&mut Core) + Send>),
+    /// A request of the HTTP API; it answers through a channel of its own.
+    Request(ApiRequest),
 }
 
 /// What a connection registered as.
@@ -74,8 +79,14 @@ pub(crate) struct Conn {
 pub(crate) struct PeerInfo {
     pub heartbeat: Option<proto::Heartbeat>,
     /// The capabilities as it declared them.
-    pub caps: proto::Capabilities,
+    pub raw_caps: Arc<serde_json::Value>,
     pub remote: Option<SocketAddr>,
+}
+
+impl PeerInfo {
+    pub fn raw(&self) -> Arc<serde_json::Value> {
+        Arc::clone(&self.raw_caps)
+    }
 }
 
 /// The state the core loop owns.
@@ -88,9 +99,11 @@ pub(crate) struct Core {
     pub telemetry: Telemetry,
     pub clock: Clock,
     /// HTTP requests waiting for a task to finish.
-    pub result_waiters: HashMap<TaskId, Vec<oneshot::Sender<()>>>,
+    pub waiters: requests::Waiters,
     /// Workers approved through the API (shared with connection tasks).
     pub approvals: Approvals,
+    /// What reads are served from.
+    pub publisher: Publisher,
 }
 
 impl Core {
@@ -101,6 +114,7 @@ impl Core {
         clock: Clock,
     ) -> Core {
         let sched = Scheduler::new(config.sched.clone(), clock.now());
+        let publisher = Publisher::new(config.limits.snapshot_interval);
         Core {
             sched,
             conns: HashMap::new(),
@@ -109,8 +123,9 @@ impl Core {
             observer,
             telemetry,
             clock,
-            result_waiters: HashMap::new(),
+            waiters: requests::Waiters::default(),
             approvals: Approvals::default(),
+            publisher,
         }
     }
 
@@ -127,6 +142,7 @@ impl Core {
         mut shutdown: watch::Receiver<bool>,
     ) -> Option<Arc<str>> {
         let mut durable = self.observer.durable_watch();
+        let burst = self.config.limits.inputs_per_flush;
         loop {
             let deadline = self.sched.poll_timeout().map(|t| self.clock.instant(t));
             tokio::select! {
@@ -137,7 +153,7 @@ impl Core {
                     self.handle(input);
                     // Take what else is waiting before flushing, up to a bound,
                     // so that bursts cost one flush.
-                    for _ in 0..256 {
+                    for _ in 0..burst {
                         match rx.try_recv() {
                             Ok(input) => self.handle(input),
                             Err(_) => break,
@@ -154,8 +170,10 @@ impl Core {
                         break;
                     }
                 }
+                _ = sleep_until(self.publisher.due()) => {}
             }
             self.release_durable();
+            self.publish();
         }
         self.shut_down();
         self.observer.failed()
@@ -177,11 +195,17 @@ impl Core {
                 self.drop_conn(conn);
                 self.flush();
             }
-            Input::Call(f) => {
-                f(self);
+            Input::Request(request) => {
+                self.handle_request(request);
                 self.flush();
             }
         }
+    }
+
+    /// Publishes the snapshot reads are served from, when one is due.
+    fn publish(&mut self) {
+        let Core { publisher, sched, peer_info, telemetry, .. } = self;
+        publisher.publish_if_due(sched, peer_info, || telemetry.figures());
     }
 
     /// Forgets a connection and tells the scheduler its peer or gamer left.
@@ -203,18 +227,24 @@ impl Core {
     /// Drains the scheduler: events first (so the store sees what commands
     /// promise), then commands.
     pub fn flush(&mut self) {
+        let mut finished = Vec::new();
         while let Some(event) = self.sched.poll_event() {
             self.observer.observe(&event);
             self.telemetry.observe(&event);
-            if let Event::TaskFinished { task, .. } = &event
-                && let Some(waiters) = self.result_waiters.remove(&task.id)
-            {
-                for w in waiters {
-                    let _ = w.send(());
-                }
+            self.publisher.observe(&event);
+            if let Event::TaskFinished { task, .. } = &event {
+                finished.push(task.id);
             }
         }
         self.observer.commit();
+        // After the commit, so that each answer names the batch holding its outcome.
+        for id in finished {
+            if let Some(done) = self.sched.task(id).and_then(|t| self.finished_view(t))
+                && self.waiters.finished(id, &done)
+            {
+                self.publisher.answered_api();
+            }
+        }
         while let Some(cmd) = self.sched.poll_command() {
             self.route(cmd);
         }
@@ -224,8 +254,9 @@ impl Core {
         match cmd {
             Command::Assign { conn, task, attempt, .. } => {
                 let msg = TaskAssignment {
-                    task_id: task.id.to_string(),
+                    task_id: task.peer_task_id.to_string(),
                     task_data: Json::clone(&task.payload),
+                    id: Some(task.id.to_string()),
                     task_type: task.task_type.to_string(),
                     attempt: attempt.0,
                     timeout_s: task.run_timeout.map(|d| d.as_secs_f64()),
@@ -233,10 +264,15 @@ impl Core {
                 self.send(conn, FromCoordinator::TaskAssignment(msg));
             }
             Command::Cancel { conn, task, attempt, reason } => {
+                let task_id = match self.sched.task(task) {
+                    Some(t) => t.spec().peer_task_id.to_string(),
+                    None => task.to_string(),
+                };
                 let msg = CancelAssignment {
-                    task_id: task.to_string(),
+                    task_id,
+                    id: Some(task.to_string()),
                     attempt: attempt.0,
-                    reason: reason.to_owned(),
+                    reason: reason.to_string(),
                 };
                 self.send(conn, FromCoordinator::CancelTask(msg));
             }
@@ -244,15 +280,9 @@ impl Core {
                 let msg = outcome_message(&task, &outcome, attempts);
                 self.send_durable(conn, msg);
             }
-            Command::ClosePeer { conn, reason } => {
-                let code = if reason == "heartbeat timeout" {
-                    close::HEARTBEAT_TIMEOUT
-                } else {
-                    close::REPLACED
-                };
-                self.close(conn, code, reason);
+            Command::ClosePeer { conn, reason } | Command::CloseGamer { conn, reason } => {
+                self.close(conn, reason);
             }
-            Command::CloseGamer { conn, reason } => self.close(conn, close::REPLACED, reason),
         }
     }
 
@@ -267,9 +297,7 @@ impl Core {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(out)) => {
                 warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
-                self.telemetry.with(|| {
-                    metrics::counter!("legacygpu_connections_dropped_slow_total").increment(1);
-                });
+                crate::telemetry::connection_dropped_slow(&self.telemetry.recorder());
                 out
             }
             Err(mpsc::error::TrySendError::Closed(out)) => out,
@@ -310,17 +338,14 @@ impl Core {
 
     pub fn reply_error(&mut self, conn: ConnId, err: ErrorMsg) {
         debug!(%conn, code = %err.code, reason = %err.reason, "error reply");
-        let reason = err.code.to_string();
-        self.telemetry.with(|| {
-            metrics::counter!("legacygpu_messages_rejected_total", "reason" => reason).increment(1);
-        });
+        crate::telemetry::message_rejected(&self.telemetry.recorder(), &err.code);
         self.send(conn, FromCoordinator::Error(err));
     }
 
-    fn close(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.role = Role::Unregistered;
-            let _ = c.tx.try_send(Outbound::Close { code, reason: reason.into() });
+            let _ = c.tx.try_send(Outbound::Close(reason));
         }
     }
 
@@ -335,9 +360,7 @@ impl Core {
         for c in self.conns.values() {
             let bye = FromCoordinator::Shutdown(proto::Shutdown { reason: reason.clone() });
             let _ = c.tx.try_send(Outbound::Msg(Box::new(bye)));
-            let _ = c
-                .tx
-                .try_send(Outbound::Close { code: close::GOING_AWAY, reason: "shutdown".into() });
+            let _ = c.tx.try_send(Outbound::Close(CloseReason::GoingAway));
         }
     }
 }
@@ -346,19 +369,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The wire state of a scheduler status.
-pub(crate) fn wire_state(status: Status) -> TaskState {
-    match status {
-        Status::Queued => TaskState::Queued,
-        Status::Assigned => TaskState::Assigned,
-        Status::Running => TaskState::Running,
-        Status::Completed => TaskState::Completed,
-        Status::Failed => TaskState::Failed,
-        Status::Cancelled => TaskState::Cancelled,
-        Status::TimedOut => TaskState::TimedOut,
     }
 }
 
@@ -380,12 +390,13 @@ pub(crate) fn outcome_message(
             })
         }
         other => {
-            let failure = other.failure().unwrap_or_else(|| sched::Failure::new("failed", ""));
+            let failure =
+                other.failure().unwrap_or_else(|| sched::Failure::new(FailureCode::FAILED, ""));
             FromCoordinator::TaskError(TaskErrorOut {
                 task_id: task.client_task_id.to_string(),
                 id: task.id.to_string(),
-                status: wire_state(other.status()),
-                code: failure.code.to_string(),
+                status: other.status(),
+                code: failure.code,
                 reason: failure.message.to_string(),
                 attempts,
             })

@@ -6,14 +6,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sched::Strategy;
+use codes::WorkerStatus;
+use sched::{Strategy, Time};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::workers::peer_status;
 use super::{Api, ApiError, ErrorBody};
 use crate::config::StoreMode;
+use crate::core::ApiRequest;
+use crate::snapshot::Snapshot;
 
 // ---------------------------------------------------------------- health
 
@@ -40,33 +42,35 @@ pub struct Health {
 /// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
 #[utoipa::path(get, path = "/cluster/health", tag = "cluster",
     responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
-pub(super) async fn health(State(api): State<Api>) -> Result<Json<Health>, ApiError> {
-    api.call(|core| {
-        // Counted, not built into views: no capability copies on the core loop.
-        let stats = core.sched.stats();
-        let total = stats.peers;
-        let healthy = core.sched.peers().filter(|p| peer_status(core, p) == "healthy").count();
-        let figures = core.telemetry.figures();
-        let status = match (total, healthy) {
-            (0, _) => "CRITICAL",
-            (n, h) if h < n => "DEGRADED",
-            _ => "HEALTHY",
-        };
-        Json(Health {
-            status,
-            total_workers: total,
-            healthy_workers: healthy,
-            unhealthy_workers: total - healthy,
-            total_tasks: core.sched.task_count(),
-            pending_tasks: stats.queued,
-            running_tasks: stats.assigned + stats.running,
-            completed_tasks: figures.completed,
-            failed_tasks: figures.failed,
-            average_task_latency_ms: figures.avg_latency.map(ms),
-            uptime_seconds: figures.uptime.as_secs_f64(),
-        })
+pub(super) async fn health(State(api): State<Api>) -> Json<Health> {
+    let (snap, now) = (api.snapshot(), api.now());
+    let stats = &snap.stats;
+    let total = snap.workers.len();
+    let healthy = healthy_workers(&snap, now, api.config.heartbeat_interval);
+    let figures = &snap.figures;
+    let status = match (total, healthy) {
+        (0, _) => "CRITICAL",
+        (n, h) if h < n => "DEGRADED",
+        _ => "HEALTHY",
+    };
+    Json(Health {
+        status,
+        total_workers: total,
+        healthy_workers: healthy,
+        unhealthy_workers: total - healthy,
+        total_tasks: snap.tasks_held,
+        pending_tasks: stats.queued,
+        running_tasks: stats.assigned + stats.running,
+        completed_tasks: figures.completed,
+        failed_tasks: figures.failed,
+        average_task_latency_ms: figures.avg_latency.map(ms),
+        uptime_seconds: figures.uptime.as_secs_f64(),
     })
-    .await
+}
+
+/// Workers whose status is healthy at `now`.
+pub(super) fn healthy_workers(snap: &Snapshot, now: Time, interval: Duration) -> usize {
+    snap.workers.iter().filter(|w| w.status(now, interval) == WorkerStatus::Healthy).count()
 }
 
 /// `GET /cluster/metrics`.
@@ -93,30 +97,25 @@ pub struct ClusterMetrics {
 /// Throughput, success rate, latencies, active workers and slots.
 #[utoipa::path(get, path = "/cluster/metrics", tag = "cluster",
     responses((status = 200, body = ClusterMetrics), (status = 401, body = ErrorBody)))]
-pub(super) async fn cluster_metrics(
-    State(api): State<Api>,
-) -> Result<Json<ClusterMetrics>, ApiError> {
-    api.call(|core| {
-        let s = core.sched.stats();
-        let f = core.telemetry.figures();
-        let finished = f.completed + f.failed;
-        Json(ClusterMetrics {
-            tasks_per_minute: f.tasks_per_minute,
-            throughput_per_second: f.tasks_per_minute as f64 / 60.0,
-            success_rate: (finished > 0).then(|| f.completed as f64 / finished as f64),
-            average_latency_ms: f.avg_latency.map(ms),
-            average_run_time_ms: f.avg_run_time.map(ms),
-            active_workers: s.peers - s.peers_draining,
-            pending_tasks: s.queued,
-            running_tasks: s.assigned + s.running,
-            completed_tasks: f.completed,
-            failed_tasks: f.failed,
-            slots_total: s.slots_total,
-            slots_used: s.slots_used,
-            uptime_seconds: f.uptime.as_secs_f64(),
-        })
+pub(super) async fn cluster_metrics(State(api): State<Api>) -> Json<ClusterMetrics> {
+    let snap = api.snapshot();
+    let (s, f) = (&snap.stats, &snap.figures);
+    let finished = f.completed + f.failed;
+    Json(ClusterMetrics {
+        tasks_per_minute: f.tasks_per_minute,
+        throughput_per_second: f.tasks_per_minute as f64 / 60.0,
+        success_rate: (finished > 0).then(|| f.completed as f64 / finished as f64),
+        average_latency_ms: f.avg_latency.map(ms),
+        average_run_time_ms: f.avg_run_time.map(ms),
+        active_workers: s.peers - s.peers_draining,
+        pending_tasks: s.queued,
+        running_tasks: s.assigned + s.running,
+        completed_tasks: f.completed,
+        failed_tasks: f.failed,
+        slots_total: s.slots_total,
+        slots_used: s.slots_used,
+        uptime_seconds: f.uptime.as_secs_f64(),
     })
-    .await
 }
 
 fn ms(d: Duration) -> f64 {
@@ -148,8 +147,8 @@ pub struct ClusterConfig {
 /// The coordinator's configuration and the balancing strategy in use.
 #[utoipa::path(get, path = "/cluster/config", tag = "config",
     responses((status = 200, body = ClusterConfig)))]
-pub(super) async fn config(State(api): State<Api>) -> Result<Json<ClusterConfig>, ApiError> {
-    let strategy = api.call(|core| core.sched.config().strategy).await?;
+pub(super) async fn config(State(api): State<Api>) -> Json<ClusterConfig> {
+    let strategy = api.snapshot().strategy;
     let c = &api.config;
     let (store, data_dir) = match &c.store {
         StoreMode::Sqlite { data_dir, .. } => ("sqlite", Some(data_dir.display().to_string())),
@@ -164,7 +163,7 @@ pub(super) async fn config(State(api): State<Api>) -> Result<Json<ClusterConfig>
     } else {
         "protected_mode"
     };
-    Ok(Json(ClusterConfig {
+    Json(ClusterConfig {
         balancing_strategy: strategy.name().to_owned(),
         strategies: Strategy::ALL.iter().map(|s| s.name()).collect(),
         websocket_address: c.ws_addr.to_string(),
@@ -177,7 +176,7 @@ pub(super) async fn config(State(api): State<Api>) -> Result<Json<ClusterConfig>
         store,
         data_dir,
         auth,
-    }))
+    })
 }
 
 /// `PUT /cluster/config/balancing` body.
@@ -203,13 +202,7 @@ pub(super) async fn set_balancing(
             format!("unknown strategy `{}`; use one of {}", body.strategy, names.join(", ")),
         ));
     };
-    let previous = api
-        .call(move |core| {
-            let previous = core.sched.config().strategy;
-            core.sched.set_strategy(strategy);
-            previous
-        })
-        .await?;
+    let previous = api.request(|reply| ApiRequest::SetStrategy { strategy, reply }).await?;
     tracing::info!(from = %previous, to = %strategy, "balancing strategy switched");
     Ok(Json(json!({"balancing_strategy": strategy.name(), "previous": previous.name()}))
         .into_response())
@@ -229,30 +222,9 @@ pub(super) async fn shutdown(State(api): State<Api>) -> Response {
 /// Prometheus metrics (text format), every name `legacygpu_*`.
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub(super) async fn prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
-    api.call(|core| {
-        let s = core.sched.stats();
-        let busy: Vec<(String, u32, bool)> = core
-            .sched
-            .peers()
-            .map(|p| (p.id().to_string(), p.used(), peer_status(core, p) == "healthy"))
-            .collect();
-        let uptime = core.telemetry.figures().uptime.as_secs_f64();
-        core.telemetry.with(|| {
-            metrics::gauge!("legacygpu_queue_depth").set(s.queued as f64);
-            metrics::gauge!("legacygpu_tasks_running").set((s.assigned + s.running) as f64);
-            metrics::gauge!("legacygpu_peers_connected").set(s.peers as f64);
-            metrics::gauge!("legacygpu_peers_healthy")
-                .set(busy.iter().filter(|b| b.2).count() as f64);
-            metrics::gauge!("legacygpu_slots").set(s.slots_total as f64);
-            metrics::gauge!("legacygpu_gamers_connected").set(s.gamers as f64);
-            metrics::gauge!("legacygpu_uptime_seconds").set(uptime);
-            for (peer, used, _) in busy {
-                metrics::gauge!("legacygpu_peer_busy_slots", "peer" => peer).set(f64::from(used));
-            }
-        });
-    })
-    .await?;
-    let text = api.metrics.render();
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+pub(super) async fn prometheus(State(api): State<Api>) -> Response {
+    let (snap, now) = (api.snapshot(), api.now());
+    let healthy = healthy_workers(&snap, now, api.config.heartbeat_interval);
+    let text = api.metrics.render(&snap, healthy);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

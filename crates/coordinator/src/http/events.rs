@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use super::{Api, ApiError};
-use crate::telemetry::{ApiEvent, EVENT_BUFFER, Published};
+use crate::telemetry::{ApiEvent, Published};
 
 /// Close code for a subscriber dropped for reading too slowly.
 const TOO_SLOW: u16 = 4008;
@@ -79,13 +79,15 @@ pub(crate) async fn stream(
     let sub = Subscription::parse(filter)?;
     // Subscribe before the upgrade completes, so nothing after it is missed.
     let rx = api.events.subscribe();
-    Ok(ws.on_upgrade(move |socket| forward(socket, rx, sub)))
+    let buffer = api.config.limits.event_buffer;
+    Ok(ws.on_upgrade(move |socket| forward(socket, rx, sub, buffer)))
 }
 
 async fn forward(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Published>>,
     sub: Subscription,
+    buffer: usize,
 ) {
     loop {
         tokio::select! {
@@ -99,7 +101,7 @@ async fn forward(
                     let notice = json!({
                         "event": "dropped",
                         "reason": format!(
-                            "too slow: {missed} events were missed (the buffer holds {EVENT_BUFFER}); reconnect to resume"
+                            "too slow: {missed} events were missed (the buffer holds {buffer}); reconnect to resume"
                         ),
                     });
                     let _ = socket.send(Message::text(notice.to_string())).await;

@@ -2,11 +2,12 @@
 //! paths and field names), the live event stream `/ws/cluster/events`,
 //! Prometheus `/metrics`, and the OpenAPI document with a browsable `/docs`.
 //!
-//! Handlers never touch scheduler state themselves: they send a closure to
-//! the core loop ([`Input::Call`]) and await its answer, so the API sees the
-//! same ordered history as the WebSocket protocol. Every route is in
-//! [`routes::ROUTES`] with the role it needs; one middleware authenticates
-//! every request against that table.
+//! Handlers never touch scheduler state themselves. What needs a decision
+//! goes to the core loop as a typed [`ApiRequest`] and awaits its answer, so the
+//! API sees the same ordered history as the WebSocket protocol; what only
+//! reads — health, metrics, workers — comes from the [`Snapshot`] the core
+//! publishes. Every route is in [`routes::ROUTES`] with the role it needs;
+//! one middleware authenticates every request against that table.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,16 +18,18 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use utoipa::ToSchema;
 
+use crate::clock::Clock;
 use crate::config::{ApiRole, Config};
-use crate::core::{Core, Input};
+use crate::core::requests::Reply;
+use crate::core::{ApiRequest, Core, Input};
 use crate::observe::Durable;
-use crate::telemetry::{ApiEvent, Published};
+use crate::snapshot::Snapshot;
+use crate::telemetry::{ApiEvent, Metrics, Published};
 
 mod cluster;
 mod events;
@@ -38,10 +41,12 @@ mod workers;
 #[derive(Clone)]
 pub(crate) struct Api {
     core: mpsc::Sender<Input>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
     events: broadcast::Sender<Arc<Published>>,
     durable: watch::Receiver<Durable>,
-    metrics: PrometheusHandle,
+    metrics: Metrics,
     config: Arc<Config>,
+    clock: Clock,
     /// Asks the coordinator to shut down (`POST /cluster/shutdown`).
     stop: watch::Sender<bool>,
 }
@@ -50,25 +55,41 @@ impl Api {
     pub fn new(core: mpsc::Sender<Input>, state: &Core, stop: watch::Sender<bool>) -> Api {
         Api {
             core,
+            snapshot: state.publisher.subscribe(),
             events: state.telemetry.events(),
             durable: state.observer.durable_watch(),
-            metrics: state.telemetry.handle(),
+            metrics: state.telemetry.metrics(),
             config: Arc::clone(&state.config),
+            clock: state.clock,
             stop,
         }
     }
 
-    /// Runs `f` on the core loop and returns what it returns.
-    pub async fn call<R: Send + 'static>(
+    /// Sends the core the request `make` builds around a reply channel, and
+    /// awaits the answer.
+    pub async fn request<R>(
         &self,
-        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+        make: impl FnOnce(Reply<R>) -> ApiRequest,
     ) -> Result<R, ApiError> {
         let (tx, rx) = oneshot::channel();
-        let input = Input::Call(Box::new(move |core| {
-            let _ = tx.send(f(core));
-        }));
+        let input = Input::Request(make(tx));
         self.core.send(input).await.map_err(|_| ApiError::unavailable())?;
         rx.await.map_err(|_| ApiError::unavailable())
+    }
+
+    /// Sends a request whose answer the caller awaits itself (with a timeout).
+    pub async fn core_send(&self, request: ApiRequest) -> Result<(), ApiError> {
+        self.core.send(Input::Request(request)).await.map_err(|_| ApiError::unavailable())
+    }
+
+    /// The latest snapshot of the cluster.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.borrow())
+    }
+
+    /// Now, by the scheduler's clock.
+    pub fn now(&self) -> sched::Time {
+        self.clock.now()
     }
 
     /// Waits until the store has committed batch `seq` (what an
@@ -193,24 +214,17 @@ async fn publish_stats(api: Api) {
         if api.events.receiver_count() == 0 {
             continue;
         }
-        let stats = api.call(|core| {
-            let s = core.sched.stats();
-            let f = core.telemetry.figures();
-            ApiEvent::ClusterStats {
-                workers: s.peers,
-                queued: s.queued,
-                running: s.assigned + s.running,
-                completed: f.completed,
-                failed: f.failed,
-                tasks_per_minute: f.tasks_per_minute,
-            }
-        });
-        match stats.await {
-            Ok(event) => {
-                let _ = api.events.send(Arc::new(Published::new(&event)));
-            }
-            Err(_) => return,
-        }
+        let snap = api.snapshot();
+        let (s, f) = (&snap.stats, &snap.figures);
+        let event = ApiEvent::ClusterStats {
+            workers: s.peers,
+            queued: s.queued,
+            running: s.assigned + s.running,
+            completed: f.completed,
+            failed: f.failed,
+            tasks_per_minute: f.tasks_per_minute,
+        };
+        let _ = api.events.send(Arc::new(Published::new(&event)));
     }
 }
 

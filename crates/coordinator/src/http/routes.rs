@@ -35,7 +35,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::GET, "/cluster/workers/{id}", ReadOnly, || get(workers::worker)),
     route(Method::GET, "/cluster/workers/{id}/stats", ReadOnly, || get(workers::worker_stats)),
     route(Method::POST, "/cluster/workers/register", Admin, || post(workers::register_worker)),
-    route(Method::POST, "/cluster/tasks/submit", Client, || post(tasks::submit)),
+    route(Method::POST, "/cluster/tasks/submit", Client, || post(tasks::submit_seed_path)),
     route(Method::POST, "/cluster/tasks", Client, || post(tasks::submit)),
     route(Method::GET, "/cluster/tasks", ReadOnly, || get(tasks::list_tasks)),
     route(Method::GET, "/cluster/tasks/{id}/status", ReadOnly, || get(tasks::task_status)),
@@ -69,7 +69,7 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
     ),
     paths(
         cluster::health, cluster::cluster_metrics, workers::list_workers, workers::worker,
-        workers::worker_stats, workers::register_worker, tasks::submit, tasks::submit_alias,
+        workers::worker_stats, workers::register_worker, tasks::submit, tasks::submit_seed_path,
         tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, cluster::config,
         cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus
     ),

@@ -7,14 +7,15 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use proto::ToCoordinator;
-use sched::{CancelError, Owner, TaskId};
+use proto::{ErrorCode, FailureCode, ToCoordinator};
+use sched::{CancelError, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Api, ApiError, ErrorBody};
-use crate::core::{Core, messages, wire_state};
+use crate::core::ApiRequest;
+use crate::core::requests::{Awaited, Submitted, TaskFilter as ListFilter, TaskNow};
 
 // ----------------------------------------------------------------- tasks
 
@@ -49,7 +50,8 @@ pub struct SubmitTask {
 
 /// A task accepted.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Submitted {
+#[schema(as = Submitted)]
+pub struct SubmittedView {
     /// The cluster id: use it in `/cluster/tasks/{id}/…`.
     pub task_id: String,
     /// The submitter's own id (the cluster id when none was given).
@@ -66,7 +68,7 @@ pub struct Submitted {
     request_body(content = SubmitTask, description = "JSON; or multipart/form-data with a `file` \
         part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
-    responses((status = 201, body = Submitted), (status = 200, description = "Idempotent resubmission", body = Submitted),
+    responses((status = 201, body = SubmittedView), (status = 200, description = "Idempotent resubmission", body = SubmittedView),
               (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn submit(
     State(api): State<Api>,
@@ -102,9 +104,14 @@ fn body_code(status: StatusCode) -> &'static str {
 
 /// Seed 2's path for submitting a task; the same as `POST /cluster/tasks`.
 #[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
-    responses((status = 201, body = Submitted), (status = 422, body = ErrorBody)))]
-#[allow(dead_code)]
-pub(super) async fn submit_alias() {}
+    responses((status = 201, body = SubmittedView), (status = 422, body = ErrorBody)))]
+pub(super) async fn submit_seed_path(
+    api: State<Api>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    submit(api, headers, req).await
+}
 
 /// An inference task from a form: the `file` part is the image.
 pub(super) async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, ApiError> {
@@ -210,19 +217,21 @@ pub(super) async fn submit_task(
         Ok(ToCoordinator::TaskRequest(req)) => req,
         Ok(_) => return Err(ApiError::unavailable()),
         Err(e) => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.code().as_str(),
+                e.to_string(),
+            ));
         }
     };
-    let (accepted, seq) = api
-        .call(move |core| {
-            let accepted = messages::accept(core, Owner::Api, req);
-            (accepted, core.observer.appended())
-        })
-        .await?;
-    let accepted = accepted.map_err(|e| {
-        let status =
-            if e.code == "busy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
-        let mut err = ApiError::new(status, &e.code, e.reason);
+    let submitted = api.request(|reply| ApiRequest::Submit { req, reply }).await?;
+    let Submitted { accepted, seq } = submitted.map_err(|e| {
+        let status = if e.code == ErrorCode::BUSY {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::CONFLICT
+        };
+        let mut err = ApiError::new(status, e.code.as_str(), e.reason);
         if let Some(r) = e.retry_after_s {
             err = err.retry_after(r);
         }
@@ -230,7 +239,7 @@ pub(super) async fn submit_task(
     })?;
     api.durable(seq).await?;
     let status = if accepted.existing { StatusCode::OK } else { StatusCode::CREATED };
-    let body = Submitted {
+    let body = SubmittedView {
         task_id: accepted.id,
         client_task_id: accepted.task_id,
         status: accepted.status.as_str().to_owned(),
@@ -273,46 +282,36 @@ pub struct TaskErrorView {
     pub message: String,
 }
 
-fn task_view(core: &Core, task: &sched::Task<proto::Json>) -> TaskView {
-    let unix = |t: sched::Time| crate::clock::Clock::unix_ms(t);
-    let spec = task.spec();
+fn task_view(t: TaskNow) -> TaskView {
     TaskView {
-        task_id: task.id().to_string(),
-        client_task_id: spec.client_task_id.to_string(),
-        owner: spec.owner.to_string(),
-        task_type: spec.task_type.to_string(),
-        status: wire_state(task.status()).as_str().to_owned(),
-        priority: spec.priority,
-        attempt: task.attempt().0,
-        failures: task.failures(),
-        // The current holder, or the one that ran the last attempt.
-        worker_id: task
-            .peer()
-            .or_else(|| task.history().last().map(|a| &a.peer))
-            .map(ToString::to_string),
-        waiting_reason: core.sched.waiting_reason(task.id()),
-        queue_position: core.sched.queue_position(task.id()),
-        submitted_at_ms: unix(spec.submitted_at),
-        // The current assignment, or the last attempt's when it ended.
-        assigned_at_ms: task
-            .assigned_at()
-            .or_else(|| task.history().last().map(|a| a.assigned_at))
-            .map(unix),
-        started_at_ms: task.started_at().map(unix),
-        finished_at_ms: task.finished_at().map(unix),
-        last_error: task
-            .last_error()
+        task_id: t.id.to_string(),
+        client_task_id: t.client_task_id,
+        owner: t.owner,
+        task_type: t.task_type,
+        status: t.status.as_str().to_owned(),
+        priority: t.priority,
+        attempt: t.attempt,
+        failures: t.failures,
+        worker_id: t.worker_id,
+        waiting_reason: t.waiting_reason,
+        queue_position: t.queue_position,
+        submitted_at_ms: t.submitted_at_ms,
+        assigned_at_ms: t.assigned_at_ms,
+        started_at_ms: t.started_at_ms,
+        finished_at_ms: t.finished_at_ms,
+        last_error: t
+            .last_error
             .map(|f| TaskErrorView { code: f.code.to_string(), message: f.message.to_string() }),
-        attempts: task
-            .history()
-            .iter()
+        attempts: t
+            .attempts
+            .into_iter()
             .map(|a| {
                 json!({
-                    "attempt": a.attempt.0,
-                    "worker_id": a.peer.to_string(),
-                    "assigned_at_ms": unix(a.assigned_at),
-                    "ended_at_ms": a.ended_at.map(unix),
-                    "end": a.end.as_ref().map(sched::AttemptEnd::as_str),
+                    "attempt": a.attempt,
+                    "worker_id": a.worker_id,
+                    "assigned_at_ms": a.assigned_at_ms,
+                    "ended_at_ms": a.ended_at_ms,
+                    "end": a.end.map(|e| e.as_str()),
                 })
             })
             .collect(),
@@ -340,9 +339,6 @@ pub struct TaskList {
     pub offset: usize,
 }
 
-const STATES: [&str; 7] =
-    ["queued", "assigned", "running", "completed", "failed", "cancelled", "timed_out"];
-
 /// Tasks held by the coordinator (live, and finished ones still kept), newest first, filtered and paged.
 #[utoipa::path(get, path = "/cluster/tasks", tag = "tasks", params(TaskFilter),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
@@ -350,28 +346,22 @@ pub(super) async fn list_tasks(
     State(api): State<Api>,
     Query(f): Query<TaskFilter>,
 ) -> Result<Json<TaskList>, ApiError> {
-    if let Some(s) = &f.status
-        && !STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "invalid_filter",
-            format!("status `{s}` is not one of {}", STATES.join(", ")),
-        ));
-    }
-    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    let status = match f.status.as_deref() {
+        None => None,
+        Some(s) => Some(s.parse::<TaskState>().map_err(|_| {
+            let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(
+                "invalid_filter",
+                format!("status `{s}` is not one of {}", names.join(", ")),
+            )
+        })?),
+    };
+    let limit = f.limit.unwrap_or(100).clamp(1, api.config.limits.max_page);
     let offset = f.offset.unwrap_or(0);
-    api.call(move |core| {
-        let matching: Vec<_> = core
-            .sched
-            .tasks()
-            .rev()
-            .filter(|t| f.status.as_deref().is_none_or(|s| wire_state(t.status()).as_str() == s))
-            .filter(|t| f.task_type.as_deref().is_none_or(|ty| &*t.spec().task_type == ty))
-            .collect();
-        let tasks = matching.iter().skip(offset).take(limit).map(|t| task_view(core, t)).collect();
-        Json(TaskList { tasks, total: matching.len(), limit, offset })
-    })
-    .await
+    let filter = ListFilter { status, task_type: f.task_type, limit, offset };
+    let (tasks, total) = api.request(|reply| ApiRequest::ListTasks { filter, reply }).await?;
+    let tasks = tasks.into_iter().map(task_view).collect();
+    Ok(Json(TaskList { tasks, total, limit, offset }))
 }
 
 /// The 404 for a task id the coordinator does not hold.
@@ -394,8 +384,8 @@ pub(super) async fn task_status(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = parse_id(&id)?;
-    let view = api.call(move |core| core.sched.task(task).map(|t| task_view(core, t))).await?;
-    view.map(Json).ok_or_else(|| unknown_task(id))
+    let view = api.request(|reply| ApiRequest::Task { task, reply }).await?;
+    view.map(|t| Json(task_view(t))).ok_or_else(|| unknown_task(id))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -436,60 +426,57 @@ pub(super) async fn task_result(
     Query(wait): Query<ResultWait>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
-    let timeout = wait.timeout.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, 300.0);
-    // Register for the finish and read the state in one step: no race, no polling.
+    let limit = api.config.limits.max_result_wait.as_secs_f64();
+    let timeout = wait.timeout.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, limit);
+    // Registering and reading the state are one step on the core: no race, no polling.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let known = api
-        .call(move |core| {
-            let finished = core.sched.task(task).map(|t| t.outcome().is_some());
-            if finished == Some(false) {
-                let waiters = core.result_waiters.entry(task).or_default();
-                waiters.retain(|w| !w.is_closed());
-                waiters.push(tx);
-            }
-            finished.is_some()
+    api.core_send(ApiRequest::AwaitOutcome { task, reply: tx }).await?;
+    let answer = tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await;
+    let done = match answer {
+        Ok(Ok(Awaited::Finished(done))) => done,
+        Ok(Ok(Awaited::Unknown)) => return Err(unknown_task(id)),
+        Ok(Ok(Awaited::Busy)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::BUSY.as_str(),
+                "too many requests wait for results; retry shortly",
+            )
+            .retry_after(1.0));
+        }
+        Ok(Err(_)) => return Err(ApiError::unavailable()),
+        Err(_) => {
+            let now = api.request(|reply| ApiRequest::Task { task, reply }).await?;
+            let Some(now) = now else { return Err(unknown_task(id)) };
+            let pending = Pending {
+                task_id: task.to_string(),
+                status: now.status.as_str().to_owned(),
+                detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
+            };
+            return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
+        }
+    };
+    // What goes out must be durable, as for results pushed to gamers.
+    api.durable(done.seq).await?;
+    match done.outcome {
+        sched::Outcome::Completed { result, peer, .. } => Ok(Json(TaskResultView {
+            task_id: task.to_string(),
+            client_task_id: done.client_task_id,
+            status: TaskState::Completed.as_str().into(),
+            result: serde_json::from_str(result.get()).unwrap_or(Value::Null),
+            worker_id: peer.to_string(),
+            attempts: done.attempts,
         })
-        .await?;
-    if !known {
-        return Err(unknown_task(id));
-    }
-    let _ = tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await;
-    let answer = api
-        .call(move |core| {
-            let t = core.sched.task(task)?;
-            let spec = t.spec();
-            Some(match t.outcome() {
-                None => Err(Pending {
-                    task_id: task.to_string(),
-                    status: wire_state(t.status()).as_str().to_owned(),
-                    detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
-                }),
-                Some(sched::Outcome::Completed { result, peer, .. }) => Ok(Ok(TaskResultView {
-                    task_id: task.to_string(),
-                    client_task_id: spec.client_task_id.to_string(),
-                    status: "completed".into(),
-                    result: serde_json::from_str(result.get()).unwrap_or(Value::Null),
-                    worker_id: peer.to_string(),
-                    attempts: t.attempt().0,
-                })),
-                Some(other) => {
-                    let f = other.failure().unwrap_or_else(|| sched::Failure::new("failed", ""));
-                    let status = wire_state(other.status()).as_str();
-                    Ok(Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        &f.code,
-                        format!("the task {status}: {}", f.message),
-                    )
-                    .task(task.to_string())))
-                }
-            })
-        })
-        .await?;
-    match answer {
-        None => Err(unknown_task(id)),
-        Some(Err(pending)) => Ok((StatusCode::ACCEPTED, Json(pending)).into_response()),
-        Some(Ok(Ok(done))) => Ok(Json(done).into_response()),
-        Some(Ok(Err(failed))) => Err(failed),
+        .into_response()),
+        other => {
+            let f = other.failure().unwrap_or_else(|| sched::Failure::new(FailureCode::FAILED, ""));
+            let status = other.status().as_str();
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                f.code.as_str(),
+                format!("the task {status}: {}", f.message),
+            )
+            .task(task.to_string()))
+        }
     }
 }
 
@@ -503,17 +490,7 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
-    let result = api
-        .call(move |core| {
-            let owner = core
-                .sched
-                .task(task)
-                .map(|t| t.spec().owner.clone())
-                .ok_or(CancelError::UnknownTask)?;
-            let now = core.now();
-            core.sched.handle_cancel(now, &owner, task)
-        })
-        .await?;
+    let result = api.request(|reply| ApiRequest::Cancel { task, reply }).await?;
     match result {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({"task_id": id, "status": "cancelled"})))
             .into_response()),

@@ -39,7 +39,8 @@ fn keyed() -> Config {
 
 /// A router over a running core (no sockets).
 fn app(config: Config) -> axum::Router {
-    let core = Core::new(Arc::new(config), Observer::in_memory(), Telemetry::new(), Clock::start());
+    let core =
+        Core::new(Arc::new(config), Observer::in_memory(), Telemetry::new(64), Clock::start());
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let (stop, _) = tokio::sync::watch::channel(false);
     let api = Api::new(tx, &core, stop);

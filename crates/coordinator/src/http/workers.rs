@@ -1,18 +1,22 @@
 //! Worker routes: the connected workers, and approving new ones.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use codes::WorkerStatus;
+use sched::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Api, ApiError, ErrorBody};
-use crate::core::Core;
+use crate::core::ApiRequest;
+use crate::snapshot::WorkerFacts;
 
 // --------------------------------------------------------------- workers
 
@@ -21,7 +25,8 @@ use crate::core::Core;
 pub struct WorkerInfo {
     pub worker_id: String,
     /// healthy, unhealthy (heartbeats late) or draining.
-    pub status: &'static str,
+    #[schema(value_type = String)]
+    pub status: WorkerStatus,
     pub address: Option<String>,
     pub slots: u32,
     pub busy_slots: u32,
@@ -64,54 +69,24 @@ pub(super) struct WorkerFilter {
     status_filter: Option<String>,
 }
 
-pub(super) fn workers(core: &Core, only: Option<&str>) -> Vec<WorkerInfo> {
-    core.sched
-        .peers()
-        .filter(|p| only.is_none_or(|id| p.id().as_str() == id))
-        .map(|p| worker_info(core, p))
-        .collect()
-}
-
-/// Seconds since `t`, by the core's clock.
-fn seconds_since(core: &Core, t: sched::Time) -> f64 {
-    core.now().as_micros().saturating_sub(t.as_micros()) as f64 / 1e6
-}
-
-/// `draining`; `unhealthy` when its heartbeats are more than two intervals
-/// late (it is declared dead only at the heartbeat timeout); else `healthy`.
-pub(super) fn peer_status(core: &Core, p: &sched::Peer) -> &'static str {
-    if p.draining() {
-        "draining"
-    } else if seconds_since(core, p.last_seen())
-        > 2.0 * core.config.heartbeat_interval.as_secs_f64()
-    {
-        "unhealthy"
-    } else {
-        "healthy"
-    }
-}
-
-fn worker_info(core: &Core, p: &sched::Peer) -> WorkerInfo {
-    let since = |t: sched::Time| seconds_since(core, t);
-    let silent = since(p.last_seen());
-    let status = peer_status(core, p);
-    let info = core.peer_info.get(p.id());
-    let heartbeat = info.and_then(|i| i.heartbeat.as_ref());
-    let caps = p.caps();
+/// A worker's view from the facts of a snapshot taken at `now`.
+pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Duration) -> WorkerInfo {
+    let since = |t: Time| now.saturating_since(t).as_secs_f64();
+    let heartbeat = w.heartbeat.as_ref();
     WorkerInfo {
-        worker_id: p.id().to_string(),
-        status,
-        address: info.and_then(|i| i.remote).map(|a| a.to_string()),
-        slots: caps.slots,
-        busy_slots: p.used(),
-        current_load: f64::from(p.used()) / f64::from(caps.slots.max(1)),
-        task_types: caps.task_types.as_ref().map(|t| t.iter().map(ToString::to_string).collect()),
-        models: caps.models.iter().map(ToString::to_string).collect(),
-        capabilities: info.map(|i| i.caps.raw.clone()).unwrap_or(Value::Null),
-        tasks_completed: p.completed(),
-        tasks_failed: p.failed(),
-        last_heartbeat_seconds_ago: silent,
-        connected_seconds: since(p.joined_at()),
+        worker_id: w.id.to_string(),
+        status: w.status(now, heartbeat_interval),
+        address: w.address.map(|a| a.to_string()),
+        slots: w.slots,
+        busy_slots: w.busy_slots,
+        current_load: f64::from(w.busy_slots) / f64::from(w.slots.max(1)),
+        task_types: w.task_types.clone(),
+        models: w.models.clone(),
+        capabilities: Value::clone(&w.capabilities),
+        tasks_completed: w.completed,
+        tasks_failed: w.failed,
+        last_heartbeat_seconds_ago: since(w.last_seen),
+        connected_seconds: since(w.joined_at),
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
     }
@@ -124,20 +99,25 @@ pub(super) async fn list_workers(
     State(api): State<Api>,
     Query(filter): Query<WorkerFilter>,
 ) -> Result<Json<WorkerList>, ApiError> {
-    let wanted = filter.status_filter.map(|s| s.trim().to_ascii_lowercase());
-    if let Some(s) = &wanted
-        && !["healthy", "unhealthy", "draining"].contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "invalid_filter",
-            format!("status_filter `{s}` is not one of healthy, unhealthy, draining"),
-        ));
-    }
-    let mut list = api.call(|core| workers(core, None)).await?;
-    if let Some(s) = wanted {
-        list.retain(|w| w.status == s);
-    }
-    Ok(Json(WorkerList { total: list.len(), workers: list }))
+    let wanted = match filter.status_filter.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        None => None,
+        Some(s) => Some(s.parse::<WorkerStatus>().map_err(|_| {
+            let names: Vec<_> = WorkerStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(
+                "invalid_filter",
+                format!("status_filter `{s}` is not one of {}", names.join(", ")),
+            )
+        })?),
+    };
+    let (snap, now) = (api.snapshot(), api.now());
+    let interval = api.config.heartbeat_interval;
+    let workers: Vec<_> = snap
+        .workers
+        .iter()
+        .map(|w| worker_info(w, now, interval))
+        .filter(|w| wanted.is_none_or(|s| w.status == s))
+        .collect();
+    Ok(Json(WorkerList { total: workers.len(), workers }))
 }
 
 /// One connected worker: capabilities, load, counts, heartbeat age.
@@ -148,8 +128,13 @@ pub(super) async fn worker(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkerInfo>, ApiError> {
-    let found = api.call(move |core| workers(core, Some(&id)).pop().ok_or(id)).await?;
-    found.map(Json).map_err(|id| ApiError::not_found(format!("no worker `{id}` is connected")))
+    let snap = api.snapshot();
+    let w = snap.worker(&id).ok_or_else(|| unknown_worker(&id))?;
+    Ok(Json(worker_info(w, api.now(), api.config.heartbeat_interval)))
+}
+
+fn unknown_worker(id: &str) -> ApiError {
+    ApiError::not_found(format!("no worker `{id}` is connected"))
 }
 
 /// One worker with the tasks it holds and its measured run times by task type.
@@ -160,19 +145,13 @@ pub(super) async fn worker_stats(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkerStats>, ApiError> {
-    let found = api
-        .call(move |core| {
-            let Some(p) = core.sched.peer(&id) else { return Err(id) };
-            let running = p.tasks().map(|(t, _)| t.to_string()).collect();
-            let times = p.runtimes().map(|(t, e)| (t.to_owned(), e.mean_us / 1e3)).collect();
-            Ok(WorkerStats {
-                worker: worker_info(core, p),
-                running_tasks: running,
-                average_run_time_ms: times,
-            })
-        })
-        .await?;
-    found.map(Json).map_err(|id| ApiError::not_found(format!("no worker `{id}` is connected")))
+    let snap = api.snapshot();
+    let w = snap.worker(&id).ok_or_else(|| unknown_worker(&id))?;
+    Ok(Json(WorkerStats {
+        worker: worker_info(w, api.now(), api.config.heartbeat_interval),
+        running_tasks: w.running.iter().map(ToString::to_string).collect(),
+        average_run_time_ms: w.run_time_ms.clone(),
+    }))
 }
 
 /// `POST /cluster/workers/register` body.
@@ -208,24 +187,15 @@ pub(super) async fn register_worker(
         ));
     }
     let token = new_credential();
-    let digest = crate::approvals::digest(&token);
-    let worker_id = id.clone();
+    let credential_sha256 = crate::approvals::digest(&token);
     // Approved in memory and in the store (when there is one) before the
     // credential is shown: it keeps working after a restart.
+    let worker_id = id.clone();
     let seq = api
-        .call(move |core| {
-            core.approvals.approve(&id, digest.clone());
-            let at_ms = crate::clock::Clock::unix_ms(core.now());
-            core.observer.record(store::Op::Approved {
-                peer_id: id,
-                credential_sha256: digest,
-                at_ms,
-            });
-            core.observer.commit();
-            core.observer.appended()
-        })
+        .request(|reply| ApiRequest::ApproveWorker { worker_id, credential_sha256, reply })
         .await?;
     api.durable(seq).await?;
+    let worker_id = id;
     let body = WorkerCredential { worker_id, token, status: "approved" };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -1,5 +1,6 @@
 //! Inputs from peers and gamers joining, leaving and heartbeating.
 
+use codes::CloseReason;
 use std::collections::BTreeMap;
 
 use super::{PeerError, Scheduler};
@@ -34,7 +35,7 @@ impl<P: Clone> Scheduler<P> {
             if old.conn != join.conn {
                 self.commands.push_back(Command::ClosePeer {
                     conn: old.conn,
-                    reason: "replaced by a new session",
+                    reason: CloseReason::Replaced,
                 });
             }
             for (task, attempt) in old.tasks {
@@ -145,13 +146,21 @@ impl<P: Clone> Scheduler<P> {
             }
             None => now,
         };
+        // The run goes on: its time limit counts from when it was assigned.
+        let run_deadline =
+            task.spec.run_timeout.map(|limit| since + limit + self.config.run_timeout_slack);
         task.state = State::Assigned(Holder {
             peer: peer.clone(),
             conn: Some(conn),
             attempt,
             since,
             started: None,
+            run_deadline,
         });
+        if let Some(at) = run_deadline {
+            self.timers.insert(at, Timer::RunDeadline(id, attempt));
+        }
+        self.end_wait(id);
         self.events.push_back(Event::TaskReclaimed { task: id, peer: peer.clone(), attempt });
         true
     }
@@ -200,17 +209,13 @@ impl<P: Clone> Scheduler<P> {
         if let Some(old) = self.gamers.insert(gamer.clone(), conn)
             && old != conn
         {
-            self.commands.push_back(Command::CloseGamer { conn: old, reason: "replaced" });
+            self.commands
+                .push_back(Command::CloseGamer { conn: old, reason: CloseReason::Replaced });
             self.events.push_back(Event::GamerLeft { gamer: gamer.clone(), conn: old });
         }
         self.events.push_back(Event::GamerJoined { gamer: gamer.clone(), conn });
         for id in self.undelivered.remove(&gamer).unwrap_or_default() {
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
-            let State::Finished { outcome, delivered, to, .. } = &mut task.state else { continue };
-            *delivered = true;
-            *to = Some(conn);
-            let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
-            self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
+            self.hand_over(id, conn);
         }
     }
 
@@ -237,17 +242,11 @@ impl<P: Clone> Scheduler<P> {
                 unknown.push(id);
                 continue;
             }
-            let State::Finished { outcome, delivered, to, .. } = &mut task.state else { continue };
+            let State::Finished { to, .. } = &task.state else { continue };
             if *to == Some(conn) {
                 continue; // already sent on this very connection
             }
-            *delivered = true;
-            *to = Some(conn);
-            let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
-            if let Some(waiting) = self.undelivered.get_mut(gamer) {
-                waiting.remove(&id);
-            }
-            self.push_delivery(conn, gamer.clone(), spec, outcome, attempts);
+            self.hand_over(id, conn);
         }
         unknown
     }
@@ -259,14 +258,10 @@ impl<P: Clone> Scheduler<P> {
         self.tick(now);
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let Owner::Gamer(gamer) = &task.spec.owner else { return };
-        let State::Finished { outcome, delivered, to, .. } = &mut task.state else { return };
+        let State::Finished { delivered, to, .. } = &mut task.state else { return };
         let gamer = gamer.clone();
         match self.gamers.get(&gamer).copied().filter(|c| *c != conn) {
-            Some(current) => {
-                *to = Some(current);
-                let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
-                self.push_delivery(current, gamer, spec, outcome, attempts);
-            }
+            Some(current) => self.hand_over(id, current),
             None => {
                 *delivered = false;
                 *to = None;

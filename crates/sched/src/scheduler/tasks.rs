@@ -7,7 +7,9 @@ use super::{PeerError, Scheduler};
 use crate::output::{Event, RequeueReason};
 use crate::queue::Class;
 use crate::task::{AttemptEnd, State, Submission, Task, TaskSpec};
-use crate::types::{Attempt, ConnId, Outcome, Owner, PeerId, RunOutcome, Status, TaskId, Time};
+use crate::types::{
+    Attempt, ConnId, FailureCode, Outcome, Owner, PeerId, RunOutcome, TaskId, TaskState, Time,
+};
 
 /// A submission the scheduler took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +20,7 @@ pub struct Accepted {
     /// True when the idempotency key matched an existing task (which is
     /// returned instead of a new one).
     pub existing: bool,
-    pub status: Status,
+    pub status: TaskState,
     /// Why the task cannot start yet, when no connected peer can run it.
     pub waiting_reason: Option<String>,
 }
@@ -39,7 +41,7 @@ pub enum CancelError {
     /// The task belongs to someone else.
     NotOwner,
     /// The task had already ended.
-    AlreadyFinished(Status),
+    AlreadyFinished(TaskState),
 }
 
 /// What became of a result.
@@ -80,10 +82,12 @@ impl<P: Clone> Scheduler<P> {
         let id = TaskId(self.next_task);
         self.next_task += 1;
         let client_task_id = sub.client_task_id.unwrap_or_else(|| Arc::from(id.to_string()));
+        let peer_task_id = self.claim_peer_task_id(&client_task_id, id);
         let spec = Arc::new(TaskSpec {
             id,
             owner: sub.owner,
             client_task_id: Arc::clone(&client_task_id),
+            peer_task_id,
             task_type: sub.task_type,
             payload: sub.payload,
             priority: sub.priority,
@@ -103,14 +107,16 @@ impl<P: Clone> Scheduler<P> {
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert((spec.owner.clone(), Arc::clone(key)), id);
         }
-        self.timers.insert(now + spec.queue_timeout, crate::timers::Timer::QueueDeadline(id, 1));
-        self.tasks.insert(id, Task::new(Arc::clone(&spec), class, pos, now));
+        let deadline = now + spec.queue_timeout;
+        self.timers.insert(deadline, crate::timers::Timer::QueueDeadline(id, 1));
+        self.tasks.insert(id, Task::new(Arc::clone(&spec), class, pos, now, deadline));
         self.counters.submitted += 1;
         self.events.push_back(Event::TaskSubmitted { task: spec });
         self.place(now);
 
-        let status = self.tasks.get(&id).map_or(Status::Queued, Task::status);
-        let waiting_reason = if status == Status::Queued { self.waiting_reason(id) } else { None };
+        let status = self.tasks.get(&id).map_or(TaskState::Queued, Task::status);
+        let waiting_reason =
+            if status == TaskState::Queued { self.waiting_reason(id) } else { None };
         Ok(Accepted { id, client_task_id, existing: false, status, waiting_reason })
     }
 
@@ -129,23 +135,11 @@ impl<P: Clone> Scheduler<P> {
         };
         // An outcome already handed to this very connection is on its way:
         // sending it again would only make a duplicate.
-        if let (State::Finished { outcome, to, .. }, Owner::Gamer(gamer)) =
-            (&task.state, &task.spec.owner)
+        if let (State::Finished { to, .. }, Owner::Gamer(gamer)) = (&task.state, &task.spec.owner)
             && let Some(&conn) = self.gamers.get(gamer)
             && *to != Some(conn)
         {
-            let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
-            let gamer = gamer.clone();
-            if let Some(State::Finished { delivered, to, .. }) =
-                self.tasks.get_mut(&id).map(|t| &mut t.state)
-            {
-                *delivered = true;
-                *to = Some(conn);
-            }
-            if let Some(set) = self.undelivered.get_mut(&gamer) {
-                set.remove(&id);
-            }
-            self.push_delivery(conn, gamer, spec, outcome, attempts);
+            self.hand_over(id, conn);
         }
         Some(Accepted { waiting_reason: self.waiting_reason(id), ..accepted })
     }
@@ -170,6 +164,7 @@ impl<P: Clone> Scheduler<P> {
         {
             p.zombies.remove(&id);
             self.refresh_free(peer);
+            self.release_peer_task_id(id);
             self.stale(id, zombie, peer);
             self.place(now);
             return Ok(ResultAck::Stale);
@@ -252,7 +247,7 @@ impl<P: Clone> Scheduler<P> {
                     t.failures += 1;
                     t.last_error = Some(failure.clone());
                 }
-                let outcome = if &*failure.code == "timed_out" {
+                let outcome = if failure.code.is_timeout() {
                     Outcome::TimedOut(failure)
                 } else {
                     Outcome::Failed(failure)
@@ -334,14 +329,11 @@ impl<P: Clone> Scheduler<P> {
             }
             State::Assigned(h) => {
                 let holder = h.clone();
-                self.stop_run(now, id, &holder, "cancelled");
+                self.stop_run(now, id, &holder, FailureCode::CANCELLED);
                 self.end_attempt(now, id, holder.attempt, AttemptEnd::Cancelled);
                 self.refresh_free(&holder.peer);
             }
-            State::Queued { .. } => {
-                let deadline = task.queued_at + task.spec.queue_timeout;
-                self.timers.remove(deadline, crate::timers::Timer::QueueDeadline(id, task.waits));
-            }
+            State::Queued { .. } => self.end_wait(id),
             State::Backoff { .. } => {}
         }
         self.finish(now, id, Outcome::Cancelled, None);

@@ -142,7 +142,7 @@ impl World {
             }
             "result" => self.result(&words, &opts),
             "start" => {
-                let (id, attempt) = task_ref(words[2]);
+                let (id, attempt) = self.peer_ref(words[2]);
                 let conn = self.peer_conns[words[1]];
                 let r = self.sched.handle_started(now, &PeerId::from(words[1]), conn, id, attempt);
                 if r.is_err() {
@@ -158,8 +158,15 @@ impl World {
         }
     }
 
+    /// A task as a peer names it: its peer id (`123`) or its cluster id (`t-1`).
+    fn peer_ref(&self, text: &str) -> (TaskId, Option<Attempt>) {
+        let (id, attempt) = text.split_once('#').map_or((text, None), |(id, a)| (id, Some(a)));
+        let id = self.sched.resolve_peer_task(id).unwrap_or_else(|| panic!("no task `{id}`"));
+        (id, attempt.map(|a| Attempt(a.parse().unwrap())))
+    }
+
     fn result(&mut self, words: &[&str], opts: &BTreeMap<&str, &str>) {
-        let (id, attempt) = task_ref(words[2]);
+        let (id, attempt) = self.peer_ref(words[2]);
         let outcome = if let Some(r) = opts.get("ok") {
             RunOutcome::Completed((*r).to_owned())
         } else if let Some(e) = opts.get("err") {
@@ -203,7 +210,13 @@ impl World {
         };
         match cmd {
             Command::Assign { conn, peer, task, attempt } => {
-                format!("assign {}{attempt} {} -> {peer} ({conn})", task.id, task.payload)
+                // The id the peer sees, where it is not the submitter's.
+                let seen = if task.peer_task_id == task.client_task_id {
+                    String::new()
+                } else {
+                    format!(" as {}", task.peer_task_id)
+                };
+                format!("assign {}{attempt}{seen} {} -> {peer} ({conn})", task.id, task.payload)
             }
             Command::Cancel { conn, task, attempt, reason } => {
                 format!("cancel {task}{attempt} on {} ({reason})", peer_of(conn))

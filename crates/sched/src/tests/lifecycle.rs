@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::harness::{World, check, check_events, check_with, config};
 use crate::{
     Attempt, AttemptEnd, AttemptRecord, Config, Failure, GamerId, Outcome, Owner, PeerId,
-    Recovered, RecoveredState, Requirements, Status, TaskId, TaskSpec, Time,
+    Recovered, RecoveredState, Requirements, TaskId, TaskSpec, TaskState, Time,
 };
 
 #[test]
@@ -486,7 +486,7 @@ fn started_marks_running() {
     let mut world = World::new(config());
     world.run("join p1\nsubmit api sleep\nstart p1 t-1");
     let task = world.sched.task(TaskId(1)).unwrap();
-    assert_eq!(task.status(), Status::Running);
+    assert_eq!(task.status(), TaskState::Running);
     assert_eq!(world.sched.stats().running, 1);
 }
 
@@ -495,6 +495,7 @@ fn spec(id: u64, owner: Owner) -> TaskSpec<String> {
         id: TaskId(id),
         owner,
         client_task_id: format!("c{id}").into(),
+        peer_task_id: format!("c{id}").into(),
         task_type: "echo".into(),
         payload: format!("p{id}"),
         priority: 1,
@@ -593,7 +594,7 @@ submit g1 echo
     assert_eq!(world.log.trim(), expect.trim(), "\n{}", world.log);
     // t-5's peer never came back: after the grace it waits for another attempt.
     let t5 = world.sched.task(TaskId(5)).unwrap();
-    assert_eq!((t5.status(), t5.failures()), (Status::Queued, 1));
+    assert_eq!((t5.status(), t5.failures()), (TaskState::Queued, 1));
 }
 
 #[test]
@@ -609,7 +610,7 @@ fn a_failed_task_keeps_its_last_error_and_history() {
         ",
     );
     let task = world.sched.task(TaskId(1)).unwrap();
-    assert_eq!(task.status(), Status::Failed);
+    assert_eq!(task.status(), TaskState::Failed);
     assert_eq!(task.last_error(), Some(&Failure::new("unavailable", "boom")));
     let ends: Vec<_> = task.history().iter().map(|r| r.end.clone()).collect();
     assert_eq!(
@@ -620,7 +621,7 @@ fn a_failed_task_keeps_its_last_error_and_history() {
         ]
     );
     match task.outcome() {
-        Some(Outcome::Failed(f)) => assert_eq!(&*f.code, "attempts_exhausted"),
+        Some(Outcome::Failed(f)) => assert_eq!(f.code, crate::FailureCode::ATTEMPTS_EXHAUSTED),
         other => panic!("{other:?}"),
     }
 }
@@ -725,7 +726,7 @@ fn retries_back_off_exponentially_with_jitter_and_a_cap() {
         delays.push(retry_at.saturating_since(now));
         // Nothing is reassigned before the back-off passes …
         s.handle_timeout(now + (retry_at.saturating_since(now) / 2));
-        assert_eq!(s.task(TaskId(1)).unwrap().status(), Status::Queued);
+        assert_eq!(s.task(TaskId(1)).unwrap().status(), TaskState::Queued);
         // … and it is reassigned when it does.
         now = retry_at;
         s.handle_timeout(now);

@@ -206,7 +206,7 @@ fn results_go_to_the_submitting_gamer_only() {
           assign t-1#1 a -> p1 (c3)
         submit g2 echo id=1 p=b
           => t-2 1 Assigned
-          assign t-2#1 b -> p1 (c3)
+          assign t-2#1 as t-2 b -> p1 (c3)
         result p1 t-2 ok=B
           => Accepted
           deliver t-2 (1) to g2: completed B by p1#1 after 1
@@ -284,11 +284,89 @@ fn a_gamer_still_awaiting_a_delivered_outcome_gets_it_again() {
           deliver t-1 (a) to g1: completed A by p1#1 after 1
           assign t-3#1 x -> p1 (c2)
         gamer g1
-          close gamer c1 (replaced)
+          close gamer c1 (replaced by a new session)
         awaiting g1 t-1,t-2,t-3,t-9
           => unknown t-3,t-9
           deliver t-1 (a) to g1: completed A by p1#1 after 1
         awaiting g1 t-1
+        ",
+    );
+}
+
+#[test]
+fn peers_see_the_gamers_own_ids_unless_another_live_task_holds_one() {
+    check(
+        r"
+        gamer g1
+        gamer g2
+        join p1 slots=4
+        submit g1 echo id=123
+        submit g2 echo id=123
+        result p1 123 ok=A
+        result p1 t-2 ok=B
+        submit g2 echo id=123
+        result p1 123 ok=C
+        ",
+        r"
+        gamer g1
+        gamer g2
+        join p1 slots=4
+        submit g1 echo id=123
+          => t-1 123 Assigned
+          assign t-1#1 x -> p1 (c3)
+        submit g2 echo id=123
+          => t-2 123 Assigned
+          assign t-2#1 as t-2 x -> p1 (c3)
+        result p1 123 ok=A
+          => Accepted
+          deliver t-1 (123) to g1: completed A by p1#1 after 1
+        result p1 t-2 ok=B
+          => Accepted
+          deliver t-2 (123) to g2: completed B by p1#1 after 1
+        submit g2 echo id=123
+          => t-3 123 Assigned
+          assign t-3#1 x -> p1 (c3)
+        result p1 123 ok=C
+          => Accepted
+          deliver t-3 (123) to g2: completed C by p1#1 after 1
+        ",
+    );
+}
+
+#[test]
+fn a_cancelled_run_keeps_its_peer_id_until_the_peer_confirms() {
+    check(
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=7
+        cancel g1 t-1
+        submit g1 echo id=7
+        result p1 t-1 ok=late
+        result p1 t-2 ok=B
+        submit g1 echo id=7
+        ",
+        r"
+        gamer g1
+        join p1 slots=2
+        submit g1 echo id=7
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c2)
+        cancel g1 t-1
+          => Ok(())
+          cancel t-1#1 on p1 (cancelled)
+          deliver t-1 (7) to g1: cancelled after 1
+        submit g1 echo id=7
+          => t-2 7 Assigned
+          assign t-2#1 as t-2 x -> p1 (c2)
+        result p1 t-1 ok=late
+          => Stale
+        result p1 t-2 ok=B
+          => Accepted
+          deliver t-2 (7) to g1: completed B by p1#1 after 1
+        submit g1 echo id=7
+          => t-3 7 Assigned
+          assign t-3#1 x -> p1 (c2)
         ",
     );
 }
@@ -315,7 +393,7 @@ fn duplicate_live_task_ids_are_refused() {
           => t-2 same Queued
         result p1 t-1 ok=A
           => Accepted
-          assign t-2#1 x -> p1 (c1)
+          assign t-2#1 as t-2 x -> p1 (c1)
         submit g1 echo id=same
           => t-3 same Queued
         ",
@@ -425,4 +503,30 @@ fn timers_do_not_pile_up_with_finished_tasks() {
     let kinds = s.timer_kinds();
     assert_eq!((kinds.get("queue"), kinds.get("run")), (None, None), "{kinds:?}");
     assert_eq!(s.timers_pending(), baseline + kinds.get("zombie").copied().unwrap_or(0));
+}
+
+#[test]
+fn a_reclaimed_run_keeps_its_time_limit() {
+    check(
+        r"
+        gamer g1
+        join p1
+        submit g1 echo timeout=5s
+        leave p1
+        join p1 running=t-1#1
+        at 11s
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 echo timeout=5s
+          => t-1 t-1 Assigned
+          assign t-1#1 x -> p1 (c2)
+        leave p1
+        join p1 running=t-1#1
+        at 11s
+          cancel t-1#1 on p1 (timed_out)
+          deliver t-1 (t-1) to g1: timed_out run_timeout: ran 11.0 s on peer p1, over its timeout of 5.0 s after 1
+        ",
+    );
 }

@@ -1,0 +1,286 @@
+//! What the HTTP API asks of the core: a closed set of typed requests, all
+//! answered here, on the core loop, in the order of history (the shape of
+//! rust-analyzer's `handlers/dispatch.rs`).
+//!
+//! Only what needs a decision or the scheduler's live state comes here:
+//! submitting, cancelling, waiting for an outcome, approving a worker,
+//! switching the strategy, and the live details of one task. Lists, counts,
+//! health and metrics are read from the published
+//! [`Snapshot`](crate::snapshot::Snapshot) instead, never by walking state
+//! on the loop.
+
+use std::collections::HashMap;
+
+use proto::{ErrorMsg, Json, TaskAccepted, TaskRequest};
+use sched::{CancelError, Outcome, Owner, Strategy, Task, TaskId, TaskState};
+use tokio::sync::oneshot;
+
+use super::{Core, messages};
+use crate::clock::Clock;
+
+/// Where the answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<T>;
+
+/// A request of the HTTP API.
+pub(crate) enum ApiRequest {
+    /// Submit a task on behalf of the API (owner `api`).
+    Submit { req: TaskRequest, reply: Reply<Result<Submitted, ErrorMsg>> },
+    /// Cancel a task, whoever submitted it.
+    Cancel { task: TaskId, reply: Reply<Result<(), CancelError>> },
+    /// Answer once the task has an outcome (at once when it has one).
+    AwaitOutcome { task: TaskId, reply: Reply<Awaited> },
+    /// The task as the scheduler holds it now.
+    Task { task: TaskId, reply: Reply<Option<TaskNow>> },
+    /// A page of the tasks held, newest first.
+    // TODO(store-reader): served from the store once its reader lands.
+    ListTasks { filter: TaskFilter, reply: Reply<(Vec<TaskNow>, usize)> },
+    /// Approve a worker id with the SHA-256 of its credential; the answer is
+    /// the store batch that makes the approval durable.
+    ApproveWorker { worker_id: String, credential_sha256: String, reply: Reply<u64> },
+    /// Switch the placement strategy; the answer is the previous one.
+    SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskFilter {
+    pub status: Option<TaskState>,
+    pub task_type: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// A submission the core accepted.
+#[derive(Debug)]
+pub(crate) struct Submitted {
+    pub accepted: TaskAccepted,
+    /// The store batch that makes it durable (0 without a store).
+    pub seq: u64,
+}
+
+/// The answer to [`ApiRequest::AwaitOutcome`].
+#[derive(Debug)]
+pub(crate) enum Awaited {
+    /// The coordinator holds no such task.
+    Unknown,
+    Finished(Finished),
+    /// Too many requests already wait for results.
+    Busy,
+}
+
+/// A task's outcome, for the API.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub client_task_id: String,
+    pub outcome: Outcome<Json>,
+    pub attempts: u32,
+    /// The store batch that makes the outcome durable.
+    pub seq: u64,
+}
+
+/// A task as the scheduler holds it, for the API.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskNow {
+    pub id: TaskId,
+    pub client_task_id: String,
+    pub owner: String,
+    pub task_type: String,
+    pub status: TaskState,
+    pub priority: i32,
+    pub attempt: u32,
+    pub failures: u32,
+    pub worker_id: Option<String>,
+    pub waiting_reason: Option<String>,
+    pub queue_position: Option<usize>,
+    /// Unix milliseconds.
+    pub submitted_at_ms: i64,
+    pub assigned_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub last_error: Option<sched::Failure>,
+    pub attempts: Vec<AttemptNow>,
+}
+
+/// One attempt of a task, for the API.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptNow {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub assigned_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub end: Option<codes::AttemptEnd>,
+}
+
+/// HTTP requests waiting for tasks to finish, bounded.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    by_task: HashMap<TaskId, Vec<Reply<Awaited>>>,
+    count: usize,
+}
+
+impl Waiters {
+    /// Registers a waiter, or gives it back when `max` already wait.
+    fn add(
+        &mut self,
+        task: TaskId,
+        reply: Reply<Awaited>,
+        max: usize,
+    ) -> Result<(), Reply<Awaited>> {
+        if self.count >= max {
+            self.prune();
+        }
+        if self.count >= max {
+            return Err(reply);
+        }
+        self.by_task.entry(task).or_default().push(reply);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Drops the waiters whose requests gave up.
+    fn prune(&mut self) {
+        self.by_task.retain(|_, list| {
+            list.retain(|w| !w.is_closed());
+            !list.is_empty()
+        });
+        self.count = self.by_task.values().map(Vec::len).sum();
+    }
+
+    /// Answers everyone waiting for `task`; true when anyone was.
+    pub fn finished(&mut self, task: TaskId, done: &Finished) -> bool {
+        let Some(list) = self.by_task.remove(&task) else { return false };
+        self.count -= list.len();
+        for w in list {
+            let _ = w.send(Awaited::Finished(done.clone()));
+        }
+        true
+    }
+}
+
+impl Core {
+    /// Handles one request of the API: the one place they are decided.
+    pub(crate) fn handle_request(&mut self, request: ApiRequest) {
+        self.publisher.answered_api();
+        match request {
+            ApiRequest::Submit { req, reply } => {
+                let answer = messages::accept(self, Owner::Api, req)
+                    .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                let _ = reply.send(answer);
+            }
+            ApiRequest::Cancel { task, reply } => {
+                let now = self.now();
+                let owner = self.sched.task(task).map(|t| t.spec().owner.clone());
+                let answer = match owner {
+                    Some(owner) => self.sched.handle_cancel(now, &owner, task),
+                    None => Err(CancelError::UnknownTask),
+                };
+                let _ = reply.send(answer);
+            }
+            ApiRequest::AwaitOutcome { task, reply } => self.await_outcome(task, reply),
+            ApiRequest::Task { task, reply } => {
+                let _ = reply.send(self.sched.task(task).map(|t| self.task_now(t)));
+            }
+            ApiRequest::ListTasks { filter, reply } => {
+                let matching: Vec<_> = self
+                    .sched
+                    .tasks()
+                    .rev()
+                    .filter(|t| filter.status.is_none_or(|s| t.status() == s))
+                    .filter(|t| {
+                        filter.task_type.as_deref().is_none_or(|ty| &*t.spec().task_type == ty)
+                    })
+                    .collect();
+                let page = matching
+                    .iter()
+                    .skip(filter.offset)
+                    .take(filter.limit)
+                    .map(|t| self.task_now(t))
+                    .collect();
+                let _ = reply.send((page, matching.len()));
+            }
+            ApiRequest::ApproveWorker { worker_id, credential_sha256, reply } => {
+                self.approvals.approve(&worker_id, credential_sha256.clone());
+                let at_ms = Clock::unix_ms(self.now());
+                self.observer.record(store::Op::Approved {
+                    peer_id: worker_id,
+                    credential_sha256,
+                    at_ms,
+                });
+                self.observer.commit();
+                let _ = reply.send(self.observer.appended());
+            }
+            ApiRequest::SetStrategy { strategy, reply } => {
+                let previous = self.sched.config().strategy;
+                self.sched.set_strategy(strategy);
+                let _ = reply.send(previous);
+            }
+        }
+    }
+
+    fn await_outcome(&mut self, task: TaskId, reply: Reply<Awaited>) {
+        let Some(t) = self.sched.task(task) else {
+            let _ = reply.send(Awaited::Unknown);
+            return;
+        };
+        if let Some(done) = self.finished_view(t) {
+            let _ = reply.send(Awaited::Finished(done));
+            return;
+        }
+        let max = self.config.limits.max_result_waiters;
+        if let Err(reply) = self.waiters.add(task, reply, max) {
+            let _ = reply.send(Awaited::Busy);
+        }
+    }
+
+    /// A finished task's outcome, durable once the batch observed so far is.
+    pub(super) fn finished_view(&self, t: &Task<Json>) -> Option<Finished> {
+        Some(Finished {
+            client_task_id: t.spec().client_task_id.to_string(),
+            outcome: t.outcome()?.clone(),
+            attempts: t.attempt().0,
+            seq: self.observer.appended(),
+        })
+    }
+
+    fn task_now(&self, task: &Task<Json>) -> TaskNow {
+        let unix = Clock::unix_ms;
+        let spec = task.spec();
+        TaskNow {
+            id: task.id(),
+            client_task_id: spec.client_task_id.to_string(),
+            owner: spec.owner.to_string(),
+            task_type: spec.task_type.to_string(),
+            status: task.status(),
+            priority: spec.priority,
+            attempt: task.attempt().0,
+            failures: task.failures(),
+            // The current holder, or the one that ran the last attempt.
+            worker_id: task
+                .peer()
+                .or_else(|| task.history().last().map(|a| &a.peer))
+                .map(ToString::to_string),
+            waiting_reason: self.sched.waiting_reason(task.id()),
+            queue_position: self.sched.queue_position(task.id()),
+            submitted_at_ms: unix(spec.submitted_at),
+            // The current assignment, or the last attempt's when it ended.
+            assigned_at_ms: task
+                .assigned_at()
+                .or_else(|| task.history().last().map(|a| a.assigned_at))
+                .map(unix),
+            started_at_ms: task.started_at().map(unix),
+            finished_at_ms: task.finished_at().map(unix),
+            last_error: task.last_error().cloned(),
+            attempts: task
+                .history()
+                .iter()
+                .map(|a| AttemptNow {
+                    attempt: a.attempt.0,
+                    worker_id: a.peer.to_string(),
+                    assigned_at_ms: unix(a.assigned_at),
+                    ended_at_ms: a.ended_at.map(unix),
+                    end: a.end.as_ref().map(sched::AttemptEnd::kind),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! What reads see: a snapshot of the cluster the core publishes after its
+//! flushes, so that `/metrics`, health, the worker lists and the dashboard
+//! never walk scheduler state on the core loop per request.
+//!
+//! The core keeps one [`WorkerFacts`] per connected worker and rebuilds only
+//! those of workers something happened to since the last publish (the
+//! scheduler's events name them); a publish then costs a copy of the list of
+//! pointers. It publishes at once when workers join or leave, or when the
+//! flush answered the HTTP API (so that an API client reads its own writes),
+//! and otherwise at most every
+//! [`Limits::snapshot_interval`](crate::config::Limits), so that a busy
+//! cluster does not rebuild it thousands of times a second.
+//!
+//! Facts are raw (times, counts); what depends on the reader's clock — a
+//! heartbeat's age, whether a worker is late — is worked out when read, by
+//! [`WorkerFacts::status`], the one rule for worker status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codes::WorkerStatus;
+use proto::{Heartbeat, Json};
+use sched::{Event, PeerId, Scheduler, Stats, Strategy, TaskId, Time};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::core::PeerInfo;
+use crate::telemetry::Figures;
+
+/// The cluster as reads see it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub stats: Stats,
+    pub figures: Figures,
+    pub strategy: Strategy,
+    /// Tasks held by the scheduler, live and retained.
+    pub tasks_held: usize,
+    /// Connected workers, by id.
+    pub workers: Vec<Arc<WorkerFacts>>,
+}
+
+impl Snapshot {
+    pub fn worker(&self, id: &str) -> Option<&Arc<WorkerFacts>> {
+        self.workers
+            .binary_search_by(|w| w.id.as_str().cmp(id))
+            .ok()
+            .and_then(|i| self.workers.get(i))
+    }
+}
+
+/// What the coordinator knows of one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerFacts {
+    pub id: PeerId,
+    pub address: Option<SocketAddr>,
+    pub slots: u32,
+    pub busy_slots: u32,
+    pub task_types: Option<Vec<String>>,
+    pub models: Vec<String>,
+    /// The capabilities exactly as the worker declared them.
+    pub capabilities: Arc<serde_json::Value>,
+    pub draining: bool,
+    pub completed: u64,
+    pub failed: u64,
+    pub joined_at: Time,
+    pub last_seen: Time,
+    pub heartbeat: Option<Heartbeat>,
+    /// Cluster ids of the tasks it holds.
+    pub running: Vec<TaskId>,
+    /// Mean measured run time by task type, in milliseconds.
+    pub run_time_ms: BTreeMap<String, f64>,
+}
+
+impl WorkerFacts {
+    /// `draining`; `unhealthy` when its heartbeats are more than two
+    /// intervals late at `now` (it is declared dead only at the heartbeat
+    /// timeout); else `healthy`.
+    pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
+        if self.draining {
+            WorkerStatus::Draining
+        } else if now.saturating_since(self.last_seen) > 2 * heartbeat_interval {
+            WorkerStatus::Unhealthy
+        } else {
+            WorkerStatus::Healthy
+        }
+    }
+
+    fn of(peer: &sched::Peer, info: Option<&PeerInfo>) -> WorkerFacts {
+        let caps = peer.caps();
+        WorkerFacts {
+            id: peer.id().clone(),
+            address: info.and_then(|i| i.remote),
+            slots: caps.slots,
+            busy_slots: peer.used(),
+            task_types: caps.task_types.as_ref().map(|t| t.iter().map(|s| s.to_string()).collect()),
+            models: caps.models.iter().map(|m| m.to_string()).collect(),
+            capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
+            draining: peer.draining(),
+            completed: peer.completed(),
+            failed: peer.failed(),
+            joined_at: peer.joined_at(),
+            last_seen: peer.last_seen(),
+            heartbeat: info.and_then(|i| i.heartbeat.clone()),
+            running: peer.tasks().map(|(t, _)| t).collect(),
+            run_time_ms: peer.runtimes().map(|(t, e)| (t.to_owned(), e.mean_us / 1e3)).collect(),
+        }
+    }
+}
+
+/// The core's side: the facts kept between publishes, and the channel.
+pub(crate) struct Publisher {
+    tx: watch::Sender<Arc<Snapshot>>,
+    facts: BTreeMap<PeerId, Arc<WorkerFacts>>,
+    /// Workers to rebuild at the next publish.
+    dirty: BTreeSet<PeerId>,
+    /// Something changed since the last publish.
+    changed: bool,
+    /// Workers joined or left: publish without waiting for the interval.
+    urgent: bool,
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl Publisher {
+    pub fn new(interval: Duration) -> Publisher {
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
+        Publisher {
+            tx,
+            facts: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            changed: true,
+            urgent: true,
+            interval,
+            last: None,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// Notes what an event changed.
+    pub fn observe(&mut self, event: &Event<Json>) {
+        self.changed = true;
+        match event {
+            Event::PeerJoined { peer, .. } | Event::PeerLeft { peer, .. } => {
+                self.urgent = true;
+                self.dirty.insert(peer.clone());
+            }
+            Event::PeerDraining { peer }
+            | Event::TaskAssigned { peer, .. }
+            | Event::TaskStarted { peer, .. }
+            | Event::TaskReclaimed { peer, .. }
+            | Event::StaleResult { peer, .. }
+            | Event::TaskRequeued { peer, .. } => {
+                self.dirty.insert(peer.clone());
+            }
+            Event::TaskFinished { peer: Some(peer), .. } => {
+                self.dirty.insert(peer.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a change the scheduler does not report as an event (a
+    /// heartbeat, a registration's details).
+    pub fn touch(&mut self, peer: &PeerId) {
+        self.changed = true;
+        self.dirty.insert(peer.clone());
+    }
+
+    /// The API was answered (or changed the configuration): publish at
+    /// once, so that what it reads next reflects what it was told.
+    pub fn answered_api(&mut self) {
+        self.changed = true;
+        self.urgent = true;
+    }
+
+    /// When the next publish is due, if one is pending.
+    pub fn due(&self) -> Option<Instant> {
+        if !self.changed {
+            return None;
+        }
+        Some(match (self.urgent, self.last) {
+            (false, Some(last)) => last + self.interval,
+            _ => Instant::now(),
+        })
+    }
+
+    /// Publishes a new snapshot when one is due.
+    pub fn publish_if_due<P: Clone>(
+        &mut self,
+        sched: &Scheduler<P>,
+        info: &BTreeMap<PeerId, PeerInfo>,
+        figures: impl FnOnce() -> Figures,
+    ) {
+        if self.due().is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            match sched.peer(id.as_str()) {
+                Some(peer) => {
+                    self.facts.insert(id, Arc::new(WorkerFacts::of(peer, info.get(peer.id()))));
+                }
+                None => {
+                    self.facts.remove(&id);
+                }
+            }
+        }
+        let snapshot = Snapshot {
+            stats: sched.stats(),
+            figures: figures(),
+            strategy: sched.config().strategy,
+            tasks_held: sched.task_count(),
+            workers: self.facts.values().cloned().collect(),
+        };
+        self.tx.send_replace(Arc::new(snapshot));
+        (self.changed, self.urgent, self.last) = (false, false, Some(Instant::now()));
+    }
+}

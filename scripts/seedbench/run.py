@@ -1,0 +1,119 @@
+"""One task at a time, side by side: legacygpu against the seed's naive design.
+
+Starts each coordinator in turn on loopback — the naive Python one from
+naive_coordinator.py and `legacygpu cluster start` in several store modes —
+with the same two Python peers (load.py peers) and the same Python gamer
+(load.py gamer: one task in flight, seed messages only), alternating the
+coordinators round after round. Reports the median over rounds of tasks/s,
+p50, p99 and the coordinator's CPU time per task (from /proc/PID/stat).
+
+    python3 scripts/seedbench/run.py --binary target/release/legacygpu --rounds 3
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_for_port(port: int, deadline_s: float = 20.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {deadline_s} s")
+
+
+def coordinators(binary: str) -> dict:
+    """Name -> function(port, data_dir) -> argv."""
+    def legacygpu(*extra):
+        return lambda port, data: [binary, "cluster", "start", "--bind", f"127.0.0.1:{port}", "--no-http",
+                                   *(["--data-dir", data] if "--no-store" not in extra else []), *extra]
+    return {
+        "naive Python design from the seed (no durability)":
+            lambda port, data: [sys.executable, os.path.join(HERE, "naive_coordinator.py"), "--port", str(port)],
+        "legacygpu, default store": legacygpu(),
+        "legacygpu `--sync full`": legacygpu("--sync", "full"),
+        "legacygpu `--sync normal`": legacygpu("--sync", "normal"),
+        "legacygpu `--no-store`": legacygpu("--no-store"),
+    }
+
+
+def one_round(argv, tasks: int, warmup: int) -> dict:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        coord = subprocess.Popen(argv(port, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+            url = f"ws://127.0.0.1:{port}"
+            load = os.path.join(HERE, "load.py")
+            peers = subprocess.Popen([sys.executable, load, "peers", "--url", url, "--count", "2"])
+            try:
+                time.sleep(0.5)  # the peers register
+                before = cpu_seconds(coord.pid)
+                out = subprocess.run([sys.executable, load, "gamer", "--url", url, "--tasks", str(tasks),
+                                      "--warmup", str(warmup)], check=True, capture_output=True, text=True,
+                                     timeout=600)
+                used = cpu_seconds(coord.pid) - before
+            finally:
+                peers.kill()
+                peers.wait()
+        finally:
+            coord.kill()
+            coord.wait()
+    figures = json.loads(out.stdout)
+    figures["cpu_us_per_task"] = used / (figures["tasks"] + warmup) * 1e6
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", default="target/release/legacygpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--only", action="append", help="substring of the coordinators to run")
+    args = parser.parse_args()
+    runs = {name: [] for name in coordinators(args.binary)}
+    if args.only:
+        runs = {n: v for n, v in runs.items() if any(o in n for o in args.only)}
+    argvs = coordinators(args.binary)
+    for r in range(args.rounds):
+        for name in runs:
+            figures = one_round(argvs[name], args.tasks, args.warmup)
+            runs[name].append(figures)
+            print(f"round {r + 1} {name}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+    print("| coordinator | tasks/s | p50 | p99 | coordinator CPU per task |")
+    print("|---|---|---|---|---|")
+    for name, rs in runs.items():
+        med = lambda k: statistics.median(x[k] for x in rs)
+        print(f"| {name} | {med('tasks_per_s'):,.0f} | {med('p50_ms'):.2f} ms | {med('p99_ms'):.2f} ms "
+              f"| {med('cpu_us_per_task'):.0f} µs |")
+
+
+if __name__ == "__main__":
+    main()
