@@ -258,6 +258,7 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         sched,
         store,
+        task_needs: crate::executors::needs(),
         ..Config::default()
     })
 }

@@ -36,6 +36,7 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
         ws_addr: "127.0.0.1:0".parse()?,
         http_addr: None,
         store: StoreMode::Memory,
+        task_needs: crate::executors::needs(),
         ..Config::default()
     };
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;

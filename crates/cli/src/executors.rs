@@ -1,14 +1,26 @@
 //! The executors a worker offers: the built-ins and physics always, GPU
 //! compute when an adapter works, inference when a models directory is given.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
-use exec::Executors;
+use exec::{Executors, TaskNeeds};
 use exec_gpu::{Gpu, GpuOptions};
 use exec_inference::Inference;
 use exec_physics::Physics;
 use tracing::{info, warn};
 
 use crate::args::Backends;
+
+/// What the task types of the executors built into this binary need of a
+/// peer, for a coordinator to know before any worker says. A new executor
+/// with needs is registered here and in [`build`].
+pub fn needs() -> BTreeMap<String, TaskNeeds> {
+    BTreeMap::from([
+        ("gpu".to_owned(), exec_gpu::needs()),
+        ("inference".to_owned(), exec_inference::needs()),
+    ])
+}
 
 /// Sets up every executor this machine can run.
 pub fn build(backends: &Backends) -> anyhow::Result<Executors> {

@@ -1,5 +1,6 @@
 //! The coordinator's configuration, with documented defaults.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +148,10 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Bounds on the shell's queues and waits.
     pub limits: Limits,
+    /// What tasks of each type need of a peer, known before any peer says
+    /// (the executors built into this binary declare theirs); peers add
+    /// theirs when they register. See [`proto::TaskNeeds`].
+    pub task_needs: BTreeMap<String, proto::TaskNeeds>,
 }
 
 /// Bounds on the shell's queues, batches and waits, each with its default.
@@ -218,6 +223,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             stats_interval: Duration::from_secs(5),
             limits: Limits::default(),
+            task_needs: BTreeMap::new(),
         }
     }
 }

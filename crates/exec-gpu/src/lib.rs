@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use exec::{Advertised, ExecError, Executor, GpuAdapter, Output, RunContext, to_output};
+use exec::{Advertised, ExecError, Executor, GpuAdapter, Output, RunContext, TaskNeeds, to_output};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -221,6 +221,12 @@ fn device_name(on: Option<&Device>) -> &'static str {
     if on.is_some() { "gpu" } else { "cpu" }
 }
 
+/// What a `gpu` task needs of a peer: a GPU (its CPU fallback is for
+/// peers whose adapter failed, not for peers without one).
+pub fn needs() -> TaskNeeds {
+    TaskNeeds { gpu: true, model_field: None }
+}
+
 impl Executor for Gpu {
     fn task_type(&self) -> &str {
         "gpu"
@@ -228,6 +234,10 @@ impl Executor for Gpu {
 
     fn advertise(&self) -> Advertised {
         Advertised { models: Vec::new(), gpus: self.adapters.clone() }
+    }
+
+    fn needs(&self) -> TaskNeeds {
+        needs()
     }
 
     fn run(&self, input: &str, ctx: &RunContext) -> Result<Output, ExecError> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
-use exec::{Advertised, ExecError, Executor, Output, RunContext, to_output};
+use exec::{Advertised, ExecError, Executor, Output, RunContext, TaskNeeds, to_output};
 use serde::{Deserialize, Serialize};
 
 mod config;
@@ -122,6 +122,11 @@ impl Inference {
     }
 }
 
+/// What an `inference` task needs of a peer: the model its `data.model` names.
+pub fn needs() -> TaskNeeds {
+    TaskNeeds { gpu: false, model_field: Some("model".to_owned()) }
+}
+
 impl Executor for Inference {
     fn task_type(&self) -> &str {
         "inference"
@@ -129,6 +134,10 @@ impl Executor for Inference {
 
     fn advertise(&self) -> Advertised {
         Advertised { models: self.model_names(), gpus: Vec::new() }
+    }
+
+    fn needs(&self) -> TaskNeeds {
+        needs()
     }
 
     fn run(&self, input: &str, ctx: &RunContext) -> Result<Output, ExecError> {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use codes::FailureCode;
+pub use proto::TaskNeeds;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -41,6 +42,14 @@ pub trait Executor: Send + Sync + 'static {
     /// (the models it can serve, the GPUs it can use).
     fn advertise(&self) -> Advertised {
         Advertised::default()
+    }
+
+    /// What a task of this type needs of a peer (a GPU, the model its data
+    /// names), so that the coordinator sends such tasks only to peers that
+    /// have it. Advertised with the peer's capabilities; a new task type
+    /// declares it here and nowhere else.
+    fn needs(&self) -> TaskNeeds {
+        TaskNeeds::NONE
     }
 
     /// Runs one task. `input` is the task's `data`, as JSON text.
@@ -221,6 +230,15 @@ impl Executors {
     /// The task types, sorted.
     pub fn task_types(&self) -> impl Iterator<Item = &str> {
         self.by_type.keys().map(String::as_str)
+    }
+
+    /// What each task type needs of a peer, for the types that need anything.
+    pub fn needs(&self) -> BTreeMap<String, TaskNeeds> {
+        self.by_type
+            .iter()
+            .map(|(t, e)| (t.clone(), e.needs()))
+            .filter(|(_, n)| !n.is_none())
+            .collect()
     }
 
     /// Everything the executors advertise, merged (duplicates removed).

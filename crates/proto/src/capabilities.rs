@@ -5,6 +5,8 @@
 //! anything unreadable is noted in [`Capabilities::warnings`], and the whole
 //! object is kept in [`Capabilities::raw`] for operators to see.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -31,12 +33,40 @@ pub struct Capabilities {
     /// Models served (inference).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// What tasks of each type need of a peer, as the peer's executors
+    /// declare it (`task_needs`): the coordinator learns from it which peers
+    /// a task of that type may go to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_needs: BTreeMap<String, TaskNeeds>,
     /// Known keys whose values could not be read, for operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// The object exactly as the peer sent it.
     #[serde(default)]
     pub raw: Value,
+}
+
+/// What a task type needs of a peer beyond running the type, as its executor
+/// declares it. A task of the type goes only to peers that have it, even
+/// peers that declare no task types (seed-literal peers run every type).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNeeds {
+    /// A GPU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpu: bool,
+    /// The field of the task's `data` naming a model the peer must serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_field: Option<String>,
+}
+
+impl TaskNeeds {
+    /// Needs nothing beyond the task type.
+    pub const NONE: TaskNeeds = TaskNeeds { gpu: false, model_field: None };
+
+    /// Whether it needs anything at all.
+    pub fn is_none(&self) -> bool {
+        !self.gpu && self.model_field.is_none()
+    }
 }
 
 /// One GPU as a peer describes it. Only the name is required.
@@ -113,6 +143,22 @@ impl Capabilities {
             match string_list(v) {
                 Some(list) => self.models = list,
                 None => self.warn(key, "a list of model names"),
+            }
+        }
+        self.read_needs(map);
+    }
+
+    fn read_needs(&mut self, map: &Map<String, Value>) {
+        let Some((key, v)) = first(map, &["task_needs"]) else { return };
+        let Value::Object(by_type) = v else {
+            return self.warn(key, "an object of task type to needs");
+        };
+        for (task_type, needs) in by_type {
+            match serde_json::from_value::<TaskNeeds>(needs.clone()) {
+                Ok(needs) => {
+                    self.task_needs.insert(task_type.clone(), needs);
+                }
+                Err(_) => self.warn(key, "needs like {\"gpu\": true, \"model_field\": \"model\"}"),
             }
         }
     }

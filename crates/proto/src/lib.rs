@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 mod capabilities;
 mod messages;
 
-pub use capabilities::{Capabilities, GpuInfo};
+pub use capabilities::{Capabilities, GpuInfo, TaskNeeds};
 pub use messages::*;
 
 /// A JSON value kept as text: task data and results are forwarded unparsed.

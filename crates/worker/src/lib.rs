@@ -124,6 +124,7 @@ impl Worker {
         caps.insert("max_concurrent".into(), json!(self.config.slots));
         caps.insert("gpus".into(), json!(advertised.gpus));
         caps.insert("models".into(), json!(advertised.models));
+        caps.insert("task_needs".into(), json!(self.executors.needs()));
         caps.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
         for (k, v) in &self.config.extra_capabilities {
             caps.insert(k.clone(), v.clone());

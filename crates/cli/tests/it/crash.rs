@@ -82,18 +82,19 @@ async fn acknowledged_tasks_survive_kill_9_of_coordinator_and_workers() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_string_lossy().into_owned();
     let bind = format!("127.0.0.1:{}", free_port());
-    // Attempts are not what is under test: on a loaded machine a starved
-    // worker can be declared dead on top of the kills, and a task that runs
-    // out of attempts would end `failed` — correct, but not this test's point.
+    // A killed process closes its sockets, so kills are seen at once: the
+    // heartbeat timeout stays long, so that a worker starved of CPU on a
+    // loaded machine is never declared dead on top of the kills. A task can
+    // be on each killed worker in turn: one attempt per worker kill, and one
+    // to finish.
+    let attempts = (WORKER_KILLS.len() + 1).to_string();
     let mut args = vec![
         "--bind",
         bind.as_str(),
         "--heartbeat-timeout",
-        "2",
-        "--heartbeat-interval",
-        "0.3",
+        "60",
         "--max-attempts",
-        "20",
+        attempts.as_str(),
     ];
     // LEGACYGPU_CRASH_NO_STORE=1 runs the same test against a store-less
     // coordinator, to see the checker catch the losses.

@@ -156,3 +156,25 @@ async fn a_worker_with_a_missing_models_dir_refuses_to_start() {
     let stderr = w.log();
     assert!(stderr.contains("/no/such/dir"), "{stderr}");
 }
+
+/// A task type the coordinator has never heard of: once a peer declares
+/// what it needs, a seed-literal peer (which runs every type) is not sent it.
+#[tokio::test]
+async fn a_peer_declaring_a_types_needs_keeps_it_from_peers_without_them() {
+    let c = Coordinator::start(bin(), FAST);
+    let needs = r#"{"task_types": ["quantum"], "gpus": ["QPU 9000"],
+                    "task_needs": {"quantum": {"gpu": true}}}"#;
+    let able = Raw::peer(&c.ws_url, "able", needs).await;
+    let mut seed = Raw::peer(&c.ws_url, "seed", "{}").await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    able.close().await;
+    let accepted = submit(&mut gamer, "q1", "quantum", json!({})).await;
+    assert!(
+        accepted["waiting_reason"].as_str().is_some_and(|r| r.contains("GPU")),
+        "the seed peer cannot run it: {accepted}"
+    );
+    // An echo task still goes to the seed peer, which runs every type.
+    submit(&mut gamer, "e1", "echo", json!(1)).await;
+    let a = seed.expect("task_assignment").await;
+    assert_eq!(a["task_id"], "e1", "{a}");
+}

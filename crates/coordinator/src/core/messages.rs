@@ -2,14 +2,14 @@
 //! messages only on a connection registered as that peer, gamer messages only
 //! on one registered as a gamer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{
     Capabilities, ErrorCode, ErrorMsg, FailureCode, FromCoordinator, Json, RegisterGamer,
-    RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskRequest, TaskState,
-    TaskStatusOut, ToCoordinator,
+    RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskNeeds, TaskRequest,
+    TaskState, TaskStatusOut, ToCoordinator,
 };
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
@@ -62,6 +62,10 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     let caps = Capabilities::from_json(m.capabilities.as_ref());
     for warning in &caps.warnings {
         warn!(peer = %m.peer_id, "{warning}");
+    }
+    // A type's needs, once known, apply to every peer: the first say wins.
+    for (task_type, needs) in &caps.task_needs {
+        core.task_needs.entry(task_type.clone()).or_insert_with(|| needs.clone());
     }
     let id = PeerId::from(m.peer_id.as_str());
     let running: Vec<_> = m
@@ -368,7 +372,7 @@ pub(crate) fn accept(
         err.retry_after_s = Some(1.0);
         return refuse(err);
     }
-    let sub = submission(owner, req);
+    let sub = submission(&core.task_needs, owner, req);
     let now = core.now();
     match core.sched.handle_submit(now, sub) {
         Ok(acc) => {
@@ -404,20 +408,27 @@ pub(crate) fn accept(
 }
 
 /// A scheduler submission from a wire request. Task types whose executors
-/// need hardware get implicit requirements, so that peers declaring every
-/// type (seed-literal peers) are not sent work they cannot do: `gpu` needs a
-/// GPU, and `inference` needs the model its data names.
-pub(crate) fn submission(owner: Owner, req: TaskRequest) -> Submission<Json> {
+/// need something of a peer (`needs`: a GPU, the model the data names) get
+/// it as implicit requirements, so that peers declaring every type
+/// (seed-literal peers) are not sent work they cannot do.
+pub(crate) fn submission(
+    needs: &BTreeMap<String, TaskNeeds>,
+    owner: Owner,
+    req: TaskRequest,
+) -> Submission<Json> {
     let mut requirements = match req.requirements {
         Some(r) => {
             Requirements { model: r.model.map(Arc::from), gpu: r.gpu, min_vram_mb: r.min_vram_mb }
         }
         None => Requirements::default(),
     };
-    match req.task_type.as_str() {
-        "gpu" => requirements.gpu = true,
-        "inference" if requirements.model.is_none() => requirements.model = model_of(&req.data),
-        _ => {}
+    if let Some(needs) = needs.get(&req.task_type) {
+        requirements.gpu |= needs.gpu;
+        if requirements.model.is_none()
+            && let Some(field) = &needs.model_field
+        {
+            requirements.model = model_of(&req.data, field);
+        }
     }
     Submission {
         owner,
@@ -433,13 +444,10 @@ pub(crate) fn submission(owner: Owner, req: TaskRequest) -> Submission<Json> {
     }
 }
 
-/// The `model` field of inference data, if any.
-fn model_of(data: &Json) -> Option<Arc<str>> {
-    #[derive(serde::Deserialize)]
-    struct Model<'a> {
-        #[serde(borrow)]
-        model: Option<std::borrow::Cow<'a, str>>,
-    }
-    let m: Model<'_> = serde_json::from_str(data.get()).ok()?;
-    m.model.map(|m| Arc::from(m.as_ref()))
+/// The model a task's data names in `field`, if any.
+fn model_of(data: &Json, field: &str) -> Option<Arc<str>> {
+    let fields: BTreeMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
+        serde_json::from_str(data.get()).ok()?;
+    let name: std::borrow::Cow<'_, str> = serde_json::from_str(fields.get(field)?.get()).ok()?;
+    Some(Arc::from(name.as_ref()))
 }

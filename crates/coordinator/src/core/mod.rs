@@ -104,6 +104,9 @@ pub(crate) struct Core {
     pub approvals: Approvals,
     /// What reads are served from.
     pub publisher: Publisher,
+    /// What tasks of each type need of a peer: the configuration's, and what
+    /// registering peers declared for other types.
+    pub task_needs: BTreeMap<String, proto::TaskNeeds>,
 }
 
 impl Core {
@@ -115,7 +118,9 @@ impl Core {
     ) -> Core {
         let sched = Scheduler::new(config.sched.clone(), clock.now());
         let publisher = Publisher::new(config.limits.snapshot_interval);
+        let task_needs = config.task_needs.clone();
         Core {
+            task_needs,
             sched,
             conns: HashMap::new(),
             peer_info: BTreeMap::new(),
