@@ -3,8 +3,17 @@
 //! The coordinator writes every change of a task's life as an [`Op`] and reads
 //! the tasks back with [`Store::load`] after a restart. The [`Store`] trait is
 //! the whole contract — apply a batch of ops atomically, load what is there —
-//! so that a PostgreSQL backend can be added beside [`SqliteStore`] without
-//! the scheduler or the coordinator changing.
+//! and two backends keep it: [`SqliteStore`] (one file, the embedded default)
+//! and [`PostgresStore`] (a database several coordinators share). [`open`]
+//! picks one from a `--store` argument ([`Target`]).
+//!
+//! On PostgreSQL, coordinators compete for a [`LeaderLease`]: a lease row with
+//! an epoch. Every batch a [`PostgresStore`] writes carries the epoch it was
+//! given ([`Store::set_epoch`]) and the database refuses it once a newer epoch
+//! exists ([`StoreError::Fenced`]), so a deposed leader cannot write.
+//!
+//! [`StoreReader`] ([`SqliteReader`], [`PostgresReader`]) serves the API's
+//! lists and lookups from connections of its own, apart from the writer.
 //!
 //! [`Writer`] runs a store on a thread of its own with **group commit**: ops
 //! that arrive while a transaction commits are gathered into the next one, so
@@ -18,10 +27,18 @@ use std::fmt;
 
 pub use codes::{AttemptEnd, FailureCode, TaskState};
 
+mod pg;
+mod read;
 mod sqlite;
+mod sqlite_read;
+mod target;
 mod writer;
 
+pub use pg::{Acquired, LeaderLease, LeaseState, PgError, PostgresReader, PostgresStore, Renewal};
+pub use read::{Count, MAX_PAGE, Page, StoreReader, TaskFilter};
 pub use sqlite::{SqliteStore, Sync};
+pub use sqlite_read::SqliteReader;
+pub use target::{Target, open, open_reader};
 pub use writer::{Committed, SendError, Writer};
 
 /// A store error. A coordinator that cannot write stops acknowledging.
@@ -44,6 +61,29 @@ pub enum StoreError {
     /// refused rather than guessed.
     #[error("the store holds a row this build cannot read: {0}")]
     Corrupt(String),
+    /// The PostgreSQL server could not be reached or refused the session.
+    #[error("cannot connect to the store at {url}: {source}")]
+    Connect { url: String, source: PgError },
+    #[error("store: {0}")]
+    Postgres(#[from] PgError),
+    /// No read connection could be had in time.
+    #[error("store: no read connection: {0}")]
+    Pool(String),
+    /// A newer leader holds the lease: this writer's batch was refused and
+    /// nothing of it was written. Not transient: the writer must stop.
+    #[error(
+        "fenced: this coordinator writes with epoch {ours} but the lease is at epoch {current}; \
+         another coordinator leads"
+    )]
+    Fenced { ours: u64, current: u64 },
+}
+
+impl StoreError {
+    /// Whether trying the same write again cannot succeed (so the writer
+    /// stops at once instead of retrying).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. } | StoreError::Schema { .. })
+    }
 }
 
 /// Where tasks are kept, as a backend sees it.
@@ -53,6 +93,12 @@ pub trait Store: Send + 'static {
 
     /// Applies `ops` in order, all or none.
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// The leader epoch every later [`Store::write`] carries; the database
+    /// refuses a write once a newer epoch holds the lease. A single-node
+    /// backend (SQLite) has nothing to fence and ignores it. Epoch 0, the
+    /// default, is "no lease taken": accepted only while nobody ever led.
+    fn set_epoch(&mut self, _epoch: u64) {}
 }
 
 /// What [`Store::load`] returns.

@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
+-- For the read API's filters (keyset paging by id): columns a task's
+-- later writes leave alone, so updates do not touch these indexes.
+CREATE INDEX IF NOT EXISTS tasks_owner_id ON tasks (owner, id);
+CREATE INDEX IF NOT EXISTS tasks_type_id ON tasks (task_type, id);
+CREATE INDEX IF NOT EXISTS tasks_submitted_at ON tasks (submitted_at);
+CREATE INDEX IF NOT EXISTS attempts_peer_task ON attempts (peer, task_id);
 CREATE TABLE IF NOT EXISTS approvals (
     peer_id           TEXT PRIMARY KEY,
     credential_sha256 TEXT NOT NULL,
@@ -312,53 +318,71 @@ fn split(error: &Option<ErrorRow>) -> (Option<&str>, Option<&str>) {
 }
 
 fn load_tasks(conn: &Connection) -> Result<Vec<StoredTask>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
-         req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
-         state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message, delivered,
-         peer_task_id
-         FROM tasks ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let id = r.get::<_, i64>(0)? as u64;
-        let task = NewTask {
-            id,
-            owner: r.get(1)?,
-            client_task_id: r.get(2)?,
-            peer_task_id: r.get::<_, Option<String>>(24)?.unwrap_or_else(|| format!("t-{id}")),
-            task_type: r.get(3)?,
-            payload: r.get(4)?,
-            priority: r.get(5)?,
-            req_model: r.get(6)?,
-            req_gpu: r.get(7)?,
-            req_min_vram_mb: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-            run_timeout_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-            queue_timeout_ms: r.get::<_, i64>(10)? as u64,
-            max_attempts: r.get(11)?,
-            idempotency_key: r.get(12)?,
-            submitted_at_ms: r.get(13)?,
-        };
-        let error = match (r.get::<_, Option<String>>(21)?, r.get::<_, Option<String>>(22)?) {
-            (Some(code), message) => {
-                Some(ErrorRow { code: code.into(), message: message.unwrap_or_default() })
-            }
-            _ => None,
-        };
-        Ok(StoredTask {
-            task,
-            state: typed(r, 14, id)?,
-            attempt: r.get(15)?,
-            failures: r.get(16)?,
-            peer: r.get(17)?,
-            started_at_ms: r.get(18)?,
-            finished_at_ms: r.get(19)?,
-            result: r.get(20)?,
-            error,
-            delivered: r.get(23)?,
-            attempts: Vec::new(),
-        })
-    })?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT {} FROM tasks ORDER BY id", crate::read::TASK_COLUMNS))?;
+    let rows = stmt.query_map([], task_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A task from the columns of [`crate::read::TASK_COLUMNS`] (no attempts).
+pub(crate) fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTask> {
+    let id = r.get::<_, i64>(0)? as u64;
+    let task = NewTask {
+        id,
+        owner: r.get(1)?,
+        client_task_id: r.get(2)?,
+        peer_task_id: r.get::<_, Option<String>>(24)?.unwrap_or_else(|| format!("t-{id}")),
+        task_type: r.get(3)?,
+        payload: r.get(4)?,
+        priority: r.get(5)?,
+        req_model: r.get(6)?,
+        req_gpu: r.get(7)?,
+        req_min_vram_mb: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        run_timeout_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        queue_timeout_ms: r.get::<_, i64>(10)? as u64,
+        max_attempts: r.get(11)?,
+        idempotency_key: r.get(12)?,
+        submitted_at_ms: r.get(13)?,
+    };
+    Ok(StoredTask {
+        task,
+        state: typed(r, 14, id)?,
+        attempt: r.get(15)?,
+        failures: r.get(16)?,
+        peer: r.get(17)?,
+        started_at_ms: r.get(18)?,
+        finished_at_ms: r.get(19)?,
+        result: r.get(20)?,
+        error: error_row(r.get(21)?, r.get(22)?),
+        delivered: r.get(23)?,
+        attempts: Vec::new(),
+    })
+}
+
+fn error_row(code: Option<String>, message: Option<String>) -> Option<ErrorRow> {
+    code.map(|code| ErrorRow { code: code.into(), message: message.unwrap_or_default() })
+}
+
+/// The columns attempts are read with, in [`attempt_row`]'s order.
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "task_id, attempt, peer, assigned_at, ended_at, end_reason, error_code, error_message";
+
+/// An attempt and its task's id.
+pub(crate) fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, StoredAttempt)> {
+    let id = r.get::<_, i64>(0)? as u64;
+    let end = match r.get::<_, Option<String>>(5)? {
+        Some(e) => Some(e.parse().map_err(|e| corrupt(5, id, e))?),
+        None => None,
+    };
+    let attempt = StoredAttempt {
+        attempt: r.get(1)?,
+        peer: r.get(2)?,
+        assigned_at_ms: r.get(3)?,
+        ended_at_ms: r.get(4)?,
+        end,
+        error: error_row(r.get(6)?, r.get(7)?),
+    };
+    Ok((id, attempt))
 }
 
 /// Reads column `idx` of task `id` as a code of a closed set; a name this
@@ -379,35 +403,9 @@ fn corrupt(idx: usize, id: u64, e: codes::UnknownCode) -> rusqlite::Error {
 fn load_attempts(
     conn: &Connection,
 ) -> Result<std::collections::BTreeMap<u64, Vec<StoredAttempt>>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT task_id, attempt, peer, assigned_at, ended_at, end_reason, error_code, error_message
-         FROM attempts ORDER BY task_id, attempt",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let error = match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
-            (Some(code), message) => {
-                Some(ErrorRow { code: code.into(), message: message.unwrap_or_default() })
-            }
-            _ => None,
-        };
-        let id = r.get::<_, i64>(0)? as u64;
-        let end: Option<String> = r.get(5)?;
-        let end = match end {
-            Some(e) => Some(e.parse().map_err(|e| corrupt(5, id, e))?),
-            None => None,
-        };
-        Ok((
-            id,
-            StoredAttempt {
-                attempt: r.get(1)?,
-                peer: r.get(2)?,
-                assigned_at_ms: r.get(3)?,
-                ended_at_ms: r.get(4)?,
-                end,
-                error,
-            },
-        ))
-    })?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY task_id, attempt"))?;
+    let rows = stmt.query_map([], attempt_row)?;
     let mut out: std::collections::BTreeMap<u64, Vec<StoredAttempt>> = Default::default();
     for row in rows {
         let (id, attempt) = row?;

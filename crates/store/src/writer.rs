@@ -11,6 +11,11 @@
 //! reported ([`SendError::Full`]) for the caller to hold its ops back and
 //! try again. A writer that cannot start, or that panics, reports it: a
 //! coordinator whose store cannot commit must stop rather than acknowledge.
+//!
+//! A write that fails is tried again a few times (a lost connection, a
+//! server restarting), except a permanent refusal: a fenced writer
+//! ([`StoreError::Fenced`]) reports it and stops at once, and nothing it is
+//! given afterwards is written.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -155,7 +160,7 @@ fn write_with_retries(store: &mut dyn Store, ops: &[Op]) -> Result<(), StoreErro
     loop {
         match store.write(ops) {
             Ok(()) => return Ok(()),
-            Err(e) if attempt >= ATTEMPTS => return Err(e),
+            Err(e) if attempt >= ATTEMPTS || e.is_permanent() => return Err(e),
             Err(e) => {
                 tracing::warn!(
                     "store write failed (attempt {attempt} of {ATTEMPTS}), retrying: {e}"
@@ -278,6 +283,44 @@ mod tests {
         let ops = refused.expect("a queue of one batch fills while a commit takes 200 ms");
         assert_eq!(ops.len(), 1);
         writer.close();
+    }
+
+    /// A store that refuses every write as fenced, counting the tries.
+    struct Deposed(Arc<Mutex<u32>>);
+
+    impl Store for Deposed {
+        fn load(&mut self) -> Result<Loaded, StoreError> {
+            Ok(Loaded::default())
+        }
+
+        fn write(&mut self, _: &[Op]) -> Result<(), StoreError> {
+            *self.0.lock().unwrap() += 1;
+            Err(StoreError::Fenced { ours: 1, current: 2 })
+        }
+    }
+
+    #[test]
+    fn a_fenced_write_is_never_retried_and_stops_the_writer() {
+        let tries = Arc::new(Mutex::new(0));
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::spawn(Box::new(Deposed(Arc::clone(&tries))), 10, 100, move |r| {
+            let _ = tx.send(r.map(|c| c.seq));
+        })
+        .unwrap();
+        writer.send(1, vec![op(1)]).unwrap();
+        let reported = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(reported, Err(StoreError::Fenced { ours: 1, current: 2 })),
+            "{reported:?}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while writer.send(2, vec![op(2)]).is_ok() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        writer.close();
+        assert_eq!(*tries.lock().unwrap(), 1);
+        assert!(rx.try_recv().is_err(), "nothing more is reported after the refusal");
     }
 
     #[test]

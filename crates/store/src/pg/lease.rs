@@ -1,0 +1,197 @@
+//! The leader lease: one row with a holder, an epoch and an expiry, all
+//! judged by the database's clock (`now()`), so that the coordinators'
+//! clocks never matter — only how fast they tick, as each leader times its
+//! own renewals.
+//!
+//! Taking the lease (free or expired) raises the epoch; renewing keeps it and
+//! only the holder at that epoch can. Fencing is the other half: every write
+//! batch starts with `legacygpu_fence(epoch)`, which takes the lease row
+//! `FOR KEY SHARE` until the batch ends. `epoch` has a unique index, so an
+//! UPDATE that changes it takes the row `FOR UPDATE` and waits for every
+//! batch in flight; a renewal changes no key and takes `FOR NO KEY UPDATE`,
+//! which does not conflict, so a leader's renewals never queue behind its own
+//! writes. Hence: each batch of epoch e commits before e+1 exists, or sees e+1
+//! and is refused; the new leader reads the store after taking the lease, so
+//! it sees every batch its predecessor committed, and none comes later.
+
+use std::time::Duration;
+
+use tokio_postgres::Row;
+
+use super::Conn;
+use crate::StoreError;
+
+/// How long taking the lease waits for a batch in flight before it gives up
+/// for now (a frozen writer's batch is ended by the server within
+/// `IDLE_IN_TRANSACTION`).
+const LOCK_TIMEOUT: &str = "1s";
+
+/// The outcome of [`LeaderLease::try_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This coordinator leads at `epoch`: give it to the store
+    /// ([`crate::Store::set_epoch`]) before loading and writing.
+    Leader { epoch: u64 },
+    /// Someone else holds a lease that has not expired (`None` when the
+    /// row was busy: a takeover or a batch in flight; try again).
+    Standby(Option<LeaseState>),
+}
+
+/// The outcome of [`LeaderLease::renew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still the leader; the lease runs `ttl` from the database's now.
+    Renewed,
+    /// Another coordinator took the lease (at a newer epoch): step down.
+    Lost(Option<LeaseState>),
+}
+
+/// Who leads, as the lease row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub holder: String,
+    /// Where the leader serves, for redirects.
+    pub address: String,
+    pub epoch: u64,
+    /// Since the last renewal (the database's clock).
+    pub age: Duration,
+    /// Until it expires; zero once expired.
+    pub expires_in: Duration,
+}
+
+impl LeaseState {
+    pub fn expired(&self) -> bool {
+        self.expires_in.is_zero()
+    }
+}
+
+/// A connection for the lease, apart from the writer's, so that renewals
+/// never wait behind a batch.
+pub struct LeaderLease {
+    conn: Conn,
+}
+
+impl std::fmt::Debug for LeaderLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderLease").field("url", &self.conn.url).finish()
+    }
+}
+
+const STATE: &str = "SELECT holder, address, epoch,
+    (extract(epoch FROM now() - renewed_at) * 1000)::bigint,
+    (extract(epoch FROM expires_at - now()) * 1000)::bigint
+    FROM leader_lease WHERE id = 1";
+
+fn ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl LeaderLease {
+    /// Connects to `url` (applying the migrations, like the store does).
+    pub fn connect(url: &str) -> Result<LeaderLease, StoreError> {
+        let session = format!(
+            "SET application_name = 'legacygpu lease';
+             SET lock_timeout = '{LOCK_TIMEOUT}';
+             SET statement_timeout = '5s';"
+        );
+        Ok(LeaderLease { conn: Conn::connect(url, &session)? })
+    }
+
+    /// Takes the lease for `ttl` when it is free or expired, at the next
+    /// epoch. `holder` must be unique to this process (host, pid and a random
+    /// part): the lease of a previous run under the same name is not reused.
+    pub fn try_acquire(
+        &mut self,
+        holder: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, StoreError> {
+        let won = self.conn.run(async |c, _| {
+            let row = c
+                .query_opt(
+                    "UPDATE leader_lease SET holder = $1, address = $2, epoch = epoch + 1,
+                     acquired_at = now(), renewed_at = now(),
+                     expires_at = now() + $3::bigint * interval '1 millisecond'
+                     WHERE id = 1 AND expires_at <= now() RETURNING epoch",
+                    &[&holder, &address, &ms(ttl)],
+                )
+                .await;
+            match row {
+                Ok(row) => Ok(row.map(|r| r.get::<_, i64>(0))),
+                // Busy: a batch in flight or another contender; not an error.
+                Err(e) if is_lock_timeout(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })?;
+        match won {
+            Some(epoch) => Ok(Acquired::Leader { epoch: epoch as u64 }),
+            None => Ok(Acquired::Standby(self.leader()?)),
+        }
+    }
+
+    /// Extends the lease by `ttl` from now, if `holder` still holds it at
+    /// `epoch` (also after it expired, while nobody took it: no other epoch
+    /// has written since).
+    pub fn renew(
+        &mut self,
+        holder: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> Result<Renewal, StoreError> {
+        let kept = self.conn.run(async |c, _| {
+            let n = c
+                .execute(
+                    "UPDATE leader_lease SET renewed_at = now(),
+                     expires_at = now() + $3::bigint * interval '1 millisecond'
+                     WHERE id = 1 AND holder = $1 AND epoch = $2",
+                    &[&holder, &(epoch as i64), &ms(ttl)],
+                )
+                .await?;
+            Ok(n == 1)
+        })?;
+        if kept { Ok(Renewal::Renewed) } else { Ok(Renewal::Lost(self.leader()?)) }
+    }
+
+    /// Gives the lease up (a clean shutdown), so that a standby takes over
+    /// at once instead of waiting for it to expire. Returns whether it was
+    /// still held.
+    pub fn release(&mut self, holder: &str, epoch: u64) -> Result<bool, StoreError> {
+        self.conn.run(async |c, _| {
+            let n = c
+                .execute(
+                    "UPDATE leader_lease SET expires_at = now()
+                     WHERE id = 1 AND holder = $1 AND epoch = $2",
+                    &[&holder, &(epoch as i64)],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Who holds (or last held) the lease; `None` before anyone led.
+    pub fn leader(&mut self) -> Result<Option<LeaseState>, StoreError> {
+        self.conn.run(async |c, _| {
+            let row = c.query_one(STATE, &[]).await?;
+            Ok(state(&row)?)
+        })
+    }
+}
+
+fn state(r: &Row) -> Result<Option<LeaseState>, tokio_postgres::Error> {
+    let epoch: i64 = r.try_get(2)?;
+    if epoch == 0 {
+        return Ok(None);
+    }
+    let millis = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    Ok(Some(LeaseState {
+        holder: r.try_get(0)?,
+        address: r.try_get(1)?,
+        epoch: epoch as u64,
+        age: millis(r.try_get(3)?),
+        expires_in: millis(r.try_get(4)?),
+    }))
+}
+
+fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}

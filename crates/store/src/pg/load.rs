@@ -1,0 +1,128 @@
+//! Reading everything back at start, in one consistent snapshot: the same
+//! [`Loaded`] the SQLite backend returns for the same ops.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::{Client, Row};
+
+use crate::{ErrorRow, Loaded, NewTask, StoreError, StoredAttempt, StoredTask};
+
+pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let next: Option<i64> = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'next_task_id'", &[])
+        .await?
+        .map(|r| r.get(0));
+    let all = format!("SELECT {} FROM tasks ORDER BY id", crate::read::TASK_COLUMNS);
+    let tasks = tx.query(&all, &[]).await?;
+    let attempts = tx
+        .query(
+            "SELECT task_id, attempt, peer, assigned_at, ended_at, end_reason, error_code, error_message
+             FROM attempts ORDER BY task_id, attempt",
+            &[],
+        )
+        .await?;
+    // Byte order, as SQLite sorts: the database's collation may differ.
+    let approvals = tx
+        .query(
+            "SELECT peer_id, credential_sha256 FROM approvals ORDER BY peer_id COLLATE \"C\"",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+
+    let mut by_task: BTreeMap<u64, Vec<StoredAttempt>> = BTreeMap::new();
+    for row in &attempts {
+        let (id, attempt) = attempt_row(row, 0)?;
+        by_task.entry(id).or_default().push(attempt);
+    }
+    let mut tasks = tasks.iter().map(task_row).collect::<Result<Vec<_>, _>>()?;
+    for task in &mut tasks {
+        task.attempts = by_task.remove(&task.task.id).unwrap_or_default();
+    }
+    let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
+    let next_task_id = max.max(next.map_or(1, |n| n as u64));
+    let approvals = approvals
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
+    Ok(Loaded { tasks, approvals, next_task_id })
+}
+
+/// A stored `u32` (kept as BIGINT, as SQLite keeps it as INTEGER).
+fn u32_col(row: &Row, i: usize) -> Result<u32, tokio_postgres::Error> {
+    Ok(row.try_get::<_, i64>(i)? as u32)
+}
+
+pub(super) fn error_row(code: Option<String>, message: Option<String>) -> Option<ErrorRow> {
+    code.map(|code| ErrorRow { code: code.into(), message: message.unwrap_or_default() })
+}
+
+/// Column `i` of task `id` as a code of a closed set: a name this build does
+/// not know is refused, never guessed.
+fn typed<T>(r: &Row, i: usize, id: u64) -> Result<T, StoreError>
+where
+    T: std::str::FromStr<Err = codes::UnknownCode>,
+{
+    let text: &str = r.try_get(i)?;
+    text.parse().map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))
+}
+
+/// A task from the columns of [`crate::read::TASK_COLUMNS`] (no attempts).
+pub(super) fn task_row(r: &Row) -> Result<StoredTask, StoreError> {
+    let id = r.try_get::<_, i64>(0)? as u64;
+    let task = NewTask {
+        id,
+        owner: r.try_get(1)?,
+        client_task_id: r.try_get(2)?,
+        peer_task_id: r.try_get(24)?,
+        task_type: r.try_get(3)?,
+        payload: r.try_get(4)?,
+        priority: r.try_get(5)?,
+        req_model: r.try_get(6)?,
+        req_gpu: r.try_get(7)?,
+        req_min_vram_mb: r.try_get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        run_timeout_ms: r.try_get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        queue_timeout_ms: r.try_get::<_, i64>(10)? as u64,
+        max_attempts: u32_col(r, 11)?,
+        idempotency_key: r.try_get(12)?,
+        submitted_at_ms: r.try_get(13)?,
+    };
+    Ok(StoredTask {
+        task,
+        state: typed(r, 14, id)?,
+        attempt: u32_col(r, 15)?,
+        failures: u32_col(r, 16)?,
+        peer: r.try_get(17)?,
+        started_at_ms: r.try_get(18)?,
+        finished_at_ms: r.try_get(19)?,
+        result: r.try_get(20)?,
+        error: error_row(r.try_get(21)?, r.try_get(22)?),
+        delivered: r.try_get(23)?,
+        attempts: Vec::new(),
+    })
+}
+
+/// An attempt from eight columns starting at `at` (task id, attempt, peer,
+/// assigned, ended, end, error code, error message).
+pub(super) fn attempt_row(r: &Row, at: usize) -> Result<(u64, StoredAttempt), StoreError> {
+    let id = r.try_get::<_, i64>(at)? as u64;
+    let end = match r.try_get::<_, Option<&str>>(at + 5)? {
+        Some(e) => Some(e.parse().map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?),
+        None => None,
+    };
+    let attempt = StoredAttempt {
+        attempt: u32_col(r, at + 1)?,
+        peer: r.try_get(at + 2)?,
+        assigned_at_ms: r.try_get(at + 3)?,
+        ended_at_ms: r.try_get(at + 4)?,
+        end,
+        error: error_row(r.try_get(at + 6)?, r.try_get(at + 7)?),
+    };
+    Ok((id, attempt))
+}

@@ -1,0 +1,176 @@
+//! Reads for the API and the dashboard, apart from the writer: lists of
+//! tasks by filter with keyset paging, one task with its attempts, counts.
+//!
+//! A [`StoreReader`] has connections of its own (a pool: SQLite readers in
+//! WAL mode see the last commit without waiting for the writer; PostgreSQL
+//! serves them from other sessions), so a page of tasks never waits behind
+//! a commit and never walks the coordinator's state. Calls block: from async
+//! code, run them with `tokio::task::spawn_blocking`.
+//!
+//! Both backends build their queries with [`Query`], so that a filter means
+//! the same on each.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::{StoreError, StoredTask};
+
+/// The most tasks one page returns.
+pub const MAX_PAGE: u32 = 1_000;
+
+/// Connections a reader keeps at most.
+const POOL_SIZE: u32 = 4;
+/// How long a read waits for a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Which tasks to list. Every field set narrows the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// `queued`, `assigned`, `running`, `completed`, …
+    pub state: Option<String>,
+    pub task_type: Option<String>,
+    /// `gamer:<id>` or `api`.
+    pub owner: Option<String>,
+    /// Tasks any attempt of which went to this peer.
+    pub worker: Option<String>,
+    /// Submitted at or after (Unix ms).
+    pub submitted_from_ms: Option<i64>,
+    /// Submitted before (Unix ms).
+    pub submitted_to_ms: Option<i64>,
+}
+
+/// A page of a list: newest first, `before` the last id of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Only ids below this (the cursor); `None` for the first page.
+    pub before: Option<u64>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: u32,
+}
+
+/// Tasks of one state and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    pub state: String,
+    pub task_type: String,
+    pub tasks: u64,
+}
+
+/// Reads from a store, on connections apart from its writer's.
+pub trait StoreReader: Send + Sync {
+    /// The tasks `filter` selects, newest (highest id) first, without their
+    /// attempts. The next page starts `before` the last id returned.
+    fn tasks(&self, filter: &TaskFilter, page: Page) -> Result<Vec<StoredTask>, StoreError>;
+
+    /// One task with its attempts.
+    fn task(&self, id: u64) -> Result<Option<StoredTask>, StoreError>;
+
+    /// How many tasks there are of each state and type.
+    fn counts(&self) -> Result<Vec<Count>, StoreError>;
+}
+
+/// A query parameter, for either backend.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// The task columns a list or a lookup reads, in the order the backends'
+/// row readers expect.
+pub(crate) const TASK_COLUMNS: &str = "id, owner, client_task_id, task_type, payload, priority,
+    req_model, req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts,
+    idempotency_key, submitted_at, state, attempt, failures, peer, started_at, finished_at, result,
+    error_code, error_message, delivered, peer_task_id";
+
+/// A list query: SQL with numbered placeholders, and its parameters.
+pub(crate) struct Query {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+impl Query {
+    /// The list query for `filter` and `page`; `mark(n)` writes the n-th
+    /// placeholder (`?n` for SQLite, `$n` for PostgreSQL).
+    pub(crate) fn list(filter: &TaskFilter, page: Page, mark: fn(usize) -> String) -> Query {
+        let mut conds: Vec<String> = Vec::new();
+        let mut params = Vec::new();
+        let mut add = |cond: &str, p: Param| {
+            params.push(p);
+            conds.push(cond.replace('#', &mark(params.len())));
+        };
+        if let Some(s) = &filter.state {
+            add("state = #", Param::Text(s.clone()));
+        }
+        if let Some(t) = &filter.task_type {
+            add("task_type = #", Param::Text(t.clone()));
+        }
+        if let Some(o) = &filter.owner {
+            add("owner = #", Param::Text(o.clone()));
+        }
+        if let Some(w) = &filter.worker {
+            add("id IN (SELECT task_id FROM attempts WHERE peer = #)", Param::Text(w.clone()));
+        }
+        if let Some(from) = filter.submitted_from_ms {
+            add("submitted_at >= #", Param::Int(from));
+        }
+        if let Some(to) = filter.submitted_to_ms {
+            add("submitted_at < #", Param::Int(to));
+        }
+        if let Some(before) = page.before {
+            add("id < #", Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
+        }
+        let filter =
+            if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        params.push(Param::Int(i64::from(page.limit.min(MAX_PAGE))));
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY id DESC LIMIT {}",
+            mark(params.len())
+        );
+        Query { sql, params }
+    }
+}
+
+/// Counts from `(state, task_type, n)` rows.
+pub(crate) fn counts(rows: impl IntoIterator<Item = (String, String, i64)>) -> Vec<Count> {
+    let mut out: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (state, task_type, n) in rows {
+        *out.entry((state, task_type)).or_default() += u64::try_from(n).unwrap_or(0);
+    }
+    out.into_iter().map(|((state, task_type), tasks)| Count { state, task_type, tasks }).collect()
+}
+
+/// A pool of `M`'s connections, sized for a dashboard's reads.
+pub(crate) fn pool<M: r2d2::ManageConnection>(manager: M) -> Result<r2d2::Pool<M>, StoreError>
+where
+    StoreError: From<r2d2::Error>,
+{
+    Ok(r2d2::Pool::builder()
+        .max_size(POOL_SIZE)
+        .min_idle(Some(1))
+        .connection_timeout(POOL_WAIT)
+        .build(manager)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_becomes_numbered_conditions_in_order() {
+        let filter = TaskFilter {
+            state: Some("queued".into()),
+            worker: Some("p1".into()),
+            submitted_to_ms: Some(9),
+            ..TaskFilter::default()
+        };
+        let q = Query::list(&filter, Page { before: Some(100), limit: 5_000 }, |n| format!("${n}"));
+        assert!(q.sql.contains("WHERE state = $1 AND id IN (SELECT task_id FROM attempts WHERE peer = $2) AND submitted_at < $3 AND id < $4"), "{}", q.sql);
+        assert!(q.sql.ends_with("ORDER BY id DESC LIMIT $5"), "{}", q.sql);
+        assert_eq!(q.params.last(), Some(&Param::Int(i64::from(MAX_PAGE))));
+        let all = Query::list(&TaskFilter::default(), Page { before: None, limit: 10 }, |n| {
+            format!("?{n}")
+        });
+        assert!(!all.sql.contains("WHERE"), "{}", all.sql);
+    }
+}
