@@ -171,6 +171,10 @@ pub struct Limits {
     pub max_store_lag: u64,
     /// Ops in one store transaction, at most. Default 50 000.
     pub max_ops_per_commit: usize,
+    /// Delivery marks (an outcome reached its gamer) ride along with other
+    /// store writes; alone, they are written once this many wait. Default
+    /// 1 024.
+    pub lazy_delivery_marks: usize,
     /// Messages written to a connection after one wake-up before a flush.
     /// Default 256.
     pub write_batch: usize,
@@ -196,6 +200,7 @@ impl Default for Limits {
             core_queue: 65_536,
             max_store_lag: 10_000,
             max_ops_per_commit: 50_000,
+            lazy_delivery_marks: 1024,
             write_batch: 256,
             event_buffer: 4096,
             max_result_waiters: 10_000,

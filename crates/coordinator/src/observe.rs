@@ -33,6 +33,8 @@ pub(crate) struct Durable {
 struct StoreSide {
     writer: Writer,
     pending: Vec<Op>,
+    /// Delivery marks whose deliveries are durable, waiting for a batch.
+    marks: Vec<Op>,
     /// The last batch handed to the writer.
     appended: u64,
     /// Deliveries to mark once the batch they depend on is committed.
@@ -44,6 +46,8 @@ pub(crate) struct Observer {
     /// Batches handed to the store but not committed beyond which the store
     /// counts as overloaded.
     max_lag: u64,
+    /// Delivery marks written without other ops once this many wait.
+    lazy_marks: usize,
     durable: watch::Receiver<Durable>,
     /// Keeps the channel open when there is no store.
     _durable_tx: Option<watch::Sender<Durable>>,
@@ -57,6 +61,7 @@ impl Observer {
         Observer {
             store: None,
             max_lag: u64::MAX,
+            lazy_marks: 0,
             durable: rx,
             _durable_tx: Some(tx),
             held: VecDeque::new(),
@@ -83,11 +88,17 @@ impl Observer {
                 tx.send_modify(|d| d.failed = Some(Arc::from(e.to_string())));
             }
         })?;
-        let side =
-            StoreSide { writer, pending: Vec::new(), appended: 0, deferred: VecDeque::new() };
+        let side = StoreSide {
+            writer,
+            pending: Vec::new(),
+            marks: Vec::new(),
+            appended: 0,
+            deferred: VecDeque::new(),
+        };
         Ok(Observer {
             store: Some(side),
             max_lag: limits.max_store_lag,
+            lazy_marks: limits.lazy_delivery_marks,
             durable: rx,
             _durable_tx: None,
             held: VecDeque::new(),
@@ -111,17 +122,23 @@ impl Observer {
     }
 
     /// Hands what was observed since the last call to the writer, as one batch.
+    ///
+    /// Delivery marks ride along with other ops rather than cost a commit of
+    /// their own: a mark that is lost in a crash only makes the outcome go
+    /// out again on reconnect, which clients dedupe. Alone, they are written
+    /// once `lazy_marks` have piled up.
     pub fn commit(&mut self) {
         let committed = self.durable.borrow().seq;
         let Some(side) = self.store.as_mut() else { return };
         while side.deferred.front().is_some_and(|(seq, _)| *seq <= committed) {
             if let Some((_, task)) = side.deferred.pop_front() {
-                side.pending.push(Op::Delivered { id: task.0, delivered: true });
+                side.marks.push(Op::Delivered { id: task.0, delivered: true });
             }
         }
-        if side.pending.is_empty() {
+        if side.pending.is_empty() && side.marks.len() < self.lazy_marks {
             return;
         }
+        side.pending.append(&mut side.marks);
         let ops = std::mem::take(&mut side.pending);
         match side.writer.send(side.appended + 1, ops) {
             Ok(()) => side.appended += 1,
@@ -194,6 +211,7 @@ impl Observer {
             // Deliveries that went out are marked even if their batch had
             // not reported back yet: the writer commits in order.
             let mut last = std::mem::take(&mut side.pending);
+            last.append(&mut side.marks);
             last.extend(
                 side.deferred
                     .drain(..)
