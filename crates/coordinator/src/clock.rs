@@ -34,11 +34,6 @@ impl Clock {
 
     /// Unix milliseconds of a scheduler time.
     pub fn unix_ms(t: Time) -> i64 {
-        i64::try_from(t.as_micros() / 1000).unwrap_or(i64::MAX)
-    }
-
-    /// The scheduler time of Unix milliseconds.
-    pub fn from_unix_ms(ms: i64) -> Time {
-        Time::from_millis(u64::try_from(ms).unwrap_or(0))
+        persist::unix_ms(t)
     }
 }

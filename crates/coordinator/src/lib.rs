@@ -21,7 +21,6 @@ mod conn;
 mod core;
 mod http;
 mod observe;
-mod persist;
 mod server;
 mod snapshot;
 mod telemetry;

@@ -12,14 +12,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusRecorder;
+use persist::DeliveryMarks;
 use proto::{FromCoordinator, Json};
-use sched::{ConnId, Event, TaskId};
+use sched::{ConnId, Event};
 use store::{Op, SendError, Store, StoreError, Writer};
 use tokio::sync::watch;
 use tracing::error;
 
 use crate::config::Limits;
-use crate::persist;
 
 /// How far the store has got.
 #[derive(Debug, Clone, Default)]
@@ -33,12 +33,10 @@ pub(crate) struct Durable {
 struct StoreSide {
     writer: Writer,
     pending: Vec<Op>,
-    /// Delivery marks whose deliveries are durable, waiting for a batch.
-    marks: Vec<Op>,
     /// The last batch handed to the writer.
     appended: u64,
     /// Deliveries to mark once the batch they depend on is committed.
-    deferred: VecDeque<(u64, TaskId)>,
+    marks: DeliveryMarks,
 }
 
 pub(crate) struct Observer {
@@ -88,13 +86,8 @@ impl Observer {
                 tx.send_modify(|d| d.failed = Some(Arc::from(e.to_string())));
             }
         })?;
-        let side = StoreSide {
-            writer,
-            pending: Vec::new(),
-            marks: Vec::new(),
-            appended: 0,
-            deferred: VecDeque::new(),
-        };
+        let side =
+            StoreSide { writer, pending: Vec::new(), appended: 0, marks: DeliveryMarks::default() };
         Ok(Observer {
             store: Some(side),
             max_lag: limits.max_store_lag,
@@ -109,7 +102,11 @@ impl Observer {
     pub fn observe(&mut self, event: &Event<Json>) {
         let Some(side) = self.store.as_mut() else { return };
         match event {
-            Event::Delivered { task } => side.deferred.push_back((side.appended + 1, *task)),
+            Event::Delivered { task } => side.marks.delivered(*task, side.appended + 1),
+            Event::Undelivered { task } => {
+                side.marks.undelivered(*task);
+                side.pending.extend(persist::op_for(event));
+            }
             other => side.pending.extend(persist::op_for(other)),
         }
     }
@@ -130,15 +127,11 @@ impl Observer {
     pub fn commit(&mut self) {
         let committed = self.durable.borrow().seq;
         let Some(side) = self.store.as_mut() else { return };
-        while side.deferred.front().is_some_and(|(seq, _)| *seq <= committed) {
-            if let Some((_, task)) = side.deferred.pop_front() {
-                side.marks.push(Op::Delivered { id: task.0, delivered: true });
-            }
-        }
-        if side.pending.is_empty() && side.marks.len() < self.lazy_marks {
+        let riding = !side.pending.is_empty();
+        side.pending.extend(side.marks.take(committed, riding, self.lazy_marks));
+        if side.pending.is_empty() {
             return;
         }
-        side.pending.append(&mut side.marks);
         let ops = std::mem::take(&mut side.pending);
         match side.writer.send(side.appended + 1, ops) {
             Ok(()) => side.appended += 1,
@@ -211,12 +204,7 @@ impl Observer {
             // Deliveries that went out are marked even if their batch had
             // not reported back yet: the writer commits in order.
             let mut last = std::mem::take(&mut side.pending);
-            last.append(&mut side.marks);
-            last.extend(
-                side.deferred
-                    .drain(..)
-                    .map(|(_, task)| Op::Delivered { id: task.0, delivered: true }),
-            );
+            last.extend(side.marks.take_all());
             if !last.is_empty() {
                 side.appended += 1;
                 let _ = side.writer.send_waiting(side.appended, last);

@@ -18,7 +18,6 @@ use crate::conn::{self, ConnCtx};
 use crate::core::Core;
 use crate::http::{self, Api};
 use crate::observe::Observer;
-use crate::persist;
 use crate::telemetry::Telemetry;
 
 /// Why the coordinator could not start.

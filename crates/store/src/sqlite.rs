@@ -102,6 +102,20 @@ impl SqliteStore {
             Sync::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync).map_err(open_err)?;
+        SqliteStore::prepare(conn, &path.display().to_string())
+    }
+
+    /// A store in memory only, gone when dropped: for simulations and tests
+    /// that want the real rows without a file.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open { path: ":memory:".into(), source };
+        let conn = Connection::open_in_memory().map_err(open_err)?;
+        SqliteStore::prepare(conn, ":memory:")
+    }
+
+    /// Creates or migrates the schema on an open connection.
+    fn prepare(conn: Connection, path: &str) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         let found: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
@@ -109,7 +123,7 @@ impl SqliteStore {
         match found {
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
-                    path: path.display().to_string(),
+                    path: path.to_owned(),
                     found: v,
                     known: SCHEMA_VERSION,
                 });

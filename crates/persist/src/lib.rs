@@ -1,33 +1,50 @@
 //! The mapping between the scheduler's world and the store's rows: events
-//! become [`store::Op`]s on the way down, stored tasks become
-//! [`sched::Recovered`] on the way back up after a restart.
+//! become [`store::Op`]s on the way down ([`op_for`]), stored tasks become
+//! [`sched::Recovered`] on the way back up after a restart ([`recovered`]).
+//!
+//! A crate of its own so that the coordinator and the seeded simulation
+//! (`crates/sim`) drive the very same mapping: the simulation's restarts go
+//! through a real store and back.
+//!
+//! Times: the coordinator's scheduler time is Unix microseconds (see its
+//! clock), and the store keeps Unix milliseconds; [`unix_ms`] and
+//! [`from_unix_ms`] convert.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::Json;
 use sched::{
     Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, GamerId, Outcome, Owner,
-    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec,
+    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec, Time,
 };
 use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask, TaskState};
 use tracing::warn;
 
-use crate::clock::Clock;
+/// Unix milliseconds of a scheduler time (Unix microseconds).
+pub fn unix_ms(t: Time) -> i64 {
+    i64::try_from(t.as_micros() / 1000).unwrap_or(i64::MAX)
+}
+
+/// The scheduler time of Unix milliseconds.
+pub fn from_unix_ms(ms: i64) -> Time {
+    Time::from_millis(u64::try_from(ms).unwrap_or(0))
+}
 
 /// The store op for an event, when it changes what is stored. `Delivered`
 /// is not here: the observer writes it only after the delivery went out.
-pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
+pub fn op_for(event: &Event<Json>) -> Option<Op> {
     Some(match event {
         Event::TaskSubmitted { task } => Op::Insert(new_task(task)),
         Event::TaskAssigned { task, peer, attempt, at, .. } => Op::Assigned {
             id: task.0,
             attempt: attempt.0,
             peer: peer.to_string(),
-            at_ms: Clock::unix_ms(*at),
+            at_ms: unix_ms(*at),
         },
         Event::TaskStarted { task, attempt, at, .. } => {
-            Op::Started { id: task.0, attempt: attempt.0, at_ms: Clock::unix_ms(*at) }
+            Op::Started { id: task.0, attempt: attempt.0, at_ms: unix_ms(*at) }
         }
         Event::TaskReclaimed { task, peer, attempt } => {
             Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
@@ -39,7 +56,7 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
                 end: end.kind(),
                 failures: *failures,
                 error: requeue_error(reason, end),
-                at_ms: Clock::unix_ms(*retry_at),
+                at_ms: unix_ms(*retry_at),
             }
         }
         Event::TaskFinished { task, outcome, ended, at, .. } => {
@@ -53,7 +70,7 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
                 result,
                 error,
                 end: ended.as_ref().map(|(a, e)| (a.0, e.kind())),
-                at_ms: Clock::unix_ms(*at),
+                at_ms: unix_ms(*at),
                 delivered: false,
             }
         }
@@ -112,12 +129,12 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
         queue_timeout_ms: ms(spec.queue_timeout),
         max_attempts: spec.max_attempts,
         idempotency_key: spec.idempotency_key.as_deref().map(str::to_owned),
-        submitted_at_ms: Clock::unix_ms(spec.submitted_at),
+        submitted_at_ms: unix_ms(spec.submitted_at),
     }
 }
 
 /// A stored task as the scheduler takes it back.
-pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
+pub fn recovered(stored: StoredTask) -> Recovered<Json> {
     let t = &stored.task;
     let payload = proto::json(&t.payload).unwrap_or_else(|e| {
         warn!(task = t.id, "stored payload is not JSON ({e}); recovered as null");
@@ -140,7 +157,7 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         queue_timeout: Duration::from_millis(t.queue_timeout_ms),
         max_attempts: t.max_attempts,
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
-        submitted_at: Clock::from_unix_ms(t.submitted_at_ms),
+        submitted_at: from_unix_ms(t.submitted_at_ms),
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
@@ -160,7 +177,7 @@ fn recovered_state(
     history: &[AttemptRecord],
     failure: Option<Failure>,
 ) -> RecoveredState<Json> {
-    let at = Clock::from_unix_ms(stored.finished_at_ms.unwrap_or(0));
+    let at = from_unix_ms(stored.finished_at_ms.unwrap_or(0));
     let failure = || {
         failure.clone().unwrap_or_else(|| Failure::new(FailureCode::FAILED, "no reason recorded"))
     };
@@ -168,7 +185,7 @@ fn recovered_state(
         TaskState::Queued => return RecoveredState::Waiting,
         TaskState::Assigned | TaskState::Running => {
             let peer = stored.peer.clone().unwrap_or_default();
-            let started = stored.started_at_ms.map(Clock::from_unix_ms);
+            let started = stored.started_at_ms.map(from_unix_ms);
             return RecoveredState::Assigned {
                 peer: PeerId::from(peer.as_str()),
                 attempt: Attempt(stored.attempt),
@@ -208,9 +225,62 @@ fn attempt_record(a: &StoredAttempt) -> AttemptRecord {
     AttemptRecord {
         attempt: Attempt(a.attempt),
         peer: PeerId::from(a.peer.as_str()),
-        assigned_at: Clock::from_unix_ms(a.assigned_at_ms),
-        ended_at: a.ended_at_ms.map(Clock::from_unix_ms),
+        assigned_at: from_unix_ms(a.assigned_at_ms),
+        ended_at: a.ended_at_ms.map(from_unix_ms),
         end,
+    }
+}
+
+/// When the store may mark an outcome delivered.
+///
+/// Only once the batch holding the outcome has committed — a crash in
+/// between then re-delivers rather than loses, and clients dedupe by task
+/// id — and never when the delivery failed meanwhile (the outcome waits for
+/// its gamer again). Marks are written lazily: they ride along with other
+/// writes, or go alone once enough wait; a mark lost in a crash only makes
+/// the outcome go out again when the gamer reconnects.
+#[derive(Debug, Default)]
+pub struct DeliveryMarks {
+    /// Deliveries whose outcome is durable once batch `.0` is committed.
+    deferred: VecDeque<(u64, TaskId)>,
+    /// Deliveries whose batch has committed, not yet written.
+    due: Vec<TaskId>,
+}
+
+impl DeliveryMarks {
+    /// An outcome went out; it may be marked once batch `after` is committed.
+    pub fn delivered(&mut self, task: TaskId, after: u64) {
+        self.deferred.push_back((after, task));
+    }
+
+    /// An outcome did not reach its gamer: no mark for it is written (the
+    /// event's own op records it as undelivered).
+    pub fn undelivered(&mut self, task: TaskId) {
+        self.deferred.retain(|(_, t)| *t != task);
+        self.due.retain(|t| *t != task);
+    }
+
+    /// The marks to write with the next batch, now that batch `committed`
+    /// is: all that are due when the batch carries other ops (`riding`) or
+    /// when at least `alone` wait, else none yet.
+    pub fn take(&mut self, committed: u64, riding: bool, alone: usize) -> Vec<Op> {
+        while self.deferred.front().is_some_and(|(seq, _)| *seq <= committed) {
+            if let Some((_, task)) = self.deferred.pop_front() {
+                self.due.push(task);
+            }
+        }
+        if !riding && self.due.len() < alone.max(1) {
+            return Vec::new();
+        }
+        self.due.drain(..).map(|t| Op::Delivered { id: t.0, delivered: true }).collect()
+    }
+
+    /// Every mark, committed or not: at shutdown, when the writer commits in
+    /// order and nothing more goes out.
+    pub fn take_all(&mut self) -> Vec<Op> {
+        let deferred = self.deferred.drain(..).map(|(_, t)| t);
+        let tasks: Vec<TaskId> = self.due.drain(..).chain(deferred).collect();
+        tasks.into_iter().map(|t| Op::Delivered { id: t.0, delivered: true }).collect()
     }
 }
 
@@ -221,6 +291,29 @@ mod tests {
 
     /// Runs a scheduler history through the store and back: what a restarted
     /// coordinator recovers matches what the first one had.
+    #[test]
+    fn a_delivery_that_failed_is_never_marked_delivered() {
+        let mut marks = DeliveryMarks::default();
+        marks.delivered(TaskId(1), 5);
+        marks.delivered(TaskId(2), 5);
+        marks.undelivered(TaskId(1));
+        assert!(marks.take(4, true, 1).is_empty(), "batch 5 is not committed yet");
+        assert_eq!(marks.take(5, true, 1), vec![Op::Delivered { id: 2, delivered: true }]);
+    }
+
+    #[test]
+    fn marks_wait_for_a_batch_to_ride_with_unless_many_wait() {
+        let mut marks = DeliveryMarks::default();
+        for t in 1..=3 {
+            marks.delivered(TaskId(t), 1);
+        }
+        assert!(marks.take(1, false, 4).is_empty());
+        assert_eq!(marks.take(1, true, 4).len(), 3);
+        marks.delivered(TaskId(9), 2);
+        assert_eq!(marks.take(1, false, 4), vec![], "not durable yet");
+        assert_eq!(marks.take_all(), vec![Op::Delivered { id: 9, delivered: true }]);
+    }
+
     #[test]
     fn a_history_survives_the_round_trip_through_the_store() {
         use store::Store;
