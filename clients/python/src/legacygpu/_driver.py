@@ -1,0 +1,430 @@
+"""The connection behind a client: one WebSocket as a gamer, many tasks in flight.
+
+The same guarantees as the Rust SDK (crates/client/src/conn.rs), by the same
+protocol:
+
+- every task has a task id (made here when the caller gives none) and an
+  idempotency key (its task id unless given);
+- when the connection drops, the driver reconnects with exponential back-off
+  and jitter under the same gamer id; tasks never acknowledged are sent again
+  under their keys (the coordinator answers with the original task when it
+  had it), and acknowledged tasks still waiting are named in
+  ``register_gamer.awaiting`` (their outcome is sent again if it was lost with
+  the old connection). An awaited task the coordinator has no record of (no
+  store, or its result expired) is answered ``unknown_task``: the driver then
+  submits it again under its key, so no handle waits for ever;
+- each task's outcome resolves its handle exactly once; repeats are counted
+  and dropped.
+
+Outcomes are kept as the raw wire message (or an exception instance for
+local failures) so that an outcome nobody reads never warns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, List, Optional, Union
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from . import errors
+from .tls import Tls
+
+log = logging.getLogger("legacygpu")
+
+Outcome = Union[Dict[str, Any], errors.LegacyGpuError]
+
+#: Close codes after which reconnecting makes no sense.
+CLOSE_UNAUTHORIZED = 1008
+CLOSE_REPLACED = 4000
+#: How often an awaited task the coordinator forgot is submitted again.
+MAX_RESUBMITS = 3
+
+
+@dataclass
+class Options:
+    gamer_id: str
+    token: Optional[str]
+    reconnect: bool
+    resubmit_acknowledged: bool
+    reconnect_max_s: float
+    connect_timeout_s: float
+    #: Give up (ConnectionLost) after this long without a connection; None: never.
+    give_up_after_s: Optional[float]
+    max_frame_bytes: int
+
+
+class Pending:
+    """A task waiting for its outcome."""
+
+    __slots__ = ("seq", "task_id", "frame", "accepted", "outcome", "acked", "id", "progress", "cancel", "resubmits")
+
+    def __init__(self, seq: int, task_id: str, frame: str, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
+        self.seq = seq
+        self.task_id = task_id
+        self.frame = frame
+        self.accepted: "asyncio.Future[Dict[str, Any]]" = loop.create_future()
+        self.outcome: "asyncio.Future[Outcome]" = loop.create_future()
+        self.acked = False
+        self.id = ""
+        self.progress: "Optional[asyncio.Queue[Optional[Dict[str, Any]]]]" = asyncio.Queue() if stream else None
+        self.cancel = False
+        self.resubmits = 0
+
+
+def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
+    """Resolves once. Failures are results too (exception instances), raised
+    by whoever reads them: a future nobody reads never warns."""
+    if not fut.done():
+        fut.set_result(value)
+
+
+class Link:
+    """One live connection and the frames waiting to go out on it, written in
+    order by one writer task (a frame lost with the connection is sent again
+    after the reconnection, from ``pending``)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.outbox: Deque[str] = collections.deque()
+        self.wake = asyncio.Event()
+        self.writer = asyncio.ensure_future(self._write())
+
+    def send(self, frame: str) -> None:
+        self.outbox.append(frame)
+        self.wake.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                while self.outbox:
+                    await self.ws.send(self.outbox.popleft())
+                self.wake.clear()
+                await self.wake.wait()
+        except ConnectionClosed:
+            pass  # the reader sees the close and reconnects
+
+    def stop(self) -> None:
+        self.writer.cancel()
+
+
+class Driver:
+    def __init__(self, url: str, options: Options, tls: Tls) -> None:
+        self.url = url
+        self.options = options
+        self.tls = tls
+        self.loop = asyncio.get_running_loop()
+        self.link: Optional[Link] = None
+        self.pending: Dict[str, Pending] = {}
+        self.statuses: Dict[str, Deque["asyncio.Future[Dict[str, Any]]"]] = {}
+        # A random prefix for task ids made here, so that a restarted client
+        # with the same gamer id never reuses one.
+        self.session = secrets.token_hex(4)
+        self.next = 0
+        self.seq = 0
+        self.closing = False
+        self.failed: Optional[errors.LegacyGpuError] = None
+        self.reader: Optional["asyncio.Task[None]"] = None
+        self.stats = {"outcomes": 0, "duplicates": 0, "reconnects": 0, "resubmitted": 0}
+
+    # ---- connecting ----------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.link = Link(await self._open([]))
+        except errors.Unauthorized:
+            raise
+        except (OSError, asyncio.TimeoutError, WebSocketException, errors.ConnectFailed) as e:
+            raise errors.ConnectFailed(f"cannot connect to {self.url}: {_describe(e)}") from None
+        self.reader = asyncio.ensure_future(self._run())
+
+    async def _open(self, awaiting: List[str]) -> ClientConnection:
+        """Connects and registers as the gamer; raises Unauthorized when refused."""
+        timeout = self.options.connect_timeout_s
+        ctx = await self.tls.context_for(self.url, timeout)
+        headers = {"Authorization": f"Bearer {self.options.token}"} if self.options.token else None
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                ssl=ctx,
+                compression=None,
+                proxy=None,
+                open_timeout=timeout,
+                max_size=None,
+                max_queue=4096,
+                write_limit=1 << 20,
+                user_agent_header="legacygpu-python",
+            )
+        except InvalidStatus as e:
+            status = e.response.status_code
+            body = e.response.body.decode("utf-8", "replace").strip() if e.response.body else ""
+            if status in (401, 403):
+                raise errors.Unauthorized(f"{status}: {body}", status=status) from None
+            raise errors.ConnectFailed(f"HTTP {status}: {body}") from None
+        try:
+            register: Dict[str, Any] = {"msg_type": "register_gamer", "gamer_id": self.options.gamer_id}
+            if self.options.token:
+                register["token"] = self.options.token
+            if awaiting:
+                register["awaiting"] = awaiting
+            await ws.send(json.dumps(register))
+            await asyncio.wait_for(self._await_ack(ws), timeout)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def _await_ack(self, ws: ClientConnection) -> None:
+        try:
+            async for text in ws:
+                msg = json.loads(text)
+                kind = msg.get("msg_type")
+                if kind == "registration_ack":
+                    return
+                if kind == "error":
+                    err = errors.refusal(msg)
+                    if isinstance(err, errors.Unauthorized):
+                        raise err
+                    raise errors.ConnectFailed(f"registration refused: {err}")
+        except ConnectionClosed as e:
+            if e.rcvd is not None and e.rcvd.code == CLOSE_UNAUTHORIZED:
+                raise errors.Unauthorized(f"registration refused: {e.rcvd.reason}") from None
+            raise
+        raise errors.ConnectFailed("the connection closed before the registration was acknowledged")
+
+    # ---- the reader ----------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            link = self.link
+            assert link is not None  # set before the reader starts and after each reconnect
+            ws = link.ws
+            close_code: Optional[int] = None
+            try:
+                async for text in ws:
+                    if isinstance(text, str):
+                        self._on_text(text)
+            except ConnectionClosed:
+                pass
+            except Exception:  # a bug in a handler must not stop the reader silently
+                log.exception("legacygpu: error handling a message")
+            close_code = ws.close_code
+            link.stop()
+            self.link = None
+            if self.closing:
+                return
+            if not await self._reconnect(close_code):
+                return
+
+    def _on_text(self, text: str) -> None:
+        msg = json.loads(text)
+        kind = msg.get("msg_type")
+        if kind == "task_result" or kind == "task_error":
+            self._finish(msg)
+        elif kind == "task_progress":
+            p = self.pending.get(msg.get("task_id", ""))
+            if p is not None and p.progress is not None:
+                p.progress.put_nowait(msg)
+        elif kind == "task_accepted":
+            p = self.pending.get(msg.get("task_id", ""))
+            if p is not None:
+                p.acked = True
+                p.id = str(msg.get("id", ""))
+                _settle(p.accepted, msg)
+        elif kind == "task_status":
+            waiters = self.statuses.get(msg.get("task_id", ""))
+            if waiters:
+                _settle(waiters.popleft(), msg)
+        elif kind == "error":
+            self._on_error(msg)
+        elif kind == "shutdown":
+            log.info("legacygpu: the coordinator is shutting down: %s", msg.get("reason"))
+
+    def _finish(self, msg: Dict[str, Any]) -> None:
+        """Resolves a task once; a second delivery finds nothing."""
+        self.stats["outcomes"] += 1
+        task_id = msg.get("task_id", "")
+        p = self.pending.get(task_id)
+        if p is None:
+            self.stats["duplicates"] += 1
+            return
+        if msg.get("msg_type") == "task_error" and msg.get("code") == "unknown_task" and p.resubmits < MAX_RESUBMITS:
+            # The coordinator has no record of an awaited task: run it again
+            # under its key rather than leave the caller with a lost task.
+            p.resubmits += 1
+            p.acked = False
+            self.stats["resubmitted"] += 1
+            self._send_soon(p.frame)
+            return
+        del self.pending[task_id]
+        if p.progress is not None:
+            p.progress.put_nowait(None)
+        _settle(p.accepted, msg)
+        _settle(p.outcome, msg)
+
+    def _on_error(self, msg: Dict[str, Any]) -> None:
+        task_id = msg.get("task_id") or ""
+        reply_to = msg.get("in_reply_to")
+        if reply_to == "task_request":
+            p = self.pending.get(task_id)
+            if p is not None and not p.acked:
+                del self.pending[task_id]
+                err = errors.refusal(msg)
+                _settle(p.accepted, err)
+                _settle(p.outcome, err)
+                if p.progress is not None:
+                    p.progress.put_nowait(None)
+                return
+        elif reply_to == "task_status":
+            waiters = self.statuses.get(task_id)
+            if waiters:
+                _settle(waiters.popleft(), errors.refusal(msg))
+                return
+        elif reply_to == "cancel_task":
+            return  # the task's outcome (finished first, or unknown) says the rest
+        log.warning("legacygpu: the coordinator refused a message: %s: %s", msg.get("code"), msg.get("reason"))
+
+    # ---- requests ------------------------------------------------------
+
+    def check_usable(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        if self.closing:
+            raise errors.ClientClosed("the client is closed")
+
+    def new_task_id(self) -> str:
+        self.next += 1
+        return f"{self.session}-{self.next}"
+
+    def start_task(self, task_id: str, frame: str, stream: bool = False) -> Pending:
+        """Registers a task and sends its request; the acceptance comes on ``accepted``."""
+        self.check_usable()
+        if task_id in self.pending:
+            raise ValueError(f"task_id {task_id!r} is already in flight on this client")
+        self.seq += 1
+        p = Pending(self.seq, task_id, frame, self.loop, stream)
+        self.pending[task_id] = p
+        self._send_soon(frame)
+        return p
+
+    async def cancel(self, task_id: str) -> None:
+        p = self.pending.get(task_id)
+        if p is None:
+            return  # already resolved
+        p.cancel = True
+        self._send_soon(json.dumps({"msg_type": "cancel_task", "task_id": task_id}))
+
+    async def status(self, task_id: str) -> Dict[str, Any]:
+        self.check_usable()
+        fut: "asyncio.Future[Dict[str, Any]]" = self.loop.create_future()
+        self.statuses.setdefault(task_id, collections.deque()).append(fut)
+        self._send_soon(_status_query(task_id))
+        return await fut
+
+    def _send_soon(self, frame: str) -> None:
+        """Queues a frame on the live connection; while there is none, what
+        matters is sent after the reconnection (from ``pending``)."""
+        if self.link is not None:
+            self.link.send(frame)
+
+    # ---- reconnecting --------------------------------------------------
+
+    async def _reconnect(self, close_code: Optional[int]) -> bool:
+        if close_code == CLOSE_UNAUTHORIZED:
+            return self._give_up(errors.Unauthorized("the coordinator closed the connection: unauthorized"))
+        if close_code == CLOSE_REPLACED:
+            return self._give_up(errors.ConnectionLost(f"replaced by another connection with gamer id {self.options.gamer_id!r}"))
+        if not self.options.reconnect:
+            return self._give_up(errors.ConnectionLost("the connection to the coordinator closed (reconnect is off)"))
+        lost_at = time.monotonic()
+        wait = 0.05
+        last: Any = "closed"
+        while not self.closing:
+            await asyncio.sleep(wait * (0.5 + 0.5 * random.random()))
+            budget = self.options.give_up_after_s
+            if budget is not None and time.monotonic() - lost_at > budget:
+                return self._give_up(errors.ConnectionLost(f"no connection to {self.url} for {budget:g} s (last error: {_describe(last)})"))
+            try:
+                ws = await self._open(self._awaiting())
+            except errors.Unauthorized as e:
+                return self._give_up(e)
+            except (OSError, asyncio.TimeoutError, WebSocketException, errors.ConnectFailed) as e:
+                last = e
+                wait = min(wait * 2, self.options.reconnect_max_s)
+                continue
+            if self.closing:
+                await ws.close()
+                return False
+            self.link = Link(ws)
+            self.stats["reconnects"] += 1
+            log.info("legacygpu: reconnected as %s; %d task(s) pending", self.options.gamer_id, len(self.pending))
+            self._after_reconnect(self.link)
+            return True
+        return False
+
+    def _awaiting(self) -> List[str]:
+        if self.options.resubmit_acknowledged:
+            return []
+        return [p.task_id for p in self.pending.values() if p.acked]
+
+    def _after_reconnect(self, link: Link) -> None:
+        """Sends again, oldest first: unacknowledged requests (and, when asked,
+        the acknowledged ones too), pending cancels and status queries."""
+        every = self.options.resubmit_acknowledged
+        frames = [p.frame for p in sorted(self.pending.values(), key=lambda p: p.seq) if every or not p.acked]
+        frames += [json.dumps({"msg_type": "cancel_task", "task_id": p.task_id}) for p in self.pending.values() if p.cancel]
+        frames += [_status_query(t) for t, waiters in self.statuses.items() for _ in waiters]
+        for f in frames:
+            link.send(f)
+
+    def _give_up(self, err: errors.LegacyGpuError) -> bool:
+        self.failed = err
+        self._fail_all(err)
+        return False
+
+    def _fail_all(self, err: errors.LegacyGpuError) -> None:
+        for p in self.pending.values():
+            _settle(p.accepted, err)
+            _settle(p.outcome, err)
+            if p.progress is not None:
+                p.progress.put_nowait(None)
+        self.pending.clear()
+        for waiters in self.statuses.values():
+            for fut in waiters:
+                _settle(fut, err)
+        self.statuses.clear()
+
+    async def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        link = self.link
+        if link is not None:
+            link.stop()
+            await link.ws.close()
+        if self.reader is not None:
+            self.reader.cancel()
+            try:
+                await self.reader
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._fail_all(errors.ClientClosed("the client was closed before the task finished"))
+
+
+def _status_query(task_id: str) -> str:
+    return json.dumps({"msg_type": "task_status", "task_id": task_id})
+
+
+def _describe(e: Any) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__

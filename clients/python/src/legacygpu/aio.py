@@ -1,0 +1,420 @@
+"""The asyncio client: :class:`AsyncClient`, its task handles and LLM streams.
+
+>>> async with AsyncClient("ws://127.0.0.1:8765") as client:   # doctest: +SKIP
+...     task = await client.submit("echo", {"hello": "world"})
+...     print(await task)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl as _ssl
+import time
+from typing import (
+    Any,
+    AsyncIterator,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+)
+
+from . import _wire, errors
+from ._driver import Driver, Options, Outcome, Pending
+from .tls import Tls
+
+#: Tasks in flight at once for ``submit_many`` and ``map`` unless told.
+DEFAULT_IN_FLIGHT = 256
+#: How long ``submit_many`` and ``map`` keep retrying a ``busy`` queue.
+DEFAULT_BUSY_RETRY_S = 60.0
+
+
+def _spawn(coro: Any) -> "asyncio.Future[Any]":
+    """A background job whose failure is read even when nobody awaits it
+    (a caller who stopped early must not get 'exception never retrieved')."""
+    job = asyncio.ensure_future(coro)
+    job.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return job
+
+
+def unwrap(outcome: Outcome) -> Any:
+    """A task's result, or its failure raised."""
+    if isinstance(outcome, errors.LegacyGpuError):
+        raise outcome
+    if outcome.get("msg_type") == "task_error":
+        raise errors.task_error(outcome)
+    return outcome.get("result")
+
+
+class AsyncTask:
+    """A submitted task. ``await task`` (or ``await task.result()``) gives its result."""
+
+    def __init__(self, client: "AsyncClient", pending: Pending, accepted: Dict[str, Any]) -> None:
+        self._client = client
+        self._pending = pending
+        #: The client's id for the task (given, or made by the client).
+        self.task_id: str = pending.task_id
+        self._accepted = accepted
+
+    @property
+    def id(self) -> str:
+        """The cluster-wide id (``t-42``), for the REST API and the CLI."""
+        return self._pending.id or str(self._accepted.get("id", ""))
+
+    @property
+    def accepted(self) -> Dict[str, Any]:
+        """The ``task_accepted`` message (``status``, ``existing``, ``waiting_reason``)."""
+        return self._accepted
+
+    def done(self) -> bool:
+        return self._pending.outcome.done()
+
+    @property
+    def outcome(self) -> Optional[Dict[str, Any]]:
+        """The final ``task_result``/``task_error`` message, once there is one."""
+        if not self.done():
+            return None
+        value = self._pending.outcome.result()
+        return value if isinstance(value, dict) else None
+
+    async def result(self, timeout: Optional[float] = None) -> Any:
+        """The task's result. Raises :class:`~legacygpu.TaskFailed`,
+        :class:`~legacygpu.TaskCancelled` or :class:`~legacygpu.TaskTimedOut`
+        when it ended without one, and ``TimeoutError`` when ``timeout``
+        seconds pass first (the task goes on)."""
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(self._pending.outcome), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s") from None
+        return unwrap(outcome)
+
+    def __await__(self) -> Any:
+        return self.result().__await__()
+
+    async def cancel(self) -> None:
+        """Asks for the task to be cancelled; its result then raises
+        :class:`~legacygpu.TaskCancelled` (unless the result won the race)."""
+        await self._client._driver_or_raise().cancel(self.task_id)
+
+    async def status(self) -> Dict[str, Any]:
+        """Where the task stands: ``{"status", "attempt", "peer_id", "id", …}``."""
+        reply = await self._client._driver_or_raise().status(self.task_id)
+        if isinstance(reply, errors.LegacyGpuError):
+            raise reply
+        return reply
+
+    def __repr__(self) -> str:
+        return f"<AsyncTask {self.task_id} id={self.id or '?'} done={self.done()}>"
+
+
+class AsyncClient:
+    """A connection to a coordinator as a gamer, with many tasks in flight.
+
+    Connects on ``async with`` (or ``await client.connect()``). Arguments:
+
+    - ``url``: ``ws://HOST:8765`` or ``wss://HOST:8765``;
+    - ``token``: the cluster token, when the coordinator requires one;
+    - ``gamer_id``: reconnecting with the same id delivers the outcomes that
+      finished while away (default: a random one);
+    - ``ssl`` / ``ca_file`` / ``ca_hash``: TLS trust for ``wss://`` (see
+      :mod:`legacygpu.tls`); without any, the system's CAs;
+    - ``reconnect``: reconnect and resubmit when the connection drops;
+    - ``resubmit_acknowledged``: on reconnecting, send acknowledged tasks
+      again as well (under their keys) instead of naming them in ``awaiting``;
+    - ``reconnect_max_s``: the longest back-off between attempts;
+    - ``give_up_after_s``: raise :class:`~legacygpu.ConnectionLost` in every
+      waiting handle after this long without a connection (None: never);
+    - ``connect_timeout_s``: how long one connection attempt may take;
+    - ``max_frame_bytes``: the coordinator's frame limit (requests over it are
+      refused here, with ``ValueError``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        *,
+        gamer_id: Optional[str] = None,
+        ssl: Optional[_ssl.SSLContext] = None,
+        ca_file: Optional[str] = None,
+        ca_hash: Optional[str] = None,
+        reconnect: bool = True,
+        resubmit_acknowledged: bool = False,
+        reconnect_max_s: float = 5.0,
+        give_up_after_s: Optional[float] = 60.0,
+        connect_timeout_s: float = 10.0,
+        max_frame_bytes: int = _wire.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise TypeError("token must be a non-empty str")
+        for name, value in (("reconnect_max_s", reconnect_max_s), ("connect_timeout_s", connect_timeout_s)):
+            _wire.check_seconds(name, value)
+        if give_up_after_s is not None:
+            _wire.check_seconds("give_up_after_s", give_up_after_s)
+        _wire.check_int("max_frame_bytes", max_frame_bytes, 1024)
+        self.url = url
+        self._tls = Tls(ssl, ca_file, ca_hash)
+        self._options = Options(
+            gamer_id=_wire.check_id("gamer_id", gamer_id) if gamer_id is not None else f"py-{secrets.token_hex(6)}",
+            token=token,
+            reconnect=bool(reconnect),
+            resubmit_acknowledged=bool(resubmit_acknowledged),
+            reconnect_max_s=float(reconnect_max_s),
+            connect_timeout_s=float(connect_timeout_s),
+            give_up_after_s=None if give_up_after_s is None else float(give_up_after_s),
+            max_frame_bytes=max_frame_bytes,
+        )
+        self._driver: Optional[Driver] = None
+
+    @property
+    def gamer_id(self) -> str:
+        return self._options.gamer_id
+
+    @property
+    def stats(self) -> Dict[str, int]:
+        """What the client saw on the wire: ``outcomes`` (first deliveries and
+        repeats), ``duplicates`` (repeats dropped), ``reconnects``, ``resubmitted``
+        (awaited tasks the coordinator had forgotten, submitted again)."""
+        return dict(self._driver.stats) if self._driver else {}
+
+    async def connect(self) -> "AsyncClient":
+        if self._driver is None:
+            driver = Driver(self.url, self._options, self._tls)
+            await driver.start()
+            self._driver = driver
+        return self
+
+    async def close(self) -> None:
+        """Closes the connection; tasks still waiting raise :class:`~legacygpu.ClientClosed`."""
+        if self._driver is not None:
+            await self._driver.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _driver_or_raise(self) -> Driver:
+        if self._driver is None:
+            raise errors.ClientClosed("the client is not connected: use `async with` or `await client.connect()`")
+        self._driver.check_usable()
+        return self._driver
+
+    # ---- submitting ----------------------------------------------------
+
+    def _request(self, task_type: Any, data: Any, stream: bool = False, **opts: Any) -> "tuple[str, str]":
+        """Checks arguments and encodes the request: (task id, frame)."""
+        driver = self._driver_or_raise()
+        task_id = opts.pop("task_id", None)
+        if task_id is None:
+            task_id = driver.new_task_id()
+        msg = _wire.task_request(task_type, data, task_id=task_id, stream=stream, **opts)
+        return task_id, _wire.frame(msg, self._options.max_frame_bytes)
+
+    async def _accepted(self, pending: Pending) -> AsyncTask:
+        value = await pending.accepted
+        if isinstance(value, errors.LegacyGpuError):
+            raise value
+        return AsyncTask(self, pending, value)
+
+    async def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        task_id: Optional[str] = None,
+        priority: Optional[_wire.Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> AsyncTask:
+        """Submits one task and waits for ``task_accepted`` (with the store on,
+        the task is then durable). Raises :class:`~legacygpu.Busy` when the
+        queue is full and :class:`~legacygpu.Rejected` for other refusals."""
+        tid, frame = self._request(
+            task_type, data, task_id=task_id, priority=priority, timeout_s=timeout_s,
+            queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
+            requirements=requirements, idempotency_key=idempotency_key,
+        )
+        return await self._accepted(self._driver_or_raise().start_task(tid, frame))
+
+    async def run(self, task_type: str, data: Any = None, **opts: Any) -> Any:
+        """Submits a task and waits for its result."""
+        return await (await self.submit(task_type, data, **opts))
+
+    async def submit_many(
+        self,
+        task_type: str,
+        inputs: Iterable[Any],
+        *,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+        busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
+        **opts: Any,
+    ) -> List[AsyncTask]:
+        """Submits one task per input, pipelined: up to ``in_flight`` tasks
+        unfinished at once, without waiting for each acknowledgement. Returns
+        the handles in input order once every task is accepted (the last ones
+        may still run). Every input is checked before anything is sent; a
+        ``busy`` queue is retried for up to ``busy_retry_s`` seconds."""
+        frames = self._frames(task_type, inputs, opts)
+        sem = asyncio.Semaphore(_wire.check_int("in_flight", in_flight, 1))
+        jobs = []
+        for tid, frame in frames:
+            await sem.acquire()
+            jobs.append(_spawn(self._submit_one(tid, frame, sem, busy_retry_s)))
+        return list(await asyncio.gather(*jobs))
+
+    def _frames(self, task_type: Any, inputs: Iterable[Any], opts: Dict[str, Any]) -> List["tuple[str, str]"]:
+        if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
+            raise TypeError("inputs must be an iterable of task data (a list, a generator…)")
+        if "task_id" in opts or "idempotency_key" in opts:
+            raise TypeError("submit_many and map make a task id and key per task; submit() takes your own")
+        return [self._request(task_type, data, **opts) for data in inputs]
+
+    async def _submit_one(self, tid: str, frame: str, sem: asyncio.Semaphore, busy_retry_s: float) -> AsyncTask:
+        deadline = time.monotonic() + busy_retry_s
+        while True:
+            pending = self._driver_or_raise().start_task(tid, frame)
+            value = await pending.accepted
+            if isinstance(value, errors.Busy) and time.monotonic() + value.retry_after_s < deadline:
+                await asyncio.sleep(value.retry_after_s)
+                continue
+            if isinstance(value, errors.LegacyGpuError):
+                sem.release()
+                raise value
+            pending.outcome.add_done_callback(lambda _: sem.release())
+            return AsyncTask(self, pending, value)
+
+    async def as_completed(self, tasks: Iterable[AsyncTask], timeout: Optional[float] = None) -> AsyncIterator[AsyncTask]:
+        """Yields the handles as their tasks finish (whichever way).
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first."""
+        tasks = list(tasks)
+        queue: "asyncio.Queue[AsyncTask]" = asyncio.Queue()
+        for t in tasks:
+            t._pending.outcome.add_done_callback(lambda _, t=t: queue.put_nowait(t))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in tasks:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield await asyncio.wait_for(queue.get(), left)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"not every task finished within {timeout} s") from None
+
+    async def map(
+        self,
+        task_type: str,
+        inputs: Iterable[Any],
+        *,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+        busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
+        **opts: Any,
+    ) -> AsyncIterator[Any]:
+        """Yields each input's result in input order, with up to ``in_flight``
+        tasks running ahead; a task that ended without a result raises its
+        :class:`~legacygpu.TaskError` when its turn comes."""
+        frames = self._frames(task_type, inputs, opts)
+        window = _wire.check_int("in_flight", in_flight, 1)
+        sem = asyncio.Semaphore(window)
+        jobs: "List[asyncio.Future[AsyncTask]]" = []
+        for tid, frame in frames:
+            await sem.acquire()
+            jobs.append(_spawn(self._submit_one(tid, frame, sem, busy_retry_s)))
+            if len(jobs) >= window:
+                yield await (await jobs.pop(0))
+        for job in jobs:
+            yield await (await job)
+
+    # ---- LLM streaming ---------------------------------------------------
+
+    def generate(
+        self,
+        model: str,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        stop: "Optional[str | Sequence[str]]" = None,
+        **opts: Any,
+    ) -> "AsyncGeneration":
+        """A streamed ``generate`` task: ``async for delta in client.generate(…)``
+        yields the text as the worker produces it; afterwards ``.result`` holds
+        the final result (``text``, ``finish_reason``, token counts…). Arguments
+        are checked now; the task is submitted when iteration starts."""
+        from .inputs import generate as generate_input
+
+        data = generate_input(model, prompt, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
+        tid, frame = self._request("generate", data, stream=True, **opts)
+        return AsyncGeneration(self, tid, frame)
+
+
+class AsyncGeneration:
+    """The text of a streamed ``generate`` task, delta by delta.
+
+    Deltas arrive best-effort (``task_progress``); the final result's text is
+    authoritative. When a delta was dropped (a gap in ``seq``), nothing more is
+    yielded from the stream and the missing tail is taken from the final text,
+    so the deltas always add up to ``result["text"]``.
+    """
+
+    def __init__(self, client: AsyncClient, task_id: str, frame: str) -> None:
+        self._client = client
+        self.task_id = task_id
+        self._frame = frame
+        self._started = False
+        self.task: Optional[AsyncTask] = None
+        #: The final result, once the iteration has ended.
+        self.result: Optional[Dict[str, Any]] = None
+        #: True when some deltas were dropped and the tail came from the final text.
+        self.gap = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._started:
+            raise RuntimeError("a generation can be iterated once")
+        self._started = True
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        pending = self._client._driver_or_raise().start_task(self.task_id, self._frame, stream=True)
+        self.task = await self._client._accepted(pending)
+        queue = pending.progress
+        assert queue is not None  # start_task made one: stream=True
+        sent: List[str] = []
+        expected, attempt = 0, None
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            if self.gap:
+                continue
+            if item.get("seq") != expected or (attempt is not None and item.get("attempt") != attempt):
+                self.gap = True
+                continue
+            expected += 1
+            attempt = item.get("attempt")
+            text = item.get("text")
+            if isinstance(text, str) and text:
+                sent.append(text)
+                yield text
+        result = unwrap(await pending.outcome)
+        self.result = result if isinstance(result, dict) else {"text": result}
+        final = self.result.get("text")
+        so_far = "".join(sent)
+        if isinstance(final, str) and len(final) > len(so_far) and final.startswith(so_far):
+            yield final[len(so_far):]
+
+    async def text(self) -> str:
+        """Consumes the stream and returns the whole text."""
+        return "".join([d async for d in self])
