@@ -47,6 +47,10 @@ CLOSE_UNAUTHORIZED = 1008
 CLOSE_REPLACED = 4000
 #: How often an awaited task the coordinator forgot is submitted again.
 MAX_RESUBMITS = 3
+#: Outcomes kept after delivery, for a key resubmitted on the same connection
+#: (the coordinator does not send an outcome twice to one connection).
+KEEP_FINISHED = 1024
+TERMINAL = ("completed", "failed", "cancelled", "timed_out")
 
 
 @dataclass
@@ -125,6 +129,7 @@ class Driver:
         self.link: Optional[Link] = None
         self.pending: Dict[str, Pending] = {}
         self.statuses: Dict[str, Deque["asyncio.Future[Dict[str, Any]]"]] = {}
+        self.finished: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
         # A random prefix for task ids made here, so that a restarted client
         # with the same gamer id never reuses one.
         self.session = secrets.token_hex(4)
@@ -240,6 +245,8 @@ class Driver:
                 p.acked = True
                 p.id = str(msg.get("id", ""))
                 _settle(p.accepted, msg)
+                if msg.get("existing") and msg.get("status") in TERMINAL:
+                    self._finished_before(p)
         elif kind == "task_status":
             waiters = self.statuses.get(msg.get("task_id", ""))
             if waiters:
@@ -266,10 +273,28 @@ class Driver:
             self._send_soon(p.frame)
             return
         del self.pending[task_id]
+        self.finished[task_id] = msg
+        if len(self.finished) > KEEP_FINISHED:
+            self.finished.popitem(last=False)
         if p.progress is not None:
             p.progress.put_nowait(None)
         _settle(p.accepted, msg)
         _settle(p.outcome, msg)
+
+    def _finished_before(self, p: Pending) -> None:
+        """A key resubmitted after its task finished and its outcome came on
+        this connection: the coordinator does not send it again, so the
+        outcome comes from what this client kept."""
+        kept = self.finished.get(p.task_id)
+        if kept is None or str(kept.get("id", p.id)) != p.id:
+            kept = {"msg_type": "task_error", "task_id": p.task_id, "id": p.id, "status": "failed",
+                    "code": "outcome_not_kept",
+                    "reason": f"task {p.id} finished earlier on this connection and its outcome is no longer kept "
+                              f"(the last {KEEP_FINISHED} are); read it with the REST API"}
+        del self.pending[p.task_id]
+        if p.progress is not None:
+            p.progress.put_nowait(None)
+        _settle(p.outcome, kept)
 
     def _on_error(self, msg: Dict[str, Any]) -> None:
         task_id = msg.get("task_id") or ""

@@ -212,8 +212,14 @@ class AsyncClient:
         """Checks arguments and encodes the request: (task id, frame)."""
         driver = self._driver_or_raise()
         task_id = opts.pop("task_id", None)
+        key = opts.get("idempotency_key")
+        # The coordinator answers a resubmission under the original task's id,
+        # so a key and a different task id could never be matched up.
+        if key is not None and task_id is not None and key != task_id:
+            raise ValueError("give task_id or idempotency_key, or the same value for both: "
+                             "a resubmitted key is answered under its first task id")
         if task_id is None:
-            task_id = driver.new_task_id()
+            task_id = key if key is not None else driver.new_task_id()
         msg = _wire.task_request(task_type, data, task_id=task_id, stream=stream, **opts)
         return task_id, _wire.frame(msg, self._options.max_frame_bytes)
 

@@ -14,6 +14,7 @@ mod crash;
 mod executors;
 mod failover;
 mod lifecycle;
+mod python_client;
 mod seed;
 
 use std::path::Path;
