@@ -138,7 +138,7 @@ class Driver:
         self.closing = False
         self.failed: Optional[errors.LegacyGpuError] = None
         self.reader: Optional["asyncio.Task[None]"] = None
-        self.stats = {"outcomes": 0, "duplicates": 0, "reconnects": 0, "resubmitted": 0}
+        self.stats = {"accepted": 0, "outcomes": 0, "duplicates": 0, "reconnects": 0, "resubmitted": 0}
 
     # ---- connecting ----------------------------------------------------
 
@@ -242,6 +242,8 @@ class Driver:
         elif kind == "task_accepted":
             p = self.pending.get(msg.get("task_id", ""))
             if p is not None:
+                if not p.acked and not p.accepted.done():
+                    self.stats["accepted"] += 1
                 p.acked = True
                 p.id = str(msg.get("id", ""))
                 _settle(p.accepted, msg)

@@ -177,7 +177,8 @@ class AsyncClient:
 
     @property
     def stats(self) -> Dict[str, int]:
-        """What the client saw on the wire: ``outcomes`` (first deliveries and
+        """What the client saw on the wire: ``accepted`` (tasks acknowledged),
+        ``outcomes`` (first deliveries and
         repeats), ``duplicates`` (repeats dropped), ``reconnects``, ``resubmitted``
         (awaited tasks the coordinator had forgotten, submitted again)."""
         return dict(self._driver.stats) if self._driver else {}
