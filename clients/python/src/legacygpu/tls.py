@@ -17,6 +17,7 @@ Reading the presented chain needs Python 3.10 or newer.
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import hashlib
 import re
@@ -94,7 +95,9 @@ def presented_chain(ssl_object: Any) -> List[bytes]:
     if getter is None:
         raise RuntimeError("reading the server's certificate chain needs Python 3.10 or newer; use ca_file= instead of ca_hash=")
     chain = getter() or []
-    return [c if isinstance(c, bytes) else c.public_bytes(ssl.ENCODING_DER) for c in chain]
+    # 3.13 gives DER bytes; before, _ssl.Certificate objects.
+    der_format = getattr(_ssl, "ENCODING_DER", 2)
+    return [c if isinstance(c, bytes) else c.public_bytes(der_format) for c in chain]
 
 
 class Tls:
