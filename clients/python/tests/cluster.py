@@ -76,9 +76,13 @@ class Proc:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                line = self.lines.get(timeout=0.1)
             except queue.Empty:
-                raise AssertionError(f"no line containing {needle!r} within {timeout} s; log:\n{self.log()}") from None
+                exited = self.popen.poll() is not None and self.lines.empty()
+                if exited or time.monotonic() > deadline:
+                    why = f"the process exited ({self.popen.returncode})" if exited else f"not within {timeout} s"
+                    raise AssertionError(f"no line containing {needle!r}: {why}; log:\n{self.log()}") from None
+                continue
             if needle in line:
                 return line
 

@@ -1,0 +1,102 @@
+"""legacygpu.Admin against the real binary's HTTP API.
+
+The owner controls drain/pause/resume and retry are being added to the API
+by other work; main has none of those routes, so they are not tested here."""
+
+from __future__ import annotations
+
+import pytest
+from cluster import FAST, Coordinator, worker
+
+import legacygpu
+
+
+@pytest.fixture(scope="module")
+def admin_cluster():
+    c = Coordinator([*FAST, "--api-keys", "admin-key-1:admin,client-key-1:client,readonly-key-1:read-only"])
+    w = worker(c.ws_url, "w1", "--slots", "2", "--no-gpu")
+    yield c
+    w.kill9()
+    c.kill9()
+
+
+def test_read_routes(admin_cluster):
+    admin = legacygpu.Admin(admin_cluster.http_url, api_key="readonly-key-1")
+    from cluster import until
+
+    until(lambda: admin.health()["total_workers"] == 1, "the worker registered")
+    assert admin.health()["status"] == "HEALTHY"
+    assert "throughput_per_second" in admin.metrics()
+    assert admin.config()["store"] == "sqlite"
+    workers = admin.workers()
+    assert workers["total"] == 1 and workers["workers"][0]["worker_id"] == "w1"
+    assert admin.workers(status="healthy")["total"] == 1
+    assert admin.worker("w1")["worker_id"] == "w1"
+    stats = admin.worker_stats("w1")
+    assert stats["worker_id"] == "w1" and stats["running_tasks"] == []
+    with pytest.raises(legacygpu.ApiError) as e:
+        admin.worker("nobody")
+    assert (e.value.status, e.value.code) == (404, "not_found")
+    with pytest.raises(legacygpu.ApiError) as bad:
+        admin.workers(status="sleepy")
+    assert bad.value.status == 400
+
+
+def test_submit_status_result_cancel(admin_cluster):
+    admin = legacygpu.Admin(admin_cluster.http_url, api_key="client-key-1")
+    sub = admin.submit("echo", {"via": "rest"}, priority="HIGH", idempotency_key="rest-1")
+    assert sub["task_id"].startswith("t-")
+    done = admin.result(sub["task_id"], timeout=30)
+    assert (done["status"], done["result"], done["worker_id"]) == ("completed", {"via": "rest"}, "w1")
+    assert admin.status(sub["task_id"])["status"] == "completed"
+    assert admin.submit("echo", {"via": "again"}, idempotency_key="rest-1")["existing"] is True
+    listed = admin.tasks(task_type="echo", limit=10)
+    assert sub["task_id"] in [t["task_id"] for t in listed["tasks"]]
+
+    slow = admin.submit("sleep", {"ms": 20_000})
+    with pytest.raises(TimeoutError):
+        admin.result(slow["task_id"], timeout=0.1)
+    admin.cancel(slow["task_id"])
+    with pytest.raises(legacygpu.TaskCancelled):
+        admin.result(slow["task_id"], timeout=30)
+    with pytest.raises(legacygpu.ApiError) as e:
+        admin.cancel(slow["task_id"])
+    assert (e.value.status, e.value.code) == (409, "task_finished")
+    failed = admin.submit("physics", {"steps": -1})
+    with pytest.raises(legacygpu.TaskFailed) as f:
+        admin.result(failed["task_id"], timeout=30)
+    assert f.value.code == "invalid_input"
+    with pytest.raises(ValueError):
+        admin.submit("echo", {}, timeout_s=-1)  # checked before sending
+
+
+def test_roles_and_admin_routes(admin_cluster):
+    with pytest.raises(legacygpu.Unauthorized) as e:
+        legacygpu.Admin(admin_cluster.http_url, api_key="readonly-key-1").submit("echo", {})
+    assert e.value.status == 403
+    with pytest.raises(legacygpu.Unauthorized):
+        legacygpu.Admin(admin_cluster.http_url, api_key="wrong-key-1").health()
+    admin = legacygpu.Admin(admin_cluster.http_url, api_key="admin-key-1")
+    admin.set_balancing("ROUND_ROBIN")
+    assert admin.config()["balancing_strategy"] == "ROUND_ROBIN"
+    credential = admin.register_worker("new-box")
+    assert credential["worker_id"] == "new-box" and credential["token"]
+    admin.shutdown()
+    admin_cluster.proc.popen.wait(timeout=30)
+
+
+def test_busy_over_rest(procs):
+    c = Coordinator(["--max-queued", "1"])
+    procs.append(c)
+    admin = legacygpu.Admin(c.http_url)
+    admin.submit("echo", {})
+    with pytest.raises(legacygpu.Busy) as e:
+        admin.submit("echo", {})
+    assert e.value.status == 503 and e.value.retry_after_s > 0
+
+
+def test_unreachable_api():
+    from cluster import free_port
+
+    with pytest.raises(legacygpu.ConnectFailed):
+        legacygpu.Admin(f"http://127.0.0.1:{free_port()}").health()
