@@ -50,6 +50,7 @@ MAX_RESUBMITS = 3
 #: Outcomes kept after delivery, for a key resubmitted on the same connection
 #: (the coordinator does not send an outcome twice to one connection).
 KEEP_FINISHED = 1024
+KEEP_FINISHED_IDS = 100_000
 TERMINAL = ("completed", "failed", "cancelled", "timed_out")
 
 
@@ -129,7 +130,11 @@ class Driver:
         self.link: Optional[Link] = None
         self.pending: Dict[str, Pending] = {}
         self.statuses: Dict[str, Deque["asyncio.Future[Dict[str, Any]]"]] = {}
+        # Outcomes delivered (the last KEEP_FINISHED), and on which connection
+        # (the last KEEP_FINISHED_IDS task ids), for _finished_before.
         self.finished: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
+        self.finished_on: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        self.generation = 0
         # A random prefix for task ids made here, so that a restarted client
         # with the same gamer id never reuses one.
         self.session = secrets.token_hex(4)
@@ -144,7 +149,7 @@ class Driver:
 
     async def start(self) -> None:
         try:
-            self.link = Link(await self._open([]))
+            self.link = self._link(await self._open([]))
         except errors.Unauthorized:
             raise
         except (OSError, asyncio.TimeoutError, WebSocketException, errors.ConnectFailed) as e:
@@ -206,6 +211,10 @@ class Driver:
             raise
         raise errors.ConnectFailed("the connection closed before the registration was acknowledged")
 
+    def _link(self, ws: ClientConnection) -> Link:
+        self.generation += 1
+        return Link(ws)
+
     # ---- the reader ----------------------------------------------------
 
     async def _run(self) -> None:
@@ -217,11 +226,9 @@ class Driver:
             try:
                 async for text in ws:
                     if isinstance(text, str):
-                        self._on_text(text)
+                        self._on_frame(text)
             except ConnectionClosed:
                 pass
-            except Exception:  # a bug in a handler must not stop the reader silently
-                log.exception("legacygpu: error handling a message")
             close_code = ws.close_code
             link.stop()
             self.link = None
@@ -230,8 +237,15 @@ class Driver:
             if not await self._reconnect(close_code):
                 return
 
-    def _on_text(self, text: str) -> None:
-        msg = json.loads(text)
+    def _on_frame(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+            if isinstance(msg, dict):
+                self._on_message(msg)
+        except Exception:  # one bad message must not stop the reader
+            log.exception("legacygpu: cannot handle a message from the coordinator: %.200s", text)
+
+    def _on_message(self, msg: Dict[str, Any]) -> None:
         kind = msg.get("msg_type")
         if kind == "task_result" or kind == "task_error":
             self._finish(msg)
@@ -276,8 +290,13 @@ class Driver:
             return
         del self.pending[task_id]
         self.finished[task_id] = msg
+        self.finished.move_to_end(task_id)
         if len(self.finished) > KEEP_FINISHED:
             self.finished.popitem(last=False)
+        self.finished_on[task_id] = self.generation
+        self.finished_on.move_to_end(task_id)
+        if len(self.finished_on) > KEEP_FINISHED_IDS:
+            self.finished_on.popitem(last=False)
         if p.progress is not None:
             p.progress.put_nowait(None)
         _settle(p.accepted, msg)
@@ -286,7 +305,10 @@ class Driver:
     def _finished_before(self, p: Pending) -> None:
         """A key resubmitted after its task finished and its outcome came on
         this connection: the coordinator does not send it again, so the
-        outcome comes from what this client kept."""
+        outcome comes from what this client kept. (An outcome delivered on an
+        earlier connection, or never, is sent again: wait for it.)"""
+        if self.finished_on.get(p.task_id) != self.generation:
+            return
         kept = self.finished.get(p.task_id)
         if kept is None or str(kept.get("id", p.id)) != p.id:
             kept = {"msg_type": "task_error", "task_id": p.task_id, "id": p.id, "status": "failed",
@@ -391,7 +413,7 @@ class Driver:
             if self.closing:
                 await ws.close()
                 return False
-            self.link = Link(ws)
+            self.link = self._link(ws)
             self.stats["reconnects"] += 1
             log.info("legacygpu: reconnected as %s; %d task(s) pending", self.options.gamer_id, len(self.pending))
             self._after_reconnect(self.link)
