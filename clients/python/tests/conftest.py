@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster import FAST, Coordinator, Proc, until, worker  # noqa: E402
+from cluster import FAST, Coordinator, Proc, skip_or_fail, until, worker  # noqa: E402
 
 import legacygpu  # noqa: E402
 
@@ -61,5 +61,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     script = REPO / "scripts" / "make_tiny_classifier.py"
     done = subprocess.run([sys.executable, str(script), "--out", str(out), "--name", "tiny"], capture_output=True)
     if done.returncode != 0:
-        pytest.skip("no LEGACYGPU_TEST_MODELS_DIR and cannot build the tiny model (pip install onnx numpy)")
+        skip_or_fail("no LEGACYGPU_TEST_MODELS_DIR and cannot build the tiny model (pip install onnx numpy)")
     return out
+

@@ -14,12 +14,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cluster import skip_or_fail
 from scripted import Scripted
 
 import legacygpu
 from legacygpu import tls
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_openssl():
+    if shutil.which("openssl") is None:
+        skip_or_fail("the openssl command is not installed")
 
 
 def openssl(*args: str, cwd: Path) -> bytes:

@@ -18,7 +18,7 @@ import ssl as _ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import _wire, errors
 
@@ -47,7 +47,7 @@ class Admin:
             raise ValueError("give ssl= or ca_file=, not both")
         self._ssl = _ssl.create_default_context(cafile=ca_file) if ca_file else ssl
         # Never through a proxy: the API is usually on a private network.
-        handlers: list = [urllib.request.ProxyHandler({})]
+        handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
         if self._ssl is not None:
             handlers.append(urllib.request.HTTPSHandler(context=self._ssl))
         self._opener = urllib.request.build_opener(*handlers)
@@ -87,11 +87,11 @@ class Admin:
         except urllib.error.URLError as e:
             raise errors.ConnectFailed(f"cannot reach the API at {self.api_url}: {e.reason}") from None
 
-    def _get(self, path: str, **query: Any) -> Any:
-        return self.request("GET", path, query=query)[1]
+    def _get(self, path: str, **query: Any) -> Dict[str, Any]:
+        return _body(self.request("GET", path, query=query)[1])
 
-    def _post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, {} if body is None else body)[1]
+    def _post(self, path: str, body: Any = None) -> Dict[str, Any]:
+        return _body(self.request("POST", path, {} if body is None else body)[1])
 
     @staticmethod
     def _seg(value: Any, what: str) -> str:
@@ -187,7 +187,7 @@ class Admin:
             raise
         if status == 202:
             raise TimeoutError(f"task {task_id} has not finished ({body.get('status')})")
-        return body
+        return _body(body)
 
     def cancel(self, task_id: str) -> Any:
         """Cancels a task (a running one is stopped on its worker)."""
@@ -196,6 +196,11 @@ class Admin:
     def retry(self, task_id: str) -> Any:
         """Runs a failed task again (admin; a route being added to the API)."""
         return self._post(f"/cluster/tasks/{self._seg(task_id, 'task_id')}/retry")
+
+
+def _body(value: Any) -> Dict[str, Any]:
+    """The API's answers are JSON objects; an empty one (202) is {}."""
+    return value if isinstance(value, dict) else {}
 
 
 def _json(raw: bytes) -> Any:

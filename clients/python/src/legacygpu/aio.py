@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import ssl as _ssl
 import time
@@ -35,9 +36,13 @@ DEFAULT_BUSY_RETRY_S = 60.0
 def _spawn(coro: Any) -> "asyncio.Future[Any]":
     """A background job whose failure is read even when nobody awaits it
     (a caller who stopped early must not get 'exception never retrieved')."""
-    job = asyncio.ensure_future(coro)
+    job: "asyncio.Future[Any]" = asyncio.ensure_future(coro)
     job.add_done_callback(lambda f: f.cancelled() or f.exception())
     return job
+
+
+def _put(queue: "asyncio.Queue[AsyncTask]", task: "AsyncTask", _: Any) -> None:
+    queue.put_nowait(task)
 
 
 def unwrap(outcome: Outcome) -> Any:
@@ -306,7 +311,7 @@ class AsyncClient:
         tasks = list(tasks)
         queue: "asyncio.Queue[AsyncTask]" = asyncio.Queue()
         for t in tasks:
-            t._pending.outcome.add_done_callback(lambda _, t=t: queue.put_nowait(t))
+            t._pending.outcome.add_done_callback(functools.partial(_put, queue, t))
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in tasks:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

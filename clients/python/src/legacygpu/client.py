@@ -94,7 +94,8 @@ class Generation:
         if self._iter is None:
             self.__iter__()
         try:
-            return self._client._call(self._iter.__anext__())
+            delta: str = self._client._call(self._iter.__anext__())
+            return delta
         except StopAsyncIteration:
             raise StopIteration from None
 
