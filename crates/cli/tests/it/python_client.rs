@@ -2,7 +2,7 @@
 //! this build's `legacygpu` binary, so that the README's test command runs it.
 //!
 //! Needs `python3` with `websockets` and `pytest` (`pip install
-//! websockets pytest`). Without them the test says SKIP, unless
+//! websockets pytest`; CI adds pytest-timeout, mypy, setuptools and wheel). Without them the test says SKIP, unless
 //! `LEGACYGPU_REQUIRE_PYTHON_CLIENT=1` (set by CI), when it fails. The
 //! package is imported from its source (`PYTHONPATH`), not from an installed
 //! copy that may be stale; one of the Python tests installs it with pip.
