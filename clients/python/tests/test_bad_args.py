@@ -35,6 +35,7 @@ BAD_SUBMITS = [
     (("echo", {}), {"requirements": ["gpu"]}, TypeError),
     (("echo", {}), {"idempotency_key": ""}, ValueError),
     (("echo", {}), {"task_id": 7}, TypeError),
+    (("echo", {}), {"task_id": "c1\x85"}, ValueError),
     (("echo", {"blob": "x" * 2_000_000}), {}, ValueError),  # over max_frame_bytes below
 ]
 

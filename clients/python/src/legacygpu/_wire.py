@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Dict, Mapping, Optional, Union
 
 #: Ids (task ids, task types, idempotency keys, models): bytes at most.
@@ -31,15 +32,13 @@ def check_id(field: str, value: Any) -> str:
         raise ValueError(f"{field} must not be empty")
     if len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise ValueError(f"{field} is longer than {MAX_ID_BYTES} bytes")
-    if any(_is_control(c) for c in value):
+    if _CONTROL.search(value):
         raise ValueError(f"{field} contains control characters")
     return value
 
 
-def _is_control(c: str) -> bool:
-    # Rust's char::is_control: the Cc category (C0, DEL, C1).
-    o = ord(c)
-    return o < 0x20 or 0x7F <= o < 0xA0
+# Rust's char::is_control, which the coordinator applies: the Cc category (C0, DEL, C1).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def is_number(value: Any) -> bool:
