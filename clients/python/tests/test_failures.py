@@ -5,6 +5,7 @@ queue, a wrong token, a coordinator gone for good."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -155,3 +156,14 @@ def test_no_reconnect_loses_the_connection_at_once(procs):
 def test_nothing_listening_fails_to_connect():
     with pytest.raises(legacygpu.ConnectFailed):
         legacygpu.Client(f"ws://127.0.0.1:{free_port()}", connect_timeout_s=5)
+
+
+def test_the_token_never_reaches_the_logs(procs, caplog):
+    c = Coordinator(["--token", "very-secret-token"])
+    procs.append(c)
+    procs.append(worker(c.ws_url, "w", "--no-gpu", "--token", "very-secret-token"))
+    with caplog.at_level(logging.DEBUG):
+        with legacygpu.Client(c.ws_url, token="very-secret-token") as client:
+            client.run("echo", {"x": 1}, timeout=30)
+    assert "Authorization: Bearer <redacted>" in caplog.text  # websockets' debug log of the upgrade
+    assert "very-secret-token" not in caplog.text

@@ -40,6 +40,28 @@ from .tls import Tls
 
 log = logging.getLogger("legacygpu")
 
+
+class _Redact(logging.Filter):
+    """websockets logs headers and frames at debug level: never the token."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.secret in text:
+            record.msg, record.args = text.replace(self.secret, "<redacted>"), ()
+        return True
+
+
+def _ws_logger(token: Optional[str]) -> logging.Logger:
+    """The logger handed to websockets (``legacygpu.websockets``), with the token redacted."""
+    logger = logging.getLogger("legacygpu.websockets")
+    if token and not any(isinstance(f, _Redact) and f.secret == token for f in logger.filters):
+        logger.addFilter(_Redact(token))
+    return logger
+
 Outcome = Union[Dict[str, Any], errors.LegacyGpuError]
 
 #: Close codes after which reconnecting makes no sense.
@@ -173,6 +195,7 @@ class Driver:
                 max_queue=4096,
                 write_limit=1 << 20,
                 user_agent_header="legacygpu-python",
+                logger=_ws_logger(self.options.token),
             )
         except InvalidStatus as e:
             status = e.response.status_code
