@@ -98,9 +98,7 @@ def connect(server_ctx, **client_args):
     return asyncio.run(asyncio.wait_for(go(), 30))
 
 
-needs_chain = pytest.mark.skipif(not hasattr(ssl.SSLObject, "get_unverified_chain") and
-                                 not hasattr(getattr(ssl, "_ssl")._SSLSocket, "get_unverified_chain"),
-                                 reason="reading the presented chain needs Python 3.10+")
+needs_chain = pytest.mark.skipif(not tls.can_read_chain(), reason="reading the presented chain needs Python 3.10+")
 
 
 def test_ca_file(pki):

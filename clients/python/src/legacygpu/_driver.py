@@ -64,6 +64,8 @@ def _ws_logger(token: Optional[str]) -> logging.Logger:
 
 Outcome = Union[Dict[str, Any], errors.LegacyGpuError]
 
+#: What a failed connection attempt raises (ValueError: a garbled answer).
+CONNECT_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException, ValueError, errors.ConnectFailed)
 #: Close codes after which reconnecting makes no sense.
 CLOSE_UNAUTHORIZED = 1008
 CLOSE_REPLACED = 4000
@@ -174,7 +176,7 @@ class Driver:
             self.link = self._link(await self._open([]))
         except errors.Unauthorized:
             raise
-        except (OSError, asyncio.TimeoutError, WebSocketException, errors.ConnectFailed) as e:
+        except CONNECT_ERRORS as e:
             raise errors.ConnectFailed(f"cannot connect to {self.url}: {_describe(e)}") from None
         self.reader = asyncio.ensure_future(self._run())
 
@@ -220,7 +222,7 @@ class Driver:
         try:
             async for text in ws:
                 msg = json.loads(text)
-                kind = msg.get("msg_type")
+                kind = msg.get("msg_type") if isinstance(msg, dict) else None
                 if kind == "registration_ack":
                     return
                 if kind == "error":
@@ -429,7 +431,7 @@ class Driver:
                 ws = await self._open(self._awaiting())
             except errors.Unauthorized as e:
                 return self._give_up(e)
-            except (OSError, asyncio.TimeoutError, WebSocketException, errors.ConnectFailed) as e:
+            except CONNECT_ERRORS as e:
                 last = e
                 wait = min(wait * 2, self.options.reconnect_max_s)
                 continue

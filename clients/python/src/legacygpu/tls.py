@@ -100,6 +100,12 @@ def presented_chain(ssl_object: Any) -> List[bytes]:
     return [c if isinstance(c, bytes) else c.public_bytes(der_format) for c in chain]
 
 
+def can_read_chain() -> bool:
+    """Whether this Python can read the chain a server presents."""
+    inner = getattr(_ssl, "_SSLSocket", None)  # 3.10–3.12: present, undocumented
+    return hasattr(ssl.SSLObject, "get_unverified_chain") or hasattr(inner, "get_unverified_chain")
+
+
 class Tls:
     """How one client secures its ``wss://`` connections."""
 
@@ -117,6 +123,8 @@ class Tls:
         if ca_file is not None:
             context = ssl.create_default_context(cafile=ca_file)
         self.ca_hash = None if ca_hash is None else check_ca_hash(ca_hash)
+        if self.ca_hash is not None and not can_read_chain():
+            raise RuntimeError("ca_hash= needs Python 3.10 or newer (to read the server's chain); use ca_file= instead")
         self._context = context
         self._pinned: Optional[ssl.SSLContext] = None
 
