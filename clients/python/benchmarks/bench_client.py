@@ -28,7 +28,7 @@ from typing import Dict, List
 import legacygpu
 
 
-def summary(mode: str, latencies_s: List[float], elapsed_s: float, in_flight: int) -> Dict[str, object]:
+def summary(mode: str, latencies_s: List[float], elapsed_s: float, in_flight: int, cpu_s: float) -> Dict[str, object]:
     ms = sorted(x * 1000 for x in latencies_s)
 
     def pct(p: float) -> float:
@@ -37,7 +37,9 @@ def summary(mode: str, latencies_s: List[float], elapsed_s: float, in_flight: in
     return {"mode": mode, "in_flight": in_flight, "tasks": len(ms), "seconds": round(elapsed_s, 2),
             "tasks_per_s": round(len(ms) / elapsed_s) if elapsed_s else 0,
             "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3), "max_ms": round(ms[-1], 3) if ms else None,
-            "mean_ms": round(statistics.fmean(ms), 3) if ms else None}
+            "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
+            # CPU this process (the client, all its threads) spent per task.
+            "client_cpu_ms_per_task": round(cpu_s * 1000 / len(ms), 3) if ms else None}
 
 
 def bench_sync(url: str, tasks: int, duration: float) -> Dict[str, object]:
@@ -45,6 +47,7 @@ def bench_sync(url: str, tasks: int, duration: float) -> Dict[str, object]:
         for i in range(200):  # warm-up
             client.run("echo", {"i": i})
         lat: List[float] = []
+        cpu = time.process_time()
         start = time.perf_counter()
         end = start + duration
         for i in range(tasks):
@@ -54,7 +57,7 @@ def bench_sync(url: str, tasks: int, duration: float) -> Dict[str, object]:
             lat.append(t1 - t0)
             if t1 > end:
                 break
-        return summary("sync", lat, time.perf_counter() - start, 1)
+        return summary("sync", lat, time.perf_counter() - start, 1, time.process_time() - cpu)
 
 
 async def bench_pipelined(url: str, tasks: int, duration: float, in_flight: int) -> Dict[str, object]:
@@ -62,6 +65,7 @@ async def bench_pipelined(url: str, tasks: int, duration: float, in_flight: int)
         await asyncio.gather(*[client.run("echo", {"w": i}) for i in range(min(in_flight, 500))])  # warm-up
         lat: List[float] = []
         left = [tasks]
+        cpu = time.process_time()
         start = time.perf_counter()
         end = start + duration
 
@@ -73,7 +77,7 @@ async def bench_pipelined(url: str, tasks: int, duration: float, in_flight: int)
                 lat.append(time.perf_counter() - t0)
 
         await asyncio.gather(*[user() for _ in range(in_flight)])
-        return summary("pipelined", lat, time.perf_counter() - start, in_flight)
+        return summary("pipelined", lat, time.perf_counter() - start, in_flight, time.process_time() - cpu)
 
 
 def bench_submit_many(url: str, tasks: int, in_flight: int) -> Dict[str, object]:
