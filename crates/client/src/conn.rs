@@ -148,6 +148,12 @@ impl Driver {
         self.counters.outcomes.fetch_add(1, Ordering::Relaxed);
         match self.pending.remove(outcome.task_id()) {
             Some(p) => {
+                // The outcome can overtake the acknowledgement of a task
+                // resubmitted after a reconnection (outcomes that finished
+                // while away follow the registration): it was accepted.
+                if let Some(tx) = p.accepted {
+                    let _ = tx.send(Ok(accepted_by(&outcome)));
+                }
                 let _ = p.outcome.send(outcome);
             }
             None => {
@@ -245,6 +251,20 @@ impl Driver {
     async fn send(&mut self, msg: &ToCoordinator) -> Result<(), ()> {
         self.ws.send(Message::text(msg.encode())).await.map_err(|e| debug!("send failed: {e}"))
     }
+}
+
+/// The acknowledgement an outcome implies, for a submission whose own
+/// `task_accepted` it overtook.
+fn accepted_by(outcome: &TaskOutcome) -> TaskAccepted {
+    let (task_id, id, status) = match outcome {
+        TaskOutcome::Completed(r) => (
+            r.task_id.clone(),
+            r.id.clone().unwrap_or_default(),
+            r.status.unwrap_or(proto::TaskState::Completed),
+        ),
+        TaskOutcome::Failed(e) => (e.task_id.clone(), e.id.clone(), e.status),
+    };
+    TaskAccepted { task_id, id, status, existing: true, waiting_reason: None }
 }
 
 /// Connects and registers as `gamer_id`.
