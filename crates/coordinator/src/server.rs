@@ -27,6 +27,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Unreadable(#[from] persist::Unreadable),
 }
 
 /// Why a running coordinator stopped other than by being asked to.
@@ -192,7 +194,7 @@ fn recover(config: Arc<Config>) -> Result<Core, StartError> {
             core.approvals.approve(&peer, credential_sha256);
         }
         let n = loaded.tasks.len();
-        let tasks = loaded.tasks.into_iter().map(persist::recovered).collect();
+        let tasks = loaded.tasks.into_iter().map(persist::recovered).collect::<Result<_, _>>()?;
         let now = core.now();
         core.sched.handle_recovered(now, tasks);
         core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));

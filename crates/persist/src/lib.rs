@@ -20,7 +20,6 @@ use sched::{
     PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec, Time,
 };
 use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask, TaskState};
-use tracing::warn;
 
 /// Unix milliseconds of a scheduler time (Unix microseconds).
 pub fn unix_ms(t: Time) -> i64 {
@@ -119,6 +118,7 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
         owner: owner_name(&spec.owner),
         client_task_id: spec.client_task_id.to_string(),
         peer_task_id: spec.peer_task_id.to_string(),
+        options: Options::of(spec).to_json(),
         task_type: spec.task_type.to_string(),
         payload: spec.payload.get().to_owned(),
         priority: spec.priority,
@@ -134,17 +134,20 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
 }
 
 /// A stored task as the scheduler takes it back.
-pub fn recovered(stored: StoredTask) -> Recovered<Json> {
+///
+/// A row this build cannot read back — a payload or options that are not
+/// JSON — is an error naming the task, never a guess.
+pub fn recovered(stored: StoredTask) -> Result<Recovered<Json>, Unreadable> {
     let t = &stored.task;
-    let payload = proto::json(&t.payload).unwrap_or_else(|e| {
-        warn!(task = t.id, "stored payload is not JSON ({e}); recovered as null");
-        proto::null()
-    });
+    let payload = proto::json(&t.payload)
+        .map_err(|e| Unreadable(format!("task {}: its payload is not JSON ({e})", t.id)))?;
+    let options = Options::from_json(t.id, t.options.as_deref())?;
     let spec = TaskSpec {
         id: TaskId(t.id),
         owner: owner_of(&t.owner),
         client_task_id: Arc::from(t.client_task_id.as_str()),
         peer_task_id: Arc::from(t.peer_task_id.as_str()),
+        stream: options.stream,
         task_type: Arc::from(t.task_type.as_str()),
         payload,
         priority: t.priority,
@@ -161,43 +164,44 @@ pub fn recovered(stored: StoredTask) -> Recovered<Json> {
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
-    let state = recovered_state(&stored, &history, failure.clone());
-    Recovered {
+    let state = recovered_state(&stored, &history, failure.clone())?;
+    Ok(Recovered {
         spec,
         attempts: stored.attempt,
         failures: stored.failures,
         last_error: failure,
         history,
         state,
-    }
+    })
 }
 
 fn recovered_state(
     stored: &StoredTask,
     history: &[AttemptRecord],
     failure: Option<Failure>,
-) -> RecoveredState<Json> {
+) -> Result<RecoveredState<Json>, Unreadable> {
     let at = from_unix_ms(stored.finished_at_ms.unwrap_or(0));
     let failure = || {
         failure.clone().unwrap_or_else(|| Failure::new(FailureCode::FAILED, "no reason recorded"))
     };
     let outcome = match stored.state {
-        TaskState::Queued => return RecoveredState::Waiting,
+        TaskState::Queued => return Ok(RecoveredState::Waiting),
         TaskState::Assigned | TaskState::Running => {
             let peer = stored.peer.clone().unwrap_or_default();
             let started = stored.started_at_ms.map(from_unix_ms);
-            return RecoveredState::Assigned {
+            return Ok(RecoveredState::Assigned {
                 peer: PeerId::from(peer.as_str()),
                 attempt: Attempt(stored.attempt),
                 started,
-            };
+            });
         }
         TaskState::Completed => {
-            let result = stored
-                .result
-                .as_deref()
-                .and_then(|r| proto::json(r).ok())
-                .unwrap_or_else(proto::null);
+            let id = stored.task.id;
+            let text = stored.result.as_deref().ok_or_else(|| {
+                Unreadable(format!("task {id} completed but its result is missing"))
+            })?;
+            let result = proto::json(text)
+                .map_err(|e| Unreadable(format!("task {id}: its result is not JSON ({e})")))?;
             let peer = history.last().map_or_else(|| PeerId::from(""), |r| r.peer.clone());
             Outcome::Completed { result, attempt: Attempt(stored.attempt), peer }
         }
@@ -205,7 +209,7 @@ fn recovered_state(
         TaskState::TimedOut => Outcome::TimedOut(failure()),
         TaskState::Failed => Outcome::Failed(failure()),
     };
-    RecoveredState::Finished { outcome, at, delivered: stored.delivered }
+    Ok(RecoveredState::Finished { outcome, at, delivered: stored.delivered })
 }
 
 fn attempt_record(a: &StoredAttempt) -> AttemptRecord {
@@ -228,6 +232,37 @@ fn attempt_record(a: &StoredAttempt) -> AttemptRecord {
         assigned_at: from_unix_ms(a.assigned_at_ms),
         ended_at: a.ended_at_ms.map(from_unix_ms),
         end,
+    }
+}
+
+/// A stored row that cannot be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the store holds a row this build cannot read: {0}")]
+pub struct Unreadable(pub String);
+
+/// A task's options beyond the store's columns, kept as a JSON object.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Options {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+}
+
+impl Options {
+    fn of<P>(spec: &TaskSpec<P>) -> Options {
+        Options { stream: spec.stream }
+    }
+
+    /// `None` when every option has its default.
+    fn to_json(&self) -> Option<String> {
+        (*self != Options::default()).then(|| serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// Options this build does not know are ignored (a newer build wrote
+    /// them, and they only add); options that are not JSON are an error.
+    fn from_json(id: u64, text: Option<&str>) -> Result<Options, Unreadable> {
+        let Some(text) = text else { return Ok(Options::default()) };
+        serde_json::from_str(text)
+            .map_err(|e| Unreadable(format!("task {id}: its options are not readable ({e})")))
     }
 }
 
@@ -352,7 +387,8 @@ mod tests {
         db.write(&ops).unwrap();
 
         let loaded = db.load().unwrap();
-        let back: Vec<Recovered<Json>> = loaded.tasks.into_iter().map(recovered).collect();
+        let back: Vec<Recovered<Json>> =
+            loaded.tasks.into_iter().map(recovered).collect::<Result<_, _>>().unwrap();
         assert_eq!(back.len(), 3);
         assert!(
             matches!(&back[0].state, RecoveredState::Finished { outcome: Outcome::Completed { result, .. }, delivered: false, .. } if result.get() == "\"ok\"")

@@ -181,6 +181,9 @@ pub struct TaskRequest {
     /// Resubmitting the same key returns the original task, never a second one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Send me the run's progress (`task_progress`) as it comes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl TaskRequest {
@@ -196,6 +199,7 @@ impl TaskRequest {
             max_attempts: None,
             requirements: None,
             idempotency_key: None,
+            stream: false,
         }
     }
 

@@ -43,7 +43,7 @@ pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};
 pub use crate::scheduler::{
-    Accepted, CancelError, Counters, Joined, PeerError, ResultAck, Scheduler, SubmitError,
+    Accepted, CancelError, Counters, Joined, PeerError, Progress, ResultAck, Scheduler, SubmitError,
 };
 pub use crate::task::{AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskSpec};
 pub use crate::types::{

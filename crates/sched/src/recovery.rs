@@ -90,6 +90,9 @@ impl<P: Clone> Scheduler<P> {
                 }
             };
             let waiting = matches!(state, State::Backoff { .. });
+            // A streamed task that had begun running may have sent output
+            // before the restart: treated as streamed (the safe side).
+            let streamed = spec.stream && rec.attempts > 0;
             let task = Task {
                 spec,
                 class,
@@ -97,6 +100,7 @@ impl<P: Clone> Scheduler<P> {
                 queued_at: now,
                 waits: 0,
                 queue_deadline: None,
+                streamed,
                 attempts: rec.attempts,
                 failures: rec.failures,
                 last_error: rec.last_error,

@@ -24,7 +24,7 @@ mod peers;
 mod tasks;
 
 pub use peers::Joined;
-pub use tasks::{Accepted, CancelError, ResultAck, SubmitError};
+pub use tasks::{Accepted, CancelError, Progress, ResultAck, SubmitError};
 
 /// Why a peer's message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +385,22 @@ impl<P: Clone> Scheduler<P> {
         let (attempt, holder_peer) = (holder.attempt, holder.peer.clone());
         self.end_attempt(now, id, attempt, end.clone());
         let Some(task) = self.tasks.get_mut(&id) else { return };
+        if task.streamed {
+            // Output of this attempt already reached the submitter: another
+            // attempt would repeat it or splice other text onto it.
+            let failure = Failure::new(
+                FailureCode::STREAM_INTERRUPTED,
+                format!(
+                    "the attempt streaming the output ended ({}) after output had been sent; \
+                     it is not run again, so that no output is repeated",
+                    end.kind()
+                ),
+            );
+            task.failures += u32::from(counts);
+            task.last_error = Some(failure.clone());
+            self.finish(now, id, Outcome::Failed(failure), None);
+            return;
+        }
         if counts {
             task.failures += 1;
             task.last_error = Some(match &reason {

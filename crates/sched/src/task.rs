@@ -40,6 +40,9 @@ pub struct Submission<P> {
     pub queue_timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
     pub idempotency_key: Option<Arc<str>>,
+    /// The submitter wants the run's progress as it comes (see
+    /// [`crate::Scheduler::handle_progress`]).
+    pub stream: bool,
 }
 
 impl<P> Submission<P> {
@@ -56,6 +59,7 @@ impl<P> Submission<P> {
             queue_timeout: None,
             max_attempts: None,
             idempotency_key: None,
+            stream: false,
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct TaskSpec<P> {
     pub max_attempts: u32,
     pub idempotency_key: Option<Arc<str>>,
     pub submitted_at: Time,
+    /// The submitter receives the run's progress as it comes.
+    pub stream: bool,
 }
 
 /// How one attempt ended.
@@ -172,6 +178,10 @@ pub struct Task<P> {
     pub(crate) waits: u32,
     /// When the current wait's queue-deadline timer fires, while one is set.
     pub(crate) queue_deadline: Option<Time>,
+    /// Progress of the current attempt reached the submitter: losing the
+    /// attempt now ends the task (`stream_interrupted`) instead of running
+    /// it again, so that streamed output is never repeated or spliced.
+    pub(crate) streamed: bool,
     /// Assignments issued so far; the current attempt's number.
     pub(crate) attempts: u32,
     /// Failed attempts, counted against `max_attempts`.
@@ -195,6 +205,7 @@ impl<P> Task<P> {
             queued_at: now,
             waits: 1,
             queue_deadline: Some(queue_deadline),
+            streamed: false,
             attempts: 0,
             failures: 0,
             last_error: None,

@@ -121,6 +121,9 @@ pub struct NewTask {
     /// The id peers see (the client's own id unless another live task held
     /// it; see docs/PROTOCOL.md).
     pub peer_task_id: String,
+    /// The task's options beyond the columns, as a JSON object
+    /// (`{"stream": true}`); `None` when it has none.
+    pub options: Option<String>,
     pub task_type: String,
     /// The task's data, JSON text.
     pub payload: String,

@@ -8,8 +8,8 @@ use crate::{
     AttemptEnd, ErrorRow, Loaded, NewTask, Op, Store, StoreError, StoredAttempt, StoredTask,
 };
 
-/// Version 2 added `tasks.peer_task_id`.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added `tasks.peer_task_id`, version 3 `tasks.options`.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner            TEXT NOT NULL,
     client_task_id   TEXT NOT NULL,
     peer_task_id     TEXT,
+    options          TEXT,
     task_type        TEXT NOT NULL,
     payload          TEXT NOT NULL,
     priority         INTEGER NOT NULL,
@@ -128,7 +129,11 @@ impl SqliteStore {
                     known: SCHEMA_VERSION,
                 });
             }
-            Some(1) => migrate_1_to_2(&conn).map_err(open_err)?,
+            Some(1) => {
+                migrate_1_to_2(&conn).map_err(open_err)?;
+                migrate_2_to_3(&conn).map_err(open_err)?;
+            }
+            Some(2) => migrate_2_to_3(&conn).map_err(open_err)?,
             Some(_) => {}
             None => {
                 conn.execute(
@@ -148,6 +153,16 @@ fn migrate_1_to_2(conn: &Connection) -> rusqlite::Result<()> {
         "BEGIN;
          ALTER TABLE tasks ADD COLUMN peer_task_id TEXT;
          UPDATE meta SET value = 2 WHERE key = 'schema';
+         COMMIT;",
+    )
+}
+
+/// Version 2 had no `options`: its tasks had none.
+fn migrate_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE tasks ADD COLUMN options TEXT;
+         UPDATE meta SET value = 3 WHERE key = 'schema';
          COMMIT;",
     )
 }
@@ -278,8 +293,8 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
          req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
-         submitted_at, state, peer_task_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15)",
+         submitted_at, state, peer_task_id, options)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16)",
     )?
     .execute(params![
         t.id as i64,
@@ -297,6 +312,7 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
         t.idempotency_key,
         t.submitted_at_ms,
         t.peer_task_id,
+        t.options,
     ])?;
     Ok(())
 }
@@ -346,6 +362,7 @@ pub(crate) fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTask> {
         owner: r.get(1)?,
         client_task_id: r.get(2)?,
         peer_task_id: r.get::<_, Option<String>>(24)?.unwrap_or_else(|| format!("t-{id}")),
+        options: r.get(25)?,
         task_type: r.get(3)?,
         payload: r.get(4)?,
         priority: r.get(5)?,
@@ -439,6 +456,7 @@ mod tests {
             owner: "gamer:g1".into(),
             client_task_id: format!("c{id}"),
             peer_task_id: format!("c{id}"),
+            options: None,
             task_type: "echo".into(),
             payload: r#"{"x": 1}"#.into(),
             priority: 2,
@@ -569,6 +587,7 @@ mod tests {
                 .conn
                 .execute_batch(
                     "ALTER TABLE tasks DROP COLUMN peer_task_id;
+                     ALTER TABLE tasks DROP COLUMN options;
                      UPDATE meta SET value = 1 WHERE key = 'schema';",
                 )
                 .unwrap();

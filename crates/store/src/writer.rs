@@ -333,6 +333,7 @@ mod tests {
             owner: "api".into(),
             client_task_id: "t-1".into(),
             peer_task_id: "t-1".into(),
+            options: None,
             task_type: "echo".into(),
             payload: "{}".into(),
             priority: 1,

@@ -441,6 +441,7 @@ pub(crate) fn submission(
         queue_timeout: req.queue_timeout_s.map(Duration::from_secs_f64),
         max_attempts: req.max_attempts,
         idempotency_key: req.idempotency_key.map(Arc::from),
+        stream: req.stream,
     }
 }
 

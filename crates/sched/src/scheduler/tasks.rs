@@ -44,6 +44,18 @@ pub enum CancelError {
     AlreadyFinished(TaskState),
 }
 
+/// What to do with a peer's progress report.
+#[derive(Debug, Clone)]
+pub enum Progress<P> {
+    /// Send it on: to the gamer on `gamer_conn` (none when the gamer is
+    /// away, or the task is the API's, whose listeners the shell knows).
+    Forward { task: Arc<TaskSpec<P>>, attempt: Attempt, gamer_conn: Option<ConnId> },
+    /// The task did not ask to stream: drop it.
+    NotStreamed,
+    /// Not the current attempt's, or not from its holder: drop it.
+    Stale,
+}
+
 /// What became of a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultAck {
@@ -97,6 +109,7 @@ impl<P: Clone> Scheduler<P> {
             max_attempts: sub.max_attempts.unwrap_or(self.config.default_max_attempts).max(1),
             idempotency_key: sub.idempotency_key,
             submitted_at: now,
+            stream: sub.stream,
         });
         let class = Arc::new(Class {
             task_type: Arc::clone(&spec.task_type),
@@ -308,6 +321,40 @@ impl<P: Clone> Scheduler<P> {
             });
         }
         Ok(())
+    }
+
+    /// A peer reports progress of an assignment (tokens of a generation).
+    /// The shell forwards it to the submitter when the answer says so: the
+    /// task asked to stream, and the progress is its current attempt's, from
+    /// the peer holding it. From then on, losing the attempt ends the task
+    /// with `stream_interrupted` rather than running it again.
+    pub fn handle_progress(
+        &mut self,
+        now: Time,
+        peer: &PeerId,
+        conn: ConnId,
+        id: TaskId,
+        attempt: Option<Attempt>,
+    ) -> Result<Progress<P>, PeerError> {
+        self.tick(now);
+        if self.peers.get(peer).is_none_or(|p| p.conn != conn) {
+            return Err(PeerError::NotRegistered);
+        }
+        let Some(task) = self.tasks.get_mut(&id) else { return Err(PeerError::UnknownTask(id)) };
+        let State::Assigned(h) = &task.state else { return Ok(Progress::Stale) };
+        if &h.peer != peer || attempt.is_some_and(|a| a != h.attempt) {
+            return Ok(Progress::Stale);
+        }
+        if !task.spec.stream {
+            return Ok(Progress::NotStreamed);
+        }
+        let attempt = h.attempt;
+        task.streamed = true;
+        let to = match &task.spec.owner {
+            Owner::Gamer(g) => Some(self.gamers.get(g).copied()),
+            Owner::Api => None,
+        };
+        Ok(Progress::Forward { task: Arc::clone(&task.spec), attempt, gamer_conn: to.flatten() })
     }
 
     /// Cancels a task. A gamer may cancel only its own tasks; the API may

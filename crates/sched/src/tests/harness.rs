@@ -11,7 +11,8 @@
 //! submit g1 echo id=123 prio=2 key=k model=m gpu vram=4000 timeout=5s qtimeout=9s attempts=2
 //! submit api echo ...
 //! result p1 t-1 ok=R | err=code | err=code:retry | returned   (optionally #attempt after the id)
-//! start p1 t-1
+//! start p1 t-1 | progress p1 t-1
+//! submit g1 generate stream            (the submitter wants progress)
 //! cancel g1 t-1 | cancel api t-1
 //! ```
 //!
@@ -141,6 +142,19 @@ impl World {
                 });
             }
             "result" => self.result(&words, &opts),
+            "progress" => {
+                let (id, attempt) = self.peer_ref(words[2]);
+                let conn = self.peer_conns[words[1]];
+                let r = self.sched.handle_progress(now, &PeerId::from(words[1]), conn, id, attempt);
+                self.ret(match r {
+                    Ok(crate::Progress::Forward { task, attempt, gamer_conn }) => {
+                        let to = gamer_conn.map_or("nobody".to_owned(), |c| c.to_string());
+                        format!("forward {}{attempt} to {to}", task.id)
+                    }
+                    Ok(other) => format!("{other:?}"),
+                    Err(e) => format!("{e:?}"),
+                });
+            }
             "start" => {
                 let (id, attempt) = self.peer_ref(words[2]);
                 let conn = self.peer_conns[words[1]];
@@ -331,6 +345,7 @@ fn submission(words: &[&str], opts: &BTreeMap<&str, &str>, gpu: bool) -> Submiss
     sub.run_timeout = opts.get("timeout").map(|t| duration(t));
     sub.queue_timeout = opts.get("qtimeout").map(|t| duration(t));
     sub.max_attempts = opts.get("attempts").map(|a| a.parse().unwrap());
+    sub.stream = words.contains(&"stream");
     sub
 }
 

@@ -504,6 +504,7 @@ fn spec(id: u64, owner: Owner) -> TaskSpec<String> {
         queue_timeout: Duration::from_secs(3600),
         max_attempts: 3,
         idempotency_key: None,
+        stream: false,
         submitted_at: Time::ZERO,
     }
 }

@@ -530,3 +530,91 @@ fn a_reclaimed_run_keeps_its_time_limit() {
         ",
     );
 }
+
+#[test]
+fn a_streamed_task_lost_before_any_output_runs_again() {
+    check(
+        r"
+        gamer g1
+        join p1
+        join p2
+        submit g1 generate stream id=s
+        leave p1
+        progress p2 s
+        at 2s
+        progress p2 s
+        ",
+        r"
+        gamer g1
+        join p1
+        join p2
+        submit g1 generate stream id=s
+          => t-1 s Assigned
+          assign t-1#1 x -> p1 (c2)
+        leave p1
+        progress p2 s
+          => Stale
+        at 2s
+          assign t-1#2 x -> p2 (c3)
+        progress p2 s
+          => forward t-1#2 to c1
+        ",
+    );
+}
+
+#[test]
+fn a_streamed_task_lost_after_output_reached_its_gamer_ends_interrupted() {
+    check(
+        r"
+        gamer g1
+        join p1
+        submit g1 generate stream id=s
+        progress p1 s
+        leave p1
+        join p2
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 generate stream id=s
+          => t-1 s Assigned
+          assign t-1#1 x -> p1 (c2)
+        progress p1 s
+          => forward t-1#1 to c1
+        leave p1
+          deliver t-1 (s) to g1: failed stream_interrupted: the attempt streaming the output ended (peer_lost) after output had been sent; it is not run again, so that no output is repeated after 1
+        join p2
+        ",
+    );
+}
+
+#[test]
+fn progress_of_a_task_that_did_not_ask_to_stream_goes_nowhere() {
+    check(
+        r"
+        gamer g1
+        join p1
+        submit g1 generate id=q
+        progress p1 q
+        progress p1 q#7
+        leave p1
+        join p2
+        at 2s
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 generate id=q
+          => t-1 q Assigned
+          assign t-1#1 x -> p1 (c2)
+        progress p1 q
+          => NotStreamed
+        progress p1 q#7
+          => Stale
+        leave p1
+        join p2
+        at 2s
+          assign t-1#2 x -> p2 (c3)
+        ",
+    );
+}

@@ -72,12 +72,12 @@ impl Statements {
 const INSERT: &str = "
 INSERT INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
     req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
-    peer_task_id, state)
+    peer_task_id, options, state)
 SELECT u.*, 'queued' FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
     $6::int[], $7::text[], $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
-    $13::text[], $14::bigint[], $15::text[]) AS u
+    $13::text[], $14::bigint[], $15::text[], $16::text[]) AS u
 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded.client_task_id,
-    peer_task_id = excluded.peer_task_id,
+    peer_task_id = excluded.peer_task_id, options = excluded.options,
     task_type = excluded.task_type, payload = excluded.payload, priority = excluded.priority,
     req_model = excluded.req_model, req_gpu = excluded.req_gpu,
     req_min_vram_mb = excluded.req_min_vram_mb, run_timeout_ms = excluded.run_timeout_ms,
@@ -189,6 +189,7 @@ struct Inserts<'a> {
     idempotency_key: Vec<Option<&'a str>>,
     submitted_at: Vec<i64>,
     peer_task_id: Vec<&'a str>,
+    options: Vec<Option<&'a str>>,
 }
 
 impl<'a> Inserts<'a> {
@@ -208,9 +209,10 @@ impl<'a> Inserts<'a> {
         self.idempotency_key.push(t.idempotency_key.as_deref());
         self.submitted_at.push(t.submitted_at_ms);
         self.peer_task_id.push(&t.peer_task_id);
+        self.options.push(t.options.as_deref());
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.id,
             &self.owner,
@@ -227,6 +229,7 @@ impl<'a> Inserts<'a> {
             &self.idempotency_key,
             &self.submitted_at,
             &self.peer_task_id,
+            &self.options,
         ]
     }
 }

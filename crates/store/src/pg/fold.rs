@@ -123,13 +123,13 @@ pub(super) const TASKS: &str = "
 INSERT INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
     req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
     state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message,
-    delivered, peer_task_id)
+    delivered, peer_task_id, options)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
     $7::text[], $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
     $14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::text[], $19::bigint[],
-    $20::bigint[], $21::text[], $22::text[], $23::text[], $24::bool[], $25::text[])
+    $20::bigint[], $21::text[], $22::text[], $23::text[], $24::bool[], $25::text[], $26::text[])
 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded.client_task_id,
-    peer_task_id = excluded.peer_task_id,
+    peer_task_id = excluded.peer_task_id, options = excluded.options,
     task_type = excluded.task_type, payload = excluded.payload, priority = excluded.priority,
     req_model = excluded.req_model, req_gpu = excluded.req_gpu,
     req_min_vram_mb = excluded.req_min_vram_mb, run_timeout_ms = excluded.run_timeout_ms,
@@ -178,6 +178,7 @@ pub(super) struct Columns<'a> {
     error_message: Vec<Option<String>>,
     delivered: Vec<bool>,
     peer_task_id: Vec<&'a str>,
+    options: Vec<Option<&'a str>>,
     attempt_rows: AttemptColumns<'a>,
 }
 
@@ -233,6 +234,7 @@ impl<'a> Columns<'a> {
         self.error_message.push(message);
         self.delivered.push(s.delivered);
         self.peer_task_id.push(&t.peer_task_id);
+        self.options.push(t.options.as_deref());
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -266,6 +268,7 @@ impl<'a> Columns<'a> {
             &self.error_message,
             &self.delivered,
             &self.peer_task_id,
+            &self.options,
         ]
     }
 
@@ -312,6 +315,7 @@ mod tests {
             owner: "api".into(),
             client_task_id: "c".into(),
             peer_task_id: "c".into(),
+            options: None,
             task_type: "noop".into(),
             payload: "null".into(),
             priority: 1,

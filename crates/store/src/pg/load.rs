@@ -81,6 +81,7 @@ pub(super) fn task_row(r: &Row) -> Result<StoredTask, StoreError> {
         owner: r.try_get(1)?,
         client_task_id: r.try_get(2)?,
         peer_task_id: r.try_get(24)?,
+        options: r.try_get(25)?,
         task_type: r.try_get(3)?,
         payload: r.try_get(4)?,
         priority: r.try_get(5)?,

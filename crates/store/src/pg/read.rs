@@ -85,9 +85,11 @@ impl StoreReader for PostgresReader {
             let rows = c.query_typed(&sql, &[(&id, Type::INT8)]).await?;
             let Some(first) = rows.first() else { return Ok(None) };
             let mut task = task_row(first)?;
+            // The attempt's columns follow the task's.
+            let at = read::TASK_COLUMN_COUNT;
             for row in &rows {
-                if row.try_get::<_, Option<i64>>(25)?.is_some() {
-                    task.attempts.push(attempt_row(row, 25)?.1);
+                if row.try_get::<_, Option<i64>>(at)?.is_some() {
+                    task.attempts.push(attempt_row(row, at)?.1);
                 }
             }
             Ok(Some(task))

@@ -15,7 +15,10 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x6c67_7075_6d69_6772; // "lgpumigr"
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_TABLES), (2, V2_READ_INDEXES)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1_TABLES), (2, V2_READ_INDEXES), (3, V3_TASK_OPTIONS)];
+
+/// A task's options beyond the columns, as JSON (`{"stream": true}`).
+const V3_TASK_OPTIONS: &str = "ALTER TABLE tasks ADD COLUMN options TEXT;";
 
 /// The schema this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
