@@ -39,6 +39,7 @@ fn task(id: u64) -> NewTask {
         owner: "gamer:bench-1".into(),
         client_task_id: format!("t-{id}"),
         peer_task_id: format!("t-{id}"),
+        options: None,
         task_type: "noop".into(),
         payload: "null".into(),
         priority: 1,

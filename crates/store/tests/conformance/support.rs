@@ -175,7 +175,7 @@ pub fn task(id: u64) -> NewTask {
         owner: "gamer:g1".into(),
         client_task_id: format!("c{id}"),
         peer_task_id: format!("c{id}-peer"),
-        options: (id % 3 == 0).then(|| r#"{"stream":true}"#.to_owned()),
+        options: id.is_multiple_of(3).then(|| r#"{"stream":true}"#.to_owned()),
         task_type: "echo".into(),
         payload: r#"{"x": 1}"#.into(),
         priority: 2,
