@@ -14,6 +14,8 @@ mod crash;
 mod executors;
 mod failover;
 mod lifecycle;
+mod limits;
+mod security;
 mod seed;
 
 use std::path::Path;
