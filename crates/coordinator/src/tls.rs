@@ -284,6 +284,15 @@ mod tests {
         let tls = Tls::load(CertSource::Files { cert: cert_path.clone(), key: key_path.clone() })
             .unwrap();
         assert_eq!(tls.pin(), CaPin::of_certificate(&der).unwrap());
+        // New files are picked up by a reload; bad ones leave the old in use.
+        let ((_, key2, der2), pem2) = new_ca().unwrap();
+        std::fs::write(&cert_path, &pem2).unwrap();
+        std::fs::write(&key_path, key2.serialize_pem()).unwrap();
+        assert_eq!(tls.reload().unwrap(), CaPin::of_certificate(&der2).unwrap());
+        std::fs::write(&cert_path, "not PEM").unwrap();
+        assert!(tls.reload().is_err());
+        assert_eq!(tls.pin(), CaPin::of_certificate(&der2).unwrap());
+        std::fs::write(&cert_path, pem2).unwrap();
         std::fs::write(&key_path, "garbage").unwrap();
         let err = Tls::load(CertSource::Files { cert: cert_path, key: key_path.clone() })
             .unwrap_err()

@@ -261,7 +261,7 @@ fn validate_url(url: &str) -> Result<(), WorkerError> {
     } else {
         Err(WorkerError::BadUrl {
             url: url.to_owned(),
-            reason: "expected ws://HOST:PORT (the coordinator's WebSocket port, 8765 by default)"
+            reason: "expected wss://HOST:PORT (or ws:// on the coordinator's own machine): its WebSocket port, 8765 by default"
                 .to_owned(),
         })
     }

@@ -256,3 +256,50 @@ async fn trace_logs_carry_no_secrets() {
         }
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1 issued by it, as PEM files
+/// (chain: server certificate, then the CA); returns the CA's pin.
+fn operator_certificate(cert: &std::path::Path, key: &std::path::Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    std::fs::write(cert, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(key, leaf_key.serialize_pem()).unwrap();
+    tls::CaPin::of_certificate(ca_cert.der()).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_operator_certificate_is_served_and_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("fullchain.pem"), dir.path().join("privkey.pem"));
+    let first = operator_certificate(&cert, &key);
+    let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let c = Coordinator::start(bin(), &args);
+    assert_eq!(c.ca_hash, first, "clients pin the last certificate of the chain");
+    let pinned = |pin: String| {
+        let url = c.wss_url();
+        async move { Raw::open(&url, Dial { ca_hash: Some(&pin), ..Dial::default() }).await }
+    };
+    pinned(first.clone()).await.unwrap();
+    // Renewed files, then SIGHUP: new connections get the new certificate.
+    let second = operator_certificate(&cert, &key);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &c.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    while pinned(second.clone()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "not reloaded:\n{}", c.proc.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(pinned(first).await.is_err(), "the old certificate is gone");
+    assert!(c.proc.log().contains("reloaded the TLS certificates"), "{}", c.proc.log());
+}
