@@ -1,7 +1,7 @@
 //! The command line, as clap derives it. Every command has examples in its
 //! long help.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -71,6 +71,14 @@ pub struct Bench {
     /// The cluster token, for a coordinator that requires one.
     #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Connect over TLS (wss://) to the local coordinator, pinning its CA.
+    #[arg(long, conflicts_with = "coordinator")]
+    pub tls: bool,
+
+    /// For a wss:// --coordinator: trust exactly the CA with this SHA-256.
+    #[arg(long)]
+    pub ca_hash: Option<String>,
 
     /// The local coordinator keeps tasks in memory only (store off).
     #[arg(long)]
@@ -149,7 +157,7 @@ pub enum ClusterCmd {
         legacygpu cluster start --bind 0.0.0.0:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
         legacygpu cluster start --daemon --data-dir /var/lib/legacygpu\n  \
         legacygpu cluster start --bind 127.0.0.1:0 --heartbeat-timeout 3")]
-    Start(ClusterStart),
+    Start(Box<ClusterStart>),
     /// Stop the coordinator (through the API; or, for one started here with
     /// --daemon, by its pid file).
     #[command(after_long_help = "Examples:\n  \
@@ -171,6 +179,27 @@ pub enum ClusterCmd {
         action: Option<WorkersAction>,
         #[command(flatten)]
         args: WorkersList,
+    },
+    /// The join tokens: show them, or rotate them without a restart (admin).
+    #[command(subcommand)]
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu cluster token show\n  \
+        legacygpu cluster token rotate --kind worker --api-url https://10.0.0.2:8000 --ca-hash \"$CA_HASH\" --api-key \"$ADMIN_KEY\"")]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Print the worker join token, the client token and the CA hash.
+    Show(Remote),
+    /// Make new tokens; the old ones admit nobody from now on (workers that
+    /// already joined keep their own credentials).
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+        /// Which token: worker, client or both.
+        #[arg(long, default_value = "both", value_parser = ["worker", "client", "both"])]
+        kind: String,
     },
 }
 
@@ -199,6 +228,10 @@ pub struct Remote {
     /// An API key (or the cluster token, when no API keys are configured).
     #[arg(long, env = "LEGACYGPU_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// For https://: trust exactly the CA with this SHA-256 (64 hex digits,
+    /// as `cluster start` prints it) instead of the system's roots.
+    #[arg(long, env = "LEGACYGPU_CA_HASH")]
+    pub ca_hash: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -256,6 +289,12 @@ pub struct ClusterStart {
     #[arg(long)]
     pub insecure: bool,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+
     /// How a task picks among the free peers able to run it: ROUND_ROBIN,
     /// LEAST_LOADED, GPU_MATCH, LATENCY or ADAPTIVE (see docs/STRATEGIES.md).
     #[arg(long, default_value = "ADAPTIVE", value_parser = parse_strategy)]
@@ -311,11 +350,96 @@ pub struct ClusterStart {
     pub log_file: Option<PathBuf>,
 }
 
+/// TLS on both ports.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve this PEM certificate chain (server certificate first; clients
+    /// pin the last one) instead of the generated one. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key", env = "LEGACYGPU_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "LEGACYGPU_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// More DNS names or IP addresses for the generated certificate (the host
+    /// name, the --bind address, localhost and 127.0.0.1 are always in it).
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Accept plaintext (ws://, http://) from other machines too. Dangerous:
+    /// tokens, keys and results then cross the network in clear text.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+
+    /// Treat connections from this loopback address as coming from another
+    /// machine (e.g. a local proxy forwarding outside traffic).
+    #[arg(long, value_delimiter = ',')]
+    pub not_local: Vec<IpAddr>,
+}
+
+/// Deadlines, per-address limits and budgets at the edge.
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Seconds from connecting to a finished WebSocket upgrade (TLS included).
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
+    pub handshake_timeout: f64,
+
+    /// Seconds from the upgrade to a registration.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub registration_timeout: f64,
+
+    /// Seconds without anything from a connection (pings are sent) before it is closed.
+    #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
+    pub idle_timeout: f64,
+
+    /// Seconds an HTTP client has to send each request's head (also bounds idle keep-alive).
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub http_header_timeout: f64,
+
+    /// Seconds an HTTP connection may sit with no request running and no bytes moving.
+    #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
+    pub http_idle_timeout: f64,
+
+    /// Most WebSocket connections at once (also bounded by the open-file limit).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Most connections from one address (an IPv6 /64) at once, both ports.
+    #[arg(long, default_value_t = 2048)]
+    pub max_connections_per_ip: usize,
+
+    /// New connections one address may open per second (bursts of twice that); 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    pub new_connections_per_ip: u32,
+
+    /// Bytes of partly received messages held over all connections (beyond 64 KiB each).
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    pub max_partial_frame_bytes: usize,
+
+    /// Task payload bytes held for unfinished tasks, in total.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Task payload bytes held for one client's unfinished tasks.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub max_queued_bytes_per_client: usize,
+
+    /// Unfinished tasks one client (gamer id or API key) may have.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_queued_tasks_per_client: usize,
+
+    /// Submissions one client may make per second (bursts of twice that); 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_submissions_per_s: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WorkerCmd {
     /// Start a worker that joins a coordinator and runs tasks.
     #[command(after_long_help = "Examples:\n  \
-        legacygpu worker start --coordinator ws://10.0.0.2:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
+        legacygpu worker start --join \"$JOIN_TOKEN\" --coordinator wss://10.0.0.2:8765\n  \
+        legacygpu worker start --coordinator ws://127.0.0.1:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
         legacygpu worker start --peer-id rx580-box --slots 2 --models-dir /srv/models")]
     Start(WorkerStart),
     /// Stop workers started on this machine (by their pid files): running
@@ -333,6 +457,17 @@ pub enum WorkerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a worker's own credential (admin): its connection is closed at
+    /// once, and it can come back only by joining again.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker revoke rx580-box\n  \
+        legacygpu worker revoke rx580-box --api-url https://10.0.0.2:8000 --ca-hash \"$CA_HASH\" --api-key \"$ADMIN_KEY\"")]
+    Revoke {
+        #[command(flatten)]
+        remote: Remote,
+        /// The worker's peer id.
+        peer_id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +484,17 @@ pub struct WorkerStop {
 pub struct WorkerStart {
     #[command(flatten)]
     pub conn: Connection,
+
+    /// The worker join token `cluster start` printed (lgj1-…): trusts exactly
+    /// the coordinator's CA (needs wss://), and trades the token for this
+    /// worker's own credential, kept for later runs.
+    #[arg(long, env = "LEGACYGPU_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+
+    /// Where this worker keeps its own credential. Default: a file in the
+    /// state directory ($XDG_STATE_HOME/legacygpu/credentials/).
+    #[arg(long)]
+    pub credential_file: Option<PathBuf>,
 
     /// This peer's id; reconnecting with the same id resumes its session.
     /// Default: the host name.
@@ -399,12 +545,26 @@ pub struct Connection {
     #[arg(long, env = "LEGACYGPU_COORDINATOR")]
     pub coordinator: Option<String>,
 
-    /// The cluster token, when the coordinator requires one.
+    /// The credential: the cluster token, an API key, or the client token
+    /// (`lgj1-…`, which also pins the coordinator's CA for wss://).
     #[arg(long, env = "LEGACYGPU_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// For wss://: trust exactly the CA with this SHA-256 (64 hex digits, as
+    /// `cluster start` prints it) instead of the system's roots.
+    #[arg(long, env = "LEGACYGPU_CA_HASH")]
+    pub ca_hash: Option<String>,
 }
 
 impl Connection {
+    /// The flag or environment, else the config file.
+    pub fn ca_hash(&self) -> anyhow::Result<Option<String>> {
+        Ok(match &self.ca_hash {
+            Some(h) => Some(h.clone()),
+            None => crate::remote::CliConfig::load()?.ca_hash,
+        })
+    }
+
     /// The flag or environment, else `~/.config/legacygpu/cli.json`, else local.
     pub fn url(&self) -> anyhow::Result<String> {
         Ok(match &self.coordinator {

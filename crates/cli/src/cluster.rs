@@ -10,19 +10,40 @@ use coordinator::{Config, Coordinator, Secret, StoreMode};
 
 use serde_json::{Value, json};
 
-use crate::args::{ClusterCmd, ClusterStart, Remote, WorkersAction, WorkersList};
+use crate::args::{
+    ClusterCmd, ClusterStart, EdgeArgs, Remote, TokenCmd, WorkersAction, WorkersList,
+};
 use crate::remote::{api, cell, print_json, status_colour, table};
 use crate::{local, signals};
 
 pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ClusterCmd::Start(args) if args.daemon => daemonize(&args),
-        ClusterCmd::Start(args) => start(args).await,
+        ClusterCmd::Start(args) => start(*args).await,
         ClusterCmd::Stop(remote) => stop(&remote).await,
         ClusterCmd::Status(remote) => status(&remote).await,
         ClusterCmd::Workers { action: Some(WorkersAction::List(args)), .. }
         | ClusterCmd::Workers { action: None, args } => workers(&args).await,
+        ClusterCmd::Token(cmd) => token(cmd).await,
     }
+}
+
+/// `cluster token show|rotate`.
+async fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
+    let (remote, answer) = match &cmd {
+        TokenCmd::Show(remote) => (remote, api(remote)?.get("/cluster/tokens").await?),
+        TokenCmd::Rotate { remote, kind } => {
+            let body = json!({ "kind": kind });
+            (remote, api(remote)?.post("/cluster/tokens/rotate", &body).await?)
+        }
+    };
+    if remote.json {
+        return print_json(&answer);
+    }
+    println!("worker join token: {}", cell(&answer["worker_token"]));
+    println!("client token:      {}", cell(&answer["client_token"]));
+    println!("CA sha256:         {}", cell(&answer["ca_sha256"]));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cluster start --daemon`: starts this same command without `--daemon` in
@@ -207,11 +228,64 @@ async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
         writeln!(out, "  http: http://{http}  (API docs: http://{http}/docs)")?;
     }
     writeln!(out, "  store: {store} ({} tasks recovered)", coordinator.recovered_tasks())?;
+    banner_tls(&mut out, &coordinator)?;
     writeln!(out, "ready (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
+    reload_on_hangup(coordinator.tls_handle());
     coordinator.run(signals::shutdown()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TLS lines of the banner: the CA pin and ready-to-paste join lines.
+fn banner_tls(out: &mut impl Write, coordinator: &Coordinator) -> anyhow::Result<()> {
+    let names = coordinator.tls_names();
+    let host = names
+        .iter()
+        .find(|n| !["localhost", "127.0.0.1", "::1"].contains(&n.as_str()))
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let port = coordinator.ws_addr().port();
+    let pin = coordinator.ca_pin();
+    writeln!(out, "  tls: wss:// and https:// on the same ports; CA sha256 {pin}")?;
+    if !names.is_empty() {
+        writeln!(out, "  certificate names: {}  (more with --tls-san)", names.join(", "))?;
+    }
+    // A daemon's stdout is its log file, and secrets never go to logs.
+    let daemon = std::env::var_os("LEGACYGPU_DAEMON_PID_FILE").is_some();
+    let (worker, client) = if daemon {
+        let hidden = "\"$(legacygpu cluster token show --json | jq -r .worker_token)\"".to_owned();
+        (hidden, "see `legacygpu cluster token show`".to_owned())
+    } else {
+        (
+            coordinator.join_token(coordinator::TokenKind::Worker),
+            coordinator.join_token(coordinator::TokenKind::Client),
+        )
+    };
+    writeln!(
+        out,
+        "  join a worker: legacygpu worker start --join {worker} --coordinator wss://{host}:{port}"
+    )?;
+    writeln!(out, "  client token: {client}")?;
+    Ok(())
+}
+
+/// SIGHUP reloads the certificates (for renewed ACME certificates).
+fn reload_on_hangup(tls: coordinator::TlsHandle) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(pin) => tracing::info!("reloaded the TLS certificates (CA sha256 {pin})"),
+                Err(e) => {
+                    tracing::warn!("cannot reload the TLS certificates, keeping the old: {e}")
+                }
+            }
+        }
+    });
 }
 
 fn config(args: &ClusterStart) -> anyhow::Result<Config> {
@@ -247,7 +321,26 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         api_keys.extend(keys);
     }
+    let mut tls_names = args.tls.tls_san.clone();
+    if let Some(host) = host_name() {
+        tls_names.push(host);
+    }
+    if !args.bind.ip().is_unspecified() {
+        tls_names.push(args.bind.ip().to_string());
+    }
+    let tls_cert = match (&args.tls.tls_cert, &args.tls.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(coordinator::CertSource::Files { cert: cert.clone(), key: key.clone() })
+        }
+        _ => None,
+    };
     Ok(Config {
+        tls_cert,
+        tls_names,
+        insecure_plaintext: args.tls.insecure_plaintext,
+        not_local: args.tls.not_local.clone(),
+        edge: edge_limits(&args.edge),
+        max_connections: args.edge.max_connections,
         ws_addr: args.bind,
         http_addr: (!args.no_http).then_some(args.http),
         api_keys,
@@ -261,6 +354,34 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
         task_needs: crate::executors::needs(),
         ..Config::default()
     })
+}
+
+fn edge_limits(e: &EdgeArgs) -> coordinator::EdgeLimits {
+    let secs = Duration::from_secs_f64;
+    coordinator::EdgeLimits {
+        handshake_timeout: secs(e.handshake_timeout),
+        registration_timeout: secs(e.registration_timeout),
+        idle_timeout: secs(e.idle_timeout),
+        http_header_timeout: secs(e.http_header_timeout),
+        http_idle_timeout: secs(e.http_idle_timeout),
+        max_connections_per_ip: e.max_connections_per_ip,
+        new_connections_per_ip_per_s: e.new_connections_per_ip,
+        max_partial_frame_bytes: e.max_partial_frame_bytes,
+        max_queued_bytes: e.max_queued_bytes,
+        max_queued_bytes_per_client: e.max_queued_bytes_per_client,
+        max_queued_tasks_per_client: e.max_queued_tasks_per_client,
+        max_submissions_per_s: e.max_submissions_per_s,
+        ..coordinator::EdgeLimits::default()
+    }
+}
+
+/// This machine's name, for the generated certificate.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 /// `$XDG_DATA_HOME/legacygpu`, or `~/.local/share/legacygpu`.

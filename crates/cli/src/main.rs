@@ -69,16 +69,29 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `RUST_LOG` or `--log-level` picks the level.
+///
+/// Whatever the level, the WebSocket and TLS libraries log at most `info`:
+/// at `debug` and `trace` they print every frame they read or write, and
+/// frames carry tokens and credentials.
 fn init_logging(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
     let filter = match level {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    let wire = filter_fn(|m| !(logs_frames(m.target()) && *m.level() > tracing::Level::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let layer =
+        fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter.and(wire));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Libraries whose debug and trace logs show message contents.
+fn logs_frames(target: &str) -> bool {
+    ["tungstenite", "tokio_tungstenite", "rustls", "tokio_rustls", "hyper", "reqwest"]
+        .iter()
+        .any(|lib| target == *lib || target.strip_prefix(lib).is_some_and(|t| t.starts_with("::")))
 }

@@ -270,7 +270,10 @@ async fn follow(api: Api, tx: mpsc::Sender<Update>) {
             if let Some(k) = api.key() {
                 req.headers_mut().insert("authorization", format!("Bearer {k}").parse()?);
             }
-            let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+            let connector = api.tls_config().map(tokio_tungstenite::Connector::Rustls);
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector)
+                    .await?;
             while let Some(frame) = ws.next().await {
                 if let Message::Text(t) = frame?
                     && let Ok(v) = serde_json::from_str::<Value>(t.as_str())

@@ -28,6 +28,8 @@ pub struct CliConfig {
     pub api_key: Option<String>,
     pub coordinator: Option<String>,
     pub token: Option<String>,
+    /// The coordinator's CA pin, for `wss://` and `https://`.
+    pub ca_hash: Option<String>,
 }
 
 impl CliConfig {
@@ -63,7 +65,8 @@ pub fn api(remote: &Remote) -> anyhow::Result<Api> {
         .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned());
     let key =
         remote.api_key.clone().or(file.api_key).or_else(|| std::env::var("LEGACYGPU_TOKEN").ok());
-    Ok(Api::new(&url, key.filter(|k| !k.is_empty())))
+    let ca_hash = remote.ca_hash.clone().or(file.ca_hash);
+    Ok(Api::pinned(&url, key.filter(|k| !k.is_empty()), ca_hash.as_deref())?)
 }
 
 /// Prints `value` as pretty JSON.

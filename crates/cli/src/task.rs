@@ -145,7 +145,11 @@ async fn batch(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     use futures_util::StreamExt;
     let path = args.batch.clone().context("--batch FILE")?;
     let requests = read_batch(&path)?;
-    let options = ClientOptions { token: args.conn.token()?, ..ClientOptions::default() };
+    let options = ClientOptions {
+        token: args.conn.token()?,
+        ca_hash: args.conn.ca_hash()?,
+        ..ClientOptions::default()
+    };
     let client = Client::connect(&args.conn.url()?, options).await?;
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
     bar.set_style(
@@ -265,6 +269,7 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     req.timeout_s = args.timeout;
     let options = ClientOptions {
         token: args.conn.token()?,
+        ca_hash: args.conn.ca_hash()?,
         reconnect: args.wait,
         ..ClientOptions::default()
     };

@@ -17,7 +17,20 @@ pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         WorkerCmd::Start(args) => start(args).await,
         WorkerCmd::Stop(args) => stop(&args),
         WorkerCmd::List { json } => list(json),
+        WorkerCmd::Revoke { remote, peer_id } => revoke(&remote, &peer_id).await,
     }
+}
+
+/// `worker revoke ID`: through the API (admin).
+async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<ExitCode> {
+    let api = crate::remote::api(remote)?;
+    let path = format!("/cluster/workers/{peer_id}/revoke");
+    let answer = api.post(&path, &json!({})).await?;
+    if remote.json {
+        return print_json(&answer);
+    }
+    println!("revoked worker {peer_id}: its connection is closed and its credential admits nobody");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stop(args: &WorkerStop) -> anyhow::Result<ExitCode> {
@@ -74,6 +87,20 @@ async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
     };
     let mut config = worker::Config::new(args.conn.url()?, peer_id);
     config.token = args.conn.token()?;
+    config.trust =
+        tls::Trust::from_options(config.token.as_deref(), args.conn.ca_hash()?.as_deref())?;
+    if let Some(token) = &args.join {
+        config.join = Some(tls::JoinToken::parse(token)?);
+    }
+    if config.token.as_deref().is_some_and(tls::JoinToken::looks_like) {
+        // A join token given as --token joins as well.
+        config.join = Some(tls::JoinToken::parse(config.token.as_deref().unwrap_or_default())?);
+        config.token = None;
+    }
+    config.credential_file = Some(match &args.credential_file {
+        Some(path) => path.clone(),
+        None => local::state_dir()?.join(format!("credentials/worker-{}.json", config.peer_id)),
+    });
     if let Some(slots) = args.slots {
         config.slots = slots;
     }

@@ -36,17 +36,48 @@ pub struct Api {
     base: String,
     key: Option<String>,
     http: reqwest::Client,
+    /// For `https://`: how the certificate is checked.
+    tls: Option<std::sync::Arc<tls::rustls::ClientConfig>>,
 }
 
 impl Api {
     /// `base` is like `http://127.0.0.1:8000`; `key` an API key (or the
-    /// cluster token) sent as a bearer token.
+    /// cluster token) sent as a bearer token. `https://` trusts the system's
+    /// roots; see [`Api::pinned`].
     pub fn new(base: &str, key: Option<String>) -> Api {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        Api { base: base.trim_end_matches('/').to_owned(), key, http }
+        // Only https:// without system roots fails here; calls then fail
+        // with the TLS error.
+        Api::pinned(base, key.clone(), None).unwrap_or_else(|_| Api {
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+            http: reqwest::Client::new(),
+            tls: None,
+        })
+    }
+
+    /// Like [`Api::new`], and for `https://` trusting exactly the CA with
+    /// this pin (64 hex digits, as `cluster start` prints it) when given.
+    pub fn pinned(base: &str, key: Option<String>, ca_hash: Option<&str>) -> Result<Api, ApiError> {
+        tls::install_default_provider();
+        let base = base.trim_end_matches('/').to_owned();
+        let bad = |reason: String| ApiError::Unreachable { url: base.clone(), reason };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut tls = None;
+        if base.starts_with("https://") {
+            let trust = tls::Trust::from_options(None, ca_hash).map_err(|e| bad(e.to_string()))?;
+            let config = tls::client_config(&trust).map_err(|e| bad(e.to_string()))?;
+            builder = builder.use_preconfigured_tls((*config).clone());
+            tls = Some(config);
+        } else if ca_hash.is_some() {
+            return Err(bad("--ca-hash pins a certificate, which needs https://".to_owned()));
+        }
+        let http = builder.build().map_err(|e| bad(e.to_string()))?;
+        Ok(Api { base, key, http, tls })
+    }
+
+    /// The TLS configuration for the event stream's `wss://`, if any.
+    pub fn tls_config(&self) -> Option<std::sync::Arc<tls::rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     pub fn base(&self) -> &str {

@@ -275,14 +275,17 @@ async fn open(
     awaiting: Vec<String>,
 ) -> Result<Ws, ClientError> {
     let connect_err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
+    let (connector, token) = tls_for(url, options)?;
     let attempt = async {
         let mut request = url.into_client_request().map_err(|e| connect_err(e.to_string()))?;
-        if let Some(token) = &options.token {
+        if let Some(token) = &token {
             let value =
                 format!("Bearer {token}").parse().map_err(|_| connect_err("bad token".into()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+        let (mut ws, _) = connecting.await.map_err(|e| match e {
             // The coordinator explains a refused upgrade in the body.
             WsError::Http(resp) => {
                 let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
@@ -293,11 +296,16 @@ async fn open(
                     connect_err(reason)
                 }
             }
+            // A certificate that is not the pinned CA's will not become so.
+            WsError::Tls(e) => ClientError::Refused(format!("TLS: {e}")),
+            WsError::Io(e) if e.to_string().contains("certificate") => {
+                ClientError::Refused(format!("TLS: {e}"))
+            }
             e => connect_err(e.to_string()),
         })?;
         let register = ToCoordinator::RegisterGamer(RegisterGamer {
             gamer_id: gamer_id.to_owned(),
-            token: options.token.clone(),
+            token: token.clone(),
             awaiting,
         });
         ws.send(Message::text(register.encode())).await.map_err(|e| connect_err(e.to_string()))?;
@@ -308,6 +316,36 @@ async fn open(
         Ok(result) => result,
         Err(_) => Err(connect_err("timed out".into())),
     }
+}
+
+/// The TLS connector for `url` (none for `ws://`), and the secret to
+/// present (a client token's secret part, else the token as given).
+fn tls_for(
+    url: &str,
+    options: &ClientOptions,
+) -> Result<(Option<tokio_tungstenite::Connector>, Option<String>), ClientError> {
+    let refused = |reason: String| ClientError::Refused(reason);
+    let token = options.token.as_deref();
+    let trust = tls::Trust::from_options(token, options.ca_hash.as_deref())
+        .map_err(|e| refused(e.to_string()))?;
+    let secret = match token {
+        Some(t) if tls::JoinToken::looks_like(t) => {
+            Some(tls::JoinToken::parse(t).map_err(|e| refused(e.to_string()))?.secret)
+        }
+        other => other.map(str::to_owned),
+    };
+    if !url.starts_with("wss://") {
+        if trust != tls::Trust::System {
+            return Err(refused(
+                "a client token or --ca-hash pins the coordinator's certificate, which needs TLS: \
+                 use wss://HOST:8765"
+                    .to_owned(),
+            ));
+        }
+        return Ok((None, secret));
+    }
+    let config = tls::client_config(&trust).map_err(|e| refused(e.to_string()))?;
+    Ok((Some(tokio_tungstenite::Connector::Rustls(config)), secret))
 }
 
 async fn await_ack(ws: &mut Ws) -> Result<(), ClientError> {

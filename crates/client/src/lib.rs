@@ -36,8 +36,13 @@ pub struct ClientOptions {
     /// The gamer id; reconnecting with the same id delivers results that
     /// finished while away. Default: a random one.
     pub gamer_id: Option<String>,
-    /// The cluster token, when the coordinator requires one.
+    /// The credential: the cluster token, an API key, or the client token
+    /// (`lgj1-…`, which also pins the coordinator's CA).
     pub token: Option<String>,
+    /// The coordinator's CA pin (64 hex digits, as `cluster start` prints
+    /// it), for `wss://` without a client token. Without either, `wss://`
+    /// trusts the system's root certificates.
+    pub ca_hash: Option<String>,
     /// Reconnect (and resubmit pending tasks) when the connection drops. Default true.
     pub reconnect: bool,
     /// On reconnecting, resubmit tasks the coordinator had already
@@ -56,6 +61,7 @@ impl Default for ClientOptions {
         ClientOptions {
             gamer_id: None,
             token: None,
+            ca_hash: None,
             reconnect: true,
             resubmit_acknowledged: true,
             reconnect_max: Duration::from_secs(5),

@@ -148,8 +148,12 @@ closed_set! {
         Replaced = "replaced by a new session",
         /// No heartbeat within the timeout (4001).
         HeartbeatTimeout = "heartbeat timeout",
-        /// The connection did not finish its handshake or register in time (4002).
+        /// The connection did not finish its handshake or register in time,
+        /// or went silent for the idle timeout (4002).
         Idle = "registration timeout",
+        /// The coordinator holds too many partly received messages: retry
+        /// later (1013).
+        TryAgainLater = "try again later",
     }
 }
 
@@ -165,6 +169,7 @@ impl CloseReason {
             CloseReason::Replaced => 4000,
             CloseReason::HeartbeatTimeout => 4001,
             CloseReason::Idle => 4002,
+            CloseReason::TryAgainLater => 1013,
         }
     }
 }

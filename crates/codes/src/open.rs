@@ -168,6 +168,8 @@ open_set! {
         UNAUTHORIZED = "unauthorized",
         /// The id is bound to another credential.
         ID_TAKEN = "id_taken",
+        /// A worker's own credential was revoked.
+        REVOKED = "revoked",
         /// The coordinator is a standby; the leader's address is given.
         NOT_LEADER = "not_leader",
     }

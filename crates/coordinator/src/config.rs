@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::tls::CertSource;
 
 /// A shared secret (the cluster token, API keys). Its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -152,6 +154,84 @@ pub struct Config {
     /// (the executors built into this binary declare theirs); peers add
     /// theirs when they register. See [`proto::TaskNeeds`].
     pub task_needs: BTreeMap<String, proto::TaskNeeds>,
+    /// Where the TLS certificate comes from. `None` (the default) means
+    /// generated: kept in the store's data dir (in memory with the memory
+    /// store), for `tls_names`.
+    pub tls_cert: Option<CertSource>,
+    /// Names and addresses the generated server certificate carries, beyond
+    /// `localhost`, `127.0.0.1` and `::1`.
+    pub tls_names: Vec<String>,
+    /// Accept plaintext (`ws://`, `http://`) from other machines. Dangerous:
+    /// tokens, keys and results then cross the network in clear text.
+    pub insecure_plaintext: bool,
+    /// Loopback addresses to treat as other machines (a local proxy that
+    /// forwards outside traffic, or tests): protected mode and the plaintext
+    /// refusal apply to them.
+    pub not_local: Vec<IpAddr>,
+    /// The edges: deadlines, per-address limits and byte budgets.
+    pub edge: EdgeLimits,
+}
+
+/// Limits at the edge of the coordinator, where the network meets it.
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    /// From TCP accept to a completed WebSocket upgrade (TLS included).
+    /// Default 5 s.
+    pub handshake_timeout: Duration,
+    /// From the upgrade to a successful registration. Default 10 s.
+    pub registration_timeout: Duration,
+    /// A connection from which nothing (not even a pong) arrives for this
+    /// long is closed (code 4002); pings go out at a third of it. Default 60 s.
+    pub idle_timeout: Duration,
+    /// An HTTP client must send each request's head within this, counted
+    /// from the connection's start or the previous response. Default 10 s.
+    pub http_header_timeout: Duration,
+    /// An HTTP connection with no request in progress and no bytes moving
+    /// for this long is closed. Default 60 s.
+    pub http_idle_timeout: Duration,
+    /// The most HTTP connections at once. Default 1 024.
+    pub max_http_connections: usize,
+    /// The most connections from one address (an IPv6 /64) at once, over
+    /// both ports. Default 2 048.
+    pub max_connections_per_ip: usize,
+    /// New connections one address may open per second (bursts of twice
+    /// that). Default 200.
+    pub new_connections_per_ip_per_s: u32,
+    /// Bytes of partly received WebSocket messages the coordinator holds,
+    /// over all connections, beyond the first 64 KiB of each; a connection
+    /// that would go past it is closed with 1013 (try again later).
+    /// Default 128 MiB.
+    pub max_partial_frame_bytes: usize,
+    /// Task payload bytes held for tasks not yet finished, in total.
+    /// Default 1 GiB.
+    pub max_queued_bytes: usize,
+    /// The same, for one client (a gamer id, or an API key). Default 256 MiB.
+    pub max_queued_bytes_per_client: usize,
+    /// Unfinished tasks one client may have. Default 50 000.
+    pub max_queued_tasks_per_client: usize,
+    /// Submissions one client may make per second (bursts of twice that);
+    /// 0 for no limit. Default 0.
+    pub max_submissions_per_s: u32,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> EdgeLimits {
+        EdgeLimits {
+            handshake_timeout: Duration::from_secs(5),
+            registration_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            max_http_connections: 1024,
+            max_connections_per_ip: 2048,
+            new_connections_per_ip_per_s: 200,
+            max_partial_frame_bytes: 128 * 1024 * 1024,
+            max_queued_bytes: 1024 * 1024 * 1024,
+            max_queued_bytes_per_client: 256 * 1024 * 1024,
+            max_queued_tasks_per_client: 50_000,
+            max_submissions_per_s: 0,
+        }
+    }
 }
 
 /// Bounds on the shell's queues, batches and waits, each with its default.
@@ -229,15 +309,46 @@ impl Default for Config {
             stats_interval: Duration::from_secs(5),
             limits: Limits::default(),
             task_needs: BTreeMap::new(),
+            tls_cert: None,
+            tls_names: Vec::new(),
+            insecure_plaintext: false,
+            not_local: Vec::new(),
+            edge: EdgeLimits::default(),
         }
     }
 }
 
 impl Config {
-    /// Whether clients from `addr` may connect: loopback always; others only
-    /// with a token configured or in insecure mode.
+    /// Whether clients from `addr` may connect without a credential:
+    /// loopback always; others only in insecure mode.
     pub fn admits(&self, addr: &SocketAddr) -> bool {
-        addr.ip().is_loopback() || self.token.is_some() || self.insecure
+        self.is_local(addr) || self.insecure
+    }
+
+    /// Whether `addr` is this machine (loopback, IPv4-mapped included), and
+    /// not listed in `not_local`.
+    pub fn is_local(&self, addr: &SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        ip.is_loopback() && !self.not_local.iter().any(|n| n.to_canonical() == ip)
+    }
+
+    /// Whether plaintext (no TLS) is accepted from `addr`.
+    pub fn plaintext_allowed(&self, addr: &SocketAddr) -> bool {
+        self.is_local(addr) || self.insecure_plaintext
+    }
+
+    /// Where the certificates come from.
+    pub fn cert_source(&self) -> CertSource {
+        match &self.tls_cert {
+            Some(source) => source.clone(),
+            None => CertSource::Generated {
+                dir: match &self.store {
+                    StoreMode::Sqlite { data_dir, .. } => Some(data_dir.clone()),
+                    StoreMode::Memory => None,
+                },
+                names: self.tls_names.clone(),
+            },
+        }
     }
 }
 
@@ -259,14 +370,17 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let local6: SocketAddr = "[::1]:5000".parse().unwrap();
         let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         let mut config = Config::default();
-        assert!(config.admits(&local) && config.admits(&local6));
+        assert!(config.admits(&local) && config.admits(&local6) && config.admits(&mapped));
         assert!(!config.admits(&remote));
-        config.token = Some(Secret::new("t"));
-        assert!(config.admits(&remote));
-        config.token = None;
+        assert!(config.plaintext_allowed(&local) && !config.plaintext_allowed(&remote));
+        config.not_local = vec!["127.0.0.1".parse().unwrap()];
+        assert!(!config.admits(&local) && !config.admits(&mapped) && config.admits(&local6));
+        assert!(!config.plaintext_allowed(&local));
         config.insecure = true;
-        assert!(config.admits(&remote));
+        config.insecure_plaintext = true;
+        assert!(config.admits(&remote) && config.plaintext_allowed(&remote));
     }
 
     #[test]

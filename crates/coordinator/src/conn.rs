@@ -6,12 +6,23 @@
 //! connection's own bounded channel as [`Outbound`]. Malformed frames are
 //! answered here with an `error` reply and never reach the core. A frame
 //! over the size limit closes this connection with code 1009 and touches no
-//! other.
+//! other; invalid UTF-8 closes it with 1007, a protocol violation (reserved
+//! bits, an unmasked frame…) with 1002.
+//!
+//! Deadlines: the TLS and WebSocket handshakes must be done within
+//! `handshake_timeout`, a registration must be acknowledged within
+//! `registration_timeout`, and a connection from which nothing arrives (not
+//! even a pong to our pings) for `idle_timeout` is closed. So no socket holds
+//! a connection permit for long without being a live session.
+//!
+//! Credentials are checked here (`credentials.rs`); the principal a
+//! registration proves goes to the core ([`Input::Authenticated`]) just
+//! before the registration, for the identity rule. A worker credential that
+//! is revoked closes its connection at once.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use codes::CloseReason;
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +30,8 @@ use metrics_exporter_prometheus::PrometheusRecorder;
 use proto::{DecodeError, ErrorCode, ErrorMsg, FromCoordinator, ToCoordinator};
 use sched::ConnId;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -28,9 +40,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 use tracing::{debug, info};
 
-use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::core::Input;
+use crate::credentials::{Claim, Credentials, Principal};
+use crate::edge::{self, Budgeted, FrameBudget, Io, Transport};
+use crate::tls::Tls;
 
 /// What the core sends to a connection.
 #[derive(Debug)]
@@ -49,45 +63,54 @@ pub(crate) struct ConnCtx {
     pub config: Arc<Config>,
     /// False when the coordinator is at its connection limit.
     pub admitted: bool,
-    pub approvals: Approvals,
+    pub credentials: Arc<Credentials>,
     /// Where refused frames are counted.
     pub metrics: Arc<PrometheusRecorder>,
+    pub tls: Arc<Tls>,
+    pub budget: Arc<FrameBudget>,
 }
+
+type Ws = WebSocketStream<Budgeted<Io>>;
 
 impl ConnCtx {
     /// Counts a message refused here, before it reached the core.
     fn rejected(&self, reason: &ErrorCode) {
         crate::telemetry::message_rejected(&self.metrics, reason);
     }
+
+    /// Counts a connection closed here for `why` (a metric label, not a
+    /// wire code).
+    fn closed_for(&self, why: &str) {
+        self.rejected(&ErrorCode::new(why));
+    }
 }
 
 /// Serves one TCP connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
-    let _ = stream.set_nodelay(true);
-    let header_auth = Arc::new(HeaderAuth::default());
-    let callback = handshake_check(&ctx, Arc::clone(&header_auth));
-    let ws_config = ws_config(&ctx.config);
-    let ws =
-        match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config))
-            .await
-        {
-            Ok(ws) => ws,
-            Err(e) => {
-                debug!(remote = %ctx.remote, "handshake failed: {e}");
-                return;
-            }
-        };
+    let header_token = Arc::new(std::sync::Mutex::new(None));
+    let deadline = Instant::now() + ctx.config.edge.handshake_timeout;
+    let handshake = handshake(stream, &ctx, Arc::clone(&header_token));
+    let ws = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(remote = %ctx.remote, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            ctx.closed_for("handshake_timeout");
+            debug!(remote = %ctx.remote, "closing: no handshake within the deadline");
+            return;
+        }
+    };
+    // What the upgrade request's bytes drew from the budget goes back.
+    ws.get_ref().message_done();
     let (tx, rx) = mpsc::channel(ctx.config.outbound_capacity);
     let connected = Input::Connected { conn: ctx.conn, tx, remote: ctx.remote };
     if ctx.core.send(connected).await.is_err() {
         return; // The core is gone: shutting down.
     }
-    // Without a token, protected mode already chose who gets this far;
-    // a non-loopback peer let in only for approvals must show its credential.
-    let open = ctx.config.token.is_none() && ctx.config.admits(&ctx.remote);
-    let authorized = open || header_auth.matched.load(Ordering::Relaxed);
-    let header_token = header_auth.other.lock().ok().and_then(|mut t| t.take());
-    let mut session = Session { ctx: &ctx, ws, rx, authorized, header_token };
+    let header_token = header_token.lock().ok().and_then(|mut t| t.take());
+    let mut session = Session::new(&ctx, ws, rx, header_token);
     session.run().await;
     // What the core queued but this connection never wrote goes back, so
     // that results are kept for the gamer's return instead of lost.
@@ -113,18 +136,38 @@ pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(config.max_frame_bytes))
 }
 
+/// TLS or plaintext, then the WebSocket upgrade.
+async fn handshake(
+    stream: TcpStream,
+    ctx: &ConnCtx,
+    header_token: Arc<std::sync::Mutex<Option<String>>>,
+) -> Result<Ws, String> {
+    let (io, transport) =
+        edge::open(stream, ctx.remote, &ctx.tls, &ctx.config).await.map_err(|e| e.to_string())?;
+    if let Transport::Plain { allowed: false } = transport {
+        ctx.closed_for("plaintext_refused");
+    }
+    let io = Budgeted::new(io, Arc::clone(&ctx.budget));
+    let callback = handshake_check(ctx, transport, header_token);
+    let ws_config = ws_config(&ctx.config);
+    tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(ws_config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Refuses the upgrade (with an HTTP status and a reason people can read)
-/// for clients protected mode does not admit, over the connection limit, or
-/// with a wrong `Authorization` header; notes a right one.
+/// over the connection limit, for plaintext from another machine, or with
+/// an `Authorization` header that is no credential at all; keeps a bearer
+/// token for the registration to prove itself with.
 // The error type is tungstenite's callback signature, large or not.
 #[allow(clippy::result_large_err)]
 fn handshake_check(
     ctx: &ConnCtx,
-    header_auth: Arc<HeaderAuth>,
+    transport: Transport,
+    header_token: Arc<std::sync::Mutex<Option<String>>>,
 ) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + use<> {
-    let config = Arc::clone(&ctx.config);
     let (remote, admitted) = (ctx.remote, ctx.admitted);
-    let approvals = ctx.approvals.clone();
+    let credentials = Arc::clone(&ctx.credentials);
     move |req: &Request, resp: Response| {
         if !admitted {
             return Err(reject(
@@ -132,31 +175,25 @@ fn handshake_check(
                 "too many connections; retry later",
             ));
         }
-        if !config.admits(&remote) && approvals.is_empty() {
-            info!(%remote, "refused a non-loopback client in protected mode");
-            return Err(reject(
-                StatusCode::FORBIDDEN,
-                "protected mode: this coordinator has no token configured and accepts \
-                 loopback clients only; start it with --token (and give peers the token) \
-                 or with --insecure",
-            ));
+        if let Transport::Plain { allowed: false } = transport {
+            info!(%remote, "refused plaintext from another machine");
+            return Err(reject(StatusCode::FORBIDDEN, edge::PLAINTEXT_REFUSED));
         }
         let bearer = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let (Some(token), Some(given)) = (&config.token, bearer) {
-            if token.matches(given.trim()) {
-                header_auth.matched.store(true, Ordering::Relaxed);
-            } else if approvals.is_empty() {
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if let Some(given) = bearer {
+            // Whether it admits what the connection registers as is decided
+            // then; a header that is nobody's credential is refused now.
+            if !credentials.recognises(given) {
                 return Err(reject(StatusCode::UNAUTHORIZED, "invalid token"));
             }
-        }
-        // It may be an approved worker's credential, checked against its
-        // peer id at registration.
-        if let (Some(given), Ok(mut other)) = (bearer, header_auth.other.lock()) {
-            *other = Some(given.trim().to_owned());
+            if let Ok(mut slot) = header_token.lock() {
+                *slot = Some(given.to_owned());
+            }
         }
         Ok(resp)
     }
@@ -170,20 +207,18 @@ fn reject(status: StatusCode, reason: &str) -> ErrorResponse {
 
 struct Session<'a> {
     ctx: &'a ConnCtx,
-    ws: WebSocketStream<TcpStream>,
+    ws: Ws,
     rx: mpsc::Receiver<Outbound>,
-    authorized: bool,
+    /// Whom the registration proved this connection to be.
+    principal: Option<Principal>,
+    /// A principal just proven, for the core before the registration.
+    proven: Option<Principal>,
     /// The upgrade's bearer token, for registrations that carry none.
     header_token: Option<String>,
-}
-
-/// What the upgrade's `Authorization` header showed.
-#[derive(Default)]
-struct HeaderAuth {
-    /// It carried the cluster token.
-    matched: AtomicBool,
-    /// The bearer token given, to check against approved workers.
-    other: std::sync::Mutex<Option<String>>,
+    /// A `registration_ack` went out.
+    registered: bool,
+    last_heard: Instant,
+    revocations: watch::Receiver<u64>,
 }
 
 /// A message refused for want of the token.
@@ -199,24 +234,93 @@ enum Flow {
     Stop,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(
+        ctx: &'a ConnCtx,
+        ws: Ws,
+        rx: mpsc::Receiver<Outbound>,
+        header_token: Option<String>,
+    ) -> Session<'a> {
+        let revocations = ctx.credentials.approvals.changes();
+        Session {
+            ctx,
+            ws,
+            rx,
+            principal: None,
+            proven: None,
+            header_token,
+            registered: false,
+            last_heard: Instant::now(),
+            revocations,
+        }
+    }
+
     async fn run(&mut self) {
+        let edge = &self.ctx.config.edge;
+        let registration_deadline = Instant::now() + edge.registration_timeout;
+        let ping_every = (edge.idle_timeout / 3).max(std::time::Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         loop {
             let flow = tokio::select! {
-                frame = self.ws.next() => match frame {
-                    Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(e)) => self.on_error(e).await,
-                    None => Flow::Stop,
-                },
+                frame = self.ws.next() => {
+                    self.last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(message)) => {
+                            self.ws.get_ref().message_done();
+                            self.on_message(message).await
+                        }
+                        Some(Err(e)) => self.on_error(e).await,
+                        None => Flow::Stop,
+                    }
+                }
                 out = self.rx.recv() => match out {
                     Some(out) => self.write(out).await,
                     None => Flow::Stop,
                 },
+                _ = tokio::time::sleep_until(registration_deadline), if !self.registered => {
+                    self.ctx.closed_for("registration_timeout");
+                    let reason = "no registration within the registration timeout";
+                    self.close(CloseReason::Idle.code(), reason.into()).await;
+                    Flow::Stop
+                }
+                _ = ping.tick() => self.on_ping_tick().await,
+                Ok(()) = self.revocations.changed() => self.check_revoked().await,
             };
             if let Flow::Stop = flow {
                 break;
             }
         }
+    }
+
+    /// Closes a connection silent for the idle timeout, else pings it.
+    async fn on_ping_tick(&mut self) -> Flow {
+        let idle = self.ctx.config.edge.idle_timeout;
+        if self.last_heard.elapsed() >= idle {
+            self.ctx.closed_for("idle_timeout");
+            let reason = format!("nothing received for {} s", idle.as_secs());
+            self.close(CloseReason::Idle.code(), reason.into()).await;
+            return Flow::Stop;
+        }
+        if self.ws.send(Message::Ping(Default::default())).await.is_err() {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// A worker whose credential was revoked is closed at once.
+    async fn check_revoked(&mut self) -> Flow {
+        let Some(Principal::Worker { peer_id, digest }) = &self.principal else {
+            return Flow::Continue;
+        };
+        if self.ctx.credentials.approvals.admits_digest(peer_id, digest) {
+            return Flow::Continue;
+        }
+        info!(peer = %peer_id, remote = %self.ctx.remote, "closing: its credential was revoked");
+        self.ctx.rejected(&ErrorCode::REVOKED);
+        let err = ErrorMsg::new(ErrorCode::REVOKED, "this worker's credential was revoked");
+        let _ = self.send_now(FromCoordinator::Error(err)).await;
+        self.close(CloseReason::Unauthorized.code(), "credential revoked".into()).await;
+        Flow::Stop
     }
 
     async fn on_message(&mut self, message: Message) -> Flow {
@@ -236,6 +340,9 @@ impl Session<'_> {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
+        if let Flow::Stop = self.check_revoked().await {
+            return Flow::Stop;
+        }
         let msg = match ToCoordinator::decode(text) {
             Ok(msg) => msg,
             Err(e) => {
@@ -256,58 +363,101 @@ impl Session<'_> {
                 return flow;
             }
         };
+        // The principal goes first, on the same channel, so the core knows it
+        // when the registration arrives.
+        if let Some(principal) = self.proven.take() {
+            let proven = Input::Authenticated { conn: self.ctx.conn, principal };
+            if self.ctx.core.send(proven).await.is_err() {
+                return Flow::Stop;
+            }
+        }
         let input = Input::Message { conn: self.ctx.conn, msg };
         if self.ctx.core.send(input).await.is_err() { Flow::Stop } else { Flow::Continue }
     }
 
-    /// With a token configured, the first message must be a registration
-    /// carrying it (unless the upgrade's `Authorization` header did). Tokens
-    /// are stripped before the message goes on, so they are never logged.
+    /// A registration (or `join`) proves who the connection is with its
+    /// `token` or the upgrade's bearer header; without one, only protected
+    /// mode's own machine (or `--insecure`) gets in. Tokens are stripped
+    /// before the message goes on, so they are never logged.
     fn authorize(&mut self, mut msg: ToCoordinator) -> Result<ToCoordinator, Denied> {
         let token = match &mut msg {
             ToCoordinator::RegisterPeer(m) => m.token.take(),
             ToCoordinator::RegisterGamer(m) => m.token.take(),
+            ToCoordinator::Join(m) => Some(std::mem::take(&mut m.token)).filter(|t| !t.is_empty()),
             _ => None,
         };
-        if self.authorized {
-            return Ok(msg);
-        }
-        let registering =
-            matches!(msg, ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_));
-        let expected = self.ctx.config.token.as_ref();
         let given = token.or_else(|| self.header_token.clone());
-        if registering && given.as_ref().zip(expected).is_some_and(|(given, t)| t.matches(given)) {
-            self.authorized = true;
-            return Ok(msg);
-        }
-        // An approved worker's credential admits that peer id only.
-        if let (ToCoordinator::RegisterPeer(m), Some(given)) = (&msg, &given)
-            && self.ctx.approvals.admits(&m.peer_id, given)
-        {
-            self.authorized = true;
-            return Ok(msg);
-        }
-        let reason = if registering {
-            "missing or invalid token: this coordinator requires the cluster token \
-             (the `token` field of the registration or an `Authorization: Bearer` header)"
-        } else {
-            "not authorized: register with the cluster token first"
+        let config = &self.ctx.config;
+        let open = config.token.is_none() && config.admits(&self.ctx.remote);
+        let msg_type = msg.msg_type();
+        let denied = |reason: &str, close_connection| Denied {
+            error: ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg_type),
+            close_connection,
         };
-        Err(Denied {
-            error: ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg.msg_type()),
-            close_connection: registering,
-        })
+        let claim = match &msg {
+            ToCoordinator::RegisterPeer(m) => Claim::Peer(&m.peer_id),
+            ToCoordinator::RegisterGamer(_) => Claim::Gamer,
+            ToCoordinator::Join(_) => {
+                if given.as_deref().is_some_and(|g| self.ctx.credentials.may_join(g)) {
+                    return Ok(msg);
+                }
+                return Err(denied(
+                    "invalid join token: use the worker join token `legacygpu cluster start` printed \
+                     (or `legacygpu cluster token show`)",
+                    true,
+                ));
+            }
+            _ if self.principal.is_some() || open => return Ok(msg),
+            _ => return Err(denied("not authorized: register with a credential first", false)),
+        };
+        let proven = given.and_then(|g| self.ctx.credentials.authorize(&g, claim));
+        let Some(principal) = proven.or(open.then_some(Principal::Local)) else {
+            return Err(denied(
+                "missing or invalid token: this coordinator admits other machines with a \
+                 credential only (a join token, the cluster token, an API key, or a worker's own \
+                 credential) in the `token` field of the registration or an \
+                 `Authorization: Bearer` header",
+                true,
+            ));
+        };
+        self.principal = Some(principal.clone());
+        self.proven = Some(principal);
+        Ok(msg)
     }
 
+    /// Closes with the RFC 6455 code for what went wrong, where one applies.
     async fn on_error(&mut self, e: WsError) -> Flow {
+        use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+        let remote = self.ctx.remote;
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                info!(remote = %self.ctx.remote, size, max_size, "closing: frame over the limit");
+                info!(%remote, size, max_size, "closing: frame over the limit");
                 self.ctx.rejected(&ErrorCode::FRAME_TOO_LARGE);
                 let reason = format!("message of {size} bytes is over the limit of {max_size}");
                 self.close(CloseReason::TooBig.code(), reason.into()).await;
             }
-            e => debug!(remote = %self.ctx.remote, "connection error: {e}"),
+            WsError::Utf8(_) => {
+                debug!(%remote, "closing: invalid UTF-8 in a text frame");
+                self.ctx.closed_for("invalid_utf8");
+                let reason = "invalid UTF-8 in a text frame";
+                self.close(CloseReason::InvalidPayload.code(), reason.into()).await;
+            }
+            WsError::Protocol(
+                P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
+            ) => debug!(%remote, "connection ended without a close"),
+            WsError::Protocol(p) => {
+                debug!(%remote, "closing: protocol error: {p}");
+                self.ctx.closed_for("protocol_error");
+                let reason = format!("protocol error: {p}");
+                self.close(CloseReason::ProtocolError.code(), reason.into()).await;
+            }
+            WsError::Io(io) if edge::is_budget_spent(&io) => {
+                info!(%remote, "closing: the budget for partly received messages is spent");
+                self.ctx.closed_for("frame_budget");
+                let reason = "the coordinator is holding too many large messages; retry later";
+                self.close(CloseReason::TryAgainLater.code(), reason.into()).await;
+            }
+            e => debug!(%remote, "connection error: {e}"),
         }
         Flow::Stop
     }
@@ -319,6 +469,9 @@ impl Session<'_> {
         while let Some(out) = next.take() {
             match out {
                 Outbound::Msg(msg) => {
+                    if let FromCoordinator::RegistrationAck(_) = msg.as_ref() {
+                        self.registered = true;
+                    }
                     if self.ws.feed(Message::text(msg.encode())).await.is_err() {
                         return Flow::Stop;
                     }
@@ -338,6 +491,9 @@ impl Session<'_> {
     }
 
     async fn send_now(&mut self, msg: FromCoordinator) -> Flow {
+        if let FromCoordinator::RegistrationAck(_) = &msg {
+            self.registered = true;
+        }
         if self.ws.send(Message::text(msg.encode())).await.is_err() {
             Flow::Stop
         } else {

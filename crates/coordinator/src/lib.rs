@@ -12,21 +12,32 @@
 //!        └────────── Outbound ─────────────┘  └──▶ observer (store, metrics, events)
 //! ```
 //!
-//! Protected by default: without a token only loopback clients are admitted.
+//! Protected by default: without a credential only loopback clients are
+//! admitted, and plaintext only from loopback; both ports speak TLS (told
+//! apart from plaintext by the first byte), with certificates from a CA of
+//! the coordinator's own that join tokens pin.
 
 mod approvals;
 mod clock;
 mod config;
 mod conn;
 mod core;
+mod credentials;
+mod edge;
 mod http;
+mod identity;
 mod observe;
+mod quota;
 mod server;
 mod snapshot;
 mod telemetry;
+mod tls;
 
-pub use crate::config::{ApiKey, ApiRole, Config, Limits, Secret, StoreMode, parse_api_keys};
-pub use crate::server::{Coordinator, RunError, StartError};
+pub use crate::config::{
+    ApiKey, ApiRole, CertSource, Config, EdgeLimits, Limits, Secret, StoreMode, parse_api_keys,
+};
+pub use crate::credentials::TokenKind;
+pub use crate::server::{Coordinator, RunError, StartError, TlsHandle};
 pub use store::Sync;
 
 /// Every HTTP route: method, path and the least role that may call it

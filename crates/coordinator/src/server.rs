@@ -16,9 +16,12 @@ use crate::clock::Clock;
 use crate::config::{Config, StoreMode};
 use crate::conn::{self, ConnCtx};
 use crate::core::Core;
+use crate::credentials::{Credentials, TokenKind};
+use crate::edge::{FrameBudget, IpLimits, Listener, fd_budget};
 use crate::http::{self, Api};
 use crate::observe::Observer;
 use crate::telemetry::Telemetry;
+use crate::tls::Tls;
 
 /// Why the coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,22 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Unreadable(#[from] persist::Unreadable),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("join tokens: {0}")]
+    Credentials(#[from] crate::credentials::CredentialError),
+}
+
+/// Reloads the certificates of a running coordinator (the CLI does on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsHandle(Arc<Tls>);
+
+impl TlsHandle {
+    /// Reads the certificates again; new connections get them. Returns the
+    /// CA pin, which changes only when the operator's CA did.
+    pub fn reload(&self) -> Result<String, String> {
+        self.0.reload().map(|pin| pin.to_string()).map_err(|e| e.to_string())
+    }
 }
 
 /// Why a running coordinator stopped other than by being asked to.
@@ -45,6 +64,8 @@ pub struct Coordinator {
     ws_addr: SocketAddr,
     http: Option<(TcpListener, SocketAddr)>,
     core: Core,
+    tls: Arc<Tls>,
+    credentials: Arc<Credentials>,
 }
 
 impl Coordinator {
@@ -55,10 +76,10 @@ impl Coordinator {
             .map_err(|source| StartError::Bind { addr: config.ws_addr, source })?;
         let ws_addr =
             ws.local_addr().map_err(|source| StartError::Bind { addr: config.ws_addr, source })?;
-        if !ws_addr.ip().is_loopback() && config.token.is_none() && !config.insecure {
+        if config.insecure_plaintext && !ws_addr.ip().is_loopback() {
             warn!(
-                "protected mode: {ws_addr} is reachable from other machines but no token is set, \
-                 so only loopback clients are accepted; use --token, or --insecure to accept anyone"
+                "--insecure-plaintext: plaintext is accepted from other machines, so tokens and \
+                 results may cross the network in clear text"
             );
         }
         let http = match config.http_addr {
@@ -73,8 +94,32 @@ impl Coordinator {
             None => None,
         };
         let config = Arc::new(config);
+        let tls = Arc::new(Tls::load(config.cert_source())?);
         let core = recover(Arc::clone(&config))?;
-        Ok(Coordinator { config, ws, ws_addr, http, core })
+        let credentials =
+            Arc::new(Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?);
+        Ok(Coordinator { config, ws, ws_addr, http, core, tls, credentials })
+    }
+
+    /// The pin (SHA-256 of the CA's public key, hex) clients trust.
+    pub fn ca_pin(&self) -> String {
+        self.tls.pin().to_string()
+    }
+
+    /// The names the generated server certificate carries (none for the
+    /// operator's own certificate).
+    pub fn tls_names(&self) -> Vec<String> {
+        self.tls.names()
+    }
+
+    /// The join token for workers, or the token for clients.
+    pub fn join_token(&self, kind: TokenKind) -> String {
+        self.credentials.join_token(kind).to_string()
+    }
+
+    /// A handle to reload the certificates while running.
+    pub fn tls_handle(&self) -> TlsHandle {
+        TlsHandle(Arc::clone(&self.tls))
     }
 
     /// The HTTP API's address actually bound, when it is on.
@@ -99,16 +144,30 @@ impl Coordinator {
         let (stop_tx, stop_rx) = watch::channel(false);
         // `POST /cluster/shutdown` turns this.
         let (api_stop_tx, mut api_stop) = watch::channel(false);
-        let approvals = self.core.approvals.clone();
         let recorder = self.core.telemetry.recorder();
+        let edge = &self.config.edge;
+        let fds = fd_budget(self.config.max_connections, edge.max_http_connections);
+        let ip_limits =
+            IpLimits::new(edge.max_connections_per_ip, edge.new_connections_per_ip_per_s);
+        let budget = FrameBudget::new(edge.max_partial_frame_bytes);
         let http = self.http.map(|(listener, _)| {
-            let api = Api::new(core_tx.clone(), &self.core, api_stop_tx);
-            tokio::spawn(http::serve(listener, api, stop_rx.clone()))
+            let listener =
+                Listener::new(listener, "http", Arc::clone(&ip_limits), Arc::clone(&recorder));
+            let api =
+                Api::new(core_tx.clone(), &self.core, api_stop_tx, Arc::clone(&self.credentials));
+            let serving = http::Serving { tls: Arc::clone(&self.tls), max_connections: fds.http };
+            tokio::spawn(http::serve(listener, api, serving, stop_rx.clone()))
         });
         let mut core_task = tokio::spawn(self.core.run(core_rx, stop_rx));
         let (mut failure, mut core_done) = (None, false);
 
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        // Over the limit, a few connections at a time are told so (HTTP 503
+        // at the upgrade); the rest are closed at once, so that a flood never
+        // takes the descriptors the HTTP API keeps.
+        let overflow_share = (fds.ws / 16).clamp(1, 64);
+        let limit = Arc::new(Semaphore::new(fds.ws - overflow_share.min(fds.ws - 1)));
+        let overflow = Arc::new(Semaphore::new(overflow_share));
+        let mut ws = Listener::new(self.ws, "ws", ip_limits, Arc::clone(&recorder));
         let mut conns = JoinSet::new();
         let mut next_conn = 0u64;
         tokio::pin!(shutdown);
@@ -121,28 +180,35 @@ impl Coordinator {
                     failure = stopped.ok().flatten();
                     break;
                 }
-                accepted = self.ws.accept() => {
-                    let (stream, remote) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            warn!("accept failed: {e}");
-                            continue;
-                        }
-                    };
+                (stream, remote, ip_permit) = ws.accept() => {
                     next_conn += 1;
+                    // Over the limit, the upgrade is refused with 503 (under
+                    // the handshake deadline); the fd budget keeps room for it.
                     let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                    let told = match permit {
+                        Some(_) => None,
+                        None => match Arc::clone(&overflow).try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                ws.count_refused("max_connections");
+                                continue;
+                            }
+                        },
+                    };
                     let ctx = ConnCtx {
                         conn: ConnId(next_conn),
                         remote,
                         core: core_tx.clone(),
                         config: Arc::clone(&self.config),
                         admitted: permit.is_some(),
-                        approvals: approvals.clone(),
+                        credentials: Arc::clone(&self.credentials),
                         metrics: Arc::clone(&recorder),
+                        tls: Arc::clone(&self.tls),
+                        budget: Arc::clone(&budget),
                     };
                     conns.spawn(async move {
                         conn::serve(stream, ctx).await;
-                        drop(permit);
+                        drop((permit, told, ip_permit));
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -150,7 +216,7 @@ impl Coordinator {
         }
 
         info!("shutting down: closing connections");
-        drop(self.ws);
+        drop(ws);
         let _ = stop_tx.send(true);
         if !core_done {
             failure = core_task.await.ok().flatten();

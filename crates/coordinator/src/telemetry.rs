@@ -210,6 +210,20 @@ pub(crate) fn message_rejected(recorder: &PrometheusRecorder, code: &ErrorCode) 
     });
 }
 
+/// A submission refused by a quota (`quota.rs`).
+pub(crate) fn quota_refused(recorder: &PrometheusRecorder, limit: &'static str) {
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_quota_refusals_total", "limit" => limit).increment(1);
+    });
+}
+
+/// The payload bytes unfinished tasks hold.
+pub(crate) fn queued_payload_bytes(recorder: &PrometheusRecorder, bytes: f64) {
+    metrics::with_local_recorder(recorder, || {
+        metrics::gauge!("legacygpu_queued_payload_bytes").set(bytes);
+    });
+}
+
 /// A connection dropped for reading its messages too slowly.
 pub(crate) fn connection_dropped_slow(recorder: &PrometheusRecorder) {
     metrics::with_local_recorder(recorder, || {
@@ -426,6 +440,20 @@ fn describe(recorder: &PrometheusRecorder) {
         describe_gauge!("legacygpu_slots", "Task slots over all connected peers.");
         describe_gauge!("legacygpu_peer_busy_slots", "Slots in use, by peer.");
         describe_gauge!("legacygpu_gamers_connected", "Gamers (clients) connected.");
+        // The edges (edge/, quota.rs).
+        describe_counter!(
+            "legacygpu_connections_refused_total",
+            "Connections closed at accept, by port and reason (per-address limits, the connection limit, accept errors)."
+        );
+        describe_counter!(
+            "legacygpu_quota_refusals_total",
+            "Submissions refused as busy by a quota, by limit."
+        );
+        describe_gauge!(
+            "legacygpu_queued_payload_bytes",
+            Unit::Bytes,
+            "Payload bytes held for unfinished tasks accepted since start."
+        );
         describe_gauge!(
             "legacygpu_uptime_seconds",
             Unit::Seconds,

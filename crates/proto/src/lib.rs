@@ -157,6 +157,7 @@ pub enum ToCoordinator {
     TaskResult(TaskResult),
     ReturnTask(ReturnTask),
     Drain(Drain),
+    Join(Join),
     // Gamer messages.
     RegisterGamer(RegisterGamer),
     TaskRequest(TaskRequest),
@@ -175,6 +176,7 @@ impl ToCoordinator {
             "task_result" => ToCoordinator::TaskResult(parse(&t, text)?),
             "return_task" => ToCoordinator::ReturnTask(parse(&t, text)?),
             "drain" => ToCoordinator::Drain(parse(&t, text)?),
+            "join" => ToCoordinator::Join(parse(&t, text)?),
             "register_gamer" => ToCoordinator::RegisterGamer(parse(&t, text)?),
             "task_request" => ToCoordinator::TaskRequest(parse(&t, text)?),
             "cancel_task" => ToCoordinator::CancelTask(parse(&t, text)?),
@@ -199,6 +201,7 @@ impl ToCoordinator {
             ToCoordinator::TaskResult(_) => "task_result",
             ToCoordinator::ReturnTask(_) => "return_task",
             ToCoordinator::Drain(_) => "drain",
+            ToCoordinator::Join(_) => "join",
             ToCoordinator::RegisterGamer(_) => "register_gamer",
             ToCoordinator::TaskRequest(_) => "task_request",
             ToCoordinator::CancelTask(_) => "cancel_task",
@@ -220,6 +223,7 @@ impl ToCoordinator {
             }
             ToCoordinator::ReturnTask(m) => check_id(t, "task_id", &m.task_id),
             ToCoordinator::Drain(_) => Ok(()),
+            ToCoordinator::Join(m) => check_id(t, "peer_id", &m.peer_id),
             ToCoordinator::RegisterGamer(m) => check_id(t, "gamer_id", &m.gamer_id),
             ToCoordinator::TaskRequest(m) => m.validate(t),
             ToCoordinator::CancelTask(m) => check_id(t, "task_id", &m.task_id),
@@ -241,6 +245,7 @@ pub enum FromCoordinator {
     TaskStatus(TaskStatusOut),
     Error(ErrorMsg),
     Shutdown(Shutdown),
+    Joined(Joined),
 }
 
 impl FromCoordinator {
@@ -257,6 +262,7 @@ impl FromCoordinator {
             "task_status" => FromCoordinator::TaskStatus(parse(&t, text)?),
             "error" => FromCoordinator::Error(parse(&t, text)?),
             "shutdown" => FromCoordinator::Shutdown(parse(&t, text)?),
+            "joined" => FromCoordinator::Joined(parse(&t, text)?),
             _ => return Err(DecodeError::UnknownType(t)),
         })
     }
@@ -278,6 +284,7 @@ impl FromCoordinator {
             FromCoordinator::TaskStatus(_) => "task_status",
             FromCoordinator::Error(_) => "error",
             FromCoordinator::Shutdown(_) => "shutdown",
+            FromCoordinator::Joined(_) => "joined",
         }
     }
 }

@@ -34,6 +34,22 @@ pub struct RegisterPeer {
     pub running: Vec<RunningTask>,
 }
 
+/// `join` (added): a new worker presents the cluster's worker join token
+/// (its secret part) and is given a credential of its own in `joined`, for
+/// `register_peer` from then on. Sent on a connection that has not
+/// registered; only over TLS pinned to the coordinator's CA by the worker.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Join {
+    pub peer_id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Join {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
+}
+
 /// One task a reconnecting peer is still running.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningTask {
@@ -352,6 +368,21 @@ impl RegistrationAck {
             max_frame_bytes: None,
             stale: Vec::new(),
         }
+    }
+}
+
+/// `joined` (added): the answer to `join`, sent once the coordinator has
+/// stored the approval: the worker's own credential, to keep and present
+/// (as `token`, or `Authorization: Bearer`) on every later connection.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Joined {
+    pub peer_id: String,
+    pub credential: String,
+}
+
+impl std::fmt::Debug for Joined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joined").field("peer_id", &self.peer_id).finish_non_exhaustive()
     }
 }
 

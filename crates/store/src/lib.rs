@@ -50,6 +50,13 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot create the store directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error(
+        "the store file {path} is empty (0 bytes): it was truncated or never finished; restore it \
+         from a backup, or remove it to start with an empty store"
+    )]
+    Empty { path: String },
     #[error(
         "the store at {path} was written by a newer version (schema {found}, this build knows {known})"
     )]

@@ -93,8 +93,14 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) `dir/tasks.db`.
     pub fn open(dir: &Path, sync: Sync) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
         let path: PathBuf = dir.join("tasks.db");
+        // SQLite takes an empty file for a new database: a store truncated
+        // to nothing would silently become an empty one.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Empty { path: path.display().to_string() });
+        }
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
@@ -617,5 +623,22 @@ mod tests {
         let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.approvals, vec![("w1".into(), "cc".into()), ("w2".into(), "bb".into())]);
+    }
+
+    #[test]
+    fn an_empty_database_file_is_refused_not_taken_for_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tasks.db"), b"").unwrap();
+        let err = SqliteStore::open(dir.path(), Sync::Normal).unwrap_err().to_string();
+        assert!(err.contains("tasks.db") && err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn a_store_directory_that_is_a_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SqliteStore::open(&file, Sync::Normal).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }

@@ -7,6 +7,8 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fuzz;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -144,6 +146,11 @@ pub struct Coordinator {
     pub ws_url: String,
     /// `http://127.0.0.1:PORT`, when the HTTP API is on.
     pub http_url: Option<String>,
+    /// The CA pin the banner printed (`CA sha256 …`).
+    pub ca_hash: String,
+    /// The worker join token and the client token from the banner.
+    pub worker_token: String,
+    pub client_token: String,
     pub lines: mpsc::Receiver<String>,
     _data: tempfile::TempDir,
 }
@@ -155,9 +162,25 @@ impl Coordinator {
     }
 
     pub fn start_env(bin: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Coordinator {
+        Coordinator::start_wrapped(&[], bin, extra, envs)
+    }
+
+    /// Like [`Coordinator::start_env`], run through a wrapper command (e.g.
+    /// `["prlimit", "--nofile=256:256"]`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        bin: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Coordinator {
         let data = tempfile::tempdir().expect("tempdir");
         let data_dir = data.path().to_string_lossy().into_owned();
-        let mut args = vec!["cluster", "start"];
+        let bin_arg = bin.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = wrapper.iter().skip(1).copied().collect();
+        if !wrapper.is_empty() {
+            args.push(&bin_arg);
+        }
+        args.extend(["cluster", "start"]);
         if !extra.contains(&"--bind") {
             args.extend(["--bind", "127.0.0.1:0"]);
         }
@@ -169,8 +192,11 @@ impl Coordinator {
             args.extend(["--data-dir", &data_dir]);
         }
         args.extend_from_slice(extra);
-        let (proc, lines) = Proc::spawn(bin, &args, envs);
+        let program = wrapper.first().map_or(bin, |w| Path::new(*w));
+        let (proc, lines) = Proc::spawn(program, &args, envs);
         let (mut ws_url, mut http_url) = (String::new(), None);
+        let (mut ca_hash, mut worker_token, mut client_token) =
+            (String::new(), String::new(), String::new());
         // The banner lists the addresses and ends with a `ready` line.
         loop {
             let line = match lines.recv_timeout(WAIT) {
@@ -183,11 +209,36 @@ impl Coordinator {
                 ws_url = value();
             } else if line.trim_start().starts_with("http:") {
                 http_url = value().split_whitespace().next().map(str::to_owned);
+            } else if let Some((_, pin)) = line.split_once("CA sha256 ") {
+                ca_hash = pin.trim().to_owned();
+            } else if let Some((_, rest)) = line.split_once("--join ") {
+                worker_token = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            } else if line.trim_start().starts_with("client token:") {
+                client_token = value();
             } else if line.starts_with("ready") {
                 break;
             }
         }
-        Coordinator { proc, ws_url, http_url, lines, _data: data }
+        Coordinator {
+            proc,
+            ws_url,
+            http_url,
+            ca_hash,
+            worker_token,
+            client_token,
+            lines,
+            _data: data,
+        }
+    }
+
+    /// `wss://127.0.0.1:PORT` (the same port as `ws_url`).
+    pub fn wss_url(&self) -> String {
+        self.ws_url.replacen("ws://", "wss://", 1)
+    }
+
+    /// The store's directory (when the test did not choose one).
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
     }
 
     /// The HTTP API's base URL (panics when it is off).
@@ -217,7 +268,72 @@ pub struct Refused {
     pub body: String,
 }
 
+/// How [`Raw::open`] connects.
+#[derive(Debug, Clone, Default)]
+pub struct Dial<'a> {
+    /// `Authorization: Bearer` on the upgrade.
+    pub bearer: Option<&'a str>,
+    /// The local address to connect from (a loopback address such as
+    /// 127.0.0.7, which a coordinator started with `--not-local` treats as
+    /// another machine).
+    pub source: Option<std::net::IpAddr>,
+    /// For `wss://`: the CA pin to trust (the coordinator's `CA sha256`).
+    pub ca_hash: Option<&'a str>,
+}
+
+/// A TCP connection to `addr` from `source` (any port).
+pub async fn tcp_from(addr: &str, source: Option<std::net::IpAddr>) -> TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .expect("socket");
+    if let Some(ip) = source {
+        socket.bind(std::net::SocketAddr::new(ip, 0)).expect("bind the source address");
+    }
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
 impl Raw {
+    /// Connects as `dial` says; a refused upgrade is returned.
+    pub async fn open(url: &str, dial: Dial<'_>) -> Result<Raw, Refused> {
+        let mut request = url.into_client_request().expect("url");
+        if let Some(token) = dial.bearer {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        }
+        let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).expect("host:port");
+        let host = host.replace("localhost", "127.0.0.1");
+        let stream = tcp_from(&host, dial.source).await;
+        let connector = dial.ca_hash.map(|pin| {
+            let pin = tls::CaPin::parse(pin).expect("CA pin");
+            let config = tls::client_config(&tls::Trust::Pinned(pin)).expect("TLS config");
+            tokio_tungstenite::Connector::Rustls(config)
+        });
+        let connecting =
+            tokio_tungstenite::client_async_tls_with_config(request, stream, None, connector);
+        match tokio::time::timeout(WAIT, connecting).await {
+            Ok(Ok((ws, _))) => Ok(Raw { ws }),
+            Ok(Err(WsError::Http(resp))) => Err(Refused {
+                status: resp.status().as_u16(),
+                body: resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned(),
+            }),
+            Ok(Err(e)) => Err(Refused { status: 0, body: e.to_string() }),
+            Err(_) => Err(Refused { status: 0, body: "timed out".into() }),
+        }
+    }
+
     pub async fn connect(url: &str) -> Raw {
         Raw::connect_with(url, None).await.unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
     }
@@ -253,6 +369,25 @@ impl Raw {
 
     pub async fn send_json(&mut self, value: &Value) {
         self.send(&value.to_string()).await;
+    }
+
+    /// Writes bytes straight to the socket, under the WebSocket codec (to
+    /// send frames it would never make). Plaintext connections only.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(s) => s.write_all(bytes).await.expect("write"),
+            _ => panic!("send_raw needs a plaintext connection"),
+        }
+    }
+
+    /// Like [`Raw::send_raw`], returning a write error instead of panicking.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(s) => s.write_all(bytes).await,
+            _ => panic!("send_raw needs a plaintext connection"),
+        }
     }
 
     /// Sends a message of any kind (binary, oversized…); errors are returned.

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use exec::{Executors, RunContext};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+mod credentials;
 mod machine;
 mod runner;
 mod session;
@@ -36,8 +38,17 @@ pub struct Config {
     pub peer_id: String,
     /// Tasks run at once. Default: the number of CPU cores.
     pub slots: u32,
-    /// The cluster token, when the coordinator requires one.
+    /// The cluster token, when the coordinator requires one (or a
+    /// credential of this worker's own).
     pub token: Option<String>,
+    /// The worker join token: the first connection trades it for this
+    /// worker's own credential (kept in `credential_file`), and its CA pin
+    /// is the only certificate authority trusted.
+    pub join: Option<tls::JoinToken>,
+    /// How the coordinator's TLS certificate is checked (`wss://`).
+    pub trust: tls::Trust,
+    /// Where this worker's own credential is kept between runs.
+    pub credential_file: Option<PathBuf>,
     /// Heartbeat interval; `None` uses what the coordinator says (5 s by default).
     pub heartbeat_interval: Option<Duration>,
     /// First and longest wait between reconnection attempts.
@@ -62,6 +73,9 @@ impl Config {
             peer_id: peer_id.into(),
             slots: cores,
             token: None,
+            join: None,
+            trust: tls::Trust::System,
+            credential_file: None,
             heartbeat_interval: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
@@ -80,6 +94,8 @@ pub enum WorkerError {
     Refused(String),
     #[error("invalid coordinator URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// A task the worker holds.
@@ -100,11 +116,16 @@ pub struct Worker {
     pub(crate) unsent: VecDeque<ToCoordinator>,
     pub(crate) reports_tx: mpsc::UnboundedSender<Report>,
     pub(crate) reports: mpsc::UnboundedReceiver<Report>,
+    /// This worker's own credential, once it has one.
+    pub(crate) credential: Option<String>,
 }
 
 impl Worker {
-    pub fn new(config: Config, executors: Executors) -> Worker {
+    pub fn new(mut config: Config, executors: Executors) -> Worker {
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        if let Some(join) = &config.join {
+            config.trust = tls::Trust::Pinned(join.pin);
+        }
         Worker {
             config,
             executors,
@@ -113,6 +134,7 @@ impl Worker {
             unsent: VecDeque::new(),
             reports_tx,
             reports,
+            credential: None,
         }
     }
 
@@ -136,15 +158,17 @@ impl Worker {
     /// refuses this worker.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         validate_url(&self.config.coordinator)?;
+        self.credential = credentials::load(&self.config).map_err(WorkerError::Credential)?;
         tokio::pin!(shutdown);
         let mut backoff = self.config.reconnect_min;
         loop {
+            let bearer = self.bearer();
             let connected = tokio::select! {
                 _ = &mut shutdown => return {
                     self.abandon();
                     Ok(())
                 },
-                c = session::connect(&self.config) => c,
+                c = session::connect(&self.config, bearer.as_deref()) => c,
             };
             match connected {
                 Ok(ws) => {
@@ -156,7 +180,7 @@ impl Worker {
                     }
                 }
                 Err(session::ConnectError::Refused(reason)) => {
-                    return Err(WorkerError::Refused(reason));
+                    return Err(WorkerError::Refused(self.refusal("unauthorized", &reason)));
                 }
                 Err(session::ConnectError::Other(e)) => {
                     warn!("cannot reach the coordinator at {}: {e}", self.config.coordinator)
@@ -237,7 +261,7 @@ fn validate_url(url: &str) -> Result<(), WorkerError> {
     } else {
         Err(WorkerError::BadUrl {
             url: url.to_owned(),
-            reason: "expected ws://HOST:PORT (the coordinator's WebSocket port, 8765 by default)"
+            reason: "expected wss://HOST:PORT (or ws:// on the coordinator's own machine): its WebSocket port, 8765 by default"
                 .to_owned(),
         })
     }

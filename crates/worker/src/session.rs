@@ -34,17 +34,33 @@ pub(crate) enum ConnectError {
     Other(String),
 }
 
-/// Connects to the coordinator, presenting the token as a bearer header.
-pub(crate) async fn connect(config: &Config) -> Result<Ws, ConnectError> {
+/// Connects to the coordinator (over TLS for `wss://`, trusting exactly the
+/// pinned CA when there is a pin), presenting `bearer` as a bearer header.
+pub(crate) async fn connect(config: &Config, bearer: Option<&str>) -> Result<Ws, ConnectError> {
     let other = |e: &dyn std::fmt::Display| ConnectError::Other(e.to_string());
     let mut request = config.coordinator.as_str().into_client_request().map_err(|e| other(&e))?;
-    if let Some(token) = &config.token {
+    if let Some(token) = bearer {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| other(&"the token is not a valid header value"))?;
         request.headers_mut().insert("authorization", value);
     }
-    let connecting = tokio_tungstenite::connect_async(request);
+    let tls = config.coordinator.starts_with("wss://");
+    if !tls && config.trust != tls::Trust::System {
+        return Err(ConnectError::Refused(
+            "a join token or --ca-hash pins the coordinator's certificate, which needs TLS: \
+             use --coordinator wss://HOST:8765"
+                .to_owned(),
+        ));
+    }
+    let connector = match tls {
+        true => Some(tokio_tungstenite::Connector::Rustls(
+            tls::client_config(&config.trust).map_err(|e| ConnectError::Refused(e.to_string()))?,
+        )),
+        false => None,
+    };
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(WsError::Http(resp))) => {
@@ -55,6 +71,11 @@ pub(crate) async fn connect(config: &Config) -> Result<Ws, ConnectError> {
             } else {
                 Err(ConnectError::Other(reason))
             }
+        }
+        // A certificate that is not the pinned CA's will not become so.
+        Ok(Err(WsError::Tls(e))) => Err(ConnectError::Refused(format!("TLS: {e}"))),
+        Ok(Err(WsError::Io(e))) if e.to_string().contains("certificate") => {
+            Err(ConnectError::Refused(format!("TLS: {e}")))
         }
         Ok(Err(e)) => Err(other(&e)),
         Err(_) => Err(other(&"connect timed out")),
@@ -128,9 +149,32 @@ impl<'w> Session<'w> {
         }
     }
 
+    /// Trades the join token for this worker's own credential (`join` →
+    /// `joined`), which is kept for every later connection.
+    async fn join(&mut self, secret: String) -> Result<(), End> {
+        let peer_id = self.worker.config.peer_id.clone();
+        let join = ToCoordinator::Join(proto::Join { peer_id, token: secret });
+        self.send(&join).await.map_err(|e| End::Disconnected(e.to_string()))?;
+        let joined = tokio::time::timeout(CONNECT_TIMEOUT, self.await_reply()).await;
+        let joined =
+            joined.map_err(|_| End::Disconnected("no answer to join in time".to_owned()))??;
+        let FromCoordinator::Joined(joined) = joined else {
+            return Err(End::Disconnected(format!(
+                "unexpected answer to join: {}",
+                joined.msg_type()
+            )));
+        };
+        info!(peer = %joined.peer_id, "joined the cluster; keeping this worker's credential");
+        self.worker.set_credential(joined.credential).map_err(End::Refused)?;
+        Ok(())
+    }
+
     /// Sends `register_peer` (claiming running and finished-but-unreported
     /// tasks) and waits for the acknowledgement.
     async fn register(&mut self) -> Result<(), End> {
+        if let Some(secret) = self.worker.join_secret() {
+            self.join(secret).await?;
+        }
         let mut claims: Vec<RunningTask> = self
             .worker
             .running
@@ -152,13 +196,16 @@ impl<'w> Session<'w> {
         let register = ToCoordinator::RegisterPeer(RegisterPeer {
             peer_id: self.worker.config.peer_id.clone(),
             capabilities: proto::to_json(&self.worker.capabilities()).ok(),
-            token: self.worker.config.token.clone(),
+            token: self.worker.token(),
             running: claims,
         });
         self.send(&register).await.map_err(|e| End::Disconnected(e.to_string()))?;
-        let ack = tokio::time::timeout(CONNECT_TIMEOUT, self.await_ack()).await;
+        let ack = tokio::time::timeout(CONNECT_TIMEOUT, self.await_reply()).await;
         let ack =
             ack.map_err(|_| End::Disconnected("no registration_ack in time".to_owned()))??;
+        let FromCoordinator::RegistrationAck(ack) = ack else {
+            return Err(End::Disconnected(format!("unexpected answer: {}", ack.msg_type())));
+        };
         if self.worker.config.heartbeat_interval.is_none()
             && let Some(s) = ack.heartbeat_interval_s.filter(|s| s.is_finite() && *s > 0.0)
         {
@@ -174,7 +221,8 @@ impl<'w> Session<'w> {
         Ok(())
     }
 
-    async fn await_ack(&mut self) -> Result<proto::RegistrationAck, End> {
+    /// The coordinator's answer to a registration or a join.
+    async fn await_reply(&mut self) -> Result<FromCoordinator, End> {
         loop {
             let frame = self.ws.next().await;
             let text = match frame {
@@ -188,9 +236,11 @@ impl<'w> Session<'w> {
                 None => return Err(End::Disconnected("closed".to_owned())),
             };
             match FromCoordinator::decode(text.as_str()) {
-                Ok(FromCoordinator::RegistrationAck(ack)) => return Ok(ack),
+                Ok(reply @ (FromCoordinator::RegistrationAck(_) | FromCoordinator::Joined(_))) => {
+                    return Ok(reply);
+                }
                 Ok(FromCoordinator::Error(e)) => {
-                    return Err(End::Refused(format!("{}: {}", e.code, e.reason)));
+                    return Err(End::Refused(self.worker.refusal(e.code.as_str(), &e.reason)));
                 }
                 Ok(other) => debug!("before registration_ack: {}", other.msg_type()),
                 Err(e) => warn!("undecodable message from the coordinator: {e}"),

@@ -45,6 +45,9 @@ pub async fn run(
             if let Some(t) = token {
                 cmd.env("LEGACYGPU_TOKEN", t);
             }
+            if let Some(pin) = &args.ca_hash {
+                cmd.args(["--ca-hash", pin]);
+            }
             peer_procs.push(KillOnDrop(cmd.stdin(std::process::Stdio::null()).spawn()?));
         } else {
             let peer = register_peer(url, token, &format!("bench-peer-{i}"), args.slots).await?;
@@ -166,13 +169,27 @@ struct GamerOut {
     busy: u64,
 }
 
+/// The TLS configuration every `wss://` connection of this run uses.
+static TLS: std::sync::OnceLock<std::sync::Arc<tls::rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
+/// Sets how `wss://` is trusted: exactly the CA with `pin`, or the system's roots.
+pub(crate) fn set_tls(pin: Option<&str>) -> anyhow::Result<()> {
+    let trust = tls::Trust::from_options(None, pin)?;
+    let _ = TLS.set(tls::client_config(&trust)?);
+    Ok(())
+}
+
 pub(crate) async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Ws> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = url.into_client_request()?;
     if let Some(t) = token {
         request.headers_mut().insert("authorization", format!("Bearer {t}").parse()?);
     }
-    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+    let connector = TLS.get().cloned().map(tokio_tungstenite::Connector::Rustls);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .context("connecting timed out")?
         .with_context(|| format!("cannot connect to {url}"))?;

@@ -13,6 +13,8 @@ use crate::args::Bench;
 pub struct Local {
     child: Child,
     pub ws_url: String,
+    /// The CA pin its banner printed, for `--tls`.
+    pub ca_hash: Option<String>,
     _data: tempfile::TempDir,
 }
 
@@ -46,11 +48,14 @@ impl Local {
         }
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let mut ws_url = None;
+        let (mut ws_url, mut ca_hash) = (None, None);
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             if let Some(url) = line.trim().strip_prefix("websocket: ") {
                 ws_url = Some(url.to_owned());
+            }
+            if let Some((_, pin)) = line.split_once("CA sha256 ") {
+                ca_hash = Some(pin.trim().to_owned());
             }
             if line.starts_with("ready") {
                 break;
@@ -60,7 +65,7 @@ impl Local {
             let _ = child.kill();
             bail!("the coordinator exited before it was ready");
         };
-        Ok(Local { child, ws_url, _data: data })
+        Ok(Local { child, ws_url, ca_hash, _data: data })
     }
 
     /// Its use now; CPU share since `since` when given.

@@ -89,6 +89,7 @@ impl Latency {
 pub async fn run(args: Bench) -> anyhow::Result<ExitCode> {
     if args.peer_agent {
         let url = args.coordinator.clone().context("--peer-agent needs --coordinator")?;
+        load::set_tls(args.ca_hash.as_deref())?;
         load::peer_agent(&url, args.token.as_deref(), args.slots).await?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -99,9 +100,15 @@ pub async fn run(args: Bench) -> anyhow::Result<ExitCode> {
     };
     let url = match (&args.coordinator, &local) {
         (Some(url), _) => url.clone(),
+        (None, Some(l)) if args.tls => l.ws_url.replacen("ws://", "wss://", 1),
         (None, Some(l)) => l.ws_url.clone(),
         (None, None) => unreachable!("a coordinator is either given or started"),
     };
+    // Over wss:// every connection trusts exactly the coordinator's CA.
+    let pin = args.ca_hash.clone().or_else(|| local.as_ref().and_then(|l| l.ca_hash.clone()));
+    if url.starts_with("wss://") {
+        load::set_tls(pin.as_deref())?;
+    }
     let store = match (&local, args.no_store) {
         (None, _) => "remote".to_owned(),
         (Some(_), true) => "memory".to_owned(),

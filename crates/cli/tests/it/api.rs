@@ -17,6 +17,7 @@ struct Http {
 
 impl Http {
     fn new(c: &Coordinator) -> Http {
+        tls::install_default_provider();
         Http { base: c.http().to_owned(), client: Client::new(), key: None }
     }
 
@@ -103,7 +104,7 @@ async fn tasks_and_workers_through_rest() {
 
     // Seed 2's submit path and field name (`payload`), waiting server-side.
     let (s, second) =
-        api.post("/cluster/tasks/submit", json!({"task_type": "x", "payload": 1})).await;
+        api.post("/cluster/tasks/submit", json!({"task_type": "x", "payload": {"n": 1}})).await;
     assert_eq!(s, StatusCode::CREATED, "{second}");
     let second = second["task_id"].as_str().unwrap().to_owned();
     let waiting = {
@@ -159,7 +160,16 @@ async fn bad_requests_get_one_error_envelope() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     let (s, e) = api.post("/cluster/tasks", json!({"task_type": "x", "timeout_s": -1})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
-    let big = json!({"task_type": "x", "data": "a".repeat(8000)});
+    // `data` is the task's input fields: an object.
+    for data in [json!([1]), json!("text"), json!(7), json!(true)] {
+        let (s, e) = api.post("/cluster/tasks", json!({"task_type": "x", "data": data})).await;
+        assert_eq!(
+            (s, e["error_code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body"))
+        );
+        assert!(e["detail"].as_str().unwrap().contains("object"), "{e}");
+    }
+    let big = json!({"task_type": "x", "data": {"s": "a".repeat(8000)}});
     let (s, e) = api.post("/cluster/tasks", big).await;
     assert_eq!(
         (s, e["error_code"].as_str()),
@@ -481,7 +491,7 @@ async fn grafana_dashboard_queries_only_exported_metrics() {
     let c = Coordinator::start(bin(), FAST);
     let api = Http::new(&c);
     let mut silent = Raw::peer(&c.ws_url, "silent", "{}").await;
-    let (_, t) = api.post("/cluster/tasks", json!({"task_type": "echo", "data": 1})).await;
+    let (_, t) = api.post("/cluster/tasks", json!({"task_type": "echo", "data": {"n": 1}})).await;
     silent.expect("task_assignment").await;
     let _worker = test_support::worker(bin(), &c.ws_url, "w", &[]);
     let id = t["task_id"].as_str().unwrap();

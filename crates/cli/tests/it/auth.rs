@@ -1,7 +1,7 @@
 //! Protected by default: loopback only without a token; the token by
 //! registration field or bearer header; `--insecure` opens up.
 
-use test_support::{Coordinator, Raw};
+use test_support::{Coordinator, Dial, Raw};
 
 use crate::bin;
 
@@ -67,31 +67,59 @@ async fn workers_and_clients_present_the_token() {
     assert!(bad.log().contains("refused"), "{}", bad.log());
 }
 
-/// A local address other machines would use, if this machine has one.
-fn non_loopback_ip() -> Option<std::net::IpAddr> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    // No packet is sent: connecting a UDP socket only picks a route.
-    sock.connect("10.255.255.255:9").ok()?;
-    let ip = sock.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-}
+/// Another machine, as the coordinator sees it: a loopback source address
+/// the coordinator is told (`--not-local`) to treat as remote.
+const ELSEWHERE: &str = "127.0.0.7";
 
 #[tokio::test]
-async fn protected_mode_refuses_non_loopback_clients_without_a_token() {
-    let Some(ip) = non_loopback_ip() else {
-        eprintln!("SKIP: this machine has no non-loopback address to test protected mode with");
-        return;
-    };
-    let c = Coordinator::start(bin(), &["--bind", "0.0.0.0:0"]);
-    let port = c.ws_url.rsplit(':').next().unwrap();
-    let remote_url = format!("ws://{ip}:{port}");
-    let refused = Raw::connect_with(&remote_url, None).await.err().expect("refused");
+async fn other_machines_need_tls_and_a_credential() {
+    let elsewhere: std::net::IpAddr = ELSEWHERE.parse().unwrap();
+    let c = Coordinator::start(bin(), &["--not-local", ELSEWHERE]);
+    // Plaintext from another machine: refused at the upgrade, naming the fix.
+    let dial = Dial { source: Some(elsewhere), ..Dial::default() };
+    let refused = Raw::open(&c.ws_url, dial.clone()).await.err().expect("refused");
     assert_eq!(refused.status, 403);
-    assert!(refused.body.contains("protected mode"), "{}", refused.body);
-    // Loopback is still fine.
-    Raw::gamer(&format!("ws://127.0.0.1:{port}"), "local").await;
-    // --insecure opens it.
-    let open = Coordinator::start(bin(), &["--bind", "0.0.0.0:0", "--insecure"]);
-    let port = open.ws_url.rsplit(':').next().unwrap();
-    Raw::gamer(&format!("ws://{ip}:{port}"), "remote").await;
+    assert!(refused.body.contains("wss://") && refused.body.contains("--insecure-plaintext"));
+    // …and on the HTTP port, whatever the request.
+    let http = c.http().trim_start_matches("http://");
+    let get = "GET /cluster/health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let body = raw_http(http, Some(elsewhere), get).await;
+    assert!(body.starts_with("HTTP/1.1 403") && body.contains("tls_required"), "{body}");
+    // TLS from another machine without a credential: registration refused.
+    let tls = Dial { source: Some(elsewhere), ca_hash: Some(&c.ca_hash), ..Dial::default() };
+    let mut raw = Raw::open(&c.wss_url(), tls.clone()).await.unwrap();
+    raw.send(r#"{"msg_type": "register_gamer", "gamer_id": "g"}"#).await;
+    assert_eq!(raw.expect("error").await["code"], "unauthorized");
+    assert_eq!(u16::from(raw.closed().await.expect("close").code), 1008);
+    // With the client token it is in.
+    let mut raw = Raw::open(&c.wss_url(), tls).await.unwrap();
+    let secret = token_secret(&c.client_token);
+    raw.send(&format!(r#"{{"msg_type": "register_gamer", "gamer_id": "g", "token": "{secret}"}}"#))
+        .await;
+    assert_eq!(raw.expect("registration_ack").await["status"], "registered");
+    // Loopback plaintext, the seed's way, is still fine.
+    Raw::gamer(&c.ws_url, "local").await;
+    // --insecure --insecure-plaintext opens everything to everyone.
+    let open = Coordinator::start(
+        bin(),
+        &["--not-local", ELSEWHERE, "--insecure", "--insecure-plaintext"],
+    );
+    let mut raw = Raw::open(&open.ws_url, dial).await.unwrap();
+    raw.send(r#"{"msg_type": "register_gamer", "gamer_id": "remote"}"#).await;
+    assert_eq!(raw.expect("registration_ack").await["status"], "registered");
+}
+
+/// The secret part of a join token (`lgj1-<64 hex>-<secret>`).
+pub fn token_secret(token: &str) -> String {
+    token["lgj1-".len() + 65..].to_owned()
+}
+
+/// Sends raw HTTP from `source` and returns what came back.
+pub async fn raw_http(addr: &str, source: Option<std::net::IpAddr>, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = test_support::tcp_from(addr, source).await;
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(test_support::WAIT, stream.read(&mut out)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&out[..n]).into_owned()
 }

@@ -14,7 +14,9 @@ mod crash;
 mod executors;
 mod failover;
 mod lifecycle;
+mod limits;
 mod python_client;
+mod security;
 mod seed;
 
 use std::path::Path;

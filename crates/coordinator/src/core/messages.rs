@@ -18,20 +18,35 @@ use sched::{
 use tracing::{info, warn};
 
 use super::{Core, PeerInfo, Role};
+use crate::identity::{self, SessionKey};
 
 pub(super) fn handle(core: &mut Core, conn: ConnId, msg: ToCoordinator) {
     let Some(role) = core.conns.get(&conn).map(|c| c.role.clone()) else { return };
     let msg_type = msg.msg_type();
     match (msg, role) {
-        (ToCoordinator::RegisterPeer(m), Role::Unregistered) => register_peer(core, conn, m),
+        (ToCoordinator::RegisterPeer(m), Role::Unregistered) => {
+            if identity::claim(core, conn, SessionKey::Peer(m.peer_id.clone()), msg_type) {
+                register_peer(core, conn, m)
+            }
+        }
         (ToCoordinator::RegisterPeer(m), Role::Peer(id)) if id.as_str() == m.peer_id => {
             register_peer(core, conn, m)
         }
-        (ToCoordinator::RegisterGamer(m), Role::Unregistered) => register_gamer(core, conn, m),
+        (ToCoordinator::RegisterGamer(m), Role::Unregistered) => {
+            if identity::claim(core, conn, SessionKey::Gamer(m.gamer_id.clone()), msg_type) {
+                register_gamer(core, conn, m)
+            }
+        }
+        (ToCoordinator::Join(m), Role::Unregistered) => identity::join(core, conn, m),
         (ToCoordinator::RegisterGamer(m), Role::Gamer(id)) if id.as_str() == m.gamer_id => {
             register_gamer(core, conn, m)
         }
-        (ToCoordinator::RegisterPeer(_) | ToCoordinator::RegisterGamer(_), role) => {
+        (
+            ToCoordinator::RegisterPeer(_)
+            | ToCoordinator::RegisterGamer(_)
+            | ToCoordinator::Join(_),
+            role,
+        ) => {
             let err = ErrorMsg::new(
                 ErrorCode::ALREADY_REGISTERED,
                 format!("this connection is already registered as {}", describe(&role)),
@@ -345,7 +360,8 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
 }
 
 fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
-    match accept(core, owner, req) {
+    let clients = crate::quota::clients_of(core, conn, &owner);
+    match crate::quota::accept(core, clients, owner, req) {
         Ok(msg) => core.send_durable(conn, FromCoordinator::TaskAccepted(msg)),
         Err(err) => core.reply_error(conn, err),
     }

@@ -31,7 +31,10 @@ use crate::approvals::Approvals;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::Outbound;
+use crate::credentials::Principal;
+use crate::identity::{Bindings, SessionKey};
 use crate::observe::Observer;
+use crate::quota::Quotas;
 use crate::snapshot::Publisher;
 use crate::telemetry::Telemetry;
 
@@ -58,6 +61,12 @@ pub(crate) enum Input {
     },
     /// A request of the HTTP API; it answers through a channel of its own.
     Request(ApiRequest),
+    /// The credential a connection's next registration proved (sent just
+    /// before it), for the identity rule.
+    Authenticated {
+        conn: ConnId,
+        principal: Principal,
+    },
 }
 
 /// What a connection registered as.
@@ -72,6 +81,10 @@ pub(crate) struct Conn {
     tx: mpsc::Sender<Outbound>,
     pub role: Role,
     pub remote: SocketAddr,
+    /// Who its credential proved it to be.
+    pub principal: Principal,
+    /// The session id it holds (see `identity.rs`).
+    pub bound: Option<SessionKey>,
 }
 
 /// What the coordinator knows of a peer beyond what the scheduler needs.
@@ -107,6 +120,10 @@ pub(crate) struct Core {
     /// What tasks of each type need of a peer: the configuration's, and what
     /// registering peers declared for other types.
     pub task_needs: BTreeMap<String, proto::TaskNeeds>,
+    /// Which principal each session id belongs to.
+    pub bindings: Bindings,
+    /// What each client holds of the queue.
+    pub quotas: Quotas,
 }
 
 impl Core {
@@ -131,6 +148,8 @@ impl Core {
             waiters: requests::Waiters::default(),
             approvals: Approvals::default(),
             publisher,
+            bindings: Bindings::default(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -187,7 +206,14 @@ impl Core {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Connected { conn, tx, remote } => {
-                self.conns.insert(conn, Conn { tx, role: Role::Unregistered, remote });
+                let principal = Principal::Local;
+                let c = Conn { tx, role: Role::Unregistered, remote, principal, bound: None };
+                self.conns.insert(conn, c);
+            }
+            Input::Authenticated { conn, principal } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.principal = principal;
+                }
             }
             Input::Message { conn, msg } => {
                 messages::handle(self, conn, msg);
@@ -216,6 +242,7 @@ impl Core {
     /// Forgets a connection and tells the scheduler its peer or gamer left.
     fn drop_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        crate::identity::release(self, c.bound);
         let now = self.now();
         match c.role {
             Role::Peer(id) => {
@@ -238,10 +265,12 @@ impl Core {
             self.telemetry.observe(&event);
             self.publisher.observe(&event);
             if let Event::TaskFinished { task, .. } = &event {
+                self.quotas.finished(task.id);
                 finished.push(task.id);
             }
         }
         self.observer.commit();
+        crate::quota::publish(self);
         // After the commit, so that each answer names the batch holding its outcome.
         for id in finished {
             if let Some(done) = self.sched.task(id).and_then(|t| self.finished_view(t))

@@ -15,7 +15,7 @@ use proto::{ErrorMsg, Json, TaskAccepted, TaskRequest};
 use sched::{CancelError, Outcome, Owner, Strategy, Task, TaskId, TaskState};
 use tokio::sync::oneshot;
 
-use super::{Core, messages};
+use super::Core;
 use crate::clock::Clock;
 
 /// Where the answer goes.
@@ -23,8 +23,9 @@ pub(crate) type Reply<T> = oneshot::Sender<T>;
 
 /// A request of the HTTP API.
 pub(crate) enum ApiRequest {
-    /// Submit a task on behalf of the API (owner `api`).
-    Submit { req: TaskRequest, reply: Reply<Result<Submitted, ErrorMsg>> },
+    /// Submit a task on behalf of the API (owner `api`), within the quotas
+    /// of `client` (its API key, see `quota.rs`).
+    Submit { req: TaskRequest, client: String, reply: Reply<Result<Submitted, ErrorMsg>> },
     /// Cancel a task, whoever submitted it.
     Cancel { task: TaskId, reply: Reply<Result<(), CancelError>> },
     /// Answer once the task has an outcome (at once when it has one).
@@ -37,6 +38,9 @@ pub(crate) enum ApiRequest {
     /// Approve a worker id with the SHA-256 of its credential; the answer is
     /// the store batch that makes the approval durable.
     ApproveWorker { worker_id: String, credential_sha256: String, reply: Reply<u64> },
+    /// Revoke a worker's credential; the answer is the store batch that
+    /// makes it durable, or `None` when it had none.
+    RevokeWorker { worker_id: String, reply: Reply<Option<u64>> },
     /// Switch the placement strategy; the answer is the previous one.
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
 }
@@ -162,8 +166,8 @@ impl Core {
     pub(crate) fn handle_request(&mut self, request: ApiRequest) {
         self.publisher.answered_api();
         match request {
-            ApiRequest::Submit { req, reply } => {
-                let answer = messages::accept(self, Owner::Api, req)
+            ApiRequest::Submit { req, client, reply } => {
+                let answer = crate::quota::accept(self, vec![client], Owner::Api, req)
                     .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
                 let _ = reply.send(answer);
             }
@@ -199,15 +203,10 @@ impl Core {
                 let _ = reply.send((page, matching.len()));
             }
             ApiRequest::ApproveWorker { worker_id, credential_sha256, reply } => {
-                self.approvals.approve(&worker_id, credential_sha256.clone());
-                let at_ms = Clock::unix_ms(self.now());
-                self.observer.record(store::Op::Approved {
-                    peer_id: worker_id,
-                    credential_sha256,
-                    at_ms,
-                });
-                self.observer.commit();
-                let _ = reply.send(self.observer.appended());
+                let _ = reply.send(crate::identity::approve(self, &worker_id, credential_sha256));
+            }
+            ApiRequest::RevokeWorker { worker_id, reply } => {
+                let _ = reply.send(crate::identity::revoke(self, &worker_id));
             }
             ApiRequest::SetStrategy { strategy, reply } => {
                 let previous = self.sched.config().strategy;

@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use utoipa::ToSchema;
 
@@ -27,6 +26,8 @@ use crate::clock::Clock;
 use crate::config::{ApiRole, Config};
 use crate::core::requests::Reply;
 use crate::core::{ApiRequest, Core, Input};
+use crate::credentials::Credentials;
+use crate::edge::Listener;
 use crate::observe::Durable;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ApiEvent, Metrics, Published};
@@ -34,8 +35,12 @@ use crate::telemetry::{ApiEvent, Metrics, Published};
 mod cluster;
 mod events;
 pub(crate) mod routes;
+mod serve;
 mod tasks;
+mod tokens;
 mod workers;
+
+pub(crate) use serve::Serving;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -49,10 +54,17 @@ pub(crate) struct Api {
     clock: Clock,
     /// Asks the coordinator to shut down (`POST /cluster/shutdown`).
     stop: watch::Sender<bool>,
+    /// Join tokens (shown and rotated by admins).
+    credentials: Arc<Credentials>,
 }
 
 impl Api {
-    pub fn new(core: mpsc::Sender<Input>, state: &Core, stop: watch::Sender<bool>) -> Api {
+    pub fn new(
+        core: mpsc::Sender<Input>,
+        state: &Core,
+        stop: watch::Sender<bool>,
+        credentials: Arc<Credentials>,
+    ) -> Api {
         Api {
             core,
             snapshot: state.publisher.subscribe(),
@@ -62,6 +74,7 @@ impl Api {
             config: Arc::clone(&state.config),
             clock: state.clock,
             stop,
+            credentials,
         }
     }
 
@@ -195,15 +208,15 @@ pub(crate) fn router(api: Api) -> Router {
 
 /// Serves the API until `shutdown` turns true; publishes `cluster_stats`
 /// every `stats_interval` while anyone listens to the event stream.
-pub(crate) async fn serve(listener: TcpListener, api: Api, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: Listener,
+    api: Api,
+    serving: Serving,
+    shutdown: watch::Receiver<bool>,
+) {
     let stats = tokio::spawn(publish_stats(api.clone()));
-    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
-    let done = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(done).await {
-        tracing::warn!("the HTTP API stopped: {e}");
-    }
+    let config = Arc::clone(&api.config);
+    serve::run(listener, router(api), config, serving, shutdown).await;
     stats.abort();
 }
 
@@ -226,6 +239,22 @@ async fn publish_stats(api: Api) {
         };
         let _ = api.events.send(Arc::new(Published::new(&event)));
     }
+}
+
+/// Which client a request counts as, for quotas: its API key (`key:N`), or
+/// `api` for requests without one.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientKey(pub String);
+
+fn client_key(config: &Config, headers: &HeaderMap) -> ClientKey {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let index = given.and_then(|g| config.api_keys.iter().position(|k| k.key.matches(g)));
+    ClientKey(index.map_or_else(|| "api".to_owned(), |i| format!("key:{i}")))
 }
 
 /// The role a request's credentials carry, or why it has none.
@@ -276,9 +305,11 @@ fn role_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<A
 async fn authenticate(
     State(api): State<Api>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
+    let client = client_key(&api.config, req.headers());
+    req.extensions_mut().insert(client);
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let needed = routes::required_role(req.method(), path.as_deref());
     match role_of(&api.config, req.headers(), remote) {

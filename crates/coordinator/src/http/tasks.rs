@@ -75,6 +75,8 @@ pub(super) async fn submit(
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let client = req.extensions().get::<super::ClientKey>().cloned();
+    let client = client.map_or_else(|| "api".to_owned(), |c| c.0);
     let multipart = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -94,7 +96,7 @@ pub(super) async fn submit(
     };
     let header_key =
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    submit_task(&api, body, header_key).await
+    submit_task(&api, body, header_key, client).await
 }
 
 /// The error code for a body axum refused with `status`.
@@ -180,8 +182,23 @@ pub(super) async fn submit_task(
     api: &Api,
     body: SubmitTask,
     header_key: Option<String>,
+    client: String,
 ) -> Result<Response, ApiError> {
     let data = body.data.unwrap_or_else(|| json!({}));
+    if !data.is_object() {
+        let kind = match &data {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("`data` must be a JSON object (the task's input fields), not {kind}"),
+        ));
+    }
     let task_type = match body.task_type {
         Some(t) => t,
         None if data.get("model").is_some() => "inference".to_owned(),
@@ -224,7 +241,7 @@ pub(super) async fn submit_task(
             ));
         }
     };
-    let submitted = api.request(|reply| ApiRequest::Submit { req, reply }).await?;
+    let submitted = api.request(|reply| ApiRequest::Submit { req, client, reply }).await?;
     let Submitted { accepted, seq } = submitted.map_err(|e| {
         let status = if e.code == ErrorCode::BUSY {
             StatusCode::SERVICE_UNAVAILABLE

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use codes::WorkerStatus;
 use sched::Time;
 use serde::{Deserialize, Serialize};
@@ -186,7 +185,9 @@ pub(super) async fn register_worker(
             "worker_id must be 1–256 printable characters",
         ));
     }
-    let token = new_credential();
+    let token = tls::random_secret()
+        .map(|s| format!("lgw_{s}"))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let credential_sha256 = crate::approvals::digest(&token);
     // Approved in memory and in the store (when there is one) before the
     // credential is shown: it keeps working after a restart.
@@ -200,8 +201,29 @@ pub(super) async fn register_worker(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// 32 random bytes, URL-safe base64.
-fn new_credential() -> String {
-    let bytes: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..)).take(32).collect();
-    format!("lgw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+/// `POST /cluster/workers/{id}/revoke` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    pub worker_id: String,
+    pub status: &'static str,
+}
+
+/// Revokes a worker's own credential (admin): its connection is closed at
+/// once and the credential admits nobody from then on. The worker may join
+/// again only with a (rotated) join token, under a new credential.
+#[utoipa::path(post, path = "/cluster/workers/{id}/revoke", tag = "workers",
+    params(("id" = String, Path, description = "The worker's peer id")),
+    responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)))]
+pub(super) async fn revoke_worker(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let worker_id = id.clone();
+    let seq = api.request(|reply| ApiRequest::RevokeWorker { worker_id, reply }).await?;
+    let Some(seq) = seq else {
+        return Err(ApiError::not_found(format!("worker `{id}` has no credential to revoke")));
+    };
+    api.durable(seq).await?;
+    tracing::info!(peer = %id, "revoked a worker's credential");
+    Ok(Json(Revoked { worker_id: id, status: "revoked" }))
 }

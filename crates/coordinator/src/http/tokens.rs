@@ -1,0 +1,74 @@
+//! Join tokens (admin): show them, and rotate them without a restart.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Api, ApiError, ErrorBody};
+use crate::credentials::TokenKind;
+
+/// The cluster's join tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tokens {
+    /// For `legacygpu worker start --join TOKEN --coordinator wss://HOST:8765`.
+    pub worker_token: String,
+    /// For clients: `--token TOKEN` (it pins the CA too).
+    pub client_token: String,
+    /// SHA-256 of the CA certificate's DER SubjectPublicKeyInfo, lowercase
+    /// hex: what `--ca-hash` takes.
+    pub ca_sha256: String,
+}
+
+/// `POST /cluster/tokens/rotate` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Rotate {
+    /// `worker`, `client` or `both` (the default).
+    pub kind: Option<String>,
+}
+
+fn tokens(api: &Api) -> Tokens {
+    let c = &api.credentials;
+    let worker = c.join_token(TokenKind::Worker);
+    Tokens {
+        ca_sha256: worker.pin.to_string(),
+        worker_token: worker.to_string(),
+        client_token: c.join_token(TokenKind::Client).to_string(),
+    }
+}
+
+/// The current join tokens (admin).
+#[utoipa::path(get, path = "/cluster/tokens", tag = "cluster",
+    responses((status = 200, body = Tokens), (status = 403, body = ErrorBody)))]
+pub(super) async fn show(State(api): State<Api>) -> Json<Tokens> {
+    Json(tokens(&api))
+}
+
+/// New join tokens (admin): the old ones admit nobody from now on; workers
+/// that already joined keep their own credentials.
+#[utoipa::path(post, path = "/cluster/tokens/rotate", tag = "cluster", request_body = Rotate,
+    responses((status = 200, body = Tokens), (status = 400, body = ErrorBody)))]
+pub(super) async fn rotate(
+    State(api): State<Api>,
+    Json(body): Json<Rotate>,
+) -> Result<Json<Tokens>, ApiError> {
+    let kinds: &[TokenKind] = match body.kind.as_deref().map(str::trim) {
+        None | Some("both") => &[TokenKind::Worker, TokenKind::Client],
+        Some("worker") => &[TokenKind::Worker],
+        Some("client") => &[TokenKind::Client],
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                format!("kind `{other}` is not worker, client or both"),
+            ));
+        }
+    };
+    for kind in kinds {
+        api.credentials.rotate(*kind).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        tracing::info!("rotated the {} join token", kind.as_str());
+    }
+    Ok(Json(tokens(&api)))
+}
