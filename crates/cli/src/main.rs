@@ -68,12 +68,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` or `--log-level` picks the level.
+/// Logs go to stderr; `RUST_LOG` or `--log-level` picks the level. By
+/// default llama.cpp's own log (target `llama-cpp-2`, a hundred lines per
+/// model loaded) shows only its warnings and errors.
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn")),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 mod capabilities;
 mod messages;
 
-pub use capabilities::{Capabilities, GpuInfo, TaskNeeds};
+pub use capabilities::{Capabilities, GpuInfo, ModelEntry, TaskNeeds};
 pub use messages::*;
 
 /// A JSON value kept as text: task data and results are forwarded unparsed.
@@ -155,6 +155,7 @@ pub enum ToCoordinator {
     Heartbeat(Heartbeat),
     TaskStarted(TaskStarted),
     TaskResult(TaskResult),
+    TaskProgress(TaskProgress),
     ReturnTask(ReturnTask),
     Drain(Drain),
     // Gamer messages.
@@ -173,6 +174,7 @@ impl ToCoordinator {
             "heartbeat" => ToCoordinator::Heartbeat(parse(&t, text)?),
             "task_started" => ToCoordinator::TaskStarted(parse(&t, text)?),
             "task_result" => ToCoordinator::TaskResult(parse(&t, text)?),
+            "task_progress" => ToCoordinator::TaskProgress(parse(&t, text)?),
             "return_task" => ToCoordinator::ReturnTask(parse(&t, text)?),
             "drain" => ToCoordinator::Drain(parse(&t, text)?),
             "register_gamer" => ToCoordinator::RegisterGamer(parse(&t, text)?),
@@ -197,6 +199,7 @@ impl ToCoordinator {
             ToCoordinator::Heartbeat(_) => "heartbeat",
             ToCoordinator::TaskStarted(_) => "task_started",
             ToCoordinator::TaskResult(_) => "task_result",
+            ToCoordinator::TaskProgress(_) => "task_progress",
             ToCoordinator::ReturnTask(_) => "return_task",
             ToCoordinator::Drain(_) => "drain",
             ToCoordinator::RegisterGamer(_) => "register_gamer",
@@ -218,6 +221,7 @@ impl ToCoordinator {
                 }
                 Ok(())
             }
+            ToCoordinator::TaskProgress(m) => check_id(t, "task_id", &m.task_id),
             ToCoordinator::ReturnTask(m) => check_id(t, "task_id", &m.task_id),
             ToCoordinator::Drain(_) => Ok(()),
             ToCoordinator::RegisterGamer(m) => check_id(t, "gamer_id", &m.gamer_id),
@@ -238,6 +242,7 @@ pub enum FromCoordinator {
     TaskAccepted(TaskAccepted),
     TaskResult(TaskResultOut),
     TaskError(TaskErrorOut),
+    TaskProgress(TaskProgressOut),
     TaskStatus(TaskStatusOut),
     Error(ErrorMsg),
     Shutdown(Shutdown),
@@ -254,6 +259,7 @@ impl FromCoordinator {
             "task_accepted" => FromCoordinator::TaskAccepted(parse(&t, text)?),
             "task_result" => FromCoordinator::TaskResult(parse(&t, text)?),
             "task_error" => FromCoordinator::TaskError(parse(&t, text)?),
+            "task_progress" => FromCoordinator::TaskProgress(parse(&t, text)?),
             "task_status" => FromCoordinator::TaskStatus(parse(&t, text)?),
             "error" => FromCoordinator::Error(parse(&t, text)?),
             "shutdown" => FromCoordinator::Shutdown(parse(&t, text)?),
@@ -275,6 +281,7 @@ impl FromCoordinator {
             FromCoordinator::TaskAccepted(_) => "task_accepted",
             FromCoordinator::TaskResult(_) => "task_result",
             FromCoordinator::TaskError(_) => "task_error",
+            FromCoordinator::TaskProgress(_) => "task_progress",
             FromCoordinator::TaskStatus(_) => "task_status",
             FromCoordinator::Error(_) => "error",
             FromCoordinator::Shutdown(_) => "shutdown",
