@@ -19,6 +19,7 @@ use crate::args::Backends;
 /// with needs is registered here and in [`build`].
 pub fn needs() -> BTreeMap<String, TaskNeeds> {
     BTreeMap::from([
+        ("generate".to_owned(), exec_llm::needs()),
         ("gpu".to_owned(), exec_gpu::needs()),
         ("inference".to_owned(), exec_inference::needs()),
     ])

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use exec::{Advertised, ExecError, Executor, ModelInfo, Output, RunContext};
+use exec::{Advertised, ExecError, Executor, ModelInfo, Output, RunContext, TaskNeeds};
 use llama_cpp_2::model::{AddBos, LlamaChatMessage};
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
@@ -382,9 +382,18 @@ fn apply_template(model: &Loaded, messages: &[input::Message]) -> Result<String,
     .map_err(|e| ExecError::InvalidInput(format!("cannot apply the chat template: {e}")))
 }
 
+/// What a `generate` task needs of a peer: the model its `data.model` names.
+pub fn needs() -> TaskNeeds {
+    TaskNeeds { gpu: false, model_field: Some("model".to_owned()) }
+}
+
 impl Executor for Llm {
     fn task_type(&self) -> &str {
         "generate"
+    }
+
+    fn needs(&self) -> TaskNeeds {
+        needs()
     }
 
     fn advertise(&self) -> Advertised {

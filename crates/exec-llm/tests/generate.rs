@@ -198,7 +198,7 @@ fn bad_inputs_get_clear_errors_and_the_model_keeps_serving() {
     let _serial = common::serial();
     let Some(m) = models("bad_inputs") else { return };
     let run = |v: serde_json::Value| m.cpu.run(&v.to_string(), &RunContext::unbounded());
-    let code = |v: serde_json::Value| run(v).map(|_| "ok").unwrap_or_else(|e| e.code());
+    let code = |v: serde_json::Value| run(v).map_or_else(|e| e.code().to_string(), |_| "ok".into());
     let long = "a b ".repeat(400);
     let cases = [
         (json!({"model": "mistral", "prompt": "hi"}), "unavailable"),

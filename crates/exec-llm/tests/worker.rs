@@ -62,13 +62,14 @@ async fn the_worker_streams_task_progress_then_sends_the_result() {
     assert_eq!(models[0]["name"], "tiny", "{models}");
     assert_eq!(models[0]["task_type"], "generate");
     assert_eq!(models[0]["size_bytes"], std::fs::metadata(&path).unwrap().len());
+    assert_eq!(register["capabilities"]["task_needs"]["generate"]["model_field"], "model");
     let caps = proto::Capabilities::from_value(register["capabilities"].clone());
     assert!(caps.serves_model("tiny", "generate"));
     send(&mut ws, json!({"msg_type": "registration_ack", "status": "registered"})).await;
 
     let data = json!({"model": "tiny", "prompt": "hello", "max_tokens": 64, "temperature": 0});
-    let assignment = json!({"msg_type": "task_assignment", "task_id": "t-1", "task_type": "generate",
-                            "attempt": 3, "task_data": data});
+    let assignment = json!({"msg_type": "task_assignment", "task_id": "t-1", "id": "t-41",
+                            "task_type": "generate", "attempt": 3, "task_data": data});
     send(&mut ws, assignment).await;
 
     let mut streamed = String::new();
