@@ -175,9 +175,9 @@ pub struct Llm {
 }
 
 impl Llm {
-    /// Loads every GGUF model in `dir`. Fails only when llama.cpp cannot
-    /// start or the directory cannot be read; models that do not load are
-    /// listed by [`Llm::failed`].
+    /// Loads every GGUF model in `dir`. Fails only when the directory cannot
+    /// be read or the configuration is invalid; models that do not load
+    /// (llama.cpp failing to start included) are listed by [`Llm::failed`].
     pub fn from_dir(dir: &Path, config: LlmConfig) -> Result<Llm, LlmError> {
         let found = model::scan(dir)
             .map_err(|e| LlmError::Dir { path: dir.to_owned(), reason: e.to_string() })?;
@@ -207,12 +207,13 @@ impl Llm {
         if config.slots == 0 || config.slots > 64 {
             return Err(LlmError::Config(format!("slots must be 1 to 64, not {}", config.slots)));
         }
-        if config.context < 16 || config.batch == 0 {
+        if config.context < 16 || config.batch < config.slots {
             return Err(LlmError::Config(
-                "context must be at least 16 and batch at least 1".into(),
+                "context must be at least 16 tokens, and batch at least one token per slot".into(),
             ));
         }
-        backend::backend(config.devices)?;
+        // llama.cpp starts with the first model, so that a models directory
+        // without GGUF files costs nothing.
         Ok(Llm { config, dir: None, models: BTreeMap::new() })
     }
 
@@ -248,6 +249,9 @@ impl Llm {
 
     /// The GPU devices llama.cpp found (none: every model runs on the CPU).
     pub fn gpu_devices(&self) -> Vec<String> {
+        if backend::backend(self.config.devices).is_err() {
+            return Vec::new();
+        }
         backend::gpu_devices().iter().map(backend::describe).collect()
     }
 

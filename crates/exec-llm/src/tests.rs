@@ -42,3 +42,33 @@ fn results_have_the_streaming_specs_shape() {
             "tokens_per_s": 500.0, "device": "cpu"})
     );
 }
+
+#[test]
+fn bad_configurations_are_refused_and_an_empty_directory_serves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for config in [
+        LlmConfig { slots: 0, ..LlmConfig::default() },
+        LlmConfig { slots: 65, ..LlmConfig::default() },
+        LlmConfig { context: 8, ..LlmConfig::default() },
+        LlmConfig { batch: 2, slots: 4, ..LlmConfig::default() },
+    ] {
+        let Err(e) = Llm::from_dir(dir.path(), config.clone()) else { panic!("{config:?}") };
+        assert!(matches!(e, LlmError::Config(_)), "{e}");
+    }
+    // No GGUF file: nothing loads, and llama.cpp is not even started.
+    let llm = Llm::from_dir(dir.path(), LlmConfig::default()).unwrap();
+    assert!(llm.model_names().is_empty() && llm.failed().is_empty());
+    assert_eq!(
+        llm.generate(
+            GenerateInput {
+                model: "x".into(),
+                prompt: Some("hi".into()),
+                ..GenerateInput::default()
+            },
+            &RunContext::unbounded()
+        )
+        .unwrap_err()
+        .code(),
+        "unavailable"
+    );
+}
