@@ -273,14 +273,15 @@ fn odd_capabilities_never_refuse_a_peer() {
 #[test]
 fn task_progress_decodes_in_both_directions() {
     let ToCoordinator::TaskProgress(p) = decode(
-        r#"{"msg_type": "task_progress", "task_id": "t-7", "attempt": 2, "seq": 5, "text": "Hé", "tokens": 2}"#,
+        r#"{"msg_type": "task_progress", "task_id": "7", "id": "t-7", "attempt": 2, "seq": 5, "text": "Hé", "tokens": 2}"#,
     ) else {
         panic!()
     };
     assert_eq!(
         p,
         TaskProgress {
-            task_id: "t-7".into(),
+            task_id: "7".into(),
+            id: Some("t-7".into()),
             attempt: 2,
             seq: 5,
             text: "Hé".into(),
