@@ -524,10 +524,27 @@ pub struct WorkerStart {
 /// Which heavy executors a worker sets up.
 #[derive(Debug, Clone, Args)]
 pub struct Backends {
-    /// Directory of ONNX models (NAME/model.onnx, NAME/labels.txt, optional
-    /// NAME/config.json); enables the `inference` task type.
+    /// Directory of models: ONNX classifiers (NAME/model.onnx, NAME/labels.txt,
+    /// optional NAME/config.json) enable the `inference` task type; GGUF
+    /// language models (NAME.gguf or NAME/model.gguf) enable `generate`.
     #[arg(long, env = "LEGACYGPU_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+
+    /// Layers of each GGUF model to put on the GPU: `auto` (every layer that
+    /// fits in the GPU's free memory; none without a Vulkan GPU), `all`, or a
+    /// number (0: CPU only).
+    #[arg(long, default_value = "auto", value_parser = gpu_layers)]
+    pub gpu_layers: exec_llm::GpuLayers,
+
+    /// Sequences each GGUF model generates at once, batched on one copy of
+    /// the model; more requests wait for a free one.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub llm_slots: u32,
+
+    /// Tokens of each sequence (prompt and completion), at most what the
+    /// model was trained for. Each slot holds a KV cache of this size.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub llm_context: u32,
 
     /// Use no GPU even if one is present (no `gpu` tasks come to this worker).
     #[arg(long)]
@@ -702,6 +719,10 @@ pub struct TaskSubmit {
     /// Wait for the result and print it.
     #[arg(long)]
     pub wait: bool,
+}
+
+fn gpu_layers(s: &str) -> Result<exec_llm::GpuLayers, String> {
+    s.parse()
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {

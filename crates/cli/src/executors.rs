@@ -1,5 +1,6 @@
 //! The executors a worker offers: the built-ins and physics always, GPU
-//! compute when an adapter works, inference when a models directory is given.
+//! compute when an adapter works, inference and generation when a models
+//! directory is given (ONNX models for the one, GGUF models for the other).
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,7 @@ use anyhow::Context;
 use exec::{Executors, TaskNeeds};
 use exec_gpu::{Gpu, GpuOptions};
 use exec_inference::Inference;
+use exec_llm::{Llm, LlmConfig};
 use exec_physics::Physics;
 use tracing::{info, warn};
 
@@ -17,6 +19,7 @@ use crate::args::Backends;
 /// with needs is registered here and in [`build`].
 pub fn needs() -> BTreeMap<String, TaskNeeds> {
     BTreeMap::from([
+        ("generate".to_owned(), exec_llm::needs()),
         ("gpu".to_owned(), exec_gpu::needs()),
         ("inference".to_owned(), exec_inference::needs()),
     ])
@@ -45,11 +48,40 @@ pub fn build(backends: &Backends) -> anyhow::Result<Executors> {
         }
         let names = inference.model_names();
         if names.is_empty() {
-            warn!(dir = %dir.display(), "no model loaded: not offering inference tasks");
+            info!(dir = %dir.display(), "no ONNX model loaded: not offering inference tasks");
         } else {
             info!(models = %names.join(", "), "offering inference");
             set.add(inference);
         }
+        add_generate(&mut set, backends, dir)?;
     }
     Ok(set)
+}
+
+/// The `generate` executor, when the models directory holds a GGUF model
+/// that loads.
+fn add_generate(
+    set: &mut Executors,
+    backends: &Backends,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let config = LlmConfig {
+        gpu_layers: backends.gpu_layers,
+        slots: backends.llm_slots,
+        context: backends.llm_context,
+        ..LlmConfig::default()
+    };
+    let llm = Llm::from_dir(dir, config).context("cannot use --models-dir for GGUF models")?;
+    for (model, reason) in llm.failed() {
+        warn!(%model, "GGUF model not loaded: {reason}");
+    }
+    let names = llm.model_names();
+    if names.is_empty() {
+        info!(dir = %dir.display(), "no GGUF model loaded: not offering generate tasks");
+    } else {
+        let devices: Vec<&str> = names.iter().filter_map(|n| llm.device(n)).collect();
+        info!(models = %names.join(", "), devices = %devices.join("; "), "offering generate");
+        set.add(llm);
+    }
+    Ok(())
 }

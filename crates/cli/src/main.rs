@@ -72,7 +72,9 @@ fn main() -> ExitCode {
 ///
 /// Whatever the level, the WebSocket and TLS libraries log at most `info`:
 /// at `debug` and `trace` they print every frame they read or write, and
-/// frames carry tokens and credentials.
+/// frames carry tokens and credentials. By default llama.cpp's own log
+/// (target `llama-cpp-2`, a hundred lines per model loaded) shows only its
+/// warnings and errors.
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
     use tracing_subscriber::layer::SubscriberExt;
@@ -80,7 +82,8 @@ fn init_logging(level: Option<&str>) {
     use tracing_subscriber::{Layer, fmt};
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn")),
     };
     let wire = filter_fn(|m| !(logs_frames(m.target()) && *m.level() > tracing::Level::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -233,7 +233,7 @@ impl Executor for Gpu {
     }
 
     fn advertise(&self) -> Advertised {
-        Advertised { models: Vec::new(), gpus: self.adapters.clone() }
+        Advertised { gpus: self.adapters.clone(), ..Advertised::default() }
     }
 
     fn needs(&self) -> TaskNeeds {

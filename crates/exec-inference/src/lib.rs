@@ -133,7 +133,7 @@ impl Executor for Inference {
     }
 
     fn advertise(&self) -> Advertised {
-        Advertised { models: self.model_names(), gpus: Vec::new() }
+        Advertised { models: self.model_names(), ..Advertised::default() }
     }
 
     fn needs(&self) -> TaskNeeds {

@@ -7,6 +7,10 @@
 //! call [`RunContext::check`] between units of work so that a cancelled or
 //! timed-out task stops promptly.
 //!
+//! Executors that produce output gradually (text generation) stream it with
+//! [`RunContext::progress`]: the call only appends to a buffer the worker
+//! drains at its own pace, so an executor never waits for the network.
+//!
 //! Errors are typed ([`ExecError`]): an error caused by the task's own input
 //! is returned to the submitter without a retry, while an error of the peer
 //! (an internal failure) lets the coordinator try another peer.
@@ -65,9 +69,36 @@ pub struct Advertised {
     /// Model names this executor serves (inference).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// Models described in full (name, task type, format, size, …). A model
+    /// listed here need not be repeated in `models`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_info: Vec<ModelInfo>,
     /// GPU adapters this executor can run on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuAdapter>,
+}
+
+/// A model as a peer advertises it, in its registration's `models` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The name tasks use in `data.model`.
+    pub name: String,
+    /// The task type that runs it (`"generate"`, `"inference"`).
+    pub task_type: String,
+    /// The file format (`"gguf"`, `"onnx"`).
+    pub format: String,
+    /// The model file's size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The most tokens one sequence may hold (prompt and completion), as served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// The weights' quantisation, e.g. `"Q4_K_M"`, `"F16"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
+    /// The number of parameters, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_params: Option<u64>,
 }
 
 /// One GPU adapter as a peer advertises it.
@@ -135,17 +166,55 @@ impl ExecError {
     }
 }
 
+/// Where a running task's streamed output goes. The worker gives each task
+/// one that buffers, and sends what accumulated at most every few
+/// milliseconds.
+pub trait ProgressSink: Send + Sync + 'static {
+    /// Appends `text` (UTF-8, never a split character), which covers `tokens`
+    /// units of work (generated tokens). Must return at once: it may take a
+    /// short lock, never wait for IO.
+    fn append(&self, text: &str, tokens: u32);
+}
+
 /// What a running task can ask of its environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunContext {
     deadline: Option<Instant>,
     cancelled: Arc<AtomicBool>,
+    progress: Option<Arc<dyn ProgressSink>>,
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunContext")
+            .field("deadline", &self.deadline)
+            .field("cancelled", &self.cancelled)
+            .field("streams", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl RunContext {
     /// A context with an optional deadline and a fresh cancellation flag.
     pub fn new(deadline: Option<Instant>) -> RunContext {
-        RunContext { deadline, cancelled: Arc::new(AtomicBool::new(false)) }
+        RunContext { deadline, cancelled: Arc::new(AtomicBool::new(false)), progress: None }
+    }
+
+    /// The same context, streaming its progress into `sink`.
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> RunContext {
+        self.progress = Some(sink);
+        self
+    }
+
+    /// Reports output produced so far: `text` is appended to what the task
+    /// streamed before, and covers `tokens` units of work. Never blocks; does
+    /// nothing when nobody listens.
+    pub fn progress(&self, text: &str, tokens: u32) {
+        if let Some(sink) = &self.progress
+            && (!text.is_empty() || tokens > 0)
+        {
+            sink.append(text, tokens);
+        }
     }
 
     /// A context without deadline, for tests and benchmarks.
@@ -251,6 +320,11 @@ impl Executors {
                     all.models.push(model);
                 }
             }
+            for info in one.model_info {
+                if !all.model_info.contains(&info) {
+                    all.model_info.push(info);
+                }
+            }
             for gpu in one.gpus {
                 if !all.gpus.contains(&gpu) {
                     all.gpus.push(gpu);
@@ -258,6 +332,7 @@ impl Executors {
             }
         }
         all.models.sort();
+        all.model_info.sort_by(|a, b| (&a.name, &a.task_type).cmp(&(&b.name, &b.task_type)));
         all
     }
 }
@@ -265,4 +340,70 @@ impl Executors {
 /// Serializes a typed output into an [`Output`].
 pub fn to_output<T: Serialize>(value: &T) -> Result<Output, ExecError> {
     serde_json::value::to_raw_value(value).map_err(|e| ExecError::Internal(format!("output: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, u32)>>);
+
+    impl ProgressSink for Collect {
+        fn append(&self, text: &str, tokens: u32) {
+            self.0.lock().unwrap().push((text.to_owned(), tokens));
+        }
+    }
+
+    #[test]
+    fn progress_reaches_the_sink_in_order_and_empty_deltas_are_dropped() {
+        let sink = Arc::new(Collect::default());
+        let ctx = RunContext::unbounded().with_progress(sink.clone());
+        ctx.progress("He", 1);
+        ctx.progress("", 0);
+        ctx.clone().progress("llo", 2);
+        ctx.progress("", 1);
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            vec![("He".to_owned(), 1), ("llo".to_owned(), 2), (String::new(), 1)]
+        );
+        // Without a sink, progress is a no-op.
+        RunContext::unbounded().progress("ignored", 1);
+    }
+
+    struct Models(Vec<ModelInfo>);
+
+    impl Executor for Models {
+        fn task_type(&self) -> &str {
+            "generate"
+        }
+        fn advertise(&self) -> Advertised {
+            Advertised { model_info: self.0.clone(), ..Advertised::default() }
+        }
+        fn run(&self, _: &str, _: &RunContext) -> Result<Output, ExecError> {
+            Err(ExecError::Internal("not run".into()))
+        }
+    }
+
+    #[test]
+    fn model_info_is_merged_sorted_and_deduplicated() {
+        let info = |name: &str| ModelInfo {
+            name: name.into(),
+            task_type: "generate".into(),
+            format: "gguf".into(),
+            size_bytes: Some(1),
+            context_length: Some(256),
+            quantization: Some("F32".into()),
+            n_params: None,
+        };
+        let mut set = Executors::builtin();
+        set.add(Models(vec![info("b"), info("a"), info("b")]));
+        let names: Vec<_> = set.advertise().model_info.into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        let json = serde_json::to_value(info("a")).unwrap();
+        assert_eq!(json["quantization"], "F32");
+        assert!(json.get("n_params").is_none());
+    }
 }

@@ -30,7 +30,8 @@ pub struct Capabilities {
     /// GPU adapters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuInfo>,
-    /// Models served (inference).
+    /// Names of the models served, for every task type (inference,
+    /// generate), sorted and without duplicates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
     /// What tasks of each type need of a peer, as the peer's executors
@@ -38,6 +39,10 @@ pub struct Capabilities {
     /// a task of that type may go to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_needs: BTreeMap<String, TaskNeeds>,
+    /// Each entry of `models` as the peer gave it: a plain name (which counts
+    /// for every task type) or an object with its details.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_info: Vec<ModelEntry>,
     /// Known keys whose values could not be read, for operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -83,6 +88,37 @@ pub struct GpuInfo {
     pub vram_mb: Option<u64>,
 }
 
+/// One model a peer serves. `models` may hold names (`"resnet50"`) or
+/// objects `{"name", "task_type", "format", "size_bytes", "context_length",
+/// "quantization", "n_params"}`; only `name` is required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The task type that runs it (`generate`, `inference`); `None` for a
+    /// plain name, which counts for every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    /// `gguf`, `onnx`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Tokens one sequence may hold (prompt and completion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_params: Option<u64>,
+}
+
+impl ModelEntry {
+    /// Whether this entry serves tasks of `task_type`.
+    pub fn serves(&self, task_type: &str) -> bool {
+        self.task_type.as_deref().is_none_or(|t| t == task_type)
+    }
+}
+
 /// The most slots a peer may declare; more is clamped (and warned about).
 pub const MAX_SLOTS: u32 = 4096;
 
@@ -106,6 +142,12 @@ impl Capabilities {
         }
         caps.raw = value;
         caps
+    }
+
+    /// Whether the peer serves `model` for tasks of `task_type` (a plain
+    /// model name counts for every type).
+    pub fn serves_model(&self, model: &str, task_type: &str) -> bool {
+        self.model_info.iter().any(|m| m.name == model && m.serves(task_type))
     }
 
     /// Slots, with the default of one task at a time.
@@ -139,13 +181,24 @@ impl Capabilities {
         }
         self.read_memory(map);
         self.read_gpus(map);
-        if let Some((key, v)) = first(map, &["models"]) {
-            match string_list(v) {
-                Some(list) => self.models = list,
-                None => self.warn(key, "a list of model names"),
+        self.read_models(map);
+        self.read_needs(map);
+    }
+
+    fn read_models(&mut self, map: &Map<String, Value>) {
+        let Some((key, v)) = first(map, &["models"]) else { return };
+        let Some(items) = v.as_array() else {
+            return self.warn(key, "a list of model names or objects");
+        };
+        for item in items {
+            match model(item) {
+                Some(m) => self.model_info.push(m),
+                None => self.warn(key, "model names or objects with a string `name`"),
             }
         }
-        self.read_needs(map);
+        self.models = self.model_info.iter().map(|m| m.name.clone()).collect();
+        self.models.sort();
+        self.models.dedup();
     }
 
     fn read_needs(&mut self, map: &Map<String, Value>) {
@@ -203,6 +256,26 @@ fn first<'a>(map: &'a Map<String, Value>, keys: &[&'a str]) -> Option<(&'a str, 
 
 fn string_list(v: &Value) -> Option<Vec<String>> {
     v.as_array()?.iter().map(|s| s.as_str().map(str::to_owned)).collect()
+}
+
+fn model(v: &Value) -> Option<ModelEntry> {
+    match v {
+        Value::String(name) => Some(ModelEntry { name: name.clone(), ..ModelEntry::default() }),
+        Value::Object(m) => {
+            let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+            let number = |k: &str| m.get(k).and_then(Value::as_u64);
+            Some(ModelEntry {
+                name: text("name")?,
+                task_type: text("task_type"),
+                format: text("format"),
+                size_bytes: number("size_bytes"),
+                context_length: number("context_length"),
+                quantization: text("quantization"),
+                n_params: number("n_params"),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn gpu(v: &Value) -> Option<GpuInfo> {

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 mod capabilities;
 mod messages;
 
-pub use capabilities::{Capabilities, GpuInfo, TaskNeeds};
+pub use capabilities::{Capabilities, GpuInfo, ModelEntry, TaskNeeds};
 pub use messages::*;
 
 /// A JSON value kept as text: task data and results are forwarded unparsed.
@@ -155,6 +155,7 @@ pub enum ToCoordinator {
     Heartbeat(Heartbeat),
     TaskStarted(TaskStarted),
     TaskResult(TaskResult),
+    TaskProgress(TaskProgress),
     ReturnTask(ReturnTask),
     Drain(Drain),
     Join(Join),
@@ -174,6 +175,7 @@ impl ToCoordinator {
             "heartbeat" => ToCoordinator::Heartbeat(parse(&t, text)?),
             "task_started" => ToCoordinator::TaskStarted(parse(&t, text)?),
             "task_result" => ToCoordinator::TaskResult(parse(&t, text)?),
+            "task_progress" => ToCoordinator::TaskProgress(parse(&t, text)?),
             "return_task" => ToCoordinator::ReturnTask(parse(&t, text)?),
             "drain" => ToCoordinator::Drain(parse(&t, text)?),
             "join" => ToCoordinator::Join(parse(&t, text)?),
@@ -199,6 +201,7 @@ impl ToCoordinator {
             ToCoordinator::Heartbeat(_) => "heartbeat",
             ToCoordinator::TaskStarted(_) => "task_started",
             ToCoordinator::TaskResult(_) => "task_result",
+            ToCoordinator::TaskProgress(_) => "task_progress",
             ToCoordinator::ReturnTask(_) => "return_task",
             ToCoordinator::Drain(_) => "drain",
             ToCoordinator::Join(_) => "join",
@@ -221,6 +224,7 @@ impl ToCoordinator {
                 }
                 Ok(())
             }
+            ToCoordinator::TaskProgress(m) => check_id(t, "task_id", &m.task_id),
             ToCoordinator::ReturnTask(m) => check_id(t, "task_id", &m.task_id),
             ToCoordinator::Drain(_) => Ok(()),
             ToCoordinator::Join(m) => check_id(t, "peer_id", &m.peer_id),
@@ -242,6 +246,7 @@ pub enum FromCoordinator {
     TaskAccepted(TaskAccepted),
     TaskResult(TaskResultOut),
     TaskError(TaskErrorOut),
+    TaskProgress(TaskProgressOut),
     TaskStatus(TaskStatusOut),
     Error(ErrorMsg),
     Shutdown(Shutdown),
@@ -259,6 +264,7 @@ impl FromCoordinator {
             "task_accepted" => FromCoordinator::TaskAccepted(parse(&t, text)?),
             "task_result" => FromCoordinator::TaskResult(parse(&t, text)?),
             "task_error" => FromCoordinator::TaskError(parse(&t, text)?),
+            "task_progress" => FromCoordinator::TaskProgress(parse(&t, text)?),
             "task_status" => FromCoordinator::TaskStatus(parse(&t, text)?),
             "error" => FromCoordinator::Error(parse(&t, text)?),
             "shutdown" => FromCoordinator::Shutdown(parse(&t, text)?),
@@ -281,6 +287,7 @@ impl FromCoordinator {
             FromCoordinator::TaskAccepted(_) => "task_accepted",
             FromCoordinator::TaskResult(_) => "task_result",
             FromCoordinator::TaskError(_) => "task_error",
+            FromCoordinator::TaskProgress(_) => "task_progress",
             FromCoordinator::TaskStatus(_) => "task_status",
             FromCoordinator::Error(_) => "error",
             FromCoordinator::Shutdown(_) => "shutdown",

@@ -146,6 +146,28 @@ pub struct ReturnTask {
     pub reason: Option<String>,
 }
 
+/// `task_progress`, from a peer: output a running assignment produced since
+/// its previous progress (streamed text generation). Best-effort: the
+/// `task_result` that follows is the complete answer. The worker coalesces
+/// deltas, so at most one goes per task every few milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub task_id: String,
+    /// The cluster id from the assignment (`task_assignment.id`): when
+    /// present, it names the task rather than `task_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The attempt it belongs to (from `task_assignment.attempt`).
+    pub attempt: u32,
+    /// 0, 1, 2, … per attempt, consecutive: a gap means deltas were lost.
+    pub seq: u64,
+    /// The text appended since the previous progress; never splits a UTF-8 character.
+    pub text: String,
+    /// How many generated tokens this delta covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u32>,
+}
+
 /// `drain`: the peer takes no new tasks (it is shutting down).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Drain {
@@ -461,6 +483,22 @@ pub struct TaskErrorOut {
     pub reason: String,
     #[serde(default)]
     pub attempts: u32,
+}
+
+/// `task_progress`, to a gamer: a delta of a streamed task's output (sent
+/// only for tasks submitted with `stream: true`, best-effort).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskProgressOut {
+    /// The gamer's id for the task.
+    pub task_id: String,
+    /// The cluster-wide id.
+    #[serde(default)]
+    pub id: String,
+    pub attempt: u32,
+    pub seq: u64,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u32>,
 }
 
 /// `task_status`, to a gamer: where a task stands.

@@ -114,6 +114,8 @@ fn every_message_round_trips() {
         r#"{"msg_type":"cancel_task","task_id":"9"}"#,
         r#"{"msg_type":"task_status","task_id":"9"}"#,
         r#"{"msg_type":"task_result","task_id":"1","error":{"code":"internal","message":"boom"},"attempt":1}"#,
+        r#"{"msg_type":"task_progress","task_id":"t-1","attempt":1,"seq":0,"text":"Hel","tokens":2}"#,
+        r#"{"msg_type":"task_progress","task_id":"t-1","attempt":1,"seq":1,"text":"lo"}"#,
     ];
     for frame in frames {
         let msg = decode(frame);
@@ -266,4 +268,82 @@ fn odd_capabilities_never_refuse_a_peer() {
     assert_eq!(Capabilities::from_json(None).task_types, None);
     let caps = Capabilities::from_json(Some(&json(r#"{"slots":100000}"#).unwrap()));
     assert_eq!(caps.slots(), capabilities::MAX_SLOTS);
+}
+
+#[test]
+fn task_progress_decodes_in_both_directions() {
+    let ToCoordinator::TaskProgress(p) = decode(
+        r#"{"msg_type": "task_progress", "task_id": "7", "id": "t-7", "attempt": 2, "seq": 5, "text": "Hé", "tokens": 2}"#,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        p,
+        TaskProgress {
+            task_id: "7".into(),
+            id: Some("t-7".into()),
+            attempt: 2,
+            seq: 5,
+            text: "Hé".into(),
+            tokens: Some(2)
+        }
+    );
+    // `seq`, `attempt` and `text` are required; the task id is checked.
+    for bad in [
+        r#"{"msg_type":"task_progress","task_id":"t-7","attempt":1,"text":"x"}"#,
+        r#"{"msg_type":"task_progress","task_id":"t-7","seq":0,"text":"x"}"#,
+        r#"{"msg_type":"task_progress","task_id":"t-7","attempt":1,"seq":0}"#,
+        r#"{"msg_type":"task_progress","task_id":"","attempt":1,"seq":0,"text":"x"}"#,
+        r#"{"msg_type":"task_progress","task_id":"t-7","attempt":1,"seq":-1,"text":"x"}"#,
+    ] {
+        assert_eq!(decode_err(bad).code(), "invalid_message", "{bad}");
+    }
+    let out = FromCoordinator::TaskProgress(TaskProgressOut {
+        task_id: "mine".into(),
+        id: "t-7".into(),
+        attempt: 1,
+        seq: 0,
+        text: "Hel".into(),
+        tokens: Some(2),
+    });
+    let text = out.encode();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        serde_json::json!({"msg_type": "task_progress", "task_id": "mine", "id": "t-7",
+                           "attempt": 1, "seq": 0, "text": "Hel", "tokens": 2})
+    );
+    let Ok(FromCoordinator::TaskProgress(back)) = FromCoordinator::decode(&text) else { panic!() };
+    assert_eq!(back.text, "Hel");
+}
+
+#[test]
+fn models_may_be_names_or_objects() {
+    let caps = Capabilities::from_json(Some(
+        &json(
+            r#"{"models": ["resnet50",
+                {"name": "llama3", "task_type": "generate", "format": "gguf",
+                 "size_bytes": 2019377696, "context_length": 4096, "quantization": "Q4_K_M",
+                 "n_params": 3212749824},
+                {"name": "resnet50", "task_type": "inference", "format": "onnx"},
+                {"format": "gguf"}, 7]}"#,
+        )
+        .unwrap(),
+    ));
+    // Names stay usable as before, sorted and deduplicated.
+    assert_eq!(caps.models, vec!["llama3".to_owned(), "resnet50".to_owned()]);
+    assert_eq!(caps.model_info.len(), 3);
+    let llama = &caps.model_info[1];
+    assert_eq!(llama.quantization.as_deref(), Some("Q4_K_M"));
+    assert_eq!(llama.context_length, Some(4096));
+    assert_eq!(llama.size_bytes, Some(2_019_377_696));
+    // The nameless object and the number are warned about, not fatal.
+    assert_eq!(caps.warnings.len(), 2, "{:?}", caps.warnings);
+    assert!(caps.serves_model("llama3", "generate"));
+    assert!(!caps.serves_model("llama3", "inference"));
+    // A plain name counts for every task type.
+    assert!(caps.serves_model("resnet50", "generate"));
+    assert!(!caps.serves_model("mistral", "generate"));
+    let odd = Capabilities::from_json(Some(&json(r#"{"models": "llama3"}"#).unwrap()));
+    assert!(odd.models.is_empty());
+    assert_eq!(odd.warnings.len(), 1);
 }

@@ -8,10 +8,16 @@
 //! claims them in the new registration (`running`) and reports the results
 //! that finished in between. On shutdown it drains: it takes no new tasks,
 //! waits a while for the running ones, and returns the rest to the queue.
+//!
+//! Executors that stream (text generation) append their output to a
+//! per-task buffer; the session sends it as `task_progress`, coalesced to at
+//! most one message per task every [`Config::progress_interval`], and always
+//! flushes the last delta before the task's `task_result`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use exec::{Executors, RunContext};
@@ -22,6 +28,7 @@ use tracing::{info, warn};
 
 mod credentials;
 mod machine;
+mod progress;
 mod runner;
 mod session;
 
@@ -61,6 +68,9 @@ pub struct Config {
     pub started_notice_after: Duration,
     /// The limit for tasks whose assignment gives none.
     pub default_task_timeout: Duration,
+    /// The shortest time between two `task_progress` messages; a task's
+    /// deltas in between are concatenated into one.
+    pub progress_interval: Duration,
     /// Extra keys for the registration's `capabilities`.
     pub extra_capabilities: serde_json::Map<String, Value>,
 }
@@ -82,6 +92,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             started_notice_after: Duration::from_millis(50),
             default_task_timeout: Duration::from_secs(3600),
+            progress_interval: Duration::from_millis(20),
             extra_capabilities: serde_json::Map::new(),
         }
     }
@@ -104,6 +115,7 @@ pub(crate) struct Running {
     /// The cluster id from the assignment, echoed in every report.
     pub id: Option<String>,
     pub ctx: RunContext,
+    pub progress: Arc<progress::Progress>,
 }
 
 /// The worker: its executors and its tasks, across connections.
@@ -145,7 +157,7 @@ impl Worker {
         caps.insert("task_types".into(), json!(self.executors.task_types().collect::<Vec<_>>()));
         caps.insert("max_concurrent".into(), json!(self.config.slots));
         caps.insert("gpus".into(), json!(advertised.gpus));
-        caps.insert("models".into(), json!(advertised.models));
+        caps.insert("models".into(), models(&advertised));
         caps.insert("task_needs".into(), json!(self.executors.needs()));
         caps.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
         for (k, v) in &self.config.extra_capabilities {
@@ -204,35 +216,39 @@ impl Worker {
         }
     }
 
-    /// Keeps a report for when the connection is back.
+    /// Keeps a report for when the connection is back. Progress is not kept
+    /// (it stays in its buffer until the next session flushes it).
     pub(crate) fn buffer(&mut self, report: Report) {
-        if let Some(msg) = self.report_message(report) {
-            self.unsent.push_back(msg);
-        }
+        let msgs = self.report_messages(report);
+        self.unsent.extend(msgs);
     }
 
-    /// The message for a report; finished tasks leave `running`.
-    pub(crate) fn report_message(&mut self, report: Report) -> Option<ToCoordinator> {
+    /// The messages for a report; finished tasks leave `running`, their last
+    /// progress first. Progress notices give none: sessions flush buffers on
+    /// their own schedule ([`Worker::progress_messages`]).
+    pub(crate) fn report_messages(&mut self, report: Report) -> Vec<ToCoordinator> {
         match report {
+            Report::Progress => Vec::new(),
             Report::Started { task_id, attempt } => {
-                let id = self.running.get(&task_id)?.id.clone();
-                Some(ToCoordinator::TaskStarted(proto::TaskStarted {
-                    task_id,
-                    id,
-                    attempt: Some(attempt),
-                }))
+                let Some(id) = self.running.get(&task_id).map(|r| r.id.clone()) else {
+                    return Vec::new();
+                };
+                let started = proto::TaskStarted { task_id, id, attempt: Some(attempt) };
+                vec![ToCoordinator::TaskStarted(started)]
             }
             Report::Finished { task_id, attempt, outcome, elapsed } => {
+                let mut out = Vec::with_capacity(2);
                 let running = self.running.get(&task_id).filter(|r| r.attempt == attempt);
                 let id = running.and_then(|r| r.id.clone());
-                if running.is_some() {
+                if let Some(r) = running {
+                    out.extend(r.progress.take().map(ToCoordinator::TaskProgress));
                     self.running.remove(&task_id);
                 }
                 let (result, error) = match outcome {
                     Ok(result) => (Some(result), None),
                     Err(failure) => (None, Some(failure)),
                 };
-                Some(ToCoordinator::TaskResult(proto::TaskResult {
+                out.push(ToCoordinator::TaskResult(proto::TaskResult {
                     task_id,
                     id,
                     result,
@@ -240,9 +256,18 @@ impl Worker {
                     attempt: Some(attempt),
                     peer_id: Some(self.config.peer_id.clone()),
                     elapsed_ms: Some(elapsed.as_secs_f64() * 1e3),
-                }))
+                }));
+                out
             }
         }
+    }
+
+    /// A `task_progress` for every running task with buffered output.
+    pub(crate) fn progress_messages(&self) -> Vec<ToCoordinator> {
+        self.running
+            .values()
+            .filter_map(|r| r.progress.take().map(ToCoordinator::TaskProgress))
+            .collect()
     }
 
     /// Shutdown while disconnected: nobody can take the tasks back, so they
@@ -253,6 +278,18 @@ impl Worker {
             running.ctx.cancel();
         }
     }
+}
+
+/// The registration's `models`: full descriptions where the executors give
+/// them, plain names for the rest.
+fn models(advertised: &exec::Advertised) -> Value {
+    let mut list: Vec<Value> = advertised.model_info.iter().map(|m| json!(m)).collect();
+    for name in &advertised.models {
+        if !advertised.model_info.iter().any(|m| &m.name == name) {
+            list.push(json!(name));
+        }
+    }
+    Value::Array(list)
 }
 
 fn validate_url(url: &str) -> Result<(), WorkerError> {
@@ -289,6 +326,36 @@ mod tests {
         let parsed = proto::Capabilities::from_value(caps);
         assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
         assert_eq!(parsed.slots(), 3);
+    }
+
+    #[test]
+    fn models_are_advertised_as_objects_or_names() {
+        let info = exec::ModelInfo {
+            name: "tiny".into(),
+            task_type: "generate".into(),
+            format: "gguf".into(),
+            size_bytes: Some(462_368),
+            context_length: Some(256),
+            quantization: Some("F32".into()),
+            n_params: Some(100),
+        };
+        let advertised = exec::Advertised {
+            models: vec!["resnet50".into(), "tiny".into()],
+            model_info: vec![info],
+            gpus: Vec::new(),
+        };
+        let list = models(&advertised);
+        assert_eq!(
+            list,
+            json!([{"name": "tiny", "task_type": "generate", "format": "gguf",
+                    "size_bytes": 462_368, "context_length": 256, "quantization": "F32",
+                    "n_params": 100}, "resnet50"])
+        );
+        // The coordinator reads both shapes back.
+        let caps = proto::Capabilities::from_value(json!({ "models": list }));
+        assert!(caps.warnings.is_empty(), "{:?}", caps.warnings);
+        assert_eq!(caps.models, ["resnet50", "tiny"]);
+        assert!(caps.serves_model("tiny", "generate") && !caps.serves_model("tiny", "inference"));
     }
 
     #[test]

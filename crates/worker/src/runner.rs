@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use exec::{ExecError, Executor, RunContext};
+use exec::{ExecError, Executor, ProgressSink, RunContext};
 use proto::{Json, TaskFailure};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,6 +21,8 @@ const HANG_GRACE: Duration = Duration::from_secs(1);
 pub(crate) enum Report {
     /// The task is still running after the notice delay.
     Started { task_id: String, attempt: u32 },
+    /// A task's progress buffer has something to send (once per flush).
+    Progress,
     Finished {
         task_id: String,
         attempt: u32,
@@ -36,6 +38,8 @@ pub(crate) struct Job {
     pub input: Json,
     pub limit: Duration,
     pub notice_after: Duration,
+    /// Where the executor's streamed output goes.
+    pub progress: Arc<dyn ProgressSink>,
 }
 
 /// Starts `job` on a blocking thread; returns the context that cancels it.
@@ -45,7 +49,8 @@ pub(crate) fn spawn(
     tx: mpsc::UnboundedSender<Report>,
 ) -> RunContext {
     let started = Instant::now();
-    let ctx = RunContext::new(Some(started.into_std() + job.limit));
+    let ctx = RunContext::new(Some(started.into_std() + job.limit))
+        .with_progress(Arc::clone(&job.progress));
     let run_ctx = ctx.clone();
     let supervisor_ctx = ctx.clone();
     let input = Json::clone(&job.input);
@@ -144,6 +149,12 @@ mod tests {
         }
     }
 
+    struct NoProgress;
+
+    impl ProgressSink for NoProgress {
+        fn append(&self, _: &str, _: u32) {}
+    }
+
     fn job(limit_ms: u64) -> Job {
         Job {
             task_id: "t-1".into(),
@@ -151,6 +162,7 @@ mod tests {
             input: proto::json("{}").unwrap(),
             limit: Duration::from_millis(limit_ms),
             notice_after: Duration::from_secs(60),
+            progress: Arc::new(NoProgress),
         }
     }
 

@@ -18,7 +18,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::machine::Load;
-use crate::runner::{self, Job};
+use crate::progress::Progress;
+use crate::runner::{self, Job, Report};
 use crate::{Config, Running, Worker};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -92,6 +93,32 @@ pub(crate) enum End {
     Disconnected(String),
 }
 
+/// When the next `task_progress` flush is due: at once for the first delta
+/// after a quiet spell, else one interval after the previous flush.
+struct Flush {
+    interval: Duration,
+    last: Option<Instant>,
+    at: Option<Instant>,
+}
+
+impl Flush {
+    fn new(interval: Duration) -> Flush {
+        Flush { interval, last: None, at: None }
+    }
+
+    /// Something was buffered: schedule a flush unless one is scheduled.
+    fn arm(&mut self, now: Instant) {
+        if self.at.is_none() {
+            self.at = Some(self.last.map_or(now, |last| (last + self.interval).max(now)));
+        }
+    }
+
+    fn done(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.at = None;
+    }
+}
+
 pub(crate) struct Session<'w> {
     worker: &'w mut Worker,
     ws: Ws,
@@ -115,7 +142,12 @@ impl<'w> Session<'w> {
                 return End::Disconnected(e.to_string());
             }
         }
+        // Output buffered while we were away goes out first.
+        if let Err(e) = self.flush_progress().await {
+            return End::Disconnected(e.to_string());
+        }
         let mut tick = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        let mut flush = Flush::new(self.worker.config.progress_interval);
         loop {
             tokio::select! {
                 _ = shutdown.as_mut() => return self.drain().await,
@@ -134,11 +166,24 @@ impl<'w> Session<'w> {
                     None => return End::Disconnected("closed".to_owned()),
                 },
                 Some(report) = self.worker.reports.recv() => {
-                    if let Some(msg) = self.worker.report_message(report)
-                        && let Err(e) = self.send(&msg).await {
+                    if let Report::Progress = report {
+                        flush.arm(Instant::now());
+                        continue;
+                    }
+                    let mut msgs = self.worker.report_messages(report).into_iter();
+                    while let Some(msg) = msgs.next() {
+                        if let Err(e) = self.send(&msg).await {
                             self.worker.unsent.push_back(msg);
+                            self.worker.unsent.extend(msgs);
                             return End::Disconnected(e.to_string());
                         }
+                    }
+                }
+                _ = tokio::time::sleep_until(flush.at.unwrap_or_else(Instant::now)), if flush.at.is_some() => {
+                    flush.done(Instant::now());
+                    if let Err(e) = self.flush_progress().await {
+                        return End::Disconnected(e.to_string());
+                    }
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.heartbeat().await {
@@ -298,15 +343,32 @@ impl<'w> Session<'w> {
             .timeout_s
             .map(Duration::from_secs_f64)
             .unwrap_or(self.worker.config.default_task_timeout);
+        let progress = Arc::new(Progress::new(
+            a.task_id.clone(),
+            a.id.clone(),
+            a.attempt,
+            self.worker.reports_tx.clone(),
+        ));
         let job = Job {
             task_id: a.task_id.clone(),
             attempt: a.attempt,
             input: a.task_data,
             limit,
             notice_after: self.worker.config.started_notice_after,
+            progress: Arc::clone(&progress) as Arc<dyn exec::ProgressSink>,
         };
         let ctx = runner::spawn(executor, job, self.worker.reports_tx.clone());
-        self.worker.running.insert(a.task_id, Running { attempt: a.attempt, id: a.id, ctx });
+        let running = Running { attempt: a.attempt, id: a.id, ctx, progress };
+        self.worker.running.insert(a.task_id, running);
+        Ok(())
+    }
+
+    /// Sends the buffered output of every running task. A delta lost to a
+    /// failed send leaves a gap in `seq`, which tells the receiver.
+    async fn flush_progress(&mut self) -> Result<(), WsError> {
+        for msg in self.worker.progress_messages() {
+            self.send(&msg).await?;
+        }
         Ok(())
     }
 
@@ -335,7 +397,12 @@ impl<'w> Session<'w> {
             tokio::select! {
                 _ = &mut deadline => break,
                 Some(report) = self.worker.reports.recv() => {
-                    if let Some(msg) = self.worker.report_message(report) {
+                    // While draining, progress goes out at once (no coalescing).
+                    let msgs = match report {
+                        Report::Progress => self.worker.progress_messages(),
+                        other => self.worker.report_messages(other),
+                    };
+                    for msg in msgs {
                         let _ = self.send(&msg).await;
                     }
                 }
@@ -384,5 +451,30 @@ impl<'w> Session<'w> {
 
     async fn send(&mut self, msg: &ToCoordinator) -> Result<(), WsError> {
         self.ws.send(Message::text(msg.encode())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_are_at_most_one_interval_apart() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut flush = Flush::new(ms(20));
+        assert_eq!(flush.at, None);
+        // The first delta after a quiet spell goes at once.
+        flush.arm(t0);
+        assert_eq!(flush.at, Some(t0));
+        flush.done(t0);
+        // The next waits for the interval; arming again changes nothing.
+        flush.arm(t0 + ms(5));
+        flush.arm(t0 + ms(15));
+        assert_eq!(flush.at, Some(t0 + ms(20)));
+        flush.done(t0 + ms(20));
+        // After a longer pause, at once again.
+        flush.arm(t0 + ms(100));
+        assert_eq!(flush.at, Some(t0 + ms(100)));
     }
 }

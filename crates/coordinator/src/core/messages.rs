@@ -229,6 +229,8 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
             core.sched.handle_result(now, peer, conn, task, attempt, RunOutcome::Returned).map(drop)
         }
         ToCoordinator::Drain(_) => core.sched.handle_drain(now, peer, conn),
+        // Streamed output is best-effort and not routed to gamers yet.
+        ToCoordinator::TaskProgress(_) => Ok(()),
         other => {
             let err = ErrorMsg::new(
                 ErrorCode::WRONG_ROLE,
