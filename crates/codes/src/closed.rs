@@ -154,6 +154,9 @@ closed_set! {
         /// The coordinator holds too many partly received messages: retry
         /// later (1013).
         TryAgainLater = "try again later",
+        /// An operator drained the worker and it finished its work: it
+        /// leaves and does not reconnect (4003).
+        Drained = "drained by an operator",
     }
 }
 
@@ -170,6 +173,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4001,
             CloseReason::Idle => 4002,
             CloseReason::TryAgainLater => 1013,
+            CloseReason::Drained => 4003,
         }
     }
 }

@@ -28,6 +28,7 @@ mod http;
 mod identity;
 mod observe;
 mod quota;
+mod reads;
 mod server;
 mod snapshot;
 mod telemetry;

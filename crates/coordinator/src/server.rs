@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sched::ConnId;
-use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -36,6 +35,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("join tokens: {0}")]
     Credentials(#[from] crate::credentials::CredentialError),
+    #[error("cannot create the ephemeral store's temporary directory: {0}")]
+    Ephemeral(std::io::Error),
 }
 
 /// Reloads the certificates of a running coordinator (the CLI does on SIGHUP).
@@ -66,6 +67,10 @@ pub struct Coordinator {
     core: Core,
     tls: Arc<Tls>,
     credentials: Arc<Credentials>,
+    /// What the HTTP API reads tasks from (when it is on).
+    reader: Option<crate::reads::Reader>,
+    /// The ephemeral store's directory in memory mode, removed on drop.
+    _ephemeral: Option<tempfile::TempDir>,
 }
 
 impl Coordinator {
@@ -95,10 +100,34 @@ impl Coordinator {
         };
         let config = Arc::new(config);
         let tls = Arc::new(Tls::load(config.cert_source())?);
-        let core = recover(Arc::clone(&config))?;
+        let ephemeral = match (&config.store, &http) {
+            (StoreMode::Memory, Some(_)) => Some(
+                tempfile::Builder::new()
+                    .prefix("legacygpu-ephemeral-")
+                    .tempdir()
+                    .map_err(StartError::Ephemeral)?,
+            ),
+            _ => None,
+        };
+        let target = store_target(&config, ephemeral.as_ref());
+        let core = recover(Arc::clone(&config), target.as_ref())?;
+        let reader = match (&target, &http) {
+            (Some(target), Some(_)) => Some(crate::reads::open(target)?),
+            _ => None,
+        };
         let credentials =
             Arc::new(Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?);
-        Ok(Coordinator { config, ws, ws_addr, http, core, tls, credentials })
+        Ok(Coordinator {
+            config,
+            ws,
+            ws_addr,
+            http,
+            core,
+            tls,
+            credentials,
+            reader,
+            _ephemeral: ephemeral,
+        })
     }
 
     /// The pin (SHA-256 of the CA's public key, hex) clients trust.
@@ -150,11 +179,17 @@ impl Coordinator {
         let ip_limits =
             IpLimits::new(edge.max_connections_per_ip, edge.new_connections_per_ip_per_s);
         let budget = FrameBudget::new(edge.max_partial_frame_bytes);
-        let http = self.http.map(|(listener, _)| {
+        let reader = self.reader;
+        let http = self.http.zip(reader).map(|((listener, _), reader)| {
             let listener =
                 Listener::new(listener, "http", Arc::clone(&ip_limits), Arc::clone(&recorder));
-            let api =
-                Api::new(core_tx.clone(), &self.core, api_stop_tx, Arc::clone(&self.credentials));
+            let api = Api::new(
+                core_tx.clone(),
+                &self.core,
+                api_stop_tx,
+                Arc::clone(&self.credentials),
+                reader,
+            );
             let serving = http::Serving { tls: Arc::clone(&self.tls), max_connections: fds.http };
             tokio::spawn(http::serve(listener, api, serving, stop_rx.clone()))
         });
@@ -240,17 +275,30 @@ impl Coordinator {
     }
 }
 
+/// The store tasks are written to: the configured one, or in memory mode
+/// with HTTP on, an ephemeral SQLite file in `ephemeral` (see `reads.rs`).
+fn store_target(config: &Config, ephemeral: Option<&tempfile::TempDir>) -> Option<store::Target> {
+    match &config.store {
+        StoreMode::Sqlite { data_dir, .. } => Some(store::Target::Sqlite(data_dir.clone())),
+        StoreMode::Memory => ephemeral.map(|d| store::Target::Sqlite(d.path().to_owned())),
+    }
+}
+
 /// The core, with the store opened and its tasks recovered.
-fn recover(config: Arc<Config>) -> Result<Core, StartError> {
+fn recover(config: Arc<Config>, target: Option<&store::Target>) -> Result<Core, StartError> {
     let clock = Clock::start();
     let telemetry = Telemetry::new(config.limits.event_buffer);
-    let (observer, loaded) = match &config.store {
-        StoreMode::Memory => (Observer::in_memory(), None),
-        StoreMode::Sqlite { data_dir, sync } => {
-            let mut db = store::SqliteStore::open(data_dir, *sync)?;
+    // An ephemeral store need not survive the machine: the OS writes it.
+    let sync = match &config.store {
+        StoreMode::Sqlite { sync, .. } => *sync,
+        StoreMode::Memory => store::Sync::Normal,
+    };
+    let (observer, loaded) = match target {
+        None => (Observer::in_memory(), None),
+        Some(target) => {
+            let mut db = store::open(target, sync)?;
             let loaded = db.load()?;
-            let observer =
-                Observer::with_store(Box::new(db), telemetry.recorder(), &config.limits)?;
+            let observer = Observer::with_store(db, telemetry.recorder(), &config.limits)?;
             (observer, Some(loaded))
         }
     };

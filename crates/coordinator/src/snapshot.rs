@@ -62,6 +62,8 @@ pub(crate) struct WorkerFacts {
     /// The capabilities exactly as the worker declared them.
     pub capabilities: Arc<serde_json::Value>,
     pub draining: bool,
+    /// Paused by an operator.
+    pub paused: bool,
     pub completed: u64,
     pub failed: u64,
     pub joined_at: Time,
@@ -74,12 +76,14 @@ pub(crate) struct WorkerFacts {
 }
 
 impl WorkerFacts {
-    /// `draining`; `unhealthy` when its heartbeats are more than two
-    /// intervals late at `now` (it is declared dead only at the heartbeat
-    /// timeout); else `healthy`.
+    /// `draining`, else `paused`; `unhealthy` when its heartbeats are more
+    /// than two intervals late at `now` (it is declared dead only at the
+    /// heartbeat timeout); else `healthy`.
     pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
         if self.draining {
             WorkerStatus::Draining
+        } else if self.paused {
+            WorkerStatus::Paused
         } else if now.saturating_since(self.last_seen) > 2 * heartbeat_interval {
             WorkerStatus::Unhealthy
         } else {
@@ -98,6 +102,7 @@ impl WorkerFacts {
             models: caps.models.iter().map(|m| m.to_string()).collect(),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),
+            paused: peer.paused(),
             completed: peer.completed(),
             failed: peer.failed(),
             joined_at: peer.joined_at(),
@@ -150,6 +155,7 @@ impl Publisher {
                 self.dirty.insert(peer.clone());
             }
             Event::PeerDraining { peer }
+            | Event::PeerPaused { peer, .. }
             | Event::TaskAssigned { peer, .. }
             | Event::TaskStarted { peer, .. }
             | Event::TaskReclaimed { peer, .. }

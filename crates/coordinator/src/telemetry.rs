@@ -526,6 +526,17 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
         Event::PeerDraining { peer } => {
             ApiEvent::WorkerStatus { worker_id: peer.to_string(), status: "draining".into() }
         }
+        Event::PeerPaused { peer, paused } => ApiEvent::WorkerStatus {
+            worker_id: peer.to_string(),
+            status: if *paused { "paused" } else { "resumed" }.into(),
+        },
+        Event::TaskRetried { task, task_type, attempt, .. } => ApiEvent::TaskRetried {
+            task_id: task.to_string(),
+            task_type: task_type.to_string(),
+            attempt: attempt.0,
+            reason: "operator_retry".into(),
+            failures: 0,
+        },
         Event::TaskSubmitted { task } => ApiEvent::TaskQueued {
             task_id: task.id.to_string(),
             client_task_id: task.client_task_id.to_string(),

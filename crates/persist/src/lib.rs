@@ -48,6 +48,9 @@ pub fn op_for(event: &Event<Json>) -> Option<Op> {
         Event::TaskReclaimed { task, peer, attempt } => {
             Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
         }
+        Event::TaskRetried { task, peer_task_id, .. } => {
+            Op::Retried { id: task.0, peer_task_id: peer_task_id.to_string() }
+        }
         Event::TaskRequeued { task, attempt, end, reason, failures, retry_at, .. } => {
             Op::Requeued {
                 id: task.0,

@@ -38,12 +38,13 @@ mod tests;
 
 pub use crate::config::{Backoff, Config};
 pub use crate::output::{Command, Event, LeaveReason, RequeueReason};
-pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin};
+pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin, PeerStatus};
 pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};
 pub use crate::scheduler::{
-    Accepted, CancelError, Counters, Joined, PeerError, Progress, ResultAck, Scheduler, SubmitError,
+    Accepted, CancelError, Counters, Joined, PeerError, Progress, ResultAck, RetryError, Scheduler,
+    SubmitError,
 };
 pub use crate::task::{AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskSpec};
 pub use crate::types::{

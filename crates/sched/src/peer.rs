@@ -59,6 +59,23 @@ pub struct PeerJoin {
     pub running: Vec<(TaskId, Attempt)>,
 }
 
+/// Whether an operator's drain is under way on a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leaving {
+    No,
+    /// It gets nothing new; it is closed when it holds nothing.
+    WhenIdle,
+    /// It was told to leave (the close is on its way).
+    Told,
+}
+
+/// An operator's hold on a peer (see [`Peer::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerStatus {
+    Paused,
+    Draining,
+}
+
 /// An exponentially weighted moving average of run times.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ewma {
@@ -91,7 +108,13 @@ pub struct Peer {
     /// Runs that were cancelled or timed out but that the peer has not yet
     /// confirmed stopping: they still occupy a slot (until `cancel_grace`).
     pub(crate) zombies: BTreeMap<TaskId, Attempt>,
+    /// The peer said it is shutting down (`drain`).
     pub(crate) draining: bool,
+    /// An operator paused it: it keeps its connection and what it runs.
+    pub(crate) paused: bool,
+    /// An operator drained it: it gets nothing new and is told to leave
+    /// once idle (see [`Peer::status`]).
+    pub(crate) leaving: Leaving,
     pub(crate) completed: u64,
     pub(crate) failed: u64,
     pub(crate) runtimes: BTreeMap<Arc<str>, Ewma>,
@@ -108,6 +131,8 @@ impl Peer {
             tasks: BTreeMap::new(),
             zombies: BTreeMap::new(),
             draining: false,
+            paused: false,
+            leaving: Leaving::No,
             completed: 0,
             failed: 0,
             runtimes: BTreeMap::new(),
@@ -139,13 +164,37 @@ impl Peer {
         u32::try_from(self.tasks.len() + self.zombies.len()).unwrap_or(u32::MAX)
     }
 
-    /// Slots free for new work (none while draining).
+    /// Slots free for new work (none while draining or paused).
     pub fn free(&self) -> u32 {
-        if self.draining { 0 } else { self.caps.slots.saturating_sub(self.used()) }
+        if self.takes_work() { self.caps.slots.saturating_sub(self.used()) } else { 0 }
     }
 
+    /// Whether new work may go to it: not draining (its own or an
+    /// operator's) and not paused.
+    pub fn takes_work(&self) -> bool {
+        !self.draining && !self.paused && self.leaving == Leaving::No
+    }
+
+    /// Draining: by its own request or an operator's.
     pub fn draining(&self) -> bool {
-        self.draining
+        self.draining || self.leaving != Leaving::No
+    }
+
+    /// Paused by an operator.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// What an operator sees of it: draining (it will leave) before paused
+    /// (it stays); `None` when it takes work.
+    pub fn status(&self) -> Option<PeerStatus> {
+        if self.draining() {
+            Some(PeerStatus::Draining)
+        } else if self.paused {
+            Some(PeerStatus::Paused)
+        } else {
+            None
+        }
     }
 
     /// The tasks it holds.

@@ -12,6 +12,8 @@ use crate::types::{GamerId, Owner, PeerId, TaskId};
 pub struct Stats {
     pub peers: usize,
     pub peers_draining: usize,
+    /// Paused by an operator (and not draining).
+    pub peers_paused: usize,
     pub slots_total: u64,
     pub slots_used: u64,
     /// Waiting for a peer, back-offs included.
@@ -35,7 +37,8 @@ impl<P: Clone> Scheduler<P> {
             ..Stats::default()
         };
         for peer in self.peers.values() {
-            stats.peers_draining += usize::from(peer.draining);
+            stats.peers_draining += usize::from(peer.draining());
+            stats.peers_paused += usize::from(peer.paused && !peer.draining());
             stats.slots_total += u64::from(peer.caps.slots);
             stats.slots_used += u64::from(peer.used());
         }
@@ -102,7 +105,7 @@ impl<P: Clone> Scheduler<P> {
             )),
             State::Queued { .. } => {
                 let able =
-                    self.peers.values().filter(|p| !p.draining && p.caps.can_run(&task.class));
+                    self.peers.values().filter(|p| p.takes_work() && p.caps.can_run(&task.class));
                 if able.count() > 0 {
                     return None;
                 }
@@ -122,12 +125,12 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
-    /// Peers a task could run on (connected, capable, not draining).
+    /// Peers a task could run on (connected, capable, not draining or paused).
     pub fn capable_peers(&self, id: TaskId) -> Vec<PeerId> {
         let Some(task) = self.tasks.get(&id) else { return Vec::new() };
         self.peers
             .values()
-            .filter(|p| !p.draining && p.caps.can_run(&task.class))
+            .filter(|p| p.takes_work() && p.caps.can_run(&task.class))
             .map(|p| p.id.clone())
             .collect()
     }

@@ -105,6 +105,9 @@ impl<P: Clone> Scheduler<P> {
                 failures: rec.failures,
                 last_error: rec.last_error,
                 history: rec.history,
+                // Not stored: after a restart, a retried task's gamer may be
+                // handed its new outcome too (clients dedupe by task id).
+                outcome_given: false,
             };
             self.tasks.insert(id, task);
             if waiting {

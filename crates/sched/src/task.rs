@@ -188,6 +188,9 @@ pub struct Task<P> {
     pub(crate) failures: u32,
     pub(crate) last_error: Option<Failure>,
     pub(crate) history: Vec<AttemptRecord>,
+    /// Its gamer was handed an outcome before an operator's retry: the
+    /// next outcome is not sent (one outcome per task on the wire).
+    pub(crate) outcome_given: bool,
 }
 
 impl<P> Task<P> {
@@ -210,6 +213,7 @@ impl<P> Task<P> {
             failures: 0,
             last_error: None,
             history: Vec::new(),
+            outcome_given: false,
         }
     }
 

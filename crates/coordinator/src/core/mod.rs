@@ -38,6 +38,7 @@ use crate::quota::Quotas;
 use crate::snapshot::Publisher;
 use crate::telemetry::Telemetry;
 
+pub(crate) mod controls;
 pub(crate) mod messages;
 pub(crate) mod requests;
 

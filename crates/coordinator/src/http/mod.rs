@@ -29,10 +29,12 @@ use crate::core::{ApiRequest, Core, Input};
 use crate::credentials::Credentials;
 use crate::edge::Listener;
 use crate::observe::Durable;
+use crate::reads::Reader;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ApiEvent, Metrics, Published};
 
 mod cluster;
+mod controls;
 mod events;
 pub(crate) mod routes;
 mod serve;
@@ -56,6 +58,8 @@ pub(crate) struct Api {
     stop: watch::Sender<bool>,
     /// Join tokens (shown and rotated by admins).
     credentials: Arc<Credentials>,
+    /// Task lists and pages come from the store (see `reads.rs`).
+    reader: Reader,
 }
 
 impl Api {
@@ -64,6 +68,7 @@ impl Api {
         state: &Core,
         stop: watch::Sender<bool>,
         credentials: Arc<Credentials>,
+        reader: Reader,
     ) -> Api {
         Api {
             core,
@@ -75,7 +80,16 @@ impl Api {
             clock: state.clock,
             stop,
             credentials,
+            reader,
         }
+    }
+
+    /// Runs a store read on a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn store::StoreReader) -> Result<T, store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        crate::reads::run(&self.reader, read).await
     }
 
     /// Sends the core the request `make` builds around a reply channel, and
@@ -159,6 +173,10 @@ impl ApiError {
 
     pub fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unavailable_because(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
     pub fn unavailable() -> ApiError {
