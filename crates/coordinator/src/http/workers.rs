@@ -23,7 +23,7 @@ use crate::snapshot::WorkerFacts;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WorkerInfo {
     pub worker_id: String,
-    /// healthy, unhealthy (heartbeats late) or draining.
+    /// healthy, unhealthy (heartbeats late), paused, draining or quarantined.
     #[schema(value_type = String)]
     pub status: WorkerStatus,
     pub address: Option<String>,
@@ -43,6 +43,10 @@ pub struct WorkerInfo {
     pub connected_seconds: f64,
     pub cpu_percent: Option<f32>,
     pub memory_used_mb: Option<u64>,
+    /// Each GPU's busy % and VRAM use, from the worker's last heartbeat,
+    /// where its OS exposes them (Linux amdgpu sysfs).
+    #[schema(value_type = Vec<Object>)]
+    pub gpus: Vec<proto::GpuUsage>,
 }
 
 /// `GET /cluster/workers/{id}/stats`: the worker and what it is doing.
@@ -88,6 +92,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
         connected_seconds: since(w.joined_at),
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
+        gpus: heartbeat.and_then(|h| h.gpus.clone()).unwrap_or_default(),
     }
 }
 
