@@ -24,6 +24,7 @@ mod conn;
 mod core;
 mod credentials;
 mod edge;
+mod hour;
 mod http;
 mod identity;
 mod observe;

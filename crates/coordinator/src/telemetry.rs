@@ -189,7 +189,7 @@ impl Published {
 }
 
 /// Running figures since the coordinator started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Figures {
     pub uptime: Duration,
     pub completed: u64,
@@ -200,6 +200,8 @@ pub struct Figures {
     pub avg_latency: Option<Duration>,
     /// Mean run time on a peer, over the tasks completed since start.
     pub avg_run_time: Option<Duration>,
+    /// The overview's last hour (see `hour.rs`).
+    pub hour: crate::hour::HourFigures,
 }
 
 /// A message refused, by its error code.
@@ -280,6 +282,7 @@ pub(crate) struct Telemetry {
     latency_n: u64,
     run_sum: Duration,
     run_n: u64,
+    hour: crate::hour::Hour,
 }
 
 impl Telemetry {
@@ -304,6 +307,7 @@ impl Telemetry {
             latency_n: 0,
             run_sum: Duration::ZERO,
             run_n: 0,
+            hour: crate::hour::Hour::default(),
         }
     }
 
@@ -354,8 +358,13 @@ impl Telemetry {
             self.run_sum += *run;
             self.run_n += 1;
         }
-        self.latency_sum += at.saturating_since(task.submitted_at);
+        let latency = at.saturating_since(task.submitted_at);
+        self.latency_sum += latency;
         self.latency_n += 1;
+        let completed = outcome.status() == TaskState::Completed;
+        let model = task.requirements.model.as_ref();
+        let since = now.duration_since(self.started);
+        self.hour.finished(since, &task.task_type, model, completed, latency);
     }
 
     /// Clears the seconds of the ring that passed since it was last written.
@@ -379,6 +388,7 @@ impl Telemetry {
             tasks_per_minute: self.window.iter().sum(),
             avg_latency: mean(self.latency_sum, self.latency_n),
             avg_run_time: mean(self.run_sum, self.run_n),
+            hour: self.hour.figures(self.started.elapsed()),
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::telemetry::{ApiEvent, Metrics, Published};
 
 mod cluster;
 mod controls;
+mod dashboard;
 mod events;
 pub(crate) mod routes;
 mod serve;
@@ -60,6 +61,8 @@ pub(crate) struct Api {
     credentials: Arc<Credentials>,
     /// Task lists and pages come from the store (see `reads.rs`).
     reader: Reader,
+    /// The dashboard's logins.
+    sessions: dashboard::Sessions,
 }
 
 impl Api {
@@ -81,6 +84,7 @@ impl Api {
             stop,
             credentials,
             reader,
+            sessions: dashboard::Sessions::new(),
         }
     }
 
@@ -214,12 +218,15 @@ pub(crate) fn router(api: Api) -> Router {
     let openapi = routes::openapi();
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
     let limit = axum::extract::DefaultBodyLimit::max(api.config.max_frame_bytes);
+    let dashboard = dashboard::router(api.clone());
     routes::ROUTES
         .iter()
         .fold(Router::new(), |r, route| r.route(route.path, (route.handler)()))
         .merge(docs)
         .fallback(|| async { ApiError::not_found("no such route; see /docs") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        // The dashboard authenticates by its session cookie (`dashboard/`).
+        .merge(dashboard)
         .layer(limit)
         .with_state(api)
 }
@@ -258,6 +265,10 @@ async fn publish_stats(api: Api) {
         let _ = api.events.send(Arc::new(Published::new(&event)));
     }
 }
+
+/// Whether a request came over TLS (set by `serve.rs`), for `Secure` cookies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Secure(pub bool);
 
 /// Which client a request counts as, for quotas: its API key (`key:N`), or
 /// `api` for requests without one.

@@ -184,6 +184,17 @@ pub(super) async fn submit_task(
     header_key: Option<String>,
     client: String,
 ) -> Result<Response, ApiError> {
+    let (status, body) = submit_view(api, body, header_key, client).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Submits a task once durable; 201 (or 200 for an idempotent resubmission).
+pub(super) async fn submit_view(
+    api: &Api,
+    body: SubmitTask,
+    header_key: Option<String>,
+    client: String,
+) -> Result<(StatusCode, SubmittedView), ApiError> {
     let data = body.data.unwrap_or_else(|| json!({}));
     if !data.is_object() {
         let kind = match &data {
@@ -263,7 +274,7 @@ pub(super) async fn submit_task(
         existing: accepted.existing,
         waiting_reason: accepted.waiting_reason,
     };
-    Ok((status, Json(body)).into_response())
+    Ok((status, body))
 }
 
 /// A task as the API shows it.
