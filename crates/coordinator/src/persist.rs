@@ -141,6 +141,8 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         max_attempts: t.max_attempts,
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
         submitted_at: Clock::from_unix_ms(t.submitted_at_ms),
+        verify: None,
+        kind: sched::TaskKind::Task,
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
@@ -152,6 +154,7 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         last_error: failure,
         history,
         state,
+        verification: None,
     }
 }
 
@@ -240,6 +243,8 @@ mod tests {
             conn: ConnId(1),
             caps: PeerCaps::default(),
             running: vec![],
+            owner: None,
+            credential: None,
         };
         s.handle_peer_joined(t0, join);
         let done = proto::json("\"ok\"").unwrap();

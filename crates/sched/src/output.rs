@@ -9,6 +9,7 @@ use crate::task::{AttemptEnd, TaskSpec};
 use codes::CloseReason;
 
 use crate::types::{Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, PeerId, TaskId, Time};
+use crate::verify::{Reputation, Subject, Verification};
 
 /// Something the shell must do.
 #[derive(Debug, Clone)]
@@ -169,5 +170,35 @@ pub enum Event<P> {
     /// Finished tasks dropped from memory (their TTL passed or the cap was hit).
     Evicted {
         tasks: BTreeSet<TaskId>,
+    },
+    /// A verified task reached its verdict; its `TaskFinished` follows.
+    Verified {
+        task: TaskId,
+        task_type: Arc<str>,
+        verification: Arc<Verification<P>>,
+    },
+    /// A verified task's results disagreed (reported once per task).
+    Disagreed {
+        task: TaskId,
+        task_type: Arc<str>,
+    },
+    /// A worker's or credential's reputation changed (the store keeps it).
+    Reputation {
+        subject: Subject,
+        reputation: Reputation,
+    },
+    /// A worker was quarantined: it gets no new work until cleared.
+    Quarantined {
+        peer: PeerId,
+    },
+    /// An operator lifted a worker's quarantine.
+    Cleared {
+        peer: PeerId,
+    },
+    /// A canary came back from the worker it was made for.
+    CanaryAnswered {
+        peer: PeerId,
+        task_type: Arc<str>,
+        passed: bool,
     },
 }

@@ -76,7 +76,14 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
             Some((task, Attempt(r.attempt)))
         })
         .collect();
-    let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
+    let join = PeerJoin {
+        id: id.clone(),
+        conn,
+        caps: peer_caps(&caps),
+        running,
+        owner: None,
+        credential: None,
+    };
     let slots = caps.slots();
     let now = core.now();
     let joined = core.sched.handle_peer_joined(now, join);
@@ -441,6 +448,7 @@ pub(crate) fn submission(
         queue_timeout: req.queue_timeout_s.map(Duration::from_secs_f64),
         max_attempts: req.max_attempts,
         idempotency_key: req.idempotency_key.map(Arc::from),
+        verify: None,
     }
 }
 

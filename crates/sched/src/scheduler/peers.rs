@@ -93,6 +93,7 @@ impl<P: Clone> Scheduler<P> {
             }
         }
 
+        self.peer_verified_join(&mut peer);
         let slots = peer.caps.slots;
         self.peers.insert(join.id.clone(), peer);
         self.refresh_free(&join.id);

@@ -505,6 +505,8 @@ fn spec(id: u64, owner: Owner) -> TaskSpec<String> {
         max_attempts: 3,
         idempotency_key: None,
         submitted_at: Time::ZERO,
+        verify: None,
+        kind: crate::TaskKind::Task,
     }
 }
 
@@ -527,6 +529,7 @@ fn recovered(id: u64, state: RecoveredState<String>) -> Recovered<String> {
             Vec::new()
         },
         state,
+        verification: None,
     }
 }
 
@@ -705,8 +708,14 @@ fn retries_back_off_exponentially_with_jitter_and_a_cap() {
     };
     let mut s: Scheduler<u32> = Scheduler::new(config, Time::ZERO);
     let peer = PeerId::from("p");
-    let join =
-        PeerJoin { id: peer.clone(), conn: ConnId(1), caps: PeerCaps::default(), running: vec![] };
+    let join = PeerJoin {
+        id: peer.clone(),
+        conn: ConnId(1),
+        caps: PeerCaps::default(),
+        running: vec![],
+        owner: None,
+        credential: None,
+    };
     s.handle_peer_joined(Time::ZERO, join);
     let mut sub = Submission::new(Owner::Api, "echo", 0);
     sub.max_attempts = Some(7);
