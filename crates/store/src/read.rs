@@ -81,7 +81,7 @@ pub(crate) enum Param {
 pub(crate) const TASK_COLUMNS: &str = "id, owner, client_task_id, task_type, payload, priority,
     req_model, req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts,
     idempotency_key, submitted_at, state, attempt, failures, peer, started_at, finished_at, result,
-    error_code, error_message, delivered, peer_task_id";
+    error_code, error_message, delivered, peer_task_id, verify, verify_status";
 
 /// A list query: SQL with numbered placeholders, and its parameters.
 pub(crate) struct Query {

@@ -86,9 +86,13 @@ impl StoreReader for PostgresReader {
             let Some(first) = rows.first() else { return Ok(None) };
             let mut task = task_row(first)?;
             for row in &rows {
-                if row.try_get::<_, Option<i64>>(25)?.is_some() {
-                    task.attempts.push(attempt_row(row, 25)?.1);
+                if row.try_get::<_, Option<i64>>(27)?.is_some() {
+                    task.attempts.push(attempt_row(row, 27)?.1);
                 }
+            }
+            let sql = format!("{} WHERE task_id = $1 ORDER BY replica", super::load::REPLICAS);
+            for row in c.query_typed(&sql, &[(&id, Type::INT8)]).await? {
+                task.replicas.push(super::load::replica_row(&row)?.1);
             }
             Ok(Some(task))
         })
