@@ -29,7 +29,7 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
         Event::TaskStarted { task, attempt, at, .. } => {
             Op::Started { id: task.0, attempt: attempt.0, at_ms: Clock::unix_ms(*at) }
         }
-        Event::TaskReclaimed { task, peer, attempt } => {
+        Event::TaskReclaimed { task, peer, attempt, .. } => {
             Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
         }
         Event::TaskRequeued { task, attempt, end, reason, failures, retry_at, .. } => {
@@ -58,7 +58,7 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
             }
         }
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
-        Event::StaleResult { task, attempt, peer } => {
+        Event::StaleResult { task, attempt, peer, .. } => {
             Op::Stale { id: task.0, attempt: attempt.0, peer: peer.to_string(), at_ms: 0 }
         }
         Event::Evicted { tasks } => Op::Deleted { ids: tasks.iter().map(|t| t.0).collect() },

@@ -38,6 +38,10 @@ pub struct Capabilities {
     /// a task of that type may go to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_needs: BTreeMap<String, TaskNeeds>,
+    /// Who runs the peer (`owner`): replicas of one verified task never go
+    /// to two peers of the same owner. At most [`crate::MAX_ID_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Known keys whose values could not be read, for operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -146,6 +150,14 @@ impl Capabilities {
             }
         }
         self.read_needs(map);
+        if let Some((key, v)) = first(map, &["owner"]) {
+            match v.as_str().map(str::trim) {
+                Some(o) if !o.is_empty() && o.len() <= crate::MAX_ID_LEN => {
+                    self.owner = Some(o.to_owned());
+                }
+                _ => self.warn(key, "a name of 1 to 256 bytes"),
+            }
+        }
     }
 
     fn read_needs(&mut self, map: &Map<String, Value>) {

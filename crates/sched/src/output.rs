@@ -113,12 +113,15 @@ pub enum Event<P> {
         attempt: Attempt,
         queue_wait: Duration,
         at: Time,
+        /// The task is a replica or a canary (not stored, not shown).
+        hidden: bool,
     },
     TaskStarted {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
         at: Time,
+        hidden: bool,
     },
     /// A requeued task went back to the peer that lost it: the peer
     /// reconnected still running the same attempt.
@@ -126,6 +129,7 @@ pub enum Event<P> {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
+        hidden: bool,
     },
     /// An attempt ended without finishing the task; the task waits for
     /// another after `retry_at`.
@@ -139,6 +143,7 @@ pub enum Event<P> {
         reason: RequeueReason,
         failures: u32,
         retry_at: Time,
+        hidden: bool,
     },
     /// The task ended. `run_time` is the last attempt's, when it ran.
     TaskFinished {
@@ -158,6 +163,7 @@ pub enum Event<P> {
         task: TaskId,
         attempt: Attempt,
         peer: PeerId,
+        hidden: bool,
     },
     /// The outcome was handed to the submitter.
     Delivered {

@@ -353,6 +353,7 @@ impl<P: Clone> Scheduler<P> {
         // The wait is over: its deadline goes.
         self.end_wait(id);
         self.refresh_free(peer_id);
+        let hidden = spec.kind.is_hidden();
         self.events.push_back(Event::TaskAssigned {
             task: id,
             task_type: Arc::clone(&spec.task_type),
@@ -360,6 +361,7 @@ impl<P: Clone> Scheduler<P> {
             attempt,
             queue_wait,
             at: now,
+            hidden,
         });
         self.commands.push_back(Command::Assign {
             conn,
@@ -425,6 +427,7 @@ impl<P: Clone> Scheduler<P> {
         }
         let (failures, max) = (task.failures, task.spec.max_attempts);
         let task_type = Arc::clone(&task.spec.task_type);
+        let hidden = task.spec.kind.is_hidden();
         if counts && failures >= max {
             let last = task.last_error.clone().map(|f| f.to_string()).unwrap_or_default();
             let failure = Failure::new(
@@ -458,6 +461,7 @@ impl<P: Clone> Scheduler<P> {
             reason,
             failures,
             retry_at,
+            hidden,
         });
     }
 

@@ -111,7 +111,7 @@ impl Durable {
                     t.history.push(rec);
                 }
             }
-            Event::TaskReclaimed { task, peer, attempt } => {
+            Event::TaskReclaimed { task, peer, attempt, .. } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.state = RecoveredState::Assigned {
                         peer: peer.clone(),

@@ -162,7 +162,13 @@ impl<P: Clone> Scheduler<P> {
             self.timers.insert(at, Timer::RunDeadline(id, attempt));
         }
         self.end_wait(id);
-        self.events.push_back(Event::TaskReclaimed { task: id, peer: peer.clone(), attempt });
+        let hidden = self.verify.hidden.contains_key(&id);
+        self.events.push_back(Event::TaskReclaimed {
+            task: id,
+            peer: peer.clone(),
+            attempt,
+            hidden,
+        });
         true
     }
 

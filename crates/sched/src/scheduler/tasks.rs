@@ -296,7 +296,8 @@ impl<P: Clone> Scheduler<P> {
 
     fn stale(&mut self, task: TaskId, attempt: Attempt, peer: &PeerId) {
         self.counters.stale_results += 1;
-        self.events.push_back(Event::StaleResult { task, attempt, peer: peer.clone() });
+        let hidden = self.verify.hidden.contains_key(&task);
+        self.events.push_back(Event::StaleResult { task, attempt, peer: peer.clone(), hidden });
     }
 
     /// A peer says it started an assignment. Unknown or stale starts are ignored.
@@ -320,11 +321,13 @@ impl<P: Clone> Scheduler<P> {
         {
             h.started = Some(now);
             let attempt = h.attempt;
+            let hidden = self.verify.hidden.contains_key(&id);
             self.events.push_back(Event::TaskStarted {
                 task: id,
                 peer: peer.clone(),
                 attempt,
                 at: now,
+                hidden,
             });
             self.hidden_started(id);
         }

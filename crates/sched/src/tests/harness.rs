@@ -302,14 +302,18 @@ pub fn describe_event(event: &Event<String>) -> String {
             format!("assigned {task}{attempt} {peer}")
         }
         Event::TaskStarted { task, attempt, .. } => format!("started {task}{attempt}"),
-        Event::TaskReclaimed { task, peer, attempt } => format!("reclaimed {task}{attempt} {peer}"),
+        Event::TaskReclaimed { task, peer, attempt, .. } => {
+            format!("reclaimed {task}{attempt} {peer}")
+        }
         Event::TaskRequeued { task, attempt, reason, failures, .. } => {
             format!("requeued {task}{attempt} {} failures={failures}", reason.as_str())
         }
         Event::TaskFinished { task, outcome, attempts, .. } => {
             format!("finished {} {} attempts={attempts}", task.id, describe_outcome(outcome))
         }
-        Event::StaleResult { task, attempt, peer } => format!("stale {task}{attempt} from {peer}"),
+        Event::StaleResult { task, attempt, peer, .. } => {
+            format!("stale {task}{attempt} from {peer}")
+        }
         Event::Delivered { task } => format!("delivered {task}"),
         Event::Undelivered { task } => format!("undelivered {task}"),
         Event::Evicted { tasks } => format!("evicted {tasks:?}"),
