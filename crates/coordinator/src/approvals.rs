@@ -42,6 +42,12 @@ impl Approvals {
         })
     }
 
+    /// The digest of the credential `peer_id` was approved with, if any:
+    /// the identity its reputation follows besides its id.
+    pub fn digest_of(&self, peer_id: &str) -> Option<String> {
+        self.0.read().ok()?.get(peer_id).cloned()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.read().map_or(true, |map| map.is_empty())
     }

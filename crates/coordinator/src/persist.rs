@@ -1,16 +1,24 @@
 //! The mapping between the scheduler's world and the store's rows: events
 //! become [`store::Op`]s on the way down, stored tasks become
 //! [`sched::Recovered`] on the way back up after a restart.
+//!
+//! Hidden tasks (replicas and canaries) are not stored: only the ids they
+//! took ([`Op::IdsUsed`], so that no id is handed out twice) and, when their
+//! task ends, the verdict with every replica's result ([`Op::Verified`]).
+//! A task still verifying at a restart starts its verification over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::Json;
+use sched::verify::{Policy, Replica, Reputation, Subject, Verification};
 use sched::{
     Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, GamerId, Outcome, Owner,
-    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec,
+    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskKind, TaskSpec,
 };
-use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask, TaskState};
+use store::{
+    ErrorRow, NewTask, Op, ReputationRow, StoredAttempt, StoredReplica, StoredTask, TaskState,
+};
 use tracing::warn;
 
 use crate::clock::Clock;
@@ -19,6 +27,15 @@ use crate::clock::Clock;
 /// is not here: the observer writes it only after the delivery went out.
 pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
     Some(match event {
+        Event::TaskSubmitted { task } if task.kind.is_hidden() => {
+            Op::IdsUsed { next_task_id: task.id.0 + 1 }
+        }
+        Event::TaskAssigned { hidden: true, .. }
+        | Event::TaskStarted { hidden: true, .. }
+        | Event::TaskReclaimed { hidden: true, .. }
+        | Event::TaskRequeued { hidden: true, .. }
+        | Event::StaleResult { hidden: true, .. } => return None,
+        Event::TaskFinished { task, .. } if task.kind.is_hidden() => return None,
         Event::TaskSubmitted { task } => Op::Insert(new_task(task)),
         Event::TaskAssigned { task, peer, attempt, at, .. } => Op::Assigned {
             id: task.0,
@@ -62,8 +79,41 @@ pub(crate) fn op_for(event: &Event<Json>) -> Option<Op> {
             Op::Stale { id: task.0, attempt: attempt.0, peer: peer.to_string(), at_ms: 0 }
         }
         Event::Evicted { tasks } => Op::Deleted { ids: tasks.iter().map(|t| t.0).collect() },
+        Event::Verified { task, verification, .. } => Op::Verified {
+            id: task.0,
+            status: verification.status,
+            replicas: replica_rows(verification),
+        },
+        Event::Reputation { subject, reputation: r, at } => Op::Reputation(ReputationRow {
+            subject: subject.key(),
+            valid: r.valid,
+            invalid: r.invalid,
+            unverified: r.unverified,
+            consecutive_valid: r.consecutive_valid,
+            canaries_passed: r.canaries_passed,
+            canaries_failed: r.canaries_failed,
+            strikes: r.strikes,
+            quarantined: r.quarantined,
+            credential: r.credential.as_deref().map(str::to_owned),
+            updated_at_ms: Clock::unix_ms(*at),
+        }),
         _ => return None,
     })
+}
+
+fn replica_rows(v: &Verification<Json>) -> Vec<StoredReplica> {
+    (0..)
+        .zip(&v.replicas)
+        .map(|(i, r)| StoredReplica {
+            replica: i,
+            task_id: r.task.0,
+            peer: r.peer.as_ref().map(ToString::to_string),
+            attempts: r.attempts,
+            result: r.result.as_ref().map(|j| j.get().to_owned()),
+            error: r.failure.as_ref().map(row),
+            verdict: r.verdict,
+        })
+        .collect()
 }
 
 fn row(f: &Failure) -> ErrorRow {
@@ -113,6 +163,7 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
         max_attempts: spec.max_attempts,
         idempotency_key: spec.idempotency_key.as_deref().map(str::to_owned),
         submitted_at_ms: Clock::unix_ms(spec.submitted_at),
+        verify: spec.verify.map(|p| p.to_string()),
     }
 }
 
@@ -141,12 +192,16 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         max_attempts: t.max_attempts,
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
         submitted_at: Clock::from_unix_ms(t.submitted_at_ms),
-        verify: None,
-        kind: sched::TaskKind::Task,
+        verify: t.verify.as_deref().and_then(|p| stored_policy(t.id, p)),
+        kind: TaskKind::Task,
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
     let state = recovered_state(&stored, &history, failure.clone());
+    let verification = stored.verify_status.map(|status| {
+        let policy = spec.verify.unwrap_or(Policy::OFF);
+        Verification::stored(policy, status, stored.replicas.iter().map(replica).collect())
+    });
     Recovered {
         spec,
         attempts: stored.attempt,
@@ -154,8 +209,48 @@ pub(crate) fn recovered(stored: StoredTask) -> Recovered<Json> {
         last_error: failure,
         history,
         state,
-        verification: None,
+        verification,
     }
+}
+
+fn stored_policy(id: u64, text: &str) -> Option<Policy> {
+    Policy::parse(text)
+        .map_err(|e| {
+            warn!(task = id, "stored verification policy `{text}` unreadable ({e}); unverified")
+        })
+        .ok()
+}
+
+fn replica(r: &StoredReplica) -> Replica<Json> {
+    let result = r.result.as_deref().and_then(|j| proto::json(j).ok());
+    let failure = r.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
+    let peer = r.peer.as_deref().map(PeerId::from);
+    Replica::stored(TaskId(r.task_id), peer, r.attempts, result, failure, r.verdict)
+}
+
+/// Stored reputations as the scheduler takes them back (an unreadable
+/// subject is skipped, and said so).
+pub(crate) fn reputations(rows: Vec<ReputationRow>) -> Vec<(Subject, Reputation)> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let Some(subject) = Subject::parse(&r.subject) else {
+                warn!(subject = %r.subject, "stored reputation of an unknown kind of subject; skipped");
+                return None;
+            };
+            let reputation = Reputation {
+                valid: r.valid,
+                invalid: r.invalid,
+                unverified: r.unverified,
+                consecutive_valid: r.consecutive_valid,
+                canaries_passed: r.canaries_passed,
+                canaries_failed: r.canaries_failed,
+                strikes: r.strikes,
+                quarantined: r.quarantined,
+                credential: r.credential.as_deref().map(Arc::from),
+            };
+            Some((subject, reputation))
+        })
+        .collect()
 }
 
 fn recovered_state(
@@ -280,5 +375,55 @@ mod tests {
         assert_eq!(again.stats().queued, 1);
         assert_eq!(again.stats().assigned, 1);
         assert_eq!(again.lookup(&gamer, "t-3"), Some(TaskId(3)));
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+    use sched::verify::VerifyStatus;
+    use sched::{Config, ConnId, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time};
+    use store::Store;
+
+    /// A verified task's verdict and replicas, and the workers' reputations,
+    /// come back after a restart; replicas' ids are never handed out again.
+    #[test]
+    fn a_verdict_and_reputations_survive_the_round_trip_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
+        let t0 = Time::from_secs(1_700_000_000);
+        let mut s: Scheduler<Json> = Scheduler::new(Config::default(), t0);
+        s.set_agreement(Box::new(agree::Rules::builtin(1)));
+        for (i, p) in ["a", "b"].into_iter().enumerate() {
+            let join = PeerJoin::new(PeerId::from(p), ConnId(i as u64 + 1), PeerCaps::default());
+            s.handle_peer_joined(t0, join);
+        }
+        let mut sub = Submission::new(Owner::Api, "echo", proto::json("[1]").unwrap());
+        sub.verify = Some(Policy::parse("2/2").unwrap());
+        let id = s.handle_submit(t0, sub).unwrap().id;
+        while let Some(cmd) = s.poll_command() {
+            if let sched::Command::Assign { conn, peer, task, attempt } = cmd {
+                let done = RunOutcome::Completed(proto::json("[1]").unwrap());
+                s.handle_result(t0, &peer, conn, task.id, Some(attempt), done).unwrap();
+            }
+        }
+        let mut ops = Vec::new();
+        while let Some(e) = s.poll_event() {
+            ops.extend(op_for(&e));
+        }
+        assert!(ops.iter().all(|op| !matches!(op, Op::Assigned { id: i, .. } if *i != id.0)));
+        db.write(&ops).unwrap();
+
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded.tasks.len(), 1, "replicas are not stored");
+        assert_eq!(loaded.next_task_id, 4, "but their ids are never reused");
+        let back = recovered(loaded.tasks.into_iter().next().unwrap());
+        assert_eq!(back.spec.verify, Some(Policy::parse("2/2").unwrap()));
+        let v = back.verification.unwrap();
+        assert_eq!((v.status, v.replicas.len()), (VerifyStatus::Agreed, 2));
+        assert_eq!(v.replicas[0].result.as_ref().map(|r| r.get()), Some("[1]"));
+        let reps = reputations(loaded.reputation);
+        assert_eq!(reps.len(), 2);
+        assert!(reps.iter().all(|(_, r)| r.valid == 1 && r.consecutive_valid == 1));
     }
 }

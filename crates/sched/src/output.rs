@@ -192,6 +192,7 @@ pub enum Event<P> {
     Reputation {
         subject: Subject,
         reputation: Reputation,
+        at: Time,
     },
     /// A worker was quarantined: it gets no new work until cleared.
     Quarantined {

@@ -11,6 +11,7 @@ use proto::{
     RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskNeeds, TaskRequest,
     TaskState, TaskStatusOut, ToCoordinator,
 };
+use sched::verify::Policy;
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
     Requirements, RunOutcome, Submission, SubmitError, TaskId,
@@ -81,8 +82,8 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
         conn,
         caps: peer_caps(&caps),
         running,
-        owner: None,
-        credential: None,
+        owner: caps.owner.as_deref().map(Arc::from),
+        credential: core.approvals.digest_of(&m.peer_id).map(Arc::from),
     };
     let slots = caps.slots();
     let now = core.now();
@@ -448,7 +449,8 @@ pub(crate) fn submission(
         queue_timeout: req.queue_timeout_s.map(Duration::from_secs_f64),
         max_attempts: req.max_attempts,
         idempotency_key: req.idempotency_key.map(Arc::from),
-        verify: None,
+        // Checked by the decoder already (1 ≤ quorum ≤ replicas ≤ 16).
+        verify: req.verify.and_then(|v| Policy::new(v.replicas, v.quorum(), v.adaptive).ok()),
     }
 }
 

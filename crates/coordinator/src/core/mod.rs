@@ -116,7 +116,11 @@ impl Core {
         telemetry: Telemetry,
         clock: Clock,
     ) -> Core {
-        let sched = Scheduler::new(config.sched.clone(), clock.now());
+        let mut sched = Scheduler::new(config.sched.clone(), clock.now());
+        // Verification's rules by task type. The base of their random draws
+        // (Freivalds' vectors) is a secret of this process: a peer cannot
+        // know what its result will be checked with.
+        sched.set_agreement(Box::new(agree::Rules::builtin(fastrand::u64(..))));
         let publisher = Publisher::new(config.limits.snapshot_interval);
         let task_needs = config.task_needs.clone();
         Core {

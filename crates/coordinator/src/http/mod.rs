@@ -35,6 +35,7 @@ mod cluster;
 mod events;
 pub(crate) mod routes;
 mod tasks;
+mod trust;
 mod workers;
 
 /// What every handler shares.

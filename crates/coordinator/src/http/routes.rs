@@ -4,7 +4,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
-use super::{Api, ErrorBody, cluster, events, tasks, workers};
+use super::{Api, ErrorBody, cluster, events, tasks, trust, workers};
 use crate::config::ApiRole;
 
 /// One route: its method and path (axum's syntax, the same as OpenAPI's),
@@ -35,6 +35,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::GET, "/cluster/workers/{id}", ReadOnly, || get(workers::worker)),
     route(Method::GET, "/cluster/workers/{id}/stats", ReadOnly, || get(workers::worker_stats)),
     route(Method::POST, "/cluster/workers/register", Admin, || post(workers::register_worker)),
+    route(Method::POST, "/cluster/workers/{id}/clear", Admin, || post(trust::clear_worker)),
     route(Method::POST, "/cluster/tasks/submit", Client, || post(tasks::submit_seed_path)),
     route(Method::POST, "/cluster/tasks", Client, || post(tasks::submit)),
     route(Method::GET, "/cluster/tasks", ReadOnly, || get(tasks::list_tasks)),
@@ -69,7 +70,8 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
     ),
     paths(
         cluster::health, cluster::cluster_metrics, workers::list_workers, workers::worker,
-        workers::worker_stats, workers::register_worker, tasks::submit, tasks::submit_seed_path,
+        workers::worker_stats, workers::register_worker, trust::clear_worker, tasks::submit,
+        tasks::submit_seed_path,
         tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, cluster::config,
         cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus
     ),

@@ -40,8 +40,8 @@ impl<P: Clone> Scheduler<P> {
 
     fn publish_reputation(&mut self, subject: &Subject) {
         if let Some(r) = self.verify.book.get(subject) {
-            let reputation = r.clone();
-            self.events.push_back(Event::Reputation { subject: subject.clone(), reputation });
+            let (reputation, at) = (r.clone(), self.now);
+            self.events.push_back(Event::Reputation { subject: subject.clone(), reputation, at });
         }
     }
 

@@ -334,7 +334,7 @@ pub fn describe_event(event: &Event<String>) -> String {
             format!("verified {task} {} [{}]", verification.status.as_str(), replicas.join(" "))
         }
         Event::Disagreed { task, .. } => format!("disagreed {task}"),
-        Event::Reputation { subject, reputation: r } => format!(
+        Event::Reputation { subject, reputation: r, .. } => format!(
             "reputation {subject} valid={} invalid={} unverified={} cv={} strikes={}{}",
             r.valid,
             r.invalid,
