@@ -8,7 +8,7 @@ use exec::Executors;
 
 use serde_json::json;
 
-use crate::args::{WorkerCmd, WorkerStart, WorkerStop};
+use crate::args::{WorkerClear, WorkerCmd, WorkerStart, WorkerStop};
 use crate::remote::{print_json, table};
 use crate::{local, signals};
 
@@ -17,7 +17,24 @@ pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         WorkerCmd::Start(args) => start(args).await,
         WorkerCmd::Stop(args) => stop(&args),
         WorkerCmd::List { json } => list(json),
+        WorkerCmd::Clear(args) => clear(&args).await,
     }
+}
+
+/// `worker clear ID`: the API's clear of a quarantine.
+async fn clear(args: &WorkerClear) -> anyhow::Result<ExitCode> {
+    let api = crate::remote::api(&args.remote)?;
+    let path = format!("/cluster/workers/{}/clear", args.id);
+    let answer = api.post(&path, &json!({})).await?;
+    if args.remote.json {
+        return print_json(&answer);
+    }
+    if answer["cleared"].as_bool() == Some(true) {
+        println!("worker {} is no longer quarantined; it starts over as a new worker", args.id);
+    } else {
+        println!("worker {} was not quarantined; nothing to clear", args.id);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stop(args: &WorkerStop) -> anyhow::Result<ExitCode> {
