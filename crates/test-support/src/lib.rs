@@ -2,7 +2,8 @@
 //! ports, and talk to it with raw WebSocket clients that send literal JSON.
 //!
 //! Waiting is always for an event (a line on stdout, a message) with a
-//! generous timeout as a safety net, never a sleep.
+//! generous timeout as a safety net, never a sleep. [`liar`] has peers that
+//! answer by themselves, honestly or not, for tests of verification.
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +21,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod liar;
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -209,6 +212,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Raw {
     ws: Ws,
 }
+
 
 /// Why a connection was refused at the upgrade.
 #[derive(Debug)]

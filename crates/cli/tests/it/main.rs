@@ -15,6 +15,7 @@ mod executors;
 mod failover;
 mod lifecycle;
 mod seed;
+mod verify;
 
 use std::path::Path;
 
