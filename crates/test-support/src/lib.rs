@@ -213,7 +213,6 @@ pub struct Raw {
     ws: Ws,
 }
 
-
 /// Why a connection was refused at the upgrade.
 #[derive(Debug)]
 pub struct Refused {
