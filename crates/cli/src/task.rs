@@ -267,6 +267,11 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     req.task_id = args.task_id.clone();
     req.priority = args.priority;
     req.timeout_s = args.timeout;
+    req.verify = args.verify.map(|p| proto::VerifyPolicy {
+        replicas: p.replicas,
+        quorum: Some(p.quorum),
+        adaptive: p.adaptive,
+    });
     let options = ClientOptions {
         token: args.conn.token()?,
         ca_hash: args.conn.ca_hash()?,

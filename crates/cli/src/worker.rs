@@ -8,7 +8,7 @@ use exec::Executors;
 
 use serde_json::json;
 
-use crate::args::{WorkerCmd, WorkerStart, WorkerStop};
+use crate::args::{WorkerClear, WorkerCmd, WorkerStart, WorkerStop};
 use crate::remote::{print_json, table};
 use crate::{local, signals};
 
@@ -18,6 +18,7 @@ pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         WorkerCmd::Stop(args) => stop(&args),
         WorkerCmd::List { json } => list(json),
         WorkerCmd::Revoke { remote, peer_id } => revoke(&remote, &peer_id).await,
+        WorkerCmd::Clear(args) => clear(&args).await,
     }
 }
 
@@ -30,6 +31,22 @@ async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<E
         return print_json(&answer);
     }
     println!("revoked worker {peer_id}: its connection is closed and its credential admits nobody");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `worker clear ID`: the API's clear of a quarantine.
+async fn clear(args: &WorkerClear) -> anyhow::Result<ExitCode> {
+    let api = crate::remote::api(&args.remote)?;
+    let path = format!("/cluster/workers/{}/clear", args.id);
+    let answer = api.post(&path, &json!({})).await?;
+    if args.remote.json {
+        return print_json(&answer);
+    }
+    if answer["cleared"].as_bool() == Some(true) {
+        println!("worker {} is no longer quarantined; it starts over as a new worker", args.id);
+    } else {
+        println!("worker {} was not quarantined; nothing to clear", args.id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use codes::WorkerStatus;
 use proto::{Heartbeat, Json};
+use sched::verify::{Reputation, Subject};
 use sched::{Event, PeerId, Scheduler, Stats, Strategy, TaskId, Time};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -62,6 +63,10 @@ pub(crate) struct WorkerFacts {
     /// The capabilities exactly as the worker declared them.
     pub capabilities: Arc<serde_json::Value>,
     pub draining: bool,
+    /// Its results were found wrong too often: it gets no new work.
+    pub quarantined: bool,
+    /// What its results were found to be, once any was judged.
+    pub reputation: Option<Reputation>,
     pub completed: u64,
     pub failed: u64,
     pub joined_at: Time,
@@ -74,11 +79,13 @@ pub(crate) struct WorkerFacts {
 }
 
 impl WorkerFacts {
-    /// `draining`; `unhealthy` when its heartbeats are more than two
-    /// intervals late at `now` (it is declared dead only at the heartbeat
-    /// timeout); else `healthy`.
+    /// `quarantined`; `draining`; `unhealthy` when its heartbeats are more
+    /// than two intervals late at `now` (it is declared dead only at the
+    /// heartbeat timeout); else `healthy`.
     pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
-        if self.draining {
+        if self.quarantined {
+            WorkerStatus::Quarantined
+        } else if self.draining {
             WorkerStatus::Draining
         } else if now.saturating_since(self.last_seen) > 2 * heartbeat_interval {
             WorkerStatus::Unhealthy
@@ -87,7 +94,11 @@ impl WorkerFacts {
         }
     }
 
-    fn of(peer: &sched::Peer, info: Option<&PeerInfo>) -> WorkerFacts {
+    fn of(
+        peer: &sched::Peer,
+        info: Option<&PeerInfo>,
+        reputation: Option<&Reputation>,
+    ) -> WorkerFacts {
         let caps = peer.caps();
         WorkerFacts {
             id: peer.id().clone(),
@@ -98,6 +109,8 @@ impl WorkerFacts {
             models: caps.models.iter().map(|m| m.to_string()).collect(),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),
+            quarantined: peer.quarantined(),
+            reputation: reputation.cloned(),
             completed: peer.completed(),
             failed: peer.failed(),
             joined_at: peer.joined_at(),
@@ -160,6 +173,13 @@ impl Publisher {
             Event::TaskFinished { peer: Some(peer), .. } => {
                 self.dirty.insert(peer.clone());
             }
+            Event::Quarantined { peer } | Event::Cleared { peer } => {
+                self.urgent = true;
+                self.dirty.insert(peer.clone());
+            }
+            Event::Reputation { subject: Subject::Worker(peer), .. } => {
+                self.dirty.insert(peer.clone());
+            }
             _ => {}
         }
     }
@@ -202,7 +222,9 @@ impl Publisher {
         for id in std::mem::take(&mut self.dirty) {
             match sched.peer(id.as_str()) {
                 Some(peer) => {
-                    self.facts.insert(id, Arc::new(WorkerFacts::of(peer, info.get(peer.id()))));
+                    let reputation = sched.reputation(&Subject::Worker(id.clone()));
+                    let facts = WorkerFacts::of(peer, info.get(peer.id()), reputation);
+                    self.facts.insert(id, Arc::new(facts));
                 }
                 None => {
                     self.facts.remove(&id);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::queue::Class;
 use crate::types::{Attempt, ConnId, PeerId, TaskId, Time};
+use crate::verify::AffinityKey;
 
 /// What a peer can run, as the shell read it from its registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,19 @@ pub struct PeerJoin {
     pub caps: PeerCaps,
     /// Assignments the peer says it still runs from an earlier session.
     pub running: Vec<(TaskId, Attempt)>,
+    /// Who the peer says runs it (`capabilities.owner`): replicas of one
+    /// task never go to two peers of the same owner.
+    pub owner: Option<Arc<str>>,
+    /// The identity of the credential it joined with, when it has one of
+    /// its own (its reputation follows it too).
+    pub credential: Option<Arc<str>>,
+}
+
+impl PeerJoin {
+    /// A join with no claims, owner or credential.
+    pub fn new(id: PeerId, conn: ConnId, caps: PeerCaps) -> PeerJoin {
+        PeerJoin { id, conn, caps, running: Vec::new(), owner: None, credential: None }
+    }
 }
 
 /// An exponentially weighted moving average of run times.
@@ -92,6 +106,10 @@ pub struct Peer {
     /// confirmed stopping: they still occupy a slot (until `cancel_grace`).
     pub(crate) zombies: BTreeMap<TaskId, Attempt>,
     pub(crate) draining: bool,
+    /// Its results were found wrong too often: it gets no new work.
+    pub(crate) quarantined: bool,
+    pub(crate) owner: Option<Arc<str>>,
+    pub(crate) credential: Option<Arc<str>>,
     pub(crate) completed: u64,
     pub(crate) failed: u64,
     pub(crate) runtimes: BTreeMap<Arc<str>, Ewma>,
@@ -108,6 +126,9 @@ impl Peer {
             tasks: BTreeMap::new(),
             zombies: BTreeMap::new(),
             draining: false,
+            quarantined: false,
+            owner: join.owner.clone(),
+            credential: join.credential.clone(),
             completed: 0,
             failed: 0,
             runtimes: BTreeMap::new(),
@@ -139,13 +160,39 @@ impl Peer {
         u32::try_from(self.tasks.len() + self.zombies.len()).unwrap_or(u32::MAX)
     }
 
-    /// Slots free for new work (none while draining).
+    /// Slots free for new work (none while draining or quarantined).
     pub fn free(&self) -> u32 {
-        if self.draining { 0 } else { self.caps.slots.saturating_sub(self.used()) }
+        if self.draining || self.quarantined {
+            0
+        } else {
+            self.caps.slots.saturating_sub(self.used())
+        }
     }
 
     pub fn draining(&self) -> bool {
         self.draining
+    }
+
+    /// Whether it is quarantined (see [`crate::verify`]).
+    pub fn quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// The owner it declared.
+    pub fn owner(&self) -> Option<&Arc<str>> {
+        self.owner.as_ref()
+    }
+
+    /// The identity of its own credential, when it has one.
+    pub fn credential(&self) -> Option<&Arc<str>> {
+        self.credential.as_ref()
+    }
+
+    /// What keeps replicas of one task off this peer: its id, and its owner.
+    pub fn affinity_keys(&self) -> Vec<AffinityKey> {
+        let mut keys = vec![AffinityKey::Peer(self.id.clone())];
+        keys.extend(self.owner.as_ref().map(|o| AffinityKey::Owner(Arc::clone(o))));
+        keys
     }
 
     /// The tasks it holds.

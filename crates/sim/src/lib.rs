@@ -111,7 +111,7 @@ impl Durable {
                     t.history.push(rec);
                 }
             }
-            Event::TaskReclaimed { task, peer, attempt } => {
+            Event::TaskReclaimed { task, peer, attempt, .. } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.state = RecoveredState::Assigned {
                         peer: peer.clone(),
@@ -163,6 +163,7 @@ impl Durable {
                 last_error: None,
                 history: t.history.clone(),
                 state: t.state.clone(),
+                verification: None,
             })
             .collect()
     }
@@ -299,7 +300,14 @@ impl World {
         p.conn = Some(conn);
         p.silent = false;
         p.last_heartbeat = self.now;
-        let join = PeerJoin { id: p.id.clone(), conn, caps: caps(p), running };
+        let join = PeerJoin {
+            id: p.id.clone(),
+            conn,
+            caps: caps(p),
+            running,
+            owner: None,
+            credential: None,
+        };
         let joined = self.sched.handle_peer_joined(self.now, join);
         for stale in &joined.stale {
             self.peers[i].running.remove(stale);
@@ -594,8 +602,14 @@ impl World {
             running: BTreeSet::new(),
             last_heartbeat: self.now,
         };
-        let join =
-            PeerJoin { id: healer.id.clone(), conn, caps: caps(&healer), running: Vec::new() };
+        let join = PeerJoin {
+            id: healer.id.clone(),
+            conn,
+            caps: caps(&healer),
+            running: Vec::new(),
+            owner: None,
+            credential: None,
+        };
         self.peers.push(healer);
         self.sched.handle_peer_joined(self.now, join);
         let healer = self.peers.len() - 1;

@@ -18,6 +18,7 @@ mod limits;
 mod python_client;
 mod security;
 mod seed;
+mod verify;
 
 use std::path::Path;
 

@@ -11,6 +11,7 @@ use proto::{
     RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskNeeds, TaskRequest,
     TaskState, TaskStatusOut, ToCoordinator,
 };
+use sched::verify::Policy;
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
     Requirements, RunOutcome, Submission, SubmitError, TaskId,
@@ -91,7 +92,14 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
             Some((task, Attempt(r.attempt)))
         })
         .collect();
-    let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
+    let join = PeerJoin {
+        id: id.clone(),
+        conn,
+        caps: peer_caps(&caps),
+        running,
+        owner: caps.owner.as_deref().map(Arc::from),
+        credential: core.approvals.digest_of(&m.peer_id).map(Arc::from),
+    };
     let slots = caps.slots();
     let now = core.now();
     let joined = core.sched.handle_peer_joined(now, join);
@@ -460,6 +468,8 @@ pub(crate) fn submission(
         max_attempts: req.max_attempts,
         idempotency_key: req.idempotency_key.map(Arc::from),
         stream: req.stream,
+        // Checked by the decoder already (1 ≤ quorum ≤ replicas ≤ 16).
+        verify: req.verify.and_then(|v| Policy::new(v.replicas, v.quorum(), v.adaptive).ok()),
     }
 }
 

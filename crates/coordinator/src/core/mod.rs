@@ -133,7 +133,14 @@ impl Core {
         telemetry: Telemetry,
         clock: Clock,
     ) -> Core {
-        let sched = Scheduler::new(config.sched.clone(), clock.now());
+        // The scheduler's draws (which work adaptive replication checks,
+        // when a canary follows) and the base of verification's (Freivalds'
+        // vectors) are secrets of this process: a peer cannot know which of
+        // its results are checked, nor with what.
+        let mut sched_config = config.sched.clone();
+        sched_config.seed = secret_seed();
+        let mut sched = Scheduler::new(sched_config, clock.now());
+        sched.set_agreement(Box::new(agree::Rules::builtin(secret_seed())));
         let publisher = Publisher::new(config.limits.snapshot_interval);
         let task_needs = config.task_needs.clone();
         Core {
@@ -436,4 +443,11 @@ pub(crate) fn outcome_message(
             })
         }
     }
+}
+
+/// A random number no peer can predict: std's hasher keys come from the
+/// OS's random source, once per process, and differ per `RandomState`.
+fn secret_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }

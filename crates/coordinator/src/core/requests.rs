@@ -43,6 +43,8 @@ pub(crate) enum ApiRequest {
     RevokeWorker { worker_id: String, reply: Reply<Option<u64>> },
     /// Switch the placement strategy; the answer is the previous one.
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
+    /// Lift a worker's quarantine.
+    ClearWorker { worker_id: String, reply: Reply<Result<ClearedNow, sched::ClearError>> },
 }
 
 /// Which tasks to list.
@@ -59,6 +61,17 @@ pub(crate) struct TaskFilter {
 pub(crate) struct Submitted {
     pub accepted: TaskAccepted,
     /// The store batch that makes it durable (0 without a store).
+    pub seq: u64,
+}
+
+/// What [`ApiRequest::ClearWorker`] did.
+#[derive(Debug)]
+pub(crate) struct ClearedNow {
+    /// It was quarantined.
+    pub was: bool,
+    /// Whether it is connected, and draining.
+    pub connected: Option<bool>,
+    /// The store batch that makes the clearing durable.
     pub seq: u64,
 }
 
@@ -103,6 +116,8 @@ pub(crate) struct TaskNow {
     pub finished_at_ms: Option<i64>,
     pub last_error: Option<sched::Failure>,
     pub attempts: Vec<AttemptNow>,
+    /// Its replicas and their verdict, when it is verified.
+    pub verification: Option<sched::verify::Verification<Json>>,
 }
 
 /// One attempt of a task, for the API.
@@ -213,6 +228,16 @@ impl Core {
                 self.sched.set_strategy(strategy);
                 let _ = reply.send(previous);
             }
+            ApiRequest::ClearWorker { worker_id, reply } => {
+                let now = self.now();
+                let cleared =
+                    self.sched.handle_clear(now, &sched::PeerId::from(worker_id.as_str()));
+                // The reputation it leaves goes to the store with this flush.
+                self.flush();
+                let connected = self.sched.peer(&worker_id).map(sched::Peer::draining);
+                let seq = self.observer.appended();
+                let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
+            }
         }
     }
 
@@ -280,6 +305,7 @@ impl Core {
                     end: a.end.as_ref().map(sched::AttemptEnd::kind),
                 })
                 .collect(),
+            verification: task.verification().cloned(),
         }
     }
 }

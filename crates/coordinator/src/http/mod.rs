@@ -38,6 +38,7 @@ pub(crate) mod routes;
 mod serve;
 mod tasks;
 mod tokens;
+mod trust;
 mod workers;
 
 pub(crate) use serve::Serving;

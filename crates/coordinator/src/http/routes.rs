@@ -4,7 +4,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
-use super::{Api, ErrorBody, cluster, events, tasks, tokens, workers};
+use super::{Api, ErrorBody, cluster, events, tasks, tokens, trust, workers};
 use crate::config::ApiRole;
 
 /// One route: its method and path (axum's syntax, the same as OpenAPI's),
@@ -38,6 +38,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::POST, "/cluster/workers/{id}/revoke", Admin, || post(workers::revoke_worker)),
     route(Method::GET, "/cluster/tokens", Admin, || get(tokens::show)),
     route(Method::POST, "/cluster/tokens/rotate", Admin, || post(tokens::rotate)),
+    route(Method::POST, "/cluster/workers/{id}/clear", Admin, || post(trust::clear_worker)),
     route(Method::POST, "/cluster/tasks/submit", Client, || post(tasks::submit_seed_path)),
     route(Method::POST, "/cluster/tasks", Client, || post(tasks::submit)),
     route(Method::GET, "/cluster/tasks", ReadOnly, || get(tasks::list_tasks)),
@@ -72,8 +73,8 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
     ),
     paths(
         cluster::health, cluster::cluster_metrics, workers::list_workers, workers::worker,
-        workers::worker_stats, workers::register_worker, workers::revoke_worker, tokens::show,
-        tokens::rotate, tasks::submit, tasks::submit_seed_path,
+        workers::worker_stats, workers::register_worker, workers::revoke_worker, trust::clear_worker,
+        tokens::show, tokens::rotate, tasks::submit, tasks::submit_seed_path,
         tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, cluster::config,
         cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus
     ),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use super::trust::{VerificationView, verification_view};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::requests::{Awaited, Submitted, TaskFilter as ListFilter, TaskNow};
@@ -46,6 +47,10 @@ pub struct SubmitTask {
     /// Resubmitting the same key returns the original task. The
     /// `Idempotency-Key` header does the same.
     pub idempotency_key: Option<String>,
+    /// `{replicas, quorum, adaptive}`: run on distinct workers and accept
+    /// the result once `quorum` agree (docs/VERIFICATION.md).
+    #[schema(value_type = Object)]
+    pub verify: Option<Value>,
 }
 
 /// A task accepted.
@@ -131,6 +136,7 @@ pub(super) async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, Ap
         requirements: None,
         task_id: None,
         idempotency_key: None,
+        verify: None,
     };
     while let Some(field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -224,6 +230,7 @@ pub(super) async fn submit_task(
         ("max_attempts", body.max_attempts.map(Value::from)),
         ("requirements", body.requirements),
         ("idempotency_key", header_key.or(body.idempotency_key).map(Value::from)),
+        ("verify", body.verify),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -291,6 +298,8 @@ pub struct TaskView {
     /// Every attempt so far: worker, how it ended.
     #[schema(value_type = Vec<Object>)]
     pub attempts: Vec<Value>,
+    /// Its replicas and verdict, when it is verified.
+    pub verification: Option<VerificationView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -300,7 +309,9 @@ pub struct TaskErrorView {
 }
 
 fn task_view(t: TaskNow) -> TaskView {
+    let verification = t.verification.as_ref().map(verification_view);
     TaskView {
+        verification,
         task_id: t.id.to_string(),
         client_task_id: t.client_task_id,
         owner: t.owner,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::trust::ReputationView;
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::snapshot::WorkerFacts;
@@ -23,7 +24,8 @@ use crate::snapshot::WorkerFacts;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WorkerInfo {
     pub worker_id: String,
-    /// healthy, unhealthy (heartbeats late) or draining.
+    /// healthy, unhealthy (heartbeats late), draining, or quarantined (its
+    /// results were found wrong too often: no new work until cleared).
     #[schema(value_type = String)]
     pub status: WorkerStatus,
     pub address: Option<String>,
@@ -43,6 +45,8 @@ pub struct WorkerInfo {
     pub connected_seconds: f64,
     pub cpu_percent: Option<f32>,
     pub memory_used_mb: Option<u64>,
+    /// What its results were found to be, once any was judged.
+    pub reputation: Option<ReputationView>,
 }
 
 /// `GET /cluster/workers/{id}/stats`: the worker and what it is doing.
@@ -64,7 +68,7 @@ pub struct WorkerList {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(super) struct WorkerFilter {
-    /// healthy, unhealthy or draining.
+    /// healthy, unhealthy, draining or quarantined.
     status_filter: Option<String>,
 }
 
@@ -88,6 +92,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
         connected_seconds: since(w.joined_at),
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
+        reputation: w.reputation.as_ref().map(ReputationView::from),
     }
 }
 
