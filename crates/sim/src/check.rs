@@ -86,13 +86,25 @@ impl World {
 
     /// After the calm period: every acknowledged task reached its gamer,
     /// with one value (the per-step checks saw to that), unless its
-    /// retention ended before the gamer came back for it.
+    /// retention ended before the gamer came back for it, or the gamer
+    /// itself gave its id to a newer task while still awaiting it (then
+    /// `awaiting` names the newer one).
     pub(crate) fn check_all_delivered(&self) -> Result<(), String> {
         for (id, sub) in &self.acked {
             let got = self.gamers[sub.gamer].received.get(id).map_or(0, |g| g.times);
             let gone = self.sched.task(*id).is_none();
-            if got == 0 && !gone {
-                return Err(format!("seed {}: acknowledged {id} was never delivered", self.seed));
+            let reused = self
+                .acked
+                .range(*id..)
+                .any(|(o, s)| o != id && s.gamer == sub.gamer && s.client == sub.client);
+            if got == 0 && !gone && !reused {
+                let t = self.sched.task(*id);
+                return Err(format!(
+                    "seed {}: acknowledged {id} was never delivered ({:?}, delivered {:?})",
+                    self.seed,
+                    t.map(|t| t.status()),
+                    t.map(|t| t.delivered())
+                ));
             }
         }
         Ok(())

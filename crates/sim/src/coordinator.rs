@@ -70,6 +70,7 @@ impl World {
             }
             Command::Deliver { conn, gamer, task, outcome, .. } => {
                 self.handed.insert(task.id, conn);
+                self.log(format!("deliver {} to {conn}", task.id));
                 let reply = Reply { conn, gamer, task, outcome };
                 if let Some(reply) = self.shell.hold(reply) {
                     self.send(reply);
@@ -97,10 +98,20 @@ impl World {
         }
         let id = reply.task.id;
         let back = self.gamers.iter().find(|g| g.id == reply.gamer).and_then(|g| g.conn);
-        if back.is_some() && self.handed.get(&id).copied() == back {
-            // Already handed to the gamer's new connection while this copy
-            // was held: `KnownBugs::redelivered_on_the_same_connection`.
-            self.again_ok.extend(back.map(|c| (id, c)));
+        let handed = self.handed.get(&id).copied();
+        self.log(format!("{id} to {} undelivered (back on {back:?}, handed {handed:?})", reply.conn));
+        // The scheduler hands it to the gamer's new connection, if any.
+        match back.filter(|c| *c != reply.conn) {
+            Some(c) => {
+                if handed == Some(c) {
+                    // It already went there: `KnownBugs::redelivered_on_the_same_connection`.
+                    *self.again_ok.entry((id, c)).or_default() += 1;
+                }
+                self.handed.insert(id, c);
+            }
+            None => {
+                self.handed.remove(&id);
+            }
         }
         self.sched.handle_undelivered(self.now, id, reply.conn);
     }
@@ -171,6 +182,7 @@ impl World {
     /// any earlier copy — which may only have come on another connection.
     fn receive(&mut self, g: usize, r: &Reply) -> Result<(), String> {
         let id = r.task.id;
+        self.log(format!("g{g} reads {id} on {}", r.conn));
         let gamer = self.gamers[g].id.clone();
         let sub = self
             .acked
@@ -192,7 +204,10 @@ impl World {
             if of_n != sub.n && !self.known_mixup(id, of_n) {
                 return Err(format!("{gamer} got for {id} (#{n}) the result of task #{of_n}"));
             }
-            if of_attempt > attempt.0 {
+            // After a crash lost an assignment, its attempt number is issued
+            // again: the lost run's result is still one of this task.
+            let lost_run = self.lost_attempts.contains(&(id, of_attempt));
+            if of_n == sub.n && of_attempt > attempt.0 && !lost_run {
                 return Err(format!("{gamer} got for {id}{attempt} a result of attempt {of_attempt}"));
             }
         }
@@ -212,12 +227,23 @@ impl World {
         if got.value != value {
             return Err(format!("{gamer} got two outcomes for {id}: {} then {value}", got.value));
         }
-        let again_ok = self.known.redelivered_on_the_same_connection
-            && self.again_ok.remove(&(id, r.conn));
-        if !got.conns.insert(r.conn) && !again_ok {
+        if !got.conns.insert(r.conn)
+            && !(self.known.redelivered_on_the_same_connection && self.again_ok_take(id, r.conn))
+        {
             return Err(format!("{gamer} got the outcome of {id} twice on {}", r.conn));
         }
         Ok(())
+    }
+
+    /// Whether one more copy of `id` on `conn` is one the known bug sent.
+    fn again_ok_take(&mut self, id: TaskId, conn: sched::ConnId) -> bool {
+        match self.again_ok.get_mut(&(id, conn)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether task `id` carrying the work of task number `of_n` is one of
@@ -242,9 +268,15 @@ impl World {
             }
         }
         let keep = self.rng.usize(..=self.shell.in_flight());
-        let (ops, lost) = self.shell.crash(keep)?;
-        self.committed(&ops);
-        self.lost_batches += lost;
+        let crashed = self.shell.crash(keep)?;
+        self.committed(&crashed.committed);
+        self.lost_batches += crashed.batches;
+        let lost = crashed.batches;
+        for op in &crashed.lost {
+            if let Op::Assigned { id, attempt, .. } = op {
+                self.lost_attempts.insert((TaskId(*id), *attempt));
+            }
+        }
         for (id, sub) in &self.submitted {
             if !self.acked.contains_key(id) {
                 self.lost.insert((*id, sub.n));

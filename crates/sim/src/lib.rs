@@ -63,11 +63,18 @@ use std::hash::{BuildHasher, Hasher};
 pub use known::KnownBugs;
 pub use world::World;
 
-/// Runs one seed; on failure the error names it and carries the trace tail.
+/// Runs one seed; on failure the error names it and carries the trace tail
+/// (`LEGACYGPU_SIM_TRACE=N` lines of it, 40 by default).
 pub fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
-    let mut world = World::new(seed)?;
+    run_seed_with(seed, steps, KnownBugs::ALL)
+}
+
+/// [`run_seed`], accepting only the `known` bugs.
+pub fn run_seed_with(seed: u64, steps: usize, known: KnownBugs) -> Result<(), String> {
+    let mut world = World::with_known_bugs(seed, known)?;
     world.run(steps).map_err(|e| {
-        let tail: Vec<&str> = world.trace.lines().rev().take(40).collect();
+        let lines = std::env::var("LEGACYGPU_SIM_TRACE").ok().and_then(|n| n.parse().ok());
+        let tail: Vec<&str> = world.trace.lines().rev().take(lines.unwrap_or(40)).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!("{e}\n(replay with LEGACYGPU_SIM_SEED={seed})\nlast steps:\n{}", tail.join("\n"))
     })

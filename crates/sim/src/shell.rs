@@ -32,6 +32,14 @@ pub(crate) struct Reply {
     pub outcome: Outcome<Json>,
 }
 
+/// What a crash left: the ops the writer got committed, and those lost.
+pub(crate) struct Crashed {
+    pub committed: Vec<Op>,
+    pub lost: Vec<Op>,
+    /// How many batches were lost.
+    pub batches: usize,
+}
+
 /// The store, the batches in flight to it, the marks and the held replies.
 pub(crate) struct Shell {
     store: SqliteStore,
@@ -141,18 +149,17 @@ impl Shell {
     }
 
     /// The coordinator dies: the writer got the first `keep` batches in
-    /// flight committed, the rest is lost with everything in memory. Returns
-    /// the ops committed and how many batches were lost.
-    pub fn crash(&mut self, keep: usize) -> Result<(Vec<Op>, usize), String> {
-        let ops = self.write(keep)?;
-        let lost = self.in_flight.len() + usize::from(!self.pending.is_empty());
-        self.in_flight.clear();
-        self.pending.clear();
+    /// flight committed, the rest is lost with everything in memory.
+    pub fn crash(&mut self, keep: usize) -> Result<Crashed, String> {
+        let committed = self.write(keep)?;
+        let batches = self.in_flight.len() + usize::from(!self.pending.is_empty());
+        let mut lost: Vec<Op> = self.in_flight.drain(..).flat_map(|(_, ops)| ops).collect();
+        lost.append(&mut self.pending);
         self.held.clear();
         self.marks = DeliveryMarks::default();
         self.appended = 0;
         self.committed = 0;
-        Ok((ops, lost))
+        Ok(Crashed { committed, lost, batches })
     }
 
     /// What a starting coordinator reads back.

@@ -109,11 +109,13 @@ pub struct World {
     /// (task id, sim task number) of submissions a restart lost before they
     /// committed (`KnownBugs::task_ids_reused_after_lost_commit`).
     pub(crate) lost: BTreeSet<(TaskId, u64)>,
+    /// (task, attempt) of assignments a restart lost before they committed.
+    pub(crate) lost_attempts: BTreeSet<(TaskId, u32)>,
     /// The connection each task's outcome was last handed to.
     pub(crate) handed: BTreeMap<TaskId, ConnId>,
-    /// A second copy of task `.0` on connection `.1` that
+    /// Extra copies of task `.0` on connection `.1` that
     /// `KnownBugs::redelivered_on_the_same_connection` sends.
-    pub(crate) again_ok: BTreeSet<(TaskId, ConnId)>,
+    pub(crate) again_ok: BTreeMap<(TaskId, ConnId), u32>,
     pub(crate) known: KnownBugs,
     pub(crate) config: Config,
     /// Marks are written alone once this many wait.
@@ -175,8 +177,9 @@ impl World {
             reclaimed: BTreeSet::new(),
             misattributed: BTreeSet::new(),
             lost: BTreeSet::new(),
+            lost_attempts: BTreeSet::new(),
             handed: BTreeMap::new(),
-            again_ok: BTreeSet::new(),
+            again_ok: BTreeMap::new(),
             known,
             violations: Vec::new(),
             trace: String::new(),
@@ -245,10 +248,16 @@ impl World {
         self.writer_progress_all()?;
         self.release();
         self.flush();
+        // Every gamer (re)connects naming what it still awaits, as the SDK
+        // does: an outcome lost in a crash after its mark committed comes
+        // only that way (a seed-literal gamer, which names nothing, keeps
+        // no such promise).
         for g in 0..self.gamers.len() {
-            if self.gamers[g].conn.is_none() {
-                self.gamer_connect(g, true);
+            if let Some(conn) = self.gamers[g].conn.take() {
+                self.read_inbox(g);
+                self.sched.handle_gamer_left(self.now, &self.gamers[g].id.clone(), conn);
             }
+            self.gamer_connect(g, true);
         }
         let conn = self.conn();
         let healer = SimPeer {
