@@ -94,6 +94,7 @@ impl World {
     /// goes back to waiting for its gamer (`Core::send`).
     fn send(&mut self, reply: Reply) {
         if let Some(g) = self.gamers.iter_mut().find(|g| g.conn == Some(reply.conn)) {
+            self.sent.insert(reply.task.id);
             return g.inbox.push(reply);
         }
         let id = reply.task.id;
@@ -146,10 +147,15 @@ impl World {
         Ok(())
     }
 
-    /// What a commit makes true: submissions are acknowledged, deletions final.
+    /// What a commit makes true: submissions are acknowledged, deletions
+    /// final. A delivery mark must follow its outcome out.
     fn committed(&mut self, ops: &[Op]) {
         for op in ops {
             match op {
+                Op::Delivered { id, delivered: true } if !self.sent.contains(&TaskId(*id)) => {
+                    let e = format!("t-{id} was marked delivered before its outcome went out");
+                    self.violations.push(e);
+                }
                 Op::Insert(t) => {
                     let id = TaskId(t.id);
                     if let Some(sub) = self.submitted.get(&id) {
@@ -294,6 +300,7 @@ impl World {
                 max_backoff: self.config.retry_backoff.max,
             };
             rules.check(&self.sched, &back).map_err(|e| format!("seed {}: {e}", self.seed))?;
+            self.round_trips += 1;
         }
         let mut sched = Scheduler::new(self.config.clone(), self.now);
         sched.handle_recovered(self.now, back);
@@ -303,6 +310,7 @@ impl World {
         self.evicted.clear();
         self.reclaimed.clear();
         self.handed.clear();
+        self.sent.clear();
         for p in &mut self.peers {
             p.conn = None;
         }

@@ -3,22 +3,34 @@
 //! reconnecting (claiming their tasks, forgetting them, or keeping them
 //! without a word) and draining; gamers submitting (with repeated ids,
 //! priorities, requirements, timeouts and idempotency keys), cancelling,
-//! leaving with outcomes unread and returning; results arriving late, twice,
-//! or named only by the id the peer saw; and the coordinator itself crashing
-//! — all with manual time.
+//! leaving with outcomes unread and returning (naming what they await, as
+//! the SDK does, or not); results and starts arriving late, twice, or named
+//! only by the id the peer saw; and the coordinator itself crashing — all
+//! with manual time.
 //!
-//! The coordinator around the scheduler is the real one where it decides
-//! anything durable: each flush's events go through [`persist::op_for`] into
-//! one batch for a real [`store::SqliteStore`] (in memory); delivery marks
-//! follow [`persist::DeliveryMarks`], with its `alone` threshold drawn per
-//! seed from 1 to never; delivered outcomes are held until their batch
-//! commits; and a restart recovers through [`store::Store::load`],
-//! [`persist::recovered`], `Scheduler::handle_recovered` and
-//! `set_next_task_id`, as `crates/coordinator/src/server.rs` does. The store
-//! writer is asynchronous: batches stay in flight for a few steps, and a
-//! crash loses whatever had not committed — so a task counts as
-//! *acknowledged* only once its `TaskSubmitted` op is in a committed batch
-//! (the coordinator holds `task_accepted` until then).
+//! Around the scheduler the world runs the coordinator's real durability
+//! code, in the order `crates/coordinator` runs it (`coordinator.rs`,
+//! `shell.rs`): each flush's events go through [`persist::op_for`] into one
+//! batch for a real [`store::SqliteStore`] (in memory); delivery marks follow
+//! [`persist::DeliveryMarks`] exactly as the observer does — markable once
+//! the batch holding the outcome committed, dropped when the delivery
+//! failed, written riding with other ops or alone once `alone` wait (drawn
+//! per seed: 1, 2, 4, 16 or never); delivered outcomes are held until every
+//! batch handed over so far has committed, and go out before or after the
+//! next input, as the core loop may take either first; and a restart
+//! recovers through [`store::Store::load`], [`persist::recovered`],
+//! `Scheduler::handle_recovered` and `set_next_task_id`, as
+//! `crates/coordinator/src/server.rs`'s `recover` does. The store writer is
+//! asynchronous: batches stay in flight for a few steps and commit a prefix
+//! at a time, and a crash commits some prefix of what was in flight and
+//! loses the rest (with the replies held and whatever a gamer had not read
+//! yet). So a task counts as *acknowledged* only once its `TaskSubmitted`
+//! op is in a committed batch: the coordinator holds `task_accepted` until
+//! then.
+//!
+//! Payloads are JSON numbers, the sim's own task number (`1042`); a peer's
+//! result is `number × 1000 + attempt`, and its failure messages name the
+//! number, so a gamer can tell whose work it got.
 //!
 //! After every step [`World::check`] asserts:
 //!
@@ -27,26 +39,42 @@
 //! 2. every acknowledged task is queued, held by a live peer (or awaiting
 //!    one after a restart), finished, or dropped after its retention ended —
 //!    none is lost;
-//! 3. a gamer never receives two *different* outcomes for one task; it
-//!    receives the same one again only on another connection (after a
-//!    reconnect or a coordinator restart: clients dedupe by task id); every
-//!    outcome is for a task acknowledged to that gamer, and a result is
-//!    computed from that task's own payload;
+//! 3. a gamer never receives two *different* outcomes for one task (result,
+//!    or status, code and reason); it receives the same one again only on
+//!    another connection — after a reconnect or a coordinator restart;
+//!    clients dedupe by task id; every outcome is for a task acknowledged to
+//!    that gamer and carries that task's payload; a result is computed from
+//!    that payload, by the delivered attempt or an earlier run (a peer that
+//!    does not echo attempts is fenced by peer, not by attempt), or by an
+//!    attempt a crash lost (its number is issued again);
 //! 4. the ids peers see (`TaskSpec::peer_task_id`) are unique among live
 //!    tasks, and `Scheduler::resolve_peer_task` of each gives its task;
 //!
-//! at every restart that lost no batch, that the store gives back what the
-//! scheduler held (spec, state, attempts, failures, history, outcome; a
-//! delivery mark only if it was delivered); and at the end — after a calm
+//! at every restart that lost no batch, that the store gives back exactly
+//! what the scheduler held: every task, with its spec, state, attempt,
+//! failures, history (peers, ends, errors, times) and outcome, marked
+//! delivered only if it was (marks are lazy, so a delivered task may come
+//! back undelivered and is sent again); and at the end — after a calm
 //! period with one healthy peer, the store keeping up, and every gamer
-//! connected naming what it still awaits — that every acknowledged task
-//! reached its gamer, unless its retention ended first.
+//! reconnecting and naming what it still awaits — that every acknowledged
+//! task reached its gamer, unless its retention ended first or the gamer
+//! gave its id to a newer task while still awaiting it. (A seed-literal
+//! gamer, which names nothing, can miss an outcome that a crash lost after
+//! its mark committed but before the connection wrote it.)
 //!
-//! A failure names its seed; `LEGACYGPU_SIM_SEED=N` replays it, and a seed
-//! that found a bug becomes an entry in the regression list of
-//! `tests/seeds.rs`. Besides the fixed seeds, every test run explores: it
-//! draws a fresh seed ([`fresh_seed`]), prints it, and runs consecutive
-//! seeds from there for a time budget (TigerBeetle's VOPR does the same).
+//! Product bugs the world found and that are not fixed yet are accepted
+//! precisely, each by a flag of [`KnownBugs`] (`tests/known_bugs.rs` shows
+//! each with its flag off).
+//!
+//! A failure names its seed and the tail of the world's trace
+//! (`LEGACYGPU_SIM_TRACE=N` lines); `LEGACYGPU_SIM_SEED=N` replays it, and a
+//! seed that found a bug becomes an entry in the regression list of
+//! `tests/seeds.rs` once fixed. Besides the fixed seeds
+//! (`0..LEGACYGPU_SIM_RUNS`, 2000 by default) every test run explores: it
+//! draws a fresh seed ([`fresh_seed`]), prints it to the real stderr (past
+//! libtest's capture, so it is in every log), and runs consecutive seeds
+//! from there for `LEGACYGPU_SIM_BUDGET_S` seconds (10 by default), as
+//! TigerBeetle's VOPR does.
 //!
 //! The style follows quinn-proto's test world and TigerBeetle's VOPR.
 
@@ -97,14 +125,15 @@ mod coverage {
     #[test]
     fn the_world_exercises_failures() {
         let mut totals = sched::Counters::default();
-        let (mut acked, mut received, mut again, mut restarts, mut lost, mut marks) =
-            (0, 0, 0, 0, 0, 0);
+        let (mut acked, mut received, mut again, mut marks) = (0, 0, 0, 0);
+        let (mut restarts, mut lost, mut round_trips) = (0, 0, 0);
         let mut alone = std::collections::BTreeSet::new();
         for seed in 0..200 {
             let mut w = World::new(seed).unwrap();
             w.run(300).unwrap();
             restarts += w.restarts;
             lost += w.lost_batches;
+            round_trips += w.round_trips;
             marks += w.shell.marks_written;
             alone.insert(w.alone);
             let c = w.sched.counters();
@@ -123,9 +152,10 @@ mod coverage {
         }
         eprintln!(
             "{totals:?} acked={acked} received={received} again={again} restarts={restarts} \
-             lost_batches={lost} marks={marks} alone={alone:?}"
+             lost_batches={lost} round_trips={round_trips} marks={marks} alone={alone:?}"
         );
         assert!(restarts > 100 && lost > 50, "restarts {restarts}, lost batches {lost}");
+        assert!(round_trips > 100, "restarts compared with the store: {round_trips}");
         assert!(again > 10 && marks > 1000, "outcomes again {again}, marks {marks}");
         assert!(alone.len() >= 4, "{alone:?}");
         assert!(totals.requeued > 100 && totals.stale_results > 10 && totals.peers_dead > 10);

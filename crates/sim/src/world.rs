@@ -111,6 +111,8 @@ pub struct World {
     pub(crate) lost: BTreeSet<(TaskId, u64)>,
     /// (task, attempt) of assignments a restart lost before they committed.
     pub(crate) lost_attempts: BTreeSet<(TaskId, u32)>,
+    /// Tasks whose outcome the current coordinator queued to a connection.
+    pub(crate) sent: BTreeSet<TaskId>,
     /// The connection each task's outcome was last handed to.
     pub(crate) handed: BTreeMap<TaskId, ConnId>,
     /// Extra copies of task `.0` on connection `.1` that
@@ -123,6 +125,9 @@ pub struct World {
     pub restarts: u32,
     /// Batches a restart lost before they committed.
     pub lost_batches: usize,
+    /// Restarts that lost nothing, where the store's rows were compared
+    /// with what the scheduler held.
+    pub round_trips: u32,
     /// What broke an invariant as it happened (checked after each step).
     pub(crate) violations: Vec<String>,
     pub trace: String,
@@ -164,6 +169,7 @@ impl World {
             alone,
             restarts: 0,
             lost_batches: 0,
+            round_trips: 0,
             now: Time::ZERO,
             next_conn: 0,
             next_n: 0,
@@ -179,6 +185,7 @@ impl World {
             lost: BTreeSet::new(),
             lost_attempts: BTreeSet::new(),
             handed: BTreeMap::new(),
+            sent: BTreeSet::new(),
             again_ok: BTreeMap::new(),
             known,
             violations: Vec::new(),
