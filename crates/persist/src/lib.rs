@@ -40,9 +40,55 @@ pub fn from_unix_ms(ms: i64) -> Time {
     Time::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The store op for an event, when it changes what is stored. `Delivered`
-/// is not here: the observer writes it only after the delivery went out.
-pub fn op_for(event: &Event<Json>) -> Option<Op> {
+/// The store ops for an event, when it changes what is stored: one, or two
+/// for a task that ended with an attempt failing on its own account (see
+/// [`finished`]). An iterator, so that the hot path allocates nothing.
+/// `Delivered` is not here: the observer writes it only after the delivery
+/// went out.
+pub fn op_for(event: &Event<Json>) -> impl Iterator<Item = Op> + use<> {
+    let (op, then) = match event {
+        Event::TaskFinished { task, outcome, ended, at, .. } => {
+            finished(task.id, outcome, ended, *at)
+        }
+        other => (one_op(other), None),
+    };
+    op.into_iter().chain(then)
+}
+
+/// The ops of a finished task. The attempt that ended with it keeps its own
+/// error and the task the outcome's — they differ when the last attempt
+/// failed and that used up `max_attempts` — but `Op::Finished` writes one
+/// error to both; so such a task is finished twice in the same batch: first
+/// with the attempt's error, then with the task's and no attempt.
+fn finished(
+    id: TaskId,
+    outcome: &Outcome<Json>,
+    ended: &Option<(Attempt, AttemptEnd)>,
+    at: Time,
+) -> (Option<Op>, Option<Op>) {
+    let (result, error) = match outcome {
+        Outcome::Completed { result, .. } => (Some(result.get().to_owned()), None),
+        other => (None, other.failure().map(|f| row(&f))),
+    };
+    let op = |error: Option<ErrorRow>, end: Option<(u32, codes::AttemptEnd)>| Op::Finished {
+        id: id.0,
+        state: outcome.status(),
+        result: result.clone(),
+        error,
+        end,
+        at_ms: unix_ms(at),
+        delivered: false,
+    };
+    let end = ended.as_ref().map(|(a, e)| (a.0, e.kind()));
+    match ended {
+        Some((_, AttemptEnd::Failed(f))) if Some(row(f)) != error => {
+            (Some(op(Some(row(f)), end)), Some(op(error, None)))
+        }
+        _ => (Some(op(error, end)), None),
+    }
+}
+
+fn one_op(event: &Event<Json>) -> Option<Op> {
     Some(match event {
         Event::TaskSubmitted { task } if task.kind.is_hidden() => {
             Op::IdsUsed { next_task_id: task.id.0 + 1 }
@@ -74,21 +120,6 @@ pub fn op_for(event: &Event<Json>) -> Option<Op> {
                 failures: *failures,
                 error: requeue_error(reason, end),
                 at_ms: unix_ms(*retry_at),
-            }
-        }
-        Event::TaskFinished { task, outcome, ended, at, .. } => {
-            let (result, error) = match outcome {
-                Outcome::Completed { result, .. } => (Some(result.get().to_owned()), None),
-                other => (None, other.failure().map(|f| row(&f))),
-            };
-            Op::Finished {
-                id: task.id.0,
-                state: outcome.status(),
-                result,
-                error,
-                end: ended.as_ref().map(|(a, e)| (a.0, e.kind())),
-                at_ms: unix_ms(*at),
-                delivered: false,
             }
         }
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
@@ -452,6 +483,39 @@ mod tests {
         marks.delivered(TaskId(9), 2);
         assert_eq!(marks.take(1, false, 4), vec![], "not durable yet");
         assert_eq!(marks.take_all(), vec![Op::Delivered { id: 9, delivered: true }]);
+    }
+
+    /// The last attempt failed and used up `max_attempts`: after the round
+    /// trip the attempt still ended with its own error, the task with
+    /// `attempts_exhausted` (found by the simulation: both got the task's).
+    #[test]
+    fn an_exhausting_failure_keeps_the_attempts_own_error() {
+        use store::Store;
+        let mut db = store::SqliteStore::in_memory().unwrap();
+        let t0 = Time::from_secs(1_700_000_000);
+        let mut s: Scheduler<Json> = Scheduler::new(Config::default(), t0);
+        let mut sub = Submission::new(Owner::Api, "echo", proto::null());
+        sub.max_attempts = Some(1);
+        s.handle_submit(t0, sub).unwrap();
+        let join = PeerJoin::new(PeerId::from("p"), ConnId(1), PeerCaps::default());
+        s.handle_peer_joined(t0, join);
+        let failure = Failure::new("internal", "disk full");
+        let outcome = RunOutcome::Failed { failure: failure.clone(), retryable: true };
+        s.handle_result(t0, &PeerId::from("p"), ConnId(1), TaskId(1), Some(Attempt(1)), outcome)
+            .unwrap();
+        let mut ops = Vec::new();
+        while let Some(e) = s.poll_event() {
+            ops.extend(op_for(&e));
+        }
+        db.write(&ops).unwrap();
+
+        let back = recovered(db.load().unwrap().tasks.remove(0)).unwrap();
+        assert_eq!(back.history[0].end, Some(AttemptEnd::Failed(failure)));
+        let RecoveredState::Finished { outcome: Outcome::Failed(f), .. } = &back.state else {
+            panic!("{:?}", back.state);
+        };
+        assert_eq!(f.code, FailureCode::ATTEMPTS_EXHAUSTED);
+        assert_eq!(back.last_error.map(|e| e.code), Some(FailureCode::ATTEMPTS_EXHAUSTED));
     }
 
     #[test]
