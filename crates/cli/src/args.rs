@@ -643,6 +643,8 @@ pub enum TaskCmd {
         legacygpu task submit --type echo --data '{\"x\": 1}' --wait\n  \
         legacygpu task submit --type physics --data @scene.json --priority HIGH --wait\n  \
         legacygpu task submit --model resnet50 --input image.jpg --wait\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --prompt \"The RX 580 is\"\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --chat \"What is Vulkan?\" --temperature 0\n  \
         legacygpu task submit --batch tasks.jsonl")]
     Submit(TaskSubmit),
     /// Where a task stands.
@@ -727,9 +729,36 @@ pub struct TaskSubmit {
     #[arg(long, default_value = "{}", conflicts_with = "model")]
     pub data: String,
 
-    /// Inference shorthand: the model to classify `--input` with.
-    #[arg(long, requires = "input")]
+    /// The model: with `--input`, the one to classify the image with
+    /// (inference); with `--prompt` or `--chat`, the one to generate with.
+    #[arg(long)]
     pub model: Option<String>,
+
+    /// Generation: text for the model to continue (a `generate` task,
+    /// streamed: tokens are printed as they come, then the figures).
+    #[arg(long, requires = "model", conflicts_with_all = ["input", "chat", "batch"])]
+    pub prompt: Option<String>,
+
+    /// Generation: a user message, through the model's chat template.
+    #[arg(long, requires = "model", conflicts_with_all = ["input", "batch"])]
+    pub chat: Option<String>,
+
+    /// Generation: a system message before `--chat`'s.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+
+    /// Generation: the most tokens to generate.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: Option<u32>,
+
+    /// Generation: the sampling temperature, 0 to 2 (0 is greedy: the same
+    /// tokens every time).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+
+    /// Generation: the sampler's seed.
+    #[arg(long)]
+    pub seed: Option<u32>,
 
     /// Inference shorthand: the image (JPEG or PNG) to classify.
     #[arg(long, requires = "model")]

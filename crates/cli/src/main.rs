@@ -14,6 +14,7 @@ mod cluster;
 mod demo;
 mod docs;
 mod executors;
+mod generate;
 mod local;
 mod monitor;
 mod remote;
