@@ -104,7 +104,8 @@ pub async fn run(args: &TaskSubmit, data: Value) -> anyhow::Result<ExitCode> {
 /// One line of figures for a generation's result.
 fn figures(r: &Value, first: Option<std::time::Duration>, peer: Option<&str>) -> String {
     let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
-    let first = first.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    let first =
+        first.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
     format!(
         "[{} tokens ({}), {:.1} tokens/s, prompt {} tokens in {:.0} ms, first token here after {first}, on {} ({})]",
         n("completion_tokens"),

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proto::{
-    ErrorMsg, TaskAccepted, TaskErrorOut, TaskProgressOut, TaskRequest, TaskResultOut, TaskStatusOut,
+    ErrorMsg, TaskAccepted, TaskErrorOut, TaskProgressOut, TaskRequest, TaskResultOut,
+    TaskStatusOut,
 };
 use tokio::sync::{mpsc, oneshot};
 
