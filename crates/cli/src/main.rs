@@ -12,6 +12,7 @@ mod args;
 mod bench;
 mod cluster;
 mod demo;
+mod demo_llm;
 mod docs;
 mod executors;
 mod generate;
