@@ -646,7 +646,8 @@ pub enum TaskCmd {
         legacygpu task submit --type generate --model llama3.2-3b --prompt \"The RX 580 is\"\n  \
         legacygpu task submit --type generate --model llama3.2-3b --chat \"What is Vulkan?\" --temperature 0\n  \
         legacygpu task submit --batch tasks.jsonl")]
-    Submit(TaskSubmit),
+    // Boxed: its flags make it far larger than the other commands.
+    Submit(Box<TaskSubmit>),
     /// Where a task stands.
     #[command(after_long_help = "Examples:\n  \
         legacygpu task status t-42\n  \

@@ -97,12 +97,15 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
 /// A named worker and what it runs.
 type DemoWorker = (String, Executors);
 
+/// Whether the demo's generation model could be made, and why not.
+type LlmReady = Result<(), String>;
+
 /// Two workers: one for the CPU (physics, inference, generation), one with
 /// the GPU; the GPU adapter's description, if there is one; and whether the
 /// tiny generation model could be made (why not, if not).
 fn workers(
     models: &std::path::Path,
-) -> anyhow::Result<(Vec<DemoWorker>, Option<String>, Result<(), String>)> {
+) -> anyhow::Result<(Vec<DemoWorker>, Option<String>, LlmReady)> {
     let mut cpu = Executors::builtin();
     cpu.add(Physics::default());
     cpu.add(Inference::from_dir(models)?);

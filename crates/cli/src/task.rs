@@ -15,8 +15,8 @@ use crate::remote::{api, cell, exit, print_json, status_colour, table};
 
 pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TaskCmd::Submit(args) if args.batch.is_some() => batch(args).await,
-        TaskCmd::Submit(args) => submit(args).await,
+        TaskCmd::Submit(args) if args.batch.is_some() => batch(*args).await,
+        TaskCmd::Submit(args) => submit(*args).await,
         TaskCmd::Status(args) => status(&args).await,
         TaskCmd::Result(args) => result(&args).await,
         TaskCmd::List(args) => list(&args).await,
