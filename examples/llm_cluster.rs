@@ -8,13 +8,16 @@
 //!                       of scripts/make_tiny_gguf.py; --width/--layers shape it)
 //!   --gpu-layers auto|all|N  (default auto)   --software-vulkan (allow lavapipe)
 //!   --concurrency 1,4,8 --tokens 64 --rounds 2 --threads N --store (SQLite, default memory)
+//!   --repeat N          runs of each side per concurrency, alternating (default 5)
 //! ```
 //!
-//! Both sides run the same load through `exec_llm::bench::run`: first
-//! llama.cpp in-process (`Llm::generate`), then an in-process coordinator
-//! (loopback WebSocket) and worker serving a second copy of the model,
-//! driven by the Rust SDK's streamed submissions (`task_progress` deltas
-//! timestamp the first token). The two never run at once.
+//! Both sides run the same load through `exec_llm::bench::run`: llama.cpp
+//! in-process (`Llm::generate`), and an in-process coordinator (loopback
+//! WebSocket) and worker serving a second copy of the model, driven by the
+//! Rust SDK's streamed submissions (`task_progress` deltas timestamp the
+//! first token). The two never run at once: they alternate, `--repeat`
+//! times each, and the median run of each side (by aggregate tokens/s) is
+//! printed, so that a busy machine's swings hit both alike.
 
 use std::time::Duration;
 
@@ -35,6 +38,7 @@ struct Args {
     rounds: usize,
     threads: Option<u32>,
     store: bool,
+    repeat: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +52,7 @@ fn parse() -> Result<Args, String> {
         rounds: 2,
         threads: None,
         store: false,
+        repeat: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +74,7 @@ fn parse() -> Result<Args, String> {
             "--rounds" => a.rounds = number(value()?)? as usize,
             "--threads" => a.threads = Some(number(value()?)?),
             "--store" => a.store = true,
+            "--repeat" => a.repeat = number(value()?)?.max(1) as usize,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -117,39 +123,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let direct = Llm::from_file("bench", &path, config.clone())?;
     println!("model {} on {}", path.display(), direct.device("bench").unwrap_or("?"));
-    // Warm-up: the first use of a device compiles its kernels.
-    direct.generate(input.clone(), &exec::RunContext::unbounded())?;
-    let mut direct_rows = Vec::new();
-    for &concurrency in &args.concurrency {
-        let load = Load { concurrency, rounds: args.rounds, input: input.clone() };
-        direct_rows.push(run(&load, |i, ctx| direct.generate(i, ctx))?);
-    }
-    drop(direct);
-
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let client = rt.block_on(cluster(&path, config, slots, args.store, &dir))?;
-    let through = |i: GenerateInput, ctx: &exec::RunContext| {
-        rt.handle().block_on(generate(&client, i, ctx))
-    };
+    let through =
+        |i: GenerateInput, ctx: &exec::RunContext| rt.handle().block_on(generate(&client, i, ctx));
+    // Warm-up: the first use of a device compiles its kernels.
+    direct.generate(input.clone(), &exec::RunContext::unbounded())?;
     through(input.clone(), &exec::RunContext::unbounded())?;
     println!(
         "| path | concurrency | tokens | wall s | aggregate tok/s | TTFT p50 ms | TTFT max ms | per-sequence tok/s p50 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (i, &concurrency) in args.concurrency.iter().enumerate() {
+    for &concurrency in &args.concurrency {
         let load = Load { concurrency, rounds: args.rounds, input: input.clone() };
-        let f = run(&load, through)?;
-        println!("{}", row("in-process", &direct_rows[i]));
-        println!("{}", row("cluster", &f));
-        let d = &direct_rows[i];
+        let (mut d, mut c) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeat {
+            d.push(run(&load, |i, ctx| direct.generate(i, ctx))?);
+            c.push(run(&load, through)?);
+        }
+        let (d, c) = (median(d), median(c));
+        println!("{}", row("in-process", &d));
+        println!("{}", row("cluster", &c));
         println!(
-            "|   | overhead | | | {:+.1} % tok/s | {:+.1} ms | | {:+.1} % |",
-            (f.aggregate_tokens_per_s / d.aggregate_tokens_per_s - 1.0) * 100.0,
-            (f.ttft_p50.as_secs_f64() - d.ttft_p50.as_secs_f64()) * 1e3,
-            (f.sequence_tokens_per_s_p50 / d.sequence_tokens_per_s_p50 - 1.0) * 100.0,
+            "|   | cluster vs in-process | | | {:+.1} % | {:+.1} ms | | {:+.1} % |",
+            (c.aggregate_tokens_per_s / d.aggregate_tokens_per_s - 1.0) * 100.0,
+            (c.ttft_p50.as_secs_f64() - d.ttft_p50.as_secs_f64()) * 1e3,
+            (c.sequence_tokens_per_s_p50 / d.sequence_tokens_per_s_p50 - 1.0) * 100.0,
         );
     }
     Ok(())
+}
+
+/// The run with the median aggregate tokens/s.
+fn median(mut runs: Vec<Figures>) -> Figures {
+    runs.sort_by(|a, b| a.aggregate_tokens_per_s.total_cmp(&b.aggregate_tokens_per_s));
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// A coordinator and one worker serving the model, in this process; a client.
@@ -165,12 +173,8 @@ async fn cluster(
     } else {
         StoreMode::Memory
     };
-    let config_c = Config {
-        ws_addr: "127.0.0.1:0".parse()?,
-        http_addr: None,
-        store,
-        ..Config::default()
-    };
+    let config_c =
+        Config { ws_addr: "127.0.0.1:0".parse()?, http_addr: None, store, ..Config::default() };
     let coordinator = Coordinator::bind(config_c).await?;
     let url = format!("ws://{}", coordinator.ws_addr());
     tokio::spawn(coordinator.run(std::future::pending()));
