@@ -164,8 +164,13 @@ async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() 
     assert!(deltas.is_empty(), "{deltas:?}");
     assert_eq!(plain["result"]["text"], text.as_str());
 
-    // REST: submit with `stream`, follow its event stream to the result.
+    // The deltas forwarded are counted.
     let client = http();
+    let metrics = client.get(format!("{}/metrics", c.http())).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains(r#"legacygpu_progress_forwarded_total{to="gamer"}"#), "{metrics}");
+
+    // REST: submit with `stream`, follow its event stream to the result.
     let body = json!({"task_type": "generate", "data": data, "stream": true});
     let sub: Value = client
         .post(format!("{}/cluster/tasks", c.http()))

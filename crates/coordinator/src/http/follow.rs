@@ -61,6 +61,8 @@ pub(crate) struct Follower {
     /// Cancel the task when the request goes away before its end (the
     /// request is the task: an OpenAI completion).
     cancel_on_drop: bool,
+    /// The task has ended (or is unknown): nothing to cancel.
+    ended: bool,
 }
 
 impl Follower {
@@ -98,7 +100,8 @@ impl Follower {
         (progress, outcome): Channels,
         cancel_on_drop: bool,
     ) -> Follower {
-        Follower { api: api.clone(), task, progress, outcome: Some(outcome), cancel_on_drop }
+        let outcome = Some(outcome);
+        Follower { api: api.clone(), task, progress, outcome, cancel_on_drop, ended: false }
     }
 
     pub fn task(&self) -> TaskId {
@@ -114,6 +117,7 @@ impl Follower {
             answer = outcome => answer,
         };
         self.outcome = None;
+        self.ended = matches!(answer, Ok(Awaited::Finished(_) | Awaited::Unknown));
         match answer {
             Ok(Awaited::Finished(done)) => {
                 // What goes out must be durable, as for results pushed to gamers.
@@ -138,7 +142,7 @@ fn channels(api: &Api) -> (Watch, Channels) {
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        if self.cancel_on_drop && self.outcome.is_some() {
+        if self.cancel_on_drop && !self.ended {
             // The request went away (the client hung up): the work it asked
             // for is not wanted any more. Best-effort, never waiting.
             let (reply, _) = oneshot::channel();
