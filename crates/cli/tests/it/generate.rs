@@ -341,3 +341,45 @@ async fn a_worker_killed_before_its_first_token_is_retried_and_one_killed_mid_st
     assert!(chunks.next().await.is_none(), "the stream ends after the error");
     assert!(!text.is_empty());
 }
+
+#[tokio::test]
+async fn an_openai_client_that_hangs_up_cancels_its_generation() {
+    let Some(dir) = models("hang_up", 4096) else { return };
+    let c = Coordinator::start(bin(), FAST);
+    let _w = llm_worker(&c, "w", dir.path(), &["--llm-context", "4096"]);
+    await_model(&c, 1, None).await;
+    let client = http();
+    let status = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/cluster/tasks/{id}/status", c.http());
+        async move {
+            let t: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            t["status"].as_str().map(str::to_owned)
+        }
+    };
+    // Streamed: the client reads the first chunk, then goes away.
+    let mut stream = openai_stream(&c, 4000).await;
+    let id = stream.resp.headers()["x-legacygpu-task-id"].to_str().unwrap().to_owned();
+    assert!(stream.next().await.is_some());
+    drop(stream);
+    eventually("the streamed task to be cancelled", || async {
+        (status(id.clone()).await.as_deref() == Some("cancelled")).then_some(())
+    })
+    .await;
+    // Not streamed: the client gives up while the task runs.
+    let body = json!({"model": "tiny", "prompt": "go on", "max_tokens": 4000, "temperature": 0});
+    let url = format!("{}/v1/completions", c.http());
+    let request = tokio::spawn(client.post(&url).json(&body).send());
+    let list_url = format!("{}/cluster/tasks?task_type=generate&status=running", c.http());
+    let newest = eventually("the completion to run", || async {
+        let list: Value = client.get(&list_url).send().await.ok()?.json().await.ok()?;
+        let first = list["tasks"].as_array()?.first()?;
+        first["task_id"].as_str().filter(|t| *t != id).map(str::to_owned)
+    })
+    .await;
+    request.abort();
+    eventually("the abandoned task to be cancelled", || async {
+        (status(newest.clone()).await.as_deref() == Some("cancelled")).then_some(())
+    })
+    .await;
+}
