@@ -735,31 +735,9 @@ pub struct TaskSubmit {
     #[arg(long)]
     pub model: Option<String>,
 
-    /// Generation: text for the model to continue (a `generate` task,
-    /// streamed: tokens are printed as they come, then the figures).
-    #[arg(long, requires = "model", conflicts_with_all = ["input", "chat", "batch"])]
-    pub prompt: Option<String>,
-
-    /// Generation: a user message, through the model's chat template.
-    #[arg(long, requires = "model", conflicts_with_all = ["input", "batch"])]
-    pub chat: Option<String>,
-
-    /// Generation: a system message before `--chat`'s.
-    #[arg(long, requires = "chat")]
-    pub system: Option<String>,
-
-    /// Generation: the most tokens to generate.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_tokens: Option<u32>,
-
-    /// Generation: the sampling temperature, 0 to 2 (0 is greedy: the same
-    /// tokens every time).
-    #[arg(long)]
-    pub temperature: Option<f64>,
-
-    /// Generation: the sampler's seed.
-    #[arg(long)]
-    pub seed: Option<u32>,
+    /// Generation (`--prompt`, `--chat` and their options).
+    #[command(flatten)]
+    pub generation: crate::generate::GenerateArgs,
 
     /// Inference shorthand: the image (JPEG or PNG) to classify.
     #[arg(long, requires = "model")]

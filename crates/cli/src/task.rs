@@ -254,7 +254,7 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
 }
 
 async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
-    let generation = args.prompt.is_some() || args.chat.is_some();
+    let generation = args.generation.prompt.is_some() || args.generation.chat.is_some();
     let (task_type, data) = match (&args.model, &args.input) {
         (Some(model), Some(input)) => {
             ("inference".to_owned(), inference_data(model, input, args.top_k)?)
@@ -263,7 +263,7 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
             if args.task_type.as_deref().is_some_and(|t| t != "generate") {
                 bail!("--prompt and --chat make a generate task (--type generate)");
             }
-            let data = crate::generate::data(&args, model)?;
+            let data = crate::generate::data(&args.generation, model)?;
             return crate::generate::run(&args, data).await;
         }
         (Some(_), None) => {
