@@ -643,8 +643,11 @@ pub enum TaskCmd {
         legacygpu task submit --type echo --data '{\"x\": 1}' --wait\n  \
         legacygpu task submit --type physics --data @scene.json --priority HIGH --wait\n  \
         legacygpu task submit --model resnet50 --input image.jpg --wait\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --prompt \"The RX 580 is\"\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --chat \"What is Vulkan?\" --temperature 0\n  \
         legacygpu task submit --batch tasks.jsonl")]
-    Submit(TaskSubmit),
+    // Boxed: its flags make it far larger than the other commands.
+    Submit(Box<TaskSubmit>),
     /// Where a task stands.
     #[command(after_long_help = "Examples:\n  \
         legacygpu task status t-42\n  \
@@ -727,9 +730,14 @@ pub struct TaskSubmit {
     #[arg(long, default_value = "{}", conflicts_with = "model")]
     pub data: String,
 
-    /// Inference shorthand: the model to classify `--input` with.
-    #[arg(long, requires = "input")]
+    /// The model: with `--input`, the one to classify the image with
+    /// (inference); with `--prompt` or `--chat`, the one to generate with.
+    #[arg(long)]
     pub model: Option<String>,
+
+    /// Generation (`--prompt`, `--chat` and their options).
+    #[command(flatten)]
+    pub generation: crate::generate::GenerateArgs,
 
     /// Inference shorthand: the image (JPEG or PNG) to classify.
     #[arg(long, requires = "model")]

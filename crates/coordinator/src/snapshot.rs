@@ -60,6 +60,8 @@ pub(crate) struct WorkerFacts {
     pub busy_slots: u32,
     pub task_types: Option<Vec<String>>,
     pub models: Vec<String>,
+    /// Each model with its details, as declared (for `GET /v1/models`).
+    pub model_info: Arc<[proto::ModelEntry]>,
     /// The capabilities exactly as the worker declared them.
     pub capabilities: Arc<serde_json::Value>,
     pub draining: bool,
@@ -107,6 +109,7 @@ impl WorkerFacts {
             busy_slots: peer.used(),
             task_types: caps.task_types.as_ref().map(|t| t.iter().map(|s| s.to_string()).collect()),
             models: caps.models.iter().map(|m| m.to_string()).collect(),
+            model_info: info.map_or_else(|| Arc::from([]), |i| Arc::clone(&i.models)),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),
             quarantined: peer.quarantined(),

@@ -242,6 +242,18 @@ pub(crate) fn connection_dropped_slow(recorder: &PrometheusRecorder) {
     });
 }
 
+/// Streamed deltas handed to followers (`to`: `gamer` or `http`), and
+/// those lost because the follower's queue was full.
+pub(crate) fn progress(recorder: &PrometheusRecorder, to: &'static str, sent: u64, dropped: u64) {
+    if sent == 0 && dropped == 0 {
+        return;
+    }
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_progress_forwarded_total", "to" => to).increment(sent);
+        counter!("legacygpu_progress_dropped_total", "to" => to).increment(dropped);
+    });
+}
+
 /// A store batch committed in `took`.
 pub(crate) fn store_committed(recorder: &PrometheusRecorder, took: Duration) {
     metrics::with_local_recorder(recorder, || {
@@ -426,6 +438,14 @@ fn describe(recorder: &PrometheusRecorder) {
         describe_counter!(
             "legacygpu_connections_dropped_slow_total",
             "Connections dropped for reading their messages too slowly."
+        );
+        describe_counter!(
+            "legacygpu_progress_forwarded_total",
+            "Deltas of streamed tasks (task_progress) handed to followers, by follower kind (gamer, http)."
+        );
+        describe_counter!(
+            "legacygpu_progress_dropped_total",
+            "Deltas of streamed tasks lost because a follower's queue was full, by follower kind."
         );
         describe_histogram!(
             "legacygpu_task_queue_wait_seconds",

@@ -108,8 +108,9 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     }
     info!(peer = %id, slots, replaced = joined.replaced, "peer registered");
     let remote = core.conns.get(&conn).map(|c| c.remote);
+    let models = Arc::from(caps.model_info);
     let raw_caps = Arc::new(caps.raw);
-    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, raw_caps, remote });
+    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, raw_caps, remote, models });
     let ack = RegistrationAck {
         peer_id: Some(id.to_string()),
         heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),
@@ -237,8 +238,7 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
             core.sched.handle_result(now, peer, conn, task, attempt, RunOutcome::Returned).map(drop)
         }
         ToCoordinator::Drain(_) => core.sched.handle_drain(now, peer, conn),
-        // Streamed output is best-effort and not routed to gamers yet.
-        ToCoordinator::TaskProgress(_) => Ok(()),
+        ToCoordinator::TaskProgress(m) => super::stream::handle(core, conn, peer, m),
         other => {
             let err = ErrorMsg::new(
                 ErrorCode::WRONG_ROLE,
@@ -280,7 +280,7 @@ fn mismatch(core: &mut Core, conn: ConnId, peer: &PeerId, msg_type: &str) {
 
 /// The task a peer names: by the cluster id it echoes (`id`), else by the
 /// `task_id` of its assignment.
-fn peer_task(core: &Core, id: Option<&str>, task_id: &str) -> Option<TaskId> {
+pub(super) fn peer_task(core: &Core, id: Option<&str>, task_id: &str) -> Option<TaskId> {
     match id {
         Some(id) => TaskId::parse_cluster(id),
         None => core.sched.resolve_peer_task(task_id),

@@ -40,6 +40,7 @@ use crate::telemetry::Telemetry;
 
 pub(crate) mod messages;
 pub(crate) mod requests;
+pub(crate) mod stream;
 
 pub(crate) use requests::ApiRequest;
 
@@ -94,6 +95,8 @@ pub(crate) struct PeerInfo {
     /// The capabilities as it declared them.
     pub raw_caps: Arc<serde_json::Value>,
     pub remote: Option<SocketAddr>,
+    /// The models it serves, with their details (read once, at registration).
+    pub models: Arc<[proto::ModelEntry]>,
 }
 
 impl PeerInfo {
@@ -113,6 +116,8 @@ pub(crate) struct Core {
     pub clock: Clock,
     /// HTTP requests waiting for a task to finish.
     pub waiters: requests::Waiters,
+    /// HTTP requests following a streamed task's progress.
+    pub listeners: stream::Listeners,
     /// Workers approved through the API (shared with connection tasks).
     pub approvals: Approvals,
     /// What reads are served from.
@@ -153,6 +158,7 @@ impl Core {
             telemetry,
             clock,
             waiters: requests::Waiters::default(),
+            listeners: stream::Listeners::default(),
             approvals: Approvals::default(),
             publisher,
             bindings: Bindings::default(),
@@ -280,6 +286,7 @@ impl Core {
         crate::quota::publish(self);
         // After the commit, so that each answer names the batch holding its outcome.
         for id in finished {
+            self.listeners.finished(id);
             if let Some(done) = self.sched.task(id).and_then(|t| self.finished_view(t))
                 && self.waiters.finished(id, &done)
             {

@@ -16,6 +16,7 @@ use sched::{CancelError, Outcome, Owner, Strategy, Task, TaskId, TaskState};
 use tokio::sync::oneshot;
 
 use super::Core;
+use super::stream::Watch;
 use crate::clock::Clock;
 
 /// Where the answer goes.
@@ -45,6 +46,16 @@ pub(crate) enum ApiRequest {
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
     /// Lift a worker's quarantine.
     ClearWorker { worker_id: String, reply: Reply<Result<ClearedNow, sched::ClearError>> },
+    /// Submit like `Submit`, and follow the accepted task's progress and
+    /// outcome through `watch` from the same step (nothing is missed).
+    SubmitWatched {
+        req: TaskRequest,
+        client: String,
+        watch: Watch,
+        reply: Reply<Result<Submitted, ErrorMsg>>,
+    },
+    /// Follow a task's progress (when it streams) and its outcome.
+    Follow { task: TaskId, watch: Watch },
 }
 
 /// Which tasks to list.
@@ -238,10 +249,19 @@ impl Core {
                 let seq = self.observer.appended();
                 let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
             }
+            ApiRequest::SubmitWatched { req, client, watch, reply } => {
+                let answer = crate::quota::accept(self, vec![client], Owner::Api, req)
+                    .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                if let Some(task) = answer.as_ref().ok().and_then(|s| s.accepted.id.parse().ok()) {
+                    super::stream::follow(self, task, watch);
+                }
+                let _ = reply.send(answer);
+            }
+            ApiRequest::Follow { task, watch } => super::stream::follow(self, task, watch),
         }
     }
 
-    fn await_outcome(&mut self, task: TaskId, reply: Reply<Awaited>) {
+    pub(super) fn await_outcome(&mut self, task: TaskId, reply: Reply<Awaited>) {
         let Some(t) = self.sched.task(task) else {
             let _ = reply.send(Awaited::Unknown);
             return;

@@ -4,7 +4,7 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
-use super::{Api, ErrorBody, cluster, events, tasks, tokens, trust, workers};
+use super::{Api, ErrorBody, cluster, events, openai, sse, tasks, tokens, trust, workers};
 use crate::config::ApiRole;
 
 /// One route: its method and path (axum's syntax, the same as OpenAPI's),
@@ -45,11 +45,17 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::GET, "/cluster/tasks/{id}/status", ReadOnly, || get(tasks::task_status)),
     route(Method::GET, "/cluster/tasks/{id}/result", Client, || get(tasks::task_result)),
     route(Method::DELETE, "/cluster/tasks/{id}", Client, || delete(tasks::cancel)),
+    route(Method::GET, "/cluster/tasks/{id}/stream", Client, || get(sse::stream)),
     route(Method::GET, "/cluster/config", ReadOnly, || get(cluster::config)),
     route(Method::PUT, "/cluster/config/balancing", Admin, || put(cluster::set_balancing)),
     route(Method::POST, "/cluster/shutdown", Admin, || post(cluster::shutdown)),
     route(Method::GET, "/ws/cluster/events", ReadOnly, || get(events::stream)),
     route(Method::GET, "/metrics", ReadOnly, || get(cluster::prometheus)),
+    // The OpenAI-compatible API (http/openai).
+    route(Method::GET, "/v1/models", ReadOnly, || get(openai::list_models)),
+    route(Method::GET, "/v1/models/{id}", ReadOnly, || get(openai::model)),
+    route(Method::POST, "/v1/chat/completions", Client, || post(openai::chat_completions)),
+    route(Method::POST, "/v1/completions", Client, || post(openai::completions)),
 ];
 
 /// The role a request needs: its route's, or read-only for the docs and
@@ -68,7 +74,8 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
     info(
         title = "legacygpu cluster API",
         description = "Operate a legacygpu cluster: health, workers, tasks, configuration, \
-                       live events and Prometheus metrics. Authenticate with \
+                       live events and Prometheus metrics; generate text through the \
+                       OpenAI-compatible `/v1/*` routes. Authenticate with \
                        `Authorization: Bearer KEY` or `X-API-Key: KEY`."
     ),
     paths(
@@ -76,7 +83,9 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
         workers::worker_stats, workers::register_worker, workers::revoke_worker, trust::clear_worker,
         tokens::show, tokens::rotate, tasks::submit, tasks::submit_seed_path,
         tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, cluster::config,
-        cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus
+        cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus,
+        sse::stream, openai::list_models, openai::model, openai::chat_completions,
+        openai::completions
     ),
     components(schemas(ErrorBody, crate::telemetry::ApiEvent)),
     modifiers(&Security),
