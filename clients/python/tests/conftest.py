@@ -64,3 +64,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         skip_or_fail("no LEGACYGPU_TEST_MODELS_DIR and cannot build the tiny model (pip install onnx numpy)")
     return out
 
+
+
+@pytest.fixture(scope="session")
+def llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding the tiny random-weight GGUF as `tiny`:
+    $LEGACYGPU_TEST_LLM_DIR (the Rust runner writes it), else built by
+    scripts/make_tiny_gguf.py when Python's gguf is installed."""
+    env = os.environ.get("LEGACYGPU_TEST_LLM_DIR")
+    if env:
+        return Path(env)
+    out = tmp_path_factory.mktemp("llm")
+    script = REPO / "scripts" / "make_tiny_gguf.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out / "tiny.gguf")], capture_output=True)
+    if done.returncode != 0:
+        skip_or_fail("no LEGACYGPU_TEST_LLM_DIR and cannot build the tiny GGUF (pip install gguf numpy)")
+    return out

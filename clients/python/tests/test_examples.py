@@ -1,7 +1,5 @@
-"""The examples run against a real cluster.
-
-examples/chat.py needs LLM streaming through the coordinator, which main
-does not forward yet; its test comes with that."""
+"""The examples run against a real cluster (chat.py with a worker serving the
+tiny random-weight GGUF, streamed through the coordinator)."""
 
 from __future__ import annotations
 
@@ -11,17 +9,58 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster import FAST, Coordinator, worker
+from cluster import FAST, Coordinator, until, worker
 from images import png
+
+import legacygpu
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_example(name: str, *args: str, stdin: "str | None" = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES.parent / "src"), env.get("PYTHONPATH", "")])
+    if stdin is None:
+        return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
+                              timeout=120, env=env, stdin=subprocess.DEVNULL)
     return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
-                          timeout=120, env=env, stdin=subprocess.DEVNULL)
+                          timeout=120, env=env, input=stdin)
+
+
+def llm_cluster(procs, llm_dir):
+    c = Coordinator(FAST)
+    procs.append(c)
+    procs.append(worker(c.ws_url, "llm", "--models-dir", str(llm_dir), "--no-gpu", "--gpu-layers", "0"))
+    admin = legacygpu.Admin(c.http_url)
+    until(lambda: any("tiny" in w.get("models", []) for w in admin.workers()["workers"]), "the LLM worker")
+    return c
+
+
+def test_generate_streams_through_the_cluster(procs, llm_dir):
+    c = llm_cluster(procs, llm_dir)
+    with legacygpu.Client(c.ws_url) as client:
+        gen = client.generate("tiny", "hello", max_tokens=200, temperature=0)
+        deltas = list(gen)
+    assert gen.result is not None and gen.result["completion_tokens"] == 200
+    # The worker sends a delta every 20 ms at most: 200 tokens come in several.
+    assert len(deltas) >= 2
+    assert not gen.gap
+    assert "".join(deltas) == gen.result["text"]
+
+
+def test_chat_streams_the_answer(procs, llm_dir):
+    c = llm_cluster(procs, llm_dir)
+    args = ["--coordinator", c.ws_url, "--model", "tiny", "--max-tokens", "24", "--temperature", "0",
+            "--system", "be brief"]
+    done = run_example("chat.py", *args, stdin="hello\n\n")
+    assert done.returncode == 0, done.stderr
+    # "> " prompt, the streamed answer and a newline, then the next prompt.
+    assert done.stdout.startswith("> ") and done.stdout.endswith("\n> "), repr(done.stdout)
+    answer = done.stdout[2:-3]
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    with legacygpu.Client(c.ws_url) as client:
+        expected = client.generate("tiny", messages=messages, max_tokens=24, temperature=0).text()
+    assert answer == expected
 
 
 def counts(out: str) -> dict:

@@ -213,8 +213,8 @@ pub enum WorkersAction {
 pub struct WorkersList {
     #[command(flatten)]
     pub remote: Remote,
-    /// Only workers in this state: healthy, unhealthy or draining.
-    #[arg(long, value_parser = ["healthy", "unhealthy", "draining"])]
+    /// Only workers in this state: healthy, unhealthy, draining or quarantined.
+    #[arg(long, value_parser = ["healthy", "unhealthy", "draining", "quarantined"])]
     pub status: Option<String>,
 }
 
@@ -299,6 +299,27 @@ pub struct ClusterStart {
     /// LEAST_LOADED, GPU_MATCH, LATENCY or ADAPTIVE (see docs/STRATEGIES.md).
     #[arg(long, default_value = "ADAPTIVE", value_parser = parse_strategy)]
     pub strategy: sched::Strategy,
+
+    /// Verify tasks that do not say: run each on distinct workers and accept
+    /// a result once enough agree. `2/2`, `3/2`, `2/2/adaptive` (trusted
+    /// workers replicated one time in CV), `replicas=2,quorum=2`, `adaptive`
+    /// or `off` (see docs/VERIFICATION.md). Default: off.
+    #[arg(long, value_parser = parse_policy)]
+    pub verify: Option<sched::verify::Policy>,
+
+    /// The chance, per task sent to a worker, that a canary (a task whose
+    /// answer is known) follows for the same worker, 0–1.
+    #[arg(long, default_value_t = 0.0, value_parser = unit_fraction)]
+    pub canary_rate: f64,
+
+    /// Invalid results (not yet forgiven) that quarantine a worker.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub quarantine_after: u32,
+
+    /// Replicas a disagreement may add beyond a task's own before it fails
+    /// with `no_quorum`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub max_extra_replicas: u32,
 
     /// Seconds of silence after which a peer is declared dead and its tasks requeued.
     #[arg(long, default_value_t = 15.0, value_parser = positive_secs)]
@@ -497,6 +518,20 @@ pub enum WorkerCmd {
         /// The worker's peer id.
         peer_id: String,
     },
+    /// Lift a worker's quarantine (admin): it gets work again, starting over
+    /// as a new worker (always replicated until trusted again).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker clear rx580-box\n  \
+        legacygpu worker clear rx580-box --api-url http://10.0.0.2:8000 --api-key \"$ADMIN_KEY\"")]
+    Clear(WorkerClear),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerClear {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The worker's peer id.
+    pub id: String,
 }
 
 #[derive(Debug, Args)]
@@ -637,8 +672,11 @@ pub enum TaskCmd {
         legacygpu task submit --type echo --data '{\"x\": 1}' --wait\n  \
         legacygpu task submit --type physics --data @scene.json --priority HIGH --wait\n  \
         legacygpu task submit --model resnet50 --input image.jpg --wait\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --prompt \"The RX 580 is\"\n  \
+        legacygpu task submit --type generate --model llama3.2-3b --chat \"What is Vulkan?\" --temperature 0\n  \
         legacygpu task submit --batch tasks.jsonl")]
-    Submit(TaskSubmit),
+    // Boxed: its flags make it far larger than the other commands.
+    Submit(Box<TaskSubmit>),
     /// Where a task stands.
     #[command(after_long_help = "Examples:\n  \
         legacygpu task status t-42\n  \
@@ -725,9 +763,14 @@ pub struct TaskSubmit {
     #[arg(long, default_value = "{}", conflicts_with = "model")]
     pub data: String,
 
-    /// Inference shorthand: the model to classify `--input` with.
-    #[arg(long, requires = "input")]
+    /// The model: with `--input`, the one to classify the image with
+    /// (inference); with `--prompt` or `--chat`, the one to generate with.
+    #[arg(long)]
     pub model: Option<String>,
+
+    /// Generation (`--prompt`, `--chat` and their options).
+    #[command(flatten)]
+    pub generation: crate::generate::GenerateArgs,
 
     /// Inference shorthand: the image (JPEG or PNG) to classify.
     #[arg(long, requires = "model")]
@@ -748,6 +791,11 @@ pub struct TaskSubmit {
     /// Your own id for the task.
     #[arg(long)]
     pub task_id: Option<String>,
+
+    /// Verify the result: `2/2` (two distinct workers must agree), `3/2`,
+    /// `2/2/adaptive`, or `off` (see docs/VERIFICATION.md).
+    #[arg(long, value_parser = parse_policy)]
+    pub verify: Option<sched::verify::Policy>,
 
     /// Wait for the result and print it.
     #[arg(long)]
@@ -777,6 +825,17 @@ fn parse_strategy(s: &str) -> Result<sched::Strategy, String> {
         let names: Vec<_> = sched::Strategy::ALL.iter().map(|s| s.name()).collect();
         format!("`{s}` is not one of {}", names.join(", "))
     })
+}
+
+fn parse_policy(s: &str) -> Result<sched::verify::Policy, String> {
+    sched::verify::Policy::parse(s).map_err(|e| format!("`{s}`: {e} (e.g. 2/2, 3/2/adaptive, off)"))
+}
+
+fn unit_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
 }
 
 fn parse_priority(s: &str) -> Result<proto::Priority, String> {

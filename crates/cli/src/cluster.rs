@@ -195,6 +195,7 @@ async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
                 format!("{}/{}", cell(&w["busy_slots"]), cell(&w["slots"])),
                 cell(&w["tasks_completed"]),
                 cell(&w["tasks_failed"]),
+                verdicts(&w["reputation"]),
                 format!("{:.1}s", w["last_heartbeat_seconds_ago"].as_f64().unwrap_or(0.0)),
                 w["task_types"].as_array().map_or("all".to_owned(), |_| cell(&w["task_types"])),
                 cell(&w["address"]),
@@ -202,10 +203,28 @@ async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
         })
         .collect();
     table(
-        &["worker", "status", "busy", "done", "failed", "heartbeat", "task types", "address"],
+        &[
+            "worker",
+            "status",
+            "busy",
+            "done",
+            "failed",
+            "valid/invalid",
+            "heartbeat",
+            "task types",
+            "address",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A worker's verified results, `valid/invalid`, or `-` before any.
+fn verdicts(reputation: &Value) -> String {
+    if reputation.is_null() {
+        return "-".to_owned();
+    }
+    format!("{}/{}", cell(&reputation["valid"]), cell(&reputation["invalid"]))
 }
 
 async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
@@ -296,6 +315,13 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
         result_ttl: Duration::from_secs_f64(args.result_ttl),
         cancel_grace: Duration::from_secs_f64(args.heartbeat_timeout),
         strategy: args.strategy,
+        verify: sched::VerifyConfig {
+            default_policy: args.verify.filter(sched::verify::Policy::verifies),
+            canary_rate: args.canary_rate,
+            quarantine_after: args.quarantine_after,
+            max_extra_replicas: args.max_extra_replicas,
+            ..sched::VerifyConfig::default()
+        },
         ..sched::Config::default()
     };
     let store = if args.no_store {

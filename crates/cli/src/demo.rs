@@ -1,7 +1,8 @@
 //! `legacygpu demo`: a whole cluster in one process — a coordinator on a
 //! loopback port, two workers, and a client running a short mix of real
 //! tasks (physics, image classification, GPU compute) — printing each result
-//! and its timing.
+//! and its timing; then a short streamed generation on a tiny model
+//! (`demo_llm.rs`) when Python's gguf can write one.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
     }));
     println!("coordinator  {url}");
 
-    let (workers, gpu) = workers(models.path())?;
+    let (workers, gpu, llm) = workers(models.path())?;
     let mut running = Vec::new();
     for (name, executors) in workers {
         let mut config = worker::Config::new(url.clone(), name.clone());
@@ -75,8 +76,14 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
             "gpu          none found: gpu tasks skipped (install mesa-vulkan-drivers for a software one)"
         ),
     }
+    if let Err(why) = &llm {
+        println!("generate     skipped: {why}; {}", crate::demo_llm::REAL_MODEL_HINT);
+    }
 
-    let failed = run_tasks(&url, tasks(args.tasks as usize, gpu.is_some())).await?;
+    let mut failed = run_tasks(&url, tasks(args.tasks as usize, gpu.is_some())).await?;
+    if llm.is_ok() && !crate::demo_llm::run(&url).await? {
+        failed += 1;
+    }
 
     for (stop, handle) in running {
         let _ = stop.send(());
@@ -90,12 +97,19 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
 /// A named worker and what it runs.
 type DemoWorker = (String, Executors);
 
-/// Two workers: one for the CPU (physics, inference), one with the GPU; and
-/// the GPU adapter's description, if there is one.
-fn workers(models: &std::path::Path) -> anyhow::Result<(Vec<DemoWorker>, Option<String>)> {
+/// Whether the demo's generation model could be made, and why not.
+type LlmReady = Result<(), String>;
+
+/// Two workers: one for the CPU (physics, inference, generation), one with
+/// the GPU; the GPU adapter's description, if there is one; and whether the
+/// tiny generation model could be made (why not, if not).
+fn workers(
+    models: &std::path::Path,
+) -> anyhow::Result<(Vec<DemoWorker>, Option<String>, LlmReady)> {
     let mut cpu = Executors::builtin();
     cpu.add(Physics::default());
     cpu.add(Inference::from_dir(models)?);
+    let llm = crate::demo_llm::add(&mut cpu, models);
     let mut gpu_worker = Executors::builtin();
     gpu_worker.add(Physics::default());
     let gpu = Gpu::new(GpuOptions::default());
@@ -103,7 +117,7 @@ fn workers(models: &std::path::Path) -> anyhow::Result<(Vec<DemoWorker>, Option<
     if gpu.has_adapter() {
         gpu_worker.add(gpu);
     }
-    Ok((vec![("cpu-1".into(), cpu), ("gpu-1".into(), gpu_worker)], adapter))
+    Ok((vec![("cpu-1".into(), cpu), ("gpu-1".into(), gpu_worker)], adapter, llm))
 }
 
 /// `rounds` of a physics scene, two classifications and, with a GPU, a

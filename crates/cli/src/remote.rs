@@ -107,7 +107,7 @@ pub fn status_colour(status: &str) -> String {
     let code = match status.to_ascii_lowercase().as_str() {
         "healthy" | "completed" => "32",
         "degraded" | "unhealthy" | "draining" | "queued" | "assigned" | "running" => "33",
-        "critical" | "failed" | "timed_out" | "cancelled" => "31",
+        "critical" | "failed" | "timed_out" | "cancelled" | "quarantined" => "31",
         _ => return status.to_owned(),
     };
     format!("\x1b[{code}m{status}\x1b[0m")

@@ -15,8 +15,8 @@ use crate::remote::{api, cell, exit, print_json, status_colour, table};
 
 pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TaskCmd::Submit(args) if args.batch.is_some() => batch(args).await,
-        TaskCmd::Submit(args) => submit(args).await,
+        TaskCmd::Submit(args) if args.batch.is_some() => batch(*args).await,
+        TaskCmd::Submit(args) => submit(*args).await,
         TaskCmd::Status(args) => status(&args).await,
         TaskCmd::Result(args) => result(&args).await,
         TaskCmd::List(args) => list(&args).await,
@@ -265,9 +265,20 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
 }
 
 async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
+    let generation = args.generation.prompt.is_some() || args.generation.chat.is_some();
     let (task_type, data) = match (&args.model, &args.input) {
         (Some(model), Some(input)) => {
             ("inference".to_owned(), inference_data(model, input, args.top_k)?)
+        }
+        (Some(model), None) if generation => {
+            if args.task_type.as_deref().is_some_and(|t| t != "generate") {
+                bail!("--prompt and --chat make a generate task (--type generate)");
+            }
+            let data = crate::generate::data(&args.generation, model)?;
+            return crate::generate::run(&args, data).await;
+        }
+        (Some(_), None) => {
+            bail!("--model needs --input IMAGE (inference) or --prompt/--chat (generate)")
         }
         _ => {
             let t = args.task_type.clone().context("--type is required")?;
@@ -278,6 +289,11 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     req.task_id = args.task_id.clone();
     req.priority = args.priority;
     req.timeout_s = args.timeout;
+    req.verify = args.verify.map(|p| proto::VerifyPolicy {
+        replicas: p.replicas,
+        quorum: Some(p.quorum),
+        adaptive: p.adaptive,
+    });
     let options = ClientOptions {
         token: args.conn.token()?,
         ca_hash: args.conn.ca_hash()?,

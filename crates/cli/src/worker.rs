@@ -8,7 +8,7 @@ use exec::Executors;
 
 use serde_json::json;
 
-use crate::args::{WorkerCmd, WorkerStart, WorkerStop};
+use crate::args::{WorkerClear, WorkerCmd, WorkerStart, WorkerStop};
 use crate::remote::{print_json, table};
 use crate::{local, signals};
 
@@ -21,6 +21,7 @@ pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         WorkerCmd::Drain { remote, peer_id } => control(&remote, &peer_id, "drain").await,
         WorkerCmd::Pause { remote, peer_id } => control(&remote, &peer_id, "pause").await,
         WorkerCmd::Resume { remote, peer_id } => control(&remote, &peer_id, "resume").await,
+        WorkerCmd::Clear(args) => clear(&args).await,
     }
 }
 
@@ -48,6 +49,22 @@ async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<E
         return print_json(&answer);
     }
     println!("revoked worker {peer_id}: its connection is closed and its credential admits nobody");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `worker clear ID`: the API's clear of a quarantine.
+async fn clear(args: &WorkerClear) -> anyhow::Result<ExitCode> {
+    let api = crate::remote::api(&args.remote)?;
+    let path = format!("/cluster/workers/{}/clear", args.id);
+    let answer = api.post(&path, &json!({})).await?;
+    if args.remote.json {
+        return print_json(&answer);
+    }
+    if answer["cleared"].as_bool() == Some(true) {
+        println!("worker {} is no longer quarantined; it starts over as a new worker", args.id);
+    } else {
+        println!("worker {} was not quarantined; nothing to clear", args.id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

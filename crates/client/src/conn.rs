@@ -27,6 +27,7 @@ struct Pending {
     req: TaskRequest,
     accepted: Option<oneshot::Sender<Result<TaskAccepted, ClientError>>>,
     outcome: oneshot::Sender<TaskOutcome>,
+    progress: Option<mpsc::Sender<proto::TaskProgressOut>>,
 }
 
 pub(crate) struct Driver {
@@ -97,7 +98,7 @@ impl Driver {
 
     async fn on_cmd(&mut self, cmd: Cmd) -> Result<(), ()> {
         match cmd {
-            Cmd::Submit { mut req, accepted, outcome } => {
+            Cmd::Submit { mut req, accepted, outcome, progress } => {
                 self.next += 1;
                 let task_id = req
                     .task_id
@@ -105,7 +106,8 @@ impl Driver {
                     .clone();
                 req.idempotency_key.get_or_insert_with(|| task_id.clone());
                 let msg = ToCoordinator::TaskRequest(req.clone());
-                let pending = Pending { seq: self.next, req, accepted: Some(accepted), outcome };
+                let pending =
+                    Pending { seq: self.next, req, accepted: Some(accepted), outcome, progress };
                 self.pending.insert(task_id, pending);
                 self.send(&msg).await
             }
@@ -135,6 +137,13 @@ impl Driver {
             FromCoordinator::TaskStatus(s) => {
                 if let Some(tx) = self.statuses.get_mut(&s.task_id).and_then(VecDeque::pop_front) {
                     let _ = tx.send(Ok(s));
+                }
+            }
+            FromCoordinator::TaskProgress(p) => {
+                // Best-effort: a caller that reads too slowly loses deltas
+                // (the gap in `seq` shows it), never the connection.
+                if let Some(tx) = self.pending.get(&p.task_id).and_then(|t| t.progress.as_ref()) {
+                    let _ = tx.try_send(p);
                 }
             }
             FromCoordinator::Error(e) => self.on_error(e),

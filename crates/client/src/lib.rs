@@ -24,7 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use proto::{ErrorMsg, TaskAccepted, TaskErrorOut, TaskRequest, TaskResultOut, TaskStatusOut};
+use proto::{
+    ErrorMsg, TaskAccepted, TaskErrorOut, TaskProgressOut, TaskRequest, TaskResultOut,
+    TaskStatusOut,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod api;
@@ -121,11 +124,42 @@ impl Submitted {
     }
 }
 
+/// A task submitted with `stream: true`: its output's deltas as they come
+/// (`task_progress`), then its outcome.
+///
+/// Deltas are best-effort: they are dropped when this client reads them too
+/// slowly (a gap in `seq` shows it) or when the coordinator's queue to this
+/// connection is full. The outcome's result is the complete answer.
+#[derive(Debug)]
+pub struct Streamed {
+    pub accepted: TaskAccepted,
+    progress: mpsc::Receiver<TaskProgressOut>,
+    outcome: oneshot::Receiver<TaskOutcome>,
+}
+
+impl Streamed {
+    /// The next delta; `None` once the task has its outcome (every delta
+    /// received before it has been returned by then).
+    pub async fn next(&mut self) -> Option<TaskProgressOut> {
+        self.progress.recv().await
+    }
+
+    /// Waits for the task's outcome (deltas not read yet are dropped).
+    pub async fn outcome(self) -> Result<TaskOutcome, ClientError> {
+        self.outcome.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+/// Deltas buffered per streamed task before more are dropped.
+const PROGRESS_BUFFER: usize = 1024;
+
 pub(crate) enum Cmd {
     Submit {
         req: TaskRequest,
         accepted: oneshot::Sender<Result<TaskAccepted, ClientError>>,
         outcome: oneshot::Sender<TaskOutcome>,
+        /// Where its deltas go, for a streamed task.
+        progress: Option<mpsc::Sender<TaskProgressOut>>,
     },
     Cancel {
         task_id: String,
@@ -195,10 +229,28 @@ impl Client {
     pub async fn submit(&self, req: TaskRequest) -> Result<Submitted, ClientError> {
         let (accepted_tx, accepted_rx) = oneshot::channel();
         let (outcome_tx, outcome) = oneshot::channel();
-        let cmd = Cmd::Submit { req, accepted: accepted_tx, outcome: outcome_tx };
+        let cmd = Cmd::Submit { req, accepted: accepted_tx, outcome: outcome_tx, progress: None };
         self.tx.send(cmd).await.map_err(|_| ClientError::Closed)?;
         let accepted = accepted_rx.await.map_err(|_| ClientError::Closed)??;
         Ok(Submitted { accepted, outcome })
+    }
+
+    /// Submits a task with `stream: true` (a `generate` task's tokens come
+    /// as they are produced) and waits for `task_accepted`.
+    pub async fn submit_streamed(&self, mut req: TaskRequest) -> Result<Streamed, ClientError> {
+        req.stream = true;
+        let (accepted_tx, accepted_rx) = oneshot::channel();
+        let (outcome_tx, outcome) = oneshot::channel();
+        let (progress_tx, progress) = mpsc::channel(PROGRESS_BUFFER);
+        let cmd = Cmd::Submit {
+            req,
+            accepted: accepted_tx,
+            outcome: outcome_tx,
+            progress: Some(progress_tx),
+        };
+        self.tx.send(cmd).await.map_err(|_| ClientError::Closed)?;
+        let accepted = accepted_rx.await.map_err(|_| ClientError::Closed)??;
+        Ok(Streamed { accepted, progress, outcome })
     }
 
     /// Submits a task and waits for its outcome.

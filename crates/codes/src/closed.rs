@@ -131,6 +131,42 @@ closed_set! {
 }
 
 closed_set! {
+    /// Where a verified task's verification stands (see `sched::verify`).
+    VerifyStatus, "verification status" {
+        /// Replicas are running.
+        Pending = "pending",
+        /// A quorum of replicas agreed.
+        Agreed = "agreed",
+        /// One result passed its check on its own (Freivalds' for a matmul).
+        SelfChecked = "self_checked",
+        /// One result was accepted from a trusted worker (adaptive replication).
+        Trusted = "trusted",
+        /// Its type cannot be verified (sampled output): it ran once.
+        Unverifiable = "unverifiable",
+        /// No quorum within the bound of replicas: the task failed.
+        NoQuorum = "no_quorum",
+        /// The task ended without a verdict (a replica's failure, a cancel).
+        Ended = "ended",
+    }
+}
+
+closed_set! {
+    /// How one replica's result was judged.
+    Verdict, "replica verdict" {
+        /// Not judged yet.
+        Pending = "pending",
+        /// In the quorum, or passed its check.
+        Valid = "valid",
+        /// Outside the quorum, or failed its check.
+        Invalid = "invalid",
+        /// Accepted without a check, on its worker's trust.
+        Unverified = "unverified",
+        /// Not judged: the task ended first.
+        Unjudged = "unjudged",
+    }
+}
+
+closed_set! {
     /// Why the coordinator closed a WebSocket connection. Each has its close
     /// code (RFC 6455 § 7.4, and 4000–4999 for our own).
     CloseReason, "close reason" {

@@ -7,7 +7,7 @@
 //!
 //! Two shapes, after h2's `frame/reason.rs`:
 //! - **closed sets** ([`TaskState`], [`AttemptEnd`], [`WorkerStatus`],
-//!   [`CloseReason`]) are enums. Reading a name that is not in the set is an
+//!   [`CloseReason`], [`VerifyStatus`], [`Verdict`]) are enums. Reading a name that is not in the set is an
 //!   error ([`UnknownCode`]), never a silent default: a store row with a state
 //!   this build does not know is refused, not guessed.
 //! - **open sets** ([`FailureCode`], [`ErrorCode`]) are newtypes over the name
@@ -19,7 +19,7 @@
 mod closed;
 mod open;
 
-pub use closed::{AttemptEnd, CloseReason, TaskState, WorkerStatus};
+pub use closed::{AttemptEnd, CloseReason, TaskState, Verdict, VerifyStatus, WorkerStatus};
 pub use open::{ErrorCode, FailureCode};
 
 use std::fmt;

@@ -14,6 +14,13 @@ fn every_closed_name_reads_back() {
     for c in CloseReason::ALL {
         assert_eq!(c.as_str().parse::<CloseReason>(), Ok(*c));
     }
+    for v in VerifyStatus::ALL {
+        assert_eq!(v.as_str().parse::<VerifyStatus>(), Ok(*v));
+    }
+    for v in Verdict::ALL {
+        assert_eq!(v.as_str().parse::<Verdict>(), Ok(*v));
+    }
+    assert!("fine".parse::<VerifyStatus>().is_err() && "ok".parse::<Verdict>().is_err());
 }
 
 #[test]

@@ -111,6 +111,12 @@ impl Approvals {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    /// The digest of the credential `peer_id` was approved with, if any:
+    /// the identity its reputation follows besides its id.
+    pub fn digest_of(&self, peer_id: &str) -> Option<String> {
+        self.inner.read().ok()?.by_peer.get(peer_id).cloned()
+    }
 }
 
 #[cfg(test)]

@@ -265,7 +265,12 @@ pub struct Limits {
     /// Default 10 000.
     pub max_result_waiters: usize,
     /// The longest `GET /cluster/tasks/{id}/result?timeout=`. Default 300 s.
+    /// Also the longest an OpenAI API request waits in the queue.
     pub max_result_wait: Duration,
+    /// Deltas of a streamed task buffered for one HTTP follower (an event
+    /// stream, an OpenAI stream); one that lags further loses deltas (the
+    /// final result still has the whole text). Default 1 024.
+    pub stream_buffer: usize,
     /// Tasks in one page of a task list, at most. Default 1 000.
     pub max_page: usize,
     /// The snapshot that reads are served from is published at most this
@@ -285,6 +290,7 @@ impl Default for Limits {
             event_buffer: 4096,
             max_result_waiters: 10_000,
             max_result_wait: Duration::from_secs(300),
+            stream_buffer: 1024,
             max_page: 1000,
             snapshot_interval: Duration::from_millis(50),
         }

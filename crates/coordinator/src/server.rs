@@ -307,6 +307,8 @@ fn recover(config: Arc<Config>, target: Option<&store::Target>) -> Result<Core, 
         for (peer, credential_sha256) in loaded.approvals {
             core.approvals.approve(&peer, credential_sha256);
         }
+        // Before any peer joins, so that a quarantined worker stays so.
+        core.sched.handle_recovered_reputation(persist::reputations(loaded.reputation)?);
         let n = loaded.tasks.len();
         let tasks = loaded.tasks.into_iter().map(persist::recovered).collect::<Result<_, _>>()?;
         let now = core.now();

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use codes::WorkerStatus;
 use proto::{Heartbeat, Json};
+use sched::verify::{Reputation, Subject};
 use sched::{Event, PeerId, Scheduler, Stats, Strategy, TaskId, Time};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -59,11 +60,17 @@ pub(crate) struct WorkerFacts {
     pub busy_slots: u32,
     pub task_types: Option<Vec<String>>,
     pub models: Vec<String>,
+    /// Each model with its details, as declared (for `GET /v1/models`).
+    pub model_info: Arc<[proto::ModelEntry]>,
     /// The capabilities exactly as the worker declared them.
     pub capabilities: Arc<serde_json::Value>,
     pub draining: bool,
     /// Paused by an operator.
     pub paused: bool,
+    /// Its results were found wrong too often: it gets no new work.
+    pub quarantined: bool,
+    /// What its results were found to be, once any was judged.
+    pub reputation: Option<Reputation>,
     pub completed: u64,
     pub failed: u64,
     pub joined_at: Time,
@@ -76,11 +83,13 @@ pub(crate) struct WorkerFacts {
 }
 
 impl WorkerFacts {
-    /// `draining`, else `paused`; `unhealthy` when its heartbeats are more
+    /// `quarantined`; `draining`; `paused`; `unhealthy` when its heartbeats are more
     /// than two intervals late at `now` (it is declared dead only at the
     /// heartbeat timeout); else `healthy`.
     pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
-        if self.draining {
+        if self.quarantined {
+            WorkerStatus::Quarantined
+        } else if self.draining {
             WorkerStatus::Draining
         } else if self.paused {
             WorkerStatus::Paused
@@ -91,7 +100,11 @@ impl WorkerFacts {
         }
     }
 
-    fn of(peer: &sched::Peer, info: Option<&PeerInfo>) -> WorkerFacts {
+    fn of(
+        peer: &sched::Peer,
+        info: Option<&PeerInfo>,
+        reputation: Option<&Reputation>,
+    ) -> WorkerFacts {
         let caps = peer.caps();
         WorkerFacts {
             id: peer.id().clone(),
@@ -100,9 +113,12 @@ impl WorkerFacts {
             busy_slots: peer.used(),
             task_types: caps.task_types.as_ref().map(|t| t.iter().map(|s| s.to_string()).collect()),
             models: caps.models.iter().map(|m| m.to_string()).collect(),
+            model_info: info.map_or_else(|| Arc::from([]), |i| Arc::clone(&i.models)),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),
             paused: peer.paused(),
+            quarantined: peer.quarantined(),
+            reputation: reputation.cloned(),
             completed: peer.completed(),
             failed: peer.failed(),
             joined_at: peer.joined_at(),
@@ -166,6 +182,13 @@ impl Publisher {
             Event::TaskFinished { peer: Some(peer), .. } => {
                 self.dirty.insert(peer.clone());
             }
+            Event::Quarantined { peer } | Event::Cleared { peer } => {
+                self.urgent = true;
+                self.dirty.insert(peer.clone());
+            }
+            Event::Reputation { subject: Subject::Worker(peer), .. } => {
+                self.dirty.insert(peer.clone());
+            }
             _ => {}
         }
     }
@@ -208,7 +231,9 @@ impl Publisher {
         for id in std::mem::take(&mut self.dirty) {
             match sched.peer(id.as_str()) {
                 Some(peer) => {
-                    self.facts.insert(id, Arc::new(WorkerFacts::of(peer, info.get(peer.id()))));
+                    let reputation = sched.reputation(&Subject::Worker(id.clone()));
+                    let facts = WorkerFacts::of(peer, info.get(peer.id()), reputation);
+                    self.facts.insert(id, Arc::new(facts));
                 }
                 None => {
                     self.facts.remove(&id);

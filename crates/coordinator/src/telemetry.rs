@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{Recorder, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use proto::{ErrorCode, Json};
-use sched::{Event, LeaveReason, Outcome, TaskState};
+use sched::{Event, LeaveReason, Outcome, TaskKind, TaskState};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -103,6 +103,14 @@ pub enum ApiEvent {
         client_task_id: String,
         task_type: String,
     },
+    /// A verified task's verdict (its `task_completed` or `task_failed`
+    /// follows): agreed, self_checked, trusted, unverifiable, no_quorum.
+    TaskVerified {
+        task_id: String,
+        task_type: String,
+        status: String,
+        replicas: usize,
+    },
     /// Sent every few seconds while someone listens.
     ClusterStats {
         workers: usize,
@@ -129,12 +137,13 @@ impl ApiEvent {
             ApiEvent::TaskCompleted { .. } => "task_completed",
             ApiEvent::TaskFailed { .. } => "task_failed",
             ApiEvent::TaskCancelled { .. } => "task_cancelled",
+            ApiEvent::TaskVerified { .. } => "task_verified",
             ApiEvent::ClusterStats { .. } => "cluster_stats",
         }
     }
 
     /// Every kind, for validating subscription filters.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "worker_joined",
         "worker_left",
         "worker_dead",
@@ -146,6 +155,7 @@ impl ApiEvent {
         "task_completed",
         "task_failed",
         "task_cancelled",
+        "task_verified",
         "cluster_stats",
     ];
 
@@ -158,7 +168,8 @@ impl ApiEvent {
             | ApiEvent::TaskRetried { task_id, .. }
             | ApiEvent::TaskCompleted { task_id, .. }
             | ApiEvent::TaskFailed { task_id, .. }
-            | ApiEvent::TaskCancelled { task_id, .. } => Some(task_id),
+            | ApiEvent::TaskCancelled { task_id, .. }
+            | ApiEvent::TaskVerified { task_id, .. } => Some(task_id),
             _ => None,
         }
     }
@@ -233,6 +244,18 @@ pub(crate) fn connection_dropped_slow(recorder: &PrometheusRecorder) {
     });
 }
 
+/// Streamed deltas handed to followers (`to`: `gamer` or `http`), and
+/// those lost because the follower's queue was full.
+pub(crate) fn progress(recorder: &PrometheusRecorder, to: &'static str, sent: u64, dropped: u64) {
+    if sent == 0 && dropped == 0 {
+        return;
+    }
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_progress_forwarded_total", "to" => to).increment(sent);
+        counter!("legacygpu_progress_dropped_total", "to" => to).increment(dropped);
+    });
+}
+
 /// A store batch committed in `took`.
 pub(crate) fn store_committed(recorder: &PrometheusRecorder, took: Duration) {
     metrics::with_local_recorder(recorder, || {
@@ -263,6 +286,9 @@ impl Metrics {
                 gauge!("legacygpu_peer_busy_slots", "peer" => w.id.to_string())
                     .set(f64::from(w.busy_slots));
             }
+            let quarantined = snap.workers.iter().filter(|w| w.quarantined).count();
+            gauge!("legacygpu_workers_quarantined").set(quarantined as f64);
+            gauge!("legacygpu_replication_overhead_ratio").set(overhead(&s.counters));
         });
         self.handle.render()
     }
@@ -344,6 +370,9 @@ impl Telemetry {
 
     fn tally(&mut self, event: &Event<Json>) {
         let Event::TaskFinished { task, outcome, run_time, at, .. } = event else { return };
+        if task.kind.is_hidden() {
+            return; // A replica or canary: its task is counted when it ends.
+        }
         let now = Instant::now();
         let sec = now.duration_since(self.started).as_secs();
         self.advance(sec);
@@ -420,6 +449,14 @@ fn describe(recorder: &PrometheusRecorder) {
             "legacygpu_connections_dropped_slow_total",
             "Connections dropped for reading their messages too slowly."
         );
+        describe_counter!(
+            "legacygpu_progress_forwarded_total",
+            "Deltas of streamed tasks (task_progress) handed to followers, by follower kind (gamer, http)."
+        );
+        describe_counter!(
+            "legacygpu_progress_dropped_total",
+            "Deltas of streamed tasks lost because a follower's queue was full, by follower kind."
+        );
         describe_histogram!(
             "legacygpu_task_queue_wait_seconds",
             Unit::Seconds,
@@ -439,6 +476,28 @@ fn describe(recorder: &PrometheusRecorder) {
             "legacygpu_store_commit_seconds",
             Unit::Seconds,
             "Time to commit one batch to the store."
+        );
+        describe_counter!(
+            "legacygpu_verify_replicas_total",
+            "Hidden tasks verification ran, by task type and kind (replica, canary)."
+        );
+        describe_counter!(
+            "legacygpu_verify_tasks_total",
+            "Verified tasks by task type and verdict (agreed, self_checked, trusted, unverifiable, no_quorum, ended)."
+        );
+        describe_counter!(
+            "legacygpu_verify_disagreements_total",
+            "Verified tasks whose results disagreed at least once, by task type."
+        );
+        describe_counter!("legacygpu_workers_quarantined_total", "Workers quarantined.");
+        describe_counter!(
+            "legacygpu_canaries_total",
+            "Canaries answered, by result (passed, failed)."
+        );
+        describe_gauge!("legacygpu_workers_quarantined", "Connected workers in quarantine.");
+        describe_gauge!(
+            "legacygpu_replication_overhead_ratio",
+            "Extra attempts verification made (replicas beyond each task's first, and canaries) per task submitted."
         );
         describe_gauge!("legacygpu_queue_depth", "Tasks waiting for a peer (back-offs included).");
         describe_gauge!("legacygpu_tasks_running", "Tasks assigned to peers.");
@@ -472,8 +531,18 @@ fn describe(recorder: &PrometheusRecorder) {
     });
 }
 
+/// Extra attempts verification made per task submitted: replicas beyond
+/// each task's first, and canaries.
+pub(crate) fn overhead(c: &sched::Counters) -> f64 {
+    let extra = c.verify.extra_replicas + c.verify.canaries;
+    if c.submitted == 0 { 0.0 } else { extra as f64 / c.submitted as f64 }
+}
+
 /// Counts one event in the current recorder.
 fn record(event: &Event<Json>) {
+    if record_verification(event) {
+        return;
+    }
     match event {
         Event::TaskSubmitted { task } => {
             counter!("legacygpu_tasks_submitted_total", "task_type" => task.task_type.to_string())
@@ -521,9 +590,59 @@ fn record(event: &Event<Json>) {
     }
 }
 
+/// Counts what verification did; true when the event was verification's
+/// alone (a hidden task's life is not counted as a task's).
+fn record_verification(event: &Event<Json>) -> bool {
+    match event {
+        Event::TaskSubmitted { task } if task.kind.is_hidden() => {
+            let kind =
+                if matches!(task.kind, TaskKind::Canary { .. }) { "canary" } else { "replica" };
+            counter!("legacygpu_verify_replicas_total", "task_type" => task.task_type.to_string(), "kind" => kind)
+                .increment(1);
+        }
+        Event::TaskFinished { task, .. } if task.kind.is_hidden() => {}
+        Event::Verified { task_type, verification, .. } => {
+            let status = verification.status.as_str();
+            counter!("legacygpu_verify_tasks_total", "task_type" => task_type.to_string(), "status" => status)
+                .increment(1);
+        }
+        Event::Disagreed { task_type, .. } => {
+            counter!("legacygpu_verify_disagreements_total", "task_type" => task_type.to_string())
+                .increment(1);
+        }
+        Event::Quarantined { .. } => counter!("legacygpu_workers_quarantined_total").increment(1),
+        Event::CanaryAnswered { passed, .. } => {
+            let result = if *passed { "passed" } else { "failed" };
+            counter!("legacygpu_canaries_total", "result" => result).increment(1);
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// The stream's form of a scheduler event, for those worth publishing.
 fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
     Some(match event {
+        Event::TaskSubmitted { task } | Event::TaskFinished { task, .. }
+            if task.kind.is_hidden() =>
+        {
+            return None;
+        }
+        Event::TaskAssigned { hidden: true, .. }
+        | Event::TaskStarted { hidden: true, .. }
+        | Event::TaskRequeued { hidden: true, .. } => return None,
+        Event::Verified { task, task_type, verification } => ApiEvent::TaskVerified {
+            task_id: task.to_string(),
+            task_type: task_type.to_string(),
+            status: verification.status.as_str().to_owned(),
+            replicas: verification.replicas.len(),
+        },
+        Event::Quarantined { peer } => {
+            ApiEvent::WorkerStatus { worker_id: peer.to_string(), status: "quarantined".into() }
+        }
+        Event::Cleared { peer } => {
+            ApiEvent::WorkerStatus { worker_id: peer.to_string(), status: "healthy".into() }
+        }
         Event::PeerJoined { peer, slots, .. } => {
             ApiEvent::WorkerJoined { worker_id: peer.to_string(), slots: *slots }
         }

@@ -9,17 +9,26 @@
 //! Times: the coordinator's scheduler time is Unix microseconds (see its
 //! clock), and the store keeps Unix milliseconds; [`unix_ms`] and
 //! [`from_unix_ms`] convert.
+//!
+//! Hidden tasks (replicas and canaries) are not stored: only the ids they
+//! took ([`Op::IdsUsed`], so that no id is handed out twice) and, when their
+//! task ends, the verdict with every replica's result ([`Op::Verified`]).
+//! A task still verifying at a restart starts its verification over.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::Json;
+use sched::verify::{Policy, Replica, Reputation, Subject, Verification};
 use sched::{
     Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, GamerId, Outcome, Owner,
-    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskSpec, Time,
+    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskKind, TaskSpec,
+    Time,
 };
-use store::{ErrorRow, NewTask, Op, StoredAttempt, StoredTask, TaskState};
+use store::{
+    ErrorRow, NewTask, Op, ReputationRow, StoredAttempt, StoredReplica, StoredTask, TaskState,
+};
 
 /// Unix milliseconds of a scheduler time (Unix microseconds).
 pub fn unix_ms(t: Time) -> i64 {
@@ -31,10 +40,65 @@ pub fn from_unix_ms(ms: i64) -> Time {
     Time::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The store op for an event, when it changes what is stored. `Delivered`
-/// is not here: the observer writes it only after the delivery went out.
-pub fn op_for(event: &Event<Json>) -> Option<Op> {
+/// The store ops for an event, when it changes what is stored: one, or two
+/// for a task that ended with an attempt failing on its own account (see
+/// [`finished`]). An iterator, so that the hot path allocates nothing.
+/// `Delivered` is not here: the observer writes it only after the delivery
+/// went out.
+pub fn op_for(event: &Event<Json>) -> impl Iterator<Item = Op> + use<> {
+    let (op, then) = match event {
+        Event::TaskFinished { task, outcome, ended, at, .. } => {
+            finished(task.id, outcome, ended, *at)
+        }
+        other => (one_op(other), None),
+    };
+    op.into_iter().chain(then)
+}
+
+/// The ops of a finished task. The attempt that ended with it keeps its own
+/// error and the task the outcome's — they differ when the last attempt
+/// failed and that used up `max_attempts` — but `Op::Finished` writes one
+/// error to both; so such a task is finished twice in the same batch: first
+/// with the attempt's error, then with the task's and no attempt.
+fn finished(
+    id: TaskId,
+    outcome: &Outcome<Json>,
+    ended: &Option<(Attempt, AttemptEnd)>,
+    at: Time,
+) -> (Option<Op>, Option<Op>) {
+    let (result, error) = match outcome {
+        Outcome::Completed { result, .. } => (Some(result.get().to_owned()), None),
+        other => (None, other.failure().map(|f| row(&f))),
+    };
+    let op = |error: Option<ErrorRow>, end: Option<(u32, codes::AttemptEnd)>| Op::Finished {
+        id: id.0,
+        state: outcome.status(),
+        result: result.clone(),
+        error,
+        end,
+        at_ms: unix_ms(at),
+        delivered: false,
+    };
+    let end = ended.as_ref().map(|(a, e)| (a.0, e.kind()));
+    match ended {
+        Some((_, AttemptEnd::Failed(f))) if Some(row(f)) != error => {
+            (Some(op(Some(row(f)), end)), Some(op(error, None)))
+        }
+        _ => (Some(op(error, end)), None),
+    }
+}
+
+fn one_op(event: &Event<Json>) -> Option<Op> {
     Some(match event {
+        Event::TaskSubmitted { task } if task.kind.is_hidden() => {
+            Op::IdsUsed { next_task_id: task.id.0 + 1 }
+        }
+        Event::TaskAssigned { hidden: true, .. }
+        | Event::TaskStarted { hidden: true, .. }
+        | Event::TaskReclaimed { hidden: true, .. }
+        | Event::TaskRequeued { hidden: true, .. }
+        | Event::StaleResult { hidden: true, .. } => return None,
+        Event::TaskFinished { task, .. } if task.kind.is_hidden() => return None,
         Event::TaskSubmitted { task } => Op::Insert(new_task(task)),
         Event::TaskAssigned { task, peer, attempt, at, .. } => Op::Assigned {
             id: task.0,
@@ -45,7 +109,7 @@ pub fn op_for(event: &Event<Json>) -> Option<Op> {
         Event::TaskStarted { task, attempt, at, .. } => {
             Op::Started { id: task.0, attempt: attempt.0, at_ms: unix_ms(*at) }
         }
-        Event::TaskReclaimed { task, peer, attempt } => {
+        Event::TaskReclaimed { task, peer, attempt, .. } => {
             Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
         }
         Event::TaskRetried { task, peer_task_id, .. } => {
@@ -61,28 +125,46 @@ pub fn op_for(event: &Event<Json>) -> Option<Op> {
                 at_ms: unix_ms(*retry_at),
             }
         }
-        Event::TaskFinished { task, outcome, ended, at, .. } => {
-            let (result, error) = match outcome {
-                Outcome::Completed { result, .. } => (Some(result.get().to_owned()), None),
-                other => (None, other.failure().map(|f| row(&f))),
-            };
-            Op::Finished {
-                id: task.id.0,
-                state: outcome.status(),
-                result,
-                error,
-                end: ended.as_ref().map(|(a, e)| (a.0, e.kind())),
-                at_ms: unix_ms(*at),
-                delivered: false,
-            }
-        }
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
-        Event::StaleResult { task, attempt, peer } => {
+        Event::StaleResult { task, attempt, peer, .. } => {
             Op::Stale { id: task.0, attempt: attempt.0, peer: peer.to_string(), at_ms: 0 }
         }
         Event::Evicted { tasks } => Op::Deleted { ids: tasks.iter().map(|t| t.0).collect() },
+        Event::Verified { task, verification, .. } => Op::Verified {
+            id: task.0,
+            status: verification.status,
+            replicas: replica_rows(verification),
+        },
+        Event::Reputation { subject, reputation: r, at } => Op::Reputation(ReputationRow {
+            subject: subject.key(),
+            valid: r.valid,
+            invalid: r.invalid,
+            unverified: r.unverified,
+            consecutive_valid: r.consecutive_valid,
+            canaries_passed: r.canaries_passed,
+            canaries_failed: r.canaries_failed,
+            strikes: r.strikes,
+            quarantined: r.quarantined,
+            credential: r.credential.as_deref().map(str::to_owned),
+            updated_at_ms: unix_ms(*at),
+        }),
         _ => return None,
     })
+}
+
+fn replica_rows(v: &Verification<Json>) -> Vec<StoredReplica> {
+    (0..)
+        .zip(&v.replicas)
+        .map(|(i, r)| StoredReplica {
+            replica: i,
+            task_id: r.task.0,
+            peer: r.peer.as_ref().map(ToString::to_string),
+            attempts: r.attempts,
+            result: r.result.as_ref().map(|j| j.get().to_owned()),
+            error: r.failure.as_ref().map(row),
+            verdict: r.verdict,
+        })
+        .collect()
 }
 
 fn row(f: &Failure) -> ErrorRow {
@@ -133,6 +215,7 @@ fn new_task(spec: &TaskSpec<Json>) -> NewTask {
         max_attempts: spec.max_attempts,
         idempotency_key: spec.idempotency_key.as_deref().map(str::to_owned),
         submitted_at_ms: unix_ms(spec.submitted_at),
+        verify: spec.verify.map(|p| p.to_string()),
     }
 }
 
@@ -164,10 +247,20 @@ pub fn recovered(stored: StoredTask) -> Result<Recovered<Json>, Unreadable> {
         max_attempts: t.max_attempts,
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
         submitted_at: from_unix_ms(t.submitted_at_ms),
+        verify: t.verify.as_deref().map(|p| stored_policy(t.id, p)).transpose()?,
+        kind: TaskKind::Task,
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
     let history: Vec<AttemptRecord> = stored.attempts.iter().map(attempt_record).collect();
     let state = recovered_state(&stored, &history, failure.clone())?;
+    let verification = match stored.verify_status {
+        Some(status) => {
+            let policy = spec.verify.unwrap_or(Policy::OFF);
+            let replicas = stored.replicas.iter().map(replica).collect::<Result<_, _>>()?;
+            Some(Verification::stored(policy, status, replicas))
+        }
+        None => None,
+    };
     Ok(Recovered {
         spec,
         attempts: stored.attempt,
@@ -175,7 +268,50 @@ pub fn recovered(stored: StoredTask) -> Result<Recovered<Json>, Unreadable> {
         last_error: failure,
         history,
         state,
+        verification,
     })
+}
+
+fn stored_policy(id: u64, text: &str) -> Result<Policy, Unreadable> {
+    Policy::parse(text).map_err(|e| {
+        Unreadable(format!("task {id}: its verification policy `{text}` is not readable ({e})"))
+    })
+}
+
+fn replica(r: &StoredReplica) -> Result<Replica<Json>, Unreadable> {
+    let result = match r.result.as_deref() {
+        Some(text) => Some(proto::json(text).map_err(|e| {
+            Unreadable(format!("task {}: a replica's result is not JSON ({e})", r.task_id))
+        })?),
+        None => None,
+    };
+    let failure = r.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
+    let peer = r.peer.as_deref().map(PeerId::from);
+    Ok(Replica::stored(TaskId(r.task_id), peer, r.attempts, result, failure, r.verdict))
+}
+
+/// Stored reputations as the scheduler takes them back; a subject of a kind
+/// this build does not know is an error, never a guess.
+pub fn reputations(rows: Vec<ReputationRow>) -> Result<Vec<(Subject, Reputation)>, Unreadable> {
+    rows.into_iter()
+        .map(|r| {
+            let subject = Subject::parse(&r.subject).ok_or_else(|| {
+                Unreadable(format!("a reputation of an unknown kind of subject `{}`", r.subject))
+            })?;
+            let reputation = Reputation {
+                valid: r.valid,
+                invalid: r.invalid,
+                unverified: r.unverified,
+                consecutive_valid: r.consecutive_valid,
+                canaries_passed: r.canaries_passed,
+                canaries_failed: r.canaries_failed,
+                strikes: r.strikes,
+                quarantined: r.quarantined,
+                credential: r.credential.as_deref().map(Arc::from),
+            };
+            Ok((subject, reputation))
+        })
+        .collect()
 }
 
 fn recovered_state(
@@ -352,6 +488,39 @@ mod tests {
         assert_eq!(marks.take_all(), vec![Op::Delivered { id: 9, delivered: true }]);
     }
 
+    /// The last attempt failed and used up `max_attempts`: after the round
+    /// trip the attempt still ended with its own error, the task with
+    /// `attempts_exhausted` (found by the simulation: both got the task's).
+    #[test]
+    fn an_exhausting_failure_keeps_the_attempts_own_error() {
+        use store::Store;
+        let mut db = store::SqliteStore::in_memory().unwrap();
+        let t0 = Time::from_secs(1_700_000_000);
+        let mut s: Scheduler<Json> = Scheduler::new(Config::default(), t0);
+        let mut sub = Submission::new(Owner::Api, "echo", proto::null());
+        sub.max_attempts = Some(1);
+        s.handle_submit(t0, sub).unwrap();
+        let join = PeerJoin::new(PeerId::from("p"), ConnId(1), PeerCaps::default());
+        s.handle_peer_joined(t0, join);
+        let failure = Failure::new("internal", "disk full");
+        let outcome = RunOutcome::Failed { failure: failure.clone(), retryable: true };
+        s.handle_result(t0, &PeerId::from("p"), ConnId(1), TaskId(1), Some(Attempt(1)), outcome)
+            .unwrap();
+        let mut ops = Vec::new();
+        while let Some(e) = s.poll_event() {
+            ops.extend(op_for(&e));
+        }
+        db.write(&ops).unwrap();
+
+        let back = recovered(db.load().unwrap().tasks.remove(0)).unwrap();
+        assert_eq!(back.history[0].end, Some(AttemptEnd::Failed(failure)));
+        let RecoveredState::Finished { outcome: Outcome::Failed(f), .. } = &back.state else {
+            panic!("{:?}", back.state);
+        };
+        assert_eq!(f.code, FailureCode::ATTEMPTS_EXHAUSTED);
+        assert_eq!(back.last_error.map(|e| e.code), Some(FailureCode::ATTEMPTS_EXHAUSTED));
+    }
+
     #[test]
     fn a_history_survives_the_round_trip_through_the_store() {
         use store::Store;
@@ -371,6 +540,8 @@ mod tests {
             conn: ConnId(1),
             caps: PeerCaps::default(),
             running: vec![],
+            owner: None,
+            credential: None,
         };
         s.handle_peer_joined(t0, join);
         let done = proto::json("\"ok\"").unwrap();
@@ -407,5 +578,55 @@ mod tests {
         assert_eq!(again.stats().queued, 1);
         assert_eq!(again.stats().assigned, 1);
         assert_eq!(again.lookup(&gamer, "t-3"), Some(TaskId(3)));
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+    use sched::verify::VerifyStatus;
+    use sched::{Config, ConnId, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time};
+    use store::Store;
+
+    /// A verified task's verdict and replicas, and the workers' reputations,
+    /// come back after a restart; replicas' ids are never handed out again.
+    #[test]
+    fn a_verdict_and_reputations_survive_the_round_trip_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
+        let t0 = Time::from_secs(1_700_000_000);
+        let mut s: Scheduler<Json> = Scheduler::new(Config::default(), t0);
+        s.set_agreement(Box::new(agree::Rules::builtin(1)));
+        for (i, p) in ["a", "b"].into_iter().enumerate() {
+            let join = PeerJoin::new(PeerId::from(p), ConnId(i as u64 + 1), PeerCaps::default());
+            s.handle_peer_joined(t0, join);
+        }
+        let mut sub = Submission::new(Owner::Api, "echo", proto::json("[1]").unwrap());
+        sub.verify = Some(Policy::parse("2/2").unwrap());
+        let id = s.handle_submit(t0, sub).unwrap().id;
+        while let Some(cmd) = s.poll_command() {
+            if let sched::Command::Assign { conn, peer, task, attempt } = cmd {
+                let done = RunOutcome::Completed(proto::json("[1]").unwrap());
+                s.handle_result(t0, &peer, conn, task.id, Some(attempt), done).unwrap();
+            }
+        }
+        let mut ops = Vec::new();
+        while let Some(e) = s.poll_event() {
+            ops.extend(op_for(&e));
+        }
+        assert!(ops.iter().all(|op| !matches!(op, Op::Assigned { id: i, .. } if *i != id.0)));
+        db.write(&ops).unwrap();
+
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded.tasks.len(), 1, "replicas are not stored");
+        assert_eq!(loaded.next_task_id, 4, "but their ids are never reused");
+        let back = recovered(loaded.tasks.into_iter().next().unwrap()).unwrap();
+        assert_eq!(back.spec.verify, Some(Policy::parse("2/2").unwrap()));
+        let v = back.verification.unwrap();
+        assert_eq!((v.status, v.replicas.len()), (VerifyStatus::Agreed, 2));
+        assert_eq!(v.replicas[0].result.as_ref().map(|r| r.get()), Some("[1]"));
+        let reps = reputations(loaded.reputation).unwrap();
+        assert_eq!(reps.len(), 2);
+        assert!(reps.iter().all(|(_, r)| r.valid == 1 && r.consecutive_valid == 1));
     }
 }

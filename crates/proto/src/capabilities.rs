@@ -43,6 +43,10 @@ pub struct Capabilities {
     /// for every task type) or an object with its details.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_info: Vec<ModelEntry>,
+    /// Who runs the peer (`owner`): replicas of one verified task never go
+    /// to two peers of the same owner. At most [`crate::MAX_ID_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Known keys whose values could not be read, for operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -183,6 +187,7 @@ impl Capabilities {
         self.read_gpus(map);
         self.read_models(map);
         self.read_needs(map);
+        self.read_owner(map);
     }
 
     fn read_models(&mut self, map: &Map<String, Value>) {
@@ -199,6 +204,17 @@ impl Capabilities {
         self.models = self.model_info.iter().map(|m| m.name.clone()).collect();
         self.models.sort();
         self.models.dedup();
+    }
+
+    fn read_owner(&mut self, map: &Map<String, Value>) {
+        if let Some((key, v)) = first(map, &["owner"]) {
+            match v.as_str().map(str::trim) {
+                Some(o) if !o.is_empty() && o.len() <= crate::MAX_ID_LEN => {
+                    self.owner = Some(o.to_owned());
+                }
+                _ => self.warn(key, "a name of 1 to 256 bytes"),
+            }
+        }
     }
 
     fn read_needs(&mut self, map: &Map<String, Value>) {

@@ -244,6 +244,35 @@ pub struct TaskRequest {
     /// Send me the run's progress (`task_progress`) as it comes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Run on `replicas` distinct peers and accept the result once `quorum`
+    /// agree (docs/VERIFICATION.md); the cluster's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+}
+
+/// `task_request.verify`: how a task's result is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicy {
+    /// Replicas run on distinct peers, 1–16 (1 with quorum 1: no verification).
+    pub replicas: u32,
+    /// Results that must agree, 1–`replicas`; default `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// Adaptive replication: trusted workers' results are replicated only
+    /// now and then. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adaptive: bool,
+}
+
+/// The most replicas a task may ask for.
+pub const MAX_REPLICAS: u32 = 16;
+
+impl VerifyPolicy {
+    /// The quorum, defaulted.
+    pub fn quorum(&self) -> u32 {
+        self.quorum.unwrap_or(self.replicas)
+    }
 }
 
 impl TaskRequest {
@@ -260,6 +289,7 @@ impl TaskRequest {
             requirements: None,
             idempotency_key: None,
             stream: false,
+            verify: None,
         }
     }
 
@@ -280,6 +310,14 @@ impl TaskRequest {
         }
         if let Some(Requirements { model: Some(model), .. }) = &self.requirements {
             check_id(t, "requirements.model", model)?;
+        }
+        if let Some(v) = &self.verify {
+            if v.replicas == 0 || v.replicas > MAX_REPLICAS {
+                return Err(invalid(t, format!("`verify.replicas` must be 1..={MAX_REPLICAS}")));
+            }
+            if v.quorum() == 0 || v.quorum() > v.replicas {
+                return Err(invalid(t, "`verify.quorum` must be 1..=verify.replicas".to_owned()));
+            }
         }
         Ok(())
     }

@@ -176,12 +176,41 @@ fn task_request_limits() {
         (r#""priority":"URGENT""#, "priority"),
         (r#""priority":1.5"#, "priority"),
         (r#""task_type":"""#, "task_type"),
+        (r#""verify":{"replicas":0}"#, "verify.replicas"),
+        (r#""verify":{"replicas":17}"#, "verify.replicas"),
+        (r#""verify":{"replicas":2,"quorum":3}"#, "verify.quorum"),
+        (r#""verify":{"replicas":2,"quorum":0}"#, "verify.quorum"),
+        (r#""verify":{"replicas":2,"votes":2}"#, "votes"),
+        (r#""verify":"2/2""#, "VerifyPolicy"),
     ];
     for (field, name) in bad {
         let text = format!(r#"{{"msg_type":"task_request","task_type":"echo",{field}}}"#);
         let err = decode_err(&text);
         assert_eq!(err.code(), "invalid_message", "{text}");
         assert!(err.to_string().contains(name), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_verification_policy_is_an_optional_field() {
+    let text = r#"{"msg_type":"task_request","task_type":"physics","verify":{"replicas":3,"quorum":2,"adaptive":true}}"#;
+    let ToCoordinator::TaskRequest(req) = decode(text) else { panic!() };
+    let v = req.verify.unwrap();
+    assert_eq!((v.replicas, v.quorum(), v.adaptive), (3, 2, true));
+    let text = r#"{"msg_type":"task_request","task_type":"physics","verify":{"replicas":2}}"#;
+    let ToCoordinator::TaskRequest(req) = decode(text) else { panic!() };
+    assert_eq!((req.verify.unwrap().quorum(), req.verify.unwrap().adaptive), (2, false));
+    let ToCoordinator::TaskRequest(req) = decode(SEED_TASK_REQUEST) else { panic!() };
+    assert!(req.verify.is_none());
+}
+
+#[test]
+fn a_declared_owner_is_read_leniently() {
+    let caps = Capabilities::from_value(serde_json::json!({"owner": " alice "}));
+    assert_eq!(caps.owner.as_deref(), Some("alice"));
+    for bad in [serde_json::json!({"owner": 5}), serde_json::json!({"owner": ""})] {
+        let caps = Capabilities::from_value(bad);
+        assert!(caps.owner.is_none() && caps.warnings[0].contains("owner"), "{caps:?}");
     }
 }
 

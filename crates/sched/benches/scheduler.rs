@@ -24,6 +24,8 @@ fn cluster(peers: usize, slots: u32, strategy: Strategy) -> Scheduler<u64> {
             conn: ConnId(i as u64 + 1),
             caps,
             running: Vec::new(),
+            owner: None,
+            credential: None,
         };
         s.handle_peer_joined(Time::ZERO, join);
     }

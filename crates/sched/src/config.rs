@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::placement::Strategy;
+use crate::verify::Policy;
 
 /// Scheduler configuration. Every limit has a safe default.
 #[derive(Debug, Clone)]
@@ -36,8 +37,60 @@ pub struct Config {
     pub cancel_grace: Duration,
     /// How a task picks among the free peers able to run it.
     pub strategy: Strategy,
-    /// Seed of the jitter added to back-offs (the core has no other randomness).
+    /// Seed of the scheduler's randomness: back-off jitter, and (from a
+    /// stream of its own) verification's draws.
     pub seed: u64,
+    /// Replication, canaries, reputation and quarantine (see [`crate::verify`]).
+    pub verify: VerifyConfig,
+}
+
+/// The knobs of verification, each with a documented default.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// The policy of tasks that do not give one. Default: none (a task is
+    /// verified only when it asks).
+    pub default_policy: Option<Policy>,
+    /// Replicas beyond a policy's own that disagreements may add before a
+    /// task fails with `no_quorum`. Default 2.
+    pub max_extra_replicas: u32,
+    /// Consecutive valid results after which adaptive replication trusts a
+    /// worker (BOINC's 10). Default 10.
+    pub trust_after: u32,
+    /// The cap on the consecutive valid count, so that a trusted worker's
+    /// work is still replicated with probability at least 1/cap. Default 100.
+    pub max_consecutive: u32,
+    /// Strikes (invalid results not yet forgiven) that quarantine a worker.
+    /// Default 3.
+    pub quarantine_after: u32,
+    /// Consecutive valid results that forgive one strike. Default 100.
+    pub forgive_after: u32,
+    /// The chance, per assignment of real work to a worker, that a canary
+    /// follows for it. Default 0 (off).
+    pub canary_rate: f64,
+    /// Known answers kept per task type for canaries. Default 64.
+    pub canary_pool: usize,
+    /// The most a canary waits for its worker. Default 60 s.
+    pub canary_queue_timeout: Duration,
+    /// Reputation records kept; past it, records with nothing against them
+    /// are forgotten. Default 100 000.
+    pub max_reputations: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> VerifyConfig {
+        VerifyConfig {
+            default_policy: None,
+            max_extra_replicas: 2,
+            trust_after: 10,
+            max_consecutive: 100,
+            quarantine_after: 3,
+            forgive_after: 100,
+            canary_rate: 0.0,
+            canary_pool: 64,
+            canary_queue_timeout: Duration::from_secs(60),
+            max_reputations: 100_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +108,7 @@ impl Default for Config {
             cancel_grace: Duration::from_secs(15),
             strategy: Strategy::default(),
             seed: 0x5eed,
+            verify: VerifyConfig::default(),
         }
     }
 }

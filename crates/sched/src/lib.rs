@@ -19,7 +19,8 @@
 //! text).
 //!
 //! The rules of placement — which queued task goes to which free peer — are
-//! in [`placement`].
+//! in [`placement`]; those of verification — replicas, quorum, canaries,
+//! reputation and quarantine — in [`verify`].
 
 mod config;
 mod output;
@@ -32,21 +33,24 @@ mod scheduler;
 mod task;
 mod timers;
 mod types;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
 
-pub use crate::config::{Backoff, Config};
+pub use crate::config::{Backoff, Config, VerifyConfig};
 pub use crate::output::{Command, Event, LeaveReason, RequeueReason};
 pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin, PeerStatus};
 pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};
 pub use crate::scheduler::{
-    Accepted, CancelError, Counters, Joined, PeerError, Progress, ResultAck, RetryError, Scheduler,
-    SubmitError,
+    Accepted, CancelError, ClearError, Counters, Joined, PeerError, Progress, ResultAck,
+    RetryError, Scheduler, SubmitError, VerifyCounters,
 };
-pub use crate::task::{AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskSpec};
+pub use crate::task::{
+    AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskKind, TaskSpec,
+};
 pub use crate::types::{
     Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, Owner, PeerId, RunOutcome, TaskId,
     TaskState, Time,

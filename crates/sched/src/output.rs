@@ -9,6 +9,7 @@ use crate::task::{AttemptEnd, TaskSpec};
 use codes::CloseReason;
 
 use crate::types::{Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, PeerId, TaskId, Time};
+use crate::verify::{Reputation, Subject, Verification};
 
 /// Something the shell must do.
 #[derive(Debug, Clone)]
@@ -128,12 +129,15 @@ pub enum Event<P> {
         attempt: Attempt,
         queue_wait: Duration,
         at: Time,
+        /// The task is a replica or a canary (not stored, not shown).
+        hidden: bool,
     },
     TaskStarted {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
         at: Time,
+        hidden: bool,
     },
     /// A requeued task went back to the peer that lost it: the peer
     /// reconnected still running the same attempt.
@@ -141,6 +145,7 @@ pub enum Event<P> {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
+        hidden: bool,
     },
     /// An attempt ended without finishing the task; the task waits for
     /// another after `retry_at`.
@@ -154,6 +159,7 @@ pub enum Event<P> {
         reason: RequeueReason,
         failures: u32,
         retry_at: Time,
+        hidden: bool,
     },
     /// The task ended. `run_time` is the last attempt's, when it ran.
     TaskFinished {
@@ -173,6 +179,7 @@ pub enum Event<P> {
         task: TaskId,
         attempt: Attempt,
         peer: PeerId,
+        hidden: bool,
     },
     /// The outcome was handed to the submitter.
     Delivered {
@@ -185,5 +192,36 @@ pub enum Event<P> {
     /// Finished tasks dropped from memory (their TTL passed or the cap was hit).
     Evicted {
         tasks: BTreeSet<TaskId>,
+    },
+    /// A verified task reached its verdict; its `TaskFinished` follows.
+    Verified {
+        task: TaskId,
+        task_type: Arc<str>,
+        verification: Arc<Verification<P>>,
+    },
+    /// A verified task's results disagreed (reported once per task).
+    Disagreed {
+        task: TaskId,
+        task_type: Arc<str>,
+    },
+    /// A worker's or credential's reputation changed (the store keeps it).
+    Reputation {
+        subject: Subject,
+        reputation: Reputation,
+        at: Time,
+    },
+    /// A worker was quarantined: it gets no new work until cleared.
+    Quarantined {
+        peer: PeerId,
+    },
+    /// An operator lifted a worker's quarantine.
+    Cleared {
+        peer: PeerId,
+    },
+    /// A canary came back from the worker it was made for.
+    CanaryAnswered {
+        peer: PeerId,
+        task_type: Arc<str>,
+        passed: bool,
     },
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::queue::Class;
 use crate::types::{Attempt, ConnId, PeerId, TaskId, Time};
+use crate::verify::AffinityKey;
 
 /// What a peer can run, as the shell read it from its registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,19 @@ pub struct PeerJoin {
     pub caps: PeerCaps,
     /// Assignments the peer says it still runs from an earlier session.
     pub running: Vec<(TaskId, Attempt)>,
+    /// Who the peer says runs it (`capabilities.owner`): replicas of one
+    /// task never go to two peers of the same owner.
+    pub owner: Option<Arc<str>>,
+    /// The identity of the credential it joined with, when it has one of
+    /// its own (its reputation follows it too).
+    pub credential: Option<Arc<str>>,
+}
+
+impl PeerJoin {
+    /// A join with no claims, owner or credential.
+    pub fn new(id: PeerId, conn: ConnId, caps: PeerCaps) -> PeerJoin {
+        PeerJoin { id, conn, caps, running: Vec::new(), owner: None, credential: None }
+    }
 }
 
 /// Whether an operator's drain is under way on a peer.
@@ -115,6 +129,10 @@ pub struct Peer {
     /// An operator drained it: it gets nothing new and is told to leave
     /// once idle (see [`Peer::status`]).
     pub(crate) leaving: Leaving,
+    /// Its results were found wrong too often: it gets no new work.
+    pub(crate) quarantined: bool,
+    pub(crate) owner: Option<Arc<str>>,
+    pub(crate) credential: Option<Arc<str>>,
     pub(crate) completed: u64,
     pub(crate) failed: u64,
     pub(crate) runtimes: BTreeMap<Arc<str>, Ewma>,
@@ -133,6 +151,9 @@ impl Peer {
             draining: false,
             paused: false,
             leaving: Leaving::No,
+            quarantined: false,
+            owner: join.owner.clone(),
+            credential: join.credential.clone(),
             completed: 0,
             failed: 0,
             runtimes: BTreeMap::new(),
@@ -164,15 +185,15 @@ impl Peer {
         u32::try_from(self.tasks.len() + self.zombies.len()).unwrap_or(u32::MAX)
     }
 
-    /// Slots free for new work (none while draining or paused).
+    /// Slots free for new work (none while draining, paused or quarantined).
     pub fn free(&self) -> u32 {
         if self.takes_work() { self.caps.slots.saturating_sub(self.used()) } else { 0 }
     }
 
     /// Whether new work may go to it: not draining (its own or an
-    /// operator's) and not paused.
+    /// operator's), not paused, not quarantined.
     pub fn takes_work(&self) -> bool {
-        !self.draining && !self.paused && self.leaving == Leaving::No
+        !self.draining && !self.paused && !self.quarantined && self.leaving == Leaving::No
     }
 
     /// Draining: by its own request or an operator's.
@@ -195,6 +216,28 @@ impl Peer {
         } else {
             None
         }
+    }
+
+    /// Whether it is quarantined (see [`crate::verify`]).
+    pub fn quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// The owner it declared.
+    pub fn owner(&self) -> Option<&Arc<str>> {
+        self.owner.as_ref()
+    }
+
+    /// The identity of its own credential, when it has one.
+    pub fn credential(&self) -> Option<&Arc<str>> {
+        self.credential.as_ref()
+    }
+
+    /// What keeps replicas of one task off this peer: its id, and its owner.
+    pub fn affinity_keys(&self) -> Vec<AffinityKey> {
+        let mut keys = vec![AffinityKey::Peer(self.id.clone())];
+        keys.extend(self.owner.as_ref().map(|o| AffinityKey::Owner(Arc::clone(o))));
+        keys
     }
 
     /// The tasks it holds.

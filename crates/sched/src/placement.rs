@@ -10,13 +10,21 @@
 //!    task waiting for a model or a GPU never blocks the tasks behind it).
 //! 3. A peer can run a task when it declared the task's type (or declared no
 //!    types), serves the required model, and has a GPU (with enough memory)
-//!    when one is required. A draining peer takes nothing.
+//!    when one is required. A draining or quarantined peer takes nothing.
 //! 4. Among the free peers able to run the task, the [`Strategy`] chooses.
 //!    Ties rotate: the next candidate after the last peer chosen wins, so
 //!    equal peers share work instead of the first one taking it all.
 //!
-//! [`plan`] is a pure function of the queue, the free peers and the
-//! strategy's rotation cursor; the scheduler applies what it returns.
+//! 5. Some tasks carry [`Constraints`] beyond their requirements: a replica
+//!    of a verified task goes only to a peer that shares no affinity key
+//!    (peer id, declared owner) with the peers of its other replicas —
+//!    placements made earlier in the same plan included — and a canary only
+//!    to the worker it was made for. A task that no free peer may take is
+//!    skipped for this plan; it never blocks the tasks behind it.
+//!
+//! [`plan`] is a pure function of the queue, the free peers, the
+//! constraints and the strategy's rotation cursor; the scheduler applies
+//! what it returns.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -141,6 +149,34 @@ fn mean_known_runtime(candidates: &[Candidate<'_>]) -> Option<f64> {
     (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
 }
 
+/// Where tasks may go beyond their requirements (rule 5). Asked once per
+/// task whether it is constrained at all, so that unconstrained work pays
+/// one lookup; told of each placement so that one plan keeps them too.
+pub trait Constraints {
+    /// Whether `task` has constraints.
+    fn constrained(&self, task: TaskId) -> bool;
+    /// Whether the constrained `task` may go to `peer`.
+    fn allows(&self, task: TaskId, peer: &Peer) -> bool;
+    /// The plan places the constrained `task` on `peer`.
+    fn placed(&mut self, task: TaskId, peer: &Peer);
+}
+
+/// No task is constrained.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unconstrained;
+
+impl Constraints for Unconstrained {
+    fn constrained(&self, _: TaskId) -> bool {
+        false
+    }
+
+    fn allows(&self, _: TaskId, _: &Peer) -> bool {
+        true
+    }
+
+    fn placed(&mut self, _: TaskId, _: &Peer) {}
+}
+
 /// One decision of [`plan`]: run `task` on `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -156,6 +192,7 @@ pub fn plan(
     free_peers: &[&Peer],
     strategy: Strategy,
     cursor: &mut Option<PeerId>,
+    constraints: &mut dyn Constraints,
 ) -> Vec<Placement> {
     let mut out = Vec::new();
     if queue.is_empty() || free_peers.is_empty() {
@@ -185,7 +222,15 @@ pub fn plan(
         let (class, entries, capable) = &mut heads[h];
         let Some((_, &task)) = entries.next() else { break };
 
-        let usable: Vec<usize> = capable.iter().copied().filter(|&i| free[i] > 0).collect();
+        let constrained = constraints.constrained(task);
+        let usable: Vec<usize> = capable
+            .iter()
+            .copied()
+            .filter(|&i| free[i] > 0 && (!constrained || constraints.allows(task, free_peers[i])))
+            .collect();
+        if usable.is_empty() {
+            continue; // No free peer may take it under its constraints.
+        }
         let candidates: Vec<Candidate<'_>> = usable
             .iter()
             .map(|&i| {
@@ -202,6 +247,9 @@ pub fn plan(
             .collect();
         let Some(pick) = choose(strategy, class, &candidates, cursor.as_ref()) else { break };
         let i = usable[pick];
+        if constrained {
+            constraints.placed(task, free_peers[i]);
+        }
         free[i] -= 1;
         *cursor = Some(free_peers[i].id.clone());
         out.push(Placement { task, peer: free_peers[i].id.clone() });

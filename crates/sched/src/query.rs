@@ -33,7 +33,7 @@ impl<P: Clone> Scheduler<P> {
             queued: self.queue.len() + self.backing_off,
             retained: self.finished.len(),
             gamers: self.gamers.len(),
-            counters: self.counters,
+            counters: self.counters(),
             ..Stats::default()
         };
         for peer in self.peers.values() {
@@ -103,11 +103,25 @@ impl<P: Clone> Scheduler<P> {
                 "retrying after {} failed attempt(s), not before {until}",
                 task.failures
             )),
+            State::Verifying { .. } => {
+                let v = task.verification.as_deref()?;
+                v.live().find_map(|replica| self.waiting_reason(replica))
+            }
             State::Queued { .. } => {
-                let able =
-                    self.peers.values().filter(|p| p.takes_work() && p.caps.can_run(&task.class));
-                if able.count() > 0 {
-                    return None;
+                let able: Vec<_> = self
+                    .peers
+                    .values()
+                    .filter(|p| !p.draining() && !p.paused && p.caps.can_run(&task.class))
+                    .collect();
+                if !able.is_empty() && able.iter().all(|p| p.quarantined) {
+                    return Some(format!(
+                        "no capable peer: needs {}; the {} that could run it are quarantined",
+                        describe(task),
+                        able.len()
+                    ));
+                }
+                if !able.is_empty() {
+                    return self.apart_reason(id);
                 }
                 if self.peers.is_empty() {
                     return Some(format!(

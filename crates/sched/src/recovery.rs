@@ -7,6 +7,7 @@ use crate::scheduler::Scheduler;
 use crate::task::{AttemptRecord, Holder, State, Task, TaskSpec};
 use crate::timers::Timer;
 use crate::types::{Attempt, Failure, Outcome, Owner, PeerId, Time};
+use crate::verify::Verification;
 
 /// A task reloaded from the store.
 #[derive(Debug, Clone)]
@@ -17,6 +18,9 @@ pub struct Recovered<P> {
     pub last_error: Option<Failure>,
     pub history: Vec<AttemptRecord>,
     pub state: RecoveredState<P>,
+    /// A finished verified task's replicas and verdict, as stored. (A task
+    /// still verifying starts its verification over.)
+    pub verification: Option<Verification<P>>,
 }
 
 /// Where a reloaded task stood when the coordinator stopped.
@@ -39,7 +43,9 @@ pub enum RecoveredState<P> {
 }
 
 impl<P: Clone> Scheduler<P> {
-    /// Loads tasks from the store. Call once, before any other input.
+    /// Loads tasks from the store. Call once, before any other input (and
+    /// after [`Scheduler::set_agreement`], so that tasks still verifying
+    /// start their verification over).
     pub fn handle_recovered(&mut self, now: Time, mut tasks: Vec<Recovered<P>>) {
         let now = self.tick(now);
         tasks.sort_by_key(|t| t.spec.id);
@@ -56,8 +62,21 @@ impl<P: Clone> Scheduler<P> {
             if let Some(key) = &spec.idempotency_key {
                 self.by_key.insert((spec.owner.clone(), Arc::clone(key)), id);
             }
-            if !matches!(rec.state, RecoveredState::Finished { .. }) {
+            let verify = match rec.state {
+                RecoveredState::Waiting => {
+                    self.verification_for(&spec.task_type, &spec.payload, spec.verify)
+                }
+                _ => None,
+            };
+            if !matches!(rec.state, RecoveredState::Finished { .. }) && verify.is_none() {
                 self.peer_ids.insert(Arc::clone(&spec.peer_task_id), id);
+            }
+            if let Some((policy, rule)) = verify {
+                let mut task = Task::verifying(spec, class, now);
+                task.history = rec.history;
+                self.tasks.insert(id, task);
+                self.start_verification(now, id, policy, rule);
+                continue;
             }
             let state = match rec.state {
                 RecoveredState::Waiting => State::Backoff { until: now },
@@ -105,6 +124,7 @@ impl<P: Clone> Scheduler<P> {
                 failures: rec.failures,
                 last_error: rec.last_error,
                 history: rec.history,
+                verification: rec.verification.map(Box::new),
                 // Not stored: after a restart, a retried task's gamer may be
                 // handed its new outcome too (clients dedupe by task id).
                 outcome_given: false,

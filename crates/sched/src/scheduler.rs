@@ -23,10 +23,15 @@ mod peer_ids;
 mod peers;
 mod retry;
 mod tasks;
+mod trust;
+mod verifying;
 
 pub use peers::Joined;
 pub use retry::RetryError;
 pub use tasks::{Accepted, CancelError, Progress, ResultAck, SubmitError};
+pub use trust::ClearError;
+pub(crate) use verifying::Verifier;
+pub use verifying::VerifyCounters;
 
 /// Why a peer's message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,8 @@ pub struct Scheduler<P> {
     pub(crate) commands: VecDeque<Command<P>>,
     pub(crate) events: VecDeque<Event<P>>,
     pub(crate) counters: Counters,
+    /// Replicas, canaries, reputation (see [`crate::verify`]).
+    pub(crate) verify: Verifier<P>,
 }
 
 /// Totals since the scheduler started.
@@ -84,13 +91,17 @@ pub struct Counters {
     pub requeued: u64,
     pub stale_results: u64,
     pub peers_dead: u64,
+    /// Verification's totals (replicas and canaries are not counted above).
+    pub verify: VerifyCounters,
 }
 
 impl<P: Clone> Scheduler<P> {
     /// A scheduler with no peers and no tasks; `now` is its first instant.
     pub fn new(config: Config, now: Time) -> Scheduler<P> {
         let rng = fastrand::Rng::with_seed(config.seed);
+        let verify = Verifier::new(config.seed, config.verify.canary_pool);
         Scheduler {
+            verify,
             config,
             now,
             next_task: 1,
@@ -284,20 +295,29 @@ impl<P: Clone> Scheduler<P> {
 
     /// Assigns every task it can to every free slot.
     pub(crate) fn place(&mut self, now: Time) {
-        if self.queue.is_empty() || self.free.is_empty() {
-            return;
-        }
-        // The free peers in id order: a scan when many are free (no lookups),
-        // lookups by id when few are.
-        let free_peers: Vec<&Peer> = if self.free.len() * 8 >= self.peers.len() {
-            self.peers.values().filter(|p| p.free() > 0).collect()
-        } else {
-            self.free.iter().filter_map(|id| self.peers.get(id)).collect()
-        };
-        let plan =
-            placement::plan(&self.queue, &free_peers, self.config.strategy, &mut self.cursor);
-        for p in plan {
-            self.assign(now, p.task, &p.peer);
+        // Assignments may queue hidden tasks (replicas that adaptive
+        // replication decided on, canaries): they get a few more rounds.
+        for _ in 0..4 {
+            if self.queue.is_empty() || self.free.is_empty() {
+                return;
+            }
+            // The free peers in id order: a scan when many are free (no
+            // lookups), lookups by id when few are.
+            let free_peers: Vec<&Peer> = if self.free.len() * 8 >= self.peers.len() {
+                self.peers.values().filter(|p| p.free() > 0).collect()
+            } else {
+                self.free.iter().filter_map(|id| self.peers.get(id)).collect()
+            };
+            let mut apart = verifying::Apart::new(&self.verify.hidden, &self.tasks);
+            let (queue, strategy) = (&self.queue, self.config.strategy);
+            let plan = placement::plan(queue, &free_peers, strategy, &mut self.cursor, &mut apart);
+            self.verify.queued_while_placing = false;
+            for p in plan {
+                self.assign(now, p.task, &p.peer);
+            }
+            if !self.verify.queued_while_placing {
+                return;
+            }
         }
     }
 
@@ -335,6 +355,7 @@ impl<P: Clone> Scheduler<P> {
         // The wait is over: its deadline goes.
         self.end_wait(id);
         self.refresh_free(peer_id);
+        let hidden = spec.kind.is_hidden();
         self.events.push_back(Event::TaskAssigned {
             task: id,
             task_type: Arc::clone(&spec.task_type),
@@ -342,6 +363,7 @@ impl<P: Clone> Scheduler<P> {
             attempt,
             queue_wait,
             at: now,
+            hidden,
         });
         self.commands.push_back(Command::Assign {
             conn,
@@ -349,6 +371,7 @@ impl<P: Clone> Scheduler<P> {
             task: spec,
             attempt,
         });
+        self.after_assign(now, id, peer_id);
     }
 
     /// Puts a task in the queue (at the front of its level after a failure).
@@ -422,6 +445,7 @@ impl<P: Clone> Scheduler<P> {
         }
         let (failures, max) = (task.failures, task.spec.max_attempts);
         let task_type = Arc::clone(&task.spec.task_type);
+        let hidden = task.spec.kind.is_hidden();
         if counts && failures >= max {
             let last = task.last_error.clone().map(|f| f.to_string()).unwrap_or_default();
             let failure = Failure::new(
@@ -455,6 +479,7 @@ impl<P: Clone> Scheduler<P> {
             reason,
             failures,
             retry_at,
+            hidden,
         });
     }
 
@@ -467,13 +492,16 @@ impl<P: Clone> Scheduler<P> {
         outcome: Outcome<P>,
         run_time: Option<Duration>,
     ) {
+        if self.verify.hidden.contains_key(&id) {
+            return self.hidden_finished(now, id, outcome, run_time);
+        }
         let Some(task) = self.tasks.get_mut(&id) else { return };
         match &task.state {
             State::Queued { pos } => {
                 self.queue.remove(pos);
             }
             State::Backoff { .. } => self.backing_off -= 1,
-            State::Assigned(_) => {}
+            State::Assigned(_) | State::Verifying { .. } => {}
             State::Finished { .. } => return,
         }
         match outcome.status() {
@@ -625,6 +653,7 @@ impl<P: Clone> Scheduler<P> {
             self.release_peer_task_id(*task);
         }
         self.events.push_back(Event::PeerLeft { peer: id.clone(), conn: peer.conn, reason });
+        self.peer_gone(now, id);
     }
 
     /// Keeps `free` in step with a peer's slots.
@@ -662,6 +691,6 @@ impl<P: Clone> Scheduler<P> {
 
     /// Totals since start.
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters { verify: self.verify.counters, ..self.counters }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::queue::{Class, QueuePos};
 use crate::types::{Attempt, ConnId, Failure, Outcome, Owner, PeerId, TaskId, TaskState, Time};
+use crate::verify::{Policy, Verification};
 
 /// What a peer must have to run a task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,6 +44,8 @@ pub struct Submission<P> {
     /// The submitter wants the run's progress as it comes (see
     /// [`crate::Scheduler::handle_progress`]).
     pub stream: bool,
+    /// How the result is verified; the cluster's default when absent.
+    pub verify: Option<Policy>,
 }
 
 impl<P> Submission<P> {
@@ -60,7 +63,27 @@ impl<P> Submission<P> {
             max_attempts: None,
             idempotency_key: None,
             stream: false,
+            verify: None,
         }
+    }
+}
+
+/// What a task is to the scheduler: the submitter's, or one it made to
+/// verify results (hidden from the submitter, never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskKind {
+    /// A submitted task.
+    Task,
+    /// A replica of the verified task `of`.
+    Replica { of: TaskId },
+    /// A task with a known answer, for `peer` only.
+    Canary { peer: PeerId },
+}
+
+impl TaskKind {
+    /// Whether the scheduler made it (a replica or a canary).
+    pub fn is_hidden(&self) -> bool {
+        !matches!(self, TaskKind::Task)
     }
 }
 
@@ -86,6 +109,10 @@ pub struct TaskSpec<P> {
     pub submitted_at: Time,
     /// The submitter receives the run's progress as it comes.
     pub stream: bool,
+    /// The verification policy in force for the task (stored with it);
+    /// `None` when it is not verified.
+    pub verify: Option<Policy>,
+    pub kind: TaskKind,
 }
 
 /// How one attempt ended.
@@ -157,6 +184,11 @@ pub(crate) enum State<P> {
         until: Time,
     },
     Assigned(Holder),
+    /// Waiting for its replicas' verdict (it never runs itself); `stage`
+    /// is queued, assigned (a replica was) or running (a replica started).
+    Verifying {
+        stage: TaskState,
+    },
     Finished {
         outcome: Outcome<P>,
         at: Time,
@@ -191,6 +223,8 @@ pub struct Task<P> {
     /// Its gamer was handed an outcome before an operator's retry: the
     /// next outcome is not sent (one outcome per task on the wire).
     pub(crate) outcome_given: bool,
+    /// Its replicas and their verdicts, when it is verified.
+    pub(crate) verification: Option<Box<Verification<P>>>,
 }
 
 impl<P> Task<P> {
@@ -214,6 +248,26 @@ impl<P> Task<P> {
             last_error: None,
             history: Vec::new(),
             outcome_given: false,
+            verification: None,
+        }
+    }
+
+    /// A task that waits for its replicas' verdict (see [`crate::verify`]).
+    pub(crate) fn verifying(spec: Arc<TaskSpec<P>>, class: Arc<Class>, now: Time) -> Task<P> {
+        Task {
+            spec,
+            class,
+            state: State::Verifying { stage: TaskState::Queued },
+            queued_at: now,
+            waits: 0,
+            queue_deadline: None,
+            streamed: false,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            history: Vec::new(),
+            verification: None,
+            outcome_given: false,
         }
     }
 
@@ -230,6 +284,7 @@ impl<P> Task<P> {
             State::Queued { .. } | State::Backoff { .. } => TaskState::Queued,
             State::Assigned(h) if h.started.is_some() => TaskState::Running,
             State::Assigned(_) => TaskState::Assigned,
+            State::Verifying { stage } => *stage,
             State::Finished { outcome, .. } => outcome.status(),
         }
     }
@@ -293,6 +348,11 @@ impl<P> Task<P> {
 
     pub fn history(&self) -> &[AttemptRecord] {
         &self.history
+    }
+
+    /// Its replicas and their verdicts, when it is verified.
+    pub fn verification(&self) -> Option<&Verification<P>> {
+        self.verification.as_deref()
     }
 
     /// Closes the history record of `attempt`.

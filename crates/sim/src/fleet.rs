@@ -86,6 +86,8 @@ pub fn run_fleet(strategy: Strategy, peers: &[FleetPeer], arrivals: &[Arrival]) 
             conn: ConnId(i as u64 + 1),
             caps,
             running: Vec::new(),
+            owner: None,
+            credential: None,
         };
         sched.handle_peer_joined(Time::ZERO, join);
     }

@@ -1,12 +1,26 @@
-//! Thousands of seeded worlds (see the crate docs for the invariants).
-//! `LEGACYGPU_SIM_RUNS=N` runs more; `LEGACYGPU_SIM_SEED=N` replays one.
+//! Thousands of seeded worlds (see the crate docs for the invariants): the
+//! fixed seeds `0..LEGACYGPU_SIM_RUNS` (2000 by default), the regressions,
+//! and fresh seeds for `LEGACYGPU_SIM_BUDGET_S` seconds (10 by default).
+//! `LEGACYGPU_SIM_SEED=N` replays one seed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 const STEPS: usize = 300;
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|n| n.parse().ok())
+}
+
+/// Writes to the real stderr: libtest captures `eprintln!` and shows it
+/// only for failing tests, but the exploring seed must be in every log.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 #[test]
 fn thousands_of_seeded_worlds() {
-    let runs: u64 =
-        std::env::var("LEGACYGPU_SIM_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000);
+    let runs = env_u64("LEGACYGPU_SIM_RUNS").unwrap_or(2000);
     for seed in 0..runs {
         if let Err(e) = sim::run_seed(seed, STEPS) {
             panic!("{e}");
@@ -14,9 +28,35 @@ fn thousands_of_seeded_worlds() {
     }
 }
 
+/// Fresh seeds, consecutive from one drawn at random, for a time budget:
+/// every run of the suite explores worlds no run saw before.
+#[test]
+fn fresh_seeds_for_a_time_budget() {
+    let budget = Duration::from_secs(env_u64("LEGACYGPU_SIM_BUDGET_S").unwrap_or(10));
+    let first = sim::fresh_seed();
+    say(&format!(
+        "sim: exploring from fresh seed {first} for {budget:?} (replay one with LEGACYGPU_SIM_SEED=N)"
+    ));
+    let started = Instant::now();
+    let mut seed = first;
+    let mut runs = 0u64;
+    while started.elapsed() < budget {
+        if let Err(e) = sim::run_seed(seed, STEPS) {
+            say(&format!("sim: fresh seed {seed} FAILED (explored from {first})"));
+            panic!(
+                "{e}\n(a fresh seed, explored from {first} after {runs} passed; once the bug is \
+                 fixed, add {seed} to the regressions below)"
+            );
+        }
+        seed = seed.wrapping_add(1);
+        runs += 1;
+    }
+    say(&format!("sim: {runs} fresh seeds from {first} passed in {:.1?}", started.elapsed()));
+}
+
 #[test]
 fn replay_one_seed() {
-    if let Some(seed) = std::env::var("LEGACYGPU_SIM_SEED").ok().and_then(|n| n.parse().ok())
+    if let Some(seed) = env_u64("LEGACYGPU_SIM_SEED")
         && let Err(e) = sim::run_seed(seed, STEPS)
     {
         panic!("{e}");

@@ -51,6 +51,7 @@ fn task(id: u64) -> NewTask {
         max_attempts: 3,
         idempotency_key: None,
         submitted_at_ms: 1_700_000_000_000,
+        verify: None,
     }
 }
 

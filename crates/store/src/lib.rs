@@ -25,12 +25,13 @@
 
 use std::fmt;
 
-pub use codes::{AttemptEnd, FailureCode, TaskState};
+pub use codes::{AttemptEnd, FailureCode, TaskState, Verdict, VerifyStatus};
 
 mod pg;
 mod read;
 mod sqlite;
 mod sqlite_read;
+mod sqlite_verify;
 mod target;
 mod writer;
 
@@ -114,6 +115,8 @@ pub struct Loaded {
     pub tasks: Vec<StoredTask>,
     /// Approved workers: peer id and the SHA-256 (hex) of its credential.
     pub approvals: Vec<(String, String)>,
+    /// Workers' and credentials' reputations, by subject.
+    pub reputation: Vec<ReputationRow>,
     /// Every task id ever stored is below this (ids are never reused).
     pub next_task_id: u64,
 }
@@ -144,6 +147,9 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Unix milliseconds.
     pub submitted_at_ms: i64,
+    /// The verification policy it runs under (`2/2`, `3/2/adaptive`), when
+    /// it is verified.
+    pub verify: Option<String>,
 }
 
 /// A failure's code and message.
@@ -156,6 +162,8 @@ pub struct ErrorRow {
 /// One change in a task's life. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
+    /// A task accepted. Inserting an id again starts its rows over, its
+    /// replicas' results included.
     Insert(NewTask),
     Assigned {
         id: u64,
@@ -222,6 +230,20 @@ pub enum Op {
         credential_sha256: String,
         at_ms: i64,
     },
+    /// A verified task's verdict and every replica's result, kept for the
+    /// operator (written just before the task's `Finished`).
+    Verified {
+        id: u64,
+        status: VerifyStatus,
+        replicas: Vec<StoredReplica>,
+    },
+    /// A worker's or credential's reputation, as it now stands.
+    Reputation(ReputationRow),
+    /// Task ids below `next_task_id` were handed out (to replicas, which
+    /// are not stored): never reuse them.
+    IdsUsed {
+        next_task_id: u64,
+    },
 }
 
 /// A task as stored.
@@ -239,6 +261,44 @@ pub struct StoredTask {
     pub error: Option<ErrorRow>,
     pub delivered: bool,
     pub attempts: Vec<StoredAttempt>,
+    /// Its verification's verdict, once it has one.
+    pub verify_status: Option<VerifyStatus>,
+    /// Its replicas' results (read by `load` and by a reader's `task`).
+    pub replicas: Vec<StoredReplica>,
+}
+
+/// One replica of a verified task, as stored with its task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReplica {
+    /// Its place among the task's replicas (0, 1, …).
+    pub replica: u32,
+    /// The replica's own cluster id.
+    pub task_id: u64,
+    pub peer: Option<String>,
+    pub attempts: u32,
+    /// Its result (JSON text), when it completed.
+    pub result: Option<String>,
+    pub error: Option<ErrorRow>,
+    pub verdict: Verdict,
+}
+
+/// A worker's or credential's reputation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReputationRow {
+    /// `worker:<peer id>` or `credential:<digest>`.
+    pub subject: String,
+    pub valid: u64,
+    pub invalid: u64,
+    pub unverified: u64,
+    pub consecutive_valid: u32,
+    pub canaries_passed: u64,
+    pub canaries_failed: u64,
+    pub strikes: u32,
+    pub quarantined: bool,
+    /// For a worker: the credential it last joined with.
+    pub credential: Option<String>,
+    /// Unix milliseconds.
+    pub updated_at_ms: i64,
 }
 
 /// One attempt as stored.

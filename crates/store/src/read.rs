@@ -94,10 +94,10 @@ pub(crate) enum Param {
 pub(crate) const TASK_COLUMNS: &str = "id, owner, client_task_id, task_type, payload, priority,
     req_model, req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts,
     idempotency_key, submitted_at, state, attempt, failures, peer, started_at, finished_at, result,
-    error_code, error_message, delivered, peer_task_id, options";
+    error_code, error_message, delivered, peer_task_id, options, verify, verify_status";
 
 /// How many columns [`TASK_COLUMNS`] names.
-pub(crate) const TASK_COLUMN_COUNT: usize = 26;
+pub(crate) const TASK_COLUMN_COUNT: usize = 28;
 
 /// A list query: SQL with numbered placeholders, and its parameters.
 pub(crate) struct Query {

@@ -4,12 +4,15 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::sqlite_verify as verify;
 use crate::{
     AttemptEnd, ErrorRow, Loaded, NewTask, Op, Store, StoreError, StoredAttempt, StoredTask,
 };
 
-/// Version 2 added `tasks.peer_task_id`, version 3 `tasks.options`.
-const SCHEMA_VERSION: i64 = 3;
+/// Version 2 added `tasks.peer_task_id`, version 3 `tasks.options`, version
+/// 4 verification: `tasks.verify`, `tasks.verify_status`, and the
+/// `replicas` and `reputation` tables.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -42,7 +45,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result           TEXT,
     error_code       TEXT,
     error_message    TEXT,
-    delivered        INTEGER NOT NULL DEFAULT 0
+    delivered        INTEGER NOT NULL DEFAULT 0,
+    verify           TEXT,
+    verify_status    TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     task_id       INTEGER NOT NULL,
@@ -65,6 +70,32 @@ CREATE TABLE IF NOT EXISTS approvals (
     peer_id           TEXT PRIMARY KEY,
     credential_sha256 TEXT NOT NULL,
     approved_at       INTEGER NOT NULL
+);
+-- A verified task's replicas and their results, kept for the operator.
+CREATE TABLE IF NOT EXISTS replicas (
+    task_id       INTEGER NOT NULL,
+    replica       INTEGER NOT NULL,
+    replica_id    INTEGER NOT NULL,
+    peer          TEXT,
+    attempts      INTEGER NOT NULL,
+    result        TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    verdict       TEXT NOT NULL,
+    PRIMARY KEY (task_id, replica)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reputation (
+    subject           TEXT PRIMARY KEY,
+    valid             INTEGER NOT NULL,
+    invalid           INTEGER NOT NULL,
+    unverified        INTEGER NOT NULL,
+    consecutive_valid INTEGER NOT NULL,
+    canaries_passed   INTEGER NOT NULL,
+    canaries_failed   INTEGER NOT NULL,
+    strikes           INTEGER NOT NULL,
+    quarantined       INTEGER NOT NULL,
+    credential        TEXT,
+    updated_at        INTEGER NOT NULL
 );
 ";
 
@@ -135,11 +166,7 @@ impl SqliteStore {
                     known: SCHEMA_VERSION,
                 });
             }
-            Some(1) => {
-                migrate_1_to_2(&conn).map_err(open_err)?;
-                migrate_2_to_3(&conn).map_err(open_err)?;
-            }
-            Some(2) => migrate_2_to_3(&conn).map_err(open_err)?,
+            Some(v) if v < SCHEMA_VERSION => migrate(&conn, v).map_err(open_err)?,
             Some(_) => {}
             None => {
                 conn.execute(
@@ -152,25 +179,29 @@ impl SqliteStore {
     }
 }
 
-/// Version 1 had no `peer_task_id`: peers saw the cluster id, which is
-/// what recovery uses for those rows.
-fn migrate_1_to_2(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "BEGIN;
-         ALTER TABLE tasks ADD COLUMN peer_task_id TEXT;
-         UPDATE meta SET value = 2 WHERE key = 'schema';
-         COMMIT;",
-    )
-}
-
-/// Version 2 had no `options`: its tasks had none.
-fn migrate_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "BEGIN;
-         ALTER TABLE tasks ADD COLUMN options TEXT;
-         UPDATE meta SET value = 3 WHERE key = 'schema';
-         COMMIT;",
-    )
+/// Brings a store at version `from` to [`SCHEMA_VERSION`], in one
+/// transaction. Version 1 had no `peer_task_id` (peers saw the cluster id,
+/// which is what recovery uses for those rows); version 2 no `options` (its
+/// tasks had none); version 3 no verification columns (the tables
+/// themselves come with the schema).
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    let mut sql = String::from("BEGIN;");
+    if from < 2 {
+        sql.push_str("ALTER TABLE tasks ADD COLUMN peer_task_id TEXT;");
+    }
+    if from < 3 {
+        sql.push_str("ALTER TABLE tasks ADD COLUMN options TEXT;");
+    }
+    if from < 4 {
+        sql.push_str(
+            "ALTER TABLE tasks ADD COLUMN verify TEXT;
+             ALTER TABLE tasks ADD COLUMN verify_status TEXT;",
+        );
+    }
+    sql.push_str(&format!(
+        "UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema'; COMMIT;"
+    ));
+    conn.execute_batch(&sql)
 }
 
 impl Store for SqliteStore {
@@ -181,8 +212,10 @@ impl Store for SqliteStore {
             .optional()?;
         let mut tasks = load_tasks(&self.conn)?;
         let mut attempts = load_attempts(&self.conn)?;
+        let mut replicas = verify::load_replicas(&self.conn, None)?;
         for task in &mut tasks {
             task.attempts = attempts.remove(&task.task.id).unwrap_or_default();
+            task.replicas = replicas.remove(&task.task.id).unwrap_or_default();
         }
         let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
         let next_task_id = max.max(next.map_or(1, |n| n as u64));
@@ -192,24 +225,27 @@ impl Store for SqliteStore {
         let approvals = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<(String, String)>, _>>()?;
-        Ok(Loaded { tasks, approvals, next_task_id })
+        let reputation = verify::load_reputation(&self.conn)?;
+        Ok(Loaded { tasks, approvals, reputation, next_task_id })
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        let mut max_id = 0;
+        let mut next_id = 0;
         for op in ops {
             apply(&tx, op)?;
-            if let Op::Insert(t) = op {
-                max_id = max_id.max(t.id);
+            match op {
+                Op::Insert(t) => next_id = next_id.max(t.id + 1),
+                Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
+                _ => {}
             }
         }
-        if max_id > 0 {
+        if next_id > 0 {
             tx.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
             )?
-            .execute([max_id as i64 + 1])?;
+            .execute([next_id as i64])?;
         }
         tx.commit()?;
         Ok(())
@@ -293,11 +329,16 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
         Op::Deleted { ids } => {
             let mut task = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
             let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE task_id = ?1")?;
+            let mut replicas = tx.prepare_cached("DELETE FROM replicas WHERE task_id = ?1")?;
             for id in ids {
                 task.execute([*id as i64])?;
                 attempts.execute([*id as i64])?;
+                replicas.execute([*id as i64])?;
             }
         }
+        Op::Verified { id, status, replicas } => verify::verified(tx, *id, *status, replicas)?,
+        Op::Reputation(r) => verify::reputation(tx, r)?,
+        Op::IdsUsed { .. } => {} // Folded into `next_task_id` by `write`.
     }
     Ok(())
 }
@@ -306,8 +347,8 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
          req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
-         submitted_at, state, peer_task_id, options)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16)",
+         submitted_at, state, peer_task_id, options, verify)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17)",
     )?
     .execute(params![
         t.id as i64,
@@ -326,7 +367,10 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
         t.submitted_at_ms,
         t.peer_task_id,
         t.options,
+        t.verify,
     ])?;
+    // A task (inserted again) starts over: no replicas' results yet.
+    tx.prepare_cached("DELETE FROM replicas WHERE task_id = ?1")?.execute([t.id as i64])?;
     Ok(())
 }
 
@@ -353,7 +397,7 @@ fn end_attempt(
     Ok(())
 }
 
-fn split(error: &Option<ErrorRow>) -> (Option<&str>, Option<&str>) {
+pub(crate) fn split(error: &Option<ErrorRow>) -> (Option<&str>, Option<&str>) {
     match error {
         Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
         None => (None, None),
@@ -387,6 +431,7 @@ pub(crate) fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTask> {
         max_attempts: r.get(11)?,
         idempotency_key: r.get(12)?,
         submitted_at_ms: r.get(13)?,
+        verify: r.get(26)?,
     };
     Ok(StoredTask {
         task,
@@ -400,10 +445,15 @@ pub(crate) fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTask> {
         error: error_row(r.get(21)?, r.get(22)?),
         delivered: r.get(23)?,
         attempts: Vec::new(),
+        verify_status: match r.get::<_, Option<String>>(27)? {
+            Some(s) => Some(s.parse().map_err(|e| corrupt(27, id, e))?),
+            None => None,
+        },
+        replicas: Vec::new(),
     })
 }
 
-fn error_row(code: Option<String>, message: Option<String>) -> Option<ErrorRow> {
+pub(crate) fn error_row(code: Option<String>, message: Option<String>) -> Option<ErrorRow> {
     code.map(|code| ErrorRow { code: code.into(), message: message.unwrap_or_default() })
 }
 
@@ -439,7 +489,7 @@ where
     text.parse().map_err(|e| corrupt(idx, id, e))
 }
 
-fn corrupt(idx: usize, id: u64, e: codes::UnknownCode) -> rusqlite::Error {
+pub(crate) fn corrupt(idx: usize, id: u64, e: codes::UnknownCode) -> rusqlite::Error {
     let what = StoreError::Corrupt(format!("task {id}: {e}"));
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(what))
 }
@@ -481,6 +531,7 @@ mod tests {
             max_attempts: 3,
             idempotency_key: Some(format!("k{id}")),
             submitted_at_ms: 1_700_000_000_000,
+            verify: None,
         }
     }
 
@@ -601,6 +652,8 @@ mod tests {
                 .execute_batch(
                     "ALTER TABLE tasks DROP COLUMN peer_task_id;
                      ALTER TABLE tasks DROP COLUMN options;
+                     ALTER TABLE tasks DROP COLUMN verify;
+                     ALTER TABLE tasks DROP COLUMN verify_status;
                      UPDATE meta SET value = 1 WHERE key = 'schema';",
                 )
                 .unwrap();
@@ -613,6 +666,32 @@ mod tests {
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_3_store_gains_the_verification_columns_and_keeps_its_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+            store.write(&[Op::Insert(task(3))]).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "ALTER TABLE tasks DROP COLUMN verify;
+                     ALTER TABLE tasks DROP COLUMN verify_status;
+                     DROP TABLE replicas; DROP TABLE reputation;
+                     UPDATE meta SET value = 3 WHERE key = 'schema';",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let mut t = task(4);
+        t.verify = Some("2/2".into());
+        store.write(&[Op::Insert(t.clone())]).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.tasks[0].task, task(3));
+        assert_eq!(loaded.tasks[1].task, t);
+        assert!(loaded.reputation.is_empty());
     }
 
     #[test]

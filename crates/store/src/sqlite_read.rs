@@ -8,6 +8,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::read::{self, Count, Page, Param, Query, StoreReader, TaskFilter};
 use crate::sqlite::{ATTEMPT_COLUMNS, attempt_row, task_row};
+use crate::sqlite_verify::load_replicas;
 use crate::{StoreError, StoredTask};
 
 /// How long a read waits on a lock (a checkpoint) before failing.
@@ -90,6 +91,7 @@ impl StoreReader for SqliteReader {
         ))?;
         let attempts = stmt.query_map([id as i64], attempt_row)?;
         task.attempts = attempts.map(|a| a.map(|(_, a)| a)).collect::<Result<_, _>>()?;
+        task.replicas = load_replicas(&tx, Some(id))?.remove(&id).unwrap_or_default();
         Ok(Some(task))
     }
 

@@ -345,6 +345,7 @@ mod tests {
             max_attempts: 3,
             idempotency_key: None,
             submitted_at_ms: 0,
+            verify: None,
         };
         writer.send(1, vec![Op::Insert(task)]).unwrap();
         writer.close();

@@ -2,7 +2,8 @@
 //! ports, and talk to it with raw WebSocket clients that send literal JSON.
 //!
 //! Waiting is always for an event (a line on stdout, a message) with a
-//! generous timeout as a safety net, never a sleep.
+//! generous timeout as a safety net, never a sleep. [`liar`] has peers that
+//! answer by themselves, honestly or not, for tests of verification.
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,6 +23,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod liar;
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -397,9 +400,13 @@ impl Raw {
 
     /// The next JSON message; panics on close or timeout.
     pub async fn recv(&mut self) -> Value {
+        // One deadline for the whole wait: pings and other frames that are
+        // not messages must not extend it.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame =
-                tokio::time::timeout(WAIT, self.ws.next()).await.expect("no message in time");
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("no message in time");
             match frame {
                 Some(Ok(Message::Text(t))) => {
                     return serde_json::from_str(t.as_str()).expect("JSON");
@@ -421,19 +428,24 @@ impl Raw {
 
     /// Skips messages until one of `msg_type` comes.
     pub async fn until(&mut self, msg_type: &str) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["msg_type"] == msg_type {
-                return v;
+        let wait = async {
+            loop {
+                let v = self.recv().await;
+                if v["msg_type"] == msg_type {
+                    return v;
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| panic!("no {msg_type} in time"))
     }
 
     /// Waits for the connection to close; returns the close frame.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame =
-                tokio::time::timeout(WAIT, self.ws.next()).await.expect("not closed in time");
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("not closed in time");
             match frame {
                 Some(Ok(Message::Close(f))) => return f,
                 Some(Ok(_)) => {}

@@ -87,7 +87,9 @@ class Generation:
         return self._inner.gap
 
     def __iter__(self) -> Iterator[str]:
-        self._iter = self._inner.__aiter__()
+        # Idempotent: str.join (and others) call iter() on an iterator twice.
+        if self._iter is None:
+            self._iter = self._inner.__aiter__()
         return self
 
     def __next__(self) -> str:

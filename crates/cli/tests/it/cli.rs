@@ -375,4 +375,13 @@ fn the_demo_runs_real_tasks() {
             "no gpu task in\n{text}"
         );
     }
+    // The streamed generation on the tiny model, or a clear word why not.
+    if exec_llm::fixture::python_available() {
+        assert!(
+            text.lines().any(|l| l.starts_with("ok    generate: 48 tokens")),
+            "no generation in\n{text}"
+        );
+    } else {
+        assert!(text.contains("generate     skipped") && text.contains("--models-dir"), "{text}");
+    }
 }

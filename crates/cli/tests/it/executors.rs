@@ -25,8 +25,28 @@ fn gpu_present() -> bool {
 }
 
 async fn submit(gamer: &mut Raw, id: &str, task_type: &str, data: Value) -> Value {
+    submit_keeping(gamer, id, task_type, data, &mut Vec::new()).await
+}
+
+/// Submits and waits for its `task_accepted`, keeping in `early` the
+/// results of earlier tasks that come first (a fast worker may finish one
+/// before the next is accepted).
+async fn submit_keeping(
+    gamer: &mut Raw,
+    id: &str,
+    task_type: &str,
+    data: Value,
+    early: &mut Vec<Value>,
+) -> Value {
     gamer.send_json(&json!({"msg_type": "task_request", "task_id": id, "task_type": task_type, "data": data})).await;
-    gamer.expect("task_accepted").await
+    loop {
+        let v = gamer.recv().await;
+        match v["msg_type"].as_str() {
+            Some("task_accepted") => return v,
+            Some("task_result") => early.push(v),
+            _ => panic!("expected task_accepted, got {v}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -48,34 +68,27 @@ async fn tasks_go_only_to_peers_that_can_run_them() {
     };
     let with_gpu = gpu_present();
     let mut expected = Vec::new();
+    let mut early = Vec::new();
     for i in 0..4 {
-        submit(
-            &mut gamer,
-            &format!("inf-{i}"),
-            "inference",
-            json!({"model": "tiny", "image": image}),
-        )
-        .await;
+        let data = json!({"model": "tiny", "image": image});
+        submit_keeping(&mut gamer, &format!("inf-{i}"), "inference", data, &mut early).await;
         expected.push((format!("inf-{i}"), "rich"));
         if with_gpu {
-            submit(
-                &mut gamer,
-                &format!("gpu-{i}"),
-                "gpu",
-                json!({"op": "matmul", "m": 8, "k": 8, "n": 8, "seed": i}),
-            )
-            .await;
+            let data = json!({"op": "matmul", "m": 8, "k": 8, "n": 8, "seed": i});
+            submit_keeping(&mut gamer, &format!("gpu-{i}"), "gpu", data, &mut early).await;
             expected.push((format!("gpu-{i}"), "rich"));
         }
     }
     // A model nobody has waits, and says why.
-    let waiting =
-        submit(&mut gamer, "nobody", "inference", json!({"model": "resnet50", "image": image}))
-            .await;
+    let data = json!({"model": "resnet50", "image": image});
+    let waiting = submit_keeping(&mut gamer, "nobody", "inference", data, &mut early).await;
     let why = waiting["waiting_reason"].as_str().unwrap_or_default();
     assert!(why.contains("no capable peer") && why.contains("resnet50"), "{waiting}");
-    for _ in 0..expected.len() {
-        let r = gamer.until("task_result").await;
+    for n in 0..expected.len() {
+        let r = match early.get(n) {
+            Some(r) => r.clone(),
+            None => gamer.until("task_result").await,
+        };
         let id = r["task_id"].as_str().unwrap().to_owned();
         let want = expected.iter().find(|(e, _)| *e == id).map(|(_, p)| *p);
         assert_eq!(r["peer_id"].as_str(), want, "{r}");

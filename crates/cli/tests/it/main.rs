@@ -14,11 +14,14 @@ mod crash;
 mod dashboard;
 mod executors;
 mod failover;
+mod generate;
 mod lifecycle;
 mod limits;
+mod openai;
 mod python_client;
 mod security;
 mod seed;
+mod verify;
 
 use std::path::Path;
 

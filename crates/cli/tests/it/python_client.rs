@@ -51,6 +51,11 @@ fn python_client_test_suite_passes() {
     }
     let models = tempfile::tempdir().unwrap();
     exec_inference::fixture::write_tiny_classifier(models.path(), "tiny").unwrap();
+    // The tiny GGUF for the generation tests (chat.py); without Python's
+    // gguf they write it themselves or say SKIP (fail in CI).
+    let llm = tempfile::tempdir().unwrap();
+    let llm_ready = exec_llm::fixture::python_available()
+        && exec_llm::fixture::write(&llm.path().join("tiny.gguf"), &Default::default()).is_ok();
     let dir = python_dir();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new("python3")
@@ -59,6 +64,7 @@ fn python_client_test_suite_passes() {
         .env("PYTHONPATH", dir.join("src"))
         .env("LEGACYGPU_BIN", bin())
         .env("LEGACYGPU_TEST_MODELS_DIR", models.path())
+        .envs(llm_ready.then(|| ("LEGACYGPU_TEST_LLM_DIR", llm.path())))
         .env_remove("LEGACYGPU_TOKEN")
         .stdin(Stdio::null())
         .stdout(log.reopen().unwrap())

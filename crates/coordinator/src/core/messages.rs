@@ -11,6 +11,7 @@ use proto::{
     RegisterPeer, RegistrationAck, RunningTask, TaskAccepted, TaskErrorOut, TaskNeeds, TaskRequest,
     TaskState, TaskStatusOut, ToCoordinator,
 };
+use sched::verify::Policy;
 use sched::{
     Attempt, CancelError, ConnId, Failure, GamerId, Owner, PeerCaps, PeerError, PeerId, PeerJoin,
     Requirements, RunOutcome, Submission, SubmitError, TaskId,
@@ -91,7 +92,14 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
             Some((task, Attempt(r.attempt)))
         })
         .collect();
-    let join = PeerJoin { id: id.clone(), conn, caps: peer_caps(&caps), running };
+    let join = PeerJoin {
+        id: id.clone(),
+        conn,
+        caps: peer_caps(&caps),
+        running,
+        owner: caps.owner.as_deref().map(Arc::from),
+        credential: core.approvals.digest_of(&m.peer_id).map(Arc::from),
+    };
     let slots = caps.slots();
     let now = core.now();
     let joined = core.sched.handle_peer_joined(now, join);
@@ -100,8 +108,9 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
     }
     info!(peer = %id, slots, replaced = joined.replaced, "peer registered");
     let remote = core.conns.get(&conn).map(|c| c.remote);
+    let models = Arc::from(caps.model_info);
     let raw_caps = Arc::new(caps.raw);
-    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, raw_caps, remote });
+    core.peer_info.insert(id.clone(), PeerInfo { heartbeat: None, raw_caps, remote, models });
     let ack = RegistrationAck {
         peer_id: Some(id.to_string()),
         heartbeat_interval_s: Some(core.config.heartbeat_interval.as_secs_f64()),
@@ -229,8 +238,7 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
             core.sched.handle_result(now, peer, conn, task, attempt, RunOutcome::Returned).map(drop)
         }
         ToCoordinator::Drain(_) => core.sched.handle_drain(now, peer, conn),
-        // Streamed output is best-effort and not routed to gamers yet.
-        ToCoordinator::TaskProgress(_) => Ok(()),
+        ToCoordinator::TaskProgress(m) => super::stream::handle(core, conn, peer, m),
         other => {
             let err = ErrorMsg::new(
                 ErrorCode::WRONG_ROLE,
@@ -272,7 +280,7 @@ fn mismatch(core: &mut Core, conn: ConnId, peer: &PeerId, msg_type: &str) {
 
 /// The task a peer names: by the cluster id it echoes (`id`), else by the
 /// `task_id` of its assignment.
-fn peer_task(core: &Core, id: Option<&str>, task_id: &str) -> Option<TaskId> {
+pub(super) fn peer_task(core: &Core, id: Option<&str>, task_id: &str) -> Option<TaskId> {
     match id {
         Some(id) => TaskId::parse_cluster(id),
         None => core.sched.resolve_peer_task(task_id),
@@ -460,6 +468,8 @@ pub(crate) fn submission(
         max_attempts: req.max_attempts,
         idempotency_key: req.idempotency_key.map(Arc::from),
         stream: req.stream,
+        // Checked by the decoder already (1 ≤ quorum ≤ replicas ≤ 16).
+        verify: req.verify.and_then(|v| Policy::new(v.replicas, v.quorum(), v.adaptive).ok()),
     }
 }
 

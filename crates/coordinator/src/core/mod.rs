@@ -41,6 +41,7 @@ use crate::telemetry::Telemetry;
 pub(crate) mod controls;
 pub(crate) mod messages;
 pub(crate) mod requests;
+pub(crate) mod stream;
 
 pub(crate) use requests::ApiRequest;
 
@@ -95,6 +96,8 @@ pub(crate) struct PeerInfo {
     /// The capabilities as it declared them.
     pub raw_caps: Arc<serde_json::Value>,
     pub remote: Option<SocketAddr>,
+    /// The models it serves, with their details (read once, at registration).
+    pub models: Arc<[proto::ModelEntry]>,
 }
 
 impl PeerInfo {
@@ -114,6 +117,8 @@ pub(crate) struct Core {
     pub clock: Clock,
     /// HTTP requests waiting for a task to finish.
     pub waiters: requests::Waiters,
+    /// HTTP requests following a streamed task's progress.
+    pub listeners: stream::Listeners,
     /// Workers approved through the API (shared with connection tasks).
     pub approvals: Approvals,
     /// What reads are served from.
@@ -134,7 +139,14 @@ impl Core {
         telemetry: Telemetry,
         clock: Clock,
     ) -> Core {
-        let sched = Scheduler::new(config.sched.clone(), clock.now());
+        // The scheduler's draws (which work adaptive replication checks,
+        // when a canary follows) and the base of verification's (Freivalds'
+        // vectors) are secrets of this process: a peer cannot know which of
+        // its results are checked, nor with what.
+        let mut sched_config = config.sched.clone();
+        sched_config.seed = secret_seed();
+        let mut sched = Scheduler::new(sched_config, clock.now());
+        sched.set_agreement(Box::new(agree::Rules::builtin(secret_seed())));
         let publisher = Publisher::new(config.limits.snapshot_interval);
         let task_needs = config.task_needs.clone();
         Core {
@@ -147,6 +159,7 @@ impl Core {
             telemetry,
             clock,
             waiters: requests::Waiters::default(),
+            listeners: stream::Listeners::default(),
             approvals: Approvals::default(),
             publisher,
             bindings: Bindings::default(),
@@ -274,6 +287,7 @@ impl Core {
         crate::quota::publish(self);
         // After the commit, so that each answer names the batch holding its outcome.
         for id in finished {
+            self.listeners.finished(id);
             if let Some(done) = self.sched.task(id).and_then(|t| self.finished_view(t))
                 && self.waiters.finished(id, &done)
             {
@@ -437,4 +451,11 @@ pub(crate) fn outcome_message(
             })
         }
     }
+}
+
+/// A random number no peer can predict: std's hasher keys come from the
+/// OS's random source, once per process, and differ per `RandomState`.
+fn secret_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }

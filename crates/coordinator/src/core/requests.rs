@@ -16,6 +16,7 @@ use sched::{CancelError, Outcome, Owner, Strategy, Task, TaskId, TaskState};
 use tokio::sync::oneshot;
 
 use super::Core;
+use super::stream::Watch;
 use crate::clock::Clock;
 
 /// Where the answer goes.
@@ -42,6 +43,18 @@ pub(crate) enum ApiRequest {
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
     /// An owner's control: pause, resume, drain, retry, bulk actions.
     Control(super::controls::Control),
+    /// Lift a worker's quarantine.
+    ClearWorker { worker_id: String, reply: Reply<Result<ClearedNow, sched::ClearError>> },
+    /// Submit like `Submit`, and follow the accepted task's progress and
+    /// outcome through `watch` from the same step (nothing is missed).
+    SubmitWatched {
+        req: TaskRequest,
+        client: String,
+        watch: Watch,
+        reply: Reply<Result<Submitted, ErrorMsg>>,
+    },
+    /// Follow a task's progress (when it streams) and its outcome.
+    Follow { task: TaskId, watch: Watch },
 }
 
 /// A submission the core accepted.
@@ -49,6 +62,17 @@ pub(crate) enum ApiRequest {
 pub(crate) struct Submitted {
     pub accepted: TaskAccepted,
     /// The store batch that makes it durable (0 without a store).
+    pub seq: u64,
+}
+
+/// What [`ApiRequest::ClearWorker`] did.
+#[derive(Debug)]
+pub(crate) struct ClearedNow {
+    /// It was quarantined.
+    pub was: bool,
+    /// Whether it is connected, and draining.
+    pub connected: Option<bool>,
+    /// The store batch that makes the clearing durable.
     pub seq: u64,
 }
 
@@ -93,6 +117,8 @@ pub(crate) struct TaskNow {
     pub finished_at_ms: Option<i64>,
     pub last_error: Option<sched::Failure>,
     pub attempts: Vec<AttemptNow>,
+    /// Its replicas and their verdict, when it is verified.
+    pub verification: Option<sched::verify::Verification<Json>>,
 }
 
 /// One attempt of a task, for the API.
@@ -180,10 +206,29 @@ impl Core {
                 self.sched.set_strategy(strategy);
                 let _ = reply.send(previous);
             }
+            ApiRequest::ClearWorker { worker_id, reply } => {
+                let now = self.now();
+                let cleared =
+                    self.sched.handle_clear(now, &sched::PeerId::from(worker_id.as_str()));
+                // The reputation it leaves goes to the store with this flush.
+                self.flush();
+                let connected = self.sched.peer(&worker_id).map(sched::Peer::draining);
+                let seq = self.observer.appended();
+                let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
+            }
+            ApiRequest::SubmitWatched { req, client, watch, reply } => {
+                let answer = crate::quota::accept(self, vec![client], Owner::Api, req)
+                    .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                if let Some(task) = answer.as_ref().ok().and_then(|s| s.accepted.id.parse().ok()) {
+                    super::stream::follow(self, task, watch);
+                }
+                let _ = reply.send(answer);
+            }
+            ApiRequest::Follow { task, watch } => super::stream::follow(self, task, watch),
         }
     }
 
-    fn await_outcome(&mut self, task: TaskId, reply: Reply<Awaited>) {
+    pub(super) fn await_outcome(&mut self, task: TaskId, reply: Reply<Awaited>) {
         let Some(t) = self.sched.task(task) else {
             let _ = reply.send(Awaited::Unknown);
             return;
@@ -247,6 +292,7 @@ impl Core {
                     end: a.end.as_ref().map(sched::AttemptEnd::kind),
                 })
                 .collect(),
+            verification: task.verification().cloned(),
         }
     }
 }

@@ -37,10 +37,14 @@ mod cluster;
 mod controls;
 mod dashboard;
 mod events;
+pub(crate) mod follow;
+mod openai;
 pub(crate) mod routes;
 mod serve;
+mod sse;
 mod tasks;
 mod tokens;
+mod trust;
 mod workers;
 
 pub(crate) use serve::Serving;
@@ -341,15 +345,19 @@ async fn authenticate(
     req.extensions_mut().insert(client);
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let needed = routes::required_role(req.method(), path.as_deref());
-    match role_of(&api.config, req.headers(), remote) {
-        Ok(role) if role >= needed => next.run(req).await,
+    let refused = match role_of(&api.config, req.headers(), remote) {
+        Ok(role) if role >= needed => return next.run(req).await,
         Ok(role) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("this needs the {} role; your key has {}", needed.as_str(), role.as_str()),
-        )
-        .into_response(),
-        Err(e) => e.into_response(),
+        ),
+        Err(e) => e,
+    };
+    if openai::owns(req.uri().path()) {
+        openai::OpenAiError::from(refused).into_response()
+    } else {
+        refused.into_response()
     }
 }
 

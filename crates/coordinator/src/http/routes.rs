@@ -4,7 +4,9 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
-use super::{Api, ErrorBody, cluster, controls, events, tasks, tokens, workers};
+use super::{
+    Api, ErrorBody, cluster, controls, events, openai, sse, tasks, tokens, trust, workers,
+};
 use crate::config::ApiRole;
 
 /// One route: its method and path (axum's syntax, the same as OpenAPI's),
@@ -41,6 +43,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::POST, "/cluster/workers/{id}/drain", Admin, || post(controls::drain)),
     route(Method::GET, "/cluster/tokens", Admin, || get(tokens::show)),
     route(Method::POST, "/cluster/tokens/rotate", Admin, || post(tokens::rotate)),
+    route(Method::POST, "/cluster/workers/{id}/clear", Admin, || post(trust::clear_worker)),
     route(Method::POST, "/cluster/tasks/submit", Client, || post(tasks::submit_seed_path)),
     route(Method::POST, "/cluster/tasks", Client, || post(tasks::submit)),
     route(Method::GET, "/cluster/tasks", ReadOnly, || get(tasks::list_tasks)),
@@ -49,11 +52,17 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::DELETE, "/cluster/tasks/{id}", Client, || delete(tasks::cancel)),
     route(Method::POST, "/cluster/tasks/{id}/retry", Client, || post(controls::retry)),
     route(Method::POST, "/cluster/tasks/bulk", Admin, || post(controls::bulk)),
+    route(Method::GET, "/cluster/tasks/{id}/stream", Client, || get(sse::stream)),
     route(Method::GET, "/cluster/config", ReadOnly, || get(cluster::config)),
     route(Method::PUT, "/cluster/config/balancing", Admin, || put(cluster::set_balancing)),
     route(Method::POST, "/cluster/shutdown", Admin, || post(cluster::shutdown)),
     route(Method::GET, "/ws/cluster/events", ReadOnly, || get(events::stream)),
     route(Method::GET, "/metrics", ReadOnly, || get(cluster::prometheus)),
+    // The OpenAI-compatible API (http/openai).
+    route(Method::GET, "/v1/models", ReadOnly, || get(openai::list_models)),
+    route(Method::GET, "/v1/models/{id}", ReadOnly, || get(openai::model)),
+    route(Method::POST, "/v1/chat/completions", Client, || post(openai::chat_completions)),
+    route(Method::POST, "/v1/completions", Client, || post(openai::completions)),
 ];
 
 /// The role a request needs: its route's, or read-only for the docs and
@@ -72,16 +81,19 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
     info(
         title = "legacygpu cluster API",
         description = "Operate a legacygpu cluster: health, workers, tasks, configuration, \
-                       live events and Prometheus metrics. Authenticate with \
+                       live events and Prometheus metrics; generate text through the \
+                       OpenAI-compatible `/v1/*` routes. Authenticate with \
                        `Authorization: Bearer KEY` or `X-API-Key: KEY`."
     ),
     paths(
         cluster::health, cluster::cluster_metrics, workers::list_workers, workers::worker,
-        workers::worker_stats, workers::register_worker, workers::revoke_worker, tokens::show,
-        tokens::rotate, tasks::submit, tasks::submit_seed_path,
+        workers::worker_stats, workers::register_worker, workers::revoke_worker, trust::clear_worker,
+        tokens::show, tokens::rotate, tasks::submit, tasks::submit_seed_path,
         tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, controls::pause,
         controls::resume, controls::drain, controls::retry, controls::bulk, cluster::config,
-        cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus
+        cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus,
+        sse::stream, openai::list_models, openai::model, openai::chat_completions,
+        openai::completions
     ),
     components(schemas(ErrorBody, crate::telemetry::ApiEvent)),
     modifiers(&Security),

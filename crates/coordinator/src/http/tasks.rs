@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use super::trust::{VerificationView, verification_view};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
-use crate::core::requests::{Awaited, Submitted, TaskNow};
+use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 
 // ----------------------------------------------------------------- tasks
 
@@ -46,6 +47,13 @@ pub struct SubmitTask {
     /// Resubmitting the same key returns the original task. The
     /// `Idempotency-Key` header does the same.
     pub idempotency_key: Option<String>,
+    /// `{replicas, quorum, adaptive}`: run on distinct workers and accept
+    /// the result once `quorum` agree (docs/VERIFICATION.md).
+    #[schema(value_type = Object)]
+    pub verify: Option<Value>,
+    /// Stream the task's output (`generate`'s tokens) to followers of
+    /// `GET /cluster/tasks/{id}/stream` while it runs.
+    pub stream: Option<bool>,
 }
 
 /// A task accepted.
@@ -131,6 +139,8 @@ pub(super) async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, Ap
         requirements: None,
         task_id: None,
         idempotency_key: None,
+        verify: None,
+        stream: None,
     };
     while let Some(field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -235,6 +245,8 @@ pub(super) async fn submit_view(
         ("max_attempts", body.max_attempts.map(Value::from)),
         ("requirements", body.requirements),
         ("idempotency_key", header_key.or(body.idempotency_key).map(Value::from)),
+        ("verify", body.verify),
+        ("stream", body.stream.map(Value::from)),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -302,6 +314,8 @@ pub struct TaskView {
     /// Every attempt so far: worker, how it ended.
     #[schema(value_type = Vec<Object>)]
     pub attempts: Vec<Value>,
+    /// Its replicas and verdict, when it is verified.
+    pub verification: Option<VerificationView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -311,7 +325,9 @@ pub struct TaskErrorView {
 }
 
 fn task_view(t: TaskNow) -> TaskView {
+    let verification = t.verification.as_ref().map(verification_view);
     TaskView {
+        verification,
         task_id: t.id.to_string(),
         client_task_id: t.client_task_id,
         owner: t.owner,
@@ -496,7 +512,7 @@ fn unknown_task(id: String) -> ApiError {
     ApiError::not_found(format!("no task `{id}` is known")).task(id)
 }
 
-fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     id.parse().map_err(|_| {
         ApiError::not_found(format!("no task `{id}` is known (ids look like t-42)")).task(id)
     })
@@ -589,16 +605,20 @@ pub(super) async fn task_result(
     };
     // What goes out must be durable, as for results pushed to gamers.
     api.durable(done.seq).await?;
+    Ok(Json(outcome_view(task, done)?).into_response())
+}
+
+/// A finished task's result, or the error saying how it ended.
+pub(super) fn outcome_view(task: TaskId, done: Finished) -> Result<TaskResultView, ApiError> {
     match done.outcome {
-        sched::Outcome::Completed { result, peer, .. } => Ok(Json(TaskResultView {
+        sched::Outcome::Completed { result, peer, .. } => Ok(TaskResultView {
             task_id: task.to_string(),
             client_task_id: done.client_task_id,
             status: TaskState::Completed.as_str().into(),
             result: serde_json::from_str(result.get()).unwrap_or(Value::Null),
             worker_id: peer.to_string(),
             attempts: done.attempts,
-        })
-        .into_response()),
+        }),
         other => {
             let f = other.failure().unwrap_or_else(|| sched::Failure::new(FailureCode::FAILED, ""));
             let status = other.status().as_str();

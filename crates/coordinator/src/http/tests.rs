@@ -153,7 +153,13 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
     let rt = rt.unwrap();
     let app = rt.block_on(async { app(keyed()) });
-    let bodies = ["/cluster/tasks", "/cluster/tasks/submit", "/cluster/workers/register"];
+    let bodies = [
+        "/cluster/tasks",
+        "/cluster/tasks/submit",
+        "/cluster/workers/register",
+        "/v1/chat/completions",
+        "/v1/completions",
+    ];
     let send = |method: Method, uri: &str, body: Vec<u8>| {
         let Ok(req) = Request::builder()
             .method(method)

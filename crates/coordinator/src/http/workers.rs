@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::trust::ReputationView;
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::snapshot::WorkerFacts;
@@ -23,7 +24,9 @@ use crate::snapshot::WorkerFacts;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WorkerInfo {
     pub worker_id: String,
-    /// healthy, unhealthy (heartbeats late), paused, draining or quarantined.
+    /// healthy, unhealthy (heartbeats late), paused, draining, or
+    /// quarantined (its results were found wrong too often: no new work
+    /// until cleared).
     #[schema(value_type = String)]
     pub status: WorkerStatus,
     pub address: Option<String>,
@@ -47,6 +50,8 @@ pub struct WorkerInfo {
     /// where its OS exposes them (Linux amdgpu sysfs).
     #[schema(value_type = Vec<Object>)]
     pub gpus: Vec<proto::GpuUsage>,
+    /// What its results were found to be, once any was judged.
+    pub reputation: Option<ReputationView>,
 }
 
 /// `GET /cluster/workers/{id}/stats`: the worker and what it is doing.
@@ -68,7 +73,7 @@ pub struct WorkerList {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(super) struct WorkerFilter {
-    /// healthy, unhealthy or draining.
+    /// healthy, unhealthy, draining or quarantined.
     status_filter: Option<String>,
 }
 
@@ -93,6 +98,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
         gpus: heartbeat.and_then(|h| h.gpus.clone()).unwrap_or_default(),
+        reputation: w.reputation.as_ref().map(ReputationView::from),
     }
 }
 

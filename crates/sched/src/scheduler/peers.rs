@@ -93,6 +93,7 @@ impl<P: Clone> Scheduler<P> {
             }
         }
 
+        self.peer_verified_join(&mut peer);
         let slots = peer.caps.slots;
         self.peers.insert(join.id.clone(), peer);
         self.refresh_free(&join.id);
@@ -161,7 +162,13 @@ impl<P: Clone> Scheduler<P> {
             self.timers.insert(at, Timer::RunDeadline(id, attempt));
         }
         self.end_wait(id);
-        self.events.push_back(Event::TaskReclaimed { task: id, peer: peer.clone(), attempt });
+        let hidden = self.verify.hidden.contains_key(&id);
+        self.events.push_back(Event::TaskReclaimed {
+            task: id,
+            peer: peer.clone(),
+            attempt,
+            hidden,
+        });
         true
     }
 

@@ -6,10 +6,11 @@ use std::time::Duration;
 use super::{PeerError, Scheduler};
 use crate::output::{Event, RequeueReason};
 use crate::queue::Class;
-use crate::task::{AttemptEnd, State, Submission, Task, TaskSpec};
+use crate::task::{AttemptEnd, State, Submission, Task, TaskKind, TaskSpec};
 use crate::types::{
     Attempt, ConnId, FailureCode, Outcome, Owner, PeerId, RunOutcome, TaskId, TaskState, Time,
 };
+use crate::verify::VerifyStatus;
 
 /// A submission the scheduler took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +95,12 @@ impl<P: Clone> Scheduler<P> {
         let id = TaskId(self.next_task);
         self.next_task += 1;
         let client_task_id = sub.client_task_id.unwrap_or_else(|| Arc::from(id.to_string()));
-        let peer_task_id = self.claim_peer_task_id(&client_task_id, id);
+        let verify = self.verification_for(&sub.task_type, &sub.payload, sub.verify);
+        // A verified task never runs itself: its replicas hold the ids peers see.
+        let peer_task_id = match verify {
+            Some(_) => Arc::clone(&client_task_id),
+            None => self.claim_peer_task_id(&client_task_id, id),
+        };
         let spec = Arc::new(TaskSpec {
             id,
             owner: sub.owner,
@@ -110,24 +116,38 @@ impl<P: Clone> Scheduler<P> {
             idempotency_key: sub.idempotency_key,
             submitted_at: now,
             stream: sub.stream,
+            verify: verify.map(|(policy, _)| policy),
+            kind: TaskKind::Task,
         });
         let class = Arc::new(Class {
             task_type: Arc::clone(&spec.task_type),
             requirements: spec.requirements.clone(),
         });
-        let pos = self.queue.push(Arc::clone(&class), spec.priority, id, false);
         self.by_client.insert((spec.owner.clone(), Arc::clone(&client_task_id)), id);
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert((spec.owner.clone(), Arc::clone(key)), id);
         }
-        let deadline = now + spec.queue_timeout;
-        self.timers.insert(deadline, crate::timers::Timer::QueueDeadline(id, 1));
-        self.tasks.insert(id, Task::new(Arc::clone(&spec), class, pos, now, deadline));
         self.counters.submitted += 1;
-        self.events.push_back(Event::TaskSubmitted { task: spec });
+        self.events.push_back(Event::TaskSubmitted { task: Arc::clone(&spec) });
+        match verify {
+            Some((policy, rule)) => {
+                self.tasks.insert(id, Task::verifying(spec, class, now));
+                self.start_verification(now, id, policy, rule);
+            }
+            None => {
+                let pos = self.queue.push(Arc::clone(&class), spec.priority, id, false);
+                let deadline = now + spec.queue_timeout;
+                self.timers.insert(deadline, crate::timers::Timer::QueueDeadline(id, 1));
+                self.tasks.insert(id, Task::new(spec, class, pos, now, deadline));
+            }
+        }
         self.place(now);
 
-        let status = self.tasks.get(&id).map_or(TaskState::Queued, Task::status);
+        let status = match self.tasks.get(&id).map_or(TaskState::Queued, Task::status) {
+            // A verified task counts as assigned once a replica is.
+            TaskState::Running => TaskState::Assigned,
+            status => status,
+        };
         let waiting_reason =
             if status == TaskState::Queued { self.waiting_reason(id) } else { None };
         Ok(Accepted { id, client_task_id, existing: false, status, waiting_reason })
@@ -289,7 +309,8 @@ impl<P: Clone> Scheduler<P> {
 
     fn stale(&mut self, task: TaskId, attempt: Attempt, peer: &PeerId) {
         self.counters.stale_results += 1;
-        self.events.push_back(Event::StaleResult { task, attempt, peer: peer.clone() });
+        let hidden = self.verify.hidden.contains_key(&task);
+        self.events.push_back(Event::StaleResult { task, attempt, peer: peer.clone(), hidden });
     }
 
     /// A peer says it started an assignment. Unknown or stale starts are ignored.
@@ -313,12 +334,15 @@ impl<P: Clone> Scheduler<P> {
         {
             h.started = Some(now);
             let attempt = h.attempt;
+            let hidden = self.verify.hidden.contains_key(&id);
             self.events.push_back(Event::TaskStarted {
                 task: id,
                 peer: peer.clone(),
                 attempt,
                 at: now,
+                hidden,
             });
+            self.hidden_started(id);
         }
         Ok(())
     }
@@ -367,10 +391,18 @@ impl<P: Clone> Scheduler<P> {
     ) -> Result<(), CancelError> {
         let now = self.tick(now);
         let task = self.tasks.get(&id).ok_or(CancelError::UnknownTask)?;
+        if task.spec.kind.is_hidden() {
+            return Err(CancelError::UnknownTask);
+        }
         if requester != &Owner::Api && requester != &task.spec.owner {
             return Err(CancelError::NotOwner);
         }
         match &task.state {
+            State::Verifying { .. } => {
+                self.end_verification(now, id, VerifyStatus::Ended, Outcome::Cancelled);
+                self.place(now);
+                return Ok(());
+            }
             State::Finished { outcome, .. } => {
                 return Err(CancelError::AlreadyFinished(outcome.status()));
             }

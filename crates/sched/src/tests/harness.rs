@@ -16,7 +16,15 @@
 //! start p1 t-1 | progress p1 t-1
 //! submit g1 generate stream            (the submitter wants progress)
 //! cancel g1 t-1 | cancel api t-1
+//! submit g1 echo verify=2/2 | verify=2/2/adaptive     (a verified task)
+//! join p1 owner=alice cred=c1                          (a declared owner, a credential)
+//! clear p1                                             (lift a quarantine)
 //! ```
+//!
+//! Scripts judge results with [`Rules`]: type `selfcheck` is checked on its
+//! own (results starting with `ok` pass), `sampled` cannot be verified,
+//! every other type is replicated and compared for equality; canaries of
+//! type `gen` are made with payload and answer `canary`.
 //!
 //! The log shows, per input, what the handler returned (`=>`) and every
 //! command it produced; events are shown only by [`check_events`].
@@ -26,10 +34,41 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::verify::{Agreement, Canary, Policy, Rule};
 use crate::{
     Attempt, Command, Config, ConnId, Event, Failure, GamerId, Outcome, Owner, PeerCaps, PeerId,
     PeerJoin, Requirements, RunOutcome, Scheduler, Submission, TaskId, Time,
 };
+
+/// The agreement rules of scripts (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules;
+
+impl Agreement<String> for Rules {
+    fn rule(&self, task_type: &str, _: &String) -> Rule {
+        match task_type {
+            "selfcheck" => Rule::SelfCheck,
+            "sampled" => Rule::Unverifiable,
+            _ => Rule::Replicate,
+        }
+    }
+
+    fn agree(&self, _: &str, _: &String, a: &String, b: &String) -> bool {
+        a == b
+    }
+
+    fn check(&self, _: &str, _: &String, result: &String) -> bool {
+        result.starts_with("ok")
+    }
+
+    fn canary(&self, task_type: &str, _seed: u64) -> Option<Canary<String>> {
+        (task_type == "gen").then(|| Canary {
+            payload: "canary".to_owned(),
+            expected: "canary".to_owned(),
+            requirements: Requirements::default(),
+        })
+    }
+}
 
 pub type Sched = Scheduler<String>;
 
@@ -46,8 +85,10 @@ pub struct World {
 
 impl World {
     pub fn new(config: Config) -> World {
+        let mut sched = Scheduler::new(config, Time::ZERO);
+        sched.set_agreement(Box::new(Rules));
         World {
-            sched: Scheduler::new(config, Time::ZERO),
+            sched,
             now: Time::ZERO,
             next_conn: 0,
             peer_conns: BTreeMap::new(),
@@ -88,6 +129,8 @@ impl World {
                     conn,
                     caps: caps(&opts),
                     running: opts.get("running").map(|r| claims(r)).unwrap_or_default(),
+                    owner: opts.get("owner").map(|o| Arc::from(*o)),
+                    credential: opts.get("cred").map(|c| Arc::from(*c)),
                 };
                 let joined = self.sched.handle_peer_joined(now, join);
                 if joined.replaced || !joined.stale.is_empty() {
@@ -181,6 +224,10 @@ impl World {
                 if r.is_err() {
                     self.ret(format!("{r:?}"));
                 }
+            }
+            "clear" => {
+                let r = self.sched.handle_clear(now, &PeerId::from(words[1]));
+                self.ret(format!("{r:?}"));
             }
             "cancel" => {
                 let owner = owner(words[1]);
@@ -288,14 +335,18 @@ pub fn describe_event(event: &Event<String>) -> String {
             format!("assigned {task}{attempt} {peer}")
         }
         Event::TaskStarted { task, attempt, .. } => format!("started {task}{attempt}"),
-        Event::TaskReclaimed { task, peer, attempt } => format!("reclaimed {task}{attempt} {peer}"),
+        Event::TaskReclaimed { task, peer, attempt, .. } => {
+            format!("reclaimed {task}{attempt} {peer}")
+        }
         Event::TaskRequeued { task, attempt, reason, failures, .. } => {
             format!("requeued {task}{attempt} {} failures={failures}", reason.as_str())
         }
         Event::TaskFinished { task, outcome, attempts, .. } => {
             format!("finished {} {} attempts={attempts}", task.id, describe_outcome(outcome))
         }
-        Event::StaleResult { task, attempt, peer } => format!("stale {task}{attempt} from {peer}"),
+        Event::StaleResult { task, attempt, peer, .. } => {
+            format!("stale {task}{attempt} from {peer}")
+        }
         Event::Delivered { task } => format!("delivered {task}"),
         Event::Undelivered { task } => format!("undelivered {task}"),
         Event::Evicted { tasks } => format!("evicted {tasks:?}"),
@@ -308,6 +359,32 @@ pub fn describe_event(event: &Event<String>) -> String {
         Event::PeerPaused { peer, paused } => format!("peer paused={paused} {peer}"),
         Event::GamerJoined { gamer, .. } => format!("gamer joined {gamer}"),
         Event::GamerLeft { gamer, .. } => format!("gamer left {gamer}"),
+        Event::Verified { task, verification, .. } => {
+            let replicas: Vec<String> = verification
+                .replicas
+                .iter()
+                .map(|r| {
+                    let by = r.peer.as_ref().map_or("-".to_owned(), ToString::to_string);
+                    format!("{}@{by}:{}", r.task, r.verdict.as_str())
+                })
+                .collect();
+            format!("verified {task} {} [{}]", verification.status.as_str(), replicas.join(" "))
+        }
+        Event::Disagreed { task, .. } => format!("disagreed {task}"),
+        Event::Reputation { subject, reputation: r, .. } => format!(
+            "reputation {subject} valid={} invalid={} unverified={} cv={} strikes={}{}",
+            r.valid,
+            r.invalid,
+            r.unverified,
+            r.consecutive_valid,
+            r.strikes,
+            if r.quarantined { " quarantined" } else { "" }
+        ),
+        Event::Quarantined { peer } => format!("quarantined {peer}"),
+        Event::Cleared { peer } => format!("cleared {peer}"),
+        Event::CanaryAnswered { peer, passed, .. } => {
+            format!("canary {peer} {}", if *passed { "passed" } else { "failed" })
+        }
     }
 }
 
@@ -369,6 +446,7 @@ fn submission(words: &[&str], opts: &BTreeMap<&str, &str>, gpu: bool) -> Submiss
     sub.queue_timeout = opts.get("qtimeout").map(|t| duration(t));
     sub.max_attempts = opts.get("attempts").map(|a| a.parse().unwrap());
     sub.stream = words.contains(&"stream");
+    sub.verify = opts.get("verify").map(|v| Policy::parse(v).unwrap());
     sub
 }
 

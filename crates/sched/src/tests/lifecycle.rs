@@ -641,6 +641,8 @@ fn spec(id: u64, owner: Owner) -> TaskSpec<String> {
         idempotency_key: None,
         stream: false,
         submitted_at: Time::ZERO,
+        verify: None,
+        kind: crate::TaskKind::Task,
     }
 }
 
@@ -663,6 +665,7 @@ fn recovered(id: u64, state: RecoveredState<String>) -> Recovered<String> {
             Vec::new()
         },
         state,
+        verification: None,
     }
 }
 
@@ -841,8 +844,14 @@ fn retries_back_off_exponentially_with_jitter_and_a_cap() {
     };
     let mut s: Scheduler<u32> = Scheduler::new(config, Time::ZERO);
     let peer = PeerId::from("p");
-    let join =
-        PeerJoin { id: peer.clone(), conn: ConnId(1), caps: PeerCaps::default(), running: vec![] };
+    let join = PeerJoin {
+        id: peer.clone(),
+        conn: ConnId(1),
+        caps: PeerCaps::default(),
+        running: vec![],
+        owner: None,
+        credential: None,
+    };
     s.handle_peer_joined(Time::ZERO, join);
     let mut sub = Submission::new(Owner::Api, "echo", 0);
     sub.max_attempts = Some(7);

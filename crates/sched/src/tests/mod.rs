@@ -2,6 +2,7 @@
 
 mod harness;
 mod lifecycle;
+mod verify;
 
 use harness::{check, check_events};
 
@@ -460,7 +461,14 @@ fn timers_do_not_pile_up_with_finished_tasks() {
     let caps = PeerCaps { slots: 8, ..PeerCaps::default() };
     s.handle_peer_joined(
         Time::ZERO,
-        PeerJoin { id: PeerId::from("p"), conn: ConnId(1), caps, running: Vec::new() },
+        PeerJoin {
+            id: PeerId::from("p"),
+            conn: ConnId(1),
+            caps,
+            running: Vec::new(),
+            owner: None,
+            credential: None,
+        },
     );
     let baseline = s.timers_pending();
     let mut now = 0u64;

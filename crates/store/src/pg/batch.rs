@@ -24,7 +24,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::fold::{self, Folded};
-use crate::{AttemptEnd, ErrorRow, NewTask, Op, StoreError, TaskState};
+use super::verify::{self, Reputations, Verifieds};
+use crate::{AttemptEnd, ErrorRow, NewTask, Op, ReputationRow, StoreError, TaskState};
 
 /// The SQLSTATE `legacygpu_fence` raises.
 const FENCED: &str = "LGF01";
@@ -46,6 +47,8 @@ pub(super) struct Statements {
     next_id: Statement,
     folded_tasks: Statement,
     folded_attempts: Statement,
+    verified: Statement,
+    reputation: Statement,
 }
 
 impl Statements {
@@ -66,18 +69,22 @@ impl Statements {
             next_id: c.prepare(NEXT_ID).await?,
             folded_tasks: c.prepare(fold::TASKS).await?,
             folded_attempts: c.prepare(fold::ATTEMPTS).await?,
+            verified: c.prepare(verify::VERIFIED).await?,
+            reputation: c.prepare(verify::REPUTATION).await?,
         })
     }
 }
 
-// A replaced task starts over, as SQLite's INSERT OR REPLACE does.
+// A replaced task starts over, as SQLite's INSERT OR REPLACE does (its
+// replicas' results too).
 const INSERT: &str = "
+WITH r AS (DELETE FROM replicas WHERE task_id = ANY($1::bigint[]))
 INSERT INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
     req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
-    peer_task_id, options, state)
+    peer_task_id, options, verify, state)
 SELECT u.*, 'queued' FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
     $6::int[], $7::text[], $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
-    $13::text[], $14::bigint[], $15::text[], $16::text[]) AS u
+    $13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[]) AS u
 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded.client_task_id,
     peer_task_id = excluded.peer_task_id, options = excluded.options,
     task_type = excluded.task_type, payload = excluded.payload, priority = excluded.priority,
@@ -85,8 +92,9 @@ ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded
     req_min_vram_mb = excluded.req_min_vram_mb, run_timeout_ms = excluded.run_timeout_ms,
     queue_timeout_ms = excluded.queue_timeout_ms, max_attempts = excluded.max_attempts,
     idempotency_key = excluded.idempotency_key, submitted_at = excluded.submitted_at,
-    state = 'queued', attempt = 0, failures = 0, peer = NULL, started_at = NULL,
-    finished_at = NULL, result = NULL, error_code = NULL, error_message = NULL, delivered = false";
+    verify = excluded.verify, state = 'queued', attempt = 0, failures = 0, peer = NULL,
+    started_at = NULL, finished_at = NULL, result = NULL, error_code = NULL,
+    error_message = NULL, delivered = false, verify_status = NULL";
 
 const ASSIGNED: &str = "
 WITH t AS (
@@ -155,7 +163,8 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) AS u (id, atte
 WHERE a.task_id = u.id AND a.attempt = u.attempt AND a.peer = u.peer";
 
 const DELETED: &str = "
-WITH t AS (DELETE FROM tasks WHERE id = ANY($1::bigint[]))
+WITH t AS (DELETE FROM tasks WHERE id = ANY($1::bigint[])),
+    r AS (DELETE FROM replicas WHERE task_id = ANY($1::bigint[]))
 DELETE FROM attempts WHERE task_id = ANY($1::bigint[])";
 
 const APPROVED: &str = "
@@ -197,6 +206,7 @@ struct Inserts<'a> {
     submitted_at: Vec<i64>,
     peer_task_id: Vec<&'a str>,
     options: Vec<Option<&'a str>>,
+    verify: Vec<Option<&'a str>>,
 }
 
 impl<'a> Inserts<'a> {
@@ -217,9 +227,10 @@ impl<'a> Inserts<'a> {
         self.submitted_at.push(t.submitted_at_ms);
         self.peer_task_id.push(&t.peer_task_id);
         self.options.push(t.options.as_deref());
+        self.verify.push(t.verify.as_deref());
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 16] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 17] {
         [
             &self.id,
             &self.owner,
@@ -237,6 +248,7 @@ impl<'a> Inserts<'a> {
             &self.submitted_at,
             &self.peer_task_id,
             &self.options,
+            &self.verify,
         ]
     }
 }
@@ -279,6 +291,7 @@ struct Round<'a> {
     retried: (Vec<i64>, Vec<&'a str>),
     stale: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<i64>),
     deleted: Vec<i64>,
+    verified: Verifieds<'a>,
 }
 
 #[derive(Default)]
@@ -372,8 +385,10 @@ impl<'a> Round<'a> {
                 s.3.push(*at_ms);
             }
             Op::Deleted { .. } => self.deleted.push(i),
-            // Not a task's op: folded into the plan's approvals.
-            Op::Approved { .. } => {}
+            Op::Verified { status, replicas, .. } => self.verified.push(id, *status, replicas),
+            // Not a task's op: folded into the plan's approvals, reputations
+            // and next id.
+            Op::Approved { .. } | Op::Reputation(_) | Op::IdsUsed { .. } => {}
         }
     }
 }
@@ -384,6 +399,8 @@ pub(super) struct Plan<'a> {
     rounds: Vec<Round<'a>>,
     /// The last approval of each peer in the batch (the last one wins).
     approvals: BTreeMap<&'a str, (&'a str, i64)>,
+    /// The last reputation of each subject in the batch.
+    reputations: BTreeMap<&'a str, &'a ReputationRow>,
     /// One past the highest id inserted.
     next_task_id: Option<i64>,
 }
@@ -393,7 +410,7 @@ type Pending<'f> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error
 impl<'a> Plan<'a> {
     pub(super) fn new(ops: &'a [Op]) -> Plan<'a> {
         let mut per_task: BTreeMap<u64, Vec<&'a Op>> = BTreeMap::new();
-        let mut approvals = BTreeMap::new();
+        let (mut approvals, mut reputations) = (BTreeMap::new(), BTreeMap::new());
         let mut next_task_id = None;
         for op in ops {
             let id = match op {
@@ -408,7 +425,16 @@ impl<'a> Plan<'a> {
                 | Op::Finished { id, .. }
                 | Op::Delivered { id, .. }
                 | Op::Retried { id, .. }
-                | Op::Stale { id, .. } => *id,
+                | Op::Stale { id, .. }
+                | Op::Verified { id, .. } => *id,
+                Op::Reputation(r) => {
+                    reputations.insert(r.subject.as_str(), r);
+                    continue;
+                }
+                Op::IdsUsed { next_task_id: next } => {
+                    next_task_id = next_task_id.max(Some(*next as i64));
+                    continue;
+                }
                 Op::Deleted { ids } => {
                     ids.iter().for_each(|id| per_task.entry(*id).or_default().push(op));
                     continue;
@@ -433,7 +459,7 @@ impl<'a> Plan<'a> {
                 rounds[k].push(op, id);
             }
         }
-        Plan { folded, rounds, approvals, next_task_id }
+        Plan { folded, rounds, approvals, reputations, next_task_id }
     }
 
     /// Writes the batch in one transaction, refused unless the lease is at
@@ -446,6 +472,7 @@ impl<'a> Plan<'a> {
     ) -> Result<(), StoreError> {
         let epoch_param = epoch as i64;
         let approvals = self.approval_columns();
+        let reputations = Reputations::new(&self.reputations);
         let folded = fold::Columns::new(&self.folded);
         let mut flight: Vec<Pending<'_>> = Vec::new();
         flight.push(Box::pin(async { c.batch_execute("BEGIN").await.map(|()| 0) }));
@@ -462,6 +489,9 @@ impl<'a> Plan<'a> {
         if !self.approvals.is_empty() {
             let (peer, hash, at) = &approvals;
             flight.push(exec(c, &st.approved, vec![peer, hash, at]));
+        }
+        if !self.reputations.is_empty() {
+            flight.push(exec(c, &st.reputation, reputations.params()));
         }
         if let Some(next) = &self.next_task_id {
             flight.push(exec(c, &st.next_id, vec![next]));
@@ -544,6 +574,9 @@ impl Round<'_> {
         let s = &self.stale;
         if !s.0.is_empty() {
             add(&st.stale, &[&s.0, &s.1, &s.2, &s.3]);
+        }
+        if !self.verified.is_empty() {
+            add(&st.verified, &self.verified.params());
         }
         if !self.deleted.is_empty() {
             add(&st.deleted, &[&self.deleted]);

@@ -89,8 +89,15 @@ pub(super) fn fold(ops: &[&Op]) -> Option<Folded> {
                     a.ended_at_ms = a.ended_at_ms.or(Some(*at_ms));
                 }
             }
-            // A deletion reaches attempts stored before the batch.
-            Op::Deleted { .. } | Op::Approved { .. } => return None,
+            // A deletion reaches attempts stored before the batch; the
+            // replica rows of a verdict are written by the rounds (rare: a
+            // verified task's life spans many flushes). The others are not
+            // a task's ops.
+            Op::Deleted { .. }
+            | Op::Verified { .. }
+            | Op::Approved { .. }
+            | Op::Reputation(_)
+            | Op::IdsUsed { .. } => return None,
         }
     }
     Some(Folded { task, attempts })
@@ -110,6 +117,8 @@ fn fresh(t: &crate::NewTask) -> StoredTask {
         error: None,
         delivered: false,
         attempts: Vec::new(),
+        verify_status: None,
+        replicas: Vec::new(),
     }
 }
 
@@ -124,16 +133,19 @@ fn end_attempt(a: &mut StoredAttempt, how: AttemptEnd, error: &Option<ErrorRow>,
     (a.ended_at_ms, a.end, a.error) = (Some(at_ms), Some(how), error.clone());
 }
 
-/// Upserts of whole rows, every column given.
+/// Upserts of whole rows, every column given (a folded task began with its
+/// insert, which starts its replicas' results over).
 pub(super) const TASKS: &str = "
+WITH r AS (DELETE FROM replicas WHERE task_id = ANY($1::bigint[]))
 INSERT INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model, req_gpu,
     req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key, submitted_at,
     state, attempt, failures, peer, started_at, finished_at, result, error_code, error_message,
-    delivered, peer_task_id, options)
+    delivered, peer_task_id, options, verify, verify_status)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
     $7::text[], $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
     $14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::text[], $19::bigint[],
-    $20::bigint[], $21::text[], $22::text[], $23::text[], $24::bool[], $25::text[], $26::text[])
+    $20::bigint[], $21::text[], $22::text[], $23::text[], $24::bool[], $25::text[], $26::text[],
+    $27::text[], $28::text[])
 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded.client_task_id,
     peer_task_id = excluded.peer_task_id, options = excluded.options,
     task_type = excluded.task_type, payload = excluded.payload, priority = excluded.priority,
@@ -144,7 +156,8 @@ ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, client_task_id = excluded
     state = excluded.state, attempt = excluded.attempt, failures = excluded.failures,
     peer = excluded.peer, started_at = excluded.started_at, finished_at = excluded.finished_at,
     result = excluded.result, error_code = excluded.error_code,
-    error_message = excluded.error_message, delivered = excluded.delivered";
+    error_message = excluded.error_message, delivered = excluded.delivered,
+    verify = excluded.verify, verify_status = excluded.verify_status";
 
 pub(super) const ATTEMPTS: &str = "
 INSERT INTO attempts (task_id, attempt, peer, assigned_at, ended_at, end_reason, error_code,
@@ -185,6 +198,8 @@ pub(super) struct Columns<'a> {
     delivered: Vec<bool>,
     peer_task_id: Vec<&'a str>,
     options: Vec<Option<&'a str>>,
+    verify: Vec<Option<&'a str>>,
+    verify_status: Vec<Option<&'static str>>,
     attempt_rows: AttemptColumns<'a>,
 }
 
@@ -241,6 +256,8 @@ impl<'a> Columns<'a> {
         self.delivered.push(s.delivered);
         self.peer_task_id.push(&t.peer_task_id);
         self.options.push(t.options.as_deref());
+        self.verify.push(t.verify.as_deref());
+        self.verify_status.push(s.verify_status.map(crate::VerifyStatus::as_str));
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -275,6 +292,8 @@ impl<'a> Columns<'a> {
             &self.delivered,
             &self.peer_task_id,
             &self.options,
+            &self.verify,
+            &self.verify_status,
         ]
     }
 
@@ -333,6 +352,7 @@ mod tests {
             max_attempts: 1,
             idempotency_key: None,
             submitted_at_ms: 0,
+            verify: None,
         })
     }
 

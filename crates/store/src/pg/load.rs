@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::{Client, Row};
 
-use crate::{ErrorRow, Loaded, NewTask, StoreError, StoredAttempt, StoredTask};
+use crate::{
+    ErrorRow, Loaded, NewTask, ReputationRow, StoreError, StoredAttempt, StoredReplica, StoredTask,
+};
 
 pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
     let tx = c
@@ -27,6 +29,8 @@ pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
             &[],
         )
         .await?;
+    let replicas = tx.query(&format!("{REPLICAS} ORDER BY task_id, replica"), &[]).await?;
+    let reputation = tx.query(&format!("{REPUTATION} ORDER BY subject COLLATE \"C\""), &[]).await?;
     // Byte order, as SQLite sorts: the database's collation may differ.
     let approvals = tx
         .query(
@@ -41,17 +45,64 @@ pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
         let (id, attempt) = attempt_row(row, 0)?;
         by_task.entry(id).or_default().push(attempt);
     }
+    let mut replicas_of: BTreeMap<u64, Vec<StoredReplica>> = BTreeMap::new();
+    for row in &replicas {
+        let (id, replica) = replica_row(row)?;
+        replicas_of.entry(id).or_default().push(replica);
+    }
     let mut tasks = tasks.iter().map(task_row).collect::<Result<Vec<_>, _>>()?;
     for task in &mut tasks {
         task.attempts = by_task.remove(&task.task.id).unwrap_or_default();
+        task.replicas = replicas_of.remove(&task.task.id).unwrap_or_default();
     }
+    let reputation = reputation.iter().map(reputation_row).collect::<Result<_, _>>()?;
     let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
     let next_task_id = max.max(next.map_or(1, |n| n as u64));
     let approvals = approvals
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
-    Ok(Loaded { tasks, approvals, next_task_id })
+    Ok(Loaded { tasks, approvals, reputation, next_task_id })
+}
+
+/// The replicas' columns, in [`replica_row`]'s order.
+pub(super) const REPLICAS: &str = "SELECT task_id, replica, replica_id, peer, attempts, result,
+    error_code, error_message, verdict FROM replicas";
+
+const REPUTATION: &str = "SELECT subject, valid, invalid, unverified, consecutive_valid,
+    canaries_passed, canaries_failed, strikes, quarantined, credential, updated_at FROM reputation";
+
+/// A replica and its task's id.
+pub(super) fn replica_row(r: &Row) -> Result<(u64, StoredReplica), StoreError> {
+    let id = r.try_get::<_, i64>(0)? as u64;
+    let verdict: &str = r.try_get(8)?;
+    let replica = StoredReplica {
+        replica: u32_col(r, 1)?,
+        task_id: r.try_get::<_, i64>(2)? as u64,
+        peer: r.try_get(3)?,
+        attempts: u32_col(r, 4)?,
+        result: r.try_get(5)?,
+        error: error_row(r.try_get(6)?, r.try_get(7)?),
+        verdict: verdict.parse().map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?,
+    };
+    Ok((id, replica))
+}
+
+fn reputation_row(r: &Row) -> Result<ReputationRow, StoreError> {
+    let count = |i: usize| -> Result<u64, StoreError> { Ok(r.try_get::<_, i64>(i)? as u64) };
+    Ok(ReputationRow {
+        subject: r.try_get(0)?,
+        valid: count(1)?,
+        invalid: count(2)?,
+        unverified: count(3)?,
+        consecutive_valid: u32_col(r, 4)?,
+        canaries_passed: count(5)?,
+        canaries_failed: count(6)?,
+        strikes: u32_col(r, 7)?,
+        quarantined: r.try_get(8)?,
+        credential: r.try_get(9)?,
+        updated_at_ms: r.try_get(10)?,
+    })
 }
 
 /// A stored `u32` (kept as BIGINT, as SQLite keeps it as INTEGER).
@@ -93,6 +144,7 @@ pub(super) fn task_row(r: &Row) -> Result<StoredTask, StoreError> {
         max_attempts: u32_col(r, 11)?,
         idempotency_key: r.try_get(12)?,
         submitted_at_ms: r.try_get(13)?,
+        verify: r.try_get(26)?,
     };
     Ok(StoredTask {
         task,
@@ -106,6 +158,11 @@ pub(super) fn task_row(r: &Row) -> Result<StoredTask, StoreError> {
         error: error_row(r.try_get(21)?, r.try_get(22)?),
         delivered: r.try_get(23)?,
         attempts: Vec::new(),
+        verify_status: match r.try_get::<_, Option<&str>>(27)? {
+            Some(s) => Some(s.parse().map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?),
+            None => None,
+        },
+        replicas: Vec::new(),
     })
 }
 

@@ -18,6 +18,7 @@ mod lease;
 mod load;
 mod read;
 mod schema;
+mod verify;
 
 use std::error::Error as _;
 use std::fmt;

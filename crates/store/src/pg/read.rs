@@ -92,6 +92,10 @@ impl StoreReader for PostgresReader {
                     task.attempts.push(attempt_row(row, at)?.1);
                 }
             }
+            let sql = format!("{} WHERE task_id = $1 ORDER BY replica", super::load::REPLICAS);
+            for row in c.query_typed(&sql, &[(&id, Type::INT8)]).await? {
+                task.replicas.push(super::load::replica_row(&row)?.1);
+            }
             Ok(Some(task))
         })
     }

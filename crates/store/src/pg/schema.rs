@@ -15,7 +15,8 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x6c67_7075_6d69_6772; // "lgpumigr"
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_TABLES), (2, V2_READ_INDEXES), (3, V3_TASK_OPTIONS)];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, V1_TABLES), (2, V2_READ_INDEXES), (3, V3_TASK_OPTIONS), (4, V4_VERIFICATION)];
 
 /// A task's options beyond the columns, as JSON (`{"stream": true}`).
 const V3_TASK_OPTIONS: &str = "ALTER TABLE tasks ADD COLUMN options TEXT;";
@@ -122,6 +123,38 @@ CREATE INDEX tasks_owner_id ON tasks (owner, id);
 CREATE INDEX tasks_type_id ON tasks (task_type, id);
 CREATE INDEX tasks_submitted_at ON tasks (submitted_at);
 CREATE INDEX attempts_peer_task ON attempts (peer, task_id);
+";
+
+/// Verification: a task's policy and verdict, its replicas' results, and
+/// reputations (the same rows as SQLite's schema version 3). Adding nullable
+/// columns without a default rewrites nothing.
+const V4_VERIFICATION: &str = "
+ALTER TABLE tasks ADD COLUMN verify TEXT, ADD COLUMN verify_status TEXT;
+CREATE TABLE replicas (
+    task_id       BIGINT NOT NULL,
+    replica       BIGINT NOT NULL,
+    replica_id    BIGINT NOT NULL,
+    peer          TEXT,
+    attempts      BIGINT NOT NULL,
+    result        TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    verdict       TEXT NOT NULL,
+    PRIMARY KEY (task_id, replica)
+);
+CREATE TABLE reputation (
+    subject           TEXT PRIMARY KEY,
+    valid             BIGINT NOT NULL,
+    invalid           BIGINT NOT NULL,
+    unverified        BIGINT NOT NULL,
+    consecutive_valid BIGINT NOT NULL,
+    canaries_passed   BIGINT NOT NULL,
+    canaries_failed   BIGINT NOT NULL,
+    strikes           BIGINT NOT NULL,
+    quarantined       BOOLEAN NOT NULL,
+    credential        TEXT,
+    updated_at        BIGINT NOT NULL
+);
 ";
 
 /// Applies what the database lacks, or refuses a newer schema.

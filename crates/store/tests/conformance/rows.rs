@@ -1,6 +1,9 @@
 //! What is written comes back, the same on both backends.
 
-use store::{AttemptEnd, ErrorRow, Loaded, Op, Store, StoreError, TaskState, Writer};
+use store::{
+    AttemptEnd, ErrorRow, Loaded, Op, ReputationRow, Store, StoreError, StoredReplica, TaskState,
+    Verdict, VerifyStatus, Writer,
+};
 
 use crate::support::{Backend, bare_task, task};
 
@@ -19,6 +22,8 @@ both_backends!(
     open_by_target_picks_the_backend,
     a_replayed_batch_leaves_the_same_rows,
     a_retried_task_is_queued_again_with_its_history,
+    verification_rows_round_trip_and_go_with_their_task,
+    reputations_round_trip_and_the_last_one_wins,
 );
 
 /// A failed task retried (in the batch that failed it, so that PostgreSQL
@@ -338,7 +343,7 @@ fn random_op(rng: &mut fastrand::Rng, next: &mut u64) -> Op {
     let at_ms = rng.i64(0..1_000_000);
     let error =
         if rng.bool() { err(["failed", "peer_lost", "timed_out"][rng.usize(0..3)]) } else { None };
-    match rng.u8(0..11) {
+    match rng.u8(0..14) {
         0 | 1 => {
             *next += 1;
             Op::Insert(if rng.bool() { task(*next - 1) } else { bare_task(*next - 1) })
@@ -366,8 +371,120 @@ fn random_op(rng: &mut fastrand::Rng, next: &mut u64) -> Op {
         7 => Op::Delivered { id, delivered: rng.bool() },
         8 => Op::Stale { id, attempt, peer, at_ms },
         9 => Op::Deleted { ids: (0..rng.usize(1..4)).map(|_| rng.u64(1..*next + 1)).collect() },
-        _ => Op::Approved { peer_id: peer, credential_sha256: format!("{at_ms:x}"), at_ms },
+        10 => Op::Approved { peer_id: peer, credential_sha256: format!("{at_ms:x}"), at_ms },
+        11 => {
+            let status = VerifyStatus::ALL[rng.usize(..VerifyStatus::ALL.len())];
+            let replicas =
+                (0..rng.u32(0..4)).map(|i| replica(rng, i, *next + u64::from(i))).collect();
+            Op::Verified { id, status, replicas }
+        }
+        12 => Op::Reputation(reputation(&format!("worker:{peer}"), at_ms, rng.bool())),
+        _ => Op::IdsUsed { next_task_id: *next + rng.u64(0..5) },
     }
+}
+
+fn replica(rng: &mut fastrand::Rng, i: u32, task_id: u64) -> StoredReplica {
+    StoredReplica {
+        replica: i,
+        task_id,
+        peer: rng.bool().then(|| format!("p{i}")),
+        attempts: rng.u32(0..3),
+        result: rng.bool().then(|| format!("{{\"n\": {i}}}")),
+        error: if rng.bool() { err("internal") } else { None },
+        verdict: Verdict::ALL[rng.usize(..Verdict::ALL.len())],
+    }
+}
+
+fn reputation(subject: &str, n: i64, quarantined: bool) -> ReputationRow {
+    ReputationRow {
+        subject: subject.into(),
+        valid: n as u64,
+        invalid: 2,
+        unverified: 3,
+        consecutive_valid: 4,
+        canaries_passed: 5,
+        canaries_failed: 6,
+        strikes: 7,
+        quarantined,
+        credential: quarantined.then(|| "ab12".into()),
+        updated_at_ms: n,
+    }
+}
+
+fn verification_rows_round_trip_and_go_with_their_task(b: &Backend) {
+    let mut t = task(1);
+    t.verify = Some("2/2".into());
+    let replicas = vec![
+        StoredReplica {
+            replica: 0,
+            task_id: 2,
+            peer: Some("p1".into()),
+            attempts: 1,
+            result: Some(r#"{"checksum": "ab"}"#.into()),
+            error: None,
+            verdict: Verdict::Valid,
+        },
+        StoredReplica {
+            replica: 1,
+            task_id: 3,
+            peer: None,
+            attempts: 0,
+            result: None,
+            error: err("cancelled"),
+            verdict: Verdict::Unjudged,
+        },
+    ];
+    let verdict = Op::Verified { id: 1, status: VerifyStatus::Agreed, replicas: replicas.clone() };
+    // One batch with the insert (it does not fold on PostgreSQL), one without.
+    b.open()
+        .write(&[Op::Insert(t.clone()), verdict.clone(), Op::IdsUsed { next_task_id: 4 }])
+        .unwrap();
+    b.open().write(&[Op::Insert(task(9)), Op::IdsUsed { next_task_id: 7 }]).unwrap();
+    // A verdict for a task that is not there leaves nothing behind.
+    b.open()
+        .write(&[Op::Verified {
+            id: 5,
+            status: VerifyStatus::NoQuorum,
+            replicas: replicas.clone(),
+        }])
+        .unwrap();
+    let loaded = b.open().load().unwrap();
+    assert_eq!(loaded.next_task_id, 10, "replica ids are never handed out again");
+    let got = &loaded.tasks[0];
+    assert_eq!(got.task.verify.as_deref(), Some("2/2"));
+    assert_eq!((got.verify_status, &got.replicas), (Some(VerifyStatus::Agreed), &replicas));
+    assert_eq!((loaded.tasks[1].verify_status, loaded.tasks[1].replicas.len()), (None, 0));
+    let reader = b.reader();
+    assert_eq!(reader.task(1).unwrap().unwrap().replicas, replicas);
+    assert!(
+        reader
+            .tasks(&Default::default(), store::Page { before: None, limit: 5 })
+            .unwrap()
+            .iter()
+            .all(|t| t.replicas.is_empty()),
+        "lists leave replicas out"
+    );
+    b.open().write(&[Op::Deleted { ids: vec![1] }, Op::Insert(task(1))]).unwrap();
+    let again = b.open().load().unwrap();
+    assert_eq!((again.tasks[0].verify_status, again.tasks[0].replicas.len()), (None, 0));
+}
+
+fn reputations_round_trip_and_the_last_one_wins(b: &Backend) {
+    b.open()
+        .write(&[
+            Op::Reputation(reputation("worker:w1", 1, false)),
+            Op::Reputation(reputation("credential:ab12", 2, true)),
+            Op::Reputation(reputation("worker:w1", 3, true)),
+        ])
+        .unwrap();
+    b.open().write(&[Op::Reputation(reputation("worker:a0", 4, false))]).unwrap();
+    let loaded = b.open().load().unwrap();
+    let expect = vec![
+        reputation("credential:ab12", 2, true),
+        reputation("worker:a0", 4, false),
+        reputation("worker:w1", 3, true),
+    ];
+    assert_eq!(loaded.reputation, expect);
 }
 
 fn apply(store: &mut dyn Store, batches: &[Vec<Op>]) -> Loaded {
@@ -389,6 +506,7 @@ fn postgres_loads_exactly_what_sqlite_loads() {
         let b = apply(pg.open().as_mut(), &history);
         assert_eq!(a.next_task_id, b.next_task_id, "seed {seed}");
         assert_eq!(a.approvals, b.approvals, "seed {seed}");
+        assert_eq!(a.reputation, b.reputation, "seed {seed}");
         assert_eq!(a.tasks.len(), b.tasks.len(), "seed {seed}");
         for (x, y) in a.tasks.iter().zip(&b.tasks) {
             assert_eq!(x, y, "seed {seed}");
@@ -410,5 +528,5 @@ fn a_replayed_batch_leaves_the_same_rows(b: &Backend) {
     }
     let (a, b) = (once.load().unwrap(), twice.load().unwrap());
     assert_eq!((a.next_task_id, &a.approvals), (b.next_task_id, &b.approvals));
-    assert_eq!(a.tasks, b.tasks);
+    assert_eq!((a.tasks, a.reputation), (b.tasks, b.reputation));
 }

@@ -187,6 +187,7 @@ pub fn task(id: u64) -> NewTask {
         max_attempts: 3,
         idempotency_key: Some(format!("k{id}")),
         submitted_at_ms: 1_700_000_000_000 + id as i64,
+        verify: None,
     }
 }
 

@@ -1,0 +1,149 @@
+//! `legacygpu task submit --type generate --model M --prompt "…"` (or
+//! `--chat "…"`): a streamed generation, printed token by token.
+//!
+//! The text goes to stdout as its deltas arrive; the figures (tokens, speed,
+//! time to first token, device, worker) go to stderr at the end, so that
+//! stdout is exactly the generated text. Deltas are best-effort: when some
+//! were lost (a gap in `seq`), nothing more is printed from the stream and
+//! the rest of the text is taken from the final result, which is complete.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use client::{Client, ClientOptions, TaskOutcome};
+use proto::TaskRequest;
+use serde_json::{Value, json};
+
+use crate::args::TaskSubmit;
+use crate::remote::exit;
+
+/// `task submit`'s generation flags.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Generation: text for the model to continue (a `generate` task,
+    /// streamed: tokens are printed as they come, then the figures).
+    #[arg(long, requires = "model", conflicts_with_all = ["input", "chat", "batch"])]
+    pub prompt: Option<String>,
+
+    /// Generation: a user message, through the model's chat template.
+    #[arg(long, requires = "model", conflicts_with_all = ["input", "batch"])]
+    pub chat: Option<String>,
+
+    /// Generation: a system message before `--chat`'s.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+
+    /// Generation: the most tokens to generate.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: Option<u32>,
+
+    /// Generation: the sampling temperature, 0 to 2 (0 is greedy: the same
+    /// tokens every time).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+
+    /// Generation: the sampler's seed.
+    #[arg(long)]
+    pub seed: Option<u32>,
+}
+
+/// The task's data from the flags.
+pub fn data(args: &GenerateArgs, model: &str) -> anyhow::Result<Value> {
+    let mut data = json!({ "model": model });
+    match (&args.prompt, &args.chat) {
+        (Some(prompt), None) => data["prompt"] = json!(prompt),
+        (None, Some(chat)) => {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(json!({"role": "system", "content": system}));
+            }
+            messages.push(json!({"role": "user", "content": chat}));
+            data["messages"] = json!(messages);
+        }
+        _ => bail!("give --prompt TEXT or --chat MESSAGE"),
+    }
+    if let Some(t) = args.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            bail!("--temperature must be between 0 and 2");
+        }
+        data["temperature"] = json!(t);
+    }
+    if let Some(n) = args.max_tokens {
+        data["max_tokens"] = json!(n);
+    }
+    if let Some(seed) = args.seed {
+        data["seed"] = json!(seed);
+    }
+    Ok(data)
+}
+
+/// Submits the generation, prints its text as it comes, then its figures.
+pub async fn run(args: &TaskSubmit, data: Value) -> anyhow::Result<ExitCode> {
+    let mut req = TaskRequest::new("generate", proto::to_json(&data)?);
+    req.task_id = args.task_id.clone();
+    req.priority = args.priority;
+    req.timeout_s = args.timeout;
+    let options = ClientOptions {
+        token: args.conn.token()?,
+        ca_hash: args.conn.ca_hash()?,
+        ..ClientOptions::default()
+    };
+    let started = Instant::now();
+    let client = Client::connect(&args.conn.url()?, options).await?;
+    let mut streamed =
+        client.submit_streamed(req).await.context("the coordinator refused the task")?;
+    if let Some(why) = &streamed.accepted.waiting_reason {
+        eprintln!("waiting: {why}");
+    }
+    let mut out = std::io::stdout().lock();
+    let (mut text, mut next_seq, mut gap, mut first) = (String::new(), 0, false, None);
+    while let Some(delta) = streamed.next().await {
+        first.get_or_insert_with(|| started.elapsed());
+        if gap || delta.seq != next_seq {
+            gap = true;
+            continue;
+        }
+        next_seq += 1;
+        text.push_str(&delta.text);
+        out.write_all(delta.text.as_bytes())?;
+        out.flush()?;
+    }
+    match streamed.outcome().await? {
+        TaskOutcome::Completed(done) => {
+            let result: Value = serde_json::from_str(done.result.get()).unwrap_or(Value::Null);
+            let whole = result["text"].as_str().unwrap_or_default();
+            // What the stream missed (all of it, for a worker that does not stream).
+            let tail = whole.strip_prefix(text.as_str()).unwrap_or_default();
+            writeln!(out, "{tail}")?;
+            out.flush()?;
+            eprintln!("{}", figures(&result, first, done.peer_id.as_deref()));
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskOutcome::Failed(f) => {
+            if !text.is_empty() {
+                writeln!(out)?;
+            }
+            eprintln!("error: task {} {}: {}: {}", f.task_id, f.status.as_str(), f.code, f.reason);
+            Ok(ExitCode::from(exit::TASK_FAILED))
+        }
+    }
+}
+
+/// One line of figures for a generation's result.
+fn figures(r: &Value, first: Option<std::time::Duration>, peer: Option<&str>) -> String {
+    let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let first =
+        first.map_or_else(|| "-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    format!(
+        "[{} tokens ({}), {:.1} tokens/s, prompt {} tokens in {:.0} ms, first token here after {first}, on {} ({})]",
+        n("completion_tokens"),
+        r["finish_reason"].as_str().unwrap_or("?"),
+        n("tokens_per_s"),
+        n("prompt_tokens"),
+        n("prompt_ms"),
+        peer.unwrap_or("?"),
+        r["device"].as_str().unwrap_or("?"),
+    )
+}

@@ -1,0 +1,303 @@
+//! Verification against the real binary: peers that lie (test-support's
+//! `liar`, raw protocol peers), a gamer that checks every result it gets
+//! against the honest answer, quarantine, a `kill -9` restart, the
+//! operator's clear, and real workers agreeing on physics bit for bit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use client::api::Api;
+use serde_json::{Value, json};
+use test_support::liar::{self, Lies, Peer, honest};
+use test_support::{Coordinator, Raw, eventually, worker};
+
+use crate::bin;
+
+/// A raw peer running every type the tests use, declaring an owner of its own.
+async fn peer(c: &Coordinator, id: &str, lies: Lies) -> Peer {
+    let caps = json!({"task_types": ["physics", "gpu", "inference"], "max_concurrent": 8,
+                      "gpus": ["test gpu"], "models": ["tiny"], "owner": format!("owner-of-{id}")});
+    liar::spawn(&c.ws_url, id, caps, lies).await
+}
+
+/// The data of task `i`: physics scenes, gpu matmuls and images in turn.
+fn task(i: u64) -> (&'static str, Value) {
+    match i % 3 {
+        0 => (
+            "physics",
+            json!({"steps": 60 + i, "bodies": [{"id": i, "shape": {"type": "sphere", "radius": 0.5}}]}),
+        ),
+        1 => {
+            let d = |s: u64| 8 + (i * s) % 17;
+            ("gpu", json!({"op": "matmul", "m": d(3), "k": d(5), "n": d(7), "seed": i}))
+        }
+        _ => ("inference", json!({"model": "tiny", "image": format!("image-{i}")})),
+    }
+}
+
+fn request(i: u64, verify: Option<Value>) -> Value {
+    let (task_type, data) = task(i);
+    let mut req = json!({"msg_type": "task_request", "task_id": format!("t{i}"),
+                         "task_type": task_type, "data": data});
+    if let Some(v) = verify {
+        req["verify"] = v;
+    }
+    req
+}
+
+/// Submits `n` tasks, `window` at a time, and returns every outcome by the
+/// gamer's task id.
+async fn run_tasks(
+    gamer: &mut Raw,
+    n: u64,
+    window: u64,
+    verify: Option<Value>,
+) -> BTreeMap<u64, Value> {
+    let (mut sent, mut out) = (0, BTreeMap::new());
+    while (out.len() as u64) < n {
+        while sent < n && sent - out.len() as u64 <= window {
+            gamer.send_json(&request(sent, verify.clone())).await;
+            sent += 1;
+        }
+        let msg = gamer.recv().await;
+        match msg["msg_type"].as_str() {
+            Some("task_result" | "task_error") => {
+                let id: u64 = msg["task_id"].as_str().unwrap()[1..].parse().unwrap();
+                assert!(out.insert(id, msg).is_none(), "two outcomes for t{id}");
+            }
+            Some("task_accepted") => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_two_no_wrong_result_reaches_the_gamer_in_a_thousand_tasks() {
+    // The liar stays in play (no quarantine) so that it lies all along.
+    let c = Coordinator::start(
+        bin(),
+        &["--strategy", "ROUND_ROBIN", "--quarantine-after", "1000", "--sync", "normal"],
+    );
+    let liar = peer(&c, "liar", Lies::at(0.3, 7)).await;
+    let mut _honest = Vec::new();
+    for i in 0..3 {
+        _honest.push(peer(&c, &format!("h{i}"), Lies::never()).await);
+    }
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let outcomes = run_tasks(&mut gamer, 1000, 64, Some(json!({"replicas": 2, "quorum": 2}))).await;
+    for (i, msg) in &outcomes {
+        let (task_type, data) = task(*i);
+        assert_eq!(msg["msg_type"], "task_result", "t{i}: {msg}");
+        let want = honest(task_type, &data);
+        assert!(same(&msg["result"], &want), "t{i} ({task_type}) got a wrong result: {msg}");
+    }
+    let lies = liar.tally.lied.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lies > 100, "the liar lied only {lies} times");
+    // Every lie was outvoted or failed its check, and counted against it.
+    let api = Api::new(c.http(), None);
+    let w = api.get("/cluster/workers/liar").await.unwrap();
+    assert!(w["reputation"]["invalid"].as_u64().unwrap() >= lies * 9 / 10, "{w}");
+    let metrics =
+        reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
+    for name in ["legacygpu_verify_tasks_total", "legacygpu_verify_disagreements_total"] {
+        assert!(metrics.contains(name), "no {name} in /metrics");
+    }
+    let ratio = metric(&metrics, "legacygpu_replication_overhead_ratio");
+    assert!(ratio > 0.3 && ratio < 2.0, "overhead {ratio}");
+}
+
+/// Whether two answers are the same, numbers to 10⁻⁶ (serde_json's float
+/// parsing may differ from its printing in the last bit; a lie is off by
+/// 0.5 at least).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A metric's value in Prometheus text (the first line naming it).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_catches_a_liar_that_is_right_on_every_replicated_task() {
+    // The liar's card is broken for matrix products only, and matrix
+    // products are not replicated here: only canaries can catch it.
+    let c = Coordinator::start(bin(), &["--strategy", "ROUND_ROBIN", "--canary-rate", "0.5"]);
+    let lies = Lies { rate: 1.0, only_types: vec!["gpu".into()], seed: 3 };
+    let _liar = peer(&c, "liar", lies).await;
+    let _honest = (peer(&c, "h1", Lies::never()).await, peer(&c, "h2", Lies::never()).await);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let api = Api::new(c.http(), None);
+    let mut round = 0;
+    loop {
+        let w = api.get("/cluster/workers/liar").await.unwrap();
+        if w["status"] == "quarantined" {
+            let r = &w["reputation"];
+            assert_eq!(
+                (r["invalid"].as_u64(), r["canaries_failed"].as_u64()),
+                (Some(0), Some(3)),
+                "{w}"
+            );
+            break;
+        }
+        round += 1;
+        assert!(round < 300, "the liar was never caught: {w}");
+        // Physics, verified (the liar is right on it), and a plain matmul.
+        for (i, verify) in [(3 * round, Some(json!({"replicas": 2}))), (3 * round + 1, None)] {
+            gamer.send_json(&request(i, verify)).await;
+            gamer.until("task_accepted").await;
+            let out = gamer.until("task_result").await;
+            if i % 3 == 0 {
+                assert_eq!(out["result"], honest(task(i).0, &task(i).1), "verified physics");
+            }
+        }
+    }
+    for h in ["h1", "h2"] {
+        let w = api.get(&format!("/cluster/workers/{h}")).await.unwrap();
+        assert_eq!(
+            (w["status"].as_str(), w["reputation"]["canaries_failed"].as_u64().unwrap_or(0)),
+            (Some("healthy"), 0),
+            "{w}"
+        );
+    }
+    let metrics =
+        reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"legacygpu_canaries_total{result="failed"} 3"#), "{metrics}");
+    assert_eq!(metric(&metrics, "legacygpu_workers_quarantined"), 1.0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_ends_quarantined_stays_so_across_a_kill_9_and_an_operator_clears_it() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_string_lossy().into_owned();
+    let (bind, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let args = [
+        "--bind",
+        &bind,
+        "--http",
+        &http,
+        "--data-dir",
+        &dir,
+        "--verify",
+        "2/2",
+        "--strategy",
+        "ROUND_ROBIN",
+    ];
+    let mut c = Coordinator::start(bin(), &args);
+    let liar = peer(&c, "liar", Lies::at(1.0, 1)).await;
+    let fleet = (peer(&c, "h1", Lies::never()).await, peer(&c, "h2", Lies::never()).await);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let api = Api::new(c.http(), None);
+    let mut i = 0;
+    while api.get("/cluster/workers/liar").await.unwrap()["status"] != "quarantined" {
+        assert!(i < 60, "the liar was never quarantined");
+        gamer.send_json(&request(3 * i, None)).await; // Verified by the cluster's default.
+        gamer.until("task_accepted").await;
+        let out = gamer.until("task_result").await;
+        assert_eq!(out["result"], honest(task(3 * i).0, &task(3 * i).1));
+        i += 1;
+    }
+    // The operator sees it, in the API and the CLI.
+    let listed = api.get("/cluster/workers?status_filter=quarantined").await.unwrap();
+    assert_eq!(listed["total"], 1, "{listed}");
+    let table = cli(&["cluster", "workers", "--api-url", c.http()]);
+    let row = table.lines().find(|l| l.starts_with("liar")).unwrap_or_default().to_owned();
+    assert!(row.contains("quarantined") && row.contains("0/3"), "{table}");
+    // A verified task shows its replicas and verdict.
+    let last = api.get("/cluster/tasks/t-1/status").await.unwrap();
+    assert_eq!(last["verification"]["policy"], "2/2", "{last}");
+    assert!(last["verification"]["replicas"].as_array().unwrap().len() >= 2, "{last}");
+
+    // The coordinator dies; what it knew of the liar does not.
+    c.proc.kill9();
+    drop((liar, fleet));
+    let c = Coordinator::start(bin(), &args);
+    let _liar = peer(&c, "liar", Lies::at(1.0, 2)).await;
+    let api = Api::new(c.http(), None);
+    let w = api.get("/cluster/workers/liar").await.unwrap();
+    assert_eq!(w["status"], "quarantined", "after a restart: {w}");
+
+    let out = cli(&["worker", "clear", "liar", "--api-url", c.http()]);
+    assert!(out.contains("no longer quarantined"), "{out}");
+    let w = eventually("the liar cleared", || async {
+        let w = api.get("/cluster/workers/liar").await.ok()?;
+        (w["status"] == "healthy").then_some(w)
+    })
+    .await;
+    assert_eq!(
+        (w["reputation"]["strikes"].as_u64(), w["reputation"]["consecutive_valid"].as_u64()),
+        (Some(0), Some(0)),
+        "{w}"
+    );
+    let again = cli(&["worker", "clear", "liar", "--api-url", c.http()]);
+    assert!(again.contains("was not quarantined"), "{again}");
+    let unknown = std::process::Command::new(bin())
+        .args(["worker", "clear", "nobody", "--api-url", c.http()])
+        .output()
+        .unwrap();
+    assert!(
+        !unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("nobody")
+    );
+}
+
+/// Runs the CLI and returns its stdout (it must succeed).
+fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin()).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_workers_agree_on_physics_bit_for_bit_under_two_of_two() {
+    let c = Coordinator::start(bin(), &["--verify", "2/2"]);
+    let _a = worker(bin(), &c.ws_url, "a", &["--no-gpu", "--slots", "2"]);
+    let _b = worker(bin(), &c.ws_url, "b", &["--no-gpu", "--slots", "2"]);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let scene = exec_physics::example_scene(20, 60);
+    for i in 0..4 {
+        let req = json!({"msg_type": "task_request", "task_id": format!("s{i}"), "task_type": "physics", "data": scene});
+        gamer.send_json(&req).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let r = gamer.until("task_result").await;
+        ids.push(r["id"].as_str().unwrap().to_owned());
+    }
+    let api = Api::new(c.http(), None);
+    for id in ids {
+        let t = api.get(&format!("/cluster/tasks/{id}/status")).await.unwrap();
+        let v = &t["verification"];
+        assert_eq!(v["status"], "agreed", "{t}");
+        let workers: BTreeSet<_> =
+            v["replicas"].as_array().unwrap().iter().map(|r| r["worker_id"].to_string()).collect();
+        assert_eq!(workers.len(), 2, "two distinct workers: {t}");
+        let sums: BTreeSet<_> = v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["result"]["checksum"].to_string())
+            .collect();
+        assert_eq!(sums.len(), 1, "the same checksum: {t}");
+    }
+}
