@@ -84,8 +84,8 @@ pub struct Bench {
     #[arg(long)]
     pub no_store: bool,
 
-    /// The local coordinator's store sync mode: `full` or `normal`.
-    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    /// The local coordinator's store sync mode: `normal` or `full`.
+    #[arg(long, default_value = "normal", value_parser = ["full", "normal"])]
     pub sync: String,
 
     /// No-op peers.
@@ -355,9 +355,12 @@ pub struct ClusterStart {
     #[arg(long)]
     pub no_store: bool,
 
-    /// How hard each commit tries to reach the disk: `full` (fsync; survives
-    /// a power cut) or `normal` (survives a coordinator crash, not a power cut).
-    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    /// How hard each commit tries to reach the disk: `normal` (an
+    /// acknowledged task survives the coordinator crashing or being killed;
+    /// a power cut or kernel crash may lose the last moments' tasks) or
+    /// `full` (an fsync per commit: survives a power cut too, at about twice
+    /// the latency per task).
+    #[arg(long, default_value = "normal", value_parser = ["full", "normal"])]
     pub sync: String,
 
     /// Run in the background: print the addresses, write a pid file (for

@@ -333,7 +333,7 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
                 .context("no --data-dir given and no home directory to put one in")?,
         };
         let sync =
-            if args.sync == "normal" { coordinator::Sync::Normal } else { coordinator::Sync::Full };
+            if args.sync == "full" { coordinator::Sync::Full } else { coordinator::Sync::Normal };
         StoreMode::Sqlite { data_dir, sync }
     };
     let mut api_keys = Vec::new();

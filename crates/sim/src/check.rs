@@ -230,7 +230,7 @@ fn same_state(t: &Task<Json>, state: &RecoveredState<Json>) -> Result<(), String
             Ok(())
         }
         (_, RecoveredState::Finished { outcome, at, delivered }) if t.status().is_terminal() => {
-            let was = t.outcome().map(|o| outcome_value(o)).unwrap_or_default();
+            let was = t.outcome().map(outcome_value).unwrap_or_default();
             let now = outcome_value(outcome);
             if was != now || Some(*at) != t.finished_at() {
                 return Err(format!("finished {now} at {at}, not {was} at {:?}", t.finished_at()));

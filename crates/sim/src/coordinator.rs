@@ -232,7 +232,9 @@ impl World {
         if got.value != value {
             return Err(format!("{gamer} got two outcomes for {id}: {} then {value}", got.value));
         }
-        if !got.conns.insert(r.conn)
+        // `again_ok_take` uses up an allowance: ask only for a repeat.
+        let repeat = !got.conns.insert(r.conn);
+        if repeat
             && !(self.known.redelivered_on_the_same_connection && self.again_ok_take(id, r.conn))
         {
             return Err(format!("{gamer} got the outcome of {id} twice on {}", r.conn));
