@@ -355,6 +355,29 @@ pub struct ClusterStart {
     #[arg(long)]
     pub no_store: bool,
 
+    /// Where tasks are kept: a data directory (SQLite, like --data-dir) or a
+    /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB). On PostgreSQL,
+    /// several coordinators share the store and one leads at a time; the
+    /// others stand by and redirect clients (docs/SCALING.md).
+    #[arg(long, env = "LEGACYGPU_STORE", hide_env_values = true, conflicts_with = "no_store")]
+    pub store: Option<String>,
+
+    /// On PostgreSQL: the WebSocket URL clients are sent to while this
+    /// coordinator leads. Default: ws:// (loopback) or wss:// with the
+    /// --bind address (the host name for 0.0.0.0).
+    #[arg(long, env = "LEGACYGPU_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// On PostgreSQL: the HTTP API's URL for redirects (HTTP 307) while
+    /// this coordinator leads. Default: like --advertise, with the --http address.
+    #[arg(long, env = "LEGACYGPU_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// On PostgreSQL: seconds the leader lease lasts unless renewed (it is
+    /// renewed four times as often). A dead leader is replaced after about this long.
+    #[arg(long, default_value_t = 3.0, value_parser = positive_secs)]
+    pub lease_ttl: f64,
+
     /// How hard each commit tries to reach the disk: `full` (fsync; survives
     /// a power cut) or `normal` (survives a coordinator crash, not a power cut).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]

@@ -68,9 +68,12 @@ pub(crate) struct ConnCtx {
     pub metrics: Arc<PrometheusRecorder>,
     pub tls: Arc<Tls>,
     pub budget: Arc<FrameBudget>,
+    /// On a standby: the lease as known, for the `not_leader` answer every
+    /// connection gets (`ha/redirect.rs`).
+    pub standby: Option<watch::Receiver<crate::ha::HaStatus>>,
 }
 
-type Ws = WebSocketStream<Budgeted<Io>>;
+pub(crate) type Ws = WebSocketStream<Budgeted<Io>>;
 
 impl ConnCtx {
     /// Counts a message refused here, before it reached the core.
@@ -104,6 +107,10 @@ pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
     };
     // What the upgrade request's bytes drew from the budget goes back.
     ws.get_ref().message_done();
+    if let Some(status) = &ctx.standby {
+        let deadline = ctx.config.edge.registration_timeout;
+        return crate::ha::redirect::refuse_ws(ws, status, deadline).await;
+    }
     let (tx, rx) = mpsc::channel(ctx.config.outbound_capacity);
     let connected = Input::Connected { conn: ctx.conn, tx, remote: ctx.remote };
     if ctx.core.send(connected).await.is_err() {

@@ -569,6 +569,9 @@ pub struct ErrorMsg {
     /// When to try again (for `busy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<f64>,
+    /// For `not_leader`: the leader's WebSocket URL, when one leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl ErrorMsg {
@@ -579,6 +582,7 @@ impl ErrorMsg {
             in_reply_to: None,
             task_id: None,
             retry_after_s: None,
+            leader: None,
         }
     }
 

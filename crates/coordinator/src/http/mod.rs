@@ -28,6 +28,7 @@ use crate::core::requests::Reply;
 use crate::core::{ApiRequest, Core, Input};
 use crate::credentials::Credentials;
 use crate::edge::Listener;
+use crate::ha::HaView;
 use crate::observe::Durable;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ApiEvent, Metrics, Published};
@@ -60,6 +61,8 @@ pub(crate) struct Api {
     stop: watch::Sender<bool>,
     /// Join tokens (shown and rotated by admins).
     credentials: Arc<Credentials>,
+    /// On PostgreSQL: the lease, for health, metrics and a standby's redirects.
+    ha: Option<HaView>,
 }
 
 impl Api {
@@ -79,7 +82,24 @@ impl Api {
             clock: state.clock,
             stop,
             credentials,
+            ha: None,
         }
+    }
+
+    /// With the lease's view (on PostgreSQL).
+    pub fn with_ha(mut self, ha: Option<HaView>) -> Api {
+        self.ha = ha;
+        self
+    }
+
+    /// The lease's view, on PostgreSQL.
+    pub fn ha(&self) -> Option<&HaView> {
+        self.ha.as_ref()
+    }
+
+    /// The lease as known, when this instance is a standby.
+    pub fn standby(&self) -> Option<&watch::Receiver<crate::ha::HaStatus>> {
+        self.ha.as_ref().filter(|v| v.standby).map(|v| &v.status)
     }
 
     /// Sends the core the request `make` builds around a reply channel, and
@@ -134,6 +154,9 @@ pub struct ErrorBody {
     /// The task concerned, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// For `not_leader` (a standby's 307): the leader's API URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// An error answer.
@@ -153,6 +176,7 @@ impl ApiError {
                 status_code: status.as_u16(),
                 retry_after_s: None,
                 task_id: None,
+                leader: None,
             },
         }
     }
@@ -182,6 +206,11 @@ impl ApiError {
         self.body.retry_after_s = Some(seconds);
         self
     }
+
+    pub fn leader(mut self, url: &str) -> ApiError {
+        self.body.leader = Some(url.to_owned());
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -206,6 +235,7 @@ pub(crate) fn router(api: Api) -> Router {
         .merge(docs)
         .fallback(|| async { ApiError::not_found("no such route; see /docs") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::ha::redirect::standby_http))
         .layer(limit)
         .with_state(api)
 }
