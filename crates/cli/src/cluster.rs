@@ -135,12 +135,45 @@ async fn stop(remote: &Remote) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `cluster status`: with several `--api-url`s (the coordinators of one
+/// PostgreSQL store), each one's role first, then the leader's figures.
 async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
-    let api = api(remote)?;
-    let (health, metrics) =
-        tokio::try_join!(api.get("/cluster/health"), api.get("/cluster/metrics"))?;
+    let apis = crate::remote::apis(remote)?;
+    let mut answers = Vec::new();
+    for api in &apis {
+        answers.push((api, api.get("/cluster/health").await));
+    }
+    let leader = answers.iter().position(|(_, h)| {
+        h.as_ref().is_ok_and(|h| h["role"] == "leader") || apis.len() == 1
+    });
+    let coordinators: Vec<Value> = answers
+        .iter()
+        .map(|(api, h)| match h {
+            Ok(h) => json!({"url": api.base(), "role": h["role"], "epoch": h["epoch"],
+                "lease_age_s": h["lease_age_s"], "leader": h["leader"]}),
+            Err(e) => json!({"url": api.base(), "error": e.to_string()}),
+        })
+        .collect();
+    let Some(i) = leader else {
+        if remote.json {
+            return print_json(&json!({"coordinators": coordinators}));
+        }
+        print_coordinators(&coordinators);
+        anyhow::bail!("none of the coordinators leads");
+    };
+    let api = answers[i].0;
+    let health = match &answers[i].1 {
+        Ok(h) => h.clone(),
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    let metrics = api.get("/cluster/metrics").await?;
     if remote.json {
-        return print_json(&json!({"health": health, "metrics": metrics}));
+        return print_json(
+            &json!({"health": health, "metrics": metrics, "coordinators": coordinators}),
+        );
+    }
+    if apis.len() > 1 || !health["epoch"].is_null() {
+        print_coordinators(&coordinators);
     }
     let f = |v: &Value, k: &str| cell(&v[k]);
     println!("cluster at {}: {}", api.base(), status_colour(&f(&health, "status")));
@@ -171,6 +204,22 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
         metrics["uptime_seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per coordinator: role, epoch, lease age, leader.
+fn print_coordinators(coordinators: &[Value]) {
+    let rows: Vec<Vec<String>> = coordinators
+        .iter()
+        .map(|c| {
+            let role = match c.get("error") {
+                Some(e) => format!("unreachable: {}", cell(e)),
+                None => cell(&c["role"]),
+            };
+            let age = c["lease_age_s"].as_f64().map_or("-".to_owned(), |a| format!("{a:.1}s"));
+            vec![cell(&c["url"]), role, cell(&c["epoch"]), age, cell(&c["leader"])]
+        })
+        .collect();
+    table(&["coordinator", "role", "epoch", "lease age", "leader"], &rows);
 }
 
 async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {

@@ -110,8 +110,8 @@ impl HaStatus {
             age: Duration::ZERO,
             expires_in: Duration::ZERO,
         };
-        self.observe(Some(&state));
         self.role = Role::Leader;
+        self.observe(Some(&state));
     }
 
     /// The lease row as read.
