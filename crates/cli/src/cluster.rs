@@ -143,9 +143,9 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
     for api in &apis {
         answers.push((api, api.get("/cluster/health").await));
     }
-    let leader = answers.iter().position(|(_, h)| {
-        h.as_ref().is_ok_and(|h| h["role"] == "leader") || apis.len() == 1
-    });
+    let leader = answers
+        .iter()
+        .position(|(_, h)| h.as_ref().is_ok_and(|h| h["role"] == "leader") || apis.len() == 1);
     let coordinators: Vec<Value> = answers
         .iter()
         .map(|(api, h)| match h {
