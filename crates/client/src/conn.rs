@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use proto::{
-    Endpoints, FromCoordinator, RegisterGamer, TaskAccepted, TaskRequest, TaskStatusOut, ToCoordinator,
+    Endpoints, FromCoordinator, RegisterGamer, TaskAccepted, TaskRequest, TaskStatusOut,
+    ToCoordinator,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -440,7 +441,10 @@ async fn await_ack(ws: &mut Ws, url: &str) -> Result<(), ClientError> {
             Some(Ok(Message::Text(text))) => match FromCoordinator::decode(text.as_str()) {
                 Ok(FromCoordinator::RegistrationAck(_)) => return Ok(()),
                 Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
-                    return Err(ClientError::NotLeader { url: url.to_owned(), leader: e.leader });
+                    return Err(ClientError::NotLeader {
+                        url: url.to_owned(),
+                        leader: e.leader.map(|l| l.0),
+                    });
                 }
                 Ok(FromCoordinator::Error(e)) => {
                     return Err(ClientError::Refused(format!("{}: {}", e.code, e.reason)));

@@ -230,7 +230,8 @@ struct Session<'a> {
 
 /// A message refused for want of the token.
 struct Denied {
-    error: ErrorMsg,
+    /// Boxed: the refusal is rare and the `Ok` path should stay small.
+    error: Box<ErrorMsg>,
     /// A registration with a wrong token closes the connection.
     close_connection: bool,
 }
@@ -361,7 +362,7 @@ impl<'a> Session<'a> {
             Ok(msg) => msg,
             Err(Denied { error, close_connection }) => {
                 self.ctx.rejected(&ErrorCode::UNAUTHORIZED);
-                let flow = self.send_now(FromCoordinator::Error(error)).await;
+                let flow = self.send_now(FromCoordinator::Error(*error)).await;
                 if close_connection {
                     let reason = CloseReason::Unauthorized;
                     self.close(reason.code(), reason.as_str().into()).await;
@@ -398,7 +399,7 @@ impl<'a> Session<'a> {
         let open = config.token.is_none() && config.admits(&self.ctx.remote);
         let msg_type = msg.msg_type();
         let denied = |reason: &str, close_connection| Denied {
-            error: ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg_type),
+            error: Box::new(ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg_type)),
             close_connection,
         };
         let claim = match &msg {

@@ -309,7 +309,7 @@ impl<'w> Session<'w> {
                     return Ok(reply);
                 }
                 Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
-                    return Err(End::NotLeader(e.leader));
+                    return Err(End::NotLeader(e.leader.map(|l| l.0)));
                 }
                 Ok(FromCoordinator::Error(e)) => {
                     return Err(End::Refused(self.worker.refusal(e.code.as_str(), &e.reason)));

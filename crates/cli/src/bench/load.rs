@@ -255,7 +255,7 @@ async fn probe(url: &str, token: Option<&str>) -> anyhow::Result<Option<Option<S
                 match FromCoordinator::decode(text.as_str()) {
                     Ok(FromCoordinator::RegistrationAck(_)) => return Ok(None),
                     Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
-                        return Ok(Some(e.leader));
+                        return Ok(Some(e.leader.map(|l| l.0)));
                     }
                     Ok(FromCoordinator::Error(e)) => bail!("refused: {}: {}", e.code, e.reason),
                     _ => {}

@@ -27,10 +27,14 @@ const EXIT_DEPOSED: i32 = 75;
 
 /// A coordinator on `db`, at the given addresses (`127.0.0.1:0` the first time).
 fn start(db: &TestDb, ws: &str, http: &str) -> Coordinator {
+    start_with(db, ws, http, HA)
+}
+
+fn start_with(db: &TestDb, ws: &str, http: &str, extra: &[&str]) -> Coordinator {
     // For reqwest's TLS, unused over http:// but required to build a client.
     tls::install_default_provider();
     let mut args = vec!["--store", db.url.as_str(), "--bind", ws, "--http", http];
-    args.extend_from_slice(HA);
+    args.extend_from_slice(extra);
     Coordinator::start(bin(), &args)
 }
 
@@ -287,8 +291,11 @@ fn check_history(db: &TestDb, seen: &BTreeMap<String, Seen>) {
 #[ignore = "a benchmark: run with --ignored"]
 async fn failover_time() {
     let Some(db) = TestDb::create() else { return };
+    // The default lease (3 s) unless LEGACYGPU_BENCH_LEASE_TTL says.
+    let ttl = std::env::var("LEGACYGPU_BENCH_LEASE_TTL").unwrap_or_else(|_| "3".into());
+    let args = ["--lease-ttl", ttl.as_str(), "--heartbeat-interval", "0.5"];
     let mut cs: Vec<Coordinator> =
-        (0..3).map(|_| start(&db, "127.0.0.1:0", "127.0.0.1:0")).collect();
+        (0..3).map(|_| start_with(&db, "127.0.0.1:0", "127.0.0.1:0", &args)).collect();
     let urls = list(&cs);
     let _w = worker(bin(), &urls, "w", &["--slots", "4"]);
     let options = ClientOptions {
@@ -308,8 +315,9 @@ async fn failover_time() {
         let req = proto::TaskRequest::new("echo", proto::json("{}").unwrap());
         client.submit(req).await.unwrap();
         times.push(killed.elapsed());
-        let back = restart(&db, &cs[l]);
-        cs[l] = back;
+        let ws = cs[l].ws_url.trim_start_matches("ws://").to_owned();
+        let http = cs[l].http().trim_start_matches("http://").to_owned();
+        cs[l] = start_with(&db, &ws, &http, &args);
     }
     times.sort();
     let p = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];

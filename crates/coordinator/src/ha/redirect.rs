@@ -60,7 +60,7 @@ pub(crate) async fn refuse_ws(mut ws: Ws, status: &watch::Receiver<HaStatus>, de
     };
     let mut err = ErrorMsg::new(ErrorCode::NOT_LEADER, reason);
     err.in_reply_to = msg_type;
-    err.leader = leader;
+    err.leader = leader.map(|l| Box::new(proto::LeaderUrl(l)));
     err.retry_after_s = Some(0.25);
     let _ = ws.send(Message::text(FromCoordinator::Error(err).encode())).await;
     let reason = CloseReason::NotLeader;
@@ -106,7 +106,6 @@ pub(crate) async fn standby_http(State(api): State<Api>, req: Request, next: Nex
     let detail = format!("this coordinator is a standby; the leader is at {base}");
     let mut resp =
         ApiError::new(StatusCode::TEMPORARY_REDIRECT, ErrorCode::NOT_LEADER.as_str(), detail)
-            .leader(&base)
             .into_response();
     if let Ok(location) = HeaderValue::from_str(&target) {
         resp.headers_mut().insert(header::LOCATION, location);

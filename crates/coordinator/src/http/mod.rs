@@ -154,9 +154,6 @@ pub struct ErrorBody {
     /// The task concerned, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
-    /// For `not_leader` (a standby's 307): the leader's API URL.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader: Option<String>,
 }
 
 /// An error answer.
@@ -176,7 +173,6 @@ impl ApiError {
                 status_code: status.as_u16(),
                 retry_after_s: None,
                 task_id: None,
-                leader: None,
             },
         }
     }
@@ -204,11 +200,6 @@ impl ApiError {
 
     pub fn retry_after(mut self, seconds: f64) -> ApiError {
         self.body.retry_after_s = Some(seconds);
-        self
-    }
-
-    pub fn leader(mut self, url: &str) -> ApiError {
-        self.body.leader = Some(url.to_owned());
         self
     }
 }
