@@ -64,7 +64,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct Bench {
-    /// Load this running coordinator (ws://HOST:PORT) instead of starting one.
+    /// Load this running coordinator (ws://HOST:PORT) instead of starting
+    /// one; with several comma-separated, the one that leads.
     #[arg(long)]
     pub coordinator: Option<String>,
 
@@ -222,7 +223,9 @@ pub struct WorkersList {
 /// environment, which wins over ~/.config/legacygpu/cli.json.
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
-    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000.
+    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000. Several
+    /// comma-separated: `cluster status` shows each one's role; other
+    /// commands use the first.
     #[arg(long, env = "LEGACYGPU_API_URL")]
     pub api_url: Option<String>,
     /// An API key (or the cluster token, when no API keys are configured).
@@ -616,7 +619,9 @@ pub struct Backends {
 /// How clients reach the coordinator.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// The coordinator's WebSocket URL. Default: ws://127.0.0.1:8765.
+    /// The coordinator's WebSocket URL, or several comma-separated (the
+    /// coordinators of one PostgreSQL store: the leader is found and
+    /// followed). Default: ws://127.0.0.1:8765.
     #[arg(long, env = "LEGACYGPU_COORDINATOR")]
     pub coordinator: Option<String>,
 

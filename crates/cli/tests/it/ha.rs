@@ -118,6 +118,24 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("legacygpu_leader 1"), "{text}");
     assert!(text.contains(&format!("legacygpu_lease_epoch {epoch}")), "{text}");
+    // `cluster status` over every API shows each one's role.
+    let apis: Vec<&str> = cs.iter().map(|c| c.http()).collect();
+    let out = Command::new(bin())
+        .args(["cluster", "status", "--json", "--api-url", &apis.join(",")])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let roles: Vec<&str> = status["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{status}");
+    assert_eq!(roles[l], "leader", "{status}");
+    assert_eq!(status["health"]["role"], "leader");
     // A client given every URL finds the leader and runs a task.
     let client = Client::connect(&list(&cs), ClientOptions::default()).await.unwrap();
     let _w = worker(bin(), &list(&cs), "w", &["--slots", "2"]);
