@@ -140,6 +140,10 @@ pub(crate) struct Session<'w> {
 /// coordinator (SIGSTOP) keeps its socket open but answers nothing.
 const SILENT_HEARTBEATS: u32 = 3;
 
+/// ... but never less than this, so that a coordinator stalled for a moment
+/// on a loaded machine is not left at once.
+const MIN_SILENCE: Duration = Duration::from_secs(2);
+
 impl<'w> Session<'w> {
     pub fn new(worker: &'w mut Worker, ws: Ws, url: &str) -> Session<'w> {
         let heartbeat = worker.config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
@@ -202,9 +206,10 @@ impl<'w> Session<'w> {
                     }
                 }
                 _ = tick.tick() => {
-                    if self.last_heard.elapsed() >= self.heartbeat * SILENT_HEARTBEATS {
+                    let silence = (self.heartbeat * SILENT_HEARTBEATS).max(MIN_SILENCE);
+                    if self.last_heard.elapsed() >= silence {
                         return End::Disconnected(format!(
-                            "nothing from the coordinator for {SILENT_HEARTBEATS} heartbeats"
+                            "nothing from the coordinator for {silence:?}"
                         ));
                     }
                     if let Err(e) = self.heartbeat().await {

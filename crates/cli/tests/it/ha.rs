@@ -347,3 +347,31 @@ async fn failover_time() {
         times[times.len() - 1].as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn a_frozen_coordinator_is_left_by_workers_and_clients() {
+    // No PostgreSQL needed: any coordinator that goes silent with its
+    // sockets open (SIGSTOP) must be given up, or a standby's takeover
+    // would never reach the workers and gamers still attached to it.
+    let c = Coordinator::start(bin(), crate::FAST);
+    let w = worker(bin(), &c.ws_url, "w", &[]);
+    let options =
+        ClientOptions { silence_timeout: Duration::from_millis(1000), ..ClientOptions::default() };
+    let client = Client::connect(&c.ws_url, options).await.unwrap();
+    eventually("the worker registered", || async { w.log().contains("registered").then_some(()) })
+        .await;
+    signal(&c.proc, "-STOP");
+    eventually("the worker gave up the silent coordinator", || async {
+        w.log().contains("nothing from the coordinator").then_some(())
+    })
+    .await;
+    signal(&c.proc, "-CONT");
+    // The client gave up too (its connection was fine again after SIGCONT,
+    // so only the silence can have made it reconnect).
+    eventually("the client reconnected", || async {
+        (client.stats().reconnects > 0).then_some(())
+    })
+    .await;
+    let req = proto::TaskRequest::new("echo", proto::json(r#"{"x": 1}"#).unwrap());
+    assert!(client.run(req).await.unwrap().is_completed());
+}
