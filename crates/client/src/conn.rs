@@ -451,9 +451,21 @@ async fn await_ack(ws: &mut Ws, url: &str) -> Result<(), ClientError> {
                 }
                 _ => {}
             },
+            // Closed for want of a credential: retrying will not help.
+            Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1008 => {
+                return Err(ClientError::Refused(format!("closed: {}", f.reason)));
+            }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(ClientError::Refused(e.to_string())),
-            None => return Err(ClientError::Refused("connection closed".into())),
+            // Closed or broken before the answer: the coordinator stopped or
+            // changed role (a standby becoming the leader closes its
+            // connections) — worth another try, unlike a refusal.
+            Some(Err(e)) => return Err(closed_early(url, &e.to_string())),
+            None => return Err(closed_early(url, "connection closed")),
         }
     }
+}
+
+fn closed_early(url: &str, why: &str) -> ClientError {
+    let reason = format!("closed before the registration was acknowledged: {why}");
+    ClientError::Connect { url: url.to_owned(), reason }
 }

@@ -191,7 +191,8 @@ async fn a_frozen_leader_wakes_deposed_and_its_writes_are_refused() {
 #[derive(Debug)]
 struct Seen {
     data: String,
-    outcome: Option<TaskOutcome>,
+    /// The outcome, or why there was none (timed out, client error).
+    outcome: Result<TaskOutcome, String>,
 }
 
 /// A gamer that submits echo tasks in a bounded loop until told to stop,
@@ -221,8 +222,12 @@ async fn gamer(
         let Ok(submitted) = client.submit(req).await else { continue };
         let task_id = submitted.accepted.task_id.clone();
         running.spawn(async move {
-            let outcome = tokio::time::timeout(WAIT * 2, submitted.outcome()).await;
-            (task_id, Seen { data, outcome: outcome.ok().and_then(Result::ok) })
+            let outcome = match tokio::time::timeout(WAIT * 2, submitted.outcome()).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no outcome in time".to_owned()),
+            };
+            (task_id, Seen { data, outcome })
         });
         while running.len() >= 8 {
             seen.push(running.join_next().await.unwrap().unwrap());
@@ -290,7 +295,7 @@ fn check_history(db: &TestDb, seen: &BTreeMap<String, Seen>) {
     let stored: BTreeMap<String, Vec<Option<String>>> =
         rows.into_iter().map(|mut r| (r.remove(0).unwrap_or_default(), r)).collect();
     for (task_id, s) in seen {
-        let Some(TaskOutcome::Completed(done)) = &s.outcome else {
+        let Ok(TaskOutcome::Completed(done)) = &s.outcome else {
             panic!("acknowledged task {task_id} got no result: {:?}", s.outcome);
         };
         assert_eq!(done.result.get(), s.data, "{task_id}");
