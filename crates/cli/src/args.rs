@@ -64,7 +64,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct Bench {
-    /// Load this running coordinator (ws://HOST:PORT) instead of starting one.
+    /// Load this running coordinator (ws://HOST:PORT) instead of starting
+    /// one; with several comma-separated, the one that leads.
     #[arg(long)]
     pub coordinator: Option<String>,
 
@@ -222,7 +223,9 @@ pub struct WorkersList {
 /// environment, which wins over ~/.config/legacygpu/cli.json.
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
-    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000.
+    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000. Several
+    /// comma-separated: `cluster status` shows each one's role; other
+    /// commands use the first.
     #[arg(long, env = "LEGACYGPU_API_URL")]
     pub api_url: Option<String>,
     /// An API key (or the cluster token, when no API keys are configured).
@@ -354,6 +357,29 @@ pub struct ClusterStart {
     /// queued and running task, and results not yet delivered.
     #[arg(long)]
     pub no_store: bool,
+
+    /// Where tasks are kept: a data directory (SQLite, like --data-dir) or a
+    /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB). On PostgreSQL,
+    /// several coordinators share the store and one leads at a time; the
+    /// others stand by and redirect clients (docs/SCALING.md).
+    #[arg(long, env = "LEGACYGPU_STORE", hide_env_values = true, conflicts_with = "no_store")]
+    pub store: Option<String>,
+
+    /// On PostgreSQL: the WebSocket URL clients are sent to while this
+    /// coordinator leads. Default: ws:// (loopback) or wss:// with the
+    /// --bind address (the host name for 0.0.0.0).
+    #[arg(long, env = "LEGACYGPU_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// On PostgreSQL: the HTTP API's URL for redirects (HTTP 307) while
+    /// this coordinator leads. Default: like --advertise, with the --http address.
+    #[arg(long, env = "LEGACYGPU_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// On PostgreSQL: seconds the leader lease lasts unless renewed (it is
+    /// renewed four times as often). A dead leader is replaced after about this long.
+    #[arg(long, default_value_t = 3.0, value_parser = positive_secs)]
+    pub lease_ttl: f64,
 
     /// How hard each commit tries to reach the disk: `normal` (an
     /// acknowledged task survives the coordinator crashing or being killed;
@@ -596,7 +622,9 @@ pub struct Backends {
 /// How clients reach the coordinator.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// The coordinator's WebSocket URL. Default: ws://127.0.0.1:8765.
+    /// The coordinator's WebSocket URL, or several comma-separated (the
+    /// coordinators of one PostgreSQL store: the leader is found and
+    /// followed). Default: ws://127.0.0.1:8765.
     #[arg(long, env = "LEGACYGPU_COORDINATOR")]
     pub coordinator: Option<String>,
 

@@ -190,6 +190,9 @@ closed_set! {
         /// The coordinator holds too many partly received messages: retry
         /// later (1013).
         TryAgainLater = "try again later",
+        /// This coordinator is a standby: the `error` before the close names
+        /// the leader (4003).
+        NotLeader = "not leader",
     }
 }
 
@@ -206,6 +209,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4001,
             CloseReason::Idle => 4002,
             CloseReason::TryAgainLater => 1013,
+            CloseReason::NotLeader => 4003,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::conn::{self, ConnCtx};
 use crate::core::Core;
 use crate::credentials::{Credentials, TokenKind};
 use crate::edge::{FrameBudget, IpLimits, Listener, fd_budget};
+use crate::ha::{HaParts, HaView};
 use crate::http::{self, Api};
 use crate::observe::Observer;
 use crate::telemetry::Telemetry;
@@ -36,6 +37,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("join tokens: {0}")]
     Credentials(#[from] crate::credentials::CredentialError),
+    #[error("high availability: {0}")]
+    Ha(String),
 }
 
 /// Reloads the certificates of a running coordinator (the CLI does on SIGHUP).
@@ -55,6 +58,22 @@ impl TlsHandle {
 pub enum RunError {
     #[error("the store failed, so nothing more could be made durable: {0}")]
     Store(String),
+    /// This coordinator led and lost the lease: it must stop at once
+    /// (docs/SCALING.md; the binary exits so that its supervisor restarts
+    /// it as a standby).
+    #[error("stepped down as the leader: {0}")]
+    Deposed(String),
+}
+
+impl RunError {
+    /// Whether the coordinator stopped because another one leads now (a
+    /// fenced write included), rather than for a failure of its own.
+    pub fn is_deposed(&self) -> bool {
+        match self {
+            RunError::Deposed(_) => true,
+            RunError::Store(e) => e.starts_with("fenced"),
+        }
+    }
 }
 
 /// A bound coordinator, ready to run.
@@ -66,6 +85,11 @@ pub struct Coordinator {
     core: Core,
     tls: Arc<Tls>,
     credentials: Arc<Credentials>,
+    /// On PostgreSQL: how this instance sees the lease.
+    view: Option<HaView>,
+    /// On PostgreSQL, in the standby instance: the lease keeper and the
+    /// sockets the leader instance will serve on.
+    pub(crate) ha: Option<HaParts>,
 }
 
 impl Coordinator {
@@ -93,12 +117,27 @@ impl Coordinator {
             }
             None => None,
         };
-        let config = Arc::new(config);
+        if let StoreMode::Postgres { .. } = config.store {
+            return crate::ha::standby(config, ws, http).await;
+        }
+        Coordinator::assemble(Arc::new(config), ws, ws_addr, http, None, None)
+    }
+
+    /// The coordinator on bound sockets: certificates, the store recovered
+    /// (on PostgreSQL only for a leader, at `epoch`), credentials.
+    pub(crate) fn assemble(
+        config: Arc<Config>,
+        ws: TcpListener,
+        ws_addr: SocketAddr,
+        http: Option<(TcpListener, SocketAddr)>,
+        view: Option<HaView>,
+        epoch: Option<u64>,
+    ) -> Result<Coordinator, StartError> {
         let tls = Arc::new(Tls::load(config.cert_source())?);
-        let core = recover(Arc::clone(&config))?;
+        let core = recover(Arc::clone(&config), epoch)?;
         let credentials =
             Arc::new(Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?);
-        Ok(Coordinator { config, ws, ws_addr, http, core, tls, credentials })
+        Ok(Coordinator { config, ws, ws_addr, http, core, tls, credentials, view, ha: None })
     }
 
     /// The pin (SHA-256 of the CA's public key, hex) clients trust.
@@ -138,8 +177,24 @@ impl Coordinator {
     }
 
     /// Runs until `shutdown` completes, then closes every connection and
-    /// returns; or until the store fails.
+    /// returns; or until the store fails. On PostgreSQL: stands by until it
+    /// takes the lease, then leads until `shutdown` or until it loses the
+    /// lease ([`RunError::Deposed`], returned at once: exit then).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        if self.ha.is_some() {
+            return crate::ha::run(self, shutdown).await;
+        }
+        self.serve(shutdown).await
+    }
+
+    /// Whether this coordinator is (so far) a standby.
+    pub fn is_standby(&self) -> bool {
+        self.view.as_ref().is_some_and(|v| v.standby)
+    }
+
+    /// Serves as this instance is (single, standby or leader) until
+    /// `shutdown` completes or the store fails.
+    pub(crate) async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let (core_tx, core_rx) = mpsc::channel(self.config.limits.core_queue.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
         // `POST /cluster/shutdown` turns this.
@@ -154,7 +209,8 @@ impl Coordinator {
             let listener =
                 Listener::new(listener, "http", Arc::clone(&ip_limits), Arc::clone(&recorder));
             let api =
-                Api::new(core_tx.clone(), &self.core, api_stop_tx, Arc::clone(&self.credentials));
+                Api::new(core_tx.clone(), &self.core, api_stop_tx, Arc::clone(&self.credentials))
+                    .with_ha(self.view.clone());
             let serving = http::Serving { tls: Arc::clone(&self.tls), max_connections: fds.http };
             tokio::spawn(http::serve(listener, api, serving, stop_rx.clone()))
         });
@@ -170,6 +226,7 @@ impl Coordinator {
         let mut ws = Listener::new(self.ws, "ws", ip_limits, Arc::clone(&recorder));
         let mut conns = JoinSet::new();
         let mut next_conn = 0u64;
+        let standby = self.view.as_ref().filter(|v| v.standby).map(|v| v.status.clone());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -205,6 +262,7 @@ impl Coordinator {
                         metrics: Arc::clone(&recorder),
                         tls: Arc::clone(&self.tls),
                         budget: Arc::clone(&budget),
+                        standby: standby.clone(),
                     };
                     conns.spawn(async move {
                         conn::serve(stream, ctx).await;
@@ -240,13 +298,25 @@ impl Coordinator {
     }
 }
 
-/// The core, with the store opened and its tasks recovered.
-fn recover(config: Arc<Config>) -> Result<Core, StartError> {
+/// The core, with the store opened and its tasks recovered. On
+/// PostgreSQL the store is opened only by a leader, with its `epoch` set
+/// before anything is loaded, so that the fence refuses every batch once a
+/// newer leader exists; a standby keeps nothing.
+fn recover(config: Arc<Config>, epoch: Option<u64>) -> Result<Core, StartError> {
     let clock = Clock::start();
     let telemetry = Telemetry::new(config.limits.event_buffer);
-    let (observer, loaded) = match &config.store {
-        StoreMode::Memory => (Observer::in_memory(), None),
-        StoreMode::Sqlite { data_dir, sync } => {
+    let (observer, loaded) = match (&config.store, epoch) {
+        (StoreMode::Memory, _) | (StoreMode::Postgres { .. }, None) => {
+            (Observer::in_memory(), None)
+        }
+        (StoreMode::Postgres { target, .. }, Some(epoch)) => {
+            let mut db = store::open(target, store::Sync::Full)?;
+            db.set_epoch(epoch);
+            let loaded = db.load()?;
+            let observer = Observer::with_store(db, telemetry.recorder(), &config.limits)?;
+            (observer, Some(loaded))
+        }
+        (StoreMode::Sqlite { data_dir, sync }, _) => {
             let mut db = store::SqliteStore::open(data_dir, *sync)?;
             let loaded = db.load()?;
             let observer =

@@ -14,6 +14,7 @@ mod crash;
 mod executors;
 mod failover;
 mod generate;
+mod ha;
 mod lifecycle;
 mod limits;
 mod openai;

@@ -28,6 +28,7 @@ use crate::core::requests::Reply;
 use crate::core::{ApiRequest, Core, Input};
 use crate::credentials::Credentials;
 use crate::edge::Listener;
+use crate::ha::HaView;
 use crate::observe::Durable;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ApiEvent, Metrics, Published};
@@ -60,6 +61,8 @@ pub(crate) struct Api {
     stop: watch::Sender<bool>,
     /// Join tokens (shown and rotated by admins).
     credentials: Arc<Credentials>,
+    /// On PostgreSQL: the lease, for health, metrics and a standby's redirects.
+    ha: Option<HaView>,
 }
 
 impl Api {
@@ -79,7 +82,24 @@ impl Api {
             clock: state.clock,
             stop,
             credentials,
+            ha: None,
         }
+    }
+
+    /// With the lease's view (on PostgreSQL).
+    pub fn with_ha(mut self, ha: Option<HaView>) -> Api {
+        self.ha = ha;
+        self
+    }
+
+    /// The lease's view, on PostgreSQL.
+    pub fn ha(&self) -> Option<&HaView> {
+        self.ha.as_ref()
+    }
+
+    /// The lease as known, when this instance is a standby.
+    pub fn standby(&self) -> Option<&watch::Receiver<crate::ha::HaStatus>> {
+        self.ha.as_ref().filter(|v| v.standby).map(|v| &v.status)
     }
 
     /// Sends the core the request `make` builds around a reply channel, and
@@ -206,6 +226,7 @@ pub(crate) fn router(api: Api) -> Router {
         .merge(docs)
         .fallback(|| async { ApiError::not_found("no such route; see /docs") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::ha::redirect::standby_http))
         .layer(limit)
         .with_state(api)
 }
