@@ -287,6 +287,10 @@ pub struct Limits {
     /// store writes; alone, they are written once this many wait. Default
     /// 1 024.
     pub lazy_delivery_marks: usize,
+    /// Task ids reserved in the store at a time, ahead of use, so that a
+    /// restart never reuses an id a peer may have seen (`sched`'s
+    /// `scheduler/ids.rs`); a restart skips at most this many. Default 1 024.
+    pub id_block: u64,
     /// Messages written to a connection after one wake-up before a flush.
     /// Default 256.
     pub write_batch: usize,
@@ -318,6 +322,7 @@ impl Default for Limits {
             max_store_lag: 10_000,
             max_ops_per_commit: 50_000,
             lazy_delivery_marks: 1024,
+            id_block: 1024,
             write_batch: 256,
             event_buffer: 4096,
             max_result_waiters: 10_000,

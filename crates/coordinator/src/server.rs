@@ -336,6 +336,8 @@ fn recover(config: Arc<Config>, epoch: Option<u64>) -> Result<Core, StartError> 
         let now = core.now();
         core.sched.handle_recovered(now, tasks);
         core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));
+        // Past every id the last run could have shown a peer (`ids.rs`).
+        core.sched.reserve_ids(core.config.limits.id_block, loaded.next_task_id);
         core.flush();
         if n > 0 {
             info!(tasks = n, "recovered tasks from the store");

@@ -100,6 +100,7 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
         | Event::StaleResult { hidden: true, .. } => return None,
         Event::TaskFinished { task, .. } if task.kind.is_hidden() => return None,
         Event::TaskSubmitted { task } => Op::Insert(new_task(task)),
+        Event::IdsReserved { next } => Op::IdsUsed { next_task_id: *next },
         Event::TaskAssigned { task, peer, attempt, at, .. } => Op::Assigned {
             id: task.0,
             attempt: attempt.0,
@@ -455,6 +456,32 @@ impl DeliveryMarks {
     }
 }
 
+/// Which id reservations (`Event::IdsReserved`) the store has made
+/// durable, for `Scheduler::handle_ids_durable`: the same bookkeeping for
+/// the coordinator's observer and the simulation's.
+#[derive(Debug, Default)]
+pub struct IdReservations {
+    /// Ids below `.1` are reserved once batch `.0` is committed.
+    waiting: VecDeque<(u64, u64)>,
+}
+
+impl IdReservations {
+    /// Batch `seq` carries a reservation of the ids below `next`.
+    pub fn reserved(&mut self, next: u64, seq: u64) {
+        self.waiting.push_back((seq, next));
+    }
+
+    /// Now that batch `committed` is: the highest reservation it made
+    /// durable, if any became so.
+    pub fn durable(&mut self, committed: u64) -> Option<u64> {
+        let mut next = None;
+        while self.waiting.front().is_some_and(|(seq, _)| *seq <= committed) {
+            next = self.waiting.pop_front().map(|(_, n)| n).max(next);
+        }
+        next
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +489,19 @@ mod tests {
 
     /// Runs a scheduler history through the store and back: what a restarted
     /// coordinator recovers matches what the first one had.
+    #[test]
+    fn a_reservation_is_durable_once_its_batch_is() {
+        let mut ids = IdReservations::default();
+        ids.reserved(100, 3);
+        ids.reserved(200, 5);
+        assert_eq!(ids.durable(2), None);
+        assert_eq!(ids.durable(4), Some(100));
+        assert_eq!(ids.durable(4), None, "reported once");
+        assert_eq!(ids.durable(9), Some(200));
+        let op: Vec<Op> = op_for(&Event::IdsReserved { next: 7 }).collect();
+        assert_eq!(op, vec![Op::IdsUsed { next_task_id: 7 }]);
+    }
+
     #[test]
     fn a_delivery_that_failed_is_never_marked_delivered() {
         let mut marks = DeliveryMarks::default();

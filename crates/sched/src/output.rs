@@ -101,6 +101,11 @@ pub enum Event<P> {
         gamer: GamerId,
         conn: ConnId,
     },
+    /// Task ids below `next` are taken: the store must record it before
+    /// any of them is shown to a peer (`Scheduler::handle_ids_durable`).
+    IdsReserved {
+        next: u64,
+    },
     /// A task was accepted (the store must make it durable before the
     /// submitter is told).
     TaskSubmitted {

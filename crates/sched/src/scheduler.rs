@@ -19,6 +19,7 @@ use crate::types::{
     Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, Owner, PeerId, TaskId, TaskState, Time,
 };
 
+mod ids;
 mod peer_ids;
 mod peers;
 mod tasks;
@@ -46,6 +47,8 @@ pub struct Scheduler<P> {
     pub(crate) config: Config,
     pub(crate) now: Time,
     pub(crate) next_task: u64,
+    /// Id blocks reserved in the store (`scheduler/ids.rs`).
+    pub(crate) ids: ids::Reservation,
     pub(crate) tasks: BTreeMap<TaskId, Task<P>>,
     /// (owner, the submitter's task id) → task, for live and retained tasks.
     pub(crate) by_client: HashMap<(Owner, Arc<str>), TaskId>,
@@ -103,6 +106,7 @@ impl<P: Clone> Scheduler<P> {
             config,
             now,
             next_task: 1,
+            ids: ids::Reservation::default(),
             tasks: BTreeMap::new(),
             by_client: HashMap::new(),
             by_key: HashMap::new(),
@@ -320,6 +324,11 @@ impl<P: Clone> Scheduler<P> {
     }
 
     fn assign(&mut self, now: Time, id: TaskId, peer_id: &PeerId) {
+        // Its id may not leave before a reservation covering it committed
+        // (`scheduler/ids.rs`); it stays queued until then.
+        if !self.id_may_leave(id) {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(peer_id) else { return };
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let State::Queued { pos } = &task.state else { return };

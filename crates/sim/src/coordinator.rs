@@ -149,8 +149,12 @@ impl World {
         Ok(())
     }
 
-    /// What a commit makes true: submissions are acknowledged, deletions final.
+    /// What a commit makes true: submissions are acknowledged, deletions
+    /// final, reserved ids free to leave (`Core::release_durable`).
     fn committed(&mut self, ops: &[Op]) {
+        if let Some(next) = self.shell.ids_durable() {
+            self.sched.handle_ids_durable(self.now, next);
+        }
         for op in ops {
             match op {
                 Op::Insert(t) => {
@@ -256,8 +260,7 @@ impl World {
     /// Whether task `id` carrying the work of task number `of_n` is one of
     /// the known bugs the checks accept.
     fn known_mixup(&self, id: TaskId, of_n: u64) -> bool {
-        (self.known.wire_ids_of_lost_runs && self.misattributed.contains(&(id, of_n)))
-            || (self.known.task_ids_reused_after_lost_commit && self.lost.contains(&(id, of_n)))
+        self.known.wire_ids_of_lost_runs && self.misattributed.contains(&(id, of_n))
     }
 
     /// The coordinator crashes and restarts. The writer had committed some
@@ -284,11 +287,6 @@ impl World {
                 self.lost_attempts.insert((TaskId(*id), *attempt));
             }
         }
-        for (id, sub) in &self.submitted {
-            if !self.acked.contains_key(id) {
-                self.lost.insert((*id, sub.n));
-            }
-        }
         let loaded = self.shell.load()?;
         let next = loaded.next_task_id;
         let back: Vec<Recovered<proto::Json>> = loaded
@@ -310,6 +308,7 @@ impl World {
         let mut sched = Scheduler::new(self.config.clone(), self.now);
         sched.handle_recovered(self.now, back);
         sched.set_next_task_id(next.saturating_sub(1));
+        sched.reserve_ids(self.id_block, next);
         self.sched = sched;
         self.submitted.clear();
         self.evicted.clear();

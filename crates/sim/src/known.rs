@@ -19,11 +19,6 @@ pub struct KnownBugs {
     /// released when the old task ended elsewhere (`peer_ids.rs` holds an id
     /// only while its task lives or a cancelled run is unconfirmed).
     pub wire_ids_of_lost_runs: bool,
-    /// Task ids are reused after a crash that lost uncommitted submissions:
-    /// assignments go out before the `TaskSubmitted` batch commits, the
-    /// restarted coordinator numbers from what the store holds, and a peer
-    /// still running the lost task answers `t-N` for the new `t-N`.
-    pub task_ids_reused_after_lost_commit: bool,
     /// An outcome goes twice to the same connection: a delivery held for
     /// its batch's commit finds its connection gone and
     /// `Scheduler::handle_undelivered` hands it to the gamer's new
@@ -45,7 +40,6 @@ pub struct KnownBugs {
 impl KnownBugs {
     pub const ALL: KnownBugs = KnownBugs {
         wire_ids_of_lost_runs: true,
-        task_ids_reused_after_lost_commit: true,
         redelivered_on_the_same_connection: true,
         failures_not_stored: true,
         attempt_end_is_retry_time: true,
@@ -53,7 +47,6 @@ impl KnownBugs {
 
     pub const NONE: KnownBugs = KnownBugs {
         wire_ids_of_lost_runs: false,
-        task_ids_reused_after_lost_commit: false,
         redelivered_on_the_same_connection: false,
         failures_not_stored: false,
         attempt_end_is_retry_time: false,

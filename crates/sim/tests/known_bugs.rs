@@ -36,13 +36,6 @@ fn wire_ids_of_lost_runs() {
 
 #[test]
 #[ignore = "a known bug: fails once fixed"]
-fn task_ids_reused_after_lost_commit() {
-    let known = KnownBugs { task_ids_reused_after_lost_commit: false, ..KnownBugs::ALL };
-    still_found(known, " of task #");
-}
-
-#[test]
-#[ignore = "a known bug: fails once fixed"]
 fn redelivered_on_the_same_connection() {
     let known = KnownBugs { redelivered_on_the_same_connection: false, ..KnownBugs::ALL };
     still_found(known, " twice on ");

@@ -67,9 +67,12 @@ fn replay_one_seed() {
 /// - 1: a peer reclaiming more tasks than its slots after reconnecting.
 /// - 4: a result from a peer's earlier run accepted for its current attempt
 ///   (allowed for peers that do not echo attempts; the check was refined).
+/// - 1279: a task id reused after a crash lost its submission, while a peer
+///   still ran it: the new task got the old run's result (ids are now
+///   reserved in the store ahead of use, `sched`'s `scheduler/ids.rs`).
 #[test]
 fn regressions() {
-    for seed in [1, 4] {
+    for seed in [1, 4, 1279] {
         if let Err(e) = sim::run_seed(seed, STEPS) {
             panic!("{e}");
         }

@@ -170,8 +170,7 @@ impl<P: Clone> Scheduler<P> {
     fn spawn_replica(&mut self, now: Time, parent: TaskId, front: bool) {
         let Some(task) = self.tasks.get(&parent) else { return };
         let (spec, class) = (Arc::clone(&task.spec), Arc::clone(&task.class));
-        let id = TaskId(self.next_task);
-        self.next_task += 1;
+        let id = self.take_task_id();
         // The first replica usually gets the submitter's own id, as an
         // unverified task would; the others show their cluster ids.
         let peer_task_id = self.claim_peer_task_id(&spec.client_task_id, id);

@@ -311,6 +311,7 @@ fn describe_outcome(outcome: &Outcome<String>) -> String {
 
 pub fn describe_event(event: &Event<String>) -> String {
     match event {
+        Event::IdsReserved { next } => format!("ids reserved below {next}"),
         Event::TaskSubmitted { task } => format!("submitted {}", task.id),
         Event::TaskAssigned { task, peer, attempt, .. } => {
             format!("assigned {task}{attempt} {peer}")
