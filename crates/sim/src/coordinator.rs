@@ -69,7 +69,6 @@ impl World {
                 }
             }
             Command::Deliver { conn, gamer, task, outcome, .. } => {
-                self.handed.insert(task.id, conn);
                 self.log(format!("deliver {} to {conn}", task.id));
                 let reply = Reply { conn, gamer, task, outcome };
                 if let Some(reply) = self.shell.hold(reply) {
@@ -97,25 +96,9 @@ impl World {
             return g.inbox.push(reply);
         }
         let id = reply.task.id;
-        let back = self.gamers.iter().find(|g| g.id == reply.gamer).and_then(|g| g.conn);
-        let handed = self.handed.get(&id).copied();
-        self.log(format!(
-            "{id} to {} undelivered (back on {back:?}, handed {handed:?})",
-            reply.conn
-        ));
-        // The scheduler hands it to the gamer's new connection, if any.
-        match back.filter(|c| *c != reply.conn) {
-            Some(c) => {
-                if handed == Some(c) {
-                    // It already went there: `KnownBugs::redelivered_on_the_same_connection`.
-                    *self.again_ok.entry((id, c)).or_default() += 1;
-                }
-                self.handed.insert(id, c);
-            }
-            None => {
-                self.handed.remove(&id);
-            }
-        }
+        self.log(format!("{id} to {} undelivered", reply.conn));
+        // The scheduler hands it to the gamer's new connection, if any, and
+        // if it did not go there already.
         self.sched.handle_undelivered(self.now, id, reply.conn);
     }
 
@@ -236,25 +219,10 @@ impl World {
         if got.value != value {
             return Err(format!("{gamer} got two outcomes for {id}: {} then {value}", got.value));
         }
-        // `again_ok_take` uses up an allowance: ask only for a repeat.
-        let repeat = !got.conns.insert(r.conn);
-        if repeat
-            && !(self.known.redelivered_on_the_same_connection && self.again_ok_take(id, r.conn))
-        {
+        if !got.conns.insert(r.conn) {
             return Err(format!("{gamer} got the outcome of {id} twice on {}", r.conn));
         }
         Ok(())
-    }
-
-    /// Whether one more copy of `id` on `conn` is one the known bug sent.
-    fn again_ok_take(&mut self, id: TaskId, conn: sched::ConnId) -> bool {
-        match self.again_ok.get_mut(&(id, conn)) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Whether task `id` carrying the work of task number `of_n` is one of
@@ -313,7 +281,6 @@ impl World {
         self.submitted.clear();
         self.evicted.clear();
         self.reclaimed.clear();
-        self.handed.clear();
         for p in &mut self.peers {
             p.conn = None;
         }

@@ -19,12 +19,6 @@ pub struct KnownBugs {
     /// released when the old task ended elsewhere (`peer_ids.rs` holds an id
     /// only while its task lives or a cancelled run is unconfirmed).
     pub wire_ids_of_lost_runs: bool,
-    /// An outcome goes twice to the same connection: a delivery held for
-    /// its batch's commit finds its connection gone and
-    /// `Scheduler::handle_undelivered` hands it to the gamer's new
-    /// connection — which already got it (`awaiting`, or the join's
-    /// re-delivery) while it was held.
-    pub redelivered_on_the_same_connection: bool,
     /// The stored failure count drifts from the scheduler's: neither
     /// `Event::TaskFinished` nor `Event::TaskReclaimed` carries it, so the
     /// store misses the failure that ended a task and keeps the one a
@@ -40,14 +34,12 @@ pub struct KnownBugs {
 impl KnownBugs {
     pub const ALL: KnownBugs = KnownBugs {
         wire_ids_of_lost_runs: true,
-        redelivered_on_the_same_connection: true,
         failures_not_stored: true,
         attempt_end_is_retry_time: true,
     };
 
     pub const NONE: KnownBugs = KnownBugs {
         wire_ids_of_lost_runs: false,
-        redelivered_on_the_same_connection: false,
         failures_not_stored: false,
         attempt_end_is_retry_time: false,
     };

@@ -112,11 +112,6 @@ pub struct World {
     pub(crate) misattributed: BTreeSet<(TaskId, u64)>,
     /// (task, attempt) of assignments a restart lost before they committed.
     pub(crate) lost_attempts: BTreeSet<(TaskId, u32)>,
-    /// The connection each task's outcome was last handed to.
-    pub(crate) handed: BTreeMap<TaskId, ConnId>,
-    /// Extra copies of task `.0` on connection `.1` that
-    /// `KnownBugs::redelivered_on_the_same_connection` sends.
-    pub(crate) again_ok: BTreeMap<(TaskId, ConnId), u32>,
     pub(crate) known: KnownBugs,
     pub(crate) config: Config,
     /// Marks are written alone once this many wait.
@@ -190,8 +185,6 @@ impl World {
             reclaimed: BTreeSet::new(),
             misattributed: BTreeSet::new(),
             lost_attempts: BTreeSet::new(),
-            handed: BTreeMap::new(),
-            again_ok: BTreeMap::new(),
             known,
             violations: Vec::new(),
             trace: String::new(),

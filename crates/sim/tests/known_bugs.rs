@@ -36,13 +36,6 @@ fn wire_ids_of_lost_runs() {
 
 #[test]
 #[ignore = "a known bug: fails once fixed"]
-fn redelivered_on_the_same_connection() {
-    let known = KnownBugs { redelivered_on_the_same_connection: false, ..KnownBugs::ALL };
-    still_found(known, " twice on ");
-}
-
-#[test]
-#[ignore = "a known bug: fails once fixed"]
 fn failures_not_stored() {
     let known = KnownBugs { failures_not_stored: false, ..KnownBugs::ALL };
     still_found(known, " failures, not ");

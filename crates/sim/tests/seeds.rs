@@ -70,9 +70,11 @@ fn replay_one_seed() {
 /// - 1279: a task id reused after a crash lost its submission, while a peer
 ///   still ran it: the new task got the old run's result (ids are now
 ///   reserved in the store ahead of use, `sched`'s `scheduler/ids.rs`).
+/// - 120: an outcome sent twice on one connection (a delivery held for its
+///   commit found its connection gone after the gamer's new one got it).
 #[test]
 fn regressions() {
-    for seed in [1, 4, 1279] {
+    for seed in [1, 4, 120, 1279] {
         if let Err(e) = sim::run_seed(seed, STEPS) {
             panic!("{e}");
         }

@@ -165,7 +165,11 @@ impl World {
                 }
             }
             "undelivered" => {
-                let conn = self.gamer_conns[words[2]];
+                // Named by gamer (its connection now) or by connection (`c3`).
+                let conn = match words[2].strip_prefix('c').and_then(|n| n.parse().ok()) {
+                    Some(n) => ConnId(n),
+                    None => self.gamer_conns[words[2]],
+                };
                 self.sched.handle_undelivered(now, task_ref(words[1]).0, conn);
             }
             "gamer-left" => {
