@@ -47,8 +47,8 @@ pub fn from_unix_ms(ms: i64) -> Time {
 /// went out.
 pub fn op_for(event: &Event<Json>) -> impl Iterator<Item = Op> + use<> {
     let (op, then) = match event {
-        Event::TaskFinished { task, outcome, ended, at, .. } => {
-            finished(task.id, outcome, ended, *at)
+        Event::TaskFinished { task, outcome, ended, failures, at, .. } => {
+            finished(task.id, outcome, ended, *failures, *at)
         }
         other => (one_op(other), None),
     };
@@ -64,6 +64,7 @@ fn finished(
     id: TaskId,
     outcome: &Outcome<Json>,
     ended: &Option<(Attempt, AttemptEnd)>,
+    failures: u32,
     at: Time,
 ) -> (Option<Op>, Option<Op>) {
     let (result, error) = match outcome {
@@ -78,6 +79,7 @@ fn finished(
         end,
         at_ms: unix_ms(at),
         delivered: false,
+        failures,
     };
     let end = ended.as_ref().map(|(a, e)| (a.0, e.kind()));
     match ended {
@@ -110,9 +112,12 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
         Event::TaskStarted { task, attempt, at, .. } => {
             Op::Started { id: task.0, attempt: attempt.0, at_ms: unix_ms(*at) }
         }
-        Event::TaskReclaimed { task, peer, attempt, .. } => {
-            Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
-        }
+        Event::TaskReclaimed { task, peer, attempt, failures, .. } => Op::Reclaimed {
+            id: task.0,
+            attempt: attempt.0,
+            peer: peer.to_string(),
+            failures: *failures,
+        },
         Event::TaskRequeued { task, attempt, end, reason, failures, retry_at, .. } => {
             Op::Requeued {
                 id: task.0,

@@ -134,6 +134,8 @@ pub enum Event<P> {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
+        /// The task's failures, less the one the reclaim undid.
+        failures: u32,
         hidden: bool,
     },
     /// An attempt ended without finishing the task; the task waits for
@@ -155,6 +157,8 @@ pub enum Event<P> {
         task: Arc<TaskSpec<P>>,
         outcome: Outcome<P>,
         attempts: u32,
+        /// Failed attempts, counting one that ended with the task.
+        failures: u32,
         run_time: Option<Duration>,
         /// The attempt that ended with the task, and how, when one did.
         ended: Option<(Attempt, AttemptEnd)>,

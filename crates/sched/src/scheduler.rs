@@ -518,7 +518,7 @@ impl<P: Clone> Scheduler<P> {
             _ => self.counters.timed_out += 1,
         }
         let spec = Arc::clone(&task.spec);
-        let attempts = task.attempts;
+        let (attempts, failures) = (task.attempts, task.failures);
         let conn = match &spec.owner {
             Owner::Gamer(g) => self.gamers.get(g).copied(),
             Owner::Api => None,
@@ -534,6 +534,7 @@ impl<P: Clone> Scheduler<P> {
             task: Arc::clone(&spec),
             outcome: outcome.clone(),
             attempts,
+            failures,
             run_time,
             ended,
             peer,

@@ -25,12 +25,8 @@ impl World {
             while let Some(event) = self.sched.poll_event() {
                 any = true;
                 self.shell.observe(&event);
-                match &event {
-                    Event::Evicted { tasks } => self.evicted.extend(tasks),
-                    Event::TaskReclaimed { task, .. } => {
-                        self.reclaimed.insert(*task);
-                    }
-                    _ => {}
+                if let Event::Evicted { tasks } = &event {
+                    self.evicted.extend(tasks);
                 }
             }
             self.shell.commit();
@@ -265,11 +261,8 @@ impl World {
             .map_err(|e| format!("seed {}: {e}", self.seed))?;
         if lost == 0 {
             // Nothing was lost: the store must give back what the scheduler had.
-            let rules = check::RoundTrip {
-                known: self.known,
-                reclaimed: &self.reclaimed,
-                max_backoff: self.config.retry_backoff.max,
-            };
+            let rules =
+                check::RoundTrip { known: self.known, max_backoff: self.config.retry_backoff.max };
             rules.check(&self.sched, &back).map_err(|e| format!("seed {}: {e}", self.seed))?;
             self.round_trips += 1;
         }
@@ -280,7 +273,6 @@ impl World {
         self.sched = sched;
         self.submitted.clear();
         self.evicted.clear();
-        self.reclaimed.clear();
         for p in &mut self.peers {
             p.conn = None;
         }

@@ -19,12 +19,6 @@ pub struct KnownBugs {
     /// released when the old task ended elsewhere (`peer_ids.rs` holds an id
     /// only while its task lives or a cancelled run is unconfirmed).
     pub wire_ids_of_lost_runs: bool,
-    /// The stored failure count drifts from the scheduler's: neither
-    /// `Event::TaskFinished` nor `Event::TaskReclaimed` carries it, so the
-    /// store misses the failure that ended a task and keeps the one a
-    /// reclaim undid (after a restart such a task may exhaust
-    /// `max_attempts` one attempt early).
-    pub failures_not_stored: bool,
     /// `Op::Requeued`'s time is the retry time (`Event::TaskRequeued`
     /// carries no other), which the store records as the attempt's end: a
     /// restarted coordinator shows the attempt ending up to a back-off late.
@@ -32,15 +26,9 @@ pub struct KnownBugs {
 }
 
 impl KnownBugs {
-    pub const ALL: KnownBugs = KnownBugs {
-        wire_ids_of_lost_runs: true,
-        failures_not_stored: true,
-        attempt_end_is_retry_time: true,
-    };
+    pub const ALL: KnownBugs =
+        KnownBugs { wire_ids_of_lost_runs: true, attempt_end_is_retry_time: true };
 
-    pub const NONE: KnownBugs = KnownBugs {
-        wire_ids_of_lost_runs: false,
-        failures_not_stored: false,
-        attempt_end_is_retry_time: false,
-    };
+    pub const NONE: KnownBugs =
+        KnownBugs { wire_ids_of_lost_runs: false, attempt_end_is_retry_time: false };
 }

@@ -105,8 +105,6 @@ pub struct World {
     pub(crate) evicted: BTreeSet<TaskId>,
     /// Tasks whose deletion is committed.
     pub(crate) deleted: BTreeSet<TaskId>,
-    /// Tasks the current coordinator saw reclaimed.
-    pub(crate) reclaimed: BTreeSet<TaskId>,
     /// (task, sim task number): a peer's answer for a run of task number
     /// `.1` was taken for task `.0` (`KnownBugs::wire_ids_of_lost_runs`).
     pub(crate) misattributed: BTreeSet<(TaskId, u64)>,
@@ -182,7 +180,6 @@ impl World {
             acked: BTreeMap::new(),
             evicted: BTreeSet::new(),
             deleted: BTreeSet::new(),
-            reclaimed: BTreeSet::new(),
             misattributed: BTreeSet::new(),
             lost_attempts: BTreeSet::new(),
             known,

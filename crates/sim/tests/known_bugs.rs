@@ -36,13 +36,6 @@ fn wire_ids_of_lost_runs() {
 
 #[test]
 #[ignore = "a known bug: fails once fixed"]
-fn failures_not_stored() {
-    let known = KnownBugs { failures_not_stored: false, ..KnownBugs::ALL };
-    still_found(known, " failures, not ");
-}
-
-#[test]
-#[ignore = "a known bug: fails once fixed"]
 fn attempt_end_is_retry_time() {
     let known = KnownBugs { attempt_end_is_retry_time: false, ..KnownBugs::ALL };
     still_found(known, "with history");

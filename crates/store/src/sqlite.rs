@@ -276,11 +276,11 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
             tx.prepare_cached("UPDATE tasks SET state = 'running', started_at = ?3 WHERE id = ?1 AND attempt = ?2")?
                 .execute(params![*id as i64, attempt, at_ms])?;
         }
-        Op::Reclaimed { id, attempt, peer } => {
+        Op::Reclaimed { id, attempt, peer, failures } => {
             tx.prepare_cached(
-                "UPDATE tasks SET state = 'assigned', attempt = ?2, peer = ?3 WHERE id = ?1",
+                "UPDATE tasks SET state = 'assigned', attempt = ?2, peer = ?3, failures = ?4 WHERE id = ?1",
             )?
-            .execute(params![*id as i64, attempt, peer])?;
+            .execute(params![*id as i64, attempt, peer, failures])?;
             tx.prepare_cached(
                 "UPDATE attempts SET ended_at = NULL, end_reason = NULL, error_code = NULL, error_message = NULL
                  WHERE task_id = ?1 AND attempt = ?2",
@@ -296,14 +296,23 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
             .execute(params![*id as i64, failures, code, msg])?;
             end_attempt(tx, *id, *attempt, *end, error.as_ref(), *at_ms)?;
         }
-        Op::Finished { id, state, result, error, end, at_ms, delivered } => {
+        Op::Finished { id, state, result, error, end, at_ms, delivered, failures } => {
             let (code, msg) = split(error);
             tx.prepare_cached(
                 "UPDATE tasks SET state = ?2, result = ?3, error_code = coalesce(?4, error_code),
-                 error_message = coalesce(?5, error_message), finished_at = ?6, delivered = ?7, peer = NULL
-                 WHERE id = ?1",
+                 error_message = coalesce(?5, error_message), finished_at = ?6, delivered = ?7, peer = NULL,
+                 failures = ?8 WHERE id = ?1",
             )?
-            .execute(params![*id as i64, state.as_str(), result, code, msg, at_ms, delivered])?;
+            .execute(params![
+                *id as i64,
+                state.as_str(),
+                result,
+                code,
+                msg,
+                at_ms,
+                delivered,
+                failures
+            ])?;
             if let Some((attempt, how)) = end {
                 end_attempt(tx, *id, *attempt, *how, error.as_ref(), *at_ms)?;
             }
@@ -569,6 +578,7 @@ mod tests {
                     end: Some((2, AttemptEnd::Completed)),
                     at_ms: 40,
                     delivered: false,
+                    failures: 1,
                 },
                 Op::Delivered { id: 1, delivered: true },
                 Op::Assigned { id: 2, attempt: 1, peer: "p1".into(), at_ms: 50 },

@@ -161,12 +161,14 @@ impl<P: Clone> Scheduler<P> {
         if let Some(at) = run_deadline {
             self.timers.insert(at, Timer::RunDeadline(id, attempt));
         }
+        let failures = task.failures;
         self.end_wait(id);
         let hidden = self.verify.hidden.contains_key(&id);
         self.events.push_back(Event::TaskReclaimed {
             task: id,
             peer: peer.clone(),
             attempt,
+            failures,
             hidden,
         });
         true

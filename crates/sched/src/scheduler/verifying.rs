@@ -309,7 +309,7 @@ impl<P: Clone> Scheduler<P> {
         let last = task.history.last().filter(|r| r.ended_at == Some(now));
         let ended = last.and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
         let peer = last.map(|r| r.peer.clone());
-        let attempts = task.attempts;
+        let (attempts, failures) = (task.attempts, task.failures);
         task.state =
             State::Finished { outcome: outcome.clone(), at: now, delivered: true, to: None };
         self.evict_peer_task_id(id);
@@ -318,6 +318,7 @@ impl<P: Clone> Scheduler<P> {
             task: Arc::clone(&spec),
             outcome: outcome.clone(),
             attempts,
+            failures,
             run_time,
             ended,
             peer,
