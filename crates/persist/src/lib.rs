@@ -118,16 +118,14 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
             peer: peer.to_string(),
             failures: *failures,
         },
-        Event::TaskRequeued { task, attempt, end, reason, failures, retry_at, .. } => {
-            Op::Requeued {
-                id: task.0,
-                attempt: attempt.0,
-                end: end.kind(),
-                failures: *failures,
-                error: requeue_error(reason, end),
-                at_ms: unix_ms(*retry_at),
-            }
-        }
+        Event::TaskRequeued { task, attempt, end, reason, failures, at, .. } => Op::Requeued {
+            id: task.0,
+            attempt: attempt.0,
+            end: end.kind(),
+            failures: *failures,
+            error: requeue_error(reason, end),
+            at_ms: unix_ms(*at),
+        },
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
         Event::StaleResult { task, attempt, peer, .. } => {
             Op::Stale { id: task.0, attempt: attempt.0, peer: peer.to_string(), at_ms: 0 }

@@ -149,6 +149,8 @@ pub enum Event<P> {
         end: AttemptEnd,
         reason: RequeueReason,
         failures: u32,
+        /// When the attempt ended (the store records it as the attempt's end).
+        at: Time,
         retry_at: Time,
         hidden: bool,
     },

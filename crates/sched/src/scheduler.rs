@@ -485,6 +485,7 @@ impl<P: Clone> Scheduler<P> {
             end,
             reason,
             failures,
+            at: now,
             retry_at,
             hidden,
         });

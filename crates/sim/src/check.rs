@@ -3,7 +3,6 @@
 //! ([`World::check_all_delivered`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use proto::Json;
 use sched::{
@@ -11,7 +10,6 @@ use sched::{
     TaskState,
 };
 
-use crate::known::KnownBugs;
 use crate::world::World;
 
 impl World {
@@ -133,12 +131,8 @@ pub(crate) fn outcome_value(outcome: &Outcome<Json>) -> String {
 /// scheduler held: the same tasks, each with the same spec, state, attempt,
 /// failures, history and outcome. Delivery marks are written lazily, so a
 /// task may come back undelivered that was delivered — never the other way
-/// round. `known` bugs accept their deviations.
-pub(crate) struct RoundTrip {
-    pub known: KnownBugs,
-    /// The longest back-off between attempts.
-    pub max_backoff: Duration,
-}
+/// round.
+pub(crate) struct RoundTrip;
 
 impl RoundTrip {
     pub fn check(&self, old: &Scheduler<Json>, back: &[Recovered<Json>]) -> Result<(), String> {
@@ -178,17 +172,8 @@ impl RoundTrip {
             return fail();
         }
         for (a, b) in was.iter().zip(now) {
-            let late = match (a.ended_at, b.ended_at) {
-                (Some(x), Some(y)) => y.saturating_since(x),
-                _ => Duration::ZERO,
-            };
-            let ended_late = self.known.attempt_end_is_retry_time
-                && a.ended_at.is_some()
-                && late <= self.max_backoff;
-            let same_end = a.ended_at == b.ended_at || ended_late;
-            if (&a.peer, a.attempt, a.assigned_at, &a.end)
-                != (&b.peer, b.attempt, b.assigned_at, &b.end)
-                || !same_end
+            if (&a.peer, a.attempt, a.assigned_at, a.ended_at, &a.end)
+                != (&b.peer, b.attempt, b.assigned_at, b.ended_at, &b.end)
             {
                 return fail();
             }

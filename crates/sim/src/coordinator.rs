@@ -261,9 +261,9 @@ impl World {
             .map_err(|e| format!("seed {}: {e}", self.seed))?;
         if lost == 0 {
             // Nothing was lost: the store must give back what the scheduler had.
-            let rules =
-                check::RoundTrip { known: self.known, max_backoff: self.config.retry_backoff.max };
-            rules.check(&self.sched, &back).map_err(|e| format!("seed {}: {e}", self.seed))?;
+            check::RoundTrip
+                .check(&self.sched, &back)
+                .map_err(|e| format!("seed {}: {e}", self.seed))?;
             self.round_trips += 1;
         }
         let mut sched = Scheduler::new(self.config.clone(), self.now);

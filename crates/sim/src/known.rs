@@ -19,16 +19,10 @@ pub struct KnownBugs {
     /// released when the old task ended elsewhere (`peer_ids.rs` holds an id
     /// only while its task lives or a cancelled run is unconfirmed).
     pub wire_ids_of_lost_runs: bool,
-    /// `Op::Requeued`'s time is the retry time (`Event::TaskRequeued`
-    /// carries no other), which the store records as the attempt's end: a
-    /// restarted coordinator shows the attempt ending up to a back-off late.
-    pub attempt_end_is_retry_time: bool,
 }
 
 impl KnownBugs {
-    pub const ALL: KnownBugs =
-        KnownBugs { wire_ids_of_lost_runs: true, attempt_end_is_retry_time: true };
+    pub const ALL: KnownBugs = KnownBugs { wire_ids_of_lost_runs: true };
 
-    pub const NONE: KnownBugs =
-        KnownBugs { wire_ids_of_lost_runs: false, attempt_end_is_retry_time: false };
+    pub const NONE: KnownBugs = KnownBugs { wire_ids_of_lost_runs: false };
 }

@@ -33,10 +33,3 @@ fn wire_ids_of_lost_runs() {
     let known = KnownBugs { wire_ids_of_lost_runs: false, ..KnownBugs::ALL };
     still_found(known, " of task #");
 }
-
-#[test]
-#[ignore = "a known bug: fails once fixed"]
-fn attempt_end_is_retry_time() {
-    let known = KnownBugs { attempt_end_is_retry_time: false, ..KnownBugs::ALL };
-    still_found(known, "with history");
-}

@@ -73,7 +73,7 @@ fn replay_one_seed() {
 /// - 120: an outcome sent twice on one connection (a delivery held for its
 ///   commit found its connection gone after the gamer's new one got it).
 /// - 0: a failure count the store did not keep (neither a task's end nor a
-///   reclaim carried it).
+///   reclaim carried it); and an attempt stored as ending at its retry time.
 #[test]
 fn regressions() {
     for seed in [0, 1, 4, 120, 1279] {

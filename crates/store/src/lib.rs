@@ -184,7 +184,7 @@ pub enum Op {
         /// The task's failures, less the one the reclaim undid.
         failures: u32,
     },
-    /// The attempt ended (`end`) and the task waits for another.
+    /// The attempt ended (`end`, at `at_ms`) and the task waits for another.
     Requeued {
         id: u64,
         attempt: u32,
