@@ -36,9 +36,13 @@ if [ ! -f "$lvp" ]; then
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$dir/mesa/debs"
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     [ -f "$keyring" ] || { echo "get_ort_webgpu.sh: $keyring missing (not Debian?)" >&2; exit 1; }
+    # The system's Debian mirror (a CI may have its own), else deb.debian.org.
+    mirror="${LEGACYGPU_DEBIAN_MIRROR:-$(sed -n 's#^URIs: *\(.*/debian\)/*$#\1#p' \
+        /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)}"
+    mirror="${mirror:-http://deb.debian.org/debian}"
     cat > "$apt_dir/sources.list" <<EOS
-deb [signed-by=$keyring] http://deb.debian.org/debian bookworm main
-deb [signed-by=$keyring] http://deb.debian.org/debian bookworm-backports main
+deb [signed-by=$keyring] $mirror bookworm main
+deb [signed-by=$keyring] $mirror bookworm-backports main
 EOS
     apt=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/nonexistent
          -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
