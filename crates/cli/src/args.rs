@@ -594,6 +594,22 @@ pub struct Backends {
     #[arg(long, env = "LEGACYGPU_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
 
+    /// What runs the ONNX models: `tract` (the CPU), `ort-webgpu` (ONNX
+    /// Runtime's WebGPU EP on the GPU; the worker does not start if it cannot
+    /// be set up) or `auto` (the GPU when it works, else tract with a warning).
+    #[arg(long, env = "LEGACYGPU_INFERENCE_BACKEND", default_value = "tract", value_parser = inference_backend)]
+    pub inference_backend: exec_inference::BackendKind,
+
+    /// libonnxruntime.so (e.g. from the PyPI `onnxruntime` wheel's
+    /// onnxruntime/capi/), for the ort-webgpu backend.
+    #[arg(long, env = "LEGACYGPU_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
+    /// libonnxruntime_providers_webgpu.so (from the PyPI
+    /// `onnxruntime-ep-webgpu` wheel), for the ort-webgpu backend.
+    #[arg(long, env = "LEGACYGPU_ORT_WEBGPU_EP")]
+    pub ort_webgpu_ep: Option<PathBuf>,
+
     /// Layers of each GGUF model to put on the GPU: `auto` (every layer that
     /// fits in the GPU's free memory; none without a Vulkan GPU), `all`, or a
     /// number (0: CPU only).
@@ -798,6 +814,10 @@ pub struct TaskSubmit {
     /// Wait for the result and print it.
     #[arg(long)]
     pub wait: bool,
+}
+
+fn inference_backend(s: &str) -> Result<exec_inference::BackendKind, String> {
+    s.parse()
 }
 
 fn gpu_layers(s: &str) -> Result<exec_llm::GpuLayers, String> {
