@@ -64,7 +64,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct Bench {
-    /// Load this running coordinator (ws://HOST:PORT) instead of starting one.
+    /// Load this running coordinator (ws://HOST:PORT) instead of starting
+    /// one; with several comma-separated, the one that leads.
     #[arg(long)]
     pub coordinator: Option<String>,
 
@@ -84,8 +85,8 @@ pub struct Bench {
     #[arg(long)]
     pub no_store: bool,
 
-    /// The local coordinator's store sync mode: `full` or `normal`.
-    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    /// The local coordinator's store sync mode: `normal` or `full`.
+    #[arg(long, default_value = "normal", value_parser = ["full", "normal"])]
     pub sync: String,
 
     /// No-op peers.
@@ -222,7 +223,9 @@ pub struct WorkersList {
 /// environment, which wins over ~/.config/legacygpu/cli.json.
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
-    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000.
+    /// The coordinator's HTTP API. Default: http://127.0.0.1:8000. Several
+    /// comma-separated: `cluster status` shows each one's role; other
+    /// commands use the first.
     #[arg(long, env = "LEGACYGPU_API_URL")]
     pub api_url: Option<String>,
     /// An API key (or the cluster token, when no API keys are configured).
@@ -355,9 +358,35 @@ pub struct ClusterStart {
     #[arg(long)]
     pub no_store: bool,
 
-    /// How hard each commit tries to reach the disk: `full` (fsync; survives
-    /// a power cut) or `normal` (survives a coordinator crash, not a power cut).
-    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    /// Where tasks are kept: a data directory (SQLite, like --data-dir) or a
+    /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB). On PostgreSQL,
+    /// several coordinators share the store and one leads at a time; the
+    /// others stand by and redirect clients (docs/SCALING.md).
+    #[arg(long, env = "LEGACYGPU_STORE", hide_env_values = true, conflicts_with = "no_store")]
+    pub store: Option<String>,
+
+    /// On PostgreSQL: the WebSocket URL clients are sent to while this
+    /// coordinator leads. Default: ws:// (loopback) or wss:// with the
+    /// --bind address (the host name for 0.0.0.0).
+    #[arg(long, env = "LEGACYGPU_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// On PostgreSQL: the HTTP API's URL for redirects (HTTP 307) while
+    /// this coordinator leads. Default: like --advertise, with the --http address.
+    #[arg(long, env = "LEGACYGPU_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// On PostgreSQL: seconds the leader lease lasts unless renewed (it is
+    /// renewed four times as often). A dead leader is replaced after about this long.
+    #[arg(long, default_value_t = 3.0, value_parser = positive_secs)]
+    pub lease_ttl: f64,
+
+    /// How hard each commit tries to reach the disk: `normal` (an
+    /// acknowledged task survives the coordinator crashing or being killed;
+    /// a power cut or kernel crash may lose the last moments' tasks) or
+    /// `full` (an fsync per commit: survives a power cut too, at about twice
+    /// the latency per task).
+    #[arg(long, default_value = "normal", value_parser = ["full", "normal"])]
     pub sync: String,
 
     /// Run in the background: print the addresses, write a pid file (for
@@ -594,6 +623,22 @@ pub struct Backends {
     #[arg(long, env = "LEGACYGPU_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
 
+    /// What runs the ONNX models: `tract` (the CPU), `ort-webgpu` (ONNX
+    /// Runtime's WebGPU EP on the GPU; the worker does not start if it cannot
+    /// be set up) or `auto` (the GPU when it works, else tract with a warning).
+    #[arg(long, env = "LEGACYGPU_INFERENCE_BACKEND", default_value = "tract", value_parser = inference_backend)]
+    pub inference_backend: exec_inference::BackendKind,
+
+    /// libonnxruntime.so (e.g. from the PyPI `onnxruntime` wheel's
+    /// onnxruntime/capi/), for the ort-webgpu backend.
+    #[arg(long, env = "LEGACYGPU_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
+    /// libonnxruntime_providers_webgpu.so (from the PyPI
+    /// `onnxruntime-ep-webgpu` wheel), for the ort-webgpu backend.
+    #[arg(long, env = "LEGACYGPU_ORT_WEBGPU_EP")]
+    pub ort_webgpu_ep: Option<PathBuf>,
+
     /// Layers of each GGUF model to put on the GPU: `auto` (every layer that
     /// fits in the GPU's free memory; none without a Vulkan GPU), `all`, or a
     /// number (0: CPU only).
@@ -622,7 +667,9 @@ pub struct Backends {
 /// How clients reach the coordinator.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// The coordinator's WebSocket URL. Default: ws://127.0.0.1:8765.
+    /// The coordinator's WebSocket URL, or several comma-separated (the
+    /// coordinators of one PostgreSQL store: the leader is found and
+    /// followed). Default: ws://127.0.0.1:8765.
     #[arg(long, env = "LEGACYGPU_COORDINATOR")]
     pub coordinator: Option<String>,
 
@@ -800,6 +847,10 @@ pub struct TaskSubmit {
     /// Wait for the result and print it.
     #[arg(long)]
     pub wait: bool,
+}
+
+fn inference_backend(s: &str) -> Result<exec_inference::BackendKind, String> {
+    s.parse()
 }
 
 fn gpu_layers(s: &str) -> Result<exec_llm::GpuLayers, String> {

@@ -135,12 +135,45 @@ async fn stop(remote: &Remote) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `cluster status`: with several `--api-url`s (the coordinators of one
+/// PostgreSQL store), each one's role first, then the leader's figures.
 async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
-    let api = api(remote)?;
-    let (health, metrics) =
-        tokio::try_join!(api.get("/cluster/health"), api.get("/cluster/metrics"))?;
+    let apis = crate::remote::apis(remote)?;
+    let mut answers = Vec::new();
+    for api in &apis {
+        answers.push((api, api.get("/cluster/health").await));
+    }
+    let leader = answers
+        .iter()
+        .position(|(_, h)| h.as_ref().is_ok_and(|h| h["role"] == "leader") || apis.len() == 1);
+    let coordinators: Vec<Value> = answers
+        .iter()
+        .map(|(api, h)| match h {
+            Ok(h) => json!({"url": api.base(), "role": h["role"], "epoch": h["epoch"],
+                "lease_age_s": h["lease_age_s"], "leader": h["leader"]}),
+            Err(e) => json!({"url": api.base(), "error": e.to_string()}),
+        })
+        .collect();
+    let Some(i) = leader else {
+        if remote.json {
+            return print_json(&json!({"coordinators": coordinators}));
+        }
+        print_coordinators(&coordinators);
+        anyhow::bail!("none of the coordinators leads");
+    };
+    let api = answers[i].0;
+    let health = match &answers[i].1 {
+        Ok(h) => h.clone(),
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    let metrics = api.get("/cluster/metrics").await?;
     if remote.json {
-        return print_json(&json!({"health": health, "metrics": metrics}));
+        return print_json(
+            &json!({"health": health, "metrics": metrics, "coordinators": coordinators}),
+        );
+    }
+    if apis.len() > 1 || !health["epoch"].is_null() {
+        print_coordinators(&coordinators);
     }
     let f = |v: &Value, k: &str| cell(&v[k]);
     println!("cluster at {}: {}", api.base(), status_colour(&f(&health, "status")));
@@ -171,6 +204,22 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
         metrics["uptime_seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per coordinator: role, epoch, lease age, leader.
+fn print_coordinators(coordinators: &[Value]) {
+    let rows: Vec<Vec<String>> = coordinators
+        .iter()
+        .map(|c| {
+            let role = match c.get("error") {
+                Some(e) => format!("unreachable: {}", cell(e)),
+                None => cell(&c["role"]),
+            };
+            let age = c["lease_age_s"].as_f64().map_or("-".to_owned(), |a| format!("{a:.1}s"));
+            vec![cell(&c["url"]), role, cell(&c["epoch"]), age, cell(&c["leader"])]
+        })
+        .collect();
+    table(&["coordinator", "role", "epoch", "lease age", "leader"], &rows);
 }
 
 async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
@@ -231,6 +280,7 @@ async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
     let config = config(&args)?;
     let store = match &config.store {
         StoreMode::Sqlite { data_dir, .. } => format!("sqlite in {}", data_dir.display()),
+        StoreMode::Postgres { target, .. } => format!("postgres at {target}"),
         StoreMode::Memory => "memory only (--no-store): a restart loses all tasks".to_owned(),
     };
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;
@@ -246,14 +296,34 @@ async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {
     if let Some(http) = coordinator.http_addr() {
         writeln!(out, "  http: http://{http}  (API docs: http://{http}/docs)")?;
     }
-    writeln!(out, "  store: {store} ({} tasks recovered)", coordinator.recovered_tasks())?;
+    if coordinator.is_standby() {
+        writeln!(out, "  store: {store} (standby: leads when the lease is free)")?;
+    } else {
+        writeln!(out, "  store: {store} ({} tasks recovered)", coordinator.recovered_tasks())?;
+    }
     banner_tls(&mut out, &coordinator)?;
     writeln!(out, "ready (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
     reload_on_hangup(coordinator.tls_handle());
-    coordinator.run(signals::shutdown()).await?;
-    Ok(ExitCode::SUCCESS)
+    match coordinator.run(signals::shutdown()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // Fail-stop: exit now, nothing drained, nothing more written; the
+        // supervisor restarts it as a standby (docs/SCALING.md).
+        Err(e) if e.is_deposed() => {
+            tracing::error!("{e}; exiting so that the supervisor restarts this coordinator");
+            std::process::exit(EXIT_DEPOSED)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The exit code of a leader that lost the lease (EX_TEMPFAIL: restart me).
+pub const EXIT_DEPOSED: i32 = 75;
+
+/// A `--store` argument (a `postgres://` URL or a directory).
+fn store_target(arg: &str) -> coordinator::Target {
+    coordinator::Target::parse(arg)
 }
 
 /// The TLS lines of the banner: the CA pin and ready-to-paste join lines.
@@ -324,18 +394,37 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
         },
         ..sched::Config::default()
     };
+    let target = args.store.as_deref().map(store_target);
     let store = if args.no_store {
         StoreMode::Memory
+    } else if let Some(target @ coordinator::Target::Postgres(_)) = target {
+        let lease = coordinator::LeaseConfig {
+            advertise_ws: args.advertise.clone(),
+            advertise_http: args.advertise_http.clone(),
+            ttl: Duration::from_secs_f64(args.lease_ttl),
+            ..coordinator::LeaseConfig::default()
+        };
+        if let Some(url) = &lease.advertise_ws {
+            proto::Endpoints::parse(url).map_err(|e| anyhow::anyhow!("--advertise: {e}"))?;
+        }
+        StoreMode::Postgres { target, lease, data_dir: args.data_dir.clone() }
     } else {
-        let data_dir = match &args.data_dir {
-            Some(dir) => dir.clone(),
-            None => default_data_dir()
+        let data_dir = match (&args.data_dir, target) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give the data directory once: --store or --data-dir")
+            }
+            (None, Some(coordinator::Target::Sqlite(dir))) => dir,
+            (Some(dir), _) => dir.clone(),
+            (None, _) => default_data_dir()
                 .context("no --data-dir given and no home directory to put one in")?,
         };
         let sync =
-            if args.sync == "normal" { coordinator::Sync::Normal } else { coordinator::Sync::Full };
+            if args.sync == "full" { coordinator::Sync::Full } else { coordinator::Sync::Normal };
         StoreMode::Sqlite { data_dir, sync }
     };
+    if args.store.is_none() && (args.advertise.is_some() || args.advertise_http.is_some()) {
+        anyhow::bail!("--advertise is for coordinators on a PostgreSQL --store");
+    }
     let mut api_keys = Vec::new();
     if let Some(keys) = &args.api_keys {
         api_keys.extend(coordinator::parse_api_keys(keys).map_err(anyhow::Error::msg)?);

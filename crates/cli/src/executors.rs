@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use exec::{Executors, TaskNeeds};
 use exec_gpu::{Gpu, GpuOptions};
-use exec_inference::Inference;
+use exec_inference::{BackendOptions, Inference};
 use exec_llm::{Llm, LlmConfig};
 use exec_physics::Physics;
 use tracing::{info, warn};
@@ -42,15 +42,30 @@ pub fn build(backends: &Backends) -> anyhow::Result<Executors> {
         None => info!("no usable GPU adapter: not offering gpu tasks"),
     }
     if let Some(dir) = &backends.models_dir {
-        let inference = Inference::from_dir(dir).context("cannot use --models-dir")?;
+        let backend = BackendOptions {
+            kind: backends.inference_backend,
+            onnxruntime_lib: backends.onnxruntime_lib.clone(),
+            webgpu_ep: backends.ort_webgpu_ep.clone(),
+        };
+        let inference =
+            Inference::from_dir_with(dir, &backend).context("cannot use --models-dir")?;
         for (model, reason) in inference.failed() {
             warn!(%model, "model not loaded: {reason}");
+        }
+        for warning in inference.warnings() {
+            warn!("{warning}");
         }
         let names = inference.model_names();
         if names.is_empty() {
             info!(dir = %dir.display(), "no ONNX model loaded: not offering inference tasks");
         } else {
-            info!(models = %names.join(", "), "offering inference");
+            let devices: std::collections::BTreeSet<String> = names
+                .iter()
+                .filter_map(|n| inference.model(n).ok())
+                .map(|m| format!("{} on {}", m.backend(), m.device()))
+                .collect();
+            let devices = devices.into_iter().collect::<Vec<_>>().join("; ");
+            info!(models = %names.join(", "), %devices, "offering inference");
             set.add(inference);
         }
         add_generate(&mut set, backends, dir)?;

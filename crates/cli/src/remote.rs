@@ -55,18 +55,31 @@ impl CliConfig {
     }
 }
 
-/// The API client for these flags.
+/// The API client for these flags (the first URL of a comma-separated list).
 pub fn api(remote: &Remote) -> anyhow::Result<Api> {
+    Ok(apis(remote)?.swap_remove(0))
+}
+
+/// An API client for every URL of the flags' comma-separated list (the
+/// coordinators of one PostgreSQL store; `cluster status` asks each).
+pub fn apis(remote: &Remote) -> anyhow::Result<Vec<Api>> {
     let file = CliConfig::load()?;
-    let url = remote
+    let urls = remote
         .api_url
         .clone()
         .or(file.api_url)
         .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned());
     let key =
         remote.api_key.clone().or(file.api_key).or_else(|| std::env::var("LEGACYGPU_TOKEN").ok());
+    let key = key.filter(|k| !k.is_empty());
     let ca_hash = remote.ca_hash.clone().or(file.ca_hash);
-    Ok(Api::pinned(&url, key.filter(|k| !k.is_empty()), ca_hash.as_deref())?)
+    urls.split(',')
+        .map(str::trim)
+        .map(|url| {
+            anyhow::ensure!(!url.is_empty(), "an empty URL in --api-url `{urls}`");
+            Ok(Api::pinned(url, key.clone(), ca_hash.as_deref())?)
+        })
+        .collect()
 }
 
 /// Prints `value` as pretty JSON.

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use proto::{
-    FromCoordinator, RegisterGamer, TaskAccepted, TaskRequest, TaskStatusOut, ToCoordinator,
+    Endpoints, FromCoordinator, RegisterGamer, TaskAccepted, TaskRequest, TaskStatusOut,
+    ToCoordinator,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -31,7 +33,8 @@ struct Pending {
 }
 
 pub(crate) struct Driver {
-    url: String,
+    /// The coordinators, and which to try next.
+    endpoints: Endpoints,
     gamer_id: String,
     options: ClientOptions,
     rx: mpsc::Receiver<Cmd>,
@@ -44,6 +47,8 @@ pub(crate) struct Driver {
     session: u32,
     next: u64,
     counters: Arc<Counters>,
+    /// When anything last arrived (for `silence_timeout`).
+    last_heard: Instant,
 }
 
 impl Driver {
@@ -54,9 +59,11 @@ impl Driver {
         rx: mpsc::Receiver<Cmd>,
         counters: Arc<Counters>,
     ) -> Result<Driver, ClientError> {
-        let ws = open(url, &gamer_id, &options, Vec::new()).await?;
+        let mut endpoints = Endpoints::parse(url)
+            .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+        let ws = find_leader(&mut endpoints, &gamer_id, &options).await?;
         Ok(Driver {
-            url: url.to_owned(),
+            endpoints,
             gamer_id,
             options,
             rx,
@@ -66,12 +73,25 @@ impl Driver {
             session: fastrand::u32(..),
             next: 0,
             counters,
+            last_heard: Instant::now(),
         })
     }
 
     pub async fn run(mut self) {
+        let silence = self.options.silence_timeout.max(Duration::from_millis(30));
+        let mut ping = tokio::time::interval(silence / 3);
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= silence {
+                        warn!("nothing from the coordinator for {silence:?}; reconnecting");
+                        if !self.reconnect().await {
+                            return;
+                        }
+                    } else {
+                        let _ = self.ws.send(Message::Ping(Default::default())).await;
+                    }
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
                         if self.on_cmd(cmd).await.is_err() && !self.reconnect().await {
@@ -84,13 +104,16 @@ impl Driver {
                     }
                 },
                 frame = self.ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                    Some(Ok(Message::Text(text))) => {
+                        self.last_heard = Instant::now();
+                        self.on_text(text.as_str());
+                    }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => {
                         if !self.reconnect().await {
                             return;
                         }
                     }
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => self.last_heard = Instant::now(),
                 },
             }
         }
@@ -205,9 +228,12 @@ impl Driver {
             if self.rx.is_closed() && self.pending.is_empty() {
                 return false;
             }
-            match open(&self.url, &self.gamer_id, &self.options, self.awaiting()).await {
+            let url = self.endpoints.current().to_owned();
+            match open(&url, &self.gamer_id, &self.options, self.awaiting()).await {
                 Ok(ws) => {
+                    self.endpoints.connected();
                     self.ws = ws;
+                    self.last_heard = Instant::now();
                     self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     info!(gamer = %self.gamer_id, pending = self.pending.len(), "reconnected");
                     // Status queries in flight were lost with the connection.
@@ -221,7 +247,18 @@ impl Driver {
                     self.pending.clear();
                     return false;
                 }
-                Err(e) => debug!("reconnect failed: {e}"),
+                // An election is on, or the leader is elsewhere: try again
+                // soon (a coordinator answered, so none is down).
+                Err(ClientError::NotLeader { leader, .. }) => {
+                    debug!(%url, ?leader, "a standby answered");
+                    self.endpoints.not_leader(leader.as_deref());
+                    wait = Duration::from_millis(100);
+                    continue;
+                }
+                Err(e) => {
+                    debug!("reconnect failed: {e}");
+                    self.endpoints.failed();
+                }
             }
             wait = (wait * 2).min(self.options.reconnect_max);
         }
@@ -276,6 +313,47 @@ fn accepted_by(outcome: &TaskOutcome) -> TaskAccepted {
     TaskAccepted { task_id, id, status, existing: true, waiting_reason: None }
 }
 
+/// Connects to the leader among `endpoints` (following redirects, moving
+/// on from those that cannot be reached), within `connect_timeout`.
+async fn find_leader(
+    endpoints: &mut Endpoints,
+    gamer_id: &str,
+    options: &ClientOptions,
+) -> Result<Ws, ClientError> {
+    let deadline = Instant::now() + options.connect_timeout;
+    // Every URL twice, and the redirects between: bounded.
+    let tries = endpoints.all().len() * 4 + 2;
+    let mut last = None;
+    for _ in 0..tries {
+        match open(endpoints.current(), gamer_id, options, Vec::new()).await {
+            Ok(ws) => {
+                endpoints.connected();
+                return Ok(ws);
+            }
+            Err(ClientError::NotLeader { url, leader }) => {
+                endpoints.not_leader(leader.as_deref());
+                if leader.is_none() {
+                    // An election is on.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                last = Some(ClientError::NotLeader { url, leader });
+            }
+            Err(e @ ClientError::Refused(_)) => return Err(e),
+            Err(e) => {
+                endpoints.failed();
+                if !endpoints.is_several() {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last.unwrap_or(ClientError::Closed))
+}
+
 /// Connects and registers as `gamer_id`.
 async fn open(
     url: &str,
@@ -318,7 +396,7 @@ async fn open(
             awaiting,
         });
         ws.send(Message::text(register.encode())).await.map_err(|e| connect_err(e.to_string()))?;
-        await_ack(&mut ws).await?;
+        await_ack(&mut ws, url).await?;
         Ok(ws)
     };
     match tokio::time::timeout(options.connect_timeout, attempt).await {
@@ -357,19 +435,37 @@ fn tls_for(
     Ok((Some(tokio_tungstenite::Connector::Rustls(config)), secret))
 }
 
-async fn await_ack(ws: &mut Ws) -> Result<(), ClientError> {
+async fn await_ack(ws: &mut Ws, url: &str) -> Result<(), ClientError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => match FromCoordinator::decode(text.as_str()) {
                 Ok(FromCoordinator::RegistrationAck(_)) => return Ok(()),
+                Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
+                    return Err(ClientError::NotLeader {
+                        url: url.to_owned(),
+                        leader: e.leader.map(|l| l.0),
+                    });
+                }
                 Ok(FromCoordinator::Error(e)) => {
                     return Err(ClientError::Refused(format!("{}: {}", e.code, e.reason)));
                 }
                 _ => {}
             },
+            // Closed for want of a credential: retrying will not help.
+            Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1008 => {
+                return Err(ClientError::Refused(format!("closed: {}", f.reason)));
+            }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(ClientError::Refused(e.to_string())),
-            None => return Err(ClientError::Refused("connection closed".into())),
+            // Closed or broken before the answer: the coordinator stopped or
+            // changed role (a standby becoming the leader closes its
+            // connections) — worth another try, unlike a refusal.
+            Some(Err(e)) => return Err(closed_early(url, &e.to_string())),
+            None => return Err(closed_early(url, "connection closed")),
         }
     }
+}
+
+fn closed_early(url: &str, why: &str) -> ClientError {
+    let reason = format!("closed before the registration was acknowledged: {why}");
+    ClientError::Connect { url: url.to_owned(), reason }
 }

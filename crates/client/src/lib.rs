@@ -57,6 +57,10 @@ pub struct ClientOptions {
     pub reconnect_max: Duration,
     /// How long connecting and registering may take. Default 10 s.
     pub connect_timeout: Duration,
+    /// A connection from which nothing arrives for this long (pings go out
+    /// at a third of it) is given up and made anew: a coordinator frozen
+    /// with its socket open (SIGSTOP) is left for the next one. Default 15 s.
+    pub silence_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +73,7 @@ impl Default for ClientOptions {
             resubmit_acknowledged: true,
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -81,6 +86,10 @@ pub enum ClientError {
     /// The coordinator refused the registration (a bad token, …).
     #[error("the coordinator refused the connection: {0}")]
     Refused(String),
+    /// The coordinator is a standby; `leader` is where it says the leader
+    /// is (none during an election).
+    #[error("{url} is a standby coordinator (leader: {})", .leader.as_deref().unwrap_or("none yet"))]
+    NotLeader { url: String, leader: Option<String> },
     /// The coordinator refused a request.
     #[error("{}: {}", .0.code, .0.reason)]
     Rejected(ErrorMsg),
@@ -198,6 +207,11 @@ pub struct Client {
 
 impl Client {
     /// Connects to `url` (`ws://HOST:8765`) and registers as a gamer.
+    ///
+    /// `url` may list several coordinators (`ws://a:8765,ws://b:8765`, the
+    /// coordinators of one PostgreSQL store): the client finds the leader —
+    /// following a standby's `not_leader` answer, moving on from one it
+    /// cannot reach — now and after every drop.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let gamer_id =
             options.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));

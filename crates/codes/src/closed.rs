@@ -190,8 +190,11 @@ closed_set! {
         /// The coordinator holds too many partly received messages: retry
         /// later (1013).
         TryAgainLater = "try again later",
+        /// This coordinator is a standby: the `error` before the close names
+        /// the leader (4003).
+        NotLeader = "not leader",
         /// An operator drained the worker and it finished its work: it
-        /// leaves and does not reconnect (4003).
+        /// leaves and does not reconnect (4004).
         Drained = "drained by an operator",
     }
 }
@@ -209,7 +212,8 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4001,
             CloseReason::Idle => 4002,
             CloseReason::TryAgainLater => 1013,
-            CloseReason::Drained => 4003,
+            CloseReason::NotLeader => 4003,
+            CloseReason::Drained => 4004,
         }
     }
 }

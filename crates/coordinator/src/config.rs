@@ -113,6 +113,38 @@ pub enum StoreMode {
     Sqlite { data_dir: PathBuf, sync: store::Sync },
     /// Memory only: a coordinator crash loses every task.
     Memory,
+    /// PostgreSQL shared by several coordinators, one of which leads at a
+    /// time (the lease; docs/SCALING.md). `data_dir`, when given, keeps the
+    /// generated TLS certificate as SQLite's directory does.
+    Postgres { target: store::Target, lease: LeaseConfig, data_dir: Option<PathBuf> },
+}
+
+/// How a coordinator on PostgreSQL competes for the leader lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The WebSocket URL peers and gamers are redirected to while this
+    /// coordinator leads. Default: `ws://` (loopback) or `wss://` with the
+    /// bound address (the host name for `0.0.0.0`).
+    pub advertise_ws: Option<String>,
+    /// The HTTP API's URL for redirects (HTTP 307). Default: like
+    /// `advertise_ws`, `http://` or `https://` with the API's address.
+    pub advertise_http: Option<String>,
+    /// How long a lease lasts unless renewed. Default 3 s: a dead leader is
+    /// replaced within this plus `poll` plus recovery.
+    pub ttl: Duration,
+    /// How often a standby tries to take the lease. Default 250 ms.
+    pub poll: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> LeaseConfig {
+        LeaseConfig {
+            advertise_ws: None,
+            advertise_http: None,
+            ttl: Duration::from_secs(3),
+            poll: Duration::from_millis(250),
+        }
+    }
 }
 
 /// Coordinator configuration.
@@ -255,6 +287,10 @@ pub struct Limits {
     /// store writes; alone, they are written once this many wait. Default
     /// 1 024.
     pub lazy_delivery_marks: usize,
+    /// Task ids reserved in the store at a time, ahead of use, so that a
+    /// restart never reuses an id a peer may have seen (`sched`'s
+    /// `scheduler/ids.rs`); a restart skips at most this many. Default 1 024.
+    pub id_block: u64,
     /// Messages written to a connection after one wake-up before a flush.
     /// Default 256.
     pub write_batch: usize,
@@ -286,6 +322,7 @@ impl Default for Limits {
             max_store_lag: 10_000,
             max_ops_per_commit: 50_000,
             lazy_delivery_marks: 1024,
+            id_block: 1024,
             write_batch: 256,
             event_buffer: 4096,
             max_result_waiters: 10_000,
@@ -343,15 +380,22 @@ impl Config {
         self.is_local(addr) || self.insecure_plaintext
     }
 
+    /// The directory that keeps this coordinator's own files (the SQLite
+    /// store, the generated certificate, join secrets), when it has one.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match &self.store {
+            StoreMode::Sqlite { data_dir, .. } => Some(data_dir),
+            StoreMode::Postgres { data_dir, .. } => data_dir.as_deref(),
+            StoreMode::Memory => None,
+        }
+    }
+
     /// Where the certificates come from.
     pub fn cert_source(&self) -> CertSource {
         match &self.tls_cert {
             Some(source) => source.clone(),
             None => CertSource::Generated {
-                dir: match &self.store {
-                    StoreMode::Sqlite { data_dir, .. } => Some(data_dir.clone()),
-                    StoreMode::Memory => None,
-                },
+                dir: self.data_dir().map(std::path::Path::to_path_buf),
                 names: self.tls_names.clone(),
             },
         }

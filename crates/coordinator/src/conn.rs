@@ -68,9 +68,12 @@ pub(crate) struct ConnCtx {
     pub metrics: Arc<PrometheusRecorder>,
     pub tls: Arc<Tls>,
     pub budget: Arc<FrameBudget>,
+    /// On a standby: the lease as known, for the `not_leader` answer every
+    /// connection gets (`ha/redirect.rs`).
+    pub standby: Option<watch::Receiver<crate::ha::HaStatus>>,
 }
 
-type Ws = WebSocketStream<Budgeted<Io>>;
+pub(crate) type Ws = WebSocketStream<Budgeted<Io>>;
 
 impl ConnCtx {
     /// Counts a message refused here, before it reached the core.
@@ -104,6 +107,10 @@ pub(crate) async fn serve(stream: TcpStream, ctx: ConnCtx) {
     };
     // What the upgrade request's bytes drew from the budget goes back.
     ws.get_ref().message_done();
+    if let Some(status) = &ctx.standby {
+        let deadline = ctx.config.edge.registration_timeout;
+        return crate::ha::redirect::refuse_ws(ws, status, deadline).await;
+    }
     let (tx, rx) = mpsc::channel(ctx.config.outbound_capacity);
     let connected = Input::Connected { conn: ctx.conn, tx, remote: ctx.remote };
     if ctx.core.send(connected).await.is_err() {
@@ -223,7 +230,8 @@ struct Session<'a> {
 
 /// A message refused for want of the token.
 struct Denied {
-    error: ErrorMsg,
+    /// Boxed: the refusal is rare and the `Ok` path should stay small.
+    error: Box<ErrorMsg>,
     /// A registration with a wrong token closes the connection.
     close_connection: bool,
 }
@@ -354,7 +362,7 @@ impl<'a> Session<'a> {
             Ok(msg) => msg,
             Err(Denied { error, close_connection }) => {
                 self.ctx.rejected(&ErrorCode::UNAUTHORIZED);
-                let flow = self.send_now(FromCoordinator::Error(error)).await;
+                let flow = self.send_now(FromCoordinator::Error(*error)).await;
                 if close_connection {
                     let reason = CloseReason::Unauthorized;
                     self.close(reason.code(), reason.as_str().into()).await;
@@ -391,7 +399,7 @@ impl<'a> Session<'a> {
         let open = config.token.is_none() && config.admits(&self.ctx.remote);
         let msg_type = msg.msg_type();
         let denied = |reason: &str, close_connection| Denied {
-            error: ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg_type),
+            error: Box::new(ErrorMsg::new(ErrorCode::UNAUTHORIZED, reason).in_reply_to(msg_type)),
             close_connection,
         };
         let claim = match &msg {

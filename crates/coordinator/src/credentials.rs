@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use tls::JoinToken;
 
 use crate::approvals::{self, Approvals};
-use crate::config::{ApiKey, ApiRole, Config, Secret, StoreMode};
+use crate::config::{ApiKey, ApiRole, Config, Secret};
 use crate::tls::Tls;
 
 /// Whom a connection's credential makes it.
@@ -121,10 +121,7 @@ impl Credentials {
         approvals: Approvals,
         tls: Arc<Tls>,
     ) -> Result<Credentials, CredentialError> {
-        let dir = match &config.store {
-            StoreMode::Sqlite { data_dir, .. } => Some(data_dir.join("tls")),
-            StoreMode::Memory => None,
-        };
+        let dir = config.data_dir().map(|d| d.join("tls"));
         let worker = stored_secret(dir.as_deref(), TokenKind::Worker)?;
         let client = stored_secret(dir.as_deref(), TokenKind::Client)?;
         Ok(Credentials {
@@ -309,7 +306,10 @@ mod tests {
     fn join_secrets_are_kept_until_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
-            store: StoreMode::Sqlite { data_dir: dir.path().to_owned(), sync: store::Sync::Normal },
+            store: crate::config::StoreMode::Sqlite {
+                data_dir: dir.path().to_owned(),
+                sync: store::Sync::Normal,
+            },
             tls_cert: Some(CertSource::Generated {
                 dir: Some(dir.path().to_owned()),
                 names: vec![],

@@ -24,6 +24,7 @@ mod conn;
 mod core;
 mod credentials;
 mod edge;
+mod ha;
 mod hour;
 mod http;
 mod identity;
@@ -36,11 +37,12 @@ mod telemetry;
 mod tls;
 
 pub use crate::config::{
-    ApiKey, ApiRole, CertSource, Config, EdgeLimits, Limits, Secret, StoreMode, parse_api_keys,
+    ApiKey, ApiRole, CertSource, Config, EdgeLimits, LeaseConfig, Limits, Secret, StoreMode,
+    parse_api_keys,
 };
 pub use crate::credentials::TokenKind;
 pub use crate::server::{Coordinator, RunError, StartError, TlsHandle};
-pub use store::Sync;
+pub use store::{Sync, Target};
 
 /// Every HTTP route: method, path and the least role that may call it
 /// (`read-only`, `client`, `admin`).

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusRecorder;
-use persist::DeliveryMarks;
+use persist::{DeliveryMarks, IdReservations};
 use proto::{FromCoordinator, Json};
 use sched::{ConnId, Event};
 use store::{Op, SendError, Store, StoreError, Writer};
@@ -37,6 +37,8 @@ struct StoreSide {
     appended: u64,
     /// Deliveries to mark once the batch they depend on is committed.
     marks: DeliveryMarks,
+    /// Id reservations waiting for their batch to commit.
+    ids: IdReservations,
 }
 
 pub(crate) struct Observer {
@@ -86,8 +88,13 @@ impl Observer {
                 tx.send_modify(|d| d.failed = Some(Arc::from(e.to_string())));
             }
         })?;
-        let side =
-            StoreSide { writer, pending: Vec::new(), appended: 0, marks: DeliveryMarks::default() };
+        let side = StoreSide {
+            writer,
+            pending: Vec::new(),
+            appended: 0,
+            marks: DeliveryMarks::default(),
+            ids: IdReservations::default(),
+        };
         Ok(Observer {
             store: Some(side),
             max_lag: limits.max_store_lag,
@@ -103,6 +110,10 @@ impl Observer {
         let Some(side) = self.store.as_mut() else { return };
         match event {
             Event::Delivered { task } => side.marks.delivered(*task, side.appended + 1),
+            Event::IdsReserved { next } => {
+                side.ids.reserved(*next, side.appended + 1);
+                side.pending.extend(persist::op_for(event));
+            }
             Event::Undelivered { task } => {
                 side.marks.undelivered(*task);
                 side.pending.extend(persist::op_for(event));
@@ -141,6 +152,13 @@ impl Observer {
                 error!("the store writer has stopped; nothing more is made durable");
             }
         }
+    }
+
+    /// The highest id reservation the store made durable since the last
+    /// call, if any (for `Scheduler::handle_ids_durable`).
+    pub fn ids_durable(&mut self) -> Option<u64> {
+        let committed = self.durable.borrow().seq;
+        self.store.as_mut()?.ids.durable(committed)
     }
 
     /// The last batch handed to the store (0 without one): a reply that

@@ -17,6 +17,7 @@ use crate::conn::{self, ConnCtx};
 use crate::core::Core;
 use crate::credentials::{Credentials, TokenKind};
 use crate::edge::{FrameBudget, IpLimits, Listener, fd_budget};
+use crate::ha::{HaParts, HaView};
 use crate::http::{self, Api};
 use crate::observe::Observer;
 use crate::telemetry::Telemetry;
@@ -37,6 +38,8 @@ pub enum StartError {
     Credentials(#[from] crate::credentials::CredentialError),
     #[error("cannot create the ephemeral store's temporary directory: {0}")]
     Ephemeral(std::io::Error),
+    #[error("high availability: {0}")]
+    Ha(String),
 }
 
 /// Reloads the certificates of a running coordinator (the CLI does on SIGHUP).
@@ -56,6 +59,22 @@ impl TlsHandle {
 pub enum RunError {
     #[error("the store failed, so nothing more could be made durable: {0}")]
     Store(String),
+    /// This coordinator led and lost the lease: it must stop at once
+    /// (docs/SCALING.md; the binary exits so that its supervisor restarts
+    /// it as a standby).
+    #[error("stepped down as the leader: {0}")]
+    Deposed(String),
+}
+
+impl RunError {
+    /// Whether the coordinator stopped because another one leads now (a
+    /// fenced write included), rather than for a failure of its own.
+    pub fn is_deposed(&self) -> bool {
+        match self {
+            RunError::Deposed(_) => true,
+            RunError::Store(e) => e.starts_with("fenced"),
+        }
+    }
 }
 
 /// A bound coordinator, ready to run.
@@ -71,6 +90,11 @@ pub struct Coordinator {
     reader: Option<crate::reads::Reader>,
     /// The ephemeral store's directory in memory mode, removed on drop.
     _ephemeral: Option<tempfile::TempDir>,
+    /// On PostgreSQL: how this instance sees the lease.
+    view: Option<HaView>,
+    /// On PostgreSQL, in the standby instance: the lease keeper and the
+    /// sockets the leader instance will serve on.
+    pub(crate) ha: Option<HaParts>,
 }
 
 impl Coordinator {
@@ -98,7 +122,22 @@ impl Coordinator {
             }
             None => None,
         };
-        let config = Arc::new(config);
+        if let StoreMode::Postgres { .. } = config.store {
+            return crate::ha::standby(config, ws, http).await;
+        }
+        Coordinator::assemble(Arc::new(config), ws, ws_addr, http, None, None)
+    }
+
+    /// The coordinator on bound sockets: certificates, the store recovered
+    /// (on PostgreSQL only for a leader, at `epoch`), credentials.
+    pub(crate) fn assemble(
+        config: Arc<Config>,
+        ws: TcpListener,
+        ws_addr: SocketAddr,
+        http: Option<(TcpListener, SocketAddr)>,
+        view: Option<HaView>,
+        epoch: Option<u64>,
+    ) -> Result<Coordinator, StartError> {
         let tls = Arc::new(Tls::load(config.cert_source())?);
         let ephemeral = match (&config.store, &http) {
             (StoreMode::Memory, Some(_)) => Some(
@@ -109,8 +148,8 @@ impl Coordinator {
             ),
             _ => None,
         };
-        let target = store_target(&config, ephemeral.as_ref());
-        let core = recover(Arc::clone(&config), target.as_ref())?;
+        let target = store_target(&config, ephemeral.as_ref(), epoch);
+        let core = recover(Arc::clone(&config), target.as_ref(), epoch)?;
         let reader = match (&target, &http) {
             (Some(target), Some(_)) => Some(crate::reads::open(target)?),
             _ => None,
@@ -127,6 +166,8 @@ impl Coordinator {
             credentials,
             reader,
             _ephemeral: ephemeral,
+            view,
+            ha: None,
         })
     }
 
@@ -167,8 +208,24 @@ impl Coordinator {
     }
 
     /// Runs until `shutdown` completes, then closes every connection and
-    /// returns; or until the store fails.
+    /// returns; or until the store fails. On PostgreSQL: stands by until it
+    /// takes the lease, then leads until `shutdown` or until it loses the
+    /// lease ([`RunError::Deposed`], returned at once: exit then).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        if self.ha.is_some() {
+            return crate::ha::run(self, shutdown).await;
+        }
+        self.serve(shutdown).await
+    }
+
+    /// Whether this coordinator is (so far) a standby.
+    pub fn is_standby(&self) -> bool {
+        self.view.as_ref().is_some_and(|v| v.standby)
+    }
+
+    /// Serves as this instance is (single, standby or leader) until
+    /// `shutdown` completes or the store fails.
+    pub(crate) async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let (core_tx, core_rx) = mpsc::channel(self.config.limits.core_queue.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
         // `POST /cluster/shutdown` turns this.
@@ -180,7 +237,7 @@ impl Coordinator {
             IpLimits::new(edge.max_connections_per_ip, edge.new_connections_per_ip_per_s);
         let budget = FrameBudget::new(edge.max_partial_frame_bytes);
         let reader = self.reader;
-        let http = self.http.zip(reader).map(|((listener, _), reader)| {
+        let http = self.http.map(|(listener, _)| {
             let listener =
                 Listener::new(listener, "http", Arc::clone(&ip_limits), Arc::clone(&recorder));
             let api = Api::new(
@@ -189,7 +246,8 @@ impl Coordinator {
                 api_stop_tx,
                 Arc::clone(&self.credentials),
                 reader,
-            );
+            )
+            .with_ha(self.view.clone());
             let serving = http::Serving { tls: Arc::clone(&self.tls), max_connections: fds.http };
             tokio::spawn(http::serve(listener, api, serving, stop_rx.clone()))
         });
@@ -205,6 +263,7 @@ impl Coordinator {
         let mut ws = Listener::new(self.ws, "ws", ip_limits, Arc::clone(&recorder));
         let mut conns = JoinSet::new();
         let mut next_conn = 0u64;
+        let standby = self.view.as_ref().filter(|v| v.standby).map(|v| v.status.clone());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -240,6 +299,7 @@ impl Coordinator {
                         metrics: Arc::clone(&recorder),
                         tls: Arc::clone(&self.tls),
                         budget: Arc::clone(&budget),
+                        standby: standby.clone(),
                     };
                     conns.spawn(async move {
                         conn::serve(stream, ctx).await;
@@ -275,28 +335,45 @@ impl Coordinator {
     }
 }
 
-/// The store tasks are written to: the configured one, or in memory mode
-/// with HTTP on, an ephemeral SQLite file in `ephemeral` (see `reads.rs`).
-fn store_target(config: &Config, ephemeral: Option<&tempfile::TempDir>) -> Option<store::Target> {
+/// The store tasks are written to: the configured one (on PostgreSQL only
+/// for a leader, which has an `epoch`), or in memory mode with HTTP on, an
+/// ephemeral SQLite file in `ephemeral` (see `reads.rs`).
+fn store_target(
+    config: &Config,
+    ephemeral: Option<&tempfile::TempDir>,
+    epoch: Option<u64>,
+) -> Option<store::Target> {
     match &config.store {
         StoreMode::Sqlite { data_dir, .. } => Some(store::Target::Sqlite(data_dir.clone())),
         StoreMode::Memory => ephemeral.map(|d| store::Target::Sqlite(d.path().to_owned())),
+        StoreMode::Postgres { target, .. } => epoch.map(|_| target.clone()),
     }
 }
 
-/// The core, with the store opened and its tasks recovered.
-fn recover(config: Arc<Config>, target: Option<&store::Target>) -> Result<Core, StartError> {
+/// The core, with the store opened and its tasks recovered. On
+/// PostgreSQL the store is opened only by a leader, with its `epoch` set
+/// before anything is loaded, so that the fence refuses every batch once a
+/// newer leader exists; a standby keeps nothing.
+fn recover(
+    config: Arc<Config>,
+    target: Option<&store::Target>,
+    epoch: Option<u64>,
+) -> Result<Core, StartError> {
     let clock = Clock::start();
     let telemetry = Telemetry::new(config.limits.event_buffer);
     // An ephemeral store need not survive the machine: the OS writes it.
     let sync = match &config.store {
         StoreMode::Sqlite { sync, .. } => *sync,
         StoreMode::Memory => store::Sync::Normal,
+        StoreMode::Postgres { .. } => store::Sync::Full,
     };
     let (observer, loaded) = match target {
         None => (Observer::in_memory(), None),
         Some(target) => {
             let mut db = store::open(target, sync)?;
+            if let Some(epoch) = epoch {
+                db.set_epoch(epoch);
+            }
             let loaded = db.load()?;
             let observer = Observer::with_store(db, telemetry.recorder(), &config.limits)?;
             (observer, Some(loaded))
@@ -314,6 +391,8 @@ fn recover(config: Arc<Config>, target: Option<&store::Target>) -> Result<Core, 
         let now = core.now();
         core.sched.handle_recovered(now, tasks);
         core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));
+        // Past every id the last run could have shown a peer (`ids.rs`).
+        core.sched.reserve_ids(core.config.limits.id_block, loaded.next_task_id);
         core.flush();
         if n > 0 {
             info!(tasks = n, "recovered tasks from the store");

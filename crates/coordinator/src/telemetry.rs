@@ -271,6 +271,16 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// The lease, on PostgreSQL: whether this coordinator leads, the epoch
+    /// and the lease's age (NaN while nobody leads).
+    pub fn lease(&self, leading: bool, epoch: u64, age: Option<Duration>) {
+        metrics::with_local_recorder(self.recorder.as_ref(), || {
+            gauge!("legacygpu_leader").set(if leading { 1.0 } else { 0.0 });
+            gauge!("legacygpu_lease_epoch").set(epoch as f64);
+            gauge!("legacygpu_lease_age_seconds").set(age.map_or(f64::NAN, |a| a.as_secs_f64()));
+        });
+    }
+
     /// The exposition text, with the gauges set from `snap` first.
     pub fn render(&self, snap: &Snapshot, healthy_workers: usize) -> String {
         let s = &snap.stats;
@@ -444,6 +454,16 @@ fn describe(recorder: &PrometheusRecorder) {
             "Peers declared dead because their heartbeats stopped."
         );
         describe_counter!("legacygpu_peers_joined_total", "Peer registrations.");
+        describe_gauge!(
+            "legacygpu_leader",
+            "On PostgreSQL: 1 while this coordinator holds the leader lease, 0 on a standby."
+        );
+        describe_gauge!("legacygpu_lease_epoch", "On PostgreSQL: the leader lease's epoch.");
+        describe_gauge!(
+            "legacygpu_lease_age_seconds",
+            Unit::Seconds,
+            "On PostgreSQL: since the leader last renewed its lease (NaN while nobody leads)."
+        );
         describe_counter!("legacygpu_messages_rejected_total", "Messages refused, by reason.");
         describe_counter!(
             "legacygpu_connections_dropped_slow_total",

@@ -1,4 +1,5 @@
-//! The `inference` executor: ONNX image classification with tract.
+//! The `inference` executor: ONNX image classification with tract, or with
+//! ONNX Runtime on a WebGPU (Vulkan) device ([`BackendOptions`]).
 //!
 //! A worker started with `--models-dir DIR` loads every `DIR/NAME/model.onnx`
 //! (with `NAME/labels.txt` and an optional `NAME/config.json`) once, at
@@ -12,6 +13,11 @@
 //! peers that advertise the model, so this happens only on a race). One
 //! broken model does not stop the others: it is reported and not advertised.
 //!
+//! The backend is chosen once, at start: tract on the CPU (the default and
+//! the reference the GPU path is tested against), ONNX Runtime's WebGPU
+//! execution provider, or `auto` (the GPU when it works, else tract). Each
+//! result says which backend and device ran it.
+//!
 //! [`fixture`] writes a tiny but real classifier without Python, for the
 //! demo and the tests.
 
@@ -23,13 +29,17 @@ use base64::Engine;
 use exec::{Advertised, ExecError, Executor, Output, RunContext, TaskNeeds, to_output};
 use serde::{Deserialize, Serialize};
 
+mod backend;
 mod config;
 pub mod fixture;
 mod model;
+mod ort_webgpu;
 mod preprocess;
 
+pub use backend::{BackendKind, BackendOptions, ONNXRUNTIME_LIB_ENV, WEBGPU_EP_ENV};
 pub use config::{Layout, ModelConfig};
 pub use model::{Model, Models, load, load_dir};
+pub use ort_webgpu::OrtError;
 pub use preprocess::{decode, preprocess, softmax};
 
 /// Why a models directory could not be used at all.
@@ -37,6 +47,8 @@ pub use preprocess::{decode, preprocess, softmax};
 pub enum InferenceError {
     #[error("cannot read the models directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot use the ort-webgpu inference backend: {0}")]
+    OrtWebGpu(#[from] OrtError),
 }
 
 /// The `inference` executor and its models.
@@ -44,6 +56,8 @@ pub enum InferenceError {
 pub struct Inference {
     dir: PathBuf,
     models: Models,
+    /// Why `auto` fell back to tract (for every model), if it did.
+    fallback: Option<String>,
 }
 
 /// A task's input.
@@ -68,6 +82,10 @@ pub struct Scored {
 #[derive(Serialize)]
 struct Report<'a> {
     model: &'a str,
+    /// `ort-webgpu` or `tract`.
+    backend: &'static str,
+    /// The WebGPU device ONNX Runtime reports, or `cpu`.
+    device: &'a str,
     top_k: Vec<Scored>,
     timing: Timing,
 }
@@ -83,9 +101,31 @@ impl Inference {
     /// Loads every model of `dir`. Fails only when `dir` cannot be read;
     /// models that fail to load are kept with their reason (see [`Inference::failed`]).
     pub fn from_dir(dir: &Path) -> Result<Inference, InferenceError> {
-        let models =
-            load_dir(dir).map_err(|source| InferenceError::Dir { path: dir.to_owned(), source })?;
-        Ok(Inference { dir: dir.to_owned(), models })
+        Inference::from_dir_with(dir, &BackendOptions::default())
+    }
+
+    /// Loads every model of `dir` for a backend. Fails when `dir` cannot be
+    /// read or the `ort-webgpu` backend cannot be set up; `auto` falls back
+    /// to tract instead (see [`Inference::warnings`]).
+    pub fn from_dir_with(
+        dir: &Path,
+        backend: &BackendOptions,
+    ) -> Result<Inference, InferenceError> {
+        let resolved = backend.resolve()?;
+        let models = model::load_dir_on(dir, &resolved)
+            .map_err(|source| InferenceError::Dir { path: dir.to_owned(), source })?;
+        Ok(Inference { dir: dir.to_owned(), models, fallback: resolved.fallback })
+    }
+
+    /// What did not run where it was asked to: `auto`'s fallback to tract,
+    /// for all models or for one, with the reason.
+    pub fn warnings(&self) -> Vec<String> {
+        let all = self.fallback.iter().map(|why| format!("inference runs on tract (CPU): {why}"));
+        let each = self.models.iter().filter_map(|(name, m)| {
+            let why = m.as_ref().ok()?.gpu_fallback.as_ref()?;
+            Some(format!("model `{name}` runs on tract (CPU): {why}"))
+        });
+        all.chain(each).collect()
     }
 
     /// The models that loaded, sorted.
@@ -168,6 +208,8 @@ impl Executor for Inference {
         let scores = if model.config.apply_softmax { softmax(&raw) } else { raw };
         let report = Report {
             model: &model.name,
+            backend: model.backend(),
+            device: model.device(),
             top_k: top(&scores, &model.labels, top_k),
             timing: Timing {
                 decode_ms: ms(t1 - t0),

@@ -1,6 +1,8 @@
 //! Loading models from a directory: `NAME/model.onnx`, `NAME/labels.txt`,
 //! and an optional `NAME/config.json`. Each model is loaded, optimised and
 //! planned once; one broken model never keeps the others from loading.
+//! With the WebGPU backend each model also gets an ONNX Runtime session on
+//! the GPU, run once at load so its shaders are compiled before any task.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,9 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::backend::Resolved;
 use crate::config::{Layout, ModelConfig};
+use crate::ort_webgpu::GpuModel;
 
 /// A model planned and ready to run.
 pub struct Model {
@@ -20,6 +24,10 @@ pub struct Model {
     pub height: u32,
     pub width: u32,
     plan: Arc<TypedRunnableModel>,
+    /// The GPU session tasks run on, when the backend is ONNX Runtime.
+    gpu: Option<GpuModel>,
+    /// Why `auto` left this model on tract although a GPU was found.
+    pub gpu_fallback: Option<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -41,8 +49,27 @@ impl Model {
         }
     }
 
-    /// Runs the model on a preprocessed input; returns its raw output vector.
+    /// The engine tasks run on: `ort-webgpu` or `tract`.
+    pub fn backend(&self) -> &'static str {
+        if self.gpu.is_some() { "ort-webgpu" } else { "tract" }
+    }
+
+    /// The device tasks run on: the WebGPU device ONNX Runtime reports, or `cpu`.
+    pub fn device(&self) -> &str {
+        self.gpu.as_ref().map_or("cpu", GpuModel::device)
+    }
+
+    /// Runs the model on a preprocessed input with its backend; returns its
+    /// raw output vector.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>, String> {
+        match &self.gpu {
+            Some(gpu) => gpu.run(&self.input_shape(), input),
+            None => self.run_tract(input),
+        }
+    }
+
+    /// Runs the model with tract on the CPU, whatever the backend: the reference.
+    pub fn run_tract(&self, input: &[f32]) -> Result<Vec<f32>, String> {
         let tensor = Tensor::from_shape(&self.input_shape(), input).map_err(|e| e.to_string())?;
         let outputs = self.plan.run(tvec!(tensor.into_tvalue())).map_err(|e| format!("{e:#}"))?;
         let first = outputs.first().ok_or("the model has no output")?;
@@ -56,8 +83,13 @@ impl Model {
 /// Every model of a directory, loaded or with the reason it could not be.
 pub type Models = BTreeMap<String, Result<Arc<Model>, String>>;
 
-/// Loads every `DIR/NAME/model.onnx`.
+/// Loads every `DIR/NAME/model.onnx` with tract.
 pub fn load_dir(dir: &Path) -> std::io::Result<Models> {
+    load_dir_on(dir, &Resolved::default())
+}
+
+/// Loads every `DIR/NAME/model.onnx` for the resolved backend.
+pub(crate) fn load_dir_on(dir: &Path, backend: &Resolved) -> std::io::Result<Models> {
     let mut models = Models::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -72,7 +104,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Models> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        let loaded = load(&name, &path).map(Arc::new);
+        let loaded = load(&name, &path).and_then(|m| on_gpu(m, &path, backend)).map(Arc::new);
         models.insert(name, loaded);
     }
     Ok(models)
@@ -102,7 +134,38 @@ pub fn load(name: &str, dir: &Path) -> Result<Model, String> {
         ));
     }
     let plan = typed.into_runnable().map_err(|e| format!("cannot plan the model: {e:#}"))?;
-    Ok(Model { name: name.to_owned(), labels, config, height, width, plan })
+    Ok(Model {
+        name: name.to_owned(),
+        labels,
+        config,
+        height,
+        width,
+        plan,
+        gpu: None,
+        gpu_fallback: None,
+    })
+}
+
+/// Gives a model its GPU session and runs it once (shader compilation),
+/// when the backend has a GPU. Under `auto` a model the GPU refuses stays
+/// on tract; under `ort-webgpu` it fails to load.
+fn on_gpu(mut model: Model, dir: &Path, backend: &Resolved) -> Result<Model, String> {
+    let Some(runtime) = &backend.runtime else {
+        return Ok(model);
+    };
+    let warmed = runtime.load(&dir.join("model.onnx")).and_then(|gpu| {
+        let shape = model.input_shape();
+        gpu.run(&shape, &vec![0.0; shape.iter().product()])?;
+        Ok(gpu)
+    });
+    match warmed {
+        Ok(gpu) => model.gpu = Some(gpu),
+        Err(e) if backend.strict => {
+            return Err(format!("ONNX Runtime on {}: {e}", runtime.device()));
+        }
+        Err(e) => model.gpu_fallback = Some(format!("not on {}: {e}", runtime.device())),
+    }
+    Ok(model)
 }
 
 fn read_config(dir: &Path) -> Result<ModelConfig, String> {

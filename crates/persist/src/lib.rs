@@ -47,8 +47,8 @@ pub fn from_unix_ms(ms: i64) -> Time {
 /// went out.
 pub fn op_for(event: &Event<Json>) -> impl Iterator<Item = Op> + use<> {
     let (op, then) = match event {
-        Event::TaskFinished { task, outcome, ended, at, .. } => {
-            finished(task.id, outcome, ended, *at)
+        Event::TaskFinished { task, outcome, ended, failures, at, .. } => {
+            finished(task.id, outcome, ended, *failures, *at)
         }
         other => (one_op(other), None),
     };
@@ -64,6 +64,7 @@ fn finished(
     id: TaskId,
     outcome: &Outcome<Json>,
     ended: &Option<(Attempt, AttemptEnd)>,
+    failures: u32,
     at: Time,
 ) -> (Option<Op>, Option<Op>) {
     let (result, error) = match outcome {
@@ -78,6 +79,7 @@ fn finished(
         end,
         at_ms: unix_ms(at),
         delivered: false,
+        failures,
     };
     let end = ended.as_ref().map(|(a, e)| (a.0, e.kind()));
     match ended {
@@ -100,6 +102,7 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
         | Event::StaleResult { hidden: true, .. } => return None,
         Event::TaskFinished { task, .. } if task.kind.is_hidden() => return None,
         Event::TaskSubmitted { task } => Op::Insert(new_task(task)),
+        Event::IdsReserved { next } => Op::IdsUsed { next_task_id: *next },
         Event::TaskAssigned { task, peer, attempt, at, .. } => Op::Assigned {
             id: task.0,
             attempt: attempt.0,
@@ -109,21 +112,22 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
         Event::TaskStarted { task, attempt, at, .. } => {
             Op::Started { id: task.0, attempt: attempt.0, at_ms: unix_ms(*at) }
         }
-        Event::TaskReclaimed { task, peer, attempt, .. } => {
-            Op::Reclaimed { id: task.0, attempt: attempt.0, peer: peer.to_string() }
-        }
+        Event::TaskReclaimed { task, peer, attempt, failures, .. } => Op::Reclaimed {
+            id: task.0,
+            attempt: attempt.0,
+            peer: peer.to_string(),
+            failures: *failures,
+        },
+        Event::TaskRequeued { task, attempt, end, reason, failures, at, .. } => Op::Requeued {
+            id: task.0,
+            attempt: attempt.0,
+            end: end.kind(),
+            failures: *failures,
+            error: requeue_error(reason, end),
+            at_ms: unix_ms(*at),
+        },
         Event::TaskRetried { task, peer_task_id, .. } => {
             Op::Retried { id: task.0, peer_task_id: peer_task_id.to_string() }
-        }
-        Event::TaskRequeued { task, attempt, end, reason, failures, retry_at, .. } => {
-            Op::Requeued {
-                id: task.0,
-                attempt: attempt.0,
-                end: end.kind(),
-                failures: *failures,
-                error: requeue_error(reason, end),
-                at_ms: unix_ms(*retry_at),
-            }
         }
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
         Event::StaleResult { task, attempt, peer, .. } => {
@@ -458,6 +462,32 @@ impl DeliveryMarks {
     }
 }
 
+/// Which id reservations (`Event::IdsReserved`) the store has made
+/// durable, for `Scheduler::handle_ids_durable`: the same bookkeeping for
+/// the coordinator's observer and the simulation's.
+#[derive(Debug, Default)]
+pub struct IdReservations {
+    /// Ids below `.1` are reserved once batch `.0` is committed.
+    waiting: VecDeque<(u64, u64)>,
+}
+
+impl IdReservations {
+    /// Batch `seq` carries a reservation of the ids below `next`.
+    pub fn reserved(&mut self, next: u64, seq: u64) {
+        self.waiting.push_back((seq, next));
+    }
+
+    /// Now that batch `committed` is: the highest reservation it made
+    /// durable, if any became so.
+    pub fn durable(&mut self, committed: u64) -> Option<u64> {
+        let mut next = None;
+        while self.waiting.front().is_some_and(|(seq, _)| *seq <= committed) {
+            next = self.waiting.pop_front().map(|(_, n)| n).max(next);
+        }
+        next
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +495,19 @@ mod tests {
 
     /// Runs a scheduler history through the store and back: what a restarted
     /// coordinator recovers matches what the first one had.
+    #[test]
+    fn a_reservation_is_durable_once_its_batch_is() {
+        let mut ids = IdReservations::default();
+        ids.reserved(100, 3);
+        ids.reserved(200, 5);
+        assert_eq!(ids.durable(2), None);
+        assert_eq!(ids.durable(4), Some(100));
+        assert_eq!(ids.durable(4), None, "reported once");
+        assert_eq!(ids.durable(9), Some(200));
+        let op: Vec<Op> = op_for(&Event::IdsReserved { next: 7 }).collect();
+        assert_eq!(op, vec![Op::IdsUsed { next_task_id: 7 }]);
+    }
+
     #[test]
     fn a_delivery_that_failed_is_never_marked_delivered() {
         let mut marks = DeliveryMarks::default();

@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 mod capabilities;
+mod endpoints;
 mod messages;
 
 pub use capabilities::{Capabilities, GpuInfo, ModelEntry, TaskNeeds};
+pub use endpoints::{BadEndpoints, Endpoints, MAX_ENDPOINTS};
 pub use messages::*;
 
 /// A JSON value kept as text: task data and results are forwarded unparsed.

@@ -591,7 +591,16 @@ pub struct ErrorMsg {
     /// When to try again (for `busy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<f64>,
+    /// For `not_leader`: the leader's WebSocket URL, when one leads. Boxed:
+    /// rare, and kept out of every other error's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Box<LeaderUrl>>,
 }
+
+/// A leader's WebSocket URL, as a standby's `not_leader` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaderUrl(pub String);
 
 impl ErrorMsg {
     pub fn new(code: ErrorCode, reason: impl Into<String>) -> ErrorMsg {
@@ -601,6 +610,7 @@ impl ErrorMsg {
             in_reply_to: None,
             task_id: None,
             retry_after_s: None,
+            leader: None,
         }
     }
 

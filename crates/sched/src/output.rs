@@ -117,6 +117,11 @@ pub enum Event<P> {
         gamer: GamerId,
         conn: ConnId,
     },
+    /// Task ids below `next` are taken: the store must record it before
+    /// any of them is shown to a peer (`Scheduler::handle_ids_durable`).
+    IdsReserved {
+        next: u64,
+    },
     /// A task was accepted (the store must make it durable before the
     /// submitter is told).
     TaskSubmitted {
@@ -145,6 +150,8 @@ pub enum Event<P> {
         task: TaskId,
         peer: PeerId,
         attempt: Attempt,
+        /// The task's failures, less the one the reclaim undid.
+        failures: u32,
         hidden: bool,
     },
     /// An attempt ended without finishing the task; the task waits for
@@ -158,6 +165,8 @@ pub enum Event<P> {
         end: AttemptEnd,
         reason: RequeueReason,
         failures: u32,
+        /// When the attempt ended (the store records it as the attempt's end).
+        at: Time,
         retry_at: Time,
         hidden: bool,
     },
@@ -166,6 +175,8 @@ pub enum Event<P> {
         task: Arc<TaskSpec<P>>,
         outcome: Outcome<P>,
         attempts: u32,
+        /// Failed attempts, counting one that ended with the task.
+        failures: u32,
         run_time: Option<Duration>,
         /// The attempt that ended with the task, and how, when one did.
         ended: Option<(Attempt, AttemptEnd)>,

@@ -19,6 +19,7 @@ use crate::types::{
     Attempt, ConnId, Failure, FailureCode, GamerId, Outcome, Owner, PeerId, TaskId, TaskState, Time,
 };
 
+mod ids;
 mod peer_ids;
 mod peers;
 mod retry;
@@ -48,6 +49,8 @@ pub struct Scheduler<P> {
     pub(crate) config: Config,
     pub(crate) now: Time,
     pub(crate) next_task: u64,
+    /// Id blocks reserved in the store (`scheduler/ids.rs`).
+    pub(crate) ids: ids::Reservation,
     pub(crate) tasks: BTreeMap<TaskId, Task<P>>,
     /// (owner, the submitter's task id) → task, for live and retained tasks.
     pub(crate) by_client: HashMap<(Owner, Arc<str>), TaskId>,
@@ -105,6 +108,7 @@ impl<P: Clone> Scheduler<P> {
             config,
             now,
             next_task: 1,
+            ids: ids::Reservation::default(),
             tasks: BTreeMap::new(),
             by_client: HashMap::new(),
             by_key: HashMap::new(),
@@ -322,6 +326,11 @@ impl<P: Clone> Scheduler<P> {
     }
 
     fn assign(&mut self, now: Time, id: TaskId, peer_id: &PeerId) {
+        // Its id may not leave before a reservation covering it committed
+        // (`scheduler/ids.rs`); it stays queued until then.
+        if !self.id_may_leave(id) {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(peer_id) else { return };
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let State::Queued { pos } = &task.state else { return };
@@ -478,6 +487,7 @@ impl<P: Clone> Scheduler<P> {
             end,
             reason,
             failures,
+            at: now,
             retry_at,
             hidden,
         });
@@ -511,7 +521,7 @@ impl<P: Clone> Scheduler<P> {
             _ => self.counters.timed_out += 1,
         }
         let spec = Arc::clone(&task.spec);
-        let attempts = task.attempts;
+        let (attempts, failures) = (task.attempts, task.failures);
         // A gamer handed an earlier outcome before a retry gets no second one.
         let given = task.outcome_given;
         let conn = match &spec.owner {
@@ -529,6 +539,7 @@ impl<P: Clone> Scheduler<P> {
             task: Arc::clone(&spec),
             outcome: outcome.clone(),
             attempts,
+            failures,
             run_time,
             ended,
             peer,

@@ -2,8 +2,7 @@
 //! that lost nothing ([`round_trip`]), and at the end
 //! ([`World::check_all_delivered`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use proto::Json;
 use sched::{
@@ -11,7 +10,6 @@ use sched::{
     TaskState,
 };
 
-use crate::known::KnownBugs;
 use crate::world::World;
 
 impl World {
@@ -133,16 +131,10 @@ pub(crate) fn outcome_value(outcome: &Outcome<Json>) -> String {
 /// scheduler held: the same tasks, each with the same spec, state, attempt,
 /// failures, history and outcome. Delivery marks are written lazily, so a
 /// task may come back undelivered that was delivered — never the other way
-/// round. `known` bugs accept their deviations.
-pub(crate) struct RoundTrip<'a> {
-    pub known: KnownBugs,
-    /// Tasks reclaimed since the last restart.
-    pub reclaimed: &'a BTreeSet<TaskId>,
-    /// The longest back-off between attempts.
-    pub max_backoff: Duration,
-}
+/// round.
+pub(crate) struct RoundTrip;
 
-impl RoundTrip<'_> {
+impl RoundTrip {
     pub fn check(&self, old: &Scheduler<Json>, back: &[Recovered<Json>]) -> Result<(), String> {
         let back: BTreeMap<TaskId, &Recovered<Json>> =
             back.iter().map(|r| (r.spec.id, r)).collect();
@@ -160,10 +152,7 @@ impl RoundTrip<'_> {
         if spec(t.spec()) != spec(&r.spec) {
             return Err(format!("with another spec: {} became {}", spec(t.spec()), spec(&r.spec)));
         }
-        let failures_drift = self.known.failures_not_stored
-            && (t.status().is_terminal()
-                || (self.reclaimed.contains(&t.id()) && t.failures() < r.failures));
-        if t.attempt().0 != r.attempts || (t.failures() != r.failures && !failures_drift) {
+        if t.attempt().0 != r.attempts || t.failures() != r.failures {
             return Err(format!(
                 "({}) with attempt {} and {} failures, not {} and {}",
                 t.status(),
@@ -183,17 +172,8 @@ impl RoundTrip<'_> {
             return fail();
         }
         for (a, b) in was.iter().zip(now) {
-            let late = match (a.ended_at, b.ended_at) {
-                (Some(x), Some(y)) => y.saturating_since(x),
-                _ => Duration::ZERO,
-            };
-            let ended_late = self.known.attempt_end_is_retry_time
-                && a.ended_at.is_some()
-                && late <= self.max_backoff;
-            let same_end = a.ended_at == b.ended_at || ended_late;
-            if (&a.peer, a.attempt, a.assigned_at, &a.end)
-                != (&b.peer, b.attempt, b.assigned_at, &b.end)
-                || !same_end
+            if (&a.peer, a.attempt, a.assigned_at, a.ended_at, &a.end)
+                != (&b.peer, b.attempt, b.assigned_at, b.ended_at, &b.end)
             {
                 return fail();
             }
@@ -230,7 +210,7 @@ fn same_state(t: &Task<Json>, state: &RecoveredState<Json>) -> Result<(), String
             Ok(())
         }
         (_, RecoveredState::Finished { outcome, at, delivered }) if t.status().is_terminal() => {
-            let was = t.outcome().map(|o| outcome_value(o)).unwrap_or_default();
+            let was = t.outcome().map(outcome_value).unwrap_or_default();
             let now = outcome_value(outcome);
             if was != now || Some(*at) != t.finished_at() {
                 return Err(format!("finished {now} at {at}, not {was} at {:?}", t.finished_at()));

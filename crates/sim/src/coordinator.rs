@@ -25,12 +25,8 @@ impl World {
             while let Some(event) = self.sched.poll_event() {
                 any = true;
                 self.shell.observe(&event);
-                match &event {
-                    Event::Evicted { tasks } => self.evicted.extend(tasks),
-                    Event::TaskReclaimed { task, .. } => {
-                        self.reclaimed.insert(*task);
-                    }
-                    _ => {}
+                if let Event::Evicted { tasks } = &event {
+                    self.evicted.extend(tasks);
                 }
             }
             self.shell.commit();
@@ -69,7 +65,6 @@ impl World {
                 }
             }
             Command::Deliver { conn, gamer, task, outcome, .. } => {
-                self.handed.insert(task.id, conn);
                 self.log(format!("deliver {} to {conn}", task.id));
                 let reply = Reply { conn, gamer, task, outcome };
                 if let Some(reply) = self.shell.hold(reply) {
@@ -97,25 +92,9 @@ impl World {
             return g.inbox.push(reply);
         }
         let id = reply.task.id;
-        let back = self.gamers.iter().find(|g| g.id == reply.gamer).and_then(|g| g.conn);
-        let handed = self.handed.get(&id).copied();
-        self.log(format!(
-            "{id} to {} undelivered (back on {back:?}, handed {handed:?})",
-            reply.conn
-        ));
-        // The scheduler hands it to the gamer's new connection, if any.
-        match back.filter(|c| *c != reply.conn) {
-            Some(c) => {
-                if handed == Some(c) {
-                    // It already went there: `KnownBugs::redelivered_on_the_same_connection`.
-                    *self.again_ok.entry((id, c)).or_default() += 1;
-                }
-                self.handed.insert(id, c);
-            }
-            None => {
-                self.handed.remove(&id);
-            }
-        }
+        self.log(format!("{id} to {} undelivered", reply.conn));
+        // The scheduler hands it to the gamer's new connection, if any, and
+        // if it did not go there already.
         self.sched.handle_undelivered(self.now, id, reply.conn);
     }
 
@@ -149,8 +128,12 @@ impl World {
         Ok(())
     }
 
-    /// What a commit makes true: submissions are acknowledged, deletions final.
+    /// What a commit makes true: submissions are acknowledged, deletions
+    /// final, reserved ids free to leave (`Core::release_durable`).
     fn committed(&mut self, ops: &[Op]) {
+        if let Some(next) = self.shell.ids_durable() {
+            self.sched.handle_ids_durable(self.now, next);
+        }
         for op in ops {
             match op {
                 Op::Insert(t) => {
@@ -232,30 +215,16 @@ impl World {
         if got.value != value {
             return Err(format!("{gamer} got two outcomes for {id}: {} then {value}", got.value));
         }
-        if !got.conns.insert(r.conn)
-            && !(self.known.redelivered_on_the_same_connection && self.again_ok_take(id, r.conn))
-        {
+        if !got.conns.insert(r.conn) {
             return Err(format!("{gamer} got the outcome of {id} twice on {}", r.conn));
         }
         Ok(())
     }
 
-    /// Whether one more copy of `id` on `conn` is one the known bug sent.
-    fn again_ok_take(&mut self, id: TaskId, conn: sched::ConnId) -> bool {
-        match self.again_ok.get_mut(&(id, conn)) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Whether task `id` carrying the work of task number `of_n` is one of
     /// the known bugs the checks accept.
     fn known_mixup(&self, id: TaskId, of_n: u64) -> bool {
-        (self.known.wire_ids_of_lost_runs && self.misattributed.contains(&(id, of_n)))
-            || (self.known.task_ids_reused_after_lost_commit && self.lost.contains(&(id, of_n)))
+        self.known.wire_ids_of_lost_runs && self.misattributed.contains(&(id, of_n))
     }
 
     /// The coordinator crashes and restarts. The writer had committed some
@@ -282,11 +251,6 @@ impl World {
                 self.lost_attempts.insert((TaskId(*id), *attempt));
             }
         }
-        for (id, sub) in &self.submitted {
-            if !self.acked.contains_key(id) {
-                self.lost.insert((*id, sub.n));
-            }
-        }
         let loaded = self.shell.load()?;
         let next = loaded.next_task_id;
         let back: Vec<Recovered<proto::Json>> = loaded
@@ -297,22 +261,18 @@ impl World {
             .map_err(|e| format!("seed {}: {e}", self.seed))?;
         if lost == 0 {
             // Nothing was lost: the store must give back what the scheduler had.
-            let rules = check::RoundTrip {
-                known: self.known,
-                reclaimed: &self.reclaimed,
-                max_backoff: self.config.retry_backoff.max,
-            };
-            rules.check(&self.sched, &back).map_err(|e| format!("seed {}: {e}", self.seed))?;
+            check::RoundTrip
+                .check(&self.sched, &back)
+                .map_err(|e| format!("seed {}: {e}", self.seed))?;
             self.round_trips += 1;
         }
         let mut sched = Scheduler::new(self.config.clone(), self.now);
         sched.handle_recovered(self.now, back);
         sched.set_next_task_id(next.saturating_sub(1));
+        sched.reserve_ids(self.id_block, next);
         self.sched = sched;
         self.submitted.clear();
         self.evicted.clear();
-        self.reclaimed.clear();
-        self.handed.clear();
         for p in &mut self.peers {
             p.conn = None;
         }

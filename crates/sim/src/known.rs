@@ -19,43 +19,10 @@ pub struct KnownBugs {
     /// released when the old task ended elsewhere (`peer_ids.rs` holds an id
     /// only while its task lives or a cancelled run is unconfirmed).
     pub wire_ids_of_lost_runs: bool,
-    /// Task ids are reused after a crash that lost uncommitted submissions:
-    /// assignments go out before the `TaskSubmitted` batch commits, the
-    /// restarted coordinator numbers from what the store holds, and a peer
-    /// still running the lost task answers `t-N` for the new `t-N`.
-    pub task_ids_reused_after_lost_commit: bool,
-    /// An outcome goes twice to the same connection: a delivery held for
-    /// its batch's commit finds its connection gone and
-    /// `Scheduler::handle_undelivered` hands it to the gamer's new
-    /// connection — which already got it (`awaiting`, or the join's
-    /// re-delivery) while it was held.
-    pub redelivered_on_the_same_connection: bool,
-    /// The stored failure count drifts from the scheduler's: neither
-    /// `Event::TaskFinished` nor `Event::TaskReclaimed` carries it, so the
-    /// store misses the failure that ended a task and keeps the one a
-    /// reclaim undid (after a restart such a task may exhaust
-    /// `max_attempts` one attempt early).
-    pub failures_not_stored: bool,
-    /// `Op::Requeued`'s time is the retry time (`Event::TaskRequeued`
-    /// carries no other), which the store records as the attempt's end: a
-    /// restarted coordinator shows the attempt ending up to a back-off late.
-    pub attempt_end_is_retry_time: bool,
 }
 
 impl KnownBugs {
-    pub const ALL: KnownBugs = KnownBugs {
-        wire_ids_of_lost_runs: true,
-        task_ids_reused_after_lost_commit: true,
-        redelivered_on_the_same_connection: true,
-        failures_not_stored: true,
-        attempt_end_is_retry_time: true,
-    };
+    pub const ALL: KnownBugs = KnownBugs { wire_ids_of_lost_runs: true };
 
-    pub const NONE: KnownBugs = KnownBugs {
-        wire_ids_of_lost_runs: false,
-        task_ids_reused_after_lost_commit: false,
-        redelivered_on_the_same_connection: false,
-        failures_not_stored: false,
-        attempt_end_is_retry_time: false,
-    };
+    pub const NONE: KnownBugs = KnownBugs { wire_ids_of_lost_runs: false };
 }

@@ -19,8 +19,10 @@
 //! batch handed over so far has committed, and go out before or after the
 //! next input, as the core loop may take either first; and a restart
 //! recovers through [`store::Store::load`], [`persist::recovered`],
-//! `Scheduler::handle_recovered` and `set_next_task_id`, as
-//! `crates/coordinator/src/server.rs`'s `recover` does. The store writer is
+//! `Scheduler::handle_recovered`, `set_next_task_id` and `reserve_ids`, as
+//! `crates/coordinator/src/server.rs`'s `recover` does (id reservations
+//! become durable through [`persist::IdReservations`], as in the observer;
+//! the block size is drawn per seed: 2, 3, 8 or 1 024). The store writer is
 //! asynchronous: batches stay in flight for a few steps and commit a prefix
 //! at a time, and a crash commits some prefix of what was in flight and
 //! loses the rest (with the replies held and whatever a gamer had not read

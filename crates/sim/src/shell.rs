@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use persist::DeliveryMarks;
+use persist::{DeliveryMarks, IdReservations};
 use proto::Json;
 use sched::{ConnId, Event, GamerId, Outcome, TaskSpec};
 use store::{Loaded, Op, SqliteStore, Store};
@@ -54,6 +54,8 @@ pub(crate) struct Shell {
     marks: DeliveryMarks,
     /// Marks are written without other ops once this many wait.
     alone: usize,
+    /// Id reservations waiting for their batch to commit.
+    ids: IdReservations,
     /// Replies waiting for batch `.0` to commit.
     held: VecDeque<(u64, Reply)>,
     /// Delivery marks written so far (for the coverage test).
@@ -71,6 +73,7 @@ impl Shell {
             in_flight: VecDeque::new(),
             marks: DeliveryMarks::default(),
             alone,
+            ids: IdReservations::default(),
             held: VecDeque::new(),
             marks_written: 0,
         })
@@ -80,6 +83,10 @@ impl Shell {
     pub fn observe(&mut self, event: &Event<Json>) {
         match event {
             Event::Delivered { task } => self.marks.delivered(*task, self.appended + 1),
+            Event::IdsReserved { next } => {
+                self.ids.reserved(*next, self.appended + 1);
+                self.pending.extend(persist::op_for(event));
+            }
             Event::Undelivered { task } => {
                 self.marks.undelivered(*task);
                 self.pending.extend(persist::op_for(event));
@@ -121,6 +128,12 @@ impl Shell {
         out
     }
 
+    /// The highest id reservation made durable since the last call
+    /// (`Observer::ids_durable`).
+    pub fn ids_durable(&mut self) -> Option<u64> {
+        self.ids.durable(self.committed)
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -157,6 +170,7 @@ impl Shell {
         lost.append(&mut self.pending);
         self.held.clear();
         self.marks = DeliveryMarks::default();
+        self.ids = IdReservations::default();
         self.appended = 0;
         self.committed = 0;
         Ok(Crashed { committed, lost, batches })

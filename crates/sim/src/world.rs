@@ -26,6 +26,10 @@ pub(crate) const RUN_OF: &str = "sim run of #";
 /// costing a commit of its own to marks that only ever ride along.
 const ALONE: [usize; 5] = [1, 2, 4, 16, 1_000_000];
 
+/// Task ids reserved at a time, by seed: small blocks make assignments wait
+/// for their reservation to commit; a large one, as by default, never does.
+const ID_BLOCK: [u64; 4] = [2, 3, 8, 1024];
+
 /// An assignment a peer runs: what it was told, and the sim task number in
 /// its payload (a result is computed from it).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,25 +105,17 @@ pub struct World {
     pub(crate) evicted: BTreeSet<TaskId>,
     /// Tasks whose deletion is committed.
     pub(crate) deleted: BTreeSet<TaskId>,
-    /// Tasks the current coordinator saw reclaimed.
-    pub(crate) reclaimed: BTreeSet<TaskId>,
     /// (task, sim task number): a peer's answer for a run of task number
     /// `.1` was taken for task `.0` (`KnownBugs::wire_ids_of_lost_runs`).
     pub(crate) misattributed: BTreeSet<(TaskId, u64)>,
-    /// (task id, sim task number) of submissions a restart lost before they
-    /// committed (`KnownBugs::task_ids_reused_after_lost_commit`).
-    pub(crate) lost: BTreeSet<(TaskId, u64)>,
     /// (task, attempt) of assignments a restart lost before they committed.
     pub(crate) lost_attempts: BTreeSet<(TaskId, u32)>,
-    /// The connection each task's outcome was last handed to.
-    pub(crate) handed: BTreeMap<TaskId, ConnId>,
-    /// Extra copies of task `.0` on connection `.1` that
-    /// `KnownBugs::redelivered_on_the_same_connection` sends.
-    pub(crate) again_ok: BTreeMap<(TaskId, ConnId), u32>,
     pub(crate) known: KnownBugs,
     pub(crate) config: Config,
     /// Marks are written alone once this many wait.
     pub alone: usize,
+    /// Task ids reserved at a time (`Limits::id_block`).
+    pub(crate) id_block: u64,
     pub restarts: u32,
     /// Batches a restart lost before they committed.
     pub lost_batches: usize,
@@ -158,10 +154,16 @@ impl World {
                 received: BTreeMap::new(),
             })
             .collect();
+        // From the seed, not the stream, so that the draws stay as they were.
+        let id_block = ID_BLOCK[(seed % ID_BLOCK.len() as u64) as usize];
+        // As a coordinator starting on an empty store does (`recover`).
+        let mut sched = Scheduler::new(config.clone(), Time::ZERO);
+        sched.reserve_ids(id_block, 1);
         Ok(World {
             seed,
             rng,
-            sched: Scheduler::new(config.clone(), Time::ZERO),
+            sched,
+            id_block,
             shell: Shell::new(alone)?,
             config,
             alone,
@@ -178,12 +180,8 @@ impl World {
             acked: BTreeMap::new(),
             evicted: BTreeSet::new(),
             deleted: BTreeSet::new(),
-            reclaimed: BTreeSet::new(),
             misattributed: BTreeSet::new(),
-            lost: BTreeSet::new(),
             lost_attempts: BTreeSet::new(),
-            handed: BTreeMap::new(),
-            again_ok: BTreeMap::new(),
             known,
             violations: Vec::new(),
             trace: String::new(),

@@ -77,6 +77,7 @@ fn batch(k: u64, f: u64, tasks: u64) -> Vec<Op> {
             end: Some((1, AttemptEnd::Completed)),
             at_ms: 2,
             delivered: false,
+            failures: 0,
         }));
     }
     if let Some(ids) = stage(3) {

@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_attempts: 3,
                 idempotency_key: None,
                 submitted_at_ms: at,
+                verify: None,
             }));
             let peer = format!("w{}", id % 5);
             ops.push(Op::Assigned { id, attempt: 1, peer, at_ms: at });
@@ -47,11 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ops.push(Op::Finished {
                 id,
                 state,
-                result,
+                result: result.clone(),
                 error: None,
                 end: Some((1, end)),
                 at_ms: at,
                 delivered: true,
+                failures: u32::from(result.is_none()),
             });
         }
         db.write(&ops)?;

@@ -181,8 +181,10 @@ pub enum Op {
         id: u64,
         attempt: u32,
         peer: String,
+        /// The task's failures, less the one the reclaim undid.
+        failures: u32,
     },
-    /// The attempt ended (`end`) and the task waits for another.
+    /// The attempt ended (`end`, at `at_ms`) and the task waits for another.
     Requeued {
         id: u64,
         attempt: u32,
@@ -201,6 +203,8 @@ pub enum Op {
         end: Option<(u32, AttemptEnd)>,
         at_ms: i64,
         delivered: bool,
+        /// Failed attempts, counting one that ended with the task.
+        failures: u32,
     },
     Delivered {
         id: u64,

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fuzz;
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -437,6 +438,18 @@ impl Raw {
             }
         };
         tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| panic!("no {msg_type} in time"))
+    }
+
+    /// The next JSON message, or `None` once the connection closed or ended
+    /// (no deadline of its own: the caller sets one).
+    pub async fn next_message(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).ok(),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            }
+        }
     }
 
     /// Waits for the connection to close; returns the close frame.

@@ -41,7 +41,10 @@ use session::{End, Session};
 /// Worker configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The coordinator's WebSocket URL, e.g. `ws://10.0.0.2:8765`.
+    /// The coordinator's WebSocket URL, e.g. `ws://10.0.0.2:8765`; or
+    /// several, comma-separated (the coordinators of one PostgreSQL store):
+    /// the worker finds the leader, following a standby's `not_leader`
+    /// answer and moving on from a coordinator it cannot reach.
     pub coordinator: String,
     pub peer_id: String,
     /// Tasks run at once. Default: the number of CPU cores.
@@ -173,38 +176,52 @@ impl Worker {
     /// Runs until `shutdown` completes (then drains) or the coordinator
     /// refuses this worker.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        validate_url(&self.config.coordinator)?;
+        let mut endpoints = proto::Endpoints::parse(&self.config.coordinator).map_err(|e| {
+            WorkerError::BadUrl { url: self.config.coordinator.clone(), reason: e.to_string() }
+        })?;
         self.credential = credentials::load(&self.config).map_err(WorkerError::Credential)?;
         tokio::pin!(shutdown);
         let mut backoff = self.config.reconnect_min;
         loop {
             let bearer = self.bearer();
+            let url = endpoints.current().to_owned();
             let connected = tokio::select! {
                 _ = &mut shutdown => return {
                     self.abandon();
                     Ok(())
                 },
-                c = session::connect(&self.config, bearer.as_deref()) => c,
+                c = session::connect(&url, &self.config, bearer.as_deref()) => c,
             };
+            let mut wait = jittered(backoff);
             match connected {
                 Ok(ws) => {
                     backoff = self.config.reconnect_min;
-                    match Session::new(&mut self, ws).run(&mut shutdown).await {
+                    match Session::new(&mut self, ws, &url).run(&mut shutdown).await {
                         End::Shutdown => return Ok(()),
                         End::Refused(reason) => return Err(WorkerError::Refused(reason)),
-                        End::Disconnected(why) => info!("disconnected from the coordinator: {why}"),
+                        End::Disconnected(why) => {
+                            info!("disconnected from the coordinator at {url}: {why}");
+                            endpoints.connected();
+                            wait = jittered(backoff);
+                        }
+                        // An election, or the leader elsewhere: soon again.
+                        End::NotLeader(leader) => {
+                            info!(%url, leader = leader.as_deref().unwrap_or("none yet"), "a standby answered");
+                            endpoints.not_leader(leader.as_deref());
+                            wait = jittered(NOT_LEADER_WAIT);
+                        }
                     }
                 }
                 Err(session::ConnectError::Refused(reason)) => {
                     return Err(WorkerError::Refused(self.refusal("unauthorized", &reason)));
                 }
                 Err(session::ConnectError::Other(e)) => {
-                    warn!("cannot reach the coordinator at {}: {e}", self.config.coordinator)
+                    warn!("cannot reach the coordinator at {url}: {e}");
+                    endpoints.failed();
+                    backoff = (backoff * 2).min(self.config.reconnect_max);
                 }
             }
             // Wait before the next attempt, collecting reports meanwhile.
-            let wait = jittered(backoff);
-            backoff = (backoff * 2).min(self.config.reconnect_max);
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
@@ -296,16 +313,14 @@ fn models(advertised: &exec::Advertised) -> Value {
     Value::Array(list)
 }
 
+/// How long to wait after a standby's answer before trying again.
+const NOT_LEADER_WAIT: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
 fn validate_url(url: &str) -> Result<(), WorkerError> {
-    if url.starts_with("ws://") || url.starts_with("wss://") {
-        Ok(())
-    } else {
-        Err(WorkerError::BadUrl {
-            url: url.to_owned(),
-            reason: "expected wss://HOST:PORT (or ws:// on the coordinator's own machine): its WebSocket port, 8765 by default"
-                .to_owned(),
-        })
-    }
+    proto::Endpoints::parse(url)
+        .map(|_| ())
+        .map_err(|e| WorkerError::BadUrl { url: url.to_owned(), reason: e.to_string() })
 }
 
 /// A wait between half and all of `d`, so that many workers do not all
@@ -367,6 +382,8 @@ mod tests {
         assert!(validate_url("ws://h:8765").is_ok());
         assert!(validate_url("http://h:8765").is_err());
         assert!(validate_url("tcp://h:5555").is_err());
+        assert!(validate_url("ws://a:8765,wss://b:8765").is_ok());
+        assert!(validate_url("ws://a:8765,http://b:8000").is_err());
     }
 
     #[test]

@@ -38,16 +38,20 @@ pub(crate) enum ConnectError {
 
 /// Connects to the coordinator (over TLS for `wss://`, trusting exactly the
 /// pinned CA when there is a pin), presenting `bearer` as a bearer header.
-pub(crate) async fn connect(config: &Config, bearer: Option<&str>) -> Result<Ws, ConnectError> {
+pub(crate) async fn connect(
+    url: &str,
+    config: &Config,
+    bearer: Option<&str>,
+) -> Result<Ws, ConnectError> {
     let other = |e: &dyn std::fmt::Display| ConnectError::Other(e.to_string());
-    let mut request = config.coordinator.as_str().into_client_request().map_err(|e| other(&e))?;
+    let mut request = url.into_client_request().map_err(|e| other(&e))?;
     if let Some(token) = bearer {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| other(&"the token is not a valid header value"))?;
         request.headers_mut().insert("authorization", value);
     }
-    let tls = config.coordinator.starts_with("wss://");
+    let tls = url.starts_with("wss://");
     if !tls && config.trust != tls::Trust::System {
         return Err(ConnectError::Refused(
             "a join token or --ca-hash pins the coordinator's certificate, which needs TLS: \
@@ -92,6 +96,8 @@ pub(crate) enum End {
     Refused(String),
     /// The connection is gone: reconnect.
     Disconnected(String),
+    /// A standby answered, naming the leader (none during an election).
+    NotLeader(Option<String>),
 }
 
 /// When the next `task_progress` flush is due: at once for the first delta
@@ -123,14 +129,27 @@ impl Flush {
 pub(crate) struct Session<'w> {
     worker: &'w mut Worker,
     ws: Ws,
+    url: String,
     heartbeat: Duration,
     load: Load,
+    /// When anything last arrived from the coordinator.
+    last_heard: Instant,
 }
 
+/// Heartbeats without a word from the coordinator (not even a pong to the
+/// ping each heartbeat carries) after which it is given up: a frozen
+/// coordinator (SIGSTOP) keeps its socket open but answers nothing.
+const SILENT_HEARTBEATS: u32 = 3;
+
+/// ... but never less than this, so that a coordinator stalled for a moment
+/// on a loaded machine is not left at once.
+const MIN_SILENCE: Duration = Duration::from_secs(2);
+
 impl<'w> Session<'w> {
-    pub fn new(worker: &'w mut Worker, ws: Ws) -> Session<'w> {
+    pub fn new(worker: &'w mut Worker, ws: Ws, url: &str) -> Session<'w> {
         let heartbeat = worker.config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
-        Session { worker, ws, heartbeat, load: Load::new() }
+        let (url, last_heard) = (url.to_owned(), Instant::now());
+        Session { worker, ws, url, heartbeat, load: Load::new(), last_heard }
     }
 
     pub async fn run<F: Future<Output = ()>>(mut self, shutdown: &mut Pin<&mut F>) -> End {
@@ -154,6 +173,7 @@ impl<'w> Session<'w> {
                 _ = shutdown.as_mut() => return self.drain().await,
                 frame = self.ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
+                        self.last_heard = Instant::now();
                         if let Err(end) = self.on_text(text.as_str()).await {
                             return end;
                         }
@@ -167,7 +187,7 @@ impl<'w> Session<'w> {
                         let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
                         return End::Disconnected(why);
                     }
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => self.last_heard = Instant::now(),
                     Some(Err(e)) => return End::Disconnected(e.to_string()),
                     None => return End::Disconnected("closed".to_owned()),
                 },
@@ -192,7 +212,16 @@ impl<'w> Session<'w> {
                     }
                 }
                 _ = tick.tick() => {
+                    let silence = (self.heartbeat * SILENT_HEARTBEATS).max(MIN_SILENCE);
+                    if self.last_heard.elapsed() >= silence {
+                        return End::Disconnected(format!(
+                            "nothing from the coordinator for {silence:?}"
+                        ));
+                    }
                     if let Err(e) = self.heartbeat().await {
+                        return End::Disconnected(e.to_string());
+                    }
+                    if let Err(e) = self.ws.send(Message::Ping(Default::default())).await {
                         return End::Disconnected(e.to_string());
                     }
                 }
@@ -268,7 +297,7 @@ impl<'w> Session<'w> {
                 r.ctx.cancel();
             }
         }
-        info!(peer = %self.worker.config.peer_id, coordinator = %self.worker.config.coordinator, "registered");
+        info!(peer = %self.worker.config.peer_id, coordinator = %self.url, "registered");
         Ok(())
     }
 
@@ -289,6 +318,9 @@ impl<'w> Session<'w> {
             match FromCoordinator::decode(text.as_str()) {
                 Ok(reply @ (FromCoordinator::RegistrationAck(_) | FromCoordinator::Joined(_))) => {
                     return Ok(reply);
+                }
+                Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
+                    return Err(End::NotLeader(e.leader.map(|l| l.0)));
                 }
                 Ok(FromCoordinator::Error(e)) => {
                     return Err(End::Refused(self.worker.refusal(e.code.as_str(), &e.reason)));

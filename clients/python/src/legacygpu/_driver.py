@@ -147,7 +147,11 @@ class Link:
 
 class Driver:
     def __init__(self, url: str, options: Options, tls: Tls) -> None:
-        self.url = url
+        # The coordinators, which to try next, and where a standby said the
+        # leader is (tried first); as proto::Endpoints does in Rust.
+        self.urls = list(dict.fromkeys(u.strip() for u in url.split(",")))
+        self.index = 0
+        self.redirect: Optional[str] = None
         self.options = options
         self.tls = tls
         self.loop = asyncio.get_running_loop()
@@ -169,15 +173,54 @@ class Driver:
         self.reader: Optional["asyncio.Task[None]"] = None
         self.stats = {"accepted": 0, "outcomes": 0, "duplicates": 0, "reconnects": 0, "resubmitted": 0}
 
+    # ---- which coordinator ---------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The coordinator to try now."""
+        return self.redirect or self.urls[self.index]
+
+    def _failed(self) -> None:
+        """The current URL could not be reached: the next one is tried."""
+        if self.redirect is None:
+            self.index = (self.index + 1) % len(self.urls)
+        self.redirect = None
+
+    def _not_leader(self, leader: Optional[str]) -> None:
+        """A standby answered, naming ``leader`` (or nobody)."""
+        if isinstance(leader, str) and leader.startswith(("ws://", "wss://")) and leader != self.url:
+            self.redirect = leader
+        else:
+            self._failed()
+
+    def _connected(self) -> None:
+        if self.redirect in self.urls:
+            self.index = self.urls.index(self.redirect)
+            self.redirect = None
+
     # ---- connecting ----------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self.link = self._link(await self._open([]))
-        except errors.Unauthorized:
-            raise
-        except CONNECT_ERRORS as e:
-            raise errors.ConnectFailed(f"cannot connect to {self.url}: {_describe(e)}") from None
+        last: Any = None
+        for _ in range(len(self.urls) * 4 + 2):
+            try:
+                self.link = self._link(await self._open([]))
+                break
+            except errors.Unauthorized:
+                raise
+            except errors.NotLeader as e:
+                last = e
+                self._not_leader(e.leader)
+                if e.leader is None:
+                    await asyncio.sleep(0.2)  # an election is on
+            except CONNECT_ERRORS as e:
+                last = e
+                self._failed()
+                if len(self.urls) == 1:
+                    break
+        if self.link is None:
+            raise errors.ConnectFailed(f"cannot connect to {','.join(self.urls)}: {_describe(last)}") from None
+        self._connected()
         self.reader = asyncio.ensure_future(self._run())
 
     async def _open(self, awaiting: List[str]) -> ClientConnection:
@@ -225,6 +268,9 @@ class Driver:
                 kind = msg.get("msg_type") if isinstance(msg, dict) else None
                 if kind == "registration_ack":
                     return
+                if kind == "error" and msg.get("code") == "not_leader":
+                    leader = msg.get("leader")
+                    raise errors.NotLeader(f"{self.url} is a standby coordinator", leader if isinstance(leader, str) else None)
                 if kind == "error":
                     err = errors.refusal(msg)
                     if isinstance(err, errors.Unauthorized):
@@ -431,10 +477,18 @@ class Driver:
                 ws = await self._open(self._awaiting())
             except errors.Unauthorized as e:
                 return self._give_up(e)
+            except errors.NotLeader as e:
+                # An election, or the leader elsewhere: soon again.
+                last = e
+                self._not_leader(e.leader)
+                wait = 0.1
+                continue
             except CONNECT_ERRORS as e:
                 last = e
+                self._failed()
                 wait = min(wait * 2, self.options.reconnect_max_s)
                 continue
+            self._connected()
             if self.closing:
                 await ws.close()
                 return False

@@ -120,7 +120,10 @@ class AsyncClient:
 
     Connects on ``async with`` (or ``await client.connect()``). Arguments:
 
-    - ``url``: ``ws://HOST:8765`` or ``wss://HOST:8765``;
+    - ``url``: ``ws://HOST:8765`` or ``wss://HOST:8765``; or several,
+      comma-separated (the coordinators of one PostgreSQL store): the client
+      finds the leader, following a standby's ``not_leader`` answer and
+      moving on from one it cannot reach, now and after every drop;
     - ``token``: the cluster token, when the coordinator requires one;
     - ``gamer_id``: reconnecting with the same id delivers the outcomes that
       finished while away (default: a random one);
@@ -153,8 +156,10 @@ class AsyncClient:
         connect_timeout_s: float = 10.0,
         max_frame_bytes: int = _wire.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
-            raise ValueError(f"url must be a ws:// or wss:// URL, got {url!r}")
+        if not isinstance(url, str) or not all(
+            u.strip().startswith(("ws://", "wss://")) and len(u.strip()) > 6 for u in url.split(",")
+        ):
+            raise ValueError(f"url must be a ws:// or wss:// URL (or several, comma-separated), got {url!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
         for name, value in (("reconnect_max_s", reconnect_max_s), ("connect_timeout_s", connect_timeout_s)):

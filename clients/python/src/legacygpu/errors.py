@@ -23,6 +23,15 @@ class ConnectFailed(LegacyGpuError, ConnectionError):
     """The first connection to the coordinator could not be made."""
 
 
+class NotLeader(ConnectFailed):
+    """The coordinator is a standby; ``leader`` is the leader's URL it named
+    (None during an election). The client follows it by itself."""
+
+    def __init__(self, message: str, leader: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class ConnectionLost(LegacyGpuError, ConnectionError):
     """The coordinator stayed unreachable past the reconnection budget.
 

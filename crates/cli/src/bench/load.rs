@@ -212,6 +212,63 @@ pub(crate) async fn await_ack(rx: &mut Rx) -> anyhow::Result<FromCoordinator> {
     tokio::time::timeout(CONNECT_TIMEOUT, wait).await.context("no registration_ack")?
 }
 
+/// The leader among `list` (`ws://a:8765,ws://b:8765`, the coordinators of
+/// one PostgreSQL store): each is asked in turn with a gamer registration,
+/// and a standby's `not_leader` answer names the leader. The run then loads
+/// that one.
+pub(crate) async fn leader(list: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let mut endpoints = proto::Endpoints::parse(list).map_err(anyhow::Error::msg)?;
+    if !endpoints.is_several() {
+        return Ok(endpoints.current().to_owned());
+    }
+    let mut last = anyhow::anyhow!("every coordinator is a standby");
+    for _ in 0..endpoints.all().len() * 4 {
+        let url = endpoints.current().to_owned();
+        match probe(&url, token).await {
+            Ok(None) => return Ok(url),
+            Ok(Some(leader)) => {
+                if leader.is_none() {
+                    // An election is on.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                endpoints.not_leader(leader.as_deref());
+            }
+            Err(e) => {
+                endpoints.failed();
+                last = e;
+            }
+        }
+    }
+    Err(last.context(format!("no coordinator of {list} leads")))
+}
+
+/// `None` when `url` leads; else the leader its `not_leader` names.
+async fn probe(url: &str, token: Option<&str>) -> anyhow::Result<Option<Option<String>>> {
+    let ws = open(url, token).await?;
+    let (mut tx, mut rx) = ws.split();
+    let id = format!("bench-probe-{:08x}", fastrand::u32(..));
+    let register = json!({"msg_type": "register_gamer", "gamer_id": id, "token": token});
+    tx.send(Message::text(register.to_string())).await?;
+    let wait = async {
+        while let Some(frame) = rx.next().await {
+            if let Message::Text(text) = frame? {
+                match FromCoordinator::decode(text.as_str()) {
+                    Ok(FromCoordinator::RegistrationAck(_)) => return Ok(None),
+                    Ok(FromCoordinator::Error(e)) if e.code == proto::ErrorCode::NOT_LEADER => {
+                        return Ok(Some(e.leader.map(|l| l.0)));
+                    }
+                    Ok(FromCoordinator::Error(e)) => bail!("refused: {}: {}", e.code, e.reason),
+                    _ => {}
+                }
+            }
+        }
+        bail!("the coordinator closed the connection")
+    };
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, wait).await.context("no answer")?;
+    let _ = tx.close().await;
+    answer
+}
+
 /// A registered peer connection.
 struct Peer {
     tx: Tx,

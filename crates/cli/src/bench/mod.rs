@@ -109,6 +109,7 @@ pub async fn run(args: Bench) -> anyhow::Result<ExitCode> {
     if url.starts_with("wss://") {
         load::set_tls(pin.as_deref())?;
     }
+    let url = load::leader(&url, args.token.as_deref()).await?;
     let store = match (&local, args.no_store) {
         (None, _) => "remote".to_owned(),
         (Some(_), true) => "memory".to_owned(),

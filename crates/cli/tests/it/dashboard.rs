@@ -96,10 +96,10 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
 }
 
-/// The text of the element `css`, once it exists.
+/// The text of the element `css`, once it exists (found again when a live
+/// update replaced it meanwhile).
 async fn text(c: &Client, css: &str) -> String {
-    let e = c.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap();
-    e.text().await.unwrap()
+    until_text(c, css, css, |_| true).await
 }
 
 /// Waits until `css`'s text satisfies `ok` (the page updates itself).
@@ -110,6 +110,12 @@ async fn until_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool
         ok(&t).then_some(t)
     })
     .await
+}
+
+/// Clicks `css`, found again when a live update replaced it before the click
+/// (a click on a stale element does nothing, so another try is safe).
+async fn click(c: &Client, css: &str) {
+    eventually(css, || async { c.find(Locator::Css(css)).await.ok()?.click().await.ok() }).await
 }
 
 async fn login(c: &Client, base: &str, key: &str) {
@@ -144,15 +150,18 @@ async fn rest(base: &str, path: &str) -> Value {
 }
 
 /// A POST from the page's own script (what a forged button would send).
-async fn post_from_page(c: &Client, path: &str, with_csrf: bool) -> u64 {
+/// `fields` is the rest of the form, so that only the role can refuse it.
+async fn post_from_page(c: &Client, path: &str, with_csrf: bool, fields: &str) -> u64 {
     let script = r#"
-        const [path, withCsrf, done] = arguments;
+        const [path, withCsrf, fields, done] = arguments;
         const input = document.querySelector("input[name=csrf]");
-        const body = withCsrf && input ? "csrf=" + encodeURIComponent(input.value) : "";
+        const csrf = withCsrf && input ? "csrf=" + encodeURIComponent(input.value) + "&" : "";
+        const body = csrf + fields;
         fetch(path, {method: "POST", body, headers: {"content-type": "application/x-www-form-urlencoded"}})
             .then(r => done(r.status), () => done(0));
     "#;
-    let v = c.execute_async(script, vec![json!(path), json!(with_csrf)]).await.unwrap();
+    let args = vec![json!(path), json!(with_csrf), json!(fields)];
+    let v = c.execute_async(script, args).await.unwrap();
     v.as_u64().unwrap()
 }
 
@@ -204,7 +213,7 @@ async fn the_dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/tasks/{long}")).await.unwrap();
     until_text(&c, "#task-status", "the sleep to run", |t| t == "running").await;
     shot(&c, "task-running").await;
-    c.find(Locator::Id("task-cancel")).await.unwrap().click().await.unwrap();
+    click(&c, "#task-cancel").await;
     until_text(&c, "#task-status", "the cancel", |t| t == "cancelled").await;
     shot(&c, "task").await;
 
@@ -212,8 +221,7 @@ async fn the_dashboard_in_a_real_browser() {
     let _w2 = worker(bin(), &coord.ws_url, "w2", &["--slots", "2"]);
     c.goto(&format!("{base}/workers")).await.unwrap();
     until_text(&c, "tr[data-worker=w2] td", "the w2 row", |t| t == "w2").await;
-    let pause = c.find(Locator::Css("tr[data-worker=w1] button[data-action=pause]")).await.unwrap();
-    pause.click().await.unwrap();
+    click(&c, "tr[data-worker=w1] button[data-action=pause]").await;
     until_text(&c, "tr[data-worker=w1] .status", "w1 paused", |t| t == "paused").await;
     shot(&c, "workers").await;
     for _ in 0..4 {
@@ -253,9 +261,9 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(c.find(Locator::Css("button#task-retry, button#task-cancel")).await.is_err());
     c.goto(&format!("{base}/workers")).await.unwrap();
     assert!(c.find(Locator::Css("td.actions button")).await.is_err(), "no buttons");
-    assert_eq!(post_from_page(&c, &format!("/ui/tasks/{long}/retry"), true).await, 403);
-    assert_eq!(post_from_page(&c, "/ui/tasks/bulk", true).await, 403);
-    assert_eq!(post_from_page(&c, "/ui/submit", false).await, 403);
+    assert_eq!(post_from_page(&c, &format!("/ui/tasks/{long}/retry"), true, "").await, 403);
+    assert_eq!(post_from_page(&c, "/ui/tasks/bulk", true, "action=retry&confirm=1").await, 403);
+    assert_eq!(post_from_page(&c, "/ui/submit", false, "task_type=echo&data=%7B%7D").await, 403);
     let status = rest(&base, &format!("/cluster/tasks/{long}/status")).await;
     assert_eq!(status["status"], "cancelled", "the forged retry did nothing");
     c.close().await.unwrap();

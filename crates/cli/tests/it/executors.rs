@@ -147,6 +147,7 @@ async fn the_seeds_model_and_input_command_classifies_an_image() {
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["top_k"][0]["label"], "red", "{printed}");
     assert_eq!(printed["top_k"].as_array().unwrap().len(), 2);
+    assert_eq!((&printed["backend"], &printed["device"]), (&json!("tract"), &json!("cpu")));
     // A model that no worker has waits with a reason on stderr (no --wait).
     let out = std::process::Command::new(bin())
         .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "resnet50", "--input"])
@@ -168,6 +169,58 @@ async fn a_worker_with_a_missing_models_dir_refuses_to_start() {
     assert_eq!(w.wait(), Some(1));
     let stderr = w.log();
     assert!(stderr.contains("/no/such/dir"), "{stderr}");
+}
+
+/// `--inference-backend ort-webgpu` without its libraries stops the worker
+/// with the path it lacks; `auto` serves on tract and says why in its log.
+#[tokio::test]
+async fn the_inference_backend_is_checked_at_start() {
+    let c = Coordinator::start(bin(), FAST);
+    let models = models();
+    let dir = models.path().to_string_lossy().into_owned();
+    let missing = [
+        "--onnxruntime-lib",
+        "/no/such/libonnxruntime.so",
+        "--ort-webgpu-ep",
+        "/no/such/libonnxruntime_providers_webgpu.so",
+    ];
+    let flags = |backend: &'static str| {
+        let mut flags = vec!["--models-dir", &dir, "--no-gpu", "--inference-backend", backend];
+        flags.extend(missing);
+        flags
+    };
+    let mut strict = worker(bin(), &c.ws_url, "strict", &flags("ort-webgpu"));
+    assert_eq!(strict.wait(), Some(1));
+    let log = strict.log();
+    assert!(log.contains("ort-webgpu") && log.contains("/no/such/libonnxruntime.so"), "{log}");
+
+    let auto = worker(bin(), &c.ws_url, "auto", &flags("auto"));
+    let image = models.path().join("image.png");
+    let picture = exec_inference::fixture::picture(
+        32,
+        32,
+        exec_inference::fixture::Picture::Solid([10, 10, 230]),
+    );
+    std::fs::write(&image, exec_inference::fixture::png(&picture)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "tiny", "--input"])
+        .arg(&image)
+        .arg("--wait")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&printed["backend"], &printed["top_k"][0]["label"]),
+        (&json!("tract"), &json!("blue"))
+    );
+    let log = auto.log();
+    assert!(log.contains("runs on tract") && log.contains("/no/such/libonnxruntime.so"), "{log}");
+    // A backend that does not exist is a usage error.
+    let mut bad =
+        worker(bin(), &c.ws_url, "bad", &["--models-dir", &dir, "--inference-backend", "cuda"]);
+    assert_eq!(bad.wait(), Some(2));
+    assert!(bad.log().contains("tract, ort-webgpu or auto"), "{}", bad.log());
 }
 
 /// A task type the coordinator has never heard of: once a peer declares

@@ -15,6 +15,7 @@ mod dashboard;
 mod executors;
 mod failover;
 mod generate;
+mod ha;
 mod lifecycle;
 mod limits;
 mod openai;

@@ -378,10 +378,16 @@ impl Core {
         }
     }
 
-    /// Sends the held messages the store has made durable.
+    /// Sends the held messages the store has made durable, and assigns the
+    /// tasks that waited for their ids' reservation to commit.
     fn release_durable(&mut self) {
         for (conn, msg) in self.observer.release() {
             self.send(conn, msg);
+        }
+        if let Some(next) = self.observer.ids_durable() {
+            let now = self.now();
+            self.sched.handle_ids_durable(now, next);
+            self.flush();
         }
     }
 

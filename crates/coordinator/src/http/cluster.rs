@@ -37,6 +37,17 @@ pub struct Health {
     /// Mean time from submission to outcome, in milliseconds.
     pub average_task_latency_ms: Option<f64>,
     pub uptime_seconds: f64,
+    /// `leader` or `standby` (a coordinator on SQLite or memory leads
+    /// itself). A standby's task and worker counts are its own: none.
+    pub role: &'static str,
+    /// On PostgreSQL: the lease's epoch (this coordinator's while it leads).
+    pub epoch: Option<u64>,
+    /// Seconds since the leader last renewed the lease, when anyone leads.
+    pub lease_age_s: Option<f64>,
+    /// The leader's HTTP API URL, when anyone leads (on PostgreSQL).
+    pub leader: Option<String>,
+    /// The leader's WebSocket URL, when anyone leads (on PostgreSQL).
+    pub leader_ws: Option<String>,
 }
 
 /// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
@@ -53,7 +64,19 @@ pub(super) async fn health(State(api): State<Api>) -> Json<Health> {
         (n, h) if h < n => "DEGRADED",
         _ => "HEALTHY",
     };
+    let lease = api.ha().map(|v| v.status.borrow().clone());
+    let role = match (&lease, api.standby()) {
+        (_, Some(_)) => "standby",
+        (Some(s), None) => s.role.as_str(),
+        (None, None) => "leader",
+    };
+    let leader = lease.as_ref().and_then(|s| s.leader.clone());
     Json(Health {
+        role,
+        epoch: lease.as_ref().map(|s| s.epoch),
+        lease_age_s: lease.as_ref().and_then(|s| s.lease_age()).map(|a| a.as_secs_f64()),
+        leader: leader.as_ref().and_then(|l| l.http.clone()),
+        leader_ws: leader.map(|l| l.ws),
         status,
         total_workers: total,
         healthy_workers: healthy,
@@ -137,8 +160,9 @@ pub struct ClusterConfig {
     pub max_queued: usize,
     pub result_ttl_s: f64,
     pub max_frame_bytes: usize,
-    /// `sqlite` or `memory`.
+    /// `sqlite`, `postgres` or `memory`.
     pub store: &'static str,
+    /// SQLite's directory, or PostgreSQL's URL without its password.
     pub data_dir: Option<String>,
     /// `api_keys`, `token`, or `protected_mode` (loopback only) / `insecure`.
     pub auth: &'static str,
@@ -152,6 +176,7 @@ pub(super) async fn config(State(api): State<Api>) -> Json<ClusterConfig> {
     let c = &api.config;
     let (store, data_dir) = match &c.store {
         StoreMode::Sqlite { data_dir, .. } => ("sqlite", Some(data_dir.display().to_string())),
+        StoreMode::Postgres { target, .. } => ("postgres", Some(target.to_string())),
         StoreMode::Memory => ("memory", None),
     };
     let auth = if !c.api_keys.is_empty() {
@@ -225,6 +250,11 @@ pub(super) async fn shutdown(State(api): State<Api>) -> Response {
 pub(super) async fn prometheus(State(api): State<Api>) -> Response {
     let (snap, now) = (api.snapshot(), api.now());
     let healthy = healthy_workers(&snap, now, api.config.heartbeat_interval);
+    if let Some(view) = api.ha() {
+        let s = view.status.borrow().clone();
+        let leading = !view.standby && s.role == crate::ha::Role::Leader;
+        api.metrics.lease(leading, s.epoch, s.lease_age());
+    }
     let text = api.metrics.render(&snap, healthy);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

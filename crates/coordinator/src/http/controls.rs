@@ -63,7 +63,7 @@ pub(super) async fn resume(
     control_worker(&api, id, WorkerAction::Resume).await
 }
 
-/// Drains a worker (admin): it gets nothing new, finishes what it runs, then is told to leave (close code 4003) and does not reconnect.
+/// Drains a worker (admin): it gets nothing new, finishes what it runs, then is told to leave (close code 4004) and does not reconnect.
 #[utoipa::path(post, path = "/cluster/workers/{id}/drain", tag = "workers",
     params(("id" = String, Path, description = "The worker's peer id")),
     responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]

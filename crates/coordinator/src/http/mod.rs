@@ -28,6 +28,7 @@ use crate::core::requests::Reply;
 use crate::core::{ApiRequest, Core, Input};
 use crate::credentials::Credentials;
 use crate::edge::Listener;
+use crate::ha::HaView;
 use crate::observe::Durable;
 use crate::reads::Reader;
 use crate::snapshot::Snapshot;
@@ -63,10 +64,13 @@ pub(crate) struct Api {
     stop: watch::Sender<bool>,
     /// Join tokens (shown and rotated by admins).
     credentials: Arc<Credentials>,
-    /// Task lists and pages come from the store (see `reads.rs`).
-    reader: Reader,
+    /// Task lists and pages come from the store (see `reads.rs`); a
+    /// standby, which redirects every request, has none.
+    reader: Option<Reader>,
     /// The dashboard's logins.
     sessions: dashboard::Sessions,
+    /// On PostgreSQL: the lease, for health, metrics and a standby's redirects.
+    ha: Option<HaView>,
 }
 
 impl Api {
@@ -75,7 +79,7 @@ impl Api {
         state: &Core,
         stop: watch::Sender<bool>,
         credentials: Arc<Credentials>,
-        reader: Reader,
+        reader: Option<Reader>,
     ) -> Api {
         Api {
             core,
@@ -89,6 +93,7 @@ impl Api {
             credentials,
             reader,
             sessions: dashboard::Sessions::new(),
+            ha: None,
         }
     }
 
@@ -97,7 +102,26 @@ impl Api {
         &self,
         read: impl FnOnce(&dyn store::StoreReader) -> Result<T, store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        crate::reads::run(&self.reader, read).await
+        match &self.reader {
+            Some(reader) => crate::reads::run(reader, read).await,
+            None => Err(ApiError::unavailable_because("this coordinator is a standby")),
+        }
+    }
+
+    /// With the lease's view (on PostgreSQL).
+    pub fn with_ha(mut self, ha: Option<HaView>) -> Api {
+        self.ha = ha;
+        self
+    }
+
+    /// The lease's view, on PostgreSQL.
+    pub fn ha(&self) -> Option<&HaView> {
+        self.ha.as_ref()
+    }
+
+    /// The lease as known, when this instance is a standby.
+    pub fn standby(&self) -> Option<&watch::Receiver<crate::ha::HaStatus>> {
+        self.ha.as_ref().filter(|v| v.standby).map(|v| &v.status)
     }
 
     /// Sends the core the request `make` builds around a reply channel, and
@@ -231,6 +255,7 @@ pub(crate) fn router(api: Api) -> Router {
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
         // The dashboard authenticates by its session cookie (`dashboard/`).
         .merge(dashboard)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::ha::redirect::standby_http))
         .layer(limit)
         .with_state(api)
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::trust::{VerificationView, verification_view};
+use super::trust::{VerificationView, stored_verification_view, verification_view};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
@@ -474,7 +474,9 @@ pub(super) async fn list_tasks(
 /// why it waits, where it is in the queue — is absent).
 pub(super) fn stored_view(t: store::StoredTask) -> TaskView {
     let assigned = t.attempts.last().map(|a| a.assigned_at_ms);
+    let verification = stored_verification_view(&t);
     TaskView {
+        verification,
         task_id: TaskId(t.task.id).to_string(),
         client_task_id: t.task.client_task_id,
         owner: t.task.owner,

@@ -50,7 +50,7 @@ fn app(config: Config) -> axum::Router {
     let dir = tempfile::tempdir().unwrap();
     drop(store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap());
     let reader = crate::reads::open(&store::Target::Sqlite(dir.path().to_owned())).unwrap();
-    let api = Api::new(tx, &core, stop, credentials, reader);
+    let api = Api::new(tx, &core, stop, credentials, Some(reader));
     let (_never, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _keep = (_never, dir);

@@ -161,12 +161,14 @@ impl<P: Clone> Scheduler<P> {
         if let Some(at) = run_deadline {
             self.timers.insert(at, Timer::RunDeadline(id, attempt));
         }
+        let failures = task.failures;
         self.end_wait(id);
         let hidden = self.verify.hidden.contains_key(&id);
         self.events.push_back(Event::TaskReclaimed {
             task: id,
             peer: peer.clone(),
             attempt,
+            failures,
             hidden,
         });
         true
@@ -310,11 +312,19 @@ impl<P: Clone> Scheduler<P> {
     /// An outcome sent to `conn` did not reach it (the connection was already
     /// closing): it is kept for the gamer's return, or sent again at once when
     /// the gamer is already back on another connection.
+    ///
+    /// Unless it was handed to another connection since (the gamer came back
+    /// naming it, or the join re-delivered it, while this delivery was held
+    /// for its commit): that copy is the one that counts, and sending it
+    /// there again would give that connection the outcome twice.
     pub fn handle_undelivered(&mut self, now: Time, id: TaskId, conn: ConnId) {
         self.tick(now);
         let Some(task) = self.tasks.get_mut(&id) else { return };
         let Owner::Gamer(gamer) = &task.spec.owner else { return };
         let State::Finished { delivered, to, .. } = &mut task.state else { return };
+        if *to != Some(conn) {
+            return;
+        }
         let gamer = gamer.clone();
         match self.gamers.get(&gamer).copied().filter(|c| *c != conn) {
             Some(current) => self.hand_over(id, current),

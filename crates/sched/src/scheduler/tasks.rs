@@ -92,8 +92,7 @@ impl<P: Clone> Scheduler<P> {
             return Err(SubmitError::Busy { queued: waiting, retry_after: Duration::from_secs(1) });
         }
 
-        let id = TaskId(self.next_task);
-        self.next_task += 1;
+        let id = self.take_task_id();
         let client_task_id = sub.client_task_id.unwrap_or_else(|| Arc::from(id.to_string()));
         let verify = self.verification_for(&sub.task_type, &sub.payload, sub.verify);
         // A verified task never runs itself: its replicas hold the ids peers see.

@@ -177,8 +177,7 @@ impl<P: Clone> Scheduler<P> {
             }
         };
         let (class, client, payload, expected, priority, run_timeout) = made;
-        let id = TaskId(self.next_task);
-        self.next_task += 1;
+        let id = self.take_task_id();
         let client_task_id = client.unwrap_or_else(|| Arc::from(id.to_string()));
         let peer_task_id = self.claim_peer_task_id(&client_task_id, id);
         let spec = Arc::new(TaskSpec {

@@ -170,8 +170,7 @@ impl<P: Clone> Scheduler<P> {
     fn spawn_replica(&mut self, now: Time, parent: TaskId, front: bool) {
         let Some(task) = self.tasks.get(&parent) else { return };
         let (spec, class) = (Arc::clone(&task.spec), Arc::clone(&task.class));
-        let id = TaskId(self.next_task);
-        self.next_task += 1;
+        let id = self.take_task_id();
         // The first replica usually gets the submitter's own id, as an
         // unverified task would; the others show their cluster ids.
         let peer_task_id = self.claim_peer_task_id(&spec.client_task_id, id);
@@ -310,7 +309,7 @@ impl<P: Clone> Scheduler<P> {
         let last = task.history.last().filter(|r| r.ended_at == Some(now));
         let ended = last.and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
         let peer = last.map(|r| r.peer.clone());
-        let attempts = task.attempts;
+        let (attempts, failures) = (task.attempts, task.failures);
         task.state =
             State::Finished { outcome: outcome.clone(), at: now, delivered: true, to: None };
         self.evict_peer_task_id(id);
@@ -319,6 +318,7 @@ impl<P: Clone> Scheduler<P> {
             task: Arc::clone(&spec),
             outcome: outcome.clone(),
             attempts,
+            failures,
             run_time,
             ended,
             peer,

@@ -184,7 +184,11 @@ impl World {
                 }
             }
             "undelivered" => {
-                let conn = self.gamer_conns[words[2]];
+                // Named by gamer (its connection now) or by connection (`c3`).
+                let conn = match words[2].strip_prefix('c').and_then(|n| n.parse().ok()) {
+                    Some(n) => ConnId(n),
+                    None => self.gamer_conns[words[2]],
+                };
                 self.sched.handle_undelivered(now, task_ref(words[1]).0, conn);
             }
             "gamer-left" => {
@@ -330,6 +334,7 @@ fn describe_outcome(outcome: &Outcome<String>) -> String {
 
 pub fn describe_event(event: &Event<String>) -> String {
     match event {
+        Event::IdsReserved { next } => format!("ids reserved below {next}"),
         Event::TaskSubmitted { task } => format!("submitted {}", task.id),
         Event::TaskAssigned { task, peer, attempt, .. } => {
             format!("assigned {task}{attempt} {peer}")

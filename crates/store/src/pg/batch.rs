@@ -114,8 +114,9 @@ WHERE t.id = u.id AND t.attempt = u.attempt";
 
 const RECLAIMED: &str = "
 WITH t AS (
-    UPDATE tasks t SET state = 'assigned', attempt = u.attempt, peer = u.peer
-    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u (id, attempt, peer) WHERE t.id = u.id
+    UPDATE tasks t SET state = 'assigned', attempt = u.attempt, peer = u.peer, failures = u.failures
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) AS u (id, attempt, peer, failures)
+    WHERE t.id = u.id
 )
 UPDATE attempts a SET ended_at = NULL, end_reason = NULL, error_code = NULL, error_message = NULL
 FROM unnest($1::bigint[], $2::bigint[]) AS u (id, attempt)
@@ -133,14 +134,14 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $5::text[], $6::text[], $7::
     AS u (id, attempt, how, code, msg, at)
 WHERE a.task_id = u.id AND a.attempt = u.attempt";
 
-// $1..$7: the tasks; $8..$13: the attempts closed (those with an `end`).
+// $1..$7 and $14: the tasks; $8..$13: the attempts closed (those with an `end`).
 const FINISHED: &str = "
 WITH t AS (
     UPDATE tasks t SET state = u.state, result = u.result,
         error_code = coalesce(u.code, t.error_code), error_message = coalesce(u.msg, t.error_message),
-        finished_at = u.at, delivered = u.delivered, peer = NULL
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bool[])
-        AS u (id, state, result, code, msg, at, delivered)
+        finished_at = u.at, delivered = u.delivered, peer = NULL, failures = u.failures
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bool[],
+        $14::bigint[]) AS u (id, state, result, code, msg, at, delivered, failures)
     WHERE t.id = u.id
 )
 UPDATE attempts a SET ended_at = u.at, end_reason = u.how, error_code = u.code, error_message = u.msg
@@ -280,9 +281,9 @@ impl Ends {
 #[derive(Default)]
 struct Round<'a> {
     insert: Inserts<'a>,
-    /// Assigned and reclaimed: id, attempt, peer (and, assigned only, at).
+    /// Assigned: id, attempt, peer, at; reclaimed: id, attempt, peer, failures.
     assigned: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<i64>),
-    reclaimed: (Vec<i64>, Vec<i64>, Vec<&'a str>),
+    reclaimed: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<i64>),
     started: (Vec<i64>, Vec<i64>, Vec<i64>),
     /// The attempt ended, plus the task's new failure count.
     requeued: (Ends, Vec<i64>),
@@ -303,6 +304,7 @@ struct Finishes<'a> {
     msg: Vec<Option<String>>,
     at: Vec<i64>,
     delivered: Vec<bool>,
+    failures: Vec<i64>,
     ends: Ends,
 }
 
@@ -314,9 +316,10 @@ impl<'a> Finishes<'a> {
         result: Option<&'a str>,
         error: Option<&ErrorRow>,
         at: i64,
-        delivered: bool,
+        (delivered, failures): (bool, u32),
     ) {
         let (code, msg) = error_cols(error);
+        self.failures.push(i64::from(failures));
         self.id.push(id as i64);
         self.state.push(state.as_str());
         self.result.push(result);
@@ -346,24 +349,25 @@ impl<'a> Round<'a> {
                 s.1.push(i64::from(*attempt));
                 s.2.push(*at_ms);
             }
-            Op::Reclaimed { attempt, peer, .. } => {
+            Op::Reclaimed { attempt, peer, failures, .. } => {
                 let r = &mut self.reclaimed;
                 r.0.push(i);
                 r.1.push(i64::from(*attempt));
                 r.2.push(peer);
+                r.3.push(i64::from(*failures));
             }
             Op::Requeued { attempt, end, failures, error, at_ms, .. } => {
                 self.requeued.0.push(id, *attempt, *end, error.as_ref(), *at_ms);
                 self.requeued.1.push(i64::from(*failures));
             }
-            Op::Finished { state, result, error, end, at_ms, delivered, .. } => {
+            Op::Finished { state, result, error, end, at_ms, delivered, failures, .. } => {
                 self.finished.push(
                     id,
                     *state,
                     result.as_deref(),
                     error.as_ref(),
                     *at_ms,
-                    *delivered,
+                    (*delivered, *failures),
                 );
                 if let Some((attempt, how)) = end {
                     self.finished.ends.push(id, *attempt, *how, error.as_ref(), *at_ms);
@@ -531,7 +535,7 @@ impl Round<'_> {
         }
         let r = &self.reclaimed;
         if !r.0.is_empty() {
-            add(&st.reclaimed, &[&r.0, &r.1, &r.2]);
+            add(&st.reclaimed, &[&r.0, &r.1, &r.2, &r.3]);
         }
         let s = &self.started;
         if !s.0.is_empty() {
@@ -560,6 +564,7 @@ impl Round<'_> {
                     &e.code,
                     &e.msg,
                     &e.at,
+                    &f.failures,
                 ],
             );
         }

@@ -55,9 +55,10 @@ pub(super) fn fold(ops: &[&Op]) -> Option<Folded> {
                     (task.state, task.started_at_ms) = (TaskState::Running, Some(*at_ms));
                 }
             }
-            Op::Reclaimed { attempt, peer, .. } => {
+            Op::Reclaimed { attempt, peer, failures, .. } => {
                 (task.state, task.attempt, task.peer) =
                     (TaskState::Assigned, *attempt, Some(peer.clone()));
+                task.failures = *failures;
                 let a = attempts.get_mut(attempt)?;
                 (a.ended_at_ms, a.end, a.error) = (None, None, None);
             }
@@ -67,8 +68,8 @@ pub(super) fn fold(ops: &[&Op]) -> Option<Folded> {
                 keep_error(&mut task, error);
                 end_attempt(attempts.get_mut(attempt)?, *end, error, *at_ms);
             }
-            Op::Finished { state, result, error, end, at_ms, delivered, .. } => {
-                (task.state, task.result) = (*state, result.clone());
+            Op::Finished { state, result, error, end, at_ms, delivered, failures, .. } => {
+                (task.state, task.result, task.failures) = (*state, result.clone(), *failures);
                 keep_error(&mut task, error);
                 (task.finished_at_ms, task.delivered, task.peer) = (Some(*at_ms), *delivered, None);
                 if let Some((attempt, how)) = end {
@@ -369,6 +370,7 @@ mod tests {
                 end: Some((1, AttemptEnd::Completed)),
                 at_ms: 6,
                 delivered: false,
+                failures: 0,
             },
             Op::Delivered { id: 1, delivered: true },
         ];

@@ -46,6 +46,7 @@ fn fixture(b: &Backend) -> Box<dyn Store> {
                 end: Some((1, AttemptEnd::Completed)),
                 at_ms: 4,
                 delivered: true,
+                failures: 0,
             });
         }
     }

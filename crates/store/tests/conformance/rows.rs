@@ -40,6 +40,7 @@ fn a_retried_task_is_queued_again_with_its_history(b: &Backend) {
                 end: Some((1, AttemptEnd::Failed)),
                 at_ms: 20,
                 delivered: true,
+                failures: 1,
             },
         ]
     };
@@ -88,6 +89,7 @@ fn life(id: u64) -> Vec<Op> {
             end: Some((2, AttemptEnd::Completed)),
             at_ms: 40,
             delivered: false,
+            failures: 1,
         },
         Op::Delivered { id, delivered: true },
     ]
@@ -214,15 +216,16 @@ fn reclaim_and_stale_results_keep_the_attempt_history(b: &Backend) {
         Op::Requeued {
             id: 1,
             attempt: 1,
-            end: AttemptEnd::Returned,
-            failures: 0,
+            end: AttemptEnd::PeerLost,
+            failures: 1,
             error: None,
             at_ms: 11,
         },
     ])
     .unwrap();
     s.write(&[
-        Op::Reclaimed { id: 1, attempt: 1, peer: "p1b".into() },
+        // The reclaim undoes the failure the lost peer counted.
+        Op::Reclaimed { id: 1, attempt: 1, peer: "p1b".into(), failures: 0 },
         Op::Started { id: 1, attempt: 1, at_ms: 12 },
         // A start for an attempt that is not current changes nothing.
         Op::Started { id: 1, attempt: 9, at_ms: 99 },
@@ -232,8 +235,8 @@ fn reclaim_and_stale_results_keep_the_attempt_history(b: &Backend) {
     let loaded = b.open().load().unwrap();
     let t = &loaded.tasks[0];
     assert_eq!(
-        (t.state.as_str(), t.peer.as_deref(), t.started_at_ms),
-        ("running", Some("p1b"), Some(12))
+        (t.state.as_str(), t.peer.as_deref(), t.started_at_ms, t.failures),
+        ("running", Some("p1b"), Some(12), 0)
     );
     let a = &t.attempts[0];
     // Reclaimed reopens the attempt; a stale result from another peer leaves it.
@@ -276,10 +279,12 @@ fn a_nul_in_a_failure_message_does_not_fail_the_batch(b: &Backend) {
             end: Some((1, AttemptEnd::Failed)),
             at_ms: 2,
             delivered: false,
+            failures: 1,
         },
     ])
     .unwrap();
     let loaded = b.open().load().unwrap();
+    assert_eq!(loaded.tasks[0].failures, 1, "the failure that ended the task counts");
     let message = &loaded.tasks[0].error.as_ref().unwrap().message;
     // SQLite keeps the NUL; PostgreSQL cannot, and keeps a replacement character.
     assert!(message == "bad\0bytes" || message == "bad\u{FFFD}bytes", "{message:?}");
@@ -350,7 +355,7 @@ fn random_op(rng: &mut fastrand::Rng, next: &mut u64) -> Op {
         }
         2 => Op::Assigned { id, attempt, peer, at_ms },
         3 => Op::Started { id, attempt, at_ms },
-        4 => Op::Reclaimed { id, attempt, peer },
+        4 => Op::Reclaimed { id, attempt, peer, failures: attempt - 1 },
         5 => {
             Op::Requeued { id, attempt, end: AttemptEnd::PeerLost, failures: attempt, error, at_ms }
         }
@@ -367,6 +372,7 @@ fn random_op(rng: &mut fastrand::Rng, next: &mut u64) -> Op {
             error,
             at_ms,
             delivered: rng.bool(),
+            failures: rng.u32(0..4),
         },
         7 => Op::Delivered { id, delivered: rng.bool() },
         8 => Op::Stale { id, attempt, peer, at_ms },
@@ -458,7 +464,7 @@ fn verification_rows_round_trip_and_go_with_their_task(b: &Backend) {
     assert_eq!(reader.task(1).unwrap().unwrap().replicas, replicas);
     assert!(
         reader
-            .tasks(&Default::default(), store::Page { before: None, limit: 5 })
+            .tasks(&Default::default(), store::Page { before: None, limit: 5, skip: 0 })
             .unwrap()
             .iter()
             .all(|t| t.replicas.is_empty()),

@@ -323,6 +323,8 @@ pub(super) async fn submit(
         data["model"] = json!(model);
     }
     let priority = (!form.priority.is_empty()).then(|| json!(form.priority));
+    // A generation streams its tokens to the task's page.
+    let stream = Some(form.task_type == "generate");
     let body = crate::http::tasks::SubmitTask {
         task_type: Some(form.task_type),
         data: Some(data),
@@ -333,6 +335,8 @@ pub(super) async fn submit(
         requirements: None,
         task_id: None,
         idempotency_key: None,
+        verify: None,
+        stream,
     };
     match crate::http::tasks::submit_view(&api, body, None, viewer.client.clone()).await {
         Ok((_, view)) => Redirect::to(&format!("/tasks/{}", view.task_id)).into_response(),

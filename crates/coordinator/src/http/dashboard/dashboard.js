@@ -58,7 +58,12 @@
   }
 
   var source = new EventSource("/ui/events");
-  source.onopen = function () { if (status) status.textContent = "live"; };
+  // What changed between the page's render (or a lost connection) and this
+  // subscription is in no event: fetch the page's state once on each open.
+  source.onopen = function () {
+    if (status) status.textContent = "live";
+    if (live.length) refresh();
+  };
   source.onerror = function () { if (status) status.textContent = "reconnecting…"; };
   source.onmessage = function () {};
   function on(kind) {

@@ -1,0 +1,316 @@
+//! The lease keeper: a thread of its own that competes for the leader lease
+//! and, once it holds it, renews it well inside its expiry.
+//!
+//! A thread rather than a task: the lease's connection blocks, and a busy
+//! runtime (the core, thousands of connections) must never delay a
+//! renewal. What it learns goes out on a `watch` channel ([`HaStatus`]),
+//! which the rest of the coordinator reads.
+//!
+//! The leader's own clock decides when it must stop believing it leads
+//! ([`LeaseTimer`]): the lease is valid locally until `ttl` (less a margin
+//! for clocks that tick at different rates) after the moment the last
+//! successful renewal was *sent*, which is never later than when the
+//! database extended it. So a leader that was frozen (SIGSTOP) or cut off
+//! wakes to find its local lease run out and steps down before it asks
+//! anything — and should it write first, the fence refuses the batch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use store::{Acquired, LeaderLease, LeaseState, Renewal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{HaStatus, Leader, Role};
+use crate::config::LeaseConfig;
+
+/// When a leader renews and when its lease runs out, by its own clock.
+/// Pure: instants come in, nothing is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseTimer {
+    ttl: Duration,
+    /// Until when this leader may believe it leads.
+    valid_until: Instant,
+    next_renewal: Instant,
+}
+
+impl LeaseTimer {
+    /// Renewals go out four times per lease: three may fail (a slow
+    /// database, a lost connection) before the lease runs out.
+    pub fn renew_every(ttl: Duration) -> Duration {
+        ttl / 4
+    }
+
+    /// What is taken off `ttl` for clocks that tick at different rates
+    /// (ours and the database's): a tenth.
+    fn margin(ttl: Duration) -> Duration {
+        ttl / 10
+    }
+
+    /// The lease was taken by a statement sent at `sent`.
+    pub fn new(sent: Instant, ttl: Duration) -> LeaseTimer {
+        let mut t = LeaseTimer { ttl, valid_until: sent, next_renewal: sent };
+        t.renewed(sent);
+        t
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub fn renewed(&mut self, sent: Instant) {
+        self.valid_until = sent + self.ttl - LeaseTimer::margin(self.ttl);
+        self.next_renewal = sent + LeaseTimer::renew_every(self.ttl);
+    }
+
+    /// A renewal attempted at `now` failed (not refused: the database could
+    /// not be asked); the next try comes sooner.
+    pub fn failed(&mut self, now: Instant) {
+        self.next_renewal = now + LeaseTimer::renew_every(self.ttl) / 2;
+    }
+
+    pub fn next_renewal(&self) -> Instant {
+        self.next_renewal
+    }
+
+    /// Whether the lease may have run out at `now`: the leader must stop.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.valid_until
+    }
+}
+
+/// The running lease keeper.
+pub(crate) struct Keeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Starts competing for the lease on `lease` as `holder`, advertising
+    /// `address`; reports to `status`.
+    pub fn spawn(
+        lease: LeaderLease,
+        holder: String,
+        address: String,
+        config: LeaseConfig,
+        status: watch::Sender<HaStatus>,
+    ) -> std::io::Result<Keeper> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("leader-lease".into()).spawn(move || {
+            let mut k = Run { lease, holder, address, config, status, stop: stopping };
+            k.run();
+        })?;
+        Ok(Keeper { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread; a leader releases the lease (a clean step-down,
+    /// so a standby takes over at once). Waits for the thread.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+struct Run {
+    lease: LeaderLease,
+    holder: String,
+    address: String,
+    config: LeaseConfig,
+    status: watch::Sender<HaStatus>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Run {
+    fn run(&mut self) {
+        let Some((epoch, timer)) = self.stand_by() else { return };
+        self.lead(epoch, timer);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until `until` or a stop (unparked).
+    fn sleep_until(&self, until: Instant) {
+        loop {
+            let now = Instant::now();
+            if self.stopped() || now >= until {
+                return;
+            }
+            std::thread::park_timeout(until - now);
+        }
+    }
+
+    /// Tries to take the lease every `poll` until it wins (the epoch and
+    /// the timer) or is stopped.
+    fn stand_by(&mut self) -> Option<(u64, LeaseTimer)> {
+        let mut logged = false;
+        while !self.stopped() {
+            let sent = Instant::now();
+            match self.lease.try_acquire(&self.holder, &self.address, self.config.ttl) {
+                Ok(Acquired::Leader { epoch }) => {
+                    info!(epoch, "took the leader lease");
+                    let timer = LeaseTimer::new(sent, self.config.ttl);
+                    self.status.send_modify(|s| s.lead(epoch, &self.address, &self.holder));
+                    return Some((epoch, timer));
+                }
+                Ok(Acquired::Standby(state)) => {
+                    if !logged && let Some(s) = &state {
+                        info!(leader = %s.holder, epoch = s.epoch, "standing by");
+                        logged = true;
+                    }
+                    self.status.send_modify(|s| s.observe(state.as_ref()));
+                }
+                Err(e) => warn!("cannot ask for the leader lease: {e}"),
+            }
+            self.sleep_until(sent + self.config.poll);
+        }
+        None
+    }
+
+    /// Renews until the lease is lost (then reports [`Role::Deposed`]) or
+    /// the keeper is stopped (then releases it).
+    fn lead(&mut self, epoch: u64, mut timer: LeaseTimer) {
+        loop {
+            self.sleep_until(timer.next_renewal());
+            let now = Instant::now();
+            if timer.expired(now) {
+                return self.deposed("the lease ran out before it could be renewed", None);
+            }
+            if self.stopped() {
+                return self.release(epoch);
+            }
+            match self.lease.renew(&self.holder, epoch, self.config.ttl) {
+                Ok(Renewal::Renewed) => {
+                    timer.renewed(now);
+                    self.status.send_modify(|s| s.renewed());
+                }
+                Ok(Renewal::Lost(state)) => {
+                    return self.deposed("another coordinator took the lease", state.as_ref());
+                }
+                Err(e) => {
+                    warn!("cannot renew the leader lease: {e}");
+                    timer.failed(Instant::now());
+                }
+            }
+            if timer.expired(Instant::now()) {
+                return self.deposed("the lease ran out before it could be renewed", None);
+            }
+        }
+    }
+
+    fn deposed(&mut self, why: &str, leader: Option<&LeaseState>) {
+        warn!("stepping down: {why}");
+        self.status.send_modify(|s| {
+            s.observe(leader);
+            s.role = Role::Deposed;
+            s.why = Some(why.to_owned());
+        });
+    }
+
+    fn release(&mut self, epoch: u64) {
+        match self.lease.release(&self.holder, epoch) {
+            Ok(true) => info!(epoch, "released the leader lease"),
+            Ok(false) => info!(epoch, "the leader lease was already taken over"),
+            Err(e) => warn!("cannot release the leader lease (it expires by itself): {e}"),
+        }
+        self.status.send_modify(|s| s.role = Role::Deposed);
+    }
+}
+
+/// The lease row's `address`: the WebSocket URL, then the HTTP URL.
+pub(crate) fn encode_address(ws: &str, http: Option<&str>) -> String {
+    match http {
+        Some(http) => format!("{ws} {http}"),
+        None => ws.to_owned(),
+    }
+}
+
+/// The leader's addresses from the lease row.
+pub(crate) fn leader_of(state: &LeaseState) -> Leader {
+    let mut parts = state.address.split_whitespace();
+    Leader {
+        holder: state.holder.clone(),
+        ws: parts.next().unwrap_or_default().to_owned(),
+        http: parts.next().map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn renewals_come_four_times_a_lease_and_keep_it() {
+        let t0 = Instant::now();
+        let mut t = LeaseTimer::new(t0, TTL);
+        assert_eq!(t.next_renewal(), t0 + Duration::from_millis(750));
+        // Renewing on time keeps it valid for ever.
+        let mut now = t0;
+        for _ in 0..100 {
+            now = t.next_renewal();
+            assert!(!t.expired(now));
+            t.renewed(now);
+        }
+        assert!(!t.expired(now + Duration::from_millis(2_699)));
+        assert!(t.expired(now + Duration::from_millis(2_700)));
+    }
+
+    #[test]
+    fn a_frozen_leader_wakes_with_its_lease_run_out() {
+        let t0 = Instant::now();
+        let t = LeaseTimer::new(t0, TTL);
+        // Frozen (SIGSTOP) from just after taking it for 10 s.
+        assert!(t.expired(t0 + Duration::from_secs(10)));
+        // Valid locally for less than the database's ttl (the margin).
+        assert!(t.expired(t0 + TTL - Duration::from_millis(1)));
+        assert!(!t.expired(t0 + TTL - TTL / 10 - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn failed_renewals_retry_sooner_and_cannot_extend_the_lease() {
+        let t0 = Instant::now();
+        let mut t = LeaseTimer::new(t0, TTL);
+        let mut now = t.next_renewal();
+        let mut tries = 0;
+        while !t.expired(now) {
+            t.failed(now);
+            assert_eq!(t.next_renewal(), now + Duration::from_millis(375));
+            now = t.next_renewal();
+            tries += 1;
+        }
+        // 0.75 s, then every 0.375 s until 2.7 s: six tries in all.
+        assert_eq!(tries, 6);
+        assert!(now >= t0 + TTL - TTL / 10);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_lease_row() {
+        let state = |address: &str| LeaseState {
+            holder: "h".into(),
+            address: address.into(),
+            epoch: 1,
+            age: Duration::ZERO,
+            expires_in: TTL,
+        };
+        let both = leader_of(&state(&encode_address("ws://a:1", Some("http://a:2"))));
+        assert_eq!((both.ws.as_str(), both.http.as_deref()), ("ws://a:1", Some("http://a:2")));
+        let ws = leader_of(&state(&encode_address("wss://a:1", None)));
+        assert_eq!((ws.ws.as_str(), ws.http), ("wss://a:1", None));
+    }
+}

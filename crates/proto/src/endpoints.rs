@@ -1,0 +1,163 @@
+//! Which coordinator to try next, when a client knows several.
+//!
+//! With high availability (docs/SCALING.md) two or three coordinators share
+//! one PostgreSQL store and one of them leads; the others are standbys that
+//! answer every connection with an `error` of code `not_leader` naming the
+//! leader. Workers, the SDK and the CLI accept a comma-separated list
+//! (`ws://a:8765,ws://b:8765`) and keep an [`Endpoints`]: try the current
+//! one; on a `not_leader` answer go to the leader it names; on a failed
+//! connection (or a redirect that led nowhere) move on to the next in the
+//! list. Pure: no IO, no clock; the caller decides when to try.
+
+/// The coordinator URLs a client knows, and the one to try next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    urls: Vec<String>,
+    next: usize,
+    /// Where a standby said the leader is: tried before the list.
+    redirect: Option<String>,
+}
+
+/// Why a list of coordinator URLs was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadEndpoints(String);
+
+/// The most URLs a list may hold (a cluster has two or three coordinators).
+pub const MAX_ENDPOINTS: usize = 16;
+
+impl Endpoints {
+    /// Reads `ws://a:8765,ws://b:8765` (spaces around commas are ignored).
+    /// Every entry must be `ws://` or `wss://`; duplicates are dropped.
+    pub fn parse(list: &str) -> Result<Endpoints, BadEndpoints> {
+        let mut urls: Vec<String> = Vec::new();
+        for url in list.split(',').map(str::trim) {
+            if url.is_empty() {
+                return Err(BadEndpoints(format!("an empty coordinator URL in `{list}`")));
+            }
+            if !is_websocket(url) {
+                return Err(BadEndpoints(format!(
+                    "`{url}` is not a WebSocket URL: expected wss://HOST:PORT (or ws:// on the \
+                     coordinator's own machine), its WebSocket port, 8765 by default"
+                )));
+            }
+            if !urls.iter().any(|u| u == url) {
+                urls.push(url.to_owned());
+            }
+        }
+        if urls.len() > MAX_ENDPOINTS {
+            return Err(BadEndpoints(format!("more than {MAX_ENDPOINTS} coordinator URLs")));
+        }
+        Ok(Endpoints { urls, next: 0, redirect: None })
+    }
+
+    /// The URL to try now.
+    pub fn current(&self) -> &str {
+        match &self.redirect {
+            Some(url) => url,
+            None => &self.urls[self.next],
+        }
+    }
+
+    /// Every URL of the list, in order.
+    pub fn all(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Whether the list has more than one URL (so a failure moves on).
+    pub fn is_several(&self) -> bool {
+        self.urls.len() > 1
+    }
+
+    /// The current URL could not be reached (or its redirect led nowhere):
+    /// the next in the list is tried.
+    pub fn failed(&mut self) {
+        if self.redirect.take().is_none() {
+            self.next = (self.next + 1) % self.urls.len();
+        }
+    }
+
+    /// The current URL answered `not_leader`, naming `leader` (or nobody,
+    /// during an election). A leader named is tried next, unless that is
+    /// the URL that just answered (a stale name): then the list moves on.
+    pub fn not_leader(&mut self, leader: Option<&str>) {
+        let answered = self.current().to_owned();
+        match leader.map(str::trim).filter(|l| is_websocket(l) && *l != answered) {
+            Some(leader) => self.redirect = Some(leader.to_owned()),
+            None => self.failed(),
+        }
+    }
+
+    /// The current URL is the leader: forget the redirect's origin, keep
+    /// trying it first after a drop.
+    pub fn connected(&mut self) {
+        if let Some(url) = self.redirect.take() {
+            match self.urls.iter().position(|u| *u == url) {
+                Some(i) => self.next = i,
+                // A leader outside the list stays first until it fails.
+                None => self.redirect = Some(url),
+            }
+        }
+    }
+}
+
+fn is_websocket(url: &str) -> bool {
+    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse_and_bad_entries_are_refused() {
+        let e = Endpoints::parse("ws://a:1, wss://b:2,ws://a:1").unwrap();
+        assert_eq!(e.all(), ["ws://a:1", "wss://b:2"]);
+        assert_eq!(e.current(), "ws://a:1");
+        assert!(e.is_several());
+        for bad in ["", "ws://a:1,", "http://a:1", "ws://", "ws://a b", "tcp://x"] {
+            assert!(Endpoints::parse(bad).is_err(), "{bad}");
+        }
+        let too_many: Vec<String> = (0..=MAX_ENDPOINTS).map(|i| format!("ws://h:{i}")).collect();
+        assert!(Endpoints::parse(&too_many.join(",")).is_err());
+    }
+
+    #[test]
+    fn failures_rotate_and_redirects_go_to_the_leader() {
+        let mut e = Endpoints::parse("ws://a:1,ws://b:2,ws://c:3").unwrap();
+        e.failed();
+        assert_eq!(e.current(), "ws://b:2");
+        // b is a standby naming c.
+        e.not_leader(Some("ws://c:3"));
+        assert_eq!(e.current(), "ws://c:3");
+        e.connected();
+        assert_eq!(e.current(), "ws://c:3");
+        // c dies: the list goes on from c.
+        e.failed();
+        assert_eq!(e.current(), "ws://a:1");
+        // No leader yet (an election): the next one.
+        e.not_leader(None);
+        assert_eq!(e.current(), "ws://b:2");
+        // A standby naming itself (stale) is not followed.
+        e.not_leader(Some("ws://b:2"));
+        assert_eq!(e.current(), "ws://c:3");
+        // A garbled name is not followed either.
+        e.not_leader(Some("javascript:alert(1)"));
+        assert_eq!(e.current(), "ws://a:1");
+    }
+
+    #[test]
+    fn a_leader_outside_the_list_is_kept_until_it_fails() {
+        let mut e = Endpoints::parse("ws://a:1").unwrap();
+        e.not_leader(Some("ws://z:9"));
+        e.connected();
+        assert_eq!(e.current(), "ws://z:9");
+        e.failed();
+        assert_eq!(e.current(), "ws://a:1");
+        // A redirect that fails falls back to where the list was.
+        e.not_leader(Some("ws://z:9"));
+        e.failed();
+        assert_eq!(e.current(), "ws://a:1");
+    }
+}
