@@ -269,3 +269,41 @@ async fn the_dashboard_in_a_real_browser() {
     c.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A generation submitted from the form streams its tokens into its task
+/// page while it runs (the tiny random-weight GGUF; SKIP without Python's
+/// gguf unless `LEGACYGPU_REQUIRE_PYTHON_GGUF=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_streams_into_its_task_page() {
+    // A long context, so that the generation is still going while it is watched.
+    let Some(models) = crate::generate::models("dashboard_stream", 4096) else { return };
+    let Some((_driver, c, _profile)) = browser().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let coord = start(data.path());
+    let base = coord.http().to_owned();
+    let _llm =
+        crate::generate::llm_worker(&coord, "llm", models.path(), &["--llm-context", "4096"]);
+    crate::generate::await_model(&coord, 1, Some(ADMIN)).await;
+    login(&c, &base, ADMIN).await;
+    c.goto(&format!("{base}/submit")).await.unwrap();
+    let prompt = c.find(Locator::Css("#generate-form textarea[name=prompt]")).await.unwrap();
+    prompt.send_keys("once upon a time").await.unwrap();
+    let max = c.find(Locator::Css("#generate-form input[name=max_tokens]")).await.unwrap();
+    max.clear().await.unwrap();
+    max.send_keys("4000").await.unwrap();
+    click(&c, "#generate-form button[type=submit]").await;
+
+    // Tokens are on the page while the task still runs.
+    let read = "const s = document.getElementById('task-stream'), st = document.getElementById('task-status');
+                return [st ? st.textContent : '', s ? s.textContent : ''];";
+    eventually("tokens on the page while it runs", || async {
+        let v = c.execute(read, vec![]).await.ok()?;
+        (v[0] == "running" && !v[1].as_str()?.is_empty()).then_some(())
+    })
+    .await;
+    shot(&c, "task-generating").await;
+    click(&c, "#task-cancel").await;
+    until_text(&c, "#task-status", "the cancel", |t| t == "cancelled").await;
+    assert!(c.find(Locator::Id("task-stream")).await.is_err(), "a finished task streams nothing");
+    c.close().await.unwrap();
+}

@@ -60,17 +60,17 @@ pub(super) struct Csrf {
     csrf: Option<String>,
 }
 
-/// Refuses a request without the session's CSRF token, or whose viewer
-/// lacks `role`.
-fn allowed(
+/// The refusal of a request without the session's CSRF token, or whose
+/// viewer lacks `role`; `None` when it may go on.
+fn refusal(
     viewer: &Viewer,
     headers: &HeaderMap,
     form: Option<&str>,
     role: ApiRole,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let given = form.or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
     if !csrf_ok(viewer, given) {
-        return Err(page_error(
+        return Some(page_error(
             StatusCode::FORBIDDEN,
             "Refused",
             "This request did not carry the page's CSRF token; reload the page and try again.",
@@ -82,9 +82,9 @@ fn allowed(
             role.as_str(),
             viewer.role.as_str()
         );
-        return Err(page_error(StatusCode::FORBIDDEN, "Not allowed", &detail));
+        return Some(page_error(StatusCode::FORBIDDEN, "Not allowed", &detail));
     }
-    Ok(())
+    None
 }
 
 /// `POST /logout`.
@@ -95,7 +95,7 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(refused) = allowed(&viewer, &headers, form.csrf.as_deref(), ApiRole::ReadOnly) {
+    if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::ReadOnly) {
         return refused;
     }
     api.sessions.close(&headers);
@@ -111,7 +111,7 @@ fn error_page(e: ApiError) -> Response {
     page_error(e.status, "Refused", &e.body.detail)
 }
 
-/// `POST /ui/workers/{id}/{drain|pause|resume|revoke}` (admin).
+/// `POST /ui/workers/{id}/{drain|pause|resume|revoke|clear}` (admin).
 pub(super) async fn worker(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
@@ -119,7 +119,7 @@ pub(super) async fn worker(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(refused) = allowed(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
+    if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
         return refused;
     }
     let action = match action.as_str() {
@@ -139,11 +139,31 @@ pub(super) async fn worker(
                 Err(e) => error_page(e),
             };
         }
+        "clear" => {
+            let worker_id = id.clone();
+            let done = async {
+                let answer =
+                    api.request(|reply| ApiRequest::ClearWorker { worker_id, reply }).await?;
+                let done = answer.map_err(|_| {
+                    ApiError::not_found(format!(
+                        "no worker `{id}` is connected or has a reputation"
+                    ))
+                })?;
+                api.durable(done.seq).await
+            };
+            return match done.await {
+                Ok(()) => {
+                    tracing::info!(peer = %id, "an operator cleared a worker's quarantine (dashboard)");
+                    Redirect::to("/workers").into_response()
+                }
+                Err(e) => error_page(e),
+            };
+        }
         other => {
             return page_error(
                 StatusCode::NOT_FOUND,
                 "No such action",
-                &format!("`{other}` is not drain, pause, resume or revoke."),
+                &format!("`{other}` is not drain, pause, resume, revoke or clear."),
             );
         }
     };
@@ -173,7 +193,7 @@ pub(super) async fn task(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(refused) = allowed(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
+    if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
         return refused;
     }
     let Ok(task) = id.parse::<TaskId>() else {
@@ -219,7 +239,7 @@ pub(super) async fn bulk(
     headers: HeaderMap,
     Form(form): Form<BulkForm>,
 ) -> Response {
-    if let Err(refused) = allowed(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
+    if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
         return refused;
     }
     let action = match form.action.as_str() {
@@ -300,7 +320,7 @@ pub(super) async fn submit(
     headers: HeaderMap,
     Form(form): Form<SubmitForm>,
 ) -> Response {
-    if let Err(refused) = allowed(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
+    if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
         return refused;
     }
     let model = form.model.trim();

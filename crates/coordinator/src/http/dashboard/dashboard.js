@@ -2,9 +2,28 @@
 // server-sent events with the session cookie). Pages work without this
 // script; with it, the page's main part is fetched again when an event it
 // cares about arrives (`data-live` on <body>), at most once a second, and
-// the events page lists the stream as it comes. No polling loop.
+// the events page lists the stream as it comes, and a generation's page
+// shows its tokens as they stream (its own event source). No polling loop.
 (function () {
   "use strict";
+  // A generation's tokens, kept across the page's refreshes.
+  var streamed = "";
+  function showStream() {
+    var pre = document.getElementById("task-stream");
+    if (pre) pre.textContent = streamed;
+  }
+  var streamAt = document.getElementById("task-stream");
+  if (streamAt && streamAt.getAttribute("data-stream")) {
+    var tokens = new EventSource(streamAt.getAttribute("data-stream"));
+    tokens.addEventListener("progress", function (msg) {
+      try { streamed += JSON.parse(msg.data).text || ""; } catch (_) { return; }
+      showStream();
+    });
+    // The result (or an error) ends it; the page's refresh shows the outcome.
+    function end() { tokens.close(); refresh(); }
+    tokens.addEventListener("result", end);
+    tokens.addEventListener("error", function (msg) { if (msg.data) end(); else tokens.close(); });
+  }
   var live = (document.body.getAttribute("data-live") || "").split(/\s+/).filter(Boolean);
   var status = document.getElementById("live-status");
   var table = document.querySelector("#events tbody");
@@ -25,6 +44,7 @@
           var active = document.activeElement;
           if (html === null || (active && active.form && active.type !== "submit")) return;
           document.getElementById("main").innerHTML = html;
+          showStream();
         })
         .catch(function () { pending = false; });
     }, wait);

@@ -10,8 +10,8 @@
 //! | page | what |
 //! |---|---|
 //! | `/` | health, workers, queue, tasks/s over the last hour, latency, counts by type and model |
-//! | `/workers` | every worker, with drain / pause / resume / revoke |
-//! | `/tasks`, `/tasks/{id}` | filtered, paged task list with bulk cancel/retry; one task |
+//! | `/workers` | every worker, with its trust, and drain / pause / resume / revoke / clear |
+//! | `/tasks`, `/tasks/{id}` | filtered, paged task list with bulk cancel/retry; one task, a generation's tokens as they stream |
 //! | `/events` | the live event stream, filtered |
 //! | `/submit` | a task form, and a generation form when the pool has LLM models |
 
@@ -55,6 +55,7 @@ pub(crate) fn router(api: Api) -> Router<Api> {
         .route("/ui/workers/{id}/{action}", post(actions::worker))
         .route("/ui/tasks/{id}/{action}", post(actions::task))
         .route("/ui/tasks/bulk", post(actions::bulk))
+        .route("/ui/tasks/{id}/stream", get(tasks::stream))
         .route("/ui/submit", post(actions::submit))
         .route("/logout", post(actions::logout))
         .route_layer(axum::middleware::from_fn_with_state(api, authenticate));

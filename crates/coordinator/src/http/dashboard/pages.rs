@@ -32,6 +32,9 @@ pub(super) async fn overview(
         stored.as_ref().map(|c| c.iter().filter(|c| c.state == state).map(|c| c.tasks).sum::<u64>())
     };
     let ok = healthy > 0 || snap.workers.is_empty();
+    // On PostgreSQL: this coordinator's place in the lease (a standby
+    // redirects its pages to the leader, so what is seen is the leader's).
+    let lease = api.ha().map(|v| v.status.borrow().clone());
     let body = html! {
         h1 { "Overview" }
         section.cards {
@@ -42,6 +45,14 @@ pub(super) async fn overview(
             (card("Completed", "completed", &f.completed.to_string()))
             (card("Failed", "failed", &f.failed.to_string()))
             (card("Tasks/min", "per-minute", &f.tasks_per_minute.to_string()))
+        }
+        @if let Some(l) = &lease {
+            p #coordinator {
+                "Coordinator: " strong { (l.role.as_str()) } " at epoch " (l.epoch)
+                @if let Some(age) = l.lease_age() { ", lease renewed " (format!("{:.1}", age.as_secs_f64())) " s ago" }
+                @if let Some(leader) = &l.leader { "; leader " (leader.http.as_deref().unwrap_or(&leader.ws)) }
+                ". Other coordinators on the same database stand by (docs/SCALING.md)."
+            }
         }
         p.muted {
             "Since this coordinator started. In the store (history, within the result TTL): "
@@ -116,7 +127,9 @@ fn chart(per_minute: &[u64]) -> Markup {
     }
 }
 
-/// `/workers`: every connected worker, with the owner's controls.
+/// `/workers`: every connected worker, its trust (results found valid,
+/// invalid, unverified; a quarantine), with the owner's controls (`clear`
+/// lifts a quarantine).
 pub(super) async fn workers(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
@@ -131,7 +144,7 @@ pub(super) async fn workers(
         table #workers {
             thead { tr {
                 th { "id" } th { "status" } th { "address" } th { "task types" } th { "models" }
-                th { "GPUs" } th { "slots" } th { "heartbeat" } th { "done / failed" } th { "GPU use" }
+                th { "GPUs" } th { "slots" } th { "heartbeat" } th { "done / failed" } th { "GPU use" } th { "trust" }
                 @if admin { th { "actions" } }
             } }
             tbody {
@@ -157,9 +170,18 @@ pub(super) async fn workers(
                                 }
                             }
                         }
+                        td.trust {
+                                @if let Some(r) = &info.reputation {
+                                    span title="valid / invalid / unverified results" { (r.valid) " ✓ · " (r.invalid) " ✗ · " (r.unverified) " ?" }
+                                    @if r.canaries_passed + r.canaries_failed > 0 {
+                                        div.muted { "canaries " (r.canaries_passed) " / " (r.canaries_passed + r.canaries_failed) }
+                                    }
+                                }
+                        }
                         @if admin {
                             td.actions {
-                                @for action in ["drain", "pause", "resume", "revoke"] {
+                                @let quarantined = info.status == WorkerStatus::Quarantined;
+                                @for action in ["drain", "pause", "resume", "revoke", "clear"].into_iter().filter(|a| *a != "clear" || quarantined) {
                                     form.inline method="post" action=(format!("/ui/workers/{}/{action}", urlencode(&info.worker_id))) {
                                         input type="hidden" name="csrf" value=(viewer.csrf);
                                         button type="submit" name="do" value=(action) data-action=(action) { (action) }

@@ -4,7 +4,7 @@
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use sched::{TaskId, TaskState};
 use serde::Deserialize;
@@ -243,6 +243,22 @@ pub(super) async fn task(
     )
 }
 
+/// `GET /ui/tasks/{id}/stream` (client, as the REST stream): the task's
+/// progress as server-sent events, which the task page shows as it comes.
+pub(super) async fn stream(
+    State(api): State<Api>,
+    Extension(viewer): Extension<Viewer>,
+    id: Path<String>,
+) -> Response {
+    if !may(&viewer, ApiRole::Client) {
+        return page_error(StatusCode::FORBIDDEN, "Not allowed", "This needs the client role.");
+    }
+    match crate::http::sse::stream(State(api), id).await {
+        Ok(events) => events,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn capped(text: &str) -> (String, bool) {
     if text.len() <= SHOWN_BYTES {
         return (text.to_owned(), false);
@@ -276,6 +292,9 @@ fn render_task(
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
         .and_then(|v| v.get("text").and_then(|x| x.as_str()).map(str::to_owned));
     let can_cancel = !state.is_terminal() && may(viewer, ApiRole::Client);
+    // A generation still running streams its tokens into the page.
+    let streams =
+        t.task.task_type == "generate" && !state.is_terminal() && may(viewer, ApiRole::Client);
     let can_retry = matches!(state, TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut)
         && may(viewer, ApiRole::Client);
     html! {
@@ -297,6 +316,11 @@ fn render_task(
         h2 { "Attempts" }
         (timeline(t))
         @if let Some(e) = &t.error { h2 { "Error" } p.error #task-error { (e.code) ": " (e.message) } }
+        @if streams {
+            h2 { "Generated text (as it streams)" }
+            pre #task-stream data-stream=(format!("/ui/tasks/{id}/stream")) {}
+            noscript { p.muted { "The text appears here as it is generated when JavaScript is on; reload for the result." } }
+        }
         @if let Some(text) = text { h2 { "Generated text" } pre #task-text { (text) } }
         @if let Some((r, cut)) = result { h2 { "Result" } pre #task-result { (r) } @if cut { p.muted { "(shortened)" } } }
         h2 { "Input" }
