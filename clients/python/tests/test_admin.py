@@ -1,7 +1,5 @@
-"""legacygpu.Admin against the real binary's HTTP API.
-
-The owner controls drain/pause/resume and retry are being added to the API
-by other work; main has none of those routes, so they are not tested here."""
+"""legacygpu.Admin against the real binary's HTTP API, owner controls
+(pause, resume, drain, retry) included."""
 
 from __future__ import annotations
 
@@ -15,6 +13,7 @@ import legacygpu
 def admin_cluster():
     c = Coordinator([*FAST, "--api-keys", "admin-key-1:admin,client-key-1:client,readonly-key-1:read-only"])
     w = worker(c.ws_url, "w1", "--slots", "2", "--no-gpu")
+    c.worker = w
     yield c
     w.kill9()
     c.kill9()
@@ -68,6 +67,39 @@ def test_submit_status_result_cancel(admin_cluster):
     assert f.value.code == "invalid_input"
     with pytest.raises(ValueError):
         admin.submit("echo", {}, timeout_s=-1)  # checked before sending
+
+
+def test_owner_controls(admin_cluster):
+    from cluster import until
+
+    admin = legacygpu.Admin(admin_cluster.http_url, api_key="admin-key-1")
+    assert admin.pause("w1")["status"] == "paused"
+    assert admin.worker("w1")["status"] == "paused"
+    held = admin.submit("echo", {"held": True})
+    assert admin.status(held["task_id"])["status"] == "queued", "a paused worker gets nothing new"
+    assert admin.resume("w1")["status"] == "resumed"
+    assert admin.result(held["task_id"], timeout=30)["worker_id"] == "w1"
+
+    failed = admin.submit("physics", {"steps": -1})
+    with pytest.raises(legacygpu.TaskFailed):
+        admin.result(failed["task_id"], timeout=30)
+    assert admin.retry(failed["task_id"])["status"] == "queued"
+    with pytest.raises(legacygpu.TaskFailed):
+        admin.result(failed["task_id"], timeout=30)
+    assert admin.status(failed["task_id"])["attempt"] == 2, "it ran again under the same id"
+    with pytest.raises(legacygpu.ApiError) as done:
+        admin.retry(held["task_id"])
+    assert (done.value.status, done.value.code) == (409, "task_completed")
+    with pytest.raises(legacygpu.Unauthorized):
+        legacygpu.Admin(admin_cluster.http_url, api_key="client-key-1").pause("w1")
+
+    # A drained worker finishes and leaves for good (it exits).
+    assert admin.drain("w1")["status"] == "draining"
+    admin_cluster.worker.popen.wait(timeout=30)
+    until(lambda: admin.health()["total_workers"] == 0, "the drained worker left")
+    with pytest.raises(legacygpu.ApiError) as gone:
+        admin.pause("w1")
+    assert gone.value.status == 404
 
 
 def test_roles_and_admin_routes(admin_cluster):

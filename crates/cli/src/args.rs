@@ -518,6 +518,35 @@ pub enum WorkerCmd {
         /// The worker's peer id.
         peer_id: String,
     },
+    /// Drain a worker (admin): it gets nothing new, finishes what it runs,
+    /// then is told to leave and does not reconnect.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker drain rx580-box")]
+    Drain {
+        #[command(flatten)]
+        remote: Remote,
+        /// The worker's peer id.
+        peer_id: String,
+    },
+    /// Pause a worker (admin): it keeps its connection and running tasks
+    /// and gets nothing new until resumed.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker pause rx580-box")]
+    Pause {
+        #[command(flatten)]
+        remote: Remote,
+        /// The worker's peer id.
+        peer_id: String,
+    },
+    /// Resume a paused worker, or one being drained that has not yet left (admin).
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu worker resume rx580-box")]
+    Resume {
+        #[command(flatten)]
+        remote: Remote,
+        /// The worker's peer id.
+        peer_id: String,
+    },
     /// Lift a worker's quarantine (admin): it gets work again, starting over
     /// as a new worker (always replicated until trusted again).
     #[command(after_long_help = "Examples:\n  \
@@ -716,6 +745,10 @@ pub enum TaskCmd {
     #[command(after_long_help = "Examples:\n  \
         legacygpu task cancel t-42")]
     Cancel(TaskRef),
+    /// Run a failed, cancelled or timed-out task again under the same id.
+    #[command(after_long_help = "Examples:\n  \
+        legacygpu task retry t-42")]
+    Retry(TaskRef),
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
         TaskCmd::Result(args) => result(&args).await,
         TaskCmd::List(args) => list(&args).await,
         TaskCmd::Cancel(args) => cancel(&args).await,
+        TaskCmd::Retry(args) => retry(&args).await,
     }
 }
 
@@ -124,6 +125,16 @@ async fn cancel(args: &TaskRef) -> anyhow::Result<ExitCode> {
         return print_json(&answer);
     }
     println!("cancelled {}", args.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(args: &TaskRef) -> anyhow::Result<ExitCode> {
+    let path = format!("/cluster/tasks/{}/retry", args.id);
+    let answer = api(&args.remote)?.post(&path, &serde_json::json!({})).await?;
+    if args.remote.json {
+        return print_json(&answer);
+    }
+    println!("retrying {}: queued again under the same id", args.id);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,8 +18,26 @@ pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         WorkerCmd::Stop(args) => stop(&args),
         WorkerCmd::List { json } => list(json),
         WorkerCmd::Revoke { remote, peer_id } => revoke(&remote, &peer_id).await,
+        WorkerCmd::Drain { remote, peer_id } => control(&remote, &peer_id, "drain").await,
+        WorkerCmd::Pause { remote, peer_id } => control(&remote, &peer_id, "pause").await,
+        WorkerCmd::Resume { remote, peer_id } => control(&remote, &peer_id, "resume").await,
         WorkerCmd::Clear(args) => clear(&args).await,
     }
+}
+
+/// `worker drain|pause|resume ID`: through the API (admin).
+async fn control(
+    remote: &crate::args::Remote,
+    peer_id: &str,
+    action: &str,
+) -> anyhow::Result<ExitCode> {
+    let api = crate::remote::api(remote)?;
+    let answer = api.post(&format!("/cluster/workers/{peer_id}/{action}"), &json!({})).await?;
+    if remote.json {
+        return print_json(&answer);
+    }
+    println!("worker {peer_id}: {}", answer["status"].as_str().unwrap_or(action));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `worker revoke ID`: through the API (admin).

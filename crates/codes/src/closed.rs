@@ -193,6 +193,9 @@ closed_set! {
         /// This coordinator is a standby: the `error` before the close names
         /// the leader (4003).
         NotLeader = "not leader",
+        /// An operator drained the worker and it finished its work: it
+        /// leaves and does not reconnect (4004).
+        Drained = "drained by an operator",
     }
 }
 
@@ -210,6 +213,7 @@ impl CloseReason {
             CloseReason::Idle => 4002,
             CloseReason::TryAgainLater => 1013,
             CloseReason::NotLeader => 4003,
+            CloseReason::Drained => 4004,
         }
     }
 }

@@ -189,18 +189,14 @@ impl Observer {
     }
 
     /// Holds a durable reply until the store has committed everything handed
-    /// to it so far; gives it back when that is already so.
-    pub fn hold(
-        &mut self,
-        conn: ConnId,
-        msg: FromCoordinator,
-    ) -> Option<(ConnId, FromCoordinator)> {
+    /// to it so far; it leaves through [`Observer::release`], behind every
+    /// reply held before it. (Handing it back at once when the store has
+    /// caught up would let it overtake an earlier reply whose commit was
+    /// seen but not yet released: a `task_result` before its
+    /// `task_accepted`.)
+    pub fn hold(&mut self, conn: ConnId, msg: FromCoordinator) {
         let appended = self.store.as_ref().map_or(0, |s| s.appended);
-        if self.durable.borrow().seq >= appended {
-            return Some((conn, msg));
-        }
         self.held.push_back((appended, conn, msg));
-        None
     }
 
     /// The held replies that are now durable, in order.
@@ -229,5 +225,48 @@ impl Observer {
             }
             side.writer.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proto::{ErrorCode, ErrorMsg};
+
+    use super::*;
+
+    fn reply(text: &str) -> FromCoordinator {
+        FromCoordinator::Error(ErrorMsg::new(ErrorCode::MALFORMED_JSON, text))
+    }
+
+    fn reason(msg: &FromCoordinator) -> &str {
+        match msg {
+            FromCoordinator::Error(e) => &e.reason,
+            _ => "",
+        }
+    }
+
+    #[test]
+    fn a_reply_never_overtakes_one_held_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
+        let recorder =
+            Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+        let mut obs = Observer::with_store(Box::new(db), recorder, &Limits::default()).unwrap();
+        obs.record(Op::IdsUsed { next_task_id: 10 });
+        obs.commit();
+        obs.hold(ConnId(1), reply("accepted"));
+        // The batch commits; the core has not yet released what it held.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while obs.durable.borrow().seq < 1 {
+            assert!(Instant::now() < deadline, "the batch never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A reply that needs nothing more committed still goes behind it.
+        obs.hold(ConnId(1), reply("result"));
+        let out: Vec<String> = obs.release().iter().map(|(_, m)| reason(m).to_owned()).collect();
+        assert_eq!(out, ["accepted", "result"]);
+        obs.close_store();
     }
 }

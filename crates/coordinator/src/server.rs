@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sched::ConnId;
-use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -37,6 +36,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("join tokens: {0}")]
     Credentials(#[from] crate::credentials::CredentialError),
+    #[error("cannot create the ephemeral store's temporary directory: {0}")]
+    Ephemeral(std::io::Error),
     #[error("high availability: {0}")]
     Ha(String),
 }
@@ -85,6 +86,10 @@ pub struct Coordinator {
     core: Core,
     tls: Arc<Tls>,
     credentials: Arc<Credentials>,
+    /// What the HTTP API reads tasks from (when it is on).
+    reader: Option<crate::reads::Reader>,
+    /// The ephemeral store's directory in memory mode, removed on drop.
+    _ephemeral: Option<tempfile::TempDir>,
     /// On PostgreSQL: how this instance sees the lease.
     view: Option<HaView>,
     /// On PostgreSQL, in the standby instance: the lease keeper and the
@@ -134,10 +139,36 @@ impl Coordinator {
         epoch: Option<u64>,
     ) -> Result<Coordinator, StartError> {
         let tls = Arc::new(Tls::load(config.cert_source())?);
-        let core = recover(Arc::clone(&config), epoch)?;
+        let ephemeral = match (&config.store, &http) {
+            (StoreMode::Memory, Some(_)) => Some(
+                tempfile::Builder::new()
+                    .prefix("legacygpu-ephemeral-")
+                    .tempdir()
+                    .map_err(StartError::Ephemeral)?,
+            ),
+            _ => None,
+        };
+        let target = store_target(&config, ephemeral.as_ref(), epoch);
+        let core = recover(Arc::clone(&config), target.as_ref(), epoch)?;
+        let reader = match (&target, &http) {
+            (Some(target), Some(_)) => Some(crate::reads::open(target)?),
+            _ => None,
+        };
         let credentials =
             Arc::new(Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?);
-        Ok(Coordinator { config, ws, ws_addr, http, core, tls, credentials, view, ha: None })
+        Ok(Coordinator {
+            config,
+            ws,
+            ws_addr,
+            http,
+            core,
+            tls,
+            credentials,
+            reader,
+            _ephemeral: ephemeral,
+            view,
+            ha: None,
+        })
     }
 
     /// The pin (SHA-256 of the CA's public key, hex) clients trust.
@@ -205,12 +236,18 @@ impl Coordinator {
         let ip_limits =
             IpLimits::new(edge.max_connections_per_ip, edge.new_connections_per_ip_per_s);
         let budget = FrameBudget::new(edge.max_partial_frame_bytes);
+        let reader = self.reader;
         let http = self.http.map(|(listener, _)| {
             let listener =
                 Listener::new(listener, "http", Arc::clone(&ip_limits), Arc::clone(&recorder));
-            let api =
-                Api::new(core_tx.clone(), &self.core, api_stop_tx, Arc::clone(&self.credentials))
-                    .with_ha(self.view.clone());
+            let api = Api::new(
+                core_tx.clone(),
+                &self.core,
+                api_stop_tx,
+                Arc::clone(&self.credentials),
+                reader,
+            )
+            .with_ha(self.view.clone());
             let serving = http::Serving { tls: Arc::clone(&self.tls), max_connections: fds.http };
             tokio::spawn(http::serve(listener, api, serving, stop_rx.clone()))
         });
@@ -298,29 +335,47 @@ impl Coordinator {
     }
 }
 
+/// The store tasks are written to: the configured one (on PostgreSQL only
+/// for a leader, which has an `epoch`), or in memory mode with HTTP on, an
+/// ephemeral SQLite file in `ephemeral` (see `reads.rs`).
+fn store_target(
+    config: &Config,
+    ephemeral: Option<&tempfile::TempDir>,
+    epoch: Option<u64>,
+) -> Option<store::Target> {
+    match &config.store {
+        StoreMode::Sqlite { data_dir, .. } => Some(store::Target::Sqlite(data_dir.clone())),
+        StoreMode::Memory => ephemeral.map(|d| store::Target::Sqlite(d.path().to_owned())),
+        StoreMode::Postgres { target, .. } => epoch.map(|_| target.clone()),
+    }
+}
+
 /// The core, with the store opened and its tasks recovered. On
 /// PostgreSQL the store is opened only by a leader, with its `epoch` set
 /// before anything is loaded, so that the fence refuses every batch once a
 /// newer leader exists; a standby keeps nothing.
-fn recover(config: Arc<Config>, epoch: Option<u64>) -> Result<Core, StartError> {
+fn recover(
+    config: Arc<Config>,
+    target: Option<&store::Target>,
+    epoch: Option<u64>,
+) -> Result<Core, StartError> {
     let clock = Clock::start();
     let telemetry = Telemetry::new(config.limits.event_buffer);
-    let (observer, loaded) = match (&config.store, epoch) {
-        (StoreMode::Memory, _) | (StoreMode::Postgres { .. }, None) => {
-            (Observer::in_memory(), None)
-        }
-        (StoreMode::Postgres { target, .. }, Some(epoch)) => {
-            let mut db = store::open(target, store::Sync::Full)?;
-            db.set_epoch(epoch);
+    // An ephemeral store need not survive the machine: the OS writes it.
+    let sync = match &config.store {
+        StoreMode::Sqlite { sync, .. } => *sync,
+        StoreMode::Memory => store::Sync::Normal,
+        StoreMode::Postgres { .. } => store::Sync::Full,
+    };
+    let (observer, loaded) = match target {
+        None => (Observer::in_memory(), None),
+        Some(target) => {
+            let mut db = store::open(target, sync)?;
+            if let Some(epoch) = epoch {
+                db.set_epoch(epoch);
+            }
             let loaded = db.load()?;
             let observer = Observer::with_store(db, telemetry.recorder(), &config.limits)?;
-            (observer, Some(loaded))
-        }
-        (StoreMode::Sqlite { data_dir, sync }, _) => {
-            let mut db = store::SqliteStore::open(data_dir, *sync)?;
-            let loaded = db.load()?;
-            let observer =
-                Observer::with_store(Box::new(db), telemetry.recorder(), &config.limits)?;
             (observer, Some(loaded))
         }
     };

@@ -65,6 +65,8 @@ pub(crate) struct WorkerFacts {
     /// The capabilities exactly as the worker declared them.
     pub capabilities: Arc<serde_json::Value>,
     pub draining: bool,
+    /// Paused by an operator.
+    pub paused: bool,
     /// Its results were found wrong too often: it gets no new work.
     pub quarantined: bool,
     /// What its results were found to be, once any was judged.
@@ -81,7 +83,7 @@ pub(crate) struct WorkerFacts {
 }
 
 impl WorkerFacts {
-    /// `quarantined`; `draining`; `unhealthy` when its heartbeats are more
+    /// `quarantined`; `draining`; `paused`; `unhealthy` when its heartbeats are more
     /// than two intervals late at `now` (it is declared dead only at the
     /// heartbeat timeout); else `healthy`.
     pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
@@ -89,6 +91,8 @@ impl WorkerFacts {
             WorkerStatus::Quarantined
         } else if self.draining {
             WorkerStatus::Draining
+        } else if self.paused {
+            WorkerStatus::Paused
         } else if now.saturating_since(self.last_seen) > 2 * heartbeat_interval {
             WorkerStatus::Unhealthy
         } else {
@@ -112,6 +116,7 @@ impl WorkerFacts {
             model_info: info.map_or_else(|| Arc::from([]), |i| Arc::clone(&i.models)),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),
+            paused: peer.paused(),
             quarantined: peer.quarantined(),
             reputation: reputation.cloned(),
             completed: peer.completed(),
@@ -166,6 +171,7 @@ impl Publisher {
                 self.dirty.insert(peer.clone());
             }
             Event::PeerDraining { peer }
+            | Event::PeerPaused { peer, .. }
             | Event::TaskAssigned { peer, .. }
             | Event::TaskStarted { peer, .. }
             | Event::TaskReclaimed { peer, .. }

@@ -200,7 +200,7 @@ impl Published {
 }
 
 /// Running figures since the coordinator started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Figures {
     pub uptime: Duration,
     pub completed: u64,
@@ -211,6 +211,8 @@ pub struct Figures {
     pub avg_latency: Option<Duration>,
     /// Mean run time on a peer, over the tasks completed since start.
     pub avg_run_time: Option<Duration>,
+    /// The overview's last hour (see `hour.rs`).
+    pub hour: crate::hour::HourFigures,
 }
 
 /// A message refused, by its error code.
@@ -316,6 +318,7 @@ pub(crate) struct Telemetry {
     latency_n: u64,
     run_sum: Duration,
     run_n: u64,
+    hour: crate::hour::Hour,
 }
 
 impl Telemetry {
@@ -340,6 +343,7 @@ impl Telemetry {
             latency_n: 0,
             run_sum: Duration::ZERO,
             run_n: 0,
+            hour: crate::hour::Hour::default(),
         }
     }
 
@@ -393,8 +397,13 @@ impl Telemetry {
             self.run_sum += *run;
             self.run_n += 1;
         }
-        self.latency_sum += at.saturating_since(task.submitted_at);
+        let latency = at.saturating_since(task.submitted_at);
+        self.latency_sum += latency;
         self.latency_n += 1;
+        let completed = outcome.status() == TaskState::Completed;
+        let model = task.requirements.model.as_ref();
+        let since = now.duration_since(self.started);
+        self.hour.finished(since, &task.task_type, model, completed, latency);
     }
 
     /// Clears the seconds of the ring that passed since it was last written.
@@ -418,6 +427,7 @@ impl Telemetry {
             tasks_per_minute: self.window.iter().sum(),
             avg_latency: mean(self.latency_sum, self.latency_n),
             avg_run_time: mean(self.run_sum, self.run_n),
+            hour: self.hour.figures(self.started.elapsed()),
         }
     }
 }
@@ -665,6 +675,17 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
         Event::PeerDraining { peer } => {
             ApiEvent::WorkerStatus { worker_id: peer.to_string(), status: "draining".into() }
         }
+        Event::PeerPaused { peer, paused } => ApiEvent::WorkerStatus {
+            worker_id: peer.to_string(),
+            status: if *paused { "paused" } else { "resumed" }.into(),
+        },
+        Event::TaskRetried { task, task_type, attempt, .. } => ApiEvent::TaskRetried {
+            task_id: task.to_string(),
+            task_type: task_type.to_string(),
+            attempt: attempt.0,
+            reason: "operator_retry".into(),
+            failures: 0,
+        },
         Event::TaskSubmitted { task } => ApiEvent::TaskQueued {
             task_id: task.id.to_string(),
             client_task_id: task.client_task_id.to_string(),

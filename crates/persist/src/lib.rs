@@ -126,6 +126,9 @@ fn one_op(event: &Event<Json>) -> Option<Op> {
             error: requeue_error(reason, end),
             at_ms: unix_ms(*at),
         },
+        Event::TaskRetried { task, peer_task_id, .. } => {
+            Op::Retried { id: task.0, peer_task_id: peer_task_id.to_string() }
+        }
         Event::Undelivered { task } => Op::Delivered { id: task.0, delivered: false },
         Event::StaleResult { task, attempt, peer, .. } => {
             Op::Stale { id: task.0, attempt: attempt.0, peer: peer.to_string(), at_ms: 0 }

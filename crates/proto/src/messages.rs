@@ -73,6 +73,28 @@ pub struct Heartbeat {
     /// The peer's used memory in MiB (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_used_mb: Option<u64>,
+    /// Each GPU's use, where the OS exposes it (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<GpuUsage>>,
+}
+
+/// One GPU's use in a heartbeat: on Linux, what the kernel driver exposes
+/// under `/sys/class/drm/cardN/device/` (AMD's amdgpu: `gpu_busy_percent`,
+/// `mem_info_vram_used`, `mem_info_vram_total`). Each field is absent where
+/// the driver does not expose it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuUsage {
+    /// The card's name, e.g. `card0`.
+    pub card: String,
+    /// How busy the GPU is, 0–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_percent: Option<f32>,
+    /// Video memory in use, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_used_mb: Option<u64>,
+    /// Video memory in all, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_total_mb: Option<u64>,
 }
 
 /// `task_started`: the peer began running an assignment. Optional; our

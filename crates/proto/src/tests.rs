@@ -233,6 +233,29 @@ fn priorities_by_name_or_number() {
 }
 
 #[test]
+fn a_heartbeat_carries_gpu_use_and_the_seed_literal_still_decodes() {
+    let ToCoordinator::Heartbeat(seed) = decode(SEED_HEARTBEAT) else { panic!() };
+    assert_eq!(seed.gpus, None);
+    let text = r#"{"msg_type":"heartbeat","peer_id":"p","gpus":[{"card":"card0","busy_percent":37,"vram_used_mb":812,"vram_total_mb":8192},{"card":"card1"}]}"#;
+    let ToCoordinator::Heartbeat(h) = decode(text) else { panic!() };
+    let gpus = h.gpus.unwrap();
+    assert_eq!(
+        gpus[0],
+        GpuUsage {
+            card: "card0".into(),
+            busy_percent: Some(37.0),
+            vram_used_mb: Some(812),
+            vram_total_mb: Some(8192)
+        }
+    );
+    assert_eq!((gpus[1].busy_percent, gpus[1].vram_used_mb), (None, None));
+    let err = decode_err(
+        r#"{"msg_type":"heartbeat","peer_id":"p","gpus":[{"card":"c","busy_percent":"x"}]}"#,
+    );
+    assert!(err.to_string().contains("invalid heartbeat"), "{err}");
+}
+
+#[test]
 fn unknown_fields_are_ignored() {
     let text = r#"{"msg_type":"heartbeat","peer_id":"p","gpu_temp":71,"extra":{"a":[1]}}"#;
     assert!(matches!(decode(text), ToCoordinator::Heartbeat(_)));

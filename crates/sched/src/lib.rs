@@ -40,13 +40,13 @@ mod tests;
 
 pub use crate::config::{Backoff, Config, VerifyConfig};
 pub use crate::output::{Command, Event, LeaveReason, RequeueReason};
-pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin};
+pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin, PeerStatus};
 pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};
 pub use crate::scheduler::{
-    Accepted, CancelError, ClearError, Counters, Joined, PeerError, Progress, ResultAck, Scheduler,
-    SubmitError, VerifyCounters,
+    Accepted, CancelError, ClearError, Counters, Joined, PeerError, Progress, ResultAck,
+    RetryError, Scheduler, SubmitError, VerifyCounters,
 };
 pub use crate::task::{
     AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskKind, TaskSpec,

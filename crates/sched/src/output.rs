@@ -90,8 +90,24 @@ pub enum Event<P> {
         conn: ConnId,
         reason: LeaveReason,
     },
+    /// It takes nothing new: it asked to drain, or an operator drained it.
     PeerDraining {
         peer: PeerId,
+    },
+    /// An operator retried a finished task: it is queued again under the
+    /// same id, its peers seeing `peer_task_id`.
+    TaskRetried {
+        task: TaskId,
+        task_type: Arc<str>,
+        peer_task_id: Arc<str>,
+        /// The last attempt so far (the next one is numbered after it).
+        attempt: Attempt,
+        at: Time,
+    },
+    /// An operator paused it (`paused`) or resumed it.
+    PeerPaused {
+        peer: PeerId,
+        paused: bool,
     },
     GamerJoined {
         gamer: GamerId,

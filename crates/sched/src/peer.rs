@@ -73,6 +73,23 @@ impl PeerJoin {
     }
 }
 
+/// Whether an operator's drain is under way on a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leaving {
+    No,
+    /// It gets nothing new; it is closed when it holds nothing.
+    WhenIdle,
+    /// It was told to leave (the close is on its way).
+    Told,
+}
+
+/// An operator's hold on a peer (see [`Peer::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerStatus {
+    Paused,
+    Draining,
+}
+
 /// An exponentially weighted moving average of run times.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ewma {
@@ -105,7 +122,13 @@ pub struct Peer {
     /// Runs that were cancelled or timed out but that the peer has not yet
     /// confirmed stopping: they still occupy a slot (until `cancel_grace`).
     pub(crate) zombies: BTreeMap<TaskId, Attempt>,
+    /// The peer said it is shutting down (`drain`).
     pub(crate) draining: bool,
+    /// An operator paused it: it keeps its connection and what it runs.
+    pub(crate) paused: bool,
+    /// An operator drained it: it gets nothing new and is told to leave
+    /// once idle (see [`Peer::status`]).
+    pub(crate) leaving: Leaving,
     /// Its results were found wrong too often: it gets no new work.
     pub(crate) quarantined: bool,
     pub(crate) owner: Option<Arc<str>>,
@@ -126,6 +149,8 @@ impl Peer {
             tasks: BTreeMap::new(),
             zombies: BTreeMap::new(),
             draining: false,
+            paused: false,
+            leaving: Leaving::No,
             quarantined: false,
             owner: join.owner.clone(),
             credential: join.credential.clone(),
@@ -160,17 +185,37 @@ impl Peer {
         u32::try_from(self.tasks.len() + self.zombies.len()).unwrap_or(u32::MAX)
     }
 
-    /// Slots free for new work (none while draining or quarantined).
+    /// Slots free for new work (none while draining, paused or quarantined).
     pub fn free(&self) -> u32 {
-        if self.draining || self.quarantined {
-            0
-        } else {
-            self.caps.slots.saturating_sub(self.used())
-        }
+        if self.takes_work() { self.caps.slots.saturating_sub(self.used()) } else { 0 }
     }
 
+    /// Whether new work may go to it: not draining (its own or an
+    /// operator's), not paused, not quarantined.
+    pub fn takes_work(&self) -> bool {
+        !self.draining && !self.paused && !self.quarantined && self.leaving == Leaving::No
+    }
+
+    /// Draining: by its own request or an operator's.
     pub fn draining(&self) -> bool {
-        self.draining
+        self.draining || self.leaving != Leaving::No
+    }
+
+    /// Paused by an operator.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// What an operator sees of it: draining (it will leave) before paused
+    /// (it stays); `None` when it takes work.
+    pub fn status(&self) -> Option<PeerStatus> {
+        if self.draining() {
+            Some(PeerStatus::Draining)
+        } else if self.paused {
+            Some(PeerStatus::Paused)
+        } else {
+            None
+        }
     }
 
     /// Whether it is quarantined (see [`crate::verify`]).

@@ -12,6 +12,8 @@ use crate::types::{GamerId, Owner, PeerId, TaskId};
 pub struct Stats {
     pub peers: usize,
     pub peers_draining: usize,
+    /// Paused by an operator (and not draining).
+    pub peers_paused: usize,
     pub slots_total: u64,
     pub slots_used: u64,
     /// Waiting for a peer, back-offs included.
@@ -35,7 +37,8 @@ impl<P: Clone> Scheduler<P> {
             ..Stats::default()
         };
         for peer in self.peers.values() {
-            stats.peers_draining += usize::from(peer.draining);
+            stats.peers_draining += usize::from(peer.draining());
+            stats.peers_paused += usize::from(peer.paused && !peer.draining());
             stats.slots_total += u64::from(peer.caps.slots);
             stats.slots_used += u64::from(peer.used());
         }
@@ -108,7 +111,7 @@ impl<P: Clone> Scheduler<P> {
                 let able: Vec<_> = self
                     .peers
                     .values()
-                    .filter(|p| !p.draining && p.caps.can_run(&task.class))
+                    .filter(|p| !p.draining() && !p.paused && p.caps.can_run(&task.class))
                     .collect();
                 if !able.is_empty() && able.iter().all(|p| p.quarantined) {
                     return Some(format!(
@@ -136,12 +139,12 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
-    /// Peers a task could run on (connected, capable, not draining).
+    /// Peers a task could run on (connected, capable, not draining or paused).
     pub fn capable_peers(&self, id: TaskId) -> Vec<PeerId> {
         let Some(task) = self.tasks.get(&id) else { return Vec::new() };
         self.peers
             .values()
-            .filter(|p| !p.draining && !p.quarantined && p.caps.can_run(&task.class))
+            .filter(|p| p.takes_work() && p.caps.can_run(&task.class))
             .map(|p| p.id.clone())
             .collect()
     }

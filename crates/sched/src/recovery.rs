@@ -125,6 +125,9 @@ impl<P: Clone> Scheduler<P> {
                 last_error: rec.last_error,
                 history: rec.history,
                 verification: rec.verification.map(Box::new),
+                // Not stored: after a restart, a retried task's gamer may be
+                // handed its new outcome too (clients dedupe by task id).
+                outcome_given: false,
             };
             self.tasks.insert(id, task);
             if waiting {

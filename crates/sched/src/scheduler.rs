@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::output::{Command, Event, LeaveReason, RequeueReason};
-use crate::peer::Peer;
+use crate::peer::{Leaving, Peer};
 use codes::CloseReason;
 
 use crate::placement::{self, Strategy};
@@ -22,11 +22,13 @@ use crate::types::{
 mod ids;
 mod peer_ids;
 mod peers;
+mod retry;
 mod tasks;
 mod trust;
 mod verifying;
 
 pub use peers::Joined;
+pub use retry::RetryError;
 pub use tasks::{Accepted, CancelError, Progress, ResultAck, SubmitError};
 pub use trust::ClearError;
 pub(crate) use verifying::Verifier;
@@ -520,11 +522,13 @@ impl<P: Clone> Scheduler<P> {
         }
         let spec = Arc::clone(&task.spec);
         let (attempts, failures) = (task.attempts, task.failures);
+        // A gamer handed an earlier outcome before a retry gets no second one.
+        let given = task.outcome_given;
         let conn = match &spec.owner {
-            Owner::Gamer(g) => self.gamers.get(g).copied(),
-            Owner::Api => None,
+            Owner::Gamer(g) if !given => self.gamers.get(g).copied(),
+            _ => None,
         };
-        let delivered = conn.is_some() || spec.owner == Owner::Api;
+        let delivered = conn.is_some() || spec.owner == Owner::Api || given;
         let last = task.history.last().filter(|r| r.ended_at == Some(now));
         let ended = last.and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
         let peer = last.map(|r| r.peer.clone());
@@ -542,6 +546,7 @@ impl<P: Clone> Scheduler<P> {
             at: now,
         });
         match (&spec.owner, conn) {
+            (Owner::Gamer(_), None) if given => {}
             (Owner::Gamer(gamer), Some(conn)) => {
                 let gamer = gamer.clone();
                 self.push_delivery(conn, gamer, spec, outcome, attempts);
@@ -664,6 +669,16 @@ impl<P: Clone> Scheduler<P> {
 
     /// Keeps `free` in step with a peer's slots.
     pub(crate) fn refresh_free(&mut self, id: &PeerId) {
+        // The one place a peer's load changes is seen: an operator's drain
+        // ends here, once it holds nothing (stopped runs included).
+        if let Some(p) = self.peers.get_mut(id)
+            && p.leaving == Leaving::WhenIdle
+            && p.used() == 0
+        {
+            p.leaving = Leaving::Told;
+            let conn = p.conn;
+            self.commands.push_back(Command::ClosePeer { conn, reason: CloseReason::Drained });
+        }
         match self.peers.get(id) {
             Some(p) if p.free() > 0 => {
                 self.free.insert(id.clone());

@@ -220,6 +220,9 @@ pub struct Task<P> {
     pub(crate) failures: u32,
     pub(crate) last_error: Option<Failure>,
     pub(crate) history: Vec<AttemptRecord>,
+    /// Its gamer was handed an outcome before an operator's retry: the
+    /// next outcome is not sent (one outcome per task on the wire).
+    pub(crate) outcome_given: bool,
     /// Its replicas and their verdicts, when it is verified.
     pub(crate) verification: Option<Box<Verification<P>>>,
 }
@@ -244,6 +247,7 @@ impl<P> Task<P> {
             failures: 0,
             last_error: None,
             history: Vec::new(),
+            outcome_given: false,
             verification: None,
         }
     }
@@ -263,6 +267,7 @@ impl<P> Task<P> {
             last_error: None,
             history: Vec::new(),
             verification: None,
+            outcome_given: false,
         }
     }
 

@@ -210,6 +210,13 @@ pub enum Op {
         id: u64,
         delivered: bool,
     },
+    /// An operator retried a finished task: it is queued again (no result,
+    /// not finished, failures 0; its attempts and last error stay), peers
+    /// seeing `peer_task_id`.
+    Retried {
+        id: u64,
+        peer_task_id: String,
+    },
     /// A result for an attempt that was no longer current.
     Stale {
         id: u64,

@@ -46,6 +46,16 @@ pub struct Page {
     pub before: Option<u64>,
     /// At most this many (capped at [`MAX_PAGE`]).
     pub limit: u32,
+    /// Rows to skip after the cursor (offset paging, for the REST API's
+    /// `offset`; keyset paging with `before` is what stays fast deep down).
+    pub skip: u32,
+}
+
+impl Page {
+    /// The first `limit` tasks.
+    pub fn first(limit: u32) -> Page {
+        Page { before: None, limit, skip: 0 }
+    }
 }
 
 /// Tasks of one state and type.
@@ -67,6 +77,9 @@ pub trait StoreReader: Send + Sync {
 
     /// How many tasks there are of each state and type.
     fn counts(&self) -> Result<Vec<Count>, StoreError>;
+
+    /// How many tasks `filter` selects (what a bulk action would touch).
+    fn count(&self, filter: &TaskFilter) -> Result<u64, StoreError>;
 }
 
 /// A query parameter, for either backend.
@@ -96,42 +109,60 @@ impl Query {
     /// The list query for `filter` and `page`; `mark(n)` writes the n-th
     /// placeholder (`?n` for SQLite, `$n` for PostgreSQL).
     pub(crate) fn list(filter: &TaskFilter, page: Page, mark: fn(usize) -> String) -> Query {
-        let mut conds: Vec<String> = Vec::new();
-        let mut params = Vec::new();
-        let mut add = |cond: &str, p: Param| {
-            params.push(p);
-            conds.push(cond.replace('#', &mark(params.len())));
-        };
-        if let Some(s) = &filter.state {
-            add("state = #", Param::Text(s.clone()));
-        }
-        if let Some(t) = &filter.task_type {
-            add("task_type = #", Param::Text(t.clone()));
-        }
-        if let Some(o) = &filter.owner {
-            add("owner = #", Param::Text(o.clone()));
-        }
-        if let Some(w) = &filter.worker {
-            add("id IN (SELECT task_id FROM attempts WHERE peer = #)", Param::Text(w.clone()));
-        }
-        if let Some(from) = filter.submitted_from_ms {
-            add("submitted_at >= #", Param::Int(from));
-        }
-        if let Some(to) = filter.submitted_to_ms {
-            add("submitted_at < #", Param::Int(to));
-        }
-        if let Some(before) = page.before {
-            add("id < #", Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
-        }
-        let filter =
-            if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let (filter_sql, mut params) = conditions(filter, page.before, mark);
         params.push(Param::Int(i64::from(page.limit.min(MAX_PAGE))));
+        let limit = mark(params.len());
+        params.push(Param::Int(i64::from(page.skip)));
+        let skip = mark(params.len());
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY id DESC LIMIT {}",
-            mark(params.len())
+            "SELECT {TASK_COLUMNS} FROM tasks {filter_sql} ORDER BY id DESC LIMIT {limit} OFFSET {skip}"
         );
         Query { sql, params }
     }
+
+    /// The count query for `filter`.
+    pub(crate) fn count(filter: &TaskFilter, mark: fn(usize) -> String) -> Query {
+        let (filter_sql, params) = conditions(filter, None, mark);
+        Query { sql: format!("SELECT count(*) FROM tasks {filter_sql}"), params }
+    }
+}
+
+/// The `WHERE` clause `filter` (and a cursor) make, and its parameters.
+fn conditions(
+    filter: &TaskFilter,
+    before: Option<u64>,
+    mark: fn(usize) -> String,
+) -> (String, Vec<Param>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut params = Vec::new();
+    let mut add = |cond: &str, p: Param| {
+        params.push(p);
+        conds.push(cond.replace('#', &mark(params.len())));
+    };
+    if let Some(s) = &filter.state {
+        add("state = #", Param::Text(s.clone()));
+    }
+    if let Some(t) = &filter.task_type {
+        add("task_type = #", Param::Text(t.clone()));
+    }
+    if let Some(o) = &filter.owner {
+        add("owner = #", Param::Text(o.clone()));
+    }
+    if let Some(w) = &filter.worker {
+        add("id IN (SELECT task_id FROM attempts WHERE peer = #)", Param::Text(w.clone()));
+    }
+    if let Some(from) = filter.submitted_from_ms {
+        add("submitted_at >= #", Param::Int(from));
+    }
+    if let Some(to) = filter.submitted_to_ms {
+        add("submitted_at < #", Param::Int(to));
+    }
+    if let Some(before) = before {
+        add("id < #", Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
+    }
+    let sql =
+        if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    (sql, params)
 }
 
 /// Counts from `(state, task_type, n)` rows.
@@ -172,13 +203,19 @@ mod tests {
             submitted_to_ms: Some(9),
             ..TaskFilter::default()
         };
-        let q = Query::list(&filter, Page { before: Some(100), limit: 5_000 }, |n| format!("${n}"));
-        assert!(q.sql.contains("WHERE state = $1 AND id IN (SELECT task_id FROM attempts WHERE peer = $2) AND submitted_at < $3 AND id < $4"), "{}", q.sql);
-        assert!(q.sql.ends_with("ORDER BY id DESC LIMIT $5"), "{}", q.sql);
-        assert_eq!(q.params.last(), Some(&Param::Int(i64::from(MAX_PAGE))));
-        let all = Query::list(&TaskFilter::default(), Page { before: None, limit: 10 }, |n| {
-            format!("?{n}")
+        let q = Query::list(&filter, Page { before: Some(100), limit: 5_000, skip: 0 }, |n| {
+            format!("${n}")
         });
+        assert!(q.sql.contains("WHERE state = $1 AND id IN (SELECT task_id FROM attempts WHERE peer = $2) AND submitted_at < $3 AND id < $4"), "{}", q.sql);
+        assert!(q.sql.ends_with("ORDER BY id DESC LIMIT $5 OFFSET $6"), "{}", q.sql);
+        assert_eq!(q.params.get(4), Some(&Param::Int(i64::from(MAX_PAGE))));
+        let all = Query::list(&TaskFilter::default(), Page::first(10), |n| format!("?{n}"));
         assert!(!all.sql.contains("WHERE"), "{}", all.sql);
+        let count = Query::count(&filter, |n| format!("?{n}"));
+        assert_eq!(
+            count.sql,
+            "SELECT count(*) FROM tasks WHERE state = ?1 AND id IN (SELECT task_id FROM attempts WHERE peer = ?2) AND submitted_at < ?3"
+        );
+        assert_eq!(count.params.len(), 3);
     }
 }

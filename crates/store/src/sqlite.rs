@@ -317,6 +317,13 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
                 end_attempt(tx, *id, *attempt, *how, error.as_ref(), *at_ms)?;
             }
         }
+        Op::Retried { id, peer_task_id } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET state = 'queued', peer = NULL, started_at = NULL, finished_at = NULL,
+                 result = NULL, failures = 0, delivered = 0, peer_task_id = ?2 WHERE id = ?1",
+            )?
+            .execute(params![*id as i64, peer_task_id])?;
+        }
         Op::Delivered { id, delivered } => {
             tx.prepare_cached("UPDATE tasks SET delivered = ?2 WHERE id = ?1")?
                 .execute(params![*id as i64, delivered])?;

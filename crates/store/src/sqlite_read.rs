@@ -103,4 +103,13 @@ impl StoreReader for SqliteReader {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(read::counts(rows.collect::<Result<Vec<_>, _>>()?))
     }
+
+    fn count(&self, filter: &TaskFilter) -> Result<u64, StoreError> {
+        let q = Query::count(filter, |n| format!("?{n}"));
+        let conn = self.pool.get()?;
+        let mut stmt = conn.prepare_cached(&q.sql)?;
+        let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
+        let n: i64 = stmt.query_row(params, |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 mod credentials;
+mod gpu;
 mod machine;
 mod progress;
 mod runner;
@@ -76,6 +77,8 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Extra keys for the registration's `capabilities`.
     pub extra_capabilities: serde_json::Map<String, Value>,
+    /// Where sysfs is mounted, for GPU use in heartbeats (`/sys`).
+    pub sysfs_root: PathBuf,
 }
 
 impl Config {
@@ -97,6 +100,7 @@ impl Config {
             default_task_timeout: Duration::from_secs(3600),
             progress_interval: Duration::from_millis(20),
             extra_capabilities: serde_json::Map::new(),
+            sysfs_root: PathBuf::from("/sys"),
         }
     }
 }

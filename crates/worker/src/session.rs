@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use codes::CloseReason;
 use futures_util::{SinkExt, StreamExt};
 use proto::{
     Drain, FromCoordinator, Heartbeat, RegisterPeer, ReturnTask, RunningTask, TaskAssignment,
@@ -178,6 +179,11 @@ impl<'w> Session<'w> {
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
+                        // An operator drained us and we hold nothing: leave for good.
+                        if frame.as_ref().is_some_and(|f| u16::from(f.code) == CloseReason::Drained.code()) {
+                            info!("drained by an operator: leaving");
+                            return End::Shutdown;
+                        }
                         let why = frame.map_or_else(|| "closed".to_owned(), |f| f.reason.to_string());
                         return End::Disconnected(why);
                     }
@@ -411,6 +417,7 @@ impl<'w> Session<'w> {
             running_tasks: Some(self.worker.running.len() as u32),
             cpu_percent: cpu,
             memory_used_mb: mem,
+            gpus: Some(crate::gpu::usage(&self.worker.config.sysfs_root)).filter(|g| !g.is_empty()),
         });
         self.send(&msg).await
     }

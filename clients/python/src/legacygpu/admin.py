@@ -138,7 +138,7 @@ class Admin:
     # them answers 404/405, raised as ApiError.
 
     def drain(self, worker_id: str) -> Any:
-        """The worker takes no new tasks; its running ones finish (admin)."""
+        """The worker takes no new tasks; its running ones finish, then it leaves (admin)."""
         return self._post(f"/cluster/workers/{self._seg(worker_id, 'worker_id')}/drain")
 
     def pause(self, worker_id: str) -> Any:
@@ -194,7 +194,7 @@ class Admin:
         return self.request("DELETE", f"/cluster/tasks/{self._seg(task_id, 'task_id')}")[1]
 
     def retry(self, task_id: str) -> Any:
-        """Runs a failed task again (admin; a route being added to the API)."""
+        """Runs a failed, cancelled or timed-out task again under the same id (client)."""
         return self._post(f"/cluster/tasks/{self._seg(task_id, 'task_id')}/retry")
 
 

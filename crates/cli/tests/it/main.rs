@@ -11,6 +11,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod crash;
+mod dashboard;
 mod executors;
 mod failover;
 mod generate;

@@ -38,6 +38,7 @@ use crate::quota::Quotas;
 use crate::snapshot::Publisher;
 use crate::telemetry::Telemetry;
 
+pub(crate) mod controls;
 pub(crate) mod messages;
 pub(crate) mod requests;
 pub(crate) mod stream;
@@ -372,7 +373,8 @@ impl Core {
     /// Queues a message that must not leave before the store has committed
     /// everything observed so far.
     pub fn send_durable(&mut self, conn: ConnId, msg: FromCoordinator) {
-        if let Some((conn, msg)) = self.observer.hold(conn, msg) {
+        self.observer.hold(conn, msg);
+        for (conn, msg) in self.observer.release() {
             self.send(conn, msg);
         }
     }

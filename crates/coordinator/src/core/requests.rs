@@ -4,10 +4,10 @@
 //!
 //! Only what needs a decision or the scheduler's live state comes here:
 //! submitting, cancelling, waiting for an outcome, approving a worker,
-//! switching the strategy, and the live details of one task. Lists, counts,
-//! health and metrics are read from the published
-//! [`Snapshot`](crate::snapshot::Snapshot) instead, never by walking state
-//! on the loop.
+//! switching the strategy, and the live details of one task. Health, metrics
+//! and workers are read from the published
+//! [`Snapshot`](crate::snapshot::Snapshot) instead, and task lists from the
+//! store (`reads.rs`), never by walking state on the loop.
 
 use std::collections::HashMap;
 
@@ -33,9 +33,6 @@ pub(crate) enum ApiRequest {
     AwaitOutcome { task: TaskId, reply: Reply<Awaited> },
     /// The task as the scheduler holds it now.
     Task { task: TaskId, reply: Reply<Option<TaskNow>> },
-    /// A page of the tasks held, newest first.
-    // TODO(store-reader): served from the store once its reader lands.
-    ListTasks { filter: TaskFilter, reply: Reply<(Vec<TaskNow>, usize)> },
     /// Approve a worker id with the SHA-256 of its credential; the answer is
     /// the store batch that makes the approval durable.
     ApproveWorker { worker_id: String, credential_sha256: String, reply: Reply<u64> },
@@ -44,6 +41,8 @@ pub(crate) enum ApiRequest {
     RevokeWorker { worker_id: String, reply: Reply<Option<u64>> },
     /// Switch the placement strategy; the answer is the previous one.
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
+    /// An owner's control: pause, resume, drain, retry, bulk actions.
+    Control(super::controls::Control),
     /// Lift a worker's quarantine.
     ClearWorker { worker_id: String, reply: Reply<Result<ClearedNow, sched::ClearError>> },
     /// Submit like `Submit`, and follow the accepted task's progress and
@@ -56,15 +55,6 @@ pub(crate) enum ApiRequest {
     },
     /// Follow a task's progress (when it streams) and its outcome.
     Follow { task: TaskId, watch: Watch },
-}
-
-/// Which tasks to list.
-#[derive(Debug, Clone)]
-pub(crate) struct TaskFilter {
-    pub status: Option<TaskState>,
-    pub task_type: Option<String>,
-    pub limit: usize,
-    pub offset: usize,
 }
 
 /// A submission the core accepted.
@@ -198,35 +188,12 @@ impl Core {
                 let _ = reply.send(answer);
             }
             ApiRequest::Cancel { task, reply } => {
-                let now = self.now();
-                let owner = self.sched.task(task).map(|t| t.spec().owner.clone());
-                let answer = match owner {
-                    Some(owner) => self.sched.handle_cancel(now, &owner, task),
-                    None => Err(CancelError::UnknownTask),
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(self.cancel_any(task));
             }
+            ApiRequest::Control(control) => self.handle_control(control),
             ApiRequest::AwaitOutcome { task, reply } => self.await_outcome(task, reply),
             ApiRequest::Task { task, reply } => {
                 let _ = reply.send(self.sched.task(task).map(|t| self.task_now(t)));
-            }
-            ApiRequest::ListTasks { filter, reply } => {
-                let matching: Vec<_> = self
-                    .sched
-                    .tasks()
-                    .rev()
-                    .filter(|t| filter.status.is_none_or(|s| t.status() == s))
-                    .filter(|t| {
-                        filter.task_type.as_deref().is_none_or(|ty| &*t.spec().task_type == ty)
-                    })
-                    .collect();
-                let page = matching
-                    .iter()
-                    .skip(filter.offset)
-                    .take(filter.limit)
-                    .map(|t| self.task_now(t))
-                    .collect();
-                let _ = reply.send((page, matching.len()));
             }
             ApiRequest::ApproveWorker { worker_id, credential_sha256, reply } => {
                 let _ = reply.send(crate::identity::approve(self, &worker_id, credential_sha256));

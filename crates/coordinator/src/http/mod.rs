@@ -30,10 +30,13 @@ use crate::credentials::Credentials;
 use crate::edge::Listener;
 use crate::ha::HaView;
 use crate::observe::Durable;
+use crate::reads::Reader;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{ApiEvent, Metrics, Published};
 
 mod cluster;
+mod controls;
+mod dashboard;
 mod events;
 pub(crate) mod follow;
 mod openai;
@@ -61,6 +64,11 @@ pub(crate) struct Api {
     stop: watch::Sender<bool>,
     /// Join tokens (shown and rotated by admins).
     credentials: Arc<Credentials>,
+    /// Task lists and pages come from the store (see `reads.rs`); a
+    /// standby, which redirects every request, has none.
+    reader: Option<Reader>,
+    /// The dashboard's logins.
+    sessions: dashboard::Sessions,
     /// On PostgreSQL: the lease, for health, metrics and a standby's redirects.
     ha: Option<HaView>,
 }
@@ -71,6 +79,7 @@ impl Api {
         state: &Core,
         stop: watch::Sender<bool>,
         credentials: Arc<Credentials>,
+        reader: Option<Reader>,
     ) -> Api {
         Api {
             core,
@@ -82,7 +91,20 @@ impl Api {
             clock: state.clock,
             stop,
             credentials,
+            reader,
+            sessions: dashboard::Sessions::new(),
             ha: None,
+        }
+    }
+
+    /// Runs a store read on a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn store::StoreReader) -> Result<T, store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        match &self.reader {
+            Some(reader) => crate::reads::run(reader, read).await,
+            None => Err(ApiError::unavailable_because("this coordinator is a standby")),
         }
     }
 
@@ -185,6 +207,10 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
+    pub fn unavailable_because(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+
     pub fn unavailable() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,12 +246,15 @@ pub(crate) fn router(api: Api) -> Router {
     let openapi = routes::openapi();
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
     let limit = axum::extract::DefaultBodyLimit::max(api.config.max_frame_bytes);
+    let dashboard = dashboard::router(api.clone());
     routes::ROUTES
         .iter()
         .fold(Router::new(), |r, route| r.route(route.path, (route.handler)()))
         .merge(docs)
         .fallback(|| async { ApiError::not_found("no such route; see /docs") })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
+        // The dashboard authenticates by its session cookie (`dashboard/`).
+        .merge(dashboard)
         .layer(axum::middleware::from_fn_with_state(api.clone(), crate::ha::redirect::standby_http))
         .layer(limit)
         .with_state(api)
@@ -265,6 +294,10 @@ async fn publish_stats(api: Api) {
         let _ = api.events.send(Arc::new(Published::new(&event)));
     }
 }
+
+/// Whether a request came over TLS (set by `serve.rs`), for `Secure` cookies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Secure(pub bool);
 
 /// Which client a request counts as, for quotas: its API key (`key:N`), or
 /// `api` for requests without one.

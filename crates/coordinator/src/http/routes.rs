@@ -4,7 +4,9 @@ use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
-use super::{Api, ErrorBody, cluster, events, openai, sse, tasks, tokens, trust, workers};
+use super::{
+    Api, ErrorBody, cluster, controls, events, openai, sse, tasks, tokens, trust, workers,
+};
 use crate::config::ApiRole;
 
 /// One route: its method and path (axum's syntax, the same as OpenAPI's),
@@ -36,6 +38,9 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::GET, "/cluster/workers/{id}/stats", ReadOnly, || get(workers::worker_stats)),
     route(Method::POST, "/cluster/workers/register", Admin, || post(workers::register_worker)),
     route(Method::POST, "/cluster/workers/{id}/revoke", Admin, || post(workers::revoke_worker)),
+    route(Method::POST, "/cluster/workers/{id}/pause", Admin, || post(controls::pause)),
+    route(Method::POST, "/cluster/workers/{id}/resume", Admin, || post(controls::resume)),
+    route(Method::POST, "/cluster/workers/{id}/drain", Admin, || post(controls::drain)),
     route(Method::GET, "/cluster/tokens", Admin, || get(tokens::show)),
     route(Method::POST, "/cluster/tokens/rotate", Admin, || post(tokens::rotate)),
     route(Method::POST, "/cluster/workers/{id}/clear", Admin, || post(trust::clear_worker)),
@@ -45,6 +50,8 @@ pub(crate) const ROUTES: &[Route] = &[
     route(Method::GET, "/cluster/tasks/{id}/status", ReadOnly, || get(tasks::task_status)),
     route(Method::GET, "/cluster/tasks/{id}/result", Client, || get(tasks::task_result)),
     route(Method::DELETE, "/cluster/tasks/{id}", Client, || delete(tasks::cancel)),
+    route(Method::POST, "/cluster/tasks/{id}/retry", Client, || post(controls::retry)),
+    route(Method::POST, "/cluster/tasks/bulk", Admin, || post(controls::bulk)),
     route(Method::GET, "/cluster/tasks/{id}/stream", Client, || get(sse::stream)),
     route(Method::GET, "/cluster/config", ReadOnly, || get(cluster::config)),
     route(Method::PUT, "/cluster/config/balancing", Admin, || put(cluster::set_balancing)),
@@ -82,7 +89,8 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
         cluster::health, cluster::cluster_metrics, workers::list_workers, workers::worker,
         workers::worker_stats, workers::register_worker, workers::revoke_worker, trust::clear_worker,
         tokens::show, tokens::rotate, tasks::submit, tasks::submit_seed_path,
-        tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, cluster::config,
+        tasks::list_tasks, tasks::task_status, tasks::task_result, tasks::cancel, controls::pause,
+        controls::resume, controls::drain, controls::retry, controls::bulk, cluster::config,
         cluster::set_balancing, cluster::shutdown, events::stream, cluster::prometheus,
         sse::stream, openai::list_models, openai::model, openai::chat_completions,
         openai::completions

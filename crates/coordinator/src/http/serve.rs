@@ -106,10 +106,12 @@ impl Connection {
         let io = TokioIo::new(Watched { inner: io, activity: Arc::clone(&activity) });
         let remote = self.remote;
         let refused = matches!(transport, Transport::Plain { allowed: false });
+        let secure = super::Secure(matches!(transport, Transport::Tls));
         let router = self.router.clone();
         let busy = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(secure);
             let router = router.clone();
             let guard = busy.request();
             async move {

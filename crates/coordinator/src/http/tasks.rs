@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::trust::{VerificationView, verification_view};
+use super::trust::{VerificationView, stored_verification_view, verification_view};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
-use crate::core::requests::{Awaited, Finished, Submitted, TaskFilter as ListFilter, TaskNow};
+use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 
 // ----------------------------------------------------------------- tasks
 
@@ -194,6 +194,17 @@ pub(super) async fn submit_task(
     header_key: Option<String>,
     client: String,
 ) -> Result<Response, ApiError> {
+    let (status, body) = submit_view(api, body, header_key, client).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Submits a task once durable; 201 (or 200 for an idempotent resubmission).
+pub(super) async fn submit_view(
+    api: &Api,
+    body: SubmitTask,
+    header_key: Option<String>,
+    client: String,
+) -> Result<(StatusCode, SubmittedView), ApiError> {
     let data = body.data.unwrap_or_else(|| json!({}));
     if !data.is_object() {
         let kind = match &data {
@@ -275,7 +286,7 @@ pub(super) async fn submit_task(
         existing: accepted.existing,
         waiting_reason: accepted.waiting_reason,
     };
-    Ok((status, Json(body)).into_response())
+    Ok((status, body))
 }
 
 /// A task as the API shows it.
@@ -357,9 +368,20 @@ pub(super) struct TaskFilter {
     status: Option<String>,
     /// Only tasks of this type.
     task_type: Option<String>,
+    /// Only tasks any attempt of which ran on this worker.
+    worker_id: Option<String>,
+    /// Only tasks of this owner: `api`, or `gamer:ID`.
+    owner: Option<String>,
+    /// Only tasks submitted at or after this time (Unix ms).
+    submitted_from_ms: Option<i64>,
+    /// Only tasks submitted before this time (Unix ms).
+    submitted_to_ms: Option<i64>,
     /// Page size, default 100, at most 1000.
     limit: Option<usize>,
-    /// Tasks to skip (newest first).
+    /// Keyset paging: only tasks with ids below this one (`next_before` of
+    /// the previous page). Fast at any depth.
+    before: Option<String>,
+    /// Tasks to skip (newest first), after `before`. At most 100 000.
     offset: Option<usize>,
 }
 
@@ -367,19 +389,26 @@ pub(super) struct TaskFilter {
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
     /// Tasks matching the filter.
-    pub total: usize,
+    pub total: u64,
     pub limit: usize,
     pub offset: usize,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_before: Option<String>,
 }
 
-/// Tasks held by the coordinator (live, and finished ones still kept), newest first, filtered and paged.
-#[utoipa::path(get, path = "/cluster/tasks", tag = "tasks", params(TaskFilter),
-    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
-pub(super) async fn list_tasks(
-    State(api): State<Api>,
-    Query(f): Query<TaskFilter>,
-) -> Result<Json<TaskList>, ApiError> {
-    let status = match f.status.as_deref() {
+/// The most rows `offset` may skip: deeper pages use `before`.
+const MAX_OFFSET: usize = 100_000;
+
+/// The store filter a query names, or why it is wrong.
+pub(super) fn store_filter(
+    status: Option<&str>,
+    task_type: Option<String>,
+    worker: Option<String>,
+    owner: Option<String>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+) -> Result<store::TaskFilter, ApiError> {
+    let state = match status.map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(s.parse::<TaskState>().map_err(|_| {
             let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
@@ -389,12 +418,95 @@ pub(super) async fn list_tasks(
             )
         })?),
     };
+    let text = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    Ok(store::TaskFilter {
+        state: state.map(|s| s.as_str().to_owned()),
+        task_type: text(task_type),
+        owner: text(owner),
+        worker: text(worker),
+        submitted_from_ms: from_ms,
+        submitted_to_ms: to_ms,
+    })
+}
+
+/// Tasks from the store (live and finished, within the result TTL, across restarts), newest first, filtered and paged.
+#[utoipa::path(get, path = "/cluster/tasks", tag = "tasks", params(TaskFilter),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+pub(super) async fn list_tasks(
+    State(api): State<Api>,
+    Query(f): Query<TaskFilter>,
+) -> Result<Json<TaskList>, ApiError> {
+    let filter = store_filter(
+        f.status.as_deref(),
+        f.task_type,
+        f.worker_id,
+        f.owner,
+        f.submitted_from_ms,
+        f.submitted_to_ms,
+    )?;
     let limit = f.limit.unwrap_or(100).clamp(1, api.config.limits.max_page);
     let offset = f.offset.unwrap_or(0);
-    let filter = ListFilter { status, task_type: f.task_type, limit, offset };
-    let (tasks, total) = api.request(|reply| ApiRequest::ListTasks { filter, reply }).await?;
-    let tasks = tasks.into_iter().map(task_view).collect();
-    Ok(Json(TaskList { tasks, total, limit, offset }))
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "invalid_filter",
+            format!("offset is at most {MAX_OFFSET}; page deeper with `before`"),
+        ));
+    }
+    let before = match f.before.as_deref() {
+        None | Some("") => None,
+        Some(b) => Some(b.parse::<TaskId>().map_err(|_| {
+            ApiError::bad_request("invalid_filter", format!("before `{b}` is not a task id"))
+        })?),
+    };
+    let page = store::Page {
+        before: before.map(|t| t.0),
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        skip: u32::try_from(offset).unwrap_or(u32::MAX),
+    };
+    let (rows, total) = api.read(move |r| Ok((r.tasks(&filter, page)?, r.count(&filter)?))).await?;
+    let next_before =
+        (rows.len() == limit).then(|| rows.last().map(|t| TaskId(t.task.id).to_string())).flatten();
+    let tasks = rows.into_iter().map(stored_view).collect();
+    Ok(Json(TaskList { tasks, total, limit, offset, next_before }))
+}
+
+/// A stored task as the API shows it (what only the live scheduler knows —
+/// why it waits, where it is in the queue — is absent).
+pub(super) fn stored_view(t: store::StoredTask) -> TaskView {
+    let assigned = t.attempts.last().map(|a| a.assigned_at_ms);
+    let verification = stored_verification_view(&t);
+    TaskView {
+        verification,
+        task_id: TaskId(t.task.id).to_string(),
+        client_task_id: t.task.client_task_id,
+        owner: t.task.owner,
+        task_type: t.task.task_type,
+        status: t.state.as_str().to_owned(),
+        priority: t.task.priority,
+        attempt: t.attempt,
+        failures: t.failures,
+        worker_id: t.peer.or_else(|| t.attempts.last().map(|a| a.peer.clone())),
+        waiting_reason: None,
+        queue_position: None,
+        submitted_at_ms: t.task.submitted_at_ms,
+        assigned_at_ms: assigned,
+        started_at_ms: t.started_at_ms,
+        finished_at_ms: t.finished_at_ms,
+        last_error: t.error.map(|e| TaskErrorView { code: e.code.to_string(), message: e.message }),
+        attempts: t
+            .attempts
+            .into_iter()
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt,
+                    "worker_id": a.peer,
+                    "assigned_at_ms": a.assigned_at_ms,
+                    "ended_at_ms": a.ended_at_ms,
+                    "end": a.end.map(|e| e.as_str()),
+                })
+            })
+            .collect(),
+    }
 }
 
 /// The 404 for a task id the coordinator does not hold.
@@ -417,8 +529,13 @@ pub(super) async fn task_status(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = parse_id(&id)?;
-    let view = api.request(|reply| ApiRequest::Task { task, reply }).await?;
-    view.map(|t| Json(task_view(t))).ok_or_else(|| unknown_task(id))
+    // The live view first (why it waits, its queue position); the store for
+    // a task the scheduler no longer holds.
+    if let Some(now) = api.request(|reply| ApiRequest::Task { task, reply }).await? {
+        return Ok(Json(task_view(now)));
+    }
+    let stored = api.read(move |r| r.task(task.0)).await?;
+    stored.map(|t| Json(stored_view(t))).ok_or_else(|| unknown_task(id))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -47,10 +47,13 @@ fn app(config: Config) -> axum::Router {
     let credentials = Arc::new(
         crate::credentials::Credentials::load(&core.config, core.approvals.clone(), tls).unwrap(),
     );
-    let api = Api::new(tx, &core, stop, credentials);
+    let dir = tempfile::tempdir().unwrap();
+    drop(store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap());
+    let reader = crate::reads::open(&store::Target::Sqlite(dir.path().to_owned())).unwrap();
+    let api = Api::new(tx, &core, stop, credentials, Some(reader));
     let (_never, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let _keep = _never;
+        let _keep = (_never, dir);
         core.run(rx, shutdown).await;
     });
     router(api)

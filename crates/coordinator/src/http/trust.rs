@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use codes::WorkerStatus;
 use proto::Json as RawJson;
+use sched::TaskId;
 use sched::verify::{Reputation, Verification};
 use serde::Serialize;
 use serde_json::Value;
@@ -90,6 +91,28 @@ pub(super) fn verification_view(v: &Verification<RawJson>) -> VerificationView {
             })
             .collect(),
     }
+}
+
+/// A stored task's verification (its replicas are read with one task, not
+/// with a list).
+pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<VerificationView> {
+    let status = t.verify_status?;
+    Some(VerificationView {
+        policy: t.task.verify.clone().unwrap_or_else(|| "off".to_owned()),
+        status: status.as_str().to_owned(),
+        replicas: t
+            .replicas
+            .iter()
+            .map(|r| ReplicaView {
+                task_id: TaskId(r.task_id).to_string(),
+                worker_id: r.peer.clone(),
+                attempts: r.attempts,
+                verdict: r.verdict.as_str().to_owned(),
+                result: r.result.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+                error: r.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+            })
+            .collect(),
+    })
 }
 
 /// What `clear` did.

@@ -24,8 +24,9 @@ use crate::snapshot::WorkerFacts;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WorkerInfo {
     pub worker_id: String,
-    /// healthy, unhealthy (heartbeats late), draining, or quarantined (its
-    /// results were found wrong too often: no new work until cleared).
+    /// healthy, unhealthy (heartbeats late), paused, draining, or
+    /// quarantined (its results were found wrong too often: no new work
+    /// until cleared).
     #[schema(value_type = String)]
     pub status: WorkerStatus,
     pub address: Option<String>,
@@ -45,6 +46,10 @@ pub struct WorkerInfo {
     pub connected_seconds: f64,
     pub cpu_percent: Option<f32>,
     pub memory_used_mb: Option<u64>,
+    /// Each GPU's busy % and VRAM use, from the worker's last heartbeat,
+    /// where its OS exposes them (Linux amdgpu sysfs).
+    #[schema(value_type = Vec<Object>)]
+    pub gpus: Vec<proto::GpuUsage>,
     /// What its results were found to be, once any was judged.
     pub reputation: Option<ReputationView>,
 }
@@ -92,6 +97,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
         connected_seconds: since(w.joined_at),
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
+        gpus: heartbeat.and_then(|h| h.gpus.clone()).unwrap_or_default(),
         reputation: w.reputation.as_ref().map(ReputationView::from),
     }
 }

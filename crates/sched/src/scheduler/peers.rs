@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{PeerError, Scheduler};
 use crate::output::{Command, Event, LeaveReason, RequeueReason};
-use crate::peer::{Peer, PeerJoin};
+use crate::peer::{Leaving, Peer, PeerJoin};
 use crate::task::{AttemptEnd, Holder, State};
 use crate::timers::Timer;
 use crate::types::{Attempt, ConnId, GamerId, Owner, PeerId, TaskId, Time};
@@ -207,6 +207,55 @@ impl<P: Clone> Scheduler<P> {
             peer.draining = true;
             self.refresh_free(id);
             self.events.push_back(Event::PeerDraining { peer: id.clone() });
+        }
+        Ok(())
+    }
+
+    /// An operator pauses a peer: it keeps its connection and the tasks it
+    /// runs, and gets nothing new until [`Scheduler::handle_resume`].
+    pub fn handle_pause(&mut self, now: Time, id: &PeerId) -> Result<(), PeerError> {
+        self.tick(now);
+        let peer = self.peers.get_mut(id).ok_or(PeerError::NotRegistered)?;
+        if !peer.paused {
+            peer.paused = true;
+            self.refresh_free(id);
+            self.events.push_back(Event::PeerPaused { peer: id.clone(), paused: true });
+        }
+        Ok(())
+    }
+
+    /// An operator drains a peer: it gets nothing new, finishes what it
+    /// runs, and is then closed with [`CloseReason::Drained`] (a worker
+    /// leaves for good on it) — at once when it holds nothing.
+    pub fn handle_operator_drain(&mut self, now: Time, id: &PeerId) -> Result<(), PeerError> {
+        self.tick(now);
+        let peer = self.peers.get_mut(id).ok_or(PeerError::NotRegistered)?;
+        if peer.leaving == Leaving::No {
+            let announce = !peer.draining;
+            peer.leaving = Leaving::WhenIdle;
+            if announce {
+                self.events.push_back(Event::PeerDraining { peer: id.clone() });
+            }
+            self.refresh_free(id);
+        }
+        Ok(())
+    }
+
+    /// An operator resumes a peer: a pause ends, and so does an operator's
+    /// drain that has not yet closed it. A peer's own drain (it is shutting
+    /// down) is not undone. Queued work is placed on it at once.
+    pub fn handle_resume(&mut self, now: Time, id: &PeerId) -> Result<(), PeerError> {
+        let now = self.tick(now);
+        let peer = self.peers.get_mut(id).ok_or(PeerError::NotRegistered)?;
+        let was_paused = std::mem::take(&mut peer.paused);
+        let undrained = peer.leaving == Leaving::WhenIdle;
+        if undrained {
+            peer.leaving = Leaving::No;
+        }
+        if was_paused || undrained {
+            self.events.push_back(Event::PeerPaused { peer: id.clone(), paused: false });
+            self.refresh_free(id);
+            self.place(now);
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! at 16s                          # move time to 16 s and fire due timers
 //! join p1 slots=2 types=echo,sleep models=m gpu=8192 running=t-1#1
 //! leave p1 | hb p1 | drain p1
+//! pause p1 | resume p1 | odrain p1      (an operator's pause, resume, drain)
+//! retry t-1                             (an operator's retry)
 //! gamer g1 | gamer-left g1 | awaiting g1 t-1,t-2
 //! submit g1 echo id=123 prio=2 key=k model=m gpu vram=4000 timeout=5s qtimeout=9s attempts=2
 //! submit api echo ...
@@ -149,6 +151,23 @@ impl World {
             "drain" => {
                 let conn = self.peer_conns[words[1]];
                 self.sched.handle_drain(now, &PeerId::from(words[1]), conn).unwrap();
+            }
+            "retry" => {
+                let id: TaskId = words[1].parse().unwrap();
+                if let Err(e) = self.sched.handle_retry(now, id) {
+                    self.ret(format!("{e:?}"));
+                }
+            }
+            "pause" | "resume" | "odrain" => {
+                let peer = PeerId::from(words[1]);
+                let r = match words[0] {
+                    "pause" => self.sched.handle_pause(now, &peer),
+                    "resume" => self.sched.handle_resume(now, &peer),
+                    _ => self.sched.handle_operator_drain(now, &peer),
+                };
+                if let Err(e) = r {
+                    self.ret(format!("{e:?}"));
+                }
             }
             "gamer" => {
                 let conn = self.conn();
@@ -339,6 +358,10 @@ pub fn describe_event(event: &Event<String>) -> String {
         Event::PeerJoined { peer, .. } => format!("peer joined {peer}"),
         Event::PeerLeft { peer, reason, .. } => format!("peer left {peer} {}", reason.as_str()),
         Event::PeerDraining { peer } => format!("peer draining {peer}"),
+        Event::TaskRetried { task, peer_task_id, .. } => {
+            format!("retried {task} as {peer_task_id}")
+        }
+        Event::PeerPaused { peer, paused } => format!("peer paused={paused} {peer}"),
         Event::GamerJoined { gamer, .. } => format!("gamer joined {gamer}"),
         Event::GamerLeft { gamer, .. } => format!("gamer left {gamer}"),
         Event::Verified { task, verification, .. } => {

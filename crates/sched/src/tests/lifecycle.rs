@@ -482,6 +482,141 @@ fn draining_peers_take_no_new_work() {
 }
 
 #[test]
+fn a_paused_peer_keeps_its_tasks_and_gets_nothing_new_until_resumed() {
+    check(
+        r"
+        join p1 slots=2
+        join p2
+        submit api echo p=a
+        pause p1
+        submit api echo p=b
+        submit api echo p=c
+        result p1 t-1 ok=A
+        resume p1
+        pause ghost
+        ",
+        r"
+        join p1 slots=2
+        join p2
+        submit api echo p=a
+          => t-1 t-1 Assigned
+          assign t-1#1 a -> p1 (c1)
+        pause p1
+        submit api echo p=b
+          => t-2 t-2 Assigned
+          assign t-2#1 b -> p2 (c2)
+        submit api echo p=c
+          => t-3 t-3 Queued
+        result p1 t-1 ok=A
+          => Accepted
+        resume p1
+          assign t-3#1 c -> p1 (c1)
+        pause ghost
+          => NotRegistered
+        ",
+    );
+}
+
+#[test]
+fn an_operator_drain_closes_the_peer_once_idle_and_resume_undoes_it_before() {
+    check(
+        r"
+        join p1
+        submit api echo p=a
+        odrain p1
+        resume p1
+        odrain p1
+        result p1 t-1 ok=A
+        join p2
+        odrain p2
+        resume p2
+        submit api echo p=b
+        ",
+        r"
+        join p1
+        submit api echo p=a
+          => t-1 t-1 Assigned
+          assign t-1#1 a -> p1 (c1)
+        odrain p1
+        resume p1
+        odrain p1
+        result p1 t-1 ok=A
+          => Accepted
+          close peer c1 (drained by an operator)
+        join p2
+        odrain p2
+          close peer c2 (drained by an operator)
+        resume p2
+        submit api echo p=b
+          => t-2 t-2 Queued (no capable peer: needs task type `echo`; 2 peer(s) connected, none can run it)
+        ",
+    );
+}
+
+#[test]
+fn a_failed_or_cancelled_task_runs_again_under_its_id_and_a_completed_one_cannot() {
+    check(
+        r"
+        submit api echo p=a attempts=1
+        cancel api t-1
+        retry t-1
+        join p1
+        result p1 t-1 err=boom
+        retry t-1
+        result p1 t-1#2 ok=A
+        retry t-1
+        retry t-9
+        ",
+        r"
+        submit api echo p=a attempts=1
+          => t-1 t-1 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        cancel api t-1
+          => Ok(())
+        retry t-1
+        join p1
+          assign t-1#1 a -> p1 (c1)
+        result p1 t-1 err=boom
+          => Accepted
+        retry t-1
+          assign t-1#2 a -> p1 (c1)
+        result p1 t-1#2 ok=A
+          => Accepted
+        retry t-1
+          => Completed
+        retry t-9
+          => UnknownTask
+        ",
+    );
+}
+
+#[test]
+fn a_gamer_handed_an_outcome_is_not_sent_a_second_after_a_retry() {
+    check(
+        r"
+        gamer g1
+        submit g1 echo p=a attempts=1
+        cancel g1 t-1
+        retry t-1
+        join p1
+        result p1 t-1 ok=A
+        ",
+        r"
+        gamer g1
+        submit g1 echo p=a attempts=1
+          => t-1 t-1 Queued (no capable peer: no peer is connected (needs task type `echo`))
+        cancel g1 t-1
+          => Ok(())
+          deliver t-1 (t-1) to g1: cancelled after 0
+        retry t-1
+        join p1
+          assign t-1#1 a -> p1 (c2)
+        result p1 t-1 ok=A
+          => Accepted
+        ",
+    );
+}
+
+#[test]
 fn started_marks_running() {
     let mut world = World::new(config());
     world.run("join p1\nsubmit api sleep\nstart p1 t-1");

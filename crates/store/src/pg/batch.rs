@@ -40,6 +40,7 @@ pub(super) struct Statements {
     requeued: Statement,
     finished: Statement,
     delivered: Statement,
+    retried: Statement,
     stale: Statement,
     deleted: Statement,
     approved: Statement,
@@ -61,6 +62,7 @@ impl Statements {
             requeued: c.prepare(REQUEUED).await?,
             finished: c.prepare(FINISHED).await?,
             delivered: c.prepare(DELIVERED).await?,
+            retried: c.prepare(RETRIED).await?,
             stale: c.prepare(STALE).await?,
             deleted: c.prepare(DELETED).await?,
             approved: c.prepare(APPROVED).await?,
@@ -150,6 +152,11 @@ WHERE a.task_id = u.id AND a.attempt = u.attempt";
 const DELIVERED: &str = "
 UPDATE tasks t SET delivered = u.delivered
 FROM unnest($1::bigint[], $2::bool[]) AS u (id, delivered) WHERE t.id = u.id";
+
+const RETRIED: &str = "
+UPDATE tasks t SET state = 'queued', peer = NULL, started_at = NULL, finished_at = NULL,
+    result = NULL, failures = 0, delivered = false, peer_task_id = u.wire
+FROM unnest($1::bigint[], $2::text[]) AS u (id, wire) WHERE t.id = u.id";
 
 const STALE: &str = "
 UPDATE attempts a SET end_reason = coalesce(a.end_reason, 'stale'), ended_at = coalesce(a.ended_at, u.at)
@@ -282,6 +289,7 @@ struct Round<'a> {
     requeued: (Ends, Vec<i64>),
     finished: Finishes<'a>,
     delivered: (Vec<i64>, Vec<bool>),
+    retried: (Vec<i64>, Vec<&'a str>),
     stale: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<i64>),
     deleted: Vec<i64>,
     verified: Verifieds<'a>,
@@ -369,6 +377,10 @@ impl<'a> Round<'a> {
                 self.delivered.0.push(i);
                 self.delivered.1.push(*delivered);
             }
+            Op::Retried { peer_task_id, .. } => {
+                self.retried.0.push(i);
+                self.retried.1.push(peer_task_id);
+            }
             Op::Stale { attempt, peer, at_ms, .. } => {
                 let s = &mut self.stale;
                 s.0.push(i);
@@ -416,6 +428,7 @@ impl<'a> Plan<'a> {
                 | Op::Requeued { id, .. }
                 | Op::Finished { id, .. }
                 | Op::Delivered { id, .. }
+                | Op::Retried { id, .. }
                 | Op::Stale { id, .. }
                 | Op::Verified { id, .. } => *id,
                 Op::Reputation(r) => {
@@ -558,6 +571,10 @@ impl Round<'_> {
         let d = &self.delivered;
         if !d.0.is_empty() {
             add(&st.delivered, &[&d.0, &d.1]);
+        }
+        let r = &self.retried;
+        if !r.0.is_empty() {
+            add(&st.retried, &[&r.0, &r.1]);
         }
         let s = &self.stale;
         if !s.0.is_empty() {

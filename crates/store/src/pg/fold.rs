@@ -77,6 +77,12 @@ pub(super) fn fold(ops: &[&Op]) -> Option<Folded> {
                 }
             }
             Op::Delivered { delivered, .. } => task.delivered = *delivered,
+            Op::Retried { peer_task_id, .. } => {
+                (task.state, task.peer, task.started_at_ms) = (TaskState::Queued, None, None);
+                (task.finished_at_ms, task.result, task.failures) = (None, None, 0);
+                task.delivered = false;
+                task.task.peer_task_id = peer_task_id.clone();
+            }
             Op::Stale { attempt, peer, at_ms, .. } => {
                 let a = attempts.get_mut(attempt)?;
                 if a.peer == *peer {

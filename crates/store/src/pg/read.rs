@@ -112,6 +112,15 @@ impl StoreReader for PostgresReader {
             Ok(read::counts(rows))
         })
     }
+
+    fn count(&self, filter: &TaskFilter) -> Result<u64, StoreError> {
+        let q = Query::count(filter, |n| format!("${n}"));
+        self.pool.get()?.run(async |c, _| {
+            let row = c.query_typed_one(&q.sql, &typed(&q.params)).await?;
+            let n: i64 = row.try_get(0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
 }
 
 /// `a, b` with every column named `prefix.a, prefix.b`.

@@ -21,9 +21,48 @@ both_backends!(
     the_writer_commits_in_order_and_close_flushes,
     open_by_target_picks_the_backend,
     a_replayed_batch_leaves_the_same_rows,
+    a_retried_task_is_queued_again_with_its_history,
     verification_rows_round_trip_and_go_with_their_task,
     reputations_round_trip_and_the_last_one_wins,
 );
+
+/// A failed task retried (in the batch that failed it, so that PostgreSQL
+/// folds it, and in a later batch, so that it updates the stored row).
+fn a_retried_task_is_queued_again_with_its_history(b: &Backend) {
+    let failed = |id| {
+        vec![
+            Op::Assigned { id, attempt: 1, peer: "p1".into(), at_ms: 10 },
+            Op::Finished {
+                id,
+                state: TaskState::Failed,
+                result: None,
+                error: err("boom"),
+                end: Some((1, AttemptEnd::Failed)),
+                at_ms: 20,
+                delivered: true,
+                failures: 1,
+            },
+        ]
+    };
+    let retried = |id| Op::Retried { id, peer_task_id: format!("t-{id}") };
+    let mut store = b.open();
+    let mut ops = vec![Op::Insert(task(1)), Op::Insert(task(2))];
+    ops.extend(failed(1));
+    ops.push(retried(1));
+    ops.extend(failed(2));
+    store.write(&ops).unwrap();
+    store.write(&[retried(2)]).unwrap();
+    let loaded = b.open().load().unwrap();
+    for t in &loaded.tasks {
+        assert_eq!(t.state, TaskState::Queued, "{t:?}");
+        assert_eq!((t.finished_at_ms, t.result.as_deref(), t.failures), (None, None, 0));
+        assert!(!t.delivered);
+        assert_eq!(t.task.peer_task_id, format!("t-{}", t.task.id));
+        assert_eq!(t.error, err("boom"), "the last error stays");
+        let ends: Vec<_> = t.attempts.iter().map(|a| a.end.map(AttemptEnd::as_str)).collect();
+        assert_eq!(ends, vec![Some("failed")]);
+    }
+}
 
 fn err(code: &str) -> Option<ErrorRow> {
     Some(ErrorRow { code: code.into(), message: "boom".into() })
@@ -425,7 +464,7 @@ fn verification_rows_round_trip_and_go_with_their_task(b: &Backend) {
     assert_eq!(reader.task(1).unwrap().unwrap().replicas, replicas);
     assert!(
         reader
-            .tasks(&Default::default(), store::Page { before: None, limit: 5 })
+            .tasks(&Default::default(), store::Page { before: None, limit: 5, skip: 0 })
             .unwrap()
             .iter()
             .all(|t| t.replicas.is_empty()),

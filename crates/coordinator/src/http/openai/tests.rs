@@ -20,6 +20,7 @@ fn worker(id: &str, task_types: Option<&[&str]>, models: Vec<ModelEntry>) -> Arc
         model_info: Arc::from(models),
         capabilities: Arc::new(Value::Null),
         draining: false,
+        paused: false,
         completed: 0,
         failed: 0,
         joined_at: sched::Time::ZERO,

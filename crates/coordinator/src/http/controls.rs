@@ -1,0 +1,229 @@
+//! The owner's controls over HTTP: pause, resume and drain a worker; retry a
+//! task; cancel or retry every task a filter matches (a dry run gives the
+//! count first; `confirm: true` acts).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use sched::{PeerError, RetryError, TaskId, TaskState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Api, ApiError, ErrorBody};
+use crate::core::ApiRequest;
+use crate::core::controls::{BulkAction, BulkOutcome, Control, MAX_BULK, WorkerAction};
+
+/// A worker control's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerControlled {
+    pub worker_id: String,
+    /// `paused`, `resumed` or `draining`.
+    pub status: &'static str,
+}
+
+async fn control_worker(
+    api: &Api,
+    worker_id: String,
+    action: WorkerAction,
+) -> Result<Json<WorkerControlled>, ApiError> {
+    let id = worker_id.clone();
+    let answer = api
+        .request(|reply| ApiRequest::Control(Control::Worker { worker_id: id, action, reply }))
+        .await?;
+    match answer {
+        Ok(()) => {
+            tracing::info!(peer = %worker_id, action = action.as_str(), "an operator acted on a worker");
+            Ok(Json(WorkerControlled { worker_id, status: action.as_str() }))
+        }
+        Err(PeerError::NotRegistered | PeerError::UnknownTask(_)) => {
+            Err(ApiError::not_found(format!("no worker `{worker_id}` is connected")))
+        }
+    }
+}
+
+/// Pauses a worker (admin): it keeps its connection and running tasks and gets nothing new until resumed.
+#[utoipa::path(post, path = "/cluster/workers/{id}/pause", tag = "workers",
+    params(("id" = String, Path, description = "The worker's peer id")),
+    responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
+pub(super) async fn pause(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerControlled>, ApiError> {
+    control_worker(&api, id, WorkerAction::Pause).await
+}
+
+/// Resumes a paused worker, or one being drained that has not yet left (admin).
+#[utoipa::path(post, path = "/cluster/workers/{id}/resume", tag = "workers",
+    params(("id" = String, Path, description = "The worker's peer id")),
+    responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
+pub(super) async fn resume(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerControlled>, ApiError> {
+    control_worker(&api, id, WorkerAction::Resume).await
+}
+
+/// Drains a worker (admin): it gets nothing new, finishes what it runs, then is told to leave (close code 4004) and does not reconnect.
+#[utoipa::path(post, path = "/cluster/workers/{id}/drain", tag = "workers",
+    params(("id" = String, Path, description = "The worker's peer id")),
+    responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
+pub(super) async fn drain(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerControlled>, ApiError> {
+    control_worker(&api, id, WorkerAction::Drain).await
+}
+
+/// A retry's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    pub task_id: String,
+    pub status: &'static str,
+}
+
+/// Runs a failed, cancelled or timed-out task again under the same id (see docs/API.md for the rule). 409 when it completed or has not finished.
+#[utoipa::path(post, path = "/cluster/tasks/{id}/retry", tag = "tasks",
+    params(("id" = String, Path, description = "The cluster task id")),
+    responses((status = 202, body = Retried), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub(super) async fn retry(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Retried>), ApiError> {
+    let task: TaskId = id.parse().map_err(|_| {
+        ApiError::not_found(format!("no task `{id}` is known (ids look like t-42)")).task(&id)
+    })?;
+    let answer = api.request(|reply| ApiRequest::Control(Control::Retry { task, reply })).await?;
+    let conflict = |code: &str, detail: String| {
+        ApiError::new(StatusCode::CONFLICT, code, detail).task(task.to_string())
+    };
+    match answer {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Retried { task_id: task.to_string(), status: TaskState::Queued.as_str() }),
+        )),
+        Err(RetryError::UnknownTask) => Err(ApiError::not_found(format!(
+            "no task `{id}` is held (unknown, or past its result TTL)"
+        ))
+        .task(id)),
+        Err(RetryError::Completed) => {
+            Err(conflict("task_completed", format!("task `{id}` completed: its result stands")))
+        }
+        Err(RetryError::NotFinished(s)) => Err(conflict(
+            "task_not_finished",
+            format!("task `{id}` has not finished ({}); cancel it first", s.as_str()),
+        )),
+        Err(RetryError::StillStopping) => Err(conflict(
+            "task_stopping",
+            format!("a worker still stops the last run of `{id}`; retry shortly"),
+        )
+        .retry_after(1.0)),
+    }
+}
+
+/// Which tasks a bulk action touches (the task list's filters).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct BulkFilter {
+    pub status: Option<String>,
+    pub task_type: Option<String>,
+    pub worker_id: Option<String>,
+    pub owner: Option<String>,
+    pub submitted_from_ms: Option<i64>,
+    pub submitted_to_ms: Option<i64>,
+}
+
+/// `POST /cluster/tasks/bulk` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BulkRequest {
+    /// `cancel` or `retry`.
+    pub action: String,
+    #[serde(default)]
+    pub filter: BulkFilter,
+    /// False (the default): only count what the filter matches. True: act.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// What a bulk action matched and did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkDone {
+    pub action: String,
+    /// Tasks the filter matches in the store.
+    pub matched: u64,
+    /// True when nothing was done (no `confirm`).
+    pub dry_run: bool,
+    /// Tasks cancelled or retried.
+    pub done: u64,
+    /// Matched tasks it did not apply to (finished, completed, …).
+    pub skipped: u64,
+}
+
+/// Cancels or retries every task a filter matches (admin), at most 10 000 per call: without `confirm` a dry run that only counts.
+#[utoipa::path(post, path = "/cluster/tasks/bulk", tag = "tasks", request_body = BulkRequest,
+    responses((status = 200, body = BulkDone), (status = 400, body = ErrorBody)))]
+pub(super) async fn bulk(
+    State(api): State<Api>,
+    Json(body): Json<BulkRequest>,
+) -> Result<Json<BulkDone>, ApiError> {
+    let action = match body.action.as_str() {
+        "cancel" => BulkAction::Cancel,
+        "retry" => BulkAction::Retry,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("action `{other}` is not cancel or retry"),
+            ));
+        }
+    };
+    let (done, matched) = bulk_action(&api, action, body.filter, body.confirm).await?;
+    Ok(Json(BulkDone {
+        action: body.action,
+        matched,
+        dry_run: !body.confirm,
+        done: done.done,
+        skipped: done.skipped,
+    }))
+}
+
+/// Counts what `filter` matches and, when `confirm`, acts on it: the ids
+/// come from the store, page by page, the decisions from the core.
+pub(super) async fn bulk_action(
+    api: &Api,
+    action: BulkAction,
+    f: BulkFilter,
+    confirm: bool,
+) -> Result<(BulkOutcome, u64), ApiError> {
+    let filter = super::tasks::store_filter(
+        f.status.as_deref(),
+        f.task_type,
+        f.worker_id,
+        f.owner,
+        f.submitted_from_ms,
+        f.submitted_to_ms,
+    )?;
+    if !confirm {
+        let matched = api.read(move |r| r.count(&filter)).await?;
+        return Ok((BulkOutcome::default(), matched));
+    }
+    let (ids, matched) = api
+        .read(move |r| {
+            let matched = r.count(&filter)?;
+            let mut ids = Vec::new();
+            let mut before = None;
+            while ids.len() < MAX_BULK {
+                let page = store::Page { before, limit: store::MAX_PAGE, skip: 0 };
+                let rows = r.tasks(&filter, page)?;
+                let Some(last) = rows.last() else { break };
+                before = Some(last.task.id);
+                ids.extend(rows.iter().map(|t| TaskId(t.task.id)));
+            }
+            ids.truncate(MAX_BULK);
+            Ok((ids, matched))
+        })
+        .await?;
+    let outcome = api
+        .request(|reply| ApiRequest::Control(Control::Bulk { action, tasks: ids, reply }))
+        .await?;
+    tracing::info!(?action, done = outcome.done, skipped = outcome.skipped, "a bulk action");
+    Ok((outcome, matched))
+}

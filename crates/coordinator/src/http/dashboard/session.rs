@@ -1,0 +1,238 @@
+//! Who is looking at the dashboard: login sessions and CSRF tokens.
+//!
+//! With API keys (or a cluster token, which is then the admin key), a
+//! browser logs in by posting a key to `/login`; it gets a session cookie
+//! (`HttpOnly`, `SameSite=Strict`, `Secure` when the page came over TLS,
+//! expiring after [`SESSION_TTL`]) holding a random session id. The key
+//! itself never leaves the login form: not in a URL, a cookie or a log.
+//! Each session has a CSRF token every state-changing request must carry
+//! (a form field, or the `X-CSRF-Token` header). Without keys (protected
+//! mode), loopback browsers are admins with no login, and one per-process
+//! CSRF token guards their forms against other sites.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+
+use crate::config::{ApiRole, Config};
+
+/// How long a login lasts.
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most; the oldest go first.
+const MAX_SESSIONS: usize = 4096;
+/// The cookie's name.
+pub(crate) const COOKIE: &str = "lg_session";
+
+/// A logged-in browser.
+#[derive(Debug, Clone)]
+pub(crate) struct Viewer {
+    pub role: ApiRole,
+    /// The token its forms carry.
+    pub csrf: String,
+    /// Which client it counts as for quotas (`key:N`, or `api`).
+    pub client: String,
+    /// Whether it logged in (and so may log out).
+    pub logged_in: bool,
+}
+
+#[derive(Debug)]
+struct Session {
+    viewer: Viewer,
+    expires: Instant,
+}
+
+/// The sessions of this coordinator (in memory: a restart logs everyone out).
+#[derive(Debug, Clone)]
+pub(crate) struct Sessions {
+    by_digest: Arc<Mutex<HashMap<[u8; 32], Session>>>,
+    /// The CSRF token of loopback browsers in protected mode.
+    open_csrf: Arc<str>,
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+fn secret() -> String {
+    // The OS CSPRNG failing leaves no safe session id: the login fails.
+    tls::random_secret().unwrap_or_default()
+}
+
+impl Sessions {
+    pub fn new() -> Sessions {
+        Sessions { by_digest: Arc::default(), open_csrf: Arc::from(secret()) }
+    }
+
+    /// Whether the dashboard asks for a login (keys or a token are set).
+    pub fn needs_login(config: &Config) -> bool {
+        !config.api_keys.is_empty() || config.token.is_some()
+    }
+
+    /// The role and quota client a key gives, or `None` for a wrong key.
+    pub fn check_key(config: &Config, key: &str) -> Option<(ApiRole, String)> {
+        let key = key.trim();
+        if config.api_keys.is_empty() {
+            return config
+                .token
+                .as_ref()
+                .filter(|t| t.matches(key))
+                .map(|_| (ApiRole::Admin, "api".to_owned()));
+        }
+        config
+            .api_keys
+            .iter()
+            .position(|k| k.key.matches(key))
+            .map(|i| (config.api_keys[i].role, format!("key:{i}")))
+    }
+
+    /// Opens a session; returns its id (for the cookie), or `None` when no
+    /// secret could be drawn.
+    pub fn open(&self, role: ApiRole, client: String) -> Option<String> {
+        let (id, csrf) = (secret(), secret());
+        if id.is_empty() || csrf.is_empty() {
+            return None;
+        }
+        let viewer = Viewer { role, csrf, client, logged_in: true };
+        let now = Instant::now();
+        let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, s| s.expires > now);
+        }
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(digest(&id), Session { viewer, expires: now + SESSION_TTL });
+        Some(id)
+    }
+
+    /// The viewer a request's cookie names, while its session lasts.
+    pub fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
+        let id = cookie(headers, COOKIE)?;
+        let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        let key = digest(id);
+        match map.get(&key) {
+            Some(s) if s.expires > Instant::now() => Some(s.viewer.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the session a request's cookie names.
+    pub fn close(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers, COOKIE) {
+            self.by_digest.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest(id));
+        }
+    }
+
+    /// A loopback browser in protected mode: an admin with no login.
+    pub fn open_viewer(&self) -> Viewer {
+        Viewer {
+            role: ApiRole::Admin,
+            csrf: self.open_csrf.to_string(),
+            client: "api".to_owned(),
+            logged_in: false,
+        }
+    }
+}
+
+/// Whether `given` is the viewer's CSRF token (in constant time).
+pub(crate) fn csrf_ok(viewer: &Viewer, given: Option<&str>) -> bool {
+    let Some(given) = given else { return false };
+    !viewer.csrf.is_empty() && bool::from(viewer.csrf.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// A cookie's value from the `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// The `Set-Cookie` value for a session id (empty `id`: clears it).
+pub(crate) fn set_cookie(id: &str, secure: bool) -> String {
+    let max_age = if id.is_empty() { 0 } else { SESSION_TTL.as_secs() };
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::{ApiKey, Secret};
+    use axum::http::HeaderValue;
+
+    fn with_cookie(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_key_opens_a_session_its_cookie_finds_and_logout_ends() {
+        let config = Config {
+            api_keys: vec![
+                ApiKey { key: Secret::new("adm"), role: ApiRole::Admin },
+                ApiKey { key: Secret::new("ro"), role: ApiRole::ReadOnly },
+            ],
+            ..Config::default()
+        };
+        assert!(Sessions::needs_login(&config));
+        assert_eq!(Sessions::check_key(&config, "wrong"), None);
+        let (role, client) = Sessions::check_key(&config, " ro ").unwrap();
+        assert_eq!((role, client.as_str()), (ApiRole::ReadOnly, "key:1"));
+        let sessions = Sessions::new();
+        let id = sessions.open(role, client).unwrap();
+        let headers = with_cookie(&format!("other=1; {COOKIE}={id}"));
+        let viewer = sessions.viewer(&headers).unwrap();
+        assert_eq!(viewer.role, ApiRole::ReadOnly);
+        assert!(csrf_ok(&viewer, Some(&viewer.csrf.clone())));
+        assert!(!csrf_ok(&viewer, Some("forged")));
+        assert!(!csrf_ok(&viewer, None));
+        assert!(sessions.viewer(&with_cookie(&format!("{COOKIE}=guess"))).is_none());
+        sessions.close(&headers);
+        assert!(sessions.viewer(&headers).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_expires() {
+        let sessions = Sessions::new();
+        let id = sessions.open(ApiRole::Admin, "api".into()).unwrap();
+        let headers = with_cookie(&format!("{COOKIE}={id}"));
+        assert!(sessions.viewer(&headers).is_some());
+        tokio::time::advance(SESSION_TTL + Duration::from_secs(1)).await;
+        assert!(sessions.viewer(&headers).is_none());
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_under_tls() {
+        let c = set_cookie("abc", true);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
+        assert!(!set_cookie("abc", false).contains("Secure"));
+        assert!(set_cookie("", false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn the_cluster_token_alone_is_the_admin_key() {
+        let config = Config { token: Some(Secret::new("tok")), ..Config::default() };
+        assert_eq!(Sessions::check_key(&config, "tok").map(|r| r.0), Some(ApiRole::Admin));
+        assert_eq!(Sessions::check_key(&config, "nope"), None);
+        assert!(!Sessions::needs_login(&Config::default()));
+    }
+}
