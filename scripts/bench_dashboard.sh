@@ -3,12 +3,18 @@
 # starts a coordinator on it (loopback, protected mode), and times pages with
 # curl (median and worst of 20 requests each, after one warm-up).
 #   scripts/bench_dashboard.sh [path/to/legacygpu] [tasks]
+# FILL_STORE=path/to/fill_store uses a built example instead of building it
+# in release (e.g. target/debug/examples/fill_store with a debug binary).
 set -euo pipefail
 bin=${1:-target/release/legacygpu}
 n=${2:-100000}
 dir=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-cargo run -q --release -p store --example fill_store -- "$dir/data" "$n"
+if [ -n "${FILL_STORE:-}" ]; then
+    "$FILL_STORE" "$dir/data" "$n"
+else
+    cargo run -q --release -p store --example fill_store -- "$dir/data" "$n"
+fi
 "$bin" cluster start --bind 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$dir/data" \
     --result-ttl 86400 >"$dir/out" 2>"$dir/err" &
 pid=$!

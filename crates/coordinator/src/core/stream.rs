@@ -125,6 +125,7 @@ pub(super) fn handle(
     };
     let Progress::Forward { task: spec, attempt, gamer_conn } = progress else { return Ok(()) };
     let recorder = core.telemetry.recorder();
+    let mut seen = false;
     if let Some(gamer) = gamer_conn {
         let out = TaskProgressOut {
             task_id: spec.client_task_id.to_string(),
@@ -136,10 +137,14 @@ pub(super) fn handle(
         };
         let sent = core.send_lossy(gamer, FromCoordinator::TaskProgress(out));
         crate::telemetry::progress(&recorder, "gamer", u64::from(sent), u64::from(!sent));
+        seen |= sent;
     }
     let delta = Delta { attempt: attempt.0, seq: m.seq, text: m.text, tokens: m.tokens };
     let (sent, dropped) = core.listeners.forward(spec.id, &delta);
     crate::telemetry::progress(&recorder, "http", sent, dropped);
+    if seen || sent > 0 {
+        core.sched.handle_progress_delivered(spec.id, attempt);
+    }
     Ok(())
 }
 
@@ -168,6 +173,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn delta(seq: u64) -> Delta {
@@ -188,6 +195,33 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().seq, 1);
         assert_eq!(rx.try_recv().unwrap().seq, 3, "the gap in seq shows the loss");
         assert_eq!(l.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_gamer_whose_queue_is_full_loses_the_delta_not_the_connection() {
+        let config = Arc::new(crate::config::Config::default());
+        let observer = crate::observe::Observer::in_memory();
+        let telemetry = crate::telemetry::Telemetry::new(64);
+        let mut core = Core::new(config, observer, telemetry, crate::clock::Clock::start());
+        let conn = ConnId(7);
+        let (tx, mut rx) = mpsc::channel(1);
+        let remote = "127.0.0.1:1".parse().unwrap();
+        core.handle(super::super::Input::Connected { conn, tx, remote });
+        let progress = |seq| {
+            FromCoordinator::TaskProgress(TaskProgressOut {
+                task_id: "g1".into(),
+                id: "t-1".into(),
+                attempt: 1,
+                seq,
+                text: "tok".into(),
+                tokens: Some(1),
+            })
+        };
+        assert!(core.send_lossy(conn, progress(0)));
+        assert!(!core.send_lossy(conn, progress(1)), "its queue is full: the delta is lost");
+        assert!(core.conns.contains_key(&conn), "and the gamer stays connected");
+        rx.try_recv().unwrap();
+        assert!(core.send_lossy(conn, progress(2)), "once it reads, deltas flow again");
     }
 
     #[test]

@@ -349,8 +349,9 @@ impl<P: Clone> Scheduler<P> {
     /// A peer reports progress of an assignment (tokens of a generation).
     /// The shell forwards it to the submitter when the answer says so: the
     /// task asked to stream, and the progress is its current attempt's, from
-    /// the peer holding it. From then on, losing the attempt ends the task
-    /// with `stream_interrupted` rather than running it again.
+    /// the peer holding it. Once some of it reached anyone
+    /// ([`Scheduler::handle_progress_delivered`]), losing the attempt ends the
+    /// task with `stream_interrupted` rather than running it again.
     pub fn handle_progress(
         &mut self,
         now: Time,
@@ -372,12 +373,24 @@ impl<P: Clone> Scheduler<P> {
             return Ok(Progress::NotStreamed);
         }
         let attempt = h.attempt;
-        task.streamed = true;
         let to = match &task.spec.owner {
             Owner::Gamer(g) => Some(self.gamers.get(g).copied()),
             Owner::Api => None,
         };
         Ok(Progress::Forward { task: Arc::clone(&task.spec), attempt, gamer_conn: to.flatten() })
+    }
+
+    /// The shell handed progress of `attempt` to its gamer or to a follower
+    /// of the task: output was seen, so another attempt would repeat it.
+    /// Progress that reached nobody (no follower, the gamer away or too slow)
+    /// leaves the task free to run again if this attempt is lost.
+    pub fn handle_progress_delivered(&mut self, id: TaskId, attempt: Attempt) {
+        if let Some(task) = self.tasks.get_mut(&id)
+            && let State::Assigned(h) = &task.state
+            && h.attempt == attempt
+        {
+            task.streamed = true;
+        }
     }
 
     /// Cancels a task. A gamer may cancel only its own tasks; the API may

@@ -212,6 +212,10 @@ impl World {
                 let (id, attempt) = self.peer_ref(words[2]);
                 let conn = self.peer_conns[words[1]];
                 let r = self.sched.handle_progress(now, &PeerId::from(words[1]), conn, id, attempt);
+                // What the shell does when the gamer got it.
+                if let Ok(crate::Progress::Forward { task, attempt, gamer_conn: Some(_) }) = &r {
+                    self.sched.handle_progress_delivered(task.id, *attempt);
+                }
                 self.ret(match r {
                     Ok(crate::Progress::Forward { task, attempt, gamer_conn }) => {
                         let to = gamer_conn.map_or("nobody".to_owned(), |c| c.to_string());

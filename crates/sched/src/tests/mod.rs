@@ -597,6 +597,38 @@ fn a_streamed_task_lost_after_output_reached_its_gamer_ends_interrupted() {
 }
 
 #[test]
+fn a_streamed_task_whose_output_reached_nobody_runs_again() {
+    // Its gamer is away while the first attempt streams: nothing was seen,
+    // so losing the attempt runs the task again instead of failing it.
+    check(
+        r"
+        gamer g1
+        join p1
+        submit g1 generate stream id=s
+        gamer-left g1
+        progress p1 s
+        join p2
+        leave p1
+        at 2s
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 generate stream id=s
+          => t-1 s Assigned
+          assign t-1#1 x -> p1 (c2)
+        gamer-left g1
+        progress p1 s
+          => forward t-1#1 to nobody
+        join p2
+        leave p1
+        at 2s
+          assign t-1#2 x -> p2 (c3)
+        ",
+    );
+}
+
+#[test]
 fn progress_of_a_task_that_did_not_ask_to_stream_goes_nowhere() {
     check(
         r"
