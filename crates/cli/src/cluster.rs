@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use api_types::{ClusterMetrics, Health, ReputationView, Tokens, WorkerList};
 use coordinator::{Config, Coordinator, Secret, StoreMode};
 
 use serde_json::{Value, json};
@@ -30,19 +31,19 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
 
 /// `cluster token show|rotate`.
 async fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
-    let (remote, answer) = match &cmd {
-        TokenCmd::Show(remote) => (remote, api(remote)?.get("/cluster/tokens").await?),
+    let (remote, answer): (_, Tokens) = match &cmd {
+        TokenCmd::Show(remote) => (remote, api(remote)?.get_as("/cluster/tokens").await?),
         TokenCmd::Rotate { remote, kind } => {
             let body = json!({ "kind": kind });
-            (remote, api(remote)?.post("/cluster/tokens/rotate", &body).await?)
+            (remote, api(remote)?.post_as("/cluster/tokens/rotate", &body).await?)
         }
     };
     if remote.json {
         return print_json(&answer);
     }
-    println!("worker join token: {}", cell(&answer["worker_token"]));
-    println!("client token:      {}", cell(&answer["client_token"]));
-    println!("CA sha256:         {}", cell(&answer["ca_sha256"]));
+    println!("worker join token: {}", answer.worker_token);
+    println!("client token:      {}", answer.client_token);
+    println!("CA sha256:         {}", answer.ca_sha256);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,16 +142,16 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
     let apis = crate::remote::apis(remote)?;
     let mut answers = Vec::new();
     for api in &apis {
-        answers.push((api, api.get("/cluster/health").await));
+        answers.push((api, api.get_as::<Health>("/cluster/health").await));
     }
     let leader = answers
         .iter()
-        .position(|(_, h)| h.as_ref().is_ok_and(|h| h["role"] == "leader") || apis.len() == 1);
+        .position(|(_, h)| h.as_ref().is_ok_and(|h| h.role == "leader") || apis.len() == 1);
     let coordinators: Vec<Value> = answers
         .iter()
         .map(|(api, h)| match h {
-            Ok(h) => json!({"url": api.base(), "role": h["role"], "epoch": h["epoch"],
-                "lease_age_s": h["lease_age_s"], "leader": h["leader"]}),
+            Ok(h) => json!({"url": api.base(), "role": h.role, "epoch": h.epoch,
+                "lease_age_s": h.lease_age_s, "leader": h.leader}),
             Err(e) => json!({"url": api.base(), "error": e.to_string()}),
         })
         .collect();
@@ -166,43 +167,31 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
         Ok(h) => h.clone(),
         Err(e) => anyhow::bail!("{e}"),
     };
-    let metrics = api.get("/cluster/metrics").await?;
+    let m: ClusterMetrics = api.get_as("/cluster/metrics").await?;
     if remote.json {
-        return print_json(
-            &json!({"health": health, "metrics": metrics, "coordinators": coordinators}),
-        );
+        return print_json(&json!({"health": health, "metrics": m, "coordinators": coordinators}));
     }
-    if apis.len() > 1 || !health["epoch"].is_null() {
+    if apis.len() > 1 || health.epoch.is_some() {
         print_coordinators(&coordinators);
     }
-    let f = |v: &Value, k: &str| cell(&v[k]);
-    println!("cluster at {}: {}", api.base(), status_colour(&f(&health, "status")));
+    let h = &health;
+    println!("cluster at {}: {}", api.base(), status_colour(&h.status));
     println!(
         "workers: {} total, {} healthy, {} unhealthy",
-        f(&health, "total_workers"),
-        f(&health, "healthy_workers"),
-        f(&health, "unhealthy_workers")
+        h.total_workers, h.healthy_workers, h.unhealthy_workers
     );
     println!(
         "tasks:   {} pending, {} running, {} completed, {} failed",
-        f(&health, "pending_tasks"),
-        f(&health, "running_tasks"),
-        f(&health, "completed_tasks"),
-        f(&health, "failed_tasks")
+        h.pending_tasks, h.running_tasks, h.completed_tasks, h.failed_tasks
     );
     println!(
         "rate:    {} tasks/min, success {}, latency {} ms avg, run time {} ms avg",
-        f(&metrics, "tasks_per_minute"),
-        metrics["success_rate"].as_f64().map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
-        f(&metrics, "average_latency_ms"),
-        f(&metrics, "average_run_time_ms"),
+        m.tasks_per_minute,
+        m.success_rate.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+        m.average_latency_ms.map_or("-".to_owned(), |ms| format!("{ms:.2}")),
+        m.average_run_time_ms.map_or("-".to_owned(), |ms| format!("{ms:.2}")),
     );
-    println!(
-        "slots:   {} of {} in use; up {:.0} s",
-        f(&metrics, "slots_used"),
-        f(&metrics, "slots_total"),
-        metrics["uptime_seconds"].as_f64().unwrap_or(0.0)
-    );
+    println!("slots:   {} of {} in use; up {:.0} s", m.slots_used, m.slots_total, m.uptime_seconds);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -228,26 +217,24 @@ async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
         Some(s) => format!("/cluster/workers?status_filter={s}"),
         None => "/cluster/workers".to_owned(),
     };
-    let list = api.get(&path).await?;
+    let list: WorkerList = api.get_as(&path).await?;
     if args.remote.json {
         return print_json(&list);
     }
-    let rows: Vec<Vec<String>> = list["workers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = list
+        .workers
         .iter()
         .map(|w| {
             vec![
-                cell(&w["worker_id"]),
-                status_colour(&cell(&w["status"])),
-                format!("{}/{}", cell(&w["busy_slots"]), cell(&w["slots"])),
-                cell(&w["tasks_completed"]),
-                cell(&w["tasks_failed"]),
-                verdicts(&w["reputation"]),
-                format!("{:.1}s", w["last_heartbeat_seconds_ago"].as_f64().unwrap_or(0.0)),
-                w["task_types"].as_array().map_or("all".to_owned(), |_| cell(&w["task_types"])),
-                cell(&w["address"]),
+                w.worker_id.clone(),
+                status_colour(w.status.as_str()),
+                format!("{}/{}", w.busy_slots, w.slots),
+                w.tasks_completed.to_string(),
+                w.tasks_failed.to_string(),
+                verdicts(w.reputation.as_ref()),
+                format!("{:.1}s", w.last_heartbeat_seconds_ago),
+                w.task_types.as_ref().map_or("all".to_owned(), |t| t.join(",")),
+                w.address.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
@@ -269,11 +256,8 @@ async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
 }
 
 /// A worker's verified results, `valid/invalid`, or `-` before any.
-fn verdicts(reputation: &Value) -> String {
-    if reputation.is_null() {
-        return "-".to_owned();
-    }
-    format!("{}/{}", cell(&reputation["valid"]), cell(&reputation["invalid"]))
+fn verdicts(reputation: Option<&ReputationView>) -> String {
+    reputation.map_or("-".to_owned(), |r| format!("{}/{}", r.valid, r.invalid))
 }
 
 async fn start(args: ClusterStart) -> anyhow::Result<ExitCode> {

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use api_types::{Health, WorkerInfo, WorkerList};
 use client::api::Api;
+use codes::WorkerStatus;
 use futures_util::StreamExt;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -27,7 +29,7 @@ const RECENT: usize = 200;
 const HISTORY: usize = 120;
 
 enum Update {
-    Snapshot { health: Value, workers: Vec<Value> },
+    Snapshot { health: Box<Health>, workers: Vec<WorkerInfo> },
     Event(Value),
     Problem(String),
 }
@@ -35,8 +37,9 @@ enum Update {
 #[derive(Default)]
 struct View {
     base: String,
-    health: Value,
-    workers: Vec<Value>,
+    /// None until the first answer.
+    health: Option<Box<Health>>,
+    workers: Vec<WorkerInfo>,
     recent: VecDeque<String>,
     /// Tasks finished per second, oldest first; the last entry is this second.
     per_second: VecDeque<u64>,
@@ -99,7 +102,7 @@ impl View {
     fn apply(&mut self, update: Update) {
         match update {
             Update::Snapshot { health, workers } => {
-                self.health = health;
+                self.health = Some(health);
                 self.workers = workers;
                 self.problem = None;
             }
@@ -156,8 +159,8 @@ fn draw(f: &mut Frame, v: &View) {
         Constraint::Length(1),
     ])
     .areas(f.area());
-    let h = &v.health;
-    let status = h["status"].as_str().unwrap_or("…");
+    let h = v.health.as_deref();
+    let status = h.map_or("…", |h| h.status.as_str());
     let colour = match status {
         "HEALTHY" => Color::Green,
         "DEGRADED" => Color::Yellow,
@@ -167,21 +170,24 @@ fn draw(f: &mut Frame, v: &View) {
     let mut lines = vec![
         Line::from(vec![
             Span::styled(format!(" {status} "), Style::new().fg(Color::Black).bg(colour)),
-            Span::raw(format!(
-                "  workers {}/{} healthy   queue {}   running {}   completed {}   failed {}   {} tasks/min",
-                cell(&h["healthy_workers"]),
-                cell(&h["total_workers"]),
-                cell(&h["pending_tasks"]),
-                cell(&h["running_tasks"]),
-                cell(&h["completed_tasks"]),
-                cell(&h["failed_tasks"]),
-                rate,
-            )),
+            Span::raw(match h {
+                Some(h) => format!(
+                    "  workers {}/{} healthy   queue {}   running {}   completed {}   failed {}   {rate} tasks/min",
+                    h.healthy_workers,
+                    h.total_workers,
+                    h.pending_tasks,
+                    h.running_tasks,
+                    h.completed_tasks,
+                    h.failed_tasks,
+                ),
+                None => "  waiting for the first answer".to_owned(),
+            }),
         ]),
         Line::raw(format!(
             " avg latency {} ms   up {:.0} s   events seen {}",
-            cell(&h["average_task_latency_ms"]),
-            h["uptime_seconds"].as_f64().unwrap_or(0.0),
+            h.and_then(|h| h.average_task_latency_ms)
+                .map_or("-".to_owned(), |ms| format!("{ms:.2}")),
+            h.map_or(0.0, |h| h.uptime_seconds),
             v.events_seen
         )),
     ];
@@ -211,21 +217,20 @@ fn draw(f: &mut Frame, v: &View) {
 }
 
 /// The workers, one row each, status in colour.
-fn workers_table(workers: &[Value]) -> Table<'_> {
+fn workers_table(workers: &[WorkerInfo]) -> Table<'_> {
     let rows = workers.iter().map(|w| {
-        let status = w["status"].as_str().unwrap_or("?");
-        let style = match status {
-            "healthy" => Style::new().fg(Color::Green),
-            "draining" => Style::new().fg(Color::Yellow),
+        let style = match w.status {
+            WorkerStatus::Healthy => Style::new().fg(Color::Green),
+            WorkerStatus::Draining | WorkerStatus::Paused => Style::new().fg(Color::Yellow),
             _ => Style::new().fg(Color::Red),
         };
         Row::new(vec![
-            Span::raw(cell(&w["worker_id"])),
-            Span::styled(status.to_owned(), style),
-            Span::raw(format!("{}/{}", cell(&w["busy_slots"]), cell(&w["slots"]))),
-            Span::raw(format!("{:.0}%", w["current_load"].as_f64().unwrap_or(0.0) * 100.0)),
-            Span::raw(cell(&w["tasks_completed"])),
-            Span::raw(format!("{:.1}s", w["last_heartbeat_seconds_ago"].as_f64().unwrap_or(0.0))),
+            Span::raw(w.worker_id.clone()),
+            Span::styled(w.status.as_str(), style),
+            Span::raw(format!("{}/{}", w.busy_slots, w.slots)),
+            Span::raw(format!("{:.0}%", w.current_load * 100.0)),
+            Span::raw(w.tasks_completed.to_string()),
+            Span::raw(format!("{:.1}s", w.last_heartbeat_seconds_ago)),
         ])
     });
     let widths = [
@@ -248,12 +253,14 @@ async fn poll(api: Api, interval: Duration, tx: mpsc::Sender<Update>) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let update = match tokio::try_join!(api.get("/cluster/health"), api.get("/cluster/workers"))
-        {
-            Ok((health, workers)) => Update::Snapshot {
-                health,
-                workers: workers["workers"].as_array().cloned().unwrap_or_default(),
-            },
+        let answers = tokio::try_join!(
+            api.get_as::<Health>("/cluster/health"),
+            api.get_as::<WorkerList>("/cluster/workers")
+        );
+        let update = match answers {
+            Ok((health, list)) => {
+                Update::Snapshot { health: Box::new(health), workers: list.workers }
+            }
             Err(e) => Update::Problem(e.to_string()),
         };
         if tx.send(update).await.is_err() {

@@ -83,7 +83,7 @@ pub fn apis(remote: &Remote) -> anyhow::Result<Vec<Api>> {
 }
 
 /// Prints `value` as pretty JSON.
-pub fn print_json(value: &Value) -> anyhow::Result<ExitCode> {
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use api_types::{Pending, Retried, TaskList, TaskResultView, TaskView};
 use client::{Client, ClientOptions, TaskOutcome};
 use proto::{Json, TaskRequest};
 
 use serde_json::{Value, json};
 
 use crate::args::{TaskCmd, TaskListArgs, TaskRef, TaskResultArgs, TaskSubmit};
-use crate::remote::{api, cell, exit, print_json, status_colour, table};
+use crate::remote::{api, exit, print_json, status_colour, table};
 
 pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -26,27 +27,23 @@ pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
-    let t = api(&args.remote)?.get(&format!("/cluster/tasks/{}/status", args.id)).await?;
+    let path = format!("/cluster/tasks/{}/status", args.id);
+    let t: TaskView = api(&args.remote)?.get_as(&path).await?;
     if args.remote.json {
         return print_json(&t);
     }
-    println!(
-        "task {} ({}): {}",
-        cell(&t["task_id"]),
-        cell(&t["task_type"]),
-        status_colour(&cell(&t["status"]))
-    );
-    println!("  your id:  {}", cell(&t["client_task_id"]));
-    println!("  attempt:  {} ({} failed)", cell(&t["attempt"]), cell(&t["failures"]));
-    println!("  worker:   {}", cell(&t["worker_id"]));
-    if !t["waiting_reason"].is_null() {
-        println!("  waiting:  {}", cell(&t["waiting_reason"]));
+    println!("task {} ({}): {}", t.task_id, t.task_type, status_colour(&t.status));
+    println!("  your id:  {}", t.client_task_id);
+    println!("  attempt:  {} ({} failed)", t.attempt, t.failures);
+    println!("  worker:   {}", t.worker_id.as_deref().unwrap_or("-"));
+    if let Some(reason) = &t.waiting_reason {
+        println!("  waiting:  {reason}");
     }
-    if !t["queue_position"].is_null() {
-        println!("  in queue: {} ahead", cell(&t["queue_position"]));
+    if let Some(ahead) = t.queue_position {
+        println!("  in queue: {ahead} ahead");
     }
-    if let Some(e) = t["last_error"].as_object() {
-        println!("  error:    {}: {}", cell(&e["code"]), cell(&e["message"]));
+    if let Some(e) = &t.last_error {
+        println!("  error:    {}: {}", e.code, e.message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -57,21 +54,19 @@ async fn result(args: &TaskResultArgs) -> anyhow::Result<ExitCode> {
     let answer = api.get_with_status(&path, Some(Duration::from_secs_f64(args.timeout))).await;
     match answer {
         Ok((202, pending)) => {
+            let pending: Pending = serde_json::from_value(pending)?;
             if args.task.remote.json {
                 print_json(&pending)?;
             }
-            eprintln!(
-                "error: task {} is not finished yet ({})",
-                args.task.id,
-                cell(&pending["status"])
-            );
+            eprintln!("error: task {} is not finished yet ({})", args.task.id, pending.status);
             Ok(ExitCode::from(exit::NOT_FINISHED))
         }
         Ok((_, done)) => {
+            let done: TaskResultView = serde_json::from_value(done)?;
             if args.task.remote.json {
                 return print_json(&done);
             }
-            println!("{}", serde_json::to_string_pretty(&done["result"])?);
+            println!("{}", serde_json::to_string_pretty(&done.result)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(client::api::ApiError::Status { status: 422, code, detail }) => {
@@ -95,27 +90,27 @@ async fn list(args: &TaskListArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &args.task_type {
         query += &format!("&task_type={}", urlencode(t));
     }
-    let list = api(&args.remote)?.get(&format!("/cluster/tasks?{query}")).await?;
+    let list: TaskList = api(&args.remote)?.get_as(&format!("/cluster/tasks?{query}")).await?;
     if args.remote.json {
         return print_json(&list);
     }
-    let tasks = list["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let rows: Vec<Vec<String>> = tasks
+    let rows: Vec<Vec<String>> = list
+        .tasks
         .iter()
         .map(|t| {
             vec![
-                cell(&t["task_id"]),
-                cell(&t["client_task_id"]),
-                cell(&t["task_type"]),
-                status_colour(&cell(&t["status"])),
-                cell(&t["attempt"]),
-                cell(&t["worker_id"]),
-                cell(&t["owner"]),
+                t.task_id.clone(),
+                t.client_task_id.clone(),
+                t.task_type.clone(),
+                status_colour(&t.status),
+                t.attempt.to_string(),
+                t.worker_id.clone().unwrap_or_else(|| "-".to_owned()),
+                t.owner.clone(),
             ]
         })
         .collect();
     table(&["id", "your id", "type", "status", "attempt", "worker", "owner"], &rows);
-    eprintln!("{} of {} tasks", tasks.len(), cell(&list["total"]));
+    eprintln!("{} of {} tasks", list.tasks.len(), list.total);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -130,11 +125,11 @@ async fn cancel(args: &TaskRef) -> anyhow::Result<ExitCode> {
 
 async fn retry(args: &TaskRef) -> anyhow::Result<ExitCode> {
     let path = format!("/cluster/tasks/{}/retry", args.id);
-    let answer = api(&args.remote)?.post(&path, &serde_json::json!({})).await?;
+    let answer: Retried = api(&args.remote)?.post_as(&path, &serde_json::json!({})).await?;
     if args.remote.json {
         return print_json(&answer);
     }
-    println!("retrying {}: queued again under the same id", args.id);
+    println!("retrying {}: {} again under the same id", answer.task_id, answer.status);
     Ok(ExitCode::SUCCESS)
 }
 

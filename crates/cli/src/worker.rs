@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use api_types::{Cleared, Revoked, WorkerControlled};
 use exec::Executors;
 
 use serde_json::json;
@@ -32,11 +33,12 @@ async fn control(
     action: &str,
 ) -> anyhow::Result<ExitCode> {
     let api = crate::remote::api(remote)?;
-    let answer = api.post(&format!("/cluster/workers/{peer_id}/{action}"), &json!({})).await?;
+    let path = format!("/cluster/workers/{peer_id}/{action}");
+    let answer: WorkerControlled = api.post_as(&path, &json!({})).await?;
     if remote.json {
         return print_json(&answer);
     }
-    println!("worker {peer_id}: {}", answer["status"].as_str().unwrap_or(action));
+    println!("worker {}: {}", answer.worker_id, answer.status);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -44,7 +46,7 @@ async fn control(
 async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<ExitCode> {
     let api = crate::remote::api(remote)?;
     let path = format!("/cluster/workers/{peer_id}/revoke");
-    let answer = api.post(&path, &json!({})).await?;
+    let answer: Revoked = api.post_as(&path, &json!({})).await?;
     if remote.json {
         return print_json(&answer);
     }
@@ -56,11 +58,11 @@ async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<E
 async fn clear(args: &WorkerClear) -> anyhow::Result<ExitCode> {
     let api = crate::remote::api(&args.remote)?;
     let path = format!("/cluster/workers/{}/clear", args.id);
-    let answer = api.post(&path, &json!({})).await?;
+    let answer: Cleared = api.post_as(&path, &json!({})).await?;
     if args.remote.json {
         return print_json(&answer);
     }
-    if answer["cleared"].as_bool() == Some(true) {
+    if answer.cleared {
         println!("worker {} is no longer quarantined; it starts over as a new worker", args.id);
     } else {
         println!("worker {} was not quarantined; nothing to clear", args.id);

@@ -18,6 +18,9 @@ pub enum ApiError {
     Status { status: u16, code: String, detail: String },
     #[error("the API answered something that is not JSON: {0}")]
     NotJson(String),
+    /// JSON, but not the answer's shape (a coordinator of another version?).
+    #[error("the API's answer to {path} is not what this client reads: {reason}")]
+    Shape { path: String, reason: String },
 }
 
 impl ApiError {
@@ -28,6 +31,11 @@ impl ApiError {
             _ => None,
         }
     }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(path: &str, v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::Shape { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// The HTTP API of one coordinator.
@@ -109,6 +117,28 @@ impl Api {
         timeout: Option<Duration>,
     ) -> Result<(u16, Value), ApiError> {
         self.call(Method::GET, path, None, timeout).await
+    }
+
+    /// GET, read as the answer's type (e.g. one of `api_types`).
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        typed(path, self.get(path).await?)
+    }
+
+    /// POST, read as the answer's type.
+    pub async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ApiError> {
+        typed(path, self.post(path, body).await?)
+    }
+
+    /// DELETE, read as the answer's type.
+    pub async fn delete_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ApiError> {
+        typed(path, self.delete(path).await?)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {

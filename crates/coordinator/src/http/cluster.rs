@@ -1,5 +1,6 @@
 //! Cluster-wide routes: health, metrics, configuration, shutdown, Prometheus.
 
+use api_types::{ClusterMetrics, Health};
 use std::time::Duration;
 
 use axum::Json;
@@ -18,37 +19,6 @@ use crate::core::ApiRequest;
 use crate::snapshot::Snapshot;
 
 // ---------------------------------------------------------------- health
-
-/// `GET /cluster/health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// HEALTHY, DEGRADED (some workers unhealthy) or CRITICAL (no workers).
-    pub status: &'static str,
-    pub total_workers: usize,
-    pub healthy_workers: usize,
-    pub unhealthy_workers: usize,
-    /// Tasks held: live ones and finished ones still retained.
-    pub total_tasks: usize,
-    pub pending_tasks: usize,
-    pub running_tasks: usize,
-    /// Since the coordinator started.
-    pub completed_tasks: u64,
-    pub failed_tasks: u64,
-    /// Mean time from submission to outcome, in milliseconds.
-    pub average_task_latency_ms: Option<f64>,
-    pub uptime_seconds: f64,
-    /// `leader` or `standby` (a coordinator on SQLite or memory leads
-    /// itself). A standby's task and worker counts are its own: none.
-    pub role: &'static str,
-    /// On PostgreSQL: the lease's epoch (this coordinator's while it leads).
-    pub epoch: Option<u64>,
-    /// Seconds since the leader last renewed the lease, when anyone leads.
-    pub lease_age_s: Option<f64>,
-    /// The leader's HTTP API URL, when anyone leads (on PostgreSQL).
-    pub leader: Option<String>,
-    /// The leader's WebSocket URL, when anyone leads (on PostgreSQL).
-    pub leader_ws: Option<String>,
-}
 
 /// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
 #[utoipa::path(get, path = "/cluster/health", tag = "cluster",
@@ -72,12 +42,12 @@ pub(super) async fn health(State(api): State<Api>) -> Json<Health> {
     };
     let leader = lease.as_ref().and_then(|s| s.leader.clone());
     Json(Health {
-        role,
+        role: role.to_owned(),
         epoch: lease.as_ref().map(|s| s.epoch),
         lease_age_s: lease.as_ref().and_then(|s| s.lease_age()).map(|a| a.as_secs_f64()),
         leader: leader.as_ref().and_then(|l| l.http.clone()),
         leader_ws: leader.map(|l| l.ws),
-        status,
+        status: status.to_owned(),
         total_workers: total,
         healthy_workers: healthy,
         unhealthy_workers: total - healthy,
@@ -94,27 +64,6 @@ pub(super) async fn health(State(api): State<Api>) -> Json<Health> {
 /// Workers whose status is healthy at `now`.
 pub(super) fn healthy_workers(snap: &Snapshot, now: Time, interval: Duration) -> usize {
     snap.workers.iter().filter(|w| w.status(now, interval) == WorkerStatus::Healthy).count()
-}
-
-/// `GET /cluster/metrics`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ClusterMetrics {
-    /// Tasks finished (either way) in the last minute.
-    pub tasks_per_minute: u64,
-    /// Tasks finished per second over the last minute.
-    pub throughput_per_second: f64,
-    /// Completed / finished since start, 0–1 (null before any finished).
-    pub success_rate: Option<f64>,
-    pub average_latency_ms: Option<f64>,
-    pub average_run_time_ms: Option<f64>,
-    pub active_workers: usize,
-    pub pending_tasks: usize,
-    pub running_tasks: usize,
-    pub completed_tasks: u64,
-    pub failed_tasks: u64,
-    pub slots_total: u64,
-    pub slots_used: u64,
-    pub uptime_seconds: f64,
 }
 
 /// Throughput, success rate, latencies, active workers and slots.

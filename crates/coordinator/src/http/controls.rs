@@ -2,24 +2,17 @@
 //! task; cancel or retry every task a filter matches (a dry run gives the
 //! count first; `confirm: true` acts).
 
+use api_types::{BulkDone, Retried, WorkerControlled};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use sched::{PeerError, RetryError, TaskId, TaskState};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::controls::{BulkAction, BulkOutcome, Control, MAX_BULK, WorkerAction};
-
-/// A worker control's answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerControlled {
-    pub worker_id: String,
-    /// `paused`, `resumed` or `draining`.
-    pub status: &'static str,
-}
 
 async fn control_worker(
     api: &Api,
@@ -33,7 +26,7 @@ async fn control_worker(
     match answer {
         Ok(()) => {
             tracing::info!(peer = %worker_id, action = action.as_str(), "an operator acted on a worker");
-            Ok(Json(WorkerControlled { worker_id, status: action.as_str() }))
+            Ok(Json(WorkerControlled { worker_id, status: action.as_str().to_owned() }))
         }
         Err(PeerError::NotRegistered | PeerError::UnknownTask(_)) => {
             Err(ApiError::not_found(format!("no worker `{worker_id}` is connected")))
@@ -74,13 +67,6 @@ pub(super) async fn drain(
     control_worker(&api, id, WorkerAction::Drain).await
 }
 
-/// A retry's answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Retried {
-    pub task_id: String,
-    pub status: &'static str,
-}
-
 /// Runs a failed, cancelled or timed-out task again under the same id (see docs/API.md for the rule). 409 when it completed or has not finished.
 #[utoipa::path(post, path = "/cluster/tasks/{id}/retry", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id")),
@@ -100,7 +86,10 @@ pub(super) async fn retry(
     match answer {
         Ok(()) => Ok((
             StatusCode::ACCEPTED,
-            Json(Retried { task_id: task.to_string(), status: TaskState::Queued.as_str() }),
+            Json(Retried {
+                task_id: task.to_string(),
+                status: TaskState::Queued.as_str().to_owned(),
+            }),
         )),
         Err(RetryError::UnknownTask) => Err(ApiError::not_found(format!(
             "no task `{id}` is held (unknown, or past its result TTL)"
@@ -142,20 +131,6 @@ pub struct BulkRequest {
     /// False (the default): only count what the filter matches. True: act.
     #[serde(default)]
     pub confirm: bool,
-}
-
-/// What a bulk action matched and did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BulkDone {
-    pub action: String,
-    /// Tasks the filter matches in the store.
-    pub matched: u64,
-    /// True when nothing was done (no `confirm`).
-    pub dry_run: bool,
-    /// Tasks cancelled or retried.
-    pub done: u64,
-    /// Matched tasks it did not apply to (finished, completed, …).
-    pub skipped: u64,
 }
 
 /// Cancels or retries every task a filter matches (admin), at most 10 000 per call: without `confirm` a dry run that only counts.

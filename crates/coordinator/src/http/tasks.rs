@@ -1,5 +1,6 @@
 //! Task routes: submit (JSON or a multipart upload), list, status, result, cancel.
 
+use api_types::{Pending, TaskErrorView, TaskList, TaskResultView, TaskView};
 use std::time::Duration;
 
 use axum::Json;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::trust::{VerificationView, stored_verification_view, verification_view};
+use super::trust::{stored_verification_view, verification_view};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
@@ -289,41 +290,6 @@ pub(super) async fn submit_view(
     Ok((status, body))
 }
 
-/// A task as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskView {
-    pub task_id: String,
-    pub client_task_id: String,
-    /// `api`, or `gamer:ID`.
-    pub owner: String,
-    pub task_type: String,
-    /// queued, assigned, running, completed, failed, cancelled, timed_out.
-    pub status: String,
-    pub priority: i32,
-    pub attempt: u32,
-    pub failures: u32,
-    pub worker_id: Option<String>,
-    pub waiting_reason: Option<String>,
-    pub queue_position: Option<usize>,
-    /// Unix milliseconds.
-    pub submitted_at_ms: i64,
-    pub assigned_at_ms: Option<i64>,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    pub last_error: Option<TaskErrorView>,
-    /// Every attempt so far: worker, how it ended.
-    #[schema(value_type = Vec<Object>)]
-    pub attempts: Vec<Value>,
-    /// Its replicas and verdict, when it is verified.
-    pub verification: Option<VerificationView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskErrorView {
-    pub code: String,
-    pub message: String,
-}
-
 fn task_view(t: TaskNow) -> TaskView {
     let verification = t.verification.as_ref().map(verification_view);
     TaskView {
@@ -383,17 +349,6 @@ pub(super) struct TaskFilter {
     before: Option<String>,
     /// Tasks to skip (newest first), after `before`. At most 100 000.
     offset: Option<usize>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskList {
-    pub tasks: Vec<TaskView>,
-    /// Tasks matching the filter.
-    pub total: u64,
-    pub limit: usize,
-    pub offset: usize,
-    /// Pass as `before` for the next page; null on the last page.
-    pub next_before: Option<String>,
 }
 
 /// The most rows `offset` may skip: deeper pages use `before`.
@@ -542,26 +497,6 @@ pub(super) async fn task_status(
 pub(super) struct ResultWait {
     /// Seconds to wait for the task to finish (default 0, at most 300).
     timeout: Option<f64>,
-}
-
-/// A finished task's result.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskResultView {
-    pub task_id: String,
-    pub client_task_id: String,
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub result: Value,
-    pub worker_id: String,
-    pub attempts: u32,
-}
-
-/// Not finished within the wait.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Pending {
-    pub task_id: String,
-    pub status: String,
-    pub detail: String,
 }
 
 /// A task's result, waiting up to `timeout` seconds for it to finish (no polling needed). 202 while unfinished; 422 with the task's error when it failed, was cancelled or timed out.

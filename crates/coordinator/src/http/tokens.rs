@@ -1,25 +1,14 @@
 //! Join tokens (admin): show them, and rotate them without a restart.
 
+use api_types::Tokens;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{Api, ApiError, ErrorBody};
 use crate::credentials::TokenKind;
-
-/// The cluster's join tokens.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Tokens {
-    /// For `legacygpu worker start --join TOKEN --coordinator wss://HOST:8765`.
-    pub worker_token: String,
-    /// For clients: `--token TOKEN` (it pins the CA too).
-    pub client_token: String,
-    /// SHA-256 of the CA certificate's DER SubjectPublicKeyInfo, lowercase
-    /// hex: what `--ca-hash` takes.
-    pub ca_sha256: String,
-}
 
 /// `POST /cluster/tokens/rotate` body.
 #[derive(Debug, Deserialize, ToSchema)]

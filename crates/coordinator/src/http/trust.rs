@@ -1,40 +1,20 @@
 //! What the API shows of verification: a worker's reputation, a task's
 //! replicas and verdict, and the operator's `clear` of a quarantine.
 
+use api_types::{Cleared, ReplicaView, ReputationView, VerificationView};
 use axum::Json;
 use axum::extract::{Path, State};
 use codes::WorkerStatus;
 use proto::Json as RawJson;
 use sched::TaskId;
 use sched::verify::{Reputation, Verification};
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 
-/// What a worker's results were found to be (docs/VERIFICATION.md).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ReputationView {
-    /// Results found right: in a quorum, past a check, or a canary answered.
-    pub valid: u64,
-    /// Results found wrong: outside a quorum, a failed check, a missed canary.
-    pub invalid: u64,
-    /// Results accepted without a check (trusted, or of a type that cannot be verified).
-    pub unverified: u64,
-    /// Valid results since the last invalid one: adaptive replication
-    /// replicates a worker's work with probability 1/this once it reaches 10.
-    pub consecutive_valid: u32,
-    pub canaries_passed: u64,
-    pub canaries_failed: u64,
-    /// Invalid results not yet forgiven; at the threshold the worker is quarantined.
-    pub strikes: u32,
-    pub quarantined: bool,
-}
-
-impl From<&Reputation> for ReputationView {
-    fn from(r: &Reputation) -> ReputationView {
+/// A reputation as the API shows it.
+pub(super) fn reputation_view(r: &Reputation) -> ReputationView {
+    {
         ReputationView {
             valid: r.valid,
             invalid: r.invalid,
@@ -46,32 +26,6 @@ impl From<&Reputation> for ReputationView {
             quarantined: r.quarantined,
         }
     }
-}
-
-/// A verified task's replicas and verdict.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VerificationView {
-    /// `replicas/quorum`, with `/adaptive` under adaptive replication.
-    pub policy: String,
-    /// pending, agreed, self_checked, trusted, unverifiable, no_quorum, ended.
-    pub status: String,
-    /// Every replica, with its result: what a `no_quorum` leaves for the operator.
-    pub replicas: Vec<ReplicaView>,
-}
-
-/// One replica of a verified task.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReplicaView {
-    /// The replica's own cluster id.
-    pub task_id: String,
-    pub worker_id: Option<String>,
-    pub attempts: u32,
-    /// pending, valid, invalid, unverified, unjudged.
-    pub verdict: String,
-    /// Its result, when it completed.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
-    pub error: Option<String>,
 }
 
 pub(super) fn verification_view(v: &Verification<RawJson>) -> VerificationView {
@@ -113,17 +67,6 @@ pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<Verifica
             })
             .collect(),
     })
-}
-
-/// What `clear` did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Cleared {
-    pub worker_id: String,
-    /// True when it was quarantined (false: nothing to clear).
-    pub cleared: bool,
-    /// Its status now, when it is connected.
-    #[schema(value_type = Option<String>)]
-    pub status: Option<WorkerStatus>,
 }
 
 /// Lifts a worker's quarantine (admin): it gets work again, starting over as a new worker (always replicated until trusted again).

@@ -1,6 +1,6 @@
 //! Worker routes: the connected workers, and approving new ones.
 
-use std::collections::BTreeMap;
+use api_types::{Revoked, WorkerCredential, WorkerInfo, WorkerList, WorkerStats};
 use std::time::Duration;
 
 use axum::Json;
@@ -9,67 +9,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use codes::WorkerStatus;
 use sched::Time;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::trust::ReputationView;
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::snapshot::WorkerFacts;
 
 // --------------------------------------------------------------- workers
-
-/// A worker (peer) as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct WorkerInfo {
-    pub worker_id: String,
-    /// healthy, unhealthy (heartbeats late), paused, draining, or
-    /// quarantined (its results were found wrong too often: no new work
-    /// until cleared).
-    #[schema(value_type = String)]
-    pub status: WorkerStatus,
-    pub address: Option<String>,
-    pub slots: u32,
-    pub busy_slots: u32,
-    /// busy_slots / slots, 0–1.
-    pub current_load: f64,
-    /// Task types it runs; null means every type.
-    pub task_types: Option<Vec<String>>,
-    pub models: Vec<String>,
-    /// The capabilities exactly as the worker declared them.
-    #[schema(value_type = Object)]
-    pub capabilities: Value,
-    pub tasks_completed: u64,
-    pub tasks_failed: u64,
-    pub last_heartbeat_seconds_ago: f64,
-    pub connected_seconds: f64,
-    pub cpu_percent: Option<f32>,
-    pub memory_used_mb: Option<u64>,
-    /// Each GPU's busy % and VRAM use, from the worker's last heartbeat,
-    /// where its OS exposes them (Linux amdgpu sysfs).
-    #[schema(value_type = Vec<Object>)]
-    pub gpus: Vec<proto::GpuUsage>,
-    /// What its results were found to be, once any was judged.
-    pub reputation: Option<ReputationView>,
-}
-
-/// `GET /cluster/workers/{id}/stats`: the worker and what it is doing.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerStats {
-    #[serde(flatten)]
-    pub worker: WorkerInfo,
-    /// Cluster ids of the tasks it holds.
-    pub running_tasks: Vec<String>,
-    /// Mean measured run time by task type, in milliseconds.
-    pub average_run_time_ms: BTreeMap<String, f64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerList {
-    pub workers: Vec<WorkerInfo>,
-    pub total: usize,
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(super) struct WorkerFilter {
@@ -98,7 +46,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
         cpu_percent: heartbeat.and_then(|h| h.cpu_percent),
         memory_used_mb: heartbeat.and_then(|h| h.memory_used_mb),
         gpus: heartbeat.and_then(|h| h.gpus.clone()).unwrap_or_default(),
-        reputation: w.reputation.as_ref().map(ReputationView::from),
+        reputation: w.reputation.as_ref().map(super::trust::reputation_view),
     }
 }
 
@@ -171,15 +119,6 @@ pub struct RegisterWorker {
     pub worker_id: String,
 }
 
-/// The approved worker's join credential, shown once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerCredential {
-    pub worker_id: String,
-    /// Give it to the worker: `legacygpu worker start --peer-id ID --token CREDENTIAL`.
-    pub token: String,
-    pub status: &'static str,
-}
-
 /// Approves a worker id and returns its own join credential (admin).
 #[utoipa::path(post, path = "/cluster/workers/register", tag = "workers",
     request_body = RegisterWorker,
@@ -208,15 +147,8 @@ pub(super) async fn register_worker(
         .await?;
     api.durable(seq).await?;
     let worker_id = id;
-    let body = WorkerCredential { worker_id, token, status: "approved" };
+    let body = WorkerCredential { worker_id, token, status: "approved".to_owned() };
     Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-/// `POST /cluster/workers/{id}/revoke` answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Revoked {
-    pub worker_id: String,
-    pub status: &'static str,
 }
 
 /// Revokes a worker's own credential (admin): its connection is closed at
@@ -236,5 +168,5 @@ pub(super) async fn revoke_worker(
     };
     api.durable(seq).await?;
     tracing::info!(peer = %id, "revoked a worker's credential");
-    Ok(Json(Revoked { worker_id: id, status: "revoked" }))
+    Ok(Json(Revoked { worker_id: id, status: "revoked".to_owned() }))
 }
