@@ -225,7 +225,7 @@ pub struct WorkersList {
 pub struct Remote {
     /// The coordinator's HTTP API. Default: http://127.0.0.1:8000. Several
     /// comma-separated: `cluster status` shows each one's role; other
-    /// commands use the first.
+    /// commands use the leader (else the first that answers).
     #[arg(long, env = "LEGACYGPU_API_URL")]
     pub api_url: Option<String>,
     /// An API key (or the cluster token, when no API keys are configured).

@@ -32,10 +32,10 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
 /// `cluster token show|rotate`.
 async fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     let (remote, answer): (_, Tokens) = match &cmd {
-        TokenCmd::Show(remote) => (remote, api(remote)?.get_as("/cluster/tokens").await?),
+        TokenCmd::Show(remote) => (remote, api(remote).await?.get_as("/cluster/tokens").await?),
         TokenCmd::Rotate { remote, kind } => {
             let body = json!({ "kind": kind });
-            (remote, api(remote)?.post_as("/cluster/tokens/rotate", &body).await?)
+            (remote, api(remote).await?.post_as("/cluster/tokens/rotate", &body).await?)
         }
     };
     if remote.json {
@@ -112,7 +112,7 @@ fn daemonize(args: &ClusterStart) -> anyhow::Result<ExitCode> {
 /// `cluster stop`: the API's shutdown; for a coordinator started here with
 /// --daemon and not reachable, SIGTERM by its pid file.
 async fn stop(remote: &Remote) -> anyhow::Result<ExitCode> {
-    let api = api(remote)?;
+    let api = api(remote).await?;
     match api.post("/cluster/shutdown", &json!({})).await {
         Ok(_) => {
             println!("the coordinator at {} is shutting down", api.base());
@@ -212,7 +212,7 @@ fn print_coordinators(coordinators: &[Value]) {
 }
 
 async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
-    let api = api(&args.remote)?;
+    let api = api(&args.remote).await?;
     let path = match &args.status {
         Some(s) => format!("/cluster/workers?status_filter={s}"),
         None => "/cluster/workers".to_owned(),

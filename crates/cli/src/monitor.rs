@@ -49,7 +49,7 @@ struct View {
 }
 
 pub async fn run(args: Monitor) -> anyhow::Result<ExitCode> {
-    let api = api(&args.remote)?;
+    let api = api(&args.remote).await?;
     // Fail early, before taking over the terminal, when the API is unreachable.
     api.get("/cluster/health").await?;
     let (tx, mut rx) = mpsc::channel(4096);

@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use client::api::Api;
 use serde::Deserialize;
@@ -56,8 +57,28 @@ impl CliConfig {
 }
 
 /// The API client for these flags (the first URL of a comma-separated list).
-pub fn api(remote: &Remote) -> anyhow::Result<Api> {
-    Ok(apis(remote)?.swap_remove(0))
+///
+/// Given several URLs (the coordinators of one PostgreSQL store), the
+/// leader's: each is asked for its health until one answers `leader`; else
+/// the first that answered (a standby redirects to the leader), else the
+/// first (whose error the command then reports).
+pub async fn api(remote: &Remote) -> anyhow::Result<Api> {
+    let mut all = apis(remote)?;
+    if all.len() == 1 {
+        return Ok(all.swap_remove(0));
+    }
+    let mut reachable = None;
+    for (i, api) in all.iter().enumerate() {
+        let probe = api.get_with_status("/cluster/health", Some(Duration::from_secs(2))).await;
+        if let Ok((_, health)) = probe {
+            let health = serde_json::from_value::<api_types::Health>(health).ok();
+            if health.is_some_and(|h| h.role == "leader") {
+                return Ok(all.swap_remove(i));
+            }
+            reachable.get_or_insert(i);
+        }
+    }
+    Ok(all.swap_remove(reachable.unwrap_or(0)))
 }
 
 /// An API client for every URL of the flags' comma-separated list (the

@@ -28,7 +28,7 @@ pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
 
 async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
     let path = format!("/cluster/tasks/{}/status", args.id);
-    let t: TaskView = api(&args.remote)?.get_as(&path).await?;
+    let t: TaskView = api(&args.remote).await?.get_as(&path).await?;
     if args.remote.json {
         return print_json(&t);
     }
@@ -49,7 +49,7 @@ async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
 }
 
 async fn result(args: &TaskResultArgs) -> anyhow::Result<ExitCode> {
-    let api = api(&args.task.remote)?;
+    let api = api(&args.task.remote).await?;
     let path = format!("/cluster/tasks/{}/result?timeout={}", args.task.id, args.timeout);
     let answer = api.get_with_status(&path, Some(Duration::from_secs_f64(args.timeout))).await;
     match answer {
@@ -90,7 +90,8 @@ async fn list(args: &TaskListArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &args.task_type {
         query += &format!("&task_type={}", urlencode(t));
     }
-    let list: TaskList = api(&args.remote)?.get_as(&format!("/cluster/tasks?{query}")).await?;
+    let list: TaskList =
+        api(&args.remote).await?.get_as(&format!("/cluster/tasks?{query}")).await?;
     if args.remote.json {
         return print_json(&list);
     }
@@ -115,7 +116,7 @@ async fn list(args: &TaskListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn cancel(args: &TaskRef) -> anyhow::Result<ExitCode> {
-    let answer = api(&args.remote)?.delete(&format!("/cluster/tasks/{}", args.id)).await?;
+    let answer = api(&args.remote).await?.delete(&format!("/cluster/tasks/{}", args.id)).await?;
     if args.remote.json {
         return print_json(&answer);
     }
@@ -125,7 +126,7 @@ async fn cancel(args: &TaskRef) -> anyhow::Result<ExitCode> {
 
 async fn retry(args: &TaskRef) -> anyhow::Result<ExitCode> {
     let path = format!("/cluster/tasks/{}/retry", args.id);
-    let answer: Retried = api(&args.remote)?.post_as(&path, &serde_json::json!({})).await?;
+    let answer: Retried = api(&args.remote).await?.post_as(&path, &serde_json::json!({})).await?;
     if args.remote.json {
         return print_json(&answer);
     }

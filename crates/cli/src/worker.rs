@@ -32,7 +32,7 @@ async fn control(
     peer_id: &str,
     action: &str,
 ) -> anyhow::Result<ExitCode> {
-    let api = crate::remote::api(remote)?;
+    let api = crate::remote::api(remote).await?;
     let path = format!("/cluster/workers/{peer_id}/{action}");
     let answer: WorkerControlled = api.post_as(&path, &json!({})).await?;
     if remote.json {
@@ -44,7 +44,7 @@ async fn control(
 
 /// `worker revoke ID`: through the API (admin).
 async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<ExitCode> {
-    let api = crate::remote::api(remote)?;
+    let api = crate::remote::api(remote).await?;
     let path = format!("/cluster/workers/{peer_id}/revoke");
     let answer: Revoked = api.post_as(&path, &json!({})).await?;
     if remote.json {
@@ -56,7 +56,7 @@ async fn revoke(remote: &crate::args::Remote, peer_id: &str) -> anyhow::Result<E
 
 /// `worker clear ID`: the API's clear of a quarantine.
 async fn clear(args: &WorkerClear) -> anyhow::Result<ExitCode> {
-    let api = crate::remote::api(&args.remote)?;
+    let api = crate::remote::api(&args.remote).await?;
     let path = format!("/cluster/workers/{}/clear", args.id);
     let answer: Cleared = api.post_as(&path, &json!({})).await?;
     if args.remote.json {

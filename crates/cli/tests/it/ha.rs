@@ -142,6 +142,19 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
     let req = proto::TaskRequest::new("echo", proto::json(r#"{"n": 1}"#).unwrap());
     let TaskOutcome::Completed(done) = client.run(req).await.unwrap() else { panic!("failed") };
     assert_eq!(done.result.get(), r#"{"n": 1}"#);
+    // Every other command given the URLs finds the leader too, past an
+    // unreachable one and the standbys listed before it.
+    let mut urls = vec!["http://127.0.0.1:1"];
+    urls.extend(cs.iter().enumerate().filter(|(i, _)| *i != l).map(|(_, c)| c.http()));
+    urls.push(leader.http());
+    let out = Command::new(bin())
+        .args(["task", "list", "--json", "--api-url", &urls.join(",")])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["total"], 1, "{listed}");
 }
 
 #[tokio::test]
