@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 
 import pytest
@@ -167,3 +169,21 @@ def test_the_token_never_reaches_the_logs(procs, caplog):
             client.run("echo", {"x": 1}, timeout=30)
     assert "Authorization: Bearer <redacted>" in caplog.text  # websockets' debug log of the upgrade
     assert "very-secret-token" not in caplog.text
+
+
+def test_a_frozen_coordinator_is_left_for_the_next_url(procs):
+    # A coordinator frozen with SIGSTOP keeps its socket open: only silence
+    # tells. The client gives it up after silence_timeout_s and moves on to
+    # the next URL, resubmitting under its key what was not acknowledged.
+    frozen, spare = Coordinator(), Coordinator()
+    procs += [frozen, spare]
+    procs.append(worker(spare.ws_url, "w"))
+    urls = f"{frozen.ws_url},{spare.ws_url}"
+    with legacygpu.Client(urls, silence_timeout_s=1.5, connect_timeout_s=1.0) as client:
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            handle = client.submit("echo", {"after": "freezing"})
+            assert handle.result(30) == {"after": "freezing"}
+            assert client.stats["reconnects"] >= 1
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)

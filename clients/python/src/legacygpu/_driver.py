@@ -89,6 +89,10 @@ class Options:
     #: Give up (ConnectionLost) after this long without a connection; None: never.
     give_up_after_s: Optional[float]
     max_frame_bytes: int
+    #: A connection silent this long (no answer to the pings sent at a
+    #: third of it) is given up and made anew, as the Rust SDK does: a
+    #: coordinator frozen with its socket open (SIGSTOP) is left.
+    silence_timeout_s: float = 15.0
 
 
 class Pending:
@@ -236,6 +240,10 @@ class Driver:
                 compression=None,
                 proxy=None,
                 open_timeout=timeout,
+                ping_interval=self.options.silence_timeout_s / 3,
+                ping_timeout=self.options.silence_timeout_s * 2 / 3,
+                # A silent peer will not finish a closing handshake either.
+                close_timeout=min(self.options.silence_timeout_s / 3, 5.0),
                 max_size=None,
                 max_queue=4096,
                 write_limit=1 << 20,

@@ -136,6 +136,9 @@ class AsyncClient:
     - ``give_up_after_s``: raise :class:`~legacygpu.ConnectionLost` in every
       waiting handle after this long without a connection (None: never);
     - ``connect_timeout_s``: how long one connection attempt may take;
+    - ``silence_timeout_s``: a connection from which nothing comes for this
+      long (pings go out at a third of it) is given up and made anew, so that
+      a coordinator frozen with its socket open is left for another URL;
     - ``max_frame_bytes``: the coordinator's frame limit (requests over it are
       refused here, with ``ValueError``).
     """
@@ -154,6 +157,7 @@ class AsyncClient:
         reconnect_max_s: float = 5.0,
         give_up_after_s: Optional[float] = 60.0,
         connect_timeout_s: float = 10.0,
+        silence_timeout_s: float = 15.0,
         max_frame_bytes: int = _wire.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         if not isinstance(url, str) or not all(
@@ -162,7 +166,11 @@ class AsyncClient:
             raise ValueError(f"url must be a ws:// or wss:// URL (or several, comma-separated), got {url!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
-        for name, value in (("reconnect_max_s", reconnect_max_s), ("connect_timeout_s", connect_timeout_s)):
+        for name, value in (
+            ("reconnect_max_s", reconnect_max_s),
+            ("connect_timeout_s", connect_timeout_s),
+            ("silence_timeout_s", silence_timeout_s),
+        ):
             _wire.check_seconds(name, value)
         if give_up_after_s is not None:
             _wire.check_seconds("give_up_after_s", give_up_after_s)
@@ -178,6 +186,7 @@ class AsyncClient:
             connect_timeout_s=float(connect_timeout_s),
             give_up_after_s=None if give_up_after_s is None else float(give_up_after_s),
             max_frame_bytes=max_frame_bytes,
+            silence_timeout_s=float(silence_timeout_s),
         )
         self._driver: Optional[Driver] = None
 
