@@ -93,6 +93,26 @@ def test_owner_controls(admin_cluster):
     with pytest.raises(legacygpu.Unauthorized):
         legacygpu.Admin(admin_cluster.http_url, api_key="client-key-1").pause("w1")
 
+    # Bulk: a dry run counts what the filter matches, a confirmed one acts.
+    again = admin.submit("physics", {"steps": -1})
+    with pytest.raises(legacygpu.TaskFailed):
+        admin.result(again["task_id"], timeout=30)
+    failed_now = admin.tasks(status="failed", task_type="physics")["total"]
+    assert failed_now >= 2  # this test's two, and any an earlier test left
+    counted = admin.bulk("retry", status="failed", task_type="physics")
+    assert (counted["matched"], counted["dry_run"], counted["done"]) == (failed_now, True, 0), counted
+    done_bulk = admin.bulk("retry", confirm=True, status="failed", task_type="physics")
+    assert (done_bulk["done"], done_bulk["dry_run"]) == (failed_now, False), done_bulk
+    with pytest.raises(legacygpu.TaskFailed):
+        admin.result(again["task_id"], timeout=30)  # it ran again, and failed again
+    assert admin.status(again["task_id"])["attempt"] == 2
+    with pytest.raises(TypeError):
+        admin.bulk("retry", colour="red")  # checked before sending
+    with pytest.raises(ValueError):
+        admin.bulk("delete")
+    # Clearing a worker that is not quarantined clears nothing.
+    assert admin.clear("w1")["cleared"] is False
+
     # A drained worker finishes and leaves for good (it exits).
     assert admin.drain("w1")["status"] == "draining"
     admin_cluster.worker.popen.wait(timeout=30)

@@ -133,9 +133,8 @@ class Admin:
         """Approves a worker id and returns its join credential (admin)."""
         return self._post("/cluster/workers/register", {"worker_id": _wire.check_id("worker_id", worker_id)})
 
-    # Owner controls being added to the API (POST /cluster/workers/{id}/drain|
-    # pause|resume, POST /cluster/tasks/{id}/retry): a coordinator without
-    # them answers 404/405, raised as ApiError.
+    # Owner controls (docs/DASHBOARD.md): an older coordinator without them
+    # answers 404/405, raised as ApiError.
 
     def drain(self, worker_id: str) -> Any:
         """The worker takes no new tasks; its running ones finish, then it leaves (admin)."""
@@ -146,6 +145,14 @@ class Admin:
 
     def resume(self, worker_id: str) -> Any:
         return self._post(f"/cluster/workers/{self._seg(worker_id, 'worker_id')}/resume")
+
+    def revoke(self, worker_id: str) -> Any:
+        """Revokes the worker's own credential: its connection closes and the credential admits nobody (admin)."""
+        return self._post(f"/cluster/workers/{self._seg(worker_id, 'worker_id')}/revoke")
+
+    def clear(self, worker_id: str) -> Any:
+        """Lifts a worker's quarantine (docs/VERIFICATION.md); ``cleared`` says whether it was quarantined (admin)."""
+        return self._post(f"/cluster/workers/{self._seg(worker_id, 'worker_id')}/clear")
 
     # ---- tasks -----------------------------------------------------------------
 
@@ -196,6 +203,20 @@ class Admin:
     def retry(self, task_id: str) -> Any:
         """Runs a failed, cancelled or timed-out task again under the same id (client)."""
         return self._post(f"/cluster/tasks/{self._seg(task_id, 'task_id')}/retry")
+
+    def bulk(self, action: str, *, confirm: bool = False, **filter: Any) -> Dict[str, Any]:
+        """Cancels or retries every task the filter matches (admin; at most
+        10 000 a call): ``status``, ``task_type``, ``worker_id``, ``owner``,
+        ``submitted_from_ms``, ``submitted_to_ms``. Without ``confirm`` it only
+        counts (``matched``); with it, ``done`` and ``skipped`` say what it did."""
+        if action not in ("cancel", "retry"):
+            raise ValueError(f"action must be 'cancel' or 'retry', got {action!r}")
+        known = {"status", "task_type", "worker_id", "owner", "submitted_from_ms", "submitted_to_ms"}
+        unknown = sorted(set(filter) - known)
+        if unknown:
+            raise TypeError(f"unknown filter fields: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        body = {"action": action, "filter": filter, "confirm": bool(confirm)}
+        return _body(self._post("/cluster/tasks/bulk", body))
 
 
 def _body(value: Any) -> Dict[str, Any]:
