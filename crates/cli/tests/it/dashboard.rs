@@ -12,6 +12,7 @@
 //! the one `cargo test --workspace`, with no npm install, and WebDriver is
 //! what Debian's chromium-driver speaks.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,11 +26,15 @@ use crate::bin;
 const ADMIN: &str = "dash-admin-key-1";
 const READER: &str = "dash-reader-key-1";
 
-/// The chromedriver process, killed when dropped.
+/// The chromedriver process in a process group of its own, which is killed
+/// when dropped: Chromium's processes go with it, even when a test panicked
+/// before closing its session.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -58,6 +63,7 @@ async fn browser() -> Option<(Driver, Client, tempfile::TempDir)> {
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(driver)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
