@@ -47,6 +47,13 @@ impl TestDb {
         Some(TestDb { admin, name, url })
     }
 
+    /// A plain client on the test's database, for what the store API does
+    /// not do (sabotage, inspection). From synchronous tests only (the
+    /// blocking client may not start on a tokio runtime's thread).
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+
     /// The rows `sql` returns, every column cast to text by the query
     /// (`SELECT a::text, …`), for inspection. Callable from async tests.
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
@@ -85,4 +92,19 @@ fn with_database(url: &str, db: &str) -> String {
         out = format!("{out}?{q}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn a_database_url_is_swapped_keeping_the_rest() {
+        assert_eq!(with_database("postgres://u@h:1/postgres", "t"), "postgres://u@h:1/t");
+        assert_eq!(with_database("postgres://u@h:1", "t"), "postgres://u@h:1/t");
+        assert_eq!(
+            with_database("postgres://h/d?sslmode=disable", "t"),
+            "postgres://h/t?sslmode=disable"
+        );
+    }
 }
