@@ -22,7 +22,7 @@ use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 // ----------------------------------------------------------------- tasks
 
 /// `POST /cluster/tasks` body (also `POST /cluster/tasks/submit`).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SubmitTask {
     /// physics, inference, gpu, echo, sleep… Defaults to `inference` when
     /// `data` names a model.
@@ -130,19 +130,7 @@ pub(super) async fn from_multipart(mut form: Multipart) -> Result<SubmitTask, Ap
         ApiError::new(e.status(), body_code(e.status()), e.body_text())
     };
     let mut data = serde_json::Map::new();
-    let mut task = SubmitTask {
-        task_type: None,
-        data: None,
-        priority: None,
-        timeout_s: None,
-        queue_timeout_s: None,
-        max_attempts: None,
-        requirements: None,
-        task_id: None,
-        idempotency_key: None,
-        verify: None,
-        stream: None,
-    };
+    let mut task = SubmitTask::default();
     while let Some(field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" || name == "image" {

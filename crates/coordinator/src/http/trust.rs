@@ -78,6 +78,12 @@ pub(super) async fn clear_worker(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<Cleared>, ApiError> {
+    clear(&api, id).await.map(Json)
+}
+
+/// Lifts `id`'s quarantine once the store has it (the API's and the
+/// dashboard's clear).
+pub(super) async fn clear(api: &Api, id: String) -> Result<Cleared, ApiError> {
     let worker_id = id.clone();
     let answer = api.request(|reply| ApiRequest::ClearWorker { worker_id, reply }).await?;
     let done = answer.map_err(|_| {
@@ -87,5 +93,5 @@ pub(super) async fn clear_worker(
     let status = done
         .connected
         .map(|draining| if draining { WorkerStatus::Draining } else { WorkerStatus::Healthy });
-    Ok(Json(Cleared { worker_id: id, cleared: done.was, status }))
+    Ok(Cleared { worker_id: id, cleared: done.was, status })
 }

@@ -140,19 +140,8 @@ pub(super) async fn worker(
             };
         }
         "clear" => {
-            let worker_id = id.clone();
-            let done = async {
-                let answer =
-                    api.request(|reply| ApiRequest::ClearWorker { worker_id, reply }).await?;
-                let done = answer.map_err(|_| {
-                    ApiError::not_found(format!(
-                        "no worker `{id}` is connected or has a reputation"
-                    ))
-                })?;
-                api.durable(done.seq).await
-            };
-            return match done.await {
-                Ok(()) => {
+            return match crate::http::trust::clear(&api, id.clone()).await {
+                Ok(_) => {
                     tracing::info!(peer = %id, "an operator cleared a worker's quarantine (dashboard)");
                     Redirect::to("/workers").into_response()
                 }
@@ -349,14 +338,8 @@ pub(super) async fn submit(
         task_type: Some(form.task_type),
         data: Some(data),
         priority,
-        timeout_s: None,
-        queue_timeout_s: None,
-        max_attempts: None,
-        requirements: None,
-        task_id: None,
-        idempotency_key: None,
-        verify: None,
         stream,
+        ..Default::default()
     };
     match crate::http::tasks::submit_view(&api, body, None, viewer.client.clone()).await {
         Ok((_, view)) => Redirect::to(&format!("/tasks/{}", view.task_id)).into_response(),
