@@ -27,6 +27,7 @@ use std::fmt;
 
 pub use codes::{AttemptEnd, FailureCode, TaskState, Verdict, VerifyStatus};
 
+mod fold;
 mod pg;
 mod read;
 mod sqlite;

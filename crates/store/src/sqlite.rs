@@ -122,6 +122,13 @@ pub enum Sync {
 /// Tasks in an SQLite file.
 pub struct SqliteStore {
     conn: Connection,
+    /// The `next_task_id` stored (as far as this store knows): a batch
+    /// whose ids are all below it need not write it again. Reservations
+    /// (`Op::IdsUsed`) run ahead of the ids inserted, so most batches don't.
+    next_task_id: u64,
+    /// Whether tasks a batch inserts are written as their final rows
+    /// (`crate::fold`); off only in tests, for the op-by-op reference.
+    fold: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -184,7 +191,7 @@ impl SqliteStore {
                 )?;
             }
         }
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, next_task_id: 0, fold: true })
     }
 }
 
@@ -228,6 +235,7 @@ impl Store for SqliteStore {
         }
         let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
         let next_task_id = max.max(next.map_or(1, |n| n as u64));
+        self.next_task_id = next.map_or(0, |n| n as u64);
         let mut stmt = self
             .conn
             .prepare("SELECT peer_id, credential_sha256 FROM approvals ORDER BY peer_id")?;
@@ -240,16 +248,23 @@ impl Store for SqliteStore {
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        let (folded, taken) =
+            if self.fold { crate::fold::fold_batch(ops) } else { (Vec::new(), Vec::new()) };
+        for f in &folded {
+            write_folded(&tx, f)?;
+        }
         let mut next_id = 0;
-        for op in ops {
-            apply(&tx, op)?;
+        for (i, op) in ops.iter().enumerate() {
+            if !taken.get(i).copied().unwrap_or(false) {
+                apply(&tx, op)?;
+            }
             match op {
                 Op::Insert(t) => next_id = next_id.max(t.id + 1),
                 Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
                 _ => {}
             }
         }
-        if next_id > 0 {
+        if next_id > self.next_task_id {
             tx.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
@@ -257,8 +272,73 @@ impl Store for SqliteStore {
             .execute([next_id as i64])?;
         }
         tx.commit()?;
+        self.next_task_id = self.next_task_id.max(next_id);
         Ok(())
     }
+}
+
+/// A folded task's rows, written whole (it began with its insert, which
+/// starts its replicas' results over).
+fn write_folded(tx: &Transaction<'_>, f: &crate::fold::Folded) -> Result<(), StoreError> {
+    let (s, t) = (&f.task, &f.task.task);
+    let (code, msg) = split(&s.error);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority,
+         req_model, req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts,
+         idempotency_key, submitted_at, state, attempt, failures, peer, started_at, finished_at,
+         result, error_code, error_message, delivered, peer_task_id, options, verify, verify_status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+         ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+    )?
+    .execute(params![
+        t.id as i64,
+        t.owner,
+        t.client_task_id,
+        t.task_type,
+        t.payload,
+        t.priority,
+        t.req_model,
+        t.req_gpu,
+        t.req_min_vram_mb.map(|v| v as i64),
+        t.run_timeout_ms.map(|v| v as i64),
+        t.queue_timeout_ms as i64,
+        t.max_attempts,
+        t.idempotency_key,
+        t.submitted_at_ms,
+        s.state.as_str(),
+        s.attempt,
+        s.failures,
+        s.peer,
+        s.started_at_ms,
+        s.finished_at_ms,
+        s.result,
+        code,
+        msg,
+        s.delivered,
+        t.peer_task_id,
+        t.options,
+        t.verify,
+        s.verify_status.map(crate::VerifyStatus::as_str),
+    ])?;
+    tx.prepare_cached("DELETE FROM replicas WHERE task_id = ?1")?.execute([t.id as i64])?;
+    for a in f.attempts.values() {
+        let (code, msg) = split(&a.error);
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (task_id, attempt, peer, assigned_at, ended_at,
+             end_reason, error_code, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            t.id as i64,
+            a.attempt,
+            a.peer,
+            a.assigned_at_ms,
+            a.ended_at_ms,
+            a.end.map(AttemptEnd::as_str),
+            code,
+            msg
+        ])?;
+    }
+    Ok(())
 }
 
 fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {

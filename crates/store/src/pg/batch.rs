@@ -23,8 +23,9 @@ use std::pin::Pin;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::fold::{self, Folded};
+use super::fold;
 use super::verify::{self, Reputations, Verifieds};
+use crate::fold::Folded;
 use crate::{AttemptEnd, ErrorRow, NewTask, Op, ReputationRow, StoreError, TaskState};
 
 /// The SQLSTATE `legacygpu_fence` raises.
@@ -452,7 +453,7 @@ impl<'a> Plan<'a> {
         }
         let (mut folded, mut rounds) = (Vec::new(), Vec::<Round<'a>>::new());
         for (id, task_ops) in per_task {
-            if let Some(f) = fold::fold(&task_ops) {
+            if let Some(f) = crate::fold::fold(&task_ops) {
                 folded.push(f);
                 continue;
             }

@@ -24,6 +24,7 @@ both_backends!(
     a_retried_task_is_queued_again_with_its_history,
     verification_rows_round_trip_and_go_with_their_task,
     reputations_round_trip_and_the_last_one_wins,
+    a_batch_leaves_what_its_ops_leave_one_at_a_time,
 );
 
 /// A failed task retried (in the batch that failed it, so that PostgreSQL
@@ -518,6 +519,96 @@ fn postgres_loads_exactly_what_sqlite_loads() {
             assert_eq!(x, y, "seed {seed}");
         }
     }
+}
+
+/// Both backends fold a task's ops into its final rows when the batch holds
+/// its insert (`fold.rs`): on random histories, each batch leaves what its
+/// ops leave written one per batch (where only a lone insert folds, which
+/// is the plain insert).
+fn a_batch_leaves_what_its_ops_leave_one_at_a_time(b: &Backend) {
+    for seed in [3, 17, 41] {
+        let history = if seed == 3 { random_history(seed) } else { random_lives(seed) };
+        let singles: Vec<Vec<Op>> = history.iter().flatten().map(|op| vec![op.clone()]).collect();
+        let (batched, one_by_one) =
+            (apply(b.open().as_mut(), &history), apply(b.open().as_mut(), &singles));
+        assert_eq!(batched.next_task_id, one_by_one.next_task_id, "seed {seed}");
+        assert_eq!(batched.tasks.len(), one_by_one.tasks.len(), "seed {seed}");
+        for (x, y) in batched.tasks.iter().zip(&one_by_one.tasks) {
+            assert_eq!(x, y, "seed {seed}");
+        }
+    }
+}
+
+/// Whole task lives (what a scheduler writes: an insert, then attempts that
+/// are assigned, started, requeued or reclaimed, stale results, a finish,
+/// its delivery, a retry), interleaved and cut into batches at random: most
+/// tasks have their insert and more in one batch, as under load.
+fn random_lives(seed: u64) -> Vec<Vec<Op>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut lives: Vec<std::collections::VecDeque<Op>> = Vec::new();
+    for id in 1..=80u64 {
+        let mut life = vec![Op::Insert(if rng.bool() { task(id) } else { bare_task(id) })];
+        let (mut attempt, mut failures) = (0, 0);
+        let mut at_ms = 0;
+        let mut tick = |rng: &mut fastrand::Rng| {
+            at_ms += rng.i64(1..50);
+            at_ms
+        };
+        for _ in 0..rng.usize(0..4) {
+            attempt += 1;
+            let peer = format!("p{}", rng.u8(0..3));
+            life.push(Op::Assigned { id, attempt, peer: peer.clone(), at_ms: tick(&mut rng) });
+            if rng.bool() {
+                life.push(Op::Started { id, attempt, at_ms: tick(&mut rng) });
+            }
+            match rng.u8(0..3) {
+                0 => {
+                    failures += 1;
+                    let error = err(["failed", "peer_lost", "timed_out"][rng.usize(0..3)]);
+                    let end = AttemptEnd::PeerLost;
+                    let at_ms = tick(&mut rng);
+                    life.push(Op::Requeued { id, attempt, end, failures, error, at_ms });
+                }
+                1 => life.push(Op::Reclaimed { id, attempt, peer: peer.clone(), failures }),
+                _ => life.push(Op::Stale { id, attempt, peer, at_ms: tick(&mut rng) }),
+            }
+        }
+        if rng.u8(0..4) > 0 {
+            let done = rng.bool();
+            life.push(Op::Finished {
+                id,
+                state: if done { TaskState::Completed } else { TaskState::Failed },
+                result: done.then(|| format!("[{id}]")),
+                error: if done { None } else { err("failed") },
+                end: (attempt > 0).then_some((attempt, AttemptEnd::Completed)),
+                at_ms: tick(&mut rng),
+                delivered: rng.bool(),
+                failures,
+            });
+            if rng.bool() {
+                life.push(Op::Delivered { id, delivered: true });
+            }
+            if rng.u8(0..5) == 0 {
+                life.push(Op::Retried { id, peer_task_id: format!("r{id}") });
+            }
+        }
+        lives.push(life.into());
+    }
+    let mut batches = Vec::new();
+    while lives.iter().any(|l| !l.is_empty()) {
+        let mut batch = Vec::new();
+        for _ in 0..rng.usize(1..30) {
+            let live: Vec<usize> = (0..lives.len()).filter(|&i| !lives[i].is_empty()).collect();
+            if live.is_empty() {
+                break;
+            }
+            // Mostly the oldest lives, as a queue serves them.
+            let i = live[rng.usize(..live.len().min(6))];
+            batch.extend(lives[i].pop_front());
+        }
+        batches.push(batch);
+    }
+    batches
 }
 
 /// A write whose answer was lost (the connection dropped after `COMMIT` was
