@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sqlite_verify as verify;
 use crate::{
@@ -126,9 +126,6 @@ pub struct SqliteStore {
     /// whose ids are all below it need not write it again. Reservations
     /// (`Op::IdsUsed`) run ahead of the ids inserted, so most batches don't.
     next_task_id: u64,
-    /// Whether tasks a batch inserts are written as their final rows
-    /// (`crate::fold`); off only in tests, for the op-by-op reference.
-    fold: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -191,7 +188,10 @@ impl SqliteStore {
                 )?;
             }
         }
-        Ok(SqliteStore { conn, next_task_id: 0, fold: true })
+        // Room for every statement the writer runs (about 30), so that none
+        // is parsed again (rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore { conn, next_task_id: 0 })
     }
 }
 
@@ -247,39 +247,60 @@ impl Store for SqliteStore {
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let (folded, taken) =
-            if self.fold { crate::fold::fold_batch(ops) } else { (Vec::new(), Vec::new()) };
-        for f in &folded {
-            write_folded(&tx, f)?;
-        }
-        let mut next_id = 0;
-        for (i, op) in ops.iter().enumerate() {
-            if !taken.get(i).copied().unwrap_or(false) {
-                apply(&tx, op)?;
+        let stored = self.next_task_id;
+        let next_id = in_transaction(&self.conn, |tx| {
+            // Tasks inserted in this batch are written as their final rows.
+            let (folded, taken) = crate::fold::fold_batch(ops);
+            for f in &folded {
+                write_folded(tx, f)?;
             }
-            match op {
-                Op::Insert(t) => next_id = next_id.max(t.id + 1),
-                Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
-                _ => {}
+            let mut next_id = 0;
+            for (i, op) in ops.iter().enumerate() {
+                if !taken[i] {
+                    apply(tx, op)?;
+                }
+                match op {
+                    Op::Insert(t) => next_id = next_id.max(t.id + 1),
+                    Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
+                    _ => {}
+                }
             }
-        }
-        if next_id > self.next_task_id {
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-            )?
-            .execute([next_id as i64])?;
-        }
-        tx.commit()?;
-        self.next_task_id = self.next_task_id.max(next_id);
+            if next_id > stored {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute([next_id as i64])?;
+            }
+            Ok(next_id)
+        })?;
+        self.next_task_id = stored.max(next_id);
         Ok(())
     }
 }
 
+/// Runs `f` in a transaction begun and committed with cached statements
+/// (rusqlite's `Transaction` parses `BEGIN` and `COMMIT` anew each time: a
+/// few percent of the coordinator's CPU when each commit holds one task's
+/// ops), rolled back if `f` or the commit fails.
+fn in_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let done = f(conn).and_then(|v| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(v)
+    });
+    if done.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
+}
+
 /// A folded task's rows, written whole (it began with its insert, which
 /// starts its replicas' results over).
-fn write_folded(tx: &Transaction<'_>, f: &crate::fold::Folded) -> Result<(), StoreError> {
+fn write_folded(tx: &Connection, f: &crate::fold::Folded) -> Result<(), StoreError> {
     let (s, t) = (&f.task, &f.task.task);
     let (code, msg) = split(&s.error);
     tx.prepare_cached(
@@ -341,7 +362,7 @@ fn write_folded(tx: &Transaction<'_>, f: &crate::fold::Folded) -> Result<(), Sto
     Ok(())
 }
 
-fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
+fn apply(tx: &Connection, op: &Op) -> Result<(), StoreError> {
     match op {
         Op::Insert(t) => insert(tx, t)?,
         Op::Assigned { id, attempt, peer, at_ms } => {
@@ -441,7 +462,7 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
+fn insert(tx: &Connection, t: &NewTask) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
          req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
@@ -473,7 +494,7 @@ fn insert(tx: &Transaction<'_>, t: &NewTask) -> Result<(), StoreError> {
 }
 
 fn end_attempt(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: u64,
     attempt: u32,
     end: AttemptEnd,

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 
 use crate::sqlite::{corrupt, error_row, split};
 use crate::{ReputationRow, StoreError, StoredReplica, VerifyStatus};
 
 pub(crate) fn verified(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: u64,
     status: VerifyStatus,
     replicas: &[StoredReplica],
@@ -37,7 +37,7 @@ pub(crate) fn verified(
     Ok(())
 }
 
-pub(crate) fn reputation(tx: &Transaction<'_>, r: &ReputationRow) -> Result<(), StoreError> {
+pub(crate) fn reputation(tx: &Connection, r: &ReputationRow) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO reputation (subject, valid, invalid, unverified, consecutive_valid,
          canaries_passed, canaries_failed, strikes, quarantined, credential, updated_at)
