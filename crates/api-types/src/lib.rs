@@ -39,6 +39,33 @@ pub struct Health {
     pub leader: Option<String>,
     /// The leader's WebSocket URL, when anyone leads (on PostgreSQL).
     pub leader_ws: Option<String>,
+    /// On PostgreSQL: every coordinator on the database, as each last
+    /// reported itself (empty on SQLite or memory: one coordinator).
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorInfo>,
+}
+
+/// One coordinator of a PostgreSQL store, from the registry every
+/// coordinator reports to each time it asks for or renews the lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CoordinatorInfo {
+    /// Its unique name (host, pid and a random part), as in the lease.
+    pub holder: String,
+    /// Its WebSocket URL.
+    pub ws: String,
+    /// Its HTTP API's URL, when it serves one.
+    pub http: Option<String>,
+    /// `leader`, `standby`, `deposed` (says it leads but does not hold the
+    /// lease) or `gone` (no report for longer than a lease: killed or
+    /// frozen; a clean stop leaves the list).
+    pub role: String,
+    /// The epoch it leads at, or the last one it saw.
+    pub epoch: u64,
+    pub uptime_seconds: f64,
+    /// Seconds since its last report.
+    pub seen_seconds_ago: f64,
+    /// Whether it is the coordinator that answered.
+    pub this: bool,
 }
 
 /// `GET /cluster/metrics`.

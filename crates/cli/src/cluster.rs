@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use api_types::{ClusterMetrics, Health, ReputationView, Tokens, WorkerList};
+use api_types::{ClusterMetrics, CoordinatorInfo, Health, ReputationView, Tokens, WorkerList};
 use coordinator::{Config, Coordinator, Secret, StoreMode};
 
 use serde_json::{Value, json};
@@ -174,6 +174,9 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
     if apis.len() > 1 || health.epoch.is_some() {
         print_coordinators(&coordinators);
     }
+    if !health.coordinators.is_empty() {
+        print_registry(&health.coordinators);
+    }
     let h = &health;
     println!("cluster at {}: {}", api.base(), status_colour(&h.status));
     println!(
@@ -209,6 +212,26 @@ fn print_coordinators(coordinators: &[Value]) {
         })
         .collect();
     table(&["coordinator", "role", "epoch", "lease age", "leader"], &rows);
+}
+
+/// Every coordinator on the database, as the one asked knows them.
+fn print_registry(coordinators: &[CoordinatorInfo]) {
+    println!("coordinators on the store:");
+    let rows: Vec<Vec<String>> = coordinators
+        .iter()
+        .map(|c| {
+            let name = if c.this { format!("{} (answered)", c.holder) } else { c.holder.clone() };
+            vec![
+                name,
+                c.role.clone(),
+                c.epoch.to_string(),
+                c.ws.clone(),
+                c.http.clone().unwrap_or_else(|| "-".into()),
+                format!("{:.1}s ago", c.seen_seconds_ago),
+            ]
+        })
+        .collect();
+    table(&["coordinator", "role", "epoch", "websocket", "http", "last report"], &rows);
 }
 
 async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {

@@ -36,7 +36,10 @@ mod sqlite_verify;
 mod target;
 mod writer;
 
-pub use pg::{Acquired, LeaderLease, LeaseState, PgError, PostgresReader, PostgresStore, Renewal};
+pub use pg::{
+    Acquired, CoordinatorSeen, LeaderLease, LeaseState, PgError, PostgresReader, PostgresStore,
+    Renewal,
+};
 pub use read::{Count, MAX_PAGE, Page, StoreReader, TaskFilter};
 pub use sqlite::{SqliteStore, Sync};
 pub use sqlite_read::SqliteReader;

@@ -393,3 +393,79 @@ async fn a_frozen_coordinator_is_left_by_workers_and_clients() {
     let req = proto::TaskRequest::new("echo", proto::json(r#"{"x": 1}"#).unwrap());
     assert!(client.run(req).await.unwrap().is_completed());
 }
+
+/// Every coordinator reports to the registry on the database: any one of
+/// them (a standby too) lists them all with one leader, `cluster status`
+/// given one URL shows them, the leader's dashboard shows them, a killed
+/// one turns `gone` and a cleanly stopped one leaves the list.
+#[tokio::test]
+async fn every_coordinator_is_listed_by_each_and_on_the_dashboard() {
+    let Some(db) = TestDb::create() else { return };
+    let mut cs: Vec<Coordinator> =
+        (0..3).map(|_| start(&db, "127.0.0.1:0", "127.0.0.1:0")).collect();
+    let (l, epoch) = leader_of(&cs, 0).await;
+    let standby = (l + 1) % 3;
+    let listed = |c: &Coordinator, want: usize| {
+        let url = c.http().to_owned();
+        async move {
+            let http = reqwest::Client::new();
+            let h: Value =
+                http.get(format!("{url}/cluster/health")).send().await.ok()?.json().await.ok()?;
+            let list = h["coordinators"].as_array()?.clone();
+            (list.len() == want).then_some(list)
+        }
+    };
+    let list = eventually("a standby listing all three", || listed(&cs[standby], 3)).await;
+    let roles: Vec<&str> = list.iter().map(|c| c["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{list:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "standby").count(), 2, "{list:?}");
+    let leader_row = list.iter().find(|c| c["role"] == "leader").unwrap();
+    assert_eq!(leader_row["ws"], cs[l].ws_url.as_str());
+    assert_eq!(leader_row["http"], cs[l].http());
+    assert_eq!(leader_row["epoch"], epoch);
+    assert_eq!(list.iter().filter(|c| c["this"] == true).count(), 1);
+    let this = list.iter().find(|c| c["this"] == true).unwrap();
+    assert_eq!(this["ws"], cs[standby].ws_url.as_str(), "{list:?}");
+
+    // `cluster status` given the standby's URL alone shows all three.
+    let out = Command::new(bin())
+        .args(["cluster", "status", "--api-url", cs[standby].http()])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("coordinators on the store"), "{text}");
+    for c in &cs {
+        assert!(text.contains(&c.ws_url), "{} missing from:\n{text}", c.ws_url);
+    }
+
+    // The leader's overview page, without JavaScript (its list is as fresh
+    // as its last report).
+    let leader_page = format!("{}/", cs[l].http());
+    eventually("the leader's overview listing all three", || async {
+        let page = reqwest::get(&leader_page).await.ok()?.text().await.ok()?;
+        let standbys = page.matches("data-role=\"standby\"").count();
+        (standbys == 2 && page.matches("data-role=\"leader\"").count() == 1).then_some(())
+    })
+    .await;
+
+    // A standby killed (-9) is shown gone; one stopped cleanly leaves.
+    let killed = (l + 2) % 3;
+    signal(&cs[killed].proc, "-KILL");
+    let killed_ws = cs[killed].ws_url.clone();
+    eventually("the killed standby shown gone", || async {
+        let list = listed(&cs[l], 3).await?;
+        list.iter().any(|c| c["ws"] == killed_ws.as_str() && c["role"] == "gone").then_some(())
+    })
+    .await;
+    let stopped = cs.remove(standby);
+    signal(&stopped.proc, "-TERM");
+    let stopped_ws = stopped.ws_url.clone();
+    eventually("the stopped standby gone from the list", || async {
+        let list = listed(&cs[if l > standby { l - 1 } else { l }], 2).await?;
+        list.iter().all(|c| c["ws"] != stopped_ws.as_str()).then_some(())
+    })
+    .await;
+    drop(stopped);
+}

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use store::{Acquired, LeaderLease, LeaseState, Renewal};
 use tokio::sync::watch;
+use tracing::debug;
 use tracing::{info, warn};
 
 use super::{HaStatus, Leader, Role};
@@ -97,7 +98,8 @@ impl Keeper {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("leader-lease".into()).spawn(move || {
-            let mut k = Run { lease, holder, address, config, status, stop: stopping };
+            let next_report = Instant::now();
+            let mut k = Run { lease, holder, address, config, status, stop: stopping, next_report };
             k.run();
         })?;
         Ok(Keeper { stop, thread: Some(thread) })
@@ -131,12 +133,21 @@ struct Run {
     config: LeaseConfig,
     status: watch::Sender<HaStatus>,
     stop: Arc<AtomicBool>,
+    /// When this coordinator next reports to the registry.
+    next_report: Instant,
 }
 
 impl Run {
     fn run(&mut self) {
-        let Some((epoch, timer)) = self.stand_by() else { return };
+        let Some((epoch, timer)) = self.stand_by() else { return self.retire() };
         self.lead(epoch, timer);
+    }
+
+    /// Leaves the registry (a clean stop, standby or leader).
+    fn retire(&mut self) {
+        if let Err(e) = self.lease.retire(&self.holder) {
+            debug!("cannot leave the coordinator registry: {e}");
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -165,6 +176,8 @@ impl Run {
                     info!(epoch, "took the leader lease");
                     let timer = LeaseTimer::new(sent, self.config.ttl);
                     self.status.send_modify(|s| s.lead(epoch, &self.address, &self.holder));
+                    self.next_report = Instant::now();
+                    self.report(Role::Leader, epoch);
                     return Some((epoch, timer));
                 }
                 Ok(Acquired::Standby(state)) => {
@@ -173,6 +186,8 @@ impl Run {
                         logged = true;
                     }
                     self.status.send_modify(|s| s.observe(state.as_ref()));
+                    let epoch = state.as_ref().map_or(0, |s| s.epoch);
+                    self.report(Role::Standby, epoch);
                 }
                 Err(e) => warn!("cannot ask for the leader lease: {e}"),
             }
@@ -197,6 +212,7 @@ impl Run {
                 Ok(Renewal::Renewed) => {
                     timer.renewed(now);
                     self.status.send_modify(|s| s.renewed());
+                    self.report(Role::Leader, epoch);
                 }
                 Ok(Renewal::Lost(state)) => {
                     return self.deposed("another coordinator took the lease", state.as_ref());
@@ -212,6 +228,29 @@ impl Run {
         }
     }
 
+    /// At most once per renewal interval (and right after taking the
+    /// lease), after the lease's own statement so that it never delays a
+    /// renewal: tells the registry what this coordinator is, and reads
+    /// back every coordinator for the dashboard and `cluster status`. A
+    /// registry that cannot be reached costs only the list.
+    fn report(&mut self, role: Role, epoch: u64) {
+        let now = Instant::now();
+        if now < self.next_report {
+            return;
+        }
+        // Three quarters of the interval: a renewal that comes a little early
+        // still reports.
+        self.next_report = now + LeaseTimer::renew_every(self.config.ttl) * 3 / 4;
+        let seen = self
+            .lease
+            .announce(&self.holder, &self.address, role.as_str(), epoch)
+            .and_then(|()| self.lease.coordinators());
+        match seen {
+            Ok(list) => self.status.send_modify(|s| s.registry(list)),
+            Err(e) => debug!("cannot report to the coordinator registry: {e}"),
+        }
+    }
+
     fn deposed(&mut self, why: &str, leader: Option<&LeaseState>) {
         warn!("stepping down: {why}");
         self.status.send_modify(|s| {
@@ -222,6 +261,7 @@ impl Run {
     }
 
     fn release(&mut self, epoch: u64) {
+        self.retire();
         match self.lease.release(&self.holder, epoch) {
             Ok(true) => info!(epoch, "released the leader lease"),
             Ok(false) => info!(epoch, "the leader lease was already taken over"),

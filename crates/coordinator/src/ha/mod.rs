@@ -87,10 +87,18 @@ pub(crate) struct HaStatus {
     seen: Instant,
     /// Why this coordinator stepped down.
     pub why: Option<String>,
+    /// This coordinator's name in the lease row and the registry.
+    holder: String,
+    /// Every coordinator in the registry at `listed` (empty until read).
+    coordinators: Vec<store::CoordinatorSeen>,
+    listed: Instant,
+    /// A coordinator silent for longer than this (a lease's length: four
+    /// missed reports) is shown as gone.
+    gone_after: Duration,
 }
 
 impl HaStatus {
-    fn standby() -> HaStatus {
+    fn standby(holder: String, gone_after: Duration) -> HaStatus {
         HaStatus {
             role: Role::Standby,
             epoch: 0,
@@ -98,7 +106,56 @@ impl HaStatus {
             age: Duration::ZERO,
             seen: Instant::now(),
             why: None,
+            holder,
+            coordinators: Vec::new(),
+            listed: Instant::now(),
+            gone_after,
         }
+    }
+
+    /// The registry as just read.
+    fn registry(&mut self, list: Vec<store::CoordinatorSeen>) {
+        self.coordinators = list;
+        self.listed = Instant::now();
+    }
+
+    /// Every coordinator on the database as it last reported, its report's
+    /// age brought up to now. One silent for longer than a lease (a killed
+    /// or frozen process: a clean stop leaves the list) is `gone`; one
+    /// claiming to lead that does not hold the lease is `deposed`.
+    pub fn coordinators(&self) -> Vec<CoordinatorView> {
+        let since = self.listed.elapsed();
+        let holder = self.leader.as_ref().map(|l| l.holder.as_str());
+        self.coordinators
+            .iter()
+            .map(|c| {
+                let seen = c.seen + since;
+                let role = if seen > self.gone_after {
+                    "gone"
+                } else if c.role == Role::Leader.as_str() && holder != Some(c.holder.as_str()) {
+                    "deposed"
+                } else {
+                    c.role.as_str()
+                };
+                let addresses = leader_of(&LeaseState {
+                    holder: c.holder.clone(),
+                    address: c.address.clone(),
+                    epoch: c.epoch,
+                    age: Duration::ZERO,
+                    expires_in: Duration::ZERO,
+                });
+                CoordinatorView {
+                    holder: c.holder.clone(),
+                    ws: addresses.ws,
+                    http: addresses.http,
+                    role: role.to_owned(),
+                    epoch: c.epoch,
+                    up: c.up + since,
+                    seen,
+                    this: c.holder == self.holder,
+                }
+            })
+            .collect()
     }
 
     /// The lease was taken at `epoch`.
@@ -144,6 +201,22 @@ impl HaStatus {
     }
 }
 
+/// One coordinator of the registry, as [`HaStatus::coordinators`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CoordinatorView {
+    pub holder: String,
+    pub ws: String,
+    pub http: Option<String>,
+    /// `leader`, `standby`, `deposed` or `gone`.
+    pub role: String,
+    pub epoch: u64,
+    /// Since it started; since its last report.
+    pub up: Duration,
+    pub seen: Duration,
+    /// The coordinator answering.
+    pub this: bool,
+}
+
 /// How the rest of the coordinator sees the lease.
 #[derive(Debug, Clone)]
 pub(crate) struct HaView {
@@ -187,8 +260,9 @@ pub(crate) async fn standby(
         (None, None) => None,
     };
     let address = encode_address(&advertise_ws, advertise_http.as_deref());
-    let (tx, status) = watch::channel(HaStatus::standby());
-    let keeper = Keeper::spawn(lease, holder_name()?, address, lease_config.clone(), tx)
+    let holder = holder_name()?;
+    let (tx, status) = watch::channel(HaStatus::standby(holder.clone(), lease_config.ttl));
+    let keeper = Keeper::spawn(lease, holder, address, lease_config.clone(), tx)
         .map_err(|e| StartError::Ha(format!("cannot start the lease keeper: {e}")))?;
     let dup = |l: TcpListener| -> Result<(TcpListener, std::net::TcpListener), std::io::Error> {
         let std = l.into_std()?;
@@ -335,7 +409,7 @@ mod tests {
 
     #[test]
     fn an_expired_lease_names_no_leader() {
-        let mut s = HaStatus::standby();
+        let mut s = HaStatus::standby("b".into(), Duration::from_secs(3));
         let state = |expires_in| LeaseState {
             holder: "a".into(),
             address: "ws://a:1 http://a:2".into(),

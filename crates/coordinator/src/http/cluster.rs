@@ -1,6 +1,6 @@
 //! Cluster-wide routes: health, metrics, configuration, shutdown, Prometheus.
 
-use api_types::{ClusterMetrics, Health};
+use api_types::{ClusterMetrics, CoordinatorInfo, Health};
 use std::time::Duration;
 
 use axum::Json;
@@ -41,7 +41,23 @@ pub(super) async fn health(State(api): State<Api>) -> Json<Health> {
         (None, None) => "leader",
     };
     let leader = lease.as_ref().and_then(|s| s.leader.clone());
+    let coordinators = lease.as_ref().map_or_else(Vec::new, |s| {
+        s.coordinators()
+            .into_iter()
+            .map(|c| CoordinatorInfo {
+                holder: c.holder,
+                ws: c.ws,
+                http: c.http,
+                role: c.role,
+                epoch: c.epoch,
+                uptime_seconds: c.up.as_secs_f64(),
+                seen_seconds_ago: c.seen.as_secs_f64(),
+                this: c.this,
+            })
+            .collect()
+    });
     Json(Health {
+        coordinators,
         role: role.to_owned(),
         epoch: lease.as_ref().map(|s| s.epoch),
         lease_age_s: lease.as_ref().and_then(|s| s.lease_age()).map(|a| a.as_secs_f64()),

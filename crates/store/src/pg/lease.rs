@@ -65,6 +65,25 @@ impl LeaseState {
     }
 }
 
+/// A coordinator as it last reported itself ([`LeaderLease::announce`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorSeen {
+    pub holder: String,
+    /// Where it serves (the lease row's format).
+    pub address: String,
+    /// `leader` or `standby`, as it said.
+    pub role: String,
+    /// The epoch it leads at, or the last one it saw.
+    pub epoch: u64,
+    /// Since it started, and since its last report (the database's clock).
+    pub up: Duration,
+    pub seen: Duration,
+}
+
+/// How long a coordinator that stopped reporting stays in the registry
+/// (shown as gone) before a report of another one deletes its row.
+const FORGET_AFTER_S: i64 = 3600;
+
 /// A connection for the lease, apart from the writer's, so that renewals
 /// never wait behind a batch.
 pub struct LeaderLease {
@@ -165,6 +184,69 @@ impl LeaderLease {
                 )
                 .await?;
             Ok(n == 1)
+        })
+    }
+
+    /// Reports this coordinator to the registry (its address, role and
+    /// epoch), and forgets coordinators silent for an hour.
+    pub fn announce(
+        &mut self,
+        holder: &str,
+        address: &str,
+        role: &str,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.run(async |c, _| {
+            c.execute(
+                "INSERT INTO coordinators (holder, address, role, epoch, started_at, seen_at)
+                 VALUES ($1, $2, $3, $4, now(), now())
+                 ON CONFLICT (holder) DO UPDATE SET address = excluded.address,
+                 role = excluded.role, epoch = excluded.epoch, seen_at = now()",
+                &[&holder, &address, &role, &(epoch as i64)],
+            )
+            .await?;
+            c.execute(
+                "DELETE FROM coordinators WHERE seen_at < now() - $1::bigint * interval '1 second'",
+                &[&FORGET_AFTER_S],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Every coordinator in the registry, the longest running first.
+    pub fn coordinators(&mut self) -> Result<Vec<CoordinatorSeen>, StoreError> {
+        self.conn.run(async |c, _| {
+            let rows = c
+                .query(
+                    "SELECT holder, address, role, epoch,
+                     (extract(epoch FROM now() - started_at) * 1000)::bigint,
+                     (extract(epoch FROM now() - seen_at) * 1000)::bigint
+                     FROM coordinators ORDER BY started_at, holder",
+                    &[],
+                )
+                .await?;
+            let millis = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(CoordinatorSeen {
+                    holder: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    role: r.try_get(2)?,
+                    epoch: u64::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+                    up: millis(r.try_get(4)?),
+                    seen: millis(r.try_get(5)?),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Takes this coordinator out of the registry (a clean stop).
+    pub fn retire(&mut self, holder: &str) -> Result<(), StoreError> {
+        self.conn.run(async |c, _| {
+            c.execute("DELETE FROM coordinators WHERE holder = $1", &[&holder]).await?;
+            Ok(())
         })
     }
 

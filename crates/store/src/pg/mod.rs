@@ -28,7 +28,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::{Loaded, Op, Store, StoreError};
 
-pub use lease::{Acquired, LeaderLease, LeaseState, Renewal};
+pub use lease::{Acquired, CoordinatorSeen, LeaderLease, LeaseState, Renewal};
 pub use read::PostgresReader;
 
 /// How long the server lets a writer's session sit inside an open

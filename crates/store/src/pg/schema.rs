@@ -15,8 +15,28 @@ use crate::StoreError;
 const MIGRATION_LOCK: i64 = 0x6c67_7075_6d69_6772; // "lgpumigr"
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, V1_TABLES), (2, V2_READ_INDEXES), (3, V3_TASK_OPTIONS), (4, V4_VERIFICATION)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1_TABLES),
+    (2, V2_READ_INDEXES),
+    (3, V3_TASK_OPTIONS),
+    (4, V4_VERIFICATION),
+    (5, V5_COORDINATORS),
+];
+
+/// Every coordinator on the database says who it is, where it serves and
+/// what it is, each time it asks for or renews the lease: the registry the
+/// dashboard and `cluster status` show (`lease.rs`). The database's clock
+/// dates each report, as it does the lease.
+const V5_COORDINATORS: &str = "
+CREATE TABLE coordinators (
+    holder     TEXT PRIMARY KEY,
+    address    TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    seen_at    TIMESTAMPTZ NOT NULL
+);
+";
 
 /// A task's options beyond the columns, as JSON (`{"stream": true}`).
 const V3_TASK_OPTIONS: &str = "ALTER TABLE tasks ADD COLUMN options TEXT;";

@@ -240,7 +240,7 @@ fn coordinators_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
 }
 
 #[test]
@@ -286,4 +286,28 @@ fn a_lost_connection_is_made_again_and_the_batch_committed() {
     let loaded = leader_of(&db, 0).load().unwrap();
     assert_eq!(loaded.tasks.len(), 2);
     assert!(loaded.tasks[0].delivered);
+}
+
+/// Every coordinator reports itself; each sees them all, with what they
+/// last said, and one that stops cleanly leaves the list.
+#[test]
+fn coordinators_report_to_the_registry_and_a_clean_stop_leaves_it() {
+    let Some(db) = TestDb::create() else { return };
+    let mut a = LeaderLease::connect(&db.url).unwrap();
+    let mut b = LeaderLease::connect(&db.url).unwrap();
+    assert!(a.coordinators().unwrap().is_empty());
+    a.announce("a", "ws://a:1 http://a:2", "leader", 1).unwrap();
+    b.announce("b", "ws://b:1", "standby", 0).unwrap();
+    // A later report replaces the earlier one.
+    b.announce("b", "ws://b:1", "standby", 1).unwrap();
+    let seen = b.coordinators().unwrap();
+    let rows: Vec<(&str, &str, &str, u64)> = seen
+        .iter()
+        .map(|c| (c.holder.as_str(), c.address.as_str(), c.role.as_str(), c.epoch))
+        .collect();
+    assert_eq!(rows, [("a", "ws://a:1 http://a:2", "leader", 1), ("b", "ws://b:1", "standby", 1)]);
+    assert!(seen.iter().all(|c| c.seen < Duration::from_secs(30) && c.up >= c.seen));
+    a.retire("a").unwrap();
+    let left: Vec<String> = b.coordinators().unwrap().into_iter().map(|c| c.holder).collect();
+    assert_eq!(left, ["b"]);
 }

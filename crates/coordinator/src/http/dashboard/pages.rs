@@ -53,6 +53,23 @@ pub(super) async fn overview(
                 @if let Some(leader) = &l.leader { "; leader " (leader.http.as_deref().unwrap_or(&leader.ws)) }
                 ". Other coordinators on the same database stand by (docs/SCALING.md)."
             }
+            h2 { "Coordinators" }
+            table #coordinators {
+                thead { tr { th { "coordinator" } th { "role" } th { "epoch" } th { "WebSocket" } th { "HTTP" } th { "up" } th { "last report" } } }
+                tbody {
+                    @for c in l.coordinators() {
+                        tr data-role=(c.role) {
+                            td { (c.holder) @if c.this { " (this one)" } }
+                            td { (c.role) }
+                            td { (c.epoch) }
+                            td { (c.ws) }
+                            td { @match &c.http { Some(h) => a href=(h) { (h) }, None => "—" } }
+                            td { (format!("{:.0} s", c.up.as_secs_f64())) }
+                            td { (format!("{:.1} s ago", c.seen.as_secs_f64())) }
+                        }
+                    }
+                }
+            }
         }
         p.muted {
             "Since this coordinator started. In the store (history, within the result TTL): "
