@@ -249,7 +249,7 @@ impl Worker {
     /// their own schedule ([`Worker::progress_messages`]).
     pub(crate) fn report_messages(&mut self, report: Report) -> Vec<ToCoordinator> {
         match report {
-            Report::Progress => Vec::new(),
+            Report::Progress { .. } => Vec::new(),
             Report::Started { task_id, attempt } => {
                 let Some(id) = self.running.get(&task_id).map(|r| r.id.clone()) else {
                     return Vec::new();

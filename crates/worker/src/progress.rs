@@ -6,8 +6,9 @@
 //! non-blocking channel send. The session flushes every task with something
 //! buffered at most once per `progress_interval`, so a fast generator sends
 //! one message per interval however many tokens it makes, and the executor
-//! never waits for the network. A task's last delta is flushed just before
-//! its `task_result`.
+//! never waits for the network. A task's first delta goes out at once (time
+//! to first token is not held back by another task's flush), and its last
+//! just before its `task_result`.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -83,7 +84,7 @@ impl ProgressSink for Progress {
             state.notified = true;
             // An unbounded send never blocks; it fails only once the worker
             // is gone, when nobody needs the progress any more.
-            let _ = self.tx.send(Report::Progress);
+            let _ = self.tx.send(Report::Progress { first: state.seq == 0 });
         }
     }
 }
@@ -99,14 +100,18 @@ mod tests {
         assert!(p.take().is_none());
         p.append("Hel", 1);
         p.append("lo", 2);
-        // One notice for the two deltas.
-        assert!(matches!(rx.try_recv(), Ok(Report::Progress)));
+        // One notice for the two deltas, the task's first.
+        assert!(matches!(rx.try_recv(), Ok(Report::Progress { first: true })));
         assert!(rx.try_recv().is_err());
         let first = p.take().unwrap();
         assert_eq!((first.seq, first.text.as_str(), first.tokens), (0, "Hello", Some(3)));
         assert!(p.take().is_none());
         p.append(" wé", 0);
-        assert!(rx.try_recv().is_ok(), "a new notice after a flush");
+        let notice = rx.try_recv();
+        assert!(
+            matches!(notice, Ok(Report::Progress { first: false })),
+            "a new notice after a flush"
+        );
         let second = p.take().unwrap();
         assert_eq!((second.seq, second.text.as_str(), second.tokens), (1, " wé", None));
         assert_eq!((second.task_id.as_str(), second.id.as_deref()), ("mine", Some("t-1")));

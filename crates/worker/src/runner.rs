@@ -21,8 +21,10 @@ const HANG_GRACE: Duration = Duration::from_secs(1);
 pub(crate) enum Report {
     /// The task is still running after the notice delay.
     Started { task_id: String, attempt: u32 },
-    /// A task's progress buffer has something to send (once per flush).
-    Progress,
+    /// A task's progress buffer has something to send (once per flush);
+    /// `first` when the task has sent none yet (its first token: time to
+    /// first token does not wait for the coalescing interval).
+    Progress { first: bool },
     Finished {
         task_id: String,
         attempt: u32,

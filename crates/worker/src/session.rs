@@ -113,9 +113,12 @@ impl Flush {
         Flush { interval, last: None, at: None }
     }
 
-    /// Something was buffered: schedule a flush unless one is scheduled.
-    fn arm(&mut self, now: Instant) {
-        if self.at.is_none() {
+    /// Something was buffered: schedule a flush unless one is scheduled —
+    /// at once for a task's `first` delta, whenever the last flush was.
+    fn arm(&mut self, now: Instant, first: bool) {
+        if first {
+            self.at = Some(now);
+        } else if self.at.is_none() {
             self.at = Some(self.last.map_or(now, |last| (last + self.interval).max(now)));
         }
     }
@@ -192,8 +195,8 @@ impl<'w> Session<'w> {
                     None => return End::Disconnected("closed".to_owned()),
                 },
                 Some(report) = self.worker.reports.recv() => {
-                    if let Report::Progress = report {
-                        flush.arm(Instant::now());
+                    if let Report::Progress { first } = report {
+                        flush.arm(Instant::now(), first);
                         continue;
                     }
                     let mut msgs = self.worker.report_messages(report).into_iter();
@@ -438,7 +441,7 @@ impl<'w> Session<'w> {
                 Some(report) = self.worker.reports.recv() => {
                     // While draining, progress goes out at once (no coalescing).
                     let msgs = match report {
-                        Report::Progress => self.worker.progress_messages(),
+                        Report::Progress { .. } => self.worker.progress_messages(),
                         other => self.worker.report_messages(other),
                     };
                     for msg in msgs {
@@ -504,16 +507,21 @@ mod tests {
         let mut flush = Flush::new(ms(20));
         assert_eq!(flush.at, None);
         // The first delta after a quiet spell goes at once.
-        flush.arm(t0);
+        flush.arm(t0, false);
         assert_eq!(flush.at, Some(t0));
         flush.done(t0);
         // The next waits for the interval; arming again changes nothing.
-        flush.arm(t0 + ms(5));
-        flush.arm(t0 + ms(15));
+        flush.arm(t0 + ms(5), false);
+        flush.arm(t0 + ms(15), false);
         assert_eq!(flush.at, Some(t0 + ms(20)));
         flush.done(t0 + ms(20));
         // After a longer pause, at once again.
-        flush.arm(t0 + ms(100));
+        flush.arm(t0 + ms(100), false);
         assert_eq!(flush.at, Some(t0 + ms(100)));
+        flush.done(t0 + ms(100));
+        // A task's first delta does not wait for the interval.
+        flush.arm(t0 + ms(105), false);
+        flush.arm(t0 + ms(106), true);
+        assert_eq!(flush.at, Some(t0 + ms(106)));
     }
 }
