@@ -66,6 +66,13 @@ pub(crate) struct Folded {
     pub(crate) attempts: BTreeMap<u32, StoredAttempt>,
 }
 
+impl Folded {
+    /// The rows an insert alone leaves.
+    pub(crate) fn inserted(t: &crate::NewTask) -> Folded {
+        Folded { task: fresh(t), attempts: BTreeMap::new() }
+    }
+}
+
 /// Folds one task's ops (in batch order), or `None` when the result would
 /// depend on rows stored before the batch.
 pub(crate) fn fold(ops: &[&Op]) -> Option<Folded> {

@@ -364,7 +364,7 @@ fn write_folded(tx: &Connection, f: &crate::fold::Folded) -> Result<(), StoreErr
 
 fn apply(tx: &Connection, op: &Op) -> Result<(), StoreError> {
     match op {
-        Op::Insert(t) => insert(tx, t)?,
+        Op::Insert(t) => write_folded(tx, &crate::fold::Folded::inserted(t))?,
         Op::Assigned { id, attempt, peer, at_ms } => {
             tx.prepare_cached("UPDATE tasks SET state = 'assigned', attempt = ?2, peer = ?3, started_at = NULL WHERE id = ?1")?
                 .execute(params![*id as i64, attempt, peer])?;
@@ -459,37 +459,6 @@ fn apply(tx: &Connection, op: &Op) -> Result<(), StoreError> {
         Op::Reputation(r) => verify::reputation(tx, r)?,
         Op::IdsUsed { .. } => {} // Folded into `next_task_id` by `write`.
     }
-    Ok(())
-}
-
-fn insert(tx: &Connection, t: &NewTask) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO tasks (id, owner, client_task_id, task_type, payload, priority, req_model,
-         req_gpu, req_min_vram_mb, run_timeout_ms, queue_timeout_ms, max_attempts, idempotency_key,
-         submitted_at, state, peer_task_id, options, verify)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'queued', ?15, ?16, ?17)",
-    )?
-    .execute(params![
-        t.id as i64,
-        t.owner,
-        t.client_task_id,
-        t.task_type,
-        t.payload,
-        t.priority,
-        t.req_model,
-        t.req_gpu,
-        t.req_min_vram_mb.map(|v| v as i64),
-        t.run_timeout_ms.map(|v| v as i64),
-        t.queue_timeout_ms as i64,
-        t.max_attempts,
-        t.idempotency_key,
-        t.submitted_at_ms,
-        t.peer_task_id,
-        t.options,
-        t.verify,
-    ])?;
-    // A task (inserted again) starts over: no replicas' results yet.
-    tx.prepare_cached("DELETE FROM replicas WHERE task_id = ?1")?.execute([t.id as i64])?;
     Ok(())
 }
 

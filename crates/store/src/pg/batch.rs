@@ -418,38 +418,22 @@ impl<'a> Plan<'a> {
         let (mut approvals, mut reputations) = (BTreeMap::new(), BTreeMap::new());
         let mut next_task_id = None;
         for op in ops {
-            let id = match op {
-                Op::Insert(t) => {
-                    next_task_id = next_task_id.max(Some(t.id as i64 + 1));
-                    t.id
-                }
-                Op::Assigned { id, .. }
-                | Op::Started { id, .. }
-                | Op::Reclaimed { id, .. }
-                | Op::Requeued { id, .. }
-                | Op::Finished { id, .. }
-                | Op::Delivered { id, .. }
-                | Op::Retried { id, .. }
-                | Op::Stale { id, .. }
-                | Op::Verified { id, .. } => *id,
-                Op::Reputation(r) => {
-                    reputations.insert(r.subject.as_str(), r);
-                    continue;
-                }
+            match op {
+                Op::Insert(t) => next_task_id = next_task_id.max(Some(t.id as i64 + 1)),
                 Op::IdsUsed { next_task_id: next } => {
                     next_task_id = next_task_id.max(Some(*next as i64));
-                    continue;
                 }
-                Op::Deleted { ids } => {
-                    ids.iter().for_each(|id| per_task.entry(*id).or_default().push(op));
-                    continue;
+                Op::Reputation(r) => {
+                    reputations.insert(r.subject.as_str(), r);
                 }
                 Op::Approved { peer_id, credential_sha256, at_ms } => {
                     approvals.insert(peer_id.as_str(), (credential_sha256.as_str(), *at_ms));
-                    continue;
                 }
-            };
-            per_task.entry(id).or_default().push(op);
+                _ => {}
+            }
+            for id in crate::fold::task_ids(op) {
+                per_task.entry(*id).or_default().push(op);
+            }
         }
         let (mut folded, mut rounds) = (Vec::new(), Vec::<Round<'a>>::new());
         for (id, task_ops) in per_task {
