@@ -281,12 +281,15 @@ pub(crate) fn encode_address(ws: &str, http: Option<&str>) -> String {
 
 /// The leader's addresses from the lease row.
 pub(crate) fn leader_of(state: &LeaseState) -> Leader {
-    let mut parts = state.address.split_whitespace();
-    Leader {
-        holder: state.holder.clone(),
-        ws: parts.next().unwrap_or_default().to_owned(),
-        http: parts.next().map(str::to_owned),
-    }
+    let (ws, http) = decode_address(&state.address);
+    Leader { holder: state.holder.clone(), ws, http }
+}
+
+/// The WebSocket and HTTP URLs of an [`encode_address`]d row (the lease's,
+/// the registry's).
+pub(crate) fn decode_address(address: &str) -> (String, Option<String>) {
+    let mut parts = address.split_whitespace();
+    (parts.next().unwrap_or_default().to_owned(), parts.next().map(str::to_owned))
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use crate::server::{Coordinator, RunError, StartError};
 mod lease;
 pub(crate) mod redirect;
 
-use lease::{Keeper, encode_address, leader_of};
+use lease::{Keeper, decode_address, encode_address, leader_of};
 
 /// What a coordinator is, as far as leading goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,17 +137,11 @@ impl HaStatus {
                 } else {
                     c.role.as_str()
                 };
-                let addresses = leader_of(&LeaseState {
-                    holder: c.holder.clone(),
-                    address: c.address.clone(),
-                    epoch: c.epoch,
-                    age: Duration::ZERO,
-                    expires_in: Duration::ZERO,
-                });
+                let (ws, http) = decode_address(&c.address);
                 CoordinatorView {
                     holder: c.holder.clone(),
-                    ws: addresses.ws,
-                    http: addresses.http,
+                    ws,
+                    http,
                     role: role.to_owned(),
                     epoch: c.epoch,
                     up: c.up + since,
@@ -405,6 +399,45 @@ mod tests {
         assert_eq!(advertised("ws", a("10.0.0.2:8765")), "wss://10.0.0.2:8765");
         assert_eq!(advertised("http", a("[fd00::1]:8000")), "https://[fd00::1]:8000");
         assert!(advertised("ws", a("0.0.0.0:8765")).starts_with("wss://"));
+    }
+
+    #[test]
+    fn the_registry_shows_who_is_gone_and_who_only_claims_to_lead() {
+        let row = |holder: &str, role: &str, seen_ms| store::CoordinatorSeen {
+            holder: holder.into(),
+            address: format!("ws://{holder}:1 http://{holder}:2"),
+            role: role.into(),
+            epoch: 2,
+            up: Duration::from_secs(60),
+            seen: Duration::from_millis(seen_ms),
+        };
+        let mut s = HaStatus::standby("b".into(), Duration::from_secs(3));
+        s.observe(Some(&LeaseState {
+            holder: "a".into(),
+            address: "ws://a:1 http://a:2".into(),
+            epoch: 2,
+            age: Duration::ZERO,
+            expires_in: Duration::from_secs(2),
+        }));
+        s.registry(vec![
+            row("a", "leader", 100),
+            row("b", "standby", 100),
+            row("c", "leader", 200),
+            row("d", "standby", 60_000),
+        ]);
+        let seen: Vec<(String, String, bool)> =
+            s.coordinators().into_iter().map(|c| (c.holder, c.role, c.this)).collect();
+        let want = [
+            ("a", "leader", false),
+            ("b", "standby", true),
+            ("c", "deposed", false),
+            ("d", "gone", false),
+        ];
+        let want: Vec<(String, String, bool)> =
+            want.iter().map(|(h, r, t)| ((*h).into(), (*r).into(), *t)).collect();
+        assert_eq!(seen, want);
+        let a = &s.coordinators()[0];
+        assert_eq!((a.ws.as_str(), a.http.as_deref()), ("ws://a:1", Some("http://a:2")));
     }
 
     #[test]
