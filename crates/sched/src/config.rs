@@ -35,6 +35,13 @@ pub struct Config {
     /// How long a cancelled or timed-out run keeps its peer's slot while the
     /// peer has not confirmed it stopped. Default 15 s.
     pub cancel_grace: Duration,
+    /// How long a run taken from a peer without its word (its connection
+    /// dropped, it did not claim the run on rejoining, or it never confirmed
+    /// a cancel) keeps its task's peer id held, so that an answer by that id
+    /// is not taken for a newer task reusing it. A peer that answers such a
+    /// run later than this by its peer id alone may be taken to answer the
+    /// task holding the id then. Default 10 minutes.
+    pub lost_run_hold: Duration,
     /// How a task picks among the free peers able to run it.
     pub strategy: Strategy,
     /// Seed of the scheduler's randomness: back-off jitter, and (from a
@@ -106,6 +113,7 @@ impl Default for Config {
             retry_backoff: Backoff::default(),
             recovery_grace: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(15),
+            lost_run_hold: Duration::from_secs(600),
             strategy: Strategy::default(),
             seed: 0x5eed,
             verify: VerifyConfig::default(),

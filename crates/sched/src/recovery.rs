@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use crate::queue::Class;
 use crate::scheduler::Scheduler;
-use crate::task::{AttemptRecord, Holder, State, Task, TaskSpec};
+use crate::task::{AttemptEnd, AttemptRecord, Holder, State, Task, TaskSpec};
 use crate::timers::Timer;
-use crate::types::{Attempt, Failure, Outcome, Owner, PeerId, Time};
+use crate::types::{Attempt, Failure, Outcome, Owner, PeerId, TaskId, Time};
 use crate::verify::Verification;
 
 /// A task reloaded from the store.
@@ -43,6 +43,27 @@ pub enum RecoveredState<P> {
 }
 
 impl<P: Clone> Scheduler<P> {
+    /// Holds again the runs of a reloaded task that its peers may still be
+    /// working on: those taken away without the peer's word, and stopped
+    /// ones (whether the peer confirmed is not stored), within
+    /// `lost_run_hold` of when they ended.
+    fn hold_runs_of(&mut self, id: TaskId, history: &[AttemptRecord]) {
+        for run in history {
+            let maybe_running = matches!(
+                run.end,
+                Some(
+                    AttemptEnd::PeerLost
+                        | AttemptEnd::Unclaimed
+                        | AttemptEnd::Cancelled
+                        | AttemptEnd::TimedOut
+                )
+            );
+            if let (true, Some(ended)) = (maybe_running, run.ended_at) {
+                self.hold_lost_run(ended, id, &run.peer, run.attempt);
+            }
+        }
+    }
+
     /// Loads tasks from the store. Call once, before any other input (and
     /// after [`Scheduler::set_agreement`], so that tasks still verifying
     /// start their verification over).
@@ -50,9 +71,11 @@ impl<P: Clone> Scheduler<P> {
         let now = self.tick(now);
         tasks.sort_by_key(|t| t.spec.id);
         let mut finished = Vec::new();
+        let mut held_by_finished = Vec::new();
         for rec in tasks {
             let id = rec.spec.id;
             self.next_task = self.next_task.max(id.0 + 1);
+            self.hold_runs_of(id, &rec.history);
             let spec = Arc::new(rec.spec);
             let class = Arc::new(Class {
                 task_type: Arc::clone(&spec.task_type),
@@ -101,6 +124,9 @@ impl<P: Clone> Scheduler<P> {
                     })
                 }
                 RecoveredState::Finished { outcome, at, delivered } => {
+                    if self.lost_runs.contains_key(&id) {
+                        held_by_finished.push((Arc::clone(&spec.peer_task_id), id));
+                    }
                     if let (false, Owner::Gamer(g)) = (delivered, &spec.owner) {
                         self.undelivered.entry(g.clone()).or_default().insert(id);
                     }
@@ -133,6 +159,11 @@ impl<P: Clone> Scheduler<P> {
             if waiting {
                 self.enqueue(now, id, false);
             }
+        }
+        // A live task holding the same id took it after the hold was over
+        // (the peer answered), so it keeps it.
+        for (wire, id) in held_by_finished {
+            self.peer_ids.entry(wire).or_insert(id);
         }
         finished.sort();
         self.finished.extend(finished);

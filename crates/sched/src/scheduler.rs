@@ -60,6 +60,12 @@ pub struct Scheduler<P> {
     pub(crate) peer_ids: HashMap<Arc<str>, TaskId>,
     /// Peer ids still held by tasks already evicted (a peer still runs them).
     pub(crate) evicted_peer_ids: HashMap<TaskId, Arc<str>>,
+    /// Runs peers may still be working on although they were taken away
+    /// without the peer's word (`scheduler/peer_ids.rs`), by task.
+    pub(crate) lost_runs: BTreeMap<TaskId, Vec<peer_ids::LostRun>>,
+    /// Finished tasks past their retention whose eviction waits for their
+    /// lost runs' holds to end.
+    pub(crate) evict_later: BTreeSet<TaskId>,
     pub(crate) queue: Queue,
     /// Tasks out of the queue waiting for their back-off.
     pub(crate) backing_off: usize,
@@ -114,6 +120,8 @@ impl<P: Clone> Scheduler<P> {
             by_key: HashMap::new(),
             peer_ids: HashMap::new(),
             evicted_peer_ids: HashMap::new(),
+            lost_runs: BTreeMap::new(),
+            evict_later: BTreeSet::new(),
             queue: Queue::new(),
             backing_off: 0,
             peers: BTreeMap::new(),
@@ -213,11 +221,14 @@ impl<P: Clone> Scheduler<P> {
                 if let Some(p) = self.peers.get_mut(&peer)
                     && p.zombies.get(&id) == Some(&attempt)
                 {
+                    // The slot is free again; the run may still go on.
                     p.zombies.remove(&id);
                     self.refresh_free(&peer);
+                    self.hold_lost_run(now, id, &peer, attempt);
                     self.release_peer_task_id(id);
                 }
             }
+            Timer::LostRun(id, peer, attempt) => self.end_lost_run(id, &peer, attempt),
         }
     }
 
@@ -284,7 +295,12 @@ impl<P: Clone> Scheduler<P> {
                     Timer::Zombie(holder.peer.clone(), id, holder.attempt),
                 );
             }
-            None => self.forget_orphan(&holder.peer, id),
+            None => {
+                // Its peer has not reconnected since a restart: it may still
+                // run it, and cannot be told to stop.
+                self.forget_orphan(&holder.peer, id);
+                self.hold_lost_run(now, id, &holder.peer, holder.attempt);
+            }
         }
     }
 
@@ -417,6 +433,9 @@ impl<P: Clone> Scheduler<P> {
         let Some(task) = self.tasks.get(&id) else { return };
         let State::Assigned(holder) = &task.state else { return };
         let (attempt, holder_peer) = (holder.attempt, holder.peer.clone());
+        if matches!(end, AttemptEnd::PeerLost | AttemptEnd::Unclaimed) {
+            self.hold_lost_run(now, id, &holder_peer, attempt);
+        }
         self.end_attempt(now, id, attempt, end.clone());
         let Some(task) = self.tasks.get_mut(&id) else { return };
         if task.streamed {
@@ -623,28 +642,13 @@ impl<P: Clone> Scheduler<P> {
                 break;
             }
             self.finished.pop_front();
-            self.evict_peer_task_id(id);
-            if let Some(task) = self.tasks.remove(&id) {
-                let owner = task.spec.owner.clone();
-                let client = (owner.clone(), Arc::clone(&task.spec.client_task_id));
-                if self.by_client.get(&client) == Some(&id) {
-                    self.by_client.remove(&client);
-                }
-                if let Some(key) = &task.spec.idempotency_key {
-                    let key = (owner.clone(), Arc::clone(key));
-                    if self.by_key.get(&key) == Some(&id) {
-                        self.by_key.remove(&key);
-                    }
-                }
-                if let Owner::Gamer(g) = &owner
-                    && let Some(set) = self.undelivered.get_mut(g)
-                {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        self.undelivered.remove(g);
-                    }
-                }
+            // Its rows stay while a peer may still answer it by its peer
+            // id, so that a restart finds the hold again.
+            if self.still_runs(id) {
+                self.evict_later.insert(id);
+                continue;
             }
+            self.forget_finished(id);
             gone.insert(id);
         }
         if !gone.is_empty() {
@@ -652,16 +656,42 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
+    /// Drops a finished task from memory (the caller reports it evicted).
+    pub(crate) fn forget_finished(&mut self, id: TaskId) {
+        self.evict_peer_task_id(id);
+        let Some(task) = self.tasks.remove(&id) else { return };
+        let owner = task.spec.owner.clone();
+        let client = (owner.clone(), Arc::clone(&task.spec.client_task_id));
+        if self.by_client.get(&client) == Some(&id) {
+            self.by_client.remove(&client);
+        }
+        if let Some(key) = &task.spec.idempotency_key {
+            let key = (owner.clone(), Arc::clone(key));
+            if self.by_key.get(&key) == Some(&id) {
+                self.by_key.remove(&key);
+            }
+        }
+        if let Owner::Gamer(g) = &owner
+            && let Some(set) = self.undelivered.get_mut(g)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.undelivered.remove(g);
+            }
+        }
+    }
+
     /// Removes a peer; its assignments go back to the queue (a failed attempt
-    /// each), and its zombies vanish with it.
+    /// each), and its zombies become lost runs (it may still run them).
     pub(crate) fn drop_peer(&mut self, now: Time, id: &PeerId, reason: LeaveReason) {
         let Some(peer) = self.peers.remove(id) else { return };
         self.free.remove(id);
         for (task, _) in peer.tasks {
             self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
         }
-        for task in peer.zombies.keys() {
-            self.release_peer_task_id(*task);
+        for (&task, &attempt) in &peer.zombies {
+            self.hold_lost_run(now, task, id, attempt);
+            self.release_peer_task_id(task);
         }
         self.events.push_back(Event::PeerLeft { peer: id.clone(), conn: peer.conn, reason });
         self.peer_gone(now, id);

@@ -27,6 +27,8 @@ pub(crate) enum Timer {
     RecoveryGrace(TaskId, Attempt),
     /// A stopped run's slot is released even without the peer's word.
     Zombie(PeerId, TaskId, Attempt),
+    /// A lost run no longer holds its task's peer id.
+    LostRun(TaskId, PeerId, Attempt),
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +63,7 @@ impl Timers {
                 Timer::Retry(..) => "retry",
                 Timer::RecoveryGrace(..) => "recovery",
                 Timer::Zombie(..) => "zombie",
+                Timer::LostRun(..) => "lost",
             };
             *out.entry(kind).or_default() += 1;
         }

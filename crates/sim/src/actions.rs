@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sched::{Failure, Owner, PeerJoin, Requirements, RunOutcome, Submission, TaskId};
 
-use crate::world::{RUN_OF, Sub, TYPES, World, caps, number, result_of};
+use crate::world::{LOST_RUN_HOLD, RUN_OF, Run, Sub, TYPES, World, caps, number, result_of};
 
 impl World {
     pub(crate) fn advance(&mut self) {
@@ -212,7 +212,15 @@ impl World {
         let pick = self.rng.usize(..n);
         let Some(run) = self.peers[i].running.iter().nth(pick).cloned() else { return };
         let id = self.peers[i].id.clone();
-        let by_wire = self.rng.u32(0..3) == 2;
+        let by_wire = self.rng.u32(0..3) == 2 && !run.answered;
+        if by_wire && self.now.saturating_since(run.at) >= LOST_RUN_HOLD {
+            // Past the hold an answer by the peer id alone may be taken for
+            // a newer task reusing the id (`Config::lost_run_hold`): this
+            // peer gives the run up instead.
+            self.peers[i].running.remove(&run);
+            self.log(format!("p{i} gives up {}{} ({})", run.task, run.attempt, run.wire));
+            return;
+        }
         let (task, attempt) = match (by_wire, self.rng.bool()) {
             // The coordinator resolves the wire id (`messages::peer_task`).
             (true, _) => (self.sched.resolve_peer_task(&run.wire), None),
@@ -222,18 +230,19 @@ impl World {
             self.log(format!("p{i} answers {} {}: unknown task", run.task, run.wire));
             return;
         };
-        if task != run.task {
-            // `KnownBugs::wire_ids_of_lost_runs`, if it is taken.
-            self.misattributed.insert((task, run.n));
-        }
         if self.rng.u32(0..8) == 0 {
             let r = self.sched.handle_started(self.now, &id, conn, task, attempt);
             self.log(format!("p{i} started {task}{}: {r:?}", run.attempt));
             return;
         }
-        // Now and then a peer answers the same assignment twice.
-        if self.rng.u32(0..10) != 0 {
-            self.peers[i].running.remove(&run);
+        // Now and then a peer answers the same assignment twice — by its
+        // cluster id: an answer by the peer id alone cannot be told from
+        // one for a newer task reusing that id once the first has ended, so
+        // a peer answering so answers each assignment once
+        // (docs/PROTOCOL.md).
+        self.peers[i].running.remove(&run);
+        if self.rng.u32(0..10) == 0 && !by_wire {
+            self.peers[i].running.insert(Run { answered: true, ..run.clone() });
         }
         // Failures name the run's task, so that a gamer can tell whose it got.
         let failed = |code: &str, retryable| RunOutcome::Failed {

@@ -48,7 +48,10 @@ impl World {
                 {
                     let n = number_of(&task.payload);
                     let wire = std::sync::Arc::clone(&task.peer_task_id);
-                    p.running.insert(Run { task: task.id, attempt, n, wire, session: conn });
+                    let at = self.now;
+                    let run =
+                        Run { task: task.id, attempt, n, wire, session: conn, at, answered: false };
+                    p.running.insert(run);
                 }
             }
             Command::Cancel { conn, task, attempt, .. } => {
@@ -187,7 +190,7 @@ impl World {
             // From the delivered attempt — or, when a peer that does not
             // echo attempts ran the task twice, from its earlier run (such
             // peers are fenced by peer, not by attempt).
-            if of_n != sub.n && !self.known_mixup(id, of_n) {
+            if of_n != sub.n {
                 return Err(format!("{gamer} got for {id} (#{n}) the result of task #{of_n}"));
             }
             // After a crash lost an assignment, its attempt number is issued
@@ -201,7 +204,6 @@ impl World {
         }
         if let Some(of_n) = failed_run(&r.outcome)
             && of_n != sub.n
-            && !self.known_mixup(id, of_n)
         {
             return Err(format!("{gamer} got for {id} (#{n}) the failure of task #{of_n}"));
         }
@@ -219,12 +221,6 @@ impl World {
             return Err(format!("{gamer} got the outcome of {id} twice on {}", r.conn));
         }
         Ok(())
-    }
-
-    /// Whether task `id` carrying the work of task number `of_n` is one of
-    /// the known bugs the checks accept.
-    fn known_mixup(&self, id: TaskId, of_n: u64) -> bool {
-        self.known.wire_ids_of_lost_runs && self.misattributed.contains(&(id, of_n))
     }
 
     /// The coordinator crashes and restarts. The writer had committed some

@@ -14,13 +14,15 @@ use sched::{
     TaskId, Time,
 };
 
-use crate::known::KnownBugs;
 use crate::shell::{Reply, Shell};
 
 pub(crate) const TYPES: [&str; 3] = ["echo", "physics", "gpu"];
 
 /// How a peer's failure message names the run's task number.
 pub(crate) const RUN_OF: &str = "sim run of #";
+
+/// `Config::lost_run_hold` here: short enough for runs to outlive it.
+pub(crate) const LOST_RUN_HOLD: Duration = Duration::from_secs(300);
 
 /// Delivery marks are written alone once this many wait: from every mark
 /// costing a commit of its own to marks that only ever ride along.
@@ -41,6 +43,10 @@ pub(crate) struct Run {
     pub wire: Arc<str>,
     /// The connection it was assigned on.
     pub session: ConnId,
+    /// When it was assigned.
+    pub at: Time,
+    /// Answered once already (it is answered again by cluster id only).
+    pub answered: bool,
 }
 
 pub(crate) struct SimPeer {
@@ -105,12 +111,8 @@ pub struct World {
     pub(crate) evicted: BTreeSet<TaskId>,
     /// Tasks whose deletion is committed.
     pub(crate) deleted: BTreeSet<TaskId>,
-    /// (task, sim task number): a peer's answer for a run of task number
-    /// `.1` was taken for task `.0` (`KnownBugs::wire_ids_of_lost_runs`).
-    pub(crate) misattributed: BTreeSet<(TaskId, u64)>,
     /// (task, attempt) of assignments a restart lost before they committed.
     pub(crate) lost_attempts: BTreeSet<(TaskId, u32)>,
-    pub(crate) known: KnownBugs,
     pub(crate) config: Config,
     /// Marks are written alone once this many wait.
     pub alone: usize,
@@ -128,12 +130,8 @@ pub struct World {
 }
 
 impl World {
-    /// A world that steers around the known bugs.
+    /// The world of `seed`.
     pub fn new(seed: u64) -> Result<World, String> {
-        World::with_known_bugs(seed, KnownBugs::ALL)
-    }
-
-    pub fn with_known_bugs(seed: u64, known: KnownBugs) -> Result<World, String> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let strategy = Strategy::ALL[rng.usize(..Strategy::ALL.len())];
         let config = Config {
@@ -142,6 +140,7 @@ impl World {
             seed,
             max_queued: 50,
             result_ttl: Duration::from_secs(600),
+            lost_run_hold: LOST_RUN_HOLD,
             ..Config::default()
         };
         let alone = ALONE[rng.usize(..ALONE.len())];
@@ -180,9 +179,7 @@ impl World {
             acked: BTreeMap::new(),
             evicted: BTreeSet::new(),
             deleted: BTreeSet::new(),
-            misattributed: BTreeSet::new(),
             lost_attempts: BTreeSet::new(),
-            known,
             violations: Vec::new(),
             trace: String::new(),
         })

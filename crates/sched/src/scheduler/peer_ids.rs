@@ -5,14 +5,32 @@
 //! submitter's own id whenever no other live task holds it. Two gamers may
 //! both name a task `123`; the second one submitted while the first is live
 //! gets its cluster id (`t-42`) on the wire instead. An id stays held until
-//! its task has finished *and* no peer still runs it (a cancelled run that
-//! has not confirmed stopping), so a late result can never be taken for a
-//! newer task that reused the id.
+//! its task has finished *and* no peer may still run it, so that a late
+//! answer by that id is never taken for a newer task that reused it. A peer
+//! may still run a task when it was told to stop and has not confirmed (a
+//! zombie), and when the coordinator took the run away without the peer's
+//! word: its connection dropped, it rejoined without claiming the run (a
+//! seed-literal peer cannot), or it never confirmed a cancel. Such a lost
+//! run holds the id for `Config::lost_run_hold` after it was lost, or until
+//! the peer answers it by cluster id and attempt; a finished task keeps its
+//! rows meanwhile (its eviction waits), so a restarted coordinator finds the
+//! hold again in the task's attempts.
 
 use std::sync::Arc;
 
 use super::Scheduler;
-use crate::types::TaskId;
+use crate::output::Event;
+use crate::timers::Timer;
+use crate::types::{Attempt, PeerId, TaskId, Time};
+
+/// A run a peer may still be working on after the coordinator took it away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LostRun {
+    pub peer: PeerId,
+    pub attempt: Attempt,
+    /// When the hold ends (the key of its timer).
+    pub until: Time,
+}
 
 impl<P: Clone> Scheduler<P> {
     /// Picks and holds the id peers will see for the new task `id`.
@@ -36,12 +54,48 @@ impl<P: Clone> Scheduler<P> {
         self.peer_ids.get(wire).copied().or_else(|| TaskId::parse_cluster(wire))
     }
 
-    /// Frees a finished task's peer id once no peer still runs it. The one
-    /// peer that may is its last attempt's, which keeps a cancelled run as a
-    /// zombie until it confirms.
+    /// `peer` may still run `attempt` of `id`, taken from it at `lost`
+    /// without its word: the task's peer id stays held until the hold ends.
+    pub(crate) fn hold_lost_run(
+        &mut self,
+        lost: Time,
+        id: TaskId,
+        peer: &PeerId,
+        attempt: Attempt,
+    ) {
+        let until = lost + self.config.lost_run_hold;
+        if until <= self.now {
+            return;
+        }
+        let runs = self.lost_runs.entry(id).or_default();
+        if runs.iter().any(|r| &r.peer == peer && r.attempt == attempt) {
+            return;
+        }
+        runs.push(LostRun { peer: peer.clone(), attempt, until });
+        self.timers.insert(until, Timer::LostRun(id, peer.clone(), attempt));
+    }
+
+    /// The lost run `attempt` of `id` on `peer` is over: the peer answered
+    /// it by cluster id and attempt, claimed it back, or its hold ran out.
+    pub(crate) fn end_lost_run(&mut self, id: TaskId, peer: &PeerId, attempt: Attempt) {
+        let Some(runs) = self.lost_runs.get_mut(&id) else { return };
+        let Some(i) = runs.iter().position(|r| &r.peer == peer && r.attempt == attempt) else {
+            return;
+        };
+        let run = runs.swap_remove(i);
+        if runs.is_empty() {
+            self.lost_runs.remove(&id);
+        }
+        self.timers.remove(run.until, Timer::LostRun(id, run.peer, run.attempt));
+        self.release_peer_task_id(id);
+    }
+
+    /// Frees a finished task's peer id once no peer may still run it, and
+    /// evicts the task then if its eviction waited for that.
     pub(crate) fn release_peer_task_id(&mut self, id: TaskId) {
         let Some(task) = self.tasks.get(&id) else {
-            if let Some(wire) = self.evicted_peer_ids.remove(&id)
+            if !self.lost_runs.contains_key(&id)
+                && let Some(wire) = self.evicted_peer_ids.remove(&id)
                 && self.peer_ids.get(&wire) == Some(&id)
             {
                 self.peer_ids.remove(&wire);
@@ -54,10 +108,14 @@ impl<P: Clone> Scheduler<P> {
         if self.peer_ids.get(&task.spec.peer_task_id) == Some(&id) {
             self.peer_ids.remove(&task.spec.peer_task_id);
         }
+        if self.evict_later.remove(&id) {
+            self.forget_finished(id);
+            self.events.push_back(Event::Evicted { tasks: [id].into() });
+        }
     }
 
-    /// A task leaves the scheduler's memory; a peer that still runs it keeps
-    /// its id held until it confirms stopping.
+    /// A task leaves the scheduler's memory; a peer that may still run it
+    /// keeps its id held until the run is over.
     pub(crate) fn evict_peer_task_id(&mut self, id: TaskId) {
         let Some(task) = self.tasks.get(&id) else { return };
         let wire = Arc::clone(&task.spec.peer_task_id);
@@ -71,8 +129,15 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
-    /// Whether a peer still runs a cancelled or timed-out attempt of `id`.
-    fn still_runs(&self, id: TaskId) -> bool {
+    /// Whether a peer may still run `id`: a stopped run not confirmed yet,
+    /// or a lost one still held.
+    pub(crate) fn still_runs(&self, id: TaskId) -> bool {
+        self.stopping(id) || self.lost_runs.contains_key(&id)
+    }
+
+    /// Whether the peer of `id`'s last attempt was told to stop it and has
+    /// not confirmed yet.
+    pub(crate) fn stopping(&self, id: TaskId) -> bool {
         self.tasks
             .get(&id)
             .and_then(|t| t.history.last())

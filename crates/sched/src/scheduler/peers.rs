@@ -49,8 +49,14 @@ impl<P: Clone> Scheduler<P> {
                     self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
                 }
             }
-            peer.zombies =
-                old.zombies.into_iter().filter(|(t, a)| claims.get(t) == Some(a)).collect();
+            for (task, attempt) in old.zombies {
+                if claims.get(&task) == Some(&attempt) {
+                    peer.zombies.insert(task, attempt);
+                } else {
+                    // Not claimed, so not confirmed stopped either.
+                    self.hold_lost_run(now, task, &join.id, attempt);
+                }
+            }
             self.events.push_back(Event::PeerLeft {
                 peer: join.id.clone(),
                 conn: old.conn,
@@ -163,6 +169,7 @@ impl<P: Clone> Scheduler<P> {
         }
         let failures = task.failures;
         self.end_wait(id);
+        self.end_lost_run(id, peer, attempt);
         let hidden = self.verify.hidden.contains_key(&id);
         self.events.push_back(Event::TaskReclaimed {
             task: id,

@@ -48,12 +48,14 @@ impl<P: Clone> Scheduler<P> {
         }
         let given = *delivered && task.spec.owner != Owner::Api;
         let owner = task.spec.owner.clone();
-        let held = self.peer_ids.get(&task.spec.peer_task_id).copied();
-        if held == Some(id) {
+        if self.stopping(id) {
             return Err(RetryError::StillStopping);
         }
-        // Another live task took its peer id meanwhile: it runs under a new one.
-        if held.is_some() {
+        let held = self.peer_ids.get(&task.spec.peer_task_id).copied();
+        // Another live task took its peer id meanwhile: it runs under a new
+        // one. (It may hold its own still, for a lost run: an answer of that
+        // run is this task's work.)
+        if held.is_some_and(|other| other != id) {
             let client = Arc::clone(&task.spec.client_task_id);
             let wire = self.claim_peer_task_id(&client, id);
             if let Some(t) = self.tasks.get_mut(&id) {
@@ -66,6 +68,7 @@ impl<P: Clone> Scheduler<P> {
             self.peer_ids.insert(wire, id);
         }
         self.finished.retain(|(_, t)| *t != id);
+        self.evict_later.remove(&id);
         if let Owner::Gamer(g) = &owner
             && let Some(set) = self.undelivered.get_mut(g)
         {

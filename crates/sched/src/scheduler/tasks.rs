@@ -189,8 +189,15 @@ impl<P: Clone> Scheduler<P> {
         outcome: RunOutcome<P>,
     ) -> Result<ResultAck, PeerError> {
         let now = self.tick(now);
-        let p =
-            self.peers.get_mut(peer).filter(|p| p.conn == conn).ok_or(PeerError::NotRegistered)?;
+        if self.peers.get(peer).is_none_or(|p| p.conn != conn) {
+            return Err(PeerError::NotRegistered);
+        }
+        // An answer naming its attempt ends that run, lost or not. (One by
+        // the peer id alone may be any of the peer's runs of the task.)
+        if let Some(attempt) = attempt {
+            self.end_lost_run(id, peer, attempt);
+        }
+        let Some(p) = self.peers.get_mut(peer) else { return Err(PeerError::NotRegistered) };
         if let Some(&zombie) = p.zombies.get(&id)
             && attempt.is_none_or(|a| a == zombie)
         {

@@ -905,3 +905,45 @@ fn retries_back_off_exponentially_with_jitter_and_a_cap() {
         .collect();
     assert!(fractions.windows(2).any(|w| w[0] != w[1]), "{fractions:?}");
 }
+
+#[test]
+fn recovery_holds_the_peer_ids_of_runs_lost_within_the_hold() {
+    // Two finished tasks whose first attempt was lost with p1 (which may
+    // still run it): 100 s ago for `c1`, 900 s ago for `c2` (past the 600 s
+    // hold). A restarted coordinator keeps `c1` held, and only `c1`.
+    let finished_after_loss = |id: u64, lost_at: u64| {
+        let mut rec = recovered(
+            id,
+            RecoveredState::Finished {
+                outcome: Outcome::Completed {
+                    result: "R".into(),
+                    attempt: Attempt(2),
+                    peer: PeerId::from("p2"),
+                },
+                at: Time::from_secs(lost_at + 1),
+                delivered: true,
+            },
+        );
+        let run = |attempt, peer: &str, end| AttemptRecord {
+            attempt: Attempt(attempt),
+            peer: PeerId::from(peer),
+            assigned_at: Time::from_secs(lost_at - 1),
+            ended_at: Some(Time::from_secs(lost_at + attempt as u64 - 1)),
+            end: Some(end),
+        };
+        rec.attempts = 2;
+        rec.history = vec![run(1, "p1", AttemptEnd::PeerLost), run(2, "p2", AttemptEnd::Completed)];
+        rec
+    };
+    let mut world = World::new(config());
+    world.sched.handle_recovered(
+        Time::from_secs(1000),
+        vec![finished_after_loss(1, 900), finished_after_loss(2, 100)],
+    );
+    assert_eq!(world.sched.resolve_peer_task("c1"), Some(TaskId(1)));
+    assert_eq!(world.sched.resolve_peer_task("c2"), None);
+    world.run("gamer g1\njoin p1\nsubmit g1 echo id=c1\nsubmit g1 echo id=c2");
+    let seen = |id| world.sched.task(TaskId(id)).map(|t| t.spec().peer_task_id.to_string());
+    assert_eq!(seen(3).as_deref(), Some("t-3"), "c1 is still held by t-1");
+    assert_eq!(seen(4).as_deref(), Some("c2"));
+}

@@ -4,7 +4,10 @@ mod harness;
 mod lifecycle;
 mod verify;
 
-use harness::{check, check_events};
+use std::time::Duration;
+
+use crate::Config;
+use harness::{check, check_events, check_with, config};
 
 #[test]
 fn seed_flow_submit_assign_result_deliver() {
@@ -657,4 +660,163 @@ fn progress_of_a_task_that_did_not_ask_to_stream_goes_nowhere() {
           assign t-1#2 x -> p2 (c3)
         ",
     );
+}
+
+#[test]
+fn a_run_lost_with_its_peer_holds_its_peer_id_until_the_hold_ends() {
+    // p1 drops while running `7`; it comes back without claiming the run (a
+    // seed-literal peer cannot), still running it. Meanwhile the task ran
+    // on p2. Another task named `7` must not be shown to p1 as `7` while
+    // p1 may still answer the old run by that id.
+    check_with(
+        patient(),
+        false,
+        r"
+        gamer g1
+        gamer g2
+        join p1
+        submit g1 echo id=7
+        leave p1
+        join p2
+        at 2s
+        result p2 7 ok=A
+        leave p2
+        join p1
+        submit g2 echo id=7
+        result p1 7 ok=old
+        result p1 t-2 ok=B
+        at 601s
+        submit g2 echo id=7
+        result p1 7 ok=C
+        ",
+        r"
+        gamer g1
+        gamer g2
+        join p1
+        submit g1 echo id=7
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c3)
+        leave p1
+        join p2
+        at 2s
+          assign t-1#2 x -> p2 (c4)
+        result p2 7 ok=A
+          => Accepted
+          deliver t-1 (7) to g1: completed A by p2#2 after 2
+        leave p2
+        join p1
+        submit g2 echo id=7
+          => t-2 7 Assigned
+          assign t-2#1 as t-2 x -> p1 (c5)
+        result p1 7 ok=old
+          => Stale
+        result p1 t-2 ok=B
+          => Accepted
+          deliver t-2 (7) to g2: completed B by p1#1 after 1
+        at 601s
+        submit g2 echo id=7
+          => t-3 7 Assigned
+          assign t-3#1 x -> p1 (c5)
+        result p1 7 ok=C
+          => Accepted
+          deliver t-3 (7) to g2: completed C by p1#1 after 1
+        ",
+    );
+}
+
+#[test]
+fn an_answer_naming_the_lost_attempt_ends_its_hold() {
+    // Our worker answers by cluster id and attempt: that run is over.
+    check_with(
+        patient(),
+        false,
+        r"
+        join p1
+        submit g1 echo id=7
+        leave p1
+        join p2
+        at 2s
+        result p2 7 ok=A
+        join p1
+        result p1 t-1#1 ok=late
+        submit g2 echo id=7
+        ",
+        r"
+        join p1
+        submit g1 echo id=7
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c1)
+        leave p1
+        join p2
+        at 2s
+          assign t-1#2 x -> p2 (c2)
+        result p2 7 ok=A
+          => Accepted
+        join p1
+        result p1 t-1#1 ok=late
+          => Stale
+        submit g2 echo id=7
+          => t-2 7 Assigned
+          assign t-2#1 x -> p1 (c3)
+        ",
+    );
+}
+
+#[test]
+fn a_finished_task_with_a_lost_run_outlives_its_retention_until_the_hold_ends() {
+    // Its rows stay in the store meanwhile (no `evicted` event), so that a
+    // restarted coordinator finds the hold in its attempts.
+    let config = Config { result_ttl: Duration::from_secs(60), ..patient() };
+    check_with(
+        config,
+        true,
+        r"
+        join p1
+        submit api echo id=7
+        leave p1
+        join p2
+        at 2s
+        result p2 7 ok=A
+        at 120s
+        submit api echo id=8
+        at 601s
+        submit api echo id=9
+        ",
+        r"
+        join p1
+          ev peer joined p1
+        submit api echo id=7
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c1)
+          ev submitted t-1
+          ev assigned t-1#1 p1
+        leave p1
+          ev requeued t-1#1 peer_lost failures=1
+          ev peer left p1 disconnected
+        join p2
+          ev peer joined p2
+        at 2s
+          assign t-1#2 x -> p2 (c2)
+          ev assigned t-1#2 p2
+        result p2 7 ok=A
+          => Accepted
+          ev finished t-1 completed A attempts=2
+        at 120s
+        submit api echo id=8
+          => t-2 8 Assigned
+          assign t-2#1 x -> p2 (c2)
+          ev submitted t-2
+          ev assigned t-2#1 p2
+        at 601s
+          ev evicted {TaskId(1)}
+        submit api echo id=9
+          => t-3 9 Queued
+          ev submitted t-3
+",
+    );
+}
+
+/// Peers that never time out here, however far the clock jumps.
+fn patient() -> Config {
+    Config { heartbeat_timeout: Duration::from_secs(100_000), ..config() }
 }
