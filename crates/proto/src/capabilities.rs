@@ -47,6 +47,11 @@ pub struct Capabilities {
     /// to two peers of the same owner. At most [`crate::MAX_ID_LEN`] bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// `echoes_ids`: the peer answers every assignment with its cluster id
+    /// and attempt (`task_result.id`, `.attempt`), never by `task_id`
+    /// alone, as our worker does. Such a peer may be given a task before
+    /// the task is durable; one that answers by the seed's id waits for it.
+    pub echoes_ids: bool,
     /// Known keys whose values could not be read, for operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -188,6 +193,12 @@ impl Capabilities {
         self.read_models(map);
         self.read_needs(map);
         self.read_owner(map);
+        if let Some((key, v)) = first(map, &["echoes_ids"]) {
+            match v.as_bool() {
+                Some(b) => self.echoes_ids = b,
+                None => self.warn(key, "true or false"),
+            }
+        }
     }
 
     fn read_models(&mut self, map: &Map<String, Value>) {

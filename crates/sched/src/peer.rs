@@ -18,11 +18,22 @@ pub struct PeerCaps {
     pub models: BTreeSet<Arc<str>>,
     /// One entry per GPU: its memory in MiB, where known.
     pub gpus_vram_mb: Vec<Option<u64>>,
+    /// It answers with the cluster id and attempt of each assignment (our
+    /// worker does; `capabilities.echoes_ids`), never by the seed's id
+    /// alone, so its answers cannot be taken for another task: it may be
+    /// given a task before the task is durable (`scheduler/ids.rs`).
+    pub echoes_ids: bool,
 }
 
 impl Default for PeerCaps {
     fn default() -> PeerCaps {
-        PeerCaps { task_types: None, slots: 1, models: BTreeSet::new(), gpus_vram_mb: Vec::new() }
+        PeerCaps {
+            task_types: None,
+            slots: 1,
+            models: BTreeSet::new(),
+            gpus_vram_mb: Vec::new(),
+            echoes_ids: false,
+        }
     }
 }
 
@@ -288,6 +299,7 @@ mod tests {
             slots: 2,
             models: ["resnet50".into()].into(),
             gpus_vram_mb: vec![Some(8192)],
+            echoes_ids: true,
         };
         let plain = Requirements::default();
         let model = Requirements { model: Some("resnet50".into()), ..Requirements::default() };

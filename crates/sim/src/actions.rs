@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sched::{Failure, Owner, PeerJoin, Requirements, RunOutcome, Submission, TaskId};
 
-use crate::world::{LOST_RUN_HOLD, RUN_OF, Run, Sub, TYPES, World, caps, number, result_of};
+use crate::world::{LOST_RUN_HOLD, RUN_OF, Sub, TYPES, World, caps, number, result_of};
 
 impl World {
     pub(crate) fn advance(&mut self) {
@@ -37,8 +37,8 @@ impl World {
         // it (a restarted process), or keeps running it without saying so and
         // answers later (a seed-literal peer): fencing must hold for all.
         let mode = self.rng.u32(0..3);
-        let claim_all = mode == 0;
         let p = &mut self.peers[i];
+        let claim_all = mode == 0 && p.echoes_ids;
         let running: Vec<_> = if claim_all {
             p.running.iter().map(|r| (r.task, r.attempt)).collect()
         } else {
@@ -212,7 +212,7 @@ impl World {
         let pick = self.rng.usize(..n);
         let Some(run) = self.peers[i].running.iter().nth(pick).cloned() else { return };
         let id = self.peers[i].id.clone();
-        let by_wire = self.rng.u32(0..3) == 2 && !run.answered;
+        let by_wire = !self.peers[i].echoes_ids;
         if by_wire && self.now.saturating_since(run.at) >= LOST_RUN_HOLD {
             // Past the hold an answer by the peer id alone may be taken for
             // a newer task reusing the id (`Config::lost_run_hold`): this
@@ -236,13 +236,12 @@ impl World {
             return;
         }
         // Now and then a peer answers the same assignment twice — by its
-        // cluster id: an answer by the peer id alone cannot be told from
+        // cluster id: an answer by the seed's id alone cannot be told from
         // one for a newer task reusing that id once the first has ended, so
         // a peer answering so answers each assignment once
         // (docs/PROTOCOL.md).
-        self.peers[i].running.remove(&run);
-        if self.rng.u32(0..10) == 0 && !by_wire {
-            self.peers[i].running.insert(Run { answered: true, ..run.clone() });
+        if self.rng.u32(0..10) != 0 || by_wire {
+            self.peers[i].running.remove(&run);
         }
         // Failures name the run's task, so that a gamer can tell whose it got.
         let failed = |code: &str, retryable| RunOutcome::Failed {

@@ -7,7 +7,7 @@ use sched::{Command, Event, Failure, Outcome, Recovered, RunOutcome, Scheduler, 
 use store::Op;
 
 use crate::check;
-use crate::shell::Reply;
+use crate::shell::{Held, Reply};
 use crate::world::{Got, RUN_OF, Run, World, number_of};
 
 /// The most batches the writer lets pile up before it commits them all (the
@@ -42,34 +42,19 @@ impl World {
 
     fn route(&mut self, cmd: Command<proto::Json>) {
         match cmd {
-            Command::Assign { conn, peer, task, attempt } => {
-                if let Some(p) =
-                    self.peers.iter_mut().find(|p| p.id == peer && p.conn == Some(conn))
-                {
-                    let n = number_of(&task.payload);
-                    let wire = std::sync::Arc::clone(&task.peer_task_id);
-                    let at = self.now;
-                    let run =
-                        Run { task: task.id, attempt, n, wire, session: conn, at, answered: false };
-                    p.running.insert(run);
-                }
-            }
-            Command::Cancel { conn, task, attempt, .. } => {
-                let Some(p) = self.peers.iter_mut().find(|p| p.conn == Some(conn)) else { return };
-                // The peer stops it and reports it cancelled.
-                let before = p.running.len();
-                p.running.retain(|r| (r.task, r.attempt) != (task, attempt));
-                if p.running.len() < before {
-                    let failure = Failure::new("cancelled", "sim");
-                    let outcome = RunOutcome::Failed { failure, retryable: false };
-                    let id = p.id.clone();
-                    let _ =
-                        self.sched.handle_result(self.now, &id, conn, task, Some(attempt), outcome);
+            Command::Assign { conn, .. } | Command::Cancel { conn, .. } => {
+                // As `Core::route`: a peer that answers by the seed's id
+                // alone is told only what is durable.
+                let echoes = self.peers.iter().any(|p| p.conn == Some(conn) && p.echoes_ids);
+                if echoes {
+                    self.reach_peer(cmd);
+                } else if let Some(held) = self.shell.hold(Held::ToPeer(cmd)) {
+                    self.send(held);
                 }
             }
             Command::Deliver { conn, gamer, task, outcome, .. } => {
                 self.log(format!("deliver {} to {conn}", task.id));
-                let reply = Reply { conn, gamer, task, outcome };
+                let reply = Held::Reply(Reply { conn, gamer, task, outcome });
                 if let Some(reply) = self.shell.hold(reply) {
                     self.send(reply);
                 }
@@ -88,9 +73,47 @@ impl World {
         }
     }
 
+    /// An assignment or a cancel reaches its peer, if it is still connected.
+    fn reach_peer(&mut self, cmd: Command<proto::Json>) {
+        match cmd {
+            Command::Assign { conn, peer, task, attempt } => {
+                if let Some(p) =
+                    self.peers.iter_mut().find(|p| p.id == peer && p.conn == Some(conn))
+                {
+                    let n = number_of(&task.payload);
+                    let wire = std::sync::Arc::clone(&task.peer_task_id);
+                    let at = self.now;
+                    p.running.insert(Run { task: task.id, attempt, n, wire, session: conn, at });
+                }
+            }
+            Command::Cancel { conn, task, attempt, .. } => {
+                let Some(p) = self.peers.iter_mut().find(|p| p.conn == Some(conn)) else { return };
+                // The peer stops it and reports it cancelled.
+                let before = p.running.len();
+                p.running.retain(|r| (r.task, r.attempt) != (task, attempt));
+                if p.running.len() < before {
+                    let failure = Failure::new("cancelled", "sim");
+                    let outcome = RunOutcome::Failed { failure, retryable: false };
+                    let id = p.id.clone();
+                    let _ =
+                        self.sched.handle_result(self.now, &id, conn, task, Some(attempt), outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message the store made durable goes out.
+    fn send(&mut self, held: Held) {
+        match held {
+            Held::Reply(reply) => self.send_reply(reply),
+            Held::ToPeer(cmd) => self.reach_peer(cmd),
+        }
+    }
+
     /// Queues an outcome to its connection; one whose connection is gone
     /// goes back to waiting for its gamer (`Core::send`).
-    fn send(&mut self, reply: Reply) {
+    fn send_reply(&mut self, reply: Reply) {
         if let Some(g) = self.gamers.iter_mut().find(|g| g.conn == Some(reply.conn)) {
             return g.inbox.push(reply);
         }

@@ -80,6 +80,7 @@ pub fn run_fleet(strategy: Strategy, peers: &[FleetPeer], arrivals: &[Arrival]) 
             slots: p.slots,
             models: Default::default(),
             gpus_vram_mb: p.vram_mb.map(Some).into_iter().collect(),
+            echoes_ids: true,
         };
         let join = PeerJoin {
             id: PeerId::from(p.name),

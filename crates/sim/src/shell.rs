@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use persist::{DeliveryMarks, IdReservations};
 use proto::Json;
-use sched::{ConnId, Event, GamerId, Outcome, TaskSpec};
+use sched::{Command, ConnId, Event, GamerId, Outcome, TaskSpec};
 use store::{Loaded, Op, SqliteStore, Store};
 
 /// A delivered outcome on its way to a gamer's connection.
@@ -30,6 +30,14 @@ pub(crate) struct Reply {
     pub gamer: GamerId,
     pub task: Arc<TaskSpec<Json>>,
     pub outcome: Outcome<Json>,
+}
+
+/// A message waiting for the store: an outcome for a gamer, or an
+/// assignment or a cancel for a peer that answers by the seed's id alone.
+#[derive(Debug, Clone)]
+pub(crate) enum Held {
+    Reply(Reply),
+    ToPeer(Command<Json>),
 }
 
 /// What a crash left: the ops the writer got committed, and those lost.
@@ -57,7 +65,7 @@ pub(crate) struct Shell {
     /// Id reservations waiting for their batch to commit.
     ids: IdReservations,
     /// Replies waiting for batch `.0` to commit.
-    held: VecDeque<(u64, Reply)>,
+    held: VecDeque<(u64, Held)>,
     /// Delivery marks written so far (for the coverage test).
     pub marks_written: u64,
 }
@@ -109,9 +117,9 @@ impl Shell {
         self.in_flight.push_back((self.appended, std::mem::take(&mut self.pending)));
     }
 
-    /// Holds a reply until everything handed over so far has committed
+    /// Holds a message until everything handed over so far has committed
     /// (`Observer::hold`); gives it back when that is already so.
-    pub fn hold(&mut self, reply: Reply) -> Option<Reply> {
+    pub fn hold(&mut self, reply: Held) -> Option<Held> {
         if self.committed >= self.appended {
             return Some(reply);
         }
@@ -119,8 +127,8 @@ impl Shell {
         None
     }
 
-    /// The held replies that are now durable, in order.
-    pub fn release(&mut self) -> Vec<Reply> {
+    /// The held messages that are now durable, in order.
+    pub fn release(&mut self) -> Vec<Held> {
         let mut out = Vec::new();
         while self.held.front().is_some_and(|(seq, _)| *seq <= self.committed) {
             out.extend(self.held.pop_front().map(|(_, r)| r));

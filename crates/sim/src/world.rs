@@ -45,8 +45,6 @@ pub(crate) struct Run {
     pub session: ConnId,
     /// When it was assigned.
     pub at: Time,
-    /// Answered once already (it is answered again by cluster id only).
-    pub answered: bool,
 }
 
 pub(crate) struct SimPeer {
@@ -56,6 +54,10 @@ pub(crate) struct SimPeer {
     pub types: Option<Vec<&'static str>>,
     pub gpu: bool,
     pub silent: bool,
+    /// It answers by cluster id and attempt and claims its runs on
+    /// rejoining (our worker); otherwise by the id it saw alone, claiming
+    /// nothing (a seed-literal peer).
+    pub echoes_ids: bool,
     /// Assignments received and not yet answered.
     pub running: BTreeSet<Run>,
     pub last_heartbeat: Time,
@@ -266,6 +268,7 @@ impl World {
             types: None,
             gpu: true,
             silent: false,
+            echoes_ids: true,
             running: BTreeSet::new(),
             last_heartbeat: self.now,
         };
@@ -349,6 +352,7 @@ fn sim_peer(rng: &mut fastrand::Rng, i: usize) -> SimPeer {
         gpu: types.as_ref().is_some_and(|t| t.contains(&"gpu")) || rng.bool(),
         types,
         silent: false,
+        echoes_ids: rng.bool(),
         running: BTreeSet::new(),
         last_heartbeat: Time::ZERO,
     }
@@ -360,5 +364,6 @@ pub(crate) fn caps(p: &SimPeer) -> PeerCaps {
         slots: p.slots,
         models: BTreeSet::new(),
         gpus_vram_mb: if p.gpu { vec![Some(8192)] } else { Vec::new() },
+        echoes_ids: p.echoes_ids,
     }
 }

@@ -54,6 +54,27 @@ impl TestDb {
         postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
     }
 
+    /// Locks `table` against every other session (`ACCESS EXCLUSIVE`, in a
+    /// transaction held open on a thread of its own) until the lock is
+    /// dropped: a store writing to it waits meanwhile. Callable from async
+    /// tests.
+    pub fn lock(&self, table: &str) -> TableLock {
+        let (url, sql) = (self.url.clone(), format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute(&sql).unwrap();
+            locked_tx.send(()).unwrap();
+            // Until dropped (the sender goes), or at most a minute.
+            let _ = released.recv_timeout(std::time::Duration::from_secs(60));
+            tx.commit().unwrap();
+        });
+        locked.recv_timeout(std::time::Duration::from_secs(30)).expect("the lock in time");
+        TableLock { release: Some(release), thread: Some(thread) }
+    }
+
     /// The rows `sql` returns, every column cast to text by the query
     /// (`SELECT a::text, …`), for inspection. Callable from async tests.
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
@@ -62,6 +83,21 @@ impl TestDb {
             let rows = c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"));
             rows.iter().map(|r| (0..r.len()).map(|i| r.get(i)).collect()).collect()
         })
+    }
+}
+
+/// A table lock of [`TestDb::lock`]; released when dropped.
+pub struct TableLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -167,6 +167,8 @@ impl Worker {
         caps.insert("models".into(), models(&advertised));
         caps.insert("task_needs".into(), json!(self.executors.needs()));
         caps.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        // Every answer names the assignment's cluster id and attempt.
+        caps.insert("echoes_ids".into(), json!(true));
         for (k, v) in &self.config.extra_capabilities {
             caps.insert(k.clone(), v.clone());
         }

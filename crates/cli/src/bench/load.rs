@@ -288,7 +288,7 @@ async fn register_peer(
     let register = json!({
         "msg_type": "register_peer",
         "peer_id": id,
-        "capabilities": {"task_types": [NOOP], "max_concurrent": slots},
+        "capabilities": {"task_types": [NOOP], "max_concurrent": slots, "echoes_ids": true},
     });
     tx.send(Message::text(register.to_string())).await?;
     let ack = await_ack(&mut rx).await?;

@@ -469,3 +469,52 @@ async fn every_coordinator_is_listed_by_each_and_on_the_dashboard() {
     .await;
     drop(stopped);
 }
+
+/// A peer that answers by the seed's `task_id` alone is sent a task only
+/// once the store holds it (a crash must not leave it running a task the
+/// restarted coordinator does not know: its answer would be taken for a
+/// newer task reusing the id); a peer that echoes cluster ids gets it at
+/// once. The store is held still by a lock on its `tasks` table.
+#[tokio::test]
+async fn a_peer_answering_by_the_seeds_id_is_sent_only_durable_work() {
+    let Some(db) = TestDb::create() else { return };
+    let c = start(&db, "127.0.0.1:0", "127.0.0.1:0");
+    leader_of(std::slice::from_ref(&c), 0).await;
+    let mut seed_peer =
+        Raw::peer(&c.ws_url, "seed-peer", r#"{"task_types": ["echo"], "max_concurrent": 4}"#).await;
+    let mut echoing = Raw::peer(
+        &c.ws_url,
+        "echoing-peer",
+        r#"{"task_types": ["sleep"], "max_concurrent": 4, "echoes_ids": true}"#,
+    )
+    .await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let request = |id: &str, task_type: &str| json!({"msg_type": "task_request", "task_id": id, "task_type": task_type, "data": {"ms": 1}});
+    // One task each first: the store has committed the id reservation.
+    for (id, task_type) in [("warm-1", "echo"), ("warm-2", "sleep")] {
+        gamer.send_json(&request(id, task_type)).await;
+        gamer.expect("task_accepted").await;
+    }
+    for peer in [&mut seed_peer, &mut echoing] {
+        let a = peer.expect("task_assignment").await;
+        let id = a["task_id"].as_str().unwrap();
+        peer.send_json(&json!({"msg_type": "task_result", "task_id": id, "result": {}})).await;
+    }
+    gamer.until("task_result").await;
+    gamer.until("task_result").await;
+
+    let lock = db.lock("tasks");
+    gamer.send_json(&request("7", "echo")).await;
+    gamer.send_json(&request("8", "sleep")).await;
+    // The echoing peer's task leaves before it is durable …
+    let a = echoing.expect("task_assignment").await;
+    assert_eq!((a["task_id"].as_str(), a["attempt"].as_u64()), (Some("8"), Some(1)));
+    // … the other one's does not while the store cannot commit.
+    let early = tokio::time::timeout(Duration::from_millis(500), seed_peer.next_message()).await;
+    assert!(early.is_err(), "sent before it was durable: {early:?}");
+    drop(lock);
+    let a = seed_peer.expect("task_assignment").await;
+    assert_eq!(a["task_id"], "7");
+    let accepted = gamer.until("task_accepted").await;
+    assert!(["7", "8"].contains(&accepted["task_id"].as_str().unwrap()), "{accepted}");
+}

@@ -143,6 +143,7 @@ pub(crate) fn peer_caps(caps: &Capabilities) -> PeerCaps {
         slots: caps.slots(),
         models: set(&caps.models),
         gpus_vram_mb: caps.gpus.iter().map(|g| g.vram_mb).collect(),
+        echoes_ids: caps.echoes_ids,
     }
 }
 

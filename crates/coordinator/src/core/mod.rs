@@ -310,7 +310,7 @@ impl Core {
                     attempt: attempt.0,
                     timeout_s: task.run_timeout.map(|d| d.as_secs_f64()),
                 };
-                self.send(conn, FromCoordinator::TaskAssignment(msg));
+                self.send_to_peer(conn, FromCoordinator::TaskAssignment(msg));
             }
             Command::Cancel { conn, task, attempt, reason } => {
                 let task_id = match self.sched.task(task) {
@@ -323,7 +323,7 @@ impl Core {
                     attempt: attempt.0,
                     reason: reason.to_string(),
                 };
-                self.send(conn, FromCoordinator::CancelTask(msg));
+                self.send_to_peer(conn, FromCoordinator::CancelTask(msg));
             }
             Command::Deliver { conn, task, outcome, attempts, .. } => {
                 let msg = outcome_message(&task, &outcome, attempts);
@@ -367,6 +367,26 @@ impl Core {
         if let Some(id) = id.and_then(|id| id.parse().ok()) {
             let now = self.now();
             self.sched.handle_undelivered(now, id, conn);
+        }
+    }
+
+    /// Queues an assignment or a cancel. A peer that answers by the seed's
+    /// id alone (no `capabilities.echoes_ids`) is told only what is durable:
+    /// had a crash lost the task or this attempt, its answer after the
+    /// restart would be taken for whichever task then holds that id on it.
+    /// (A peer that echoes cluster ids and attempts gets it at once: those
+    /// never repeat, `sched::scheduler::ids`.)
+    fn send_to_peer(&mut self, conn: ConnId, msg: FromCoordinator) {
+        let echoes = match self.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Peer(id)) => {
+                self.sched.peer(id.as_str()).is_some_and(|p| p.caps().echoes_ids)
+            }
+            _ => false,
+        };
+        if echoes {
+            self.send(conn, msg);
+        } else {
+            self.send_durable(conn, msg);
         }
     }
 

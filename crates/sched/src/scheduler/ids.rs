@@ -16,6 +16,11 @@
 //! its ids are used, so no assignment waits; the first after a start waits
 //! for one commit, as does one when the store lags half a block behind.
 //!
+//! That keeps cluster ids unambiguous, not the seed's ids: a peer that
+//! answers by the submitter's `task_id` alone, which a newer task may
+//! reuse, is therefore sent its assignments by the coordinator only once
+//! they are durable (`Core::send_to_peer`, `PeerCaps::echoes_ids`).
+//!
 //! Off (every id may leave at once) until [`Scheduler::reserve_ids`]: a
 //! scheduler without a store has nothing to reserve with.
 

@@ -416,6 +416,7 @@ fn caps(opts: &BTreeMap<&str, &str>) -> PeerCaps {
         slots: opts.get("slots").map_or(1, |s| s.parse().unwrap()),
         models: list("models").unwrap_or_default(),
         gpus_vram_mb: opts.get("gpu").map_or(Vec::new(), |v| vec![v.parse().ok()]),
+        echoes_ids: opts.contains_key("echoes"),
     }
 }
 
