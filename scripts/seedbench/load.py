@@ -17,22 +17,28 @@ import time
 import websockets
 
 
-async def peer(url: str, name: str) -> None:
+async def peer(url: str, name: str, echo_ids: bool) -> None:
+    # With echo_ids the peer answers as our worker does (the assignment's
+    # cluster id and attempt, declared in capabilities.echoes_ids); without,
+    # with the seed's messages only.
+    caps = {"echoes_ids": True} if echo_ids else {}
     async with websockets.connect(url, max_size=16 * 2**20) as ws:
-        await ws.send(json.dumps({"msg_type": "register_peer", "peer_id": name, "capabilities": {}}))
+        await ws.send(json.dumps({"msg_type": "register_peer", "peer_id": name, "capabilities": caps}))
         last_beat = time.monotonic()
         async for raw in ws:
             msg = json.loads(raw)
             if msg.get("msg_type") == "task_assignment":
                 out = {"msg_type": "task_result", "task_id": msg["task_id"], "result": msg.get("task_data")}
+                if echo_ids:
+                    out.update(id=msg["id"], attempt=msg["attempt"])
                 await ws.send(json.dumps(out))
             if time.monotonic() - last_beat > 5:
                 await ws.send(json.dumps({"msg_type": "heartbeat", "peer_id": name}))
                 last_beat = time.monotonic()
 
 
-async def peers(url: str, count: int) -> None:
-    await asyncio.gather(*(peer(url, f"bench-peer-{i}") for i in range(count)))
+async def peers(url: str, count: int, echo_ids: bool) -> None:
+    await asyncio.gather(*(peer(url, f"bench-peer-{i}", echo_ids) for i in range(count)))
 
 
 async def gamer(url: str, tasks: int, warmup: int, seconds: float) -> dict:
@@ -76,9 +82,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--echo-ids", action="store_true", help="peers answer with cluster id and attempt")
     args = parser.parse_args()
     if args.mode == "peers":
-        asyncio.run(peers(args.url, args.count))
+        asyncio.run(peers(args.url, args.count, args.echo_ids))
     else:
         figures = asyncio.run(gamer(args.url, args.tasks, args.warmup, args.seconds))
         json.dump(figures, sys.stdout)

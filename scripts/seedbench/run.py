@@ -2,8 +2,9 @@
 
 Starts each coordinator in turn on loopback — the naive Python one from
 naive_coordinator.py and `legacygpu cluster start` in several store modes —
-with the same two Python peers (load.py peers) and the same Python gamer
-(load.py gamer: one task in flight, seed messages only), alternating the
+with the same two Python peers (load.py peers: seed messages only, or, in
+the row that says so, answering with cluster ids as our worker does) and the
+same Python gamer (load.py gamer: one task in flight, seed messages only), alternating the
 coordinators round after round. Reports the median over rounds of tasks/s,
 p50, p99 and the coordinator's CPU time per task (from /proc/PID/stat).
 
@@ -49,21 +50,24 @@ def wait_for_port(port: int, deadline_s: float = 20.0) -> None:
 
 
 def coordinators(binary: str) -> dict:
-    """Name -> function(port, data_dir) -> argv."""
+    """Name -> (function(port, data_dir) -> argv, extra arguments of the peers)."""
     def legacygpu(*extra):
         return lambda port, data: [binary, "cluster", "start", "--bind", f"127.0.0.1:{port}", "--no-http",
                                    *(["--data-dir", data] if "--no-store" not in extra else []), *extra]
+    seed_peers, echoing_peers = [], ["--echo-ids"]
     return {
         "naive Python design from the seed (no durability)":
-            lambda port, data: [sys.executable, os.path.join(HERE, "naive_coordinator.py"), "--port", str(port)],
-        "legacygpu, default store": legacygpu(),
-        "legacygpu `--sync full`": legacygpu("--sync", "full"),
-        "legacygpu `--sync normal`": legacygpu("--sync", "normal"),
-        "legacygpu `--no-store`": legacygpu("--no-store"),
+            (lambda port, data: [sys.executable, os.path.join(HERE, "naive_coordinator.py"), "--port", str(port)],
+             seed_peers),
+        "legacygpu, default store": (legacygpu(), seed_peers),
+        "legacygpu, default store, peers echoing ids": (legacygpu(), echoing_peers),
+        "legacygpu `--sync full`": (legacygpu("--sync", "full"), seed_peers),
+        "legacygpu `--sync normal`": (legacygpu("--sync", "normal"), seed_peers),
+        "legacygpu `--no-store`": (legacygpu("--no-store"), seed_peers),
     }
 
 
-def one_round(argv, tasks: int, warmup: int) -> dict:
+def one_round(argv, peer_args, tasks: int, warmup: int) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         coord = subprocess.Popen(argv(port, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,7 +75,7 @@ def one_round(argv, tasks: int, warmup: int) -> dict:
             wait_for_port(port)
             url = f"ws://127.0.0.1:{port}"
             load = os.path.join(HERE, "load.py")
-            peers = subprocess.Popen([sys.executable, load, "peers", "--url", url, "--count", "2"])
+            peers = subprocess.Popen([sys.executable, load, "peers", "--url", url, "--count", "2", *peer_args])
             try:
                 time.sleep(0.5)  # the peers register
                 before = cpu_seconds(coord.pid)
@@ -104,7 +108,8 @@ def main() -> None:
     argvs = coordinators(args.binary)
     for r in range(args.rounds):
         for name in runs:
-            figures = one_round(argvs[name], args.tasks, args.warmup)
+            argv, peer_args = argvs[name]
+            figures = one_round(argv, peer_args, args.tasks, args.warmup)
             runs[name].append(figures)
             print(f"round {r + 1} {name}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     print("| coordinator | tasks/s | p50 | p99 | coordinator CPU per task |")
