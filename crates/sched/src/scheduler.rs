@@ -588,13 +588,18 @@ impl<P: Clone> Scheduler<P> {
         *to = Some(conn);
         let (spec, outcome, attempts) = (task.spec.clone(), outcome.clone(), task.attempts);
         let gamer = gamer.clone();
-        if let Some(set) = self.undelivered.get_mut(&gamer) {
+        self.not_undelivered(&gamer, id);
+        self.push_delivery(conn, gamer, spec, outcome, attempts);
+    }
+
+    /// `id`'s outcome no longer waits for `gamer` to connect.
+    pub(crate) fn not_undelivered(&mut self, gamer: &GamerId, id: TaskId) {
+        if let Some(set) = self.undelivered.get_mut(gamer) {
             set.remove(&id);
             if set.is_empty() {
-                self.undelivered.remove(&gamer);
+                self.undelivered.remove(gamer);
             }
         }
-        self.push_delivery(conn, gamer, spec, outcome, attempts);
     }
 
     pub(crate) fn push_delivery(
@@ -671,13 +676,8 @@ impl<P: Clone> Scheduler<P> {
                 self.by_key.remove(&key);
             }
         }
-        if let Owner::Gamer(g) = &owner
-            && let Some(set) = self.undelivered.get_mut(g)
-        {
-            set.remove(&id);
-            if set.is_empty() {
-                self.undelivered.remove(g);
-            }
+        if let Owner::Gamer(g) = &owner {
+            self.not_undelivered(g, id);
         }
     }
 

@@ -69,13 +69,8 @@ impl<P: Clone> Scheduler<P> {
         }
         self.finished.retain(|(_, t)| *t != id);
         self.evict_later.remove(&id);
-        if let Owner::Gamer(g) = &owner
-            && let Some(set) = self.undelivered.get_mut(g)
-        {
-            set.remove(&id);
-            if set.is_empty() {
-                self.undelivered.remove(g);
-            }
+        if let Owner::Gamer(g) = &owner {
+            self.not_undelivered(g, id);
         }
         let Some(task) = self.tasks.get_mut(&id) else { return Err(RetryError::UnknownTask) };
         task.failures = 0;
