@@ -820,3 +820,77 @@ fn a_finished_task_with_a_lost_run_outlives_its_retention_until_the_hold_ends() 
 fn patient() -> Config {
     Config { heartbeat_timeout: Duration::from_secs(100_000), ..config() }
 }
+
+#[test]
+fn a_cancel_never_confirmed_frees_the_slot_but_holds_the_peer_id() {
+    // A seed-literal peer ignores `cancel_task` and may answer later by `7`.
+    check_with(
+        patient(),
+        false,
+        r"
+        gamer g1
+        join p1
+        submit g1 echo id=7
+        cancel g1 t-1
+        at 16s
+        submit g1 echo id=7
+        result p1 7 ok=late
+        at 616s
+        result p1 t-2 ok=B
+        submit g1 echo id=7
+        ",
+        r"
+        gamer g1
+        join p1
+        submit g1 echo id=7
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c2)
+        cancel g1 t-1
+          => Ok(())
+          cancel t-1#1 on p1 (cancelled)
+          deliver t-1 (7) to g1: cancelled after 1
+        at 16s
+        submit g1 echo id=7
+          => t-2 7 Assigned
+          assign t-2#1 as t-2 x -> p1 (c2)
+        result p1 7 ok=late
+          => Stale
+        at 616s
+        result p1 t-2 ok=B
+          => Accepted
+          deliver t-2 (7) to g1: completed B by p1#1 after 1
+        submit g1 echo id=7
+          => t-3 7 Assigned
+          assign t-3#1 x -> p1 (c2)
+        ",
+    );
+}
+
+#[test]
+fn a_task_whose_lost_run_holds_its_id_can_be_retried_under_it() {
+    // The lost run's late answer by `7` would be this task's own work.
+    check_with(
+        patient(),
+        false,
+        r"
+        join p1
+        submit api echo id=7 attempts=1
+        leave p1
+        retry t-1
+        join p2
+        result p2 7 ok=A
+        ",
+        r"
+        join p1
+        submit api echo id=7 attempts=1
+          => t-1 7 Assigned
+          assign t-1#1 x -> p1 (c1)
+        leave p1
+        retry t-1
+        join p2
+          assign t-1#2 x -> p2 (c2)
+        result p2 7 ok=A
+          => Accepted
+        ",
+    );
+}
