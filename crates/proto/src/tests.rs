@@ -280,7 +280,7 @@ fn capabilities_are_read_leniently() {
         &json(
             r#"{"task_types":["echo","gpu"],"max_concurrent":4,"cores":8,"memory_gb":16,
                 "gpus":[{"name":"RX 580","vram_mb":8192,"vendor":"AMD"},"GTX 1060"],
-                "models":["resnet50"],"owner":"alice"}"#,
+                "models":["resnet50"],"owner":"alice","echoes_ids":true}"#,
         )
         .unwrap(),
     ));
@@ -293,6 +293,7 @@ fn capabilities_are_read_leniently() {
     assert_eq!(caps.gpus[1].name, "GTX 1060");
     assert_eq!(caps.models, vec!["resnet50".to_owned()]);
     assert_eq!(caps.raw["owner"], "alice");
+    assert!(caps.echoes_ids);
     assert!(caps.warnings.is_empty());
 }
 
@@ -310,6 +311,7 @@ fn odd_capabilities_never_refuse_a_peer() {
         r#"{"gpus":[1,2]}"#,
         r#"{"gpu":"RX 580"}"#,
         r#"{"memory_mb":"big"}"#,
+        r#"{"echoes_ids":"yes"}"#,
     ] {
         let caps = Capabilities::from_json(Some(&json(text).unwrap()));
         assert!(caps.slots() >= 1, "{text}");
@@ -318,6 +320,11 @@ fn odd_capabilities_never_refuse_a_peer() {
     assert_eq!(caps.slots(), 1);
     assert_eq!(caps.warnings.len(), 1);
     assert_eq!(Capabilities::from_json(None).task_types, None);
+    // A seed-literal peer answers by `task_id`: unless it says otherwise.
+    assert!(!Capabilities::from_json(None).echoes_ids);
+    let caps = Capabilities::from_json(Some(&json(r#"{"echoes_ids":"yes"}"#).unwrap()));
+    assert!(!caps.echoes_ids);
+    assert_eq!(caps.warnings.len(), 1);
     let caps = Capabilities::from_json(Some(&json(r#"{"slots":100000}"#).unwrap()));
     assert_eq!(caps.slots(), capabilities::MAX_SLOTS);
 }

@@ -347,6 +347,8 @@ mod tests {
         let parsed = proto::Capabilities::from_value(caps);
         assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
         assert_eq!(parsed.slots(), 3);
+        // Its answers name cluster ids: it may be sent work before it is durable.
+        assert!(parsed.echoes_ids);
     }
 
     #[test]
