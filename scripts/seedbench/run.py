@@ -9,6 +9,9 @@ coordinators round after round. Reports the median over rounds of tasks/s,
 p50, p99 and the coordinator's CPU time per task (from /proc/PID/stat).
 
     python3 scripts/seedbench/run.py --binary target/release/legacygpu --rounds 3
+
+Given --binary more than once (an A/B of two builds), each legacygpu row is
+run with every binary in turn, round after round, and labelled with it.
 """
 
 import argparse
@@ -96,16 +99,23 @@ def one_round(argv, peer_args, tasks: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--binary", default="target/release/legacygpu")
+    parser.add_argument("--binary", action="append",
+                        help="the legacygpu binary (default target/release/legacygpu); repeat to compare builds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--only", action="append", help="substring of the coordinators to run")
     args = parser.parse_args()
-    runs = {name: [] for name in coordinators(args.binary)}
+    binaries = args.binary or ["target/release/legacygpu"]
+    tables = [coordinators(binary) for binary in binaries]
+    argvs = {}
+    for name in tables[0]:
+        for binary, table in zip(binaries, tables):
+            label = f"{name} [{binary}]" if len(binaries) > 1 and name.startswith("legacygpu") else name
+            argvs.setdefault(label, table[name])
+    runs = {name: [] for name in argvs}
     if args.only:
         runs = {n: v for n, v in runs.items() if any(o in n for o in args.only)}
-    argvs = coordinators(args.binary)
     for r in range(args.rounds):
         for name in runs:
             argv, peer_args = argvs[name]

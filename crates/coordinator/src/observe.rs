@@ -2,7 +2,10 @@
 //! API, count and publish them); and the gate that holds durable replies
 //! until the store has committed what they promise.
 //!
-//! Each flush of the core becomes one numbered batch for the store writer.
+//! Each flush of the core becomes one numbered batch for the store writer:
+//! queued for its thread, or — when the core has no other input waiting,
+//! the writer nothing in flight, and the flush queued no message to a
+//! connection — committed on the core's thread at the end of the flush.
 //! A reply that promises durability — `task_accepted`, a delivered result —
 //! is held until the writer reports that batch committed. A delivery is
 //! marked in the store only *after* it went out, so a crash in between
@@ -39,6 +42,9 @@ struct StoreSide {
     marks: DeliveryMarks,
     /// Id reservations waiting for their batch to commit.
     ids: IdReservations,
+    /// A numbered batch to commit on the core's thread once the flush has
+    /// routed its commands ([`Observer::commit_deferred`]).
+    deferred: Option<(u64, Vec<Op>)>,
 }
 
 pub(crate) struct Observer {
@@ -49,6 +55,11 @@ pub(crate) struct Observer {
     /// Delivery marks written without other ops once this many wait.
     lazy_marks: usize,
     durable: watch::Receiver<Durable>,
+    /// Whether a batch may be committed on the core's thread when the core
+    /// has nothing else waiting (the store's commits are short).
+    commit_here: bool,
+    /// Whether the core has nothing else waiting now.
+    idle: bool,
     /// Keeps the channel open when there is no store.
     _durable_tx: Option<watch::Sender<Durable>>,
     held: VecDeque<(u64, ConnId, FromCoordinator)>,
@@ -63,6 +74,8 @@ impl Observer {
             max_lag: u64::MAX,
             lazy_marks: 0,
             durable: rx,
+            commit_here: false,
+            idle: false,
             _durable_tx: Some(tx),
             held: VecDeque::new(),
         }
@@ -70,10 +83,15 @@ impl Observer {
 
     /// An observer writing to `store` on a writer thread, or the error that
     /// kept the thread from starting. Commit times are recorded in `recorder`.
+    /// With `commit_here`, a batch made while the core is idle and the writer
+    /// has nothing in flight is committed on the core's thread instead, once
+    /// the flush has sent what need not wait for it ([`Writer::commit_here`]):
+    /// for a store whose commits are short.
     pub fn with_store(
         store: Box<dyn Store>,
         recorder: Arc<PrometheusRecorder>,
         limits: &Limits,
+        commit_here: bool,
     ) -> Result<Observer, StoreError> {
         let (tx, rx) = watch::channel(Durable::default());
         let queue = usize::try_from(limits.max_store_lag).unwrap_or(usize::MAX).saturating_mul(2);
@@ -94,12 +112,15 @@ impl Observer {
             appended: 0,
             marks: DeliveryMarks::default(),
             ids: IdReservations::default(),
+            deferred: None,
         };
         Ok(Observer {
             store: Some(side),
             max_lag: limits.max_store_lag,
             lazy_marks: limits.lazy_delivery_marks,
             durable: rx,
+            commit_here,
+            idle: false,
             _durable_tx: None,
             held: VecDeque::new(),
         })
@@ -138,12 +159,24 @@ impl Observer {
     pub fn commit(&mut self) {
         let committed = self.durable.borrow().seq;
         let Some(side) = self.store.as_mut() else { return };
+        // An earlier batch still waiting for the core goes first, in order.
+        // The writer had nothing in flight, so its queue has room.
+        if let Some((seq, ops)) = side.deferred.take()
+            && side.writer.send(seq, ops).is_err()
+        {
+            error!("the store writer has stopped; nothing more is made durable");
+        }
         let riding = !side.pending.is_empty();
         side.pending.extend(side.marks.take(committed, riding, self.lazy_marks));
         if side.pending.is_empty() {
             return;
         }
         let ops = std::mem::take(&mut side.pending);
+        if self.commit_here && self.idle && side.writer.idle() {
+            side.appended += 1;
+            side.deferred = Some((side.appended, ops));
+            return;
+        }
         match side.writer.send(side.appended + 1, ops) {
             Ok(()) => side.appended += 1,
             // Held back and sent with the next batch: what is held waits.
@@ -152,6 +185,28 @@ impl Observer {
                 error!("the store writer has stopped; nothing more is made durable");
             }
         }
+    }
+
+    /// Commits the batch [`Observer::commit`] kept for the core's thread, if
+    /// any — on the writer thread instead if the core is no longer idle —
+    /// and the replies it holds can be released.
+    pub fn commit_deferred(&mut self) {
+        let Some(side) = self.store.as_mut() else { return };
+        let Some((seq, ops)) = side.deferred.take() else { return };
+        let written =
+            if self.idle { side.writer.commit_here(seq, ops) } else { side.writer.send(seq, ops) };
+        if written.is_err() {
+            error!("the store writer has stopped; nothing more is made durable");
+        }
+    }
+
+    /// Tells whether the core has nothing else to do, so that a batch may be
+    /// committed on its thread (see [`Observer::with_store`]). A core that
+    /// queued a message to a connection is not idle: that connection's task
+    /// waits for this thread (tokio runs a task woken from a task next, on the
+    /// same thread), and a commit here would hold the message back.
+    pub fn set_idle(&mut self, idle: bool) {
+        self.idle = idle;
     }
 
     /// The highest id reservation the store made durable since the last
@@ -214,6 +269,7 @@ impl Observer {
     /// Writes everything still pending and waits for the writer (at shutdown).
     pub fn close_store(&mut self) {
         self.commit();
+        self.commit_deferred();
         if let Some(mut side) = self.store.take() {
             // Deliveries that went out are marked even if their batch had
             // not reported back yet: the writer commits in order.
@@ -253,7 +309,8 @@ mod tests {
         let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
         let recorder =
             Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
-        let mut obs = Observer::with_store(Box::new(db), recorder, &Limits::default()).unwrap();
+        let mut obs =
+            Observer::with_store(Box::new(db), recorder, &Limits::default(), false).unwrap();
         obs.record(Op::IdsUsed { next_task_id: 10 });
         obs.commit();
         obs.hold(ConnId(1), reply("accepted"));
@@ -267,6 +324,39 @@ mod tests {
         obs.hold(ConnId(1), reply("result"));
         let out: Vec<String> = obs.release().iter().map(|(_, m)| reason(m).to_owned()).collect();
         assert_eq!(out, ["accepted", "result"]);
+        obs.close_store();
+    }
+
+    #[test]
+    fn an_idle_core_commits_on_its_own_thread_and_a_busy_one_hands_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
+        let recorder =
+            Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+        let mut obs =
+            Observer::with_store(Box::new(db), recorder, &Limits::default(), true).unwrap();
+        obs.set_idle(true);
+        obs.record(Op::IdsUsed { next_task_id: 10 });
+        obs.commit();
+        obs.hold(ConnId(1), reply("accepted"));
+        assert!(obs.release().is_empty(), "held until its batch is written");
+        // Committed before commit_deferred() returned: the reply goes at once.
+        obs.commit_deferred();
+        let out: Vec<String> = obs.release().iter().map(|(_, m)| reason(m).to_owned()).collect();
+        assert_eq!(out, ["accepted"]);
+        // With inputs waiting, the batch goes to the writer thread.
+        obs.set_idle(false);
+        obs.record(Op::IdsUsed { next_task_id: 20 });
+        obs.commit();
+        obs.hold(ConnId(1), reply("result"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.is_empty() {
+            assert!(Instant::now() < deadline, "the batch never committed");
+            out = obs.release();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(reason(&out[0].1), "result");
         obs.close_store();
     }
 }

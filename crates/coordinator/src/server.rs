@@ -375,7 +375,12 @@ fn recover(
                 db.set_epoch(epoch);
             }
             let loaded = db.load()?;
-            let observer = Observer::with_store(db, telemetry.recorder(), &config.limits)?;
+            // SQLite commits in tens of microseconds without an fsync: an
+            // idle core does better to commit itself than to wake the writer.
+            let commit_here =
+                sync == store::Sync::Normal && !matches!(config.store, StoreMode::Postgres { .. });
+            let observer =
+                Observer::with_store(db, telemetry.recorder(), &config.limits, commit_here)?;
             (observer, Some(loaded))
         }
     };

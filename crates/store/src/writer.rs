@@ -7,6 +7,13 @@
 //! fsync acknowledges many tasks, which is what keeps throughput high with
 //! `Sync::Full`.
 //!
+//! When nothing is queued or being written, a caller with nothing else to do
+//! may commit its batch on its own thread instead ([`Writer::commit_here`]):
+//! one task at a time then costs no wake-up of the writer thread and no
+//! wake-up back. Batches still commit in order, because a batch is written
+//! here only while no earlier one is in flight, and only the writer's owner
+//! sends.
+//!
 //! The queue is bounded: [`Writer::send`] never blocks, and a full queue is
 //! reported ([`SendError::Full`]) for the caller to hold its ops back and
 //! try again. A writer that cannot start, or that panics, reports it: a
@@ -17,7 +24,8 @@
 //! ([`StoreError::Fenced`]) reports it and stops at once, and nothing it is
 //! given afterwards is written.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,11 +50,30 @@ pub enum SendError {
     Closed,
 }
 
+type OnCommit = dyn Fn(Result<Committed, StoreError>) + Send + Sync;
+
+/// What the writer thread and the writer's owner share.
+struct Shared {
+    store: Mutex<Box<dyn Store>>,
+    /// Batches queued or being written, not yet reported.
+    in_flight: AtomicU64,
+    on_commit: Box<OnCommit>,
+}
+
 /// A store running on its own thread.
-#[derive(Debug)]
 pub struct Writer {
     tx: Option<mpsc::SyncSender<Batch>>,
     thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("open", &self.tx.is_some())
+            .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// One group commit that reached the disk.
@@ -62,46 +89,87 @@ pub struct Committed {
 
 impl Writer {
     /// Starts the writer with room for `queue` batches. `on_commit` is
-    /// called on the writer thread with the highest batch number committed,
-    /// or with the error that stopped it — a panic included.
+    /// called with the highest batch number committed, or with the error
+    /// that stopped the writer — a panic included: on the writer thread, or
+    /// on the caller's for [`Writer::commit_here`].
     pub fn spawn(
         store: Box<dyn Store>,
         queue: usize,
         max_ops_per_commit: usize,
-        on_commit: impl Fn(Result<Committed, StoreError>) + Send + 'static,
+        on_commit: impl Fn(Result<Committed, StoreError>) + Send + Sync + 'static,
     ) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Batch>(queue.max(1));
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            in_flight: AtomicU64::new(0),
+            on_commit: Box::new(on_commit),
+        });
+        let on_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
-            let mut store = store;
             let run = std::panic::AssertUnwindSafe(|| {
-                commit_loop(store.as_mut(), &rx, max_ops_per_commit, &on_commit);
+                commit_loop(&on_thread, &rx, max_ops_per_commit);
             });
             if let Err(panic) = std::panic::catch_unwind(run) {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                on_commit(Err(StoreError::WriterPanicked(what)));
+                (on_thread.on_commit)(Err(panicked(panic.as_ref())));
             }
         })?;
-        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+        Ok(Writer { tx: Some(tx), thread: Some(thread), shared })
     }
 
     /// Queues batch `seq` (numbers must increase); never blocks.
     pub fn send(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
         let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
-        tx.try_send(Batch { seq, ops }).map_err(|e| match e {
-            mpsc::TrySendError::Full(batch) => SendError::Full(batch.ops),
-            mpsc::TrySendError::Disconnected(_) => SendError::Closed,
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        tx.try_send(Batch { seq, ops }).map_err(|e| {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                mpsc::TrySendError::Full(batch) => SendError::Full(batch.ops),
+                mpsc::TrySendError::Disconnected(_) => SendError::Closed,
+            }
         })
+    }
+
+    /// Whether no batch is queued or being written: the next
+    /// [`Writer::commit_here`] then commits on the caller's thread.
+    pub fn idle(&self) -> bool {
+        self.tx.is_some() && self.shared.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Commits batch `seq` on this thread when no batch is queued or being
+    /// written, and reports it through `on_commit` before returning;
+    /// otherwise queues it as [`Writer::send`] does. A write that fails for
+    /// good is reported the same way and stops the writer.
+    pub fn commit_here(&mut self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
+        if self.tx.is_none() {
+            return Err(SendError::Closed);
+        }
+        if self.shared.in_flight.load(Ordering::Acquire) > 0 {
+            return self.send(seq, ops);
+        }
+        let write = std::panic::AssertUnwindSafe(|| commit(&self.shared, seq, &ops));
+        let ok = match std::panic::catch_unwind(write) {
+            Ok(ok) => ok,
+            Err(panic) => {
+                (self.shared.on_commit)(Err(panicked(panic.as_ref())));
+                false
+            }
+        };
+        if !ok {
+            // The thread sees the channel close and ends.
+            self.tx.take();
+        }
+        Ok(())
     }
 
     /// Queues batch `seq`, waiting for room (at shutdown, when nothing else
     /// waits on the caller).
     pub fn send_waiting(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
         let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
-        tx.send(Batch { seq, ops }).map_err(|_| SendError::Closed)
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        tx.send(Batch { seq, ops }).map_err(|_| {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            SendError::Closed
+        })
     }
 
     /// Commits what is queued and stops the thread.
@@ -123,38 +191,61 @@ impl Drop for Writer {
     }
 }
 
+fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    StoreError::WriterPanicked(what)
+}
+
+/// Writes `ops` as the commit of batch `seq` and reports it; false when the
+/// write failed for good.
+fn commit(shared: &Shared, seq: u64, ops: &[Op]) -> bool {
+    let started = std::time::Instant::now();
+    // A panic while the lock was held ended the writer: nothing writes after it.
+    let written = match shared.store.lock() {
+        Ok(mut store) => write_with_retries(store.as_mut(), ops),
+        Err(_) => return false,
+    };
+    match written {
+        Ok(()) => {
+            (shared.on_commit)(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() }));
+            true
+        }
+        Err(e) => {
+            (shared.on_commit)(Err(e));
+            false
+        }
+    }
+}
+
 /// Takes batches until the channel closes or a write fails for good.
-fn commit_loop(
-    store: &mut dyn Store,
-    rx: &mpsc::Receiver<Batch>,
-    max_ops_per_commit: usize,
-    on_commit: &impl Fn(Result<Committed, StoreError>),
-) {
+fn commit_loop(shared: &Shared, rx: &mpsc::Receiver<Batch>, max_ops_per_commit: usize) {
     let mut ops: Vec<Op> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut seq = first.seq;
+        let mut batches = 1;
         ops.extend(first.ops);
         while ops.len() < max_ops_per_commit {
             match rx.try_recv() {
                 Ok(next) => {
                     seq = next.seq;
+                    batches += 1;
                     ops.extend(next.ops);
                 }
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        match write_with_retries(store, &ops) {
-            Ok(()) => on_commit(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() })),
-            Err(e) => {
-                on_commit(Err(e));
-                return;
-            }
+        if !commit(shared, seq, &ops) {
+            return;
         }
+        // Only once reported: the owner may then commit on its own thread.
+        shared.in_flight.fetch_sub(batches, Ordering::AcqRel);
         ops.clear();
     }
 }
-
 fn write_with_retries(store: &mut dyn Store, ops: &[Op]) -> Result<(), StoreError> {
     let mut attempt = 1;
     loop {
@@ -321,6 +412,69 @@ mod tests {
         writer.close();
         assert_eq!(*tries.lock().unwrap(), 1);
         assert!(rx.try_recv().is_err(), "nothing more is reported after the refusal");
+    }
+
+    #[test]
+    fn an_idle_writer_lets_the_caller_commit_on_its_own_thread() {
+        let probe = Probe::default();
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(probe.clone()), 10, 100, move |r| {
+            let _ = tx.send((r.unwrap().seq, std::thread::current().id()));
+        })
+        .unwrap();
+        writer.commit_here(1, vec![op(1), op(2)]).unwrap();
+        // Reported before commit_here returned, from this thread.
+        assert_eq!(rx.try_recv(), Ok((1, std::thread::current().id())));
+        assert_eq!(*probe.commits.lock().unwrap(), [2]);
+        writer.close();
+    }
+
+    #[test]
+    fn a_batch_given_while_another_is_in_flight_is_queued_behind_it() {
+        let probe = Probe { slow: Duration::from_millis(100), ..Probe::default() };
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(probe.clone()), 10, 100, move |r| {
+            let _ = tx.send((r.unwrap().seq, std::thread::current().id()));
+        })
+        .unwrap();
+        writer.send(1, vec![op(1)]).unwrap();
+        writer.commit_here(2, vec![op(2)]).unwrap();
+        writer.close();
+        let reported: Vec<_> = rx.iter().collect();
+        assert_eq!(reported.last().map(|r| r.0), Some(2), "in order: {reported:?}");
+        let here = std::thread::current().id();
+        assert!(reported.iter().all(|r| r.1 != here), "committed on the writer thread");
+        assert_eq!(probe.commits.lock().unwrap().iter().sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn a_failure_committing_on_the_callers_thread_is_reported_and_stops_the_writer() {
+        let probe = Probe::default();
+        *probe.fail.lock().unwrap() = true;
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(probe), 10, 100, move |r| {
+            let _ = tx.send(r.is_err());
+        })
+        .unwrap();
+        writer.commit_here(1, vec![op(1)]).unwrap();
+        assert_eq!(rx.try_recv(), Ok(true));
+        assert!(matches!(writer.send(2, vec![op(2)]), Err(SendError::Closed)));
+        assert!(matches!(writer.commit_here(3, vec![op(3)]), Err(SendError::Closed)));
+        writer.close();
+        assert!(rx.try_recv().is_err(), "nothing more is reported");
+    }
+
+    #[test]
+    fn a_panic_committing_on_the_callers_thread_is_reported_as_a_failure() {
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(Bomb), 10, 100, move |r| {
+            let _ = tx.send(r.map(|c| c.seq).map_err(|e| e.to_string()));
+        })
+        .unwrap();
+        writer.commit_here(1, vec![op(1)]).unwrap();
+        let reported = rx.try_recv().unwrap();
+        assert_eq!(reported, Err("the store writer panicked: the disk driver exploded".into()));
+        assert!(matches!(writer.send(2, vec![op(2)]), Err(SendError::Closed)));
     }
 
     #[test]

@@ -129,6 +129,16 @@ async fn login(c: &Client, base: &str, key: &str) {
     let field = c.wait().at_most(WAIT).for_element(Locator::Id("key")).await.unwrap();
     field.send_keys(key).await.unwrap();
     c.find(Locator::Id("login")).await.unwrap().click().await.unwrap();
+    // The click only starts the form's post: wait for its answer (the page
+    // it leads to, or the login page again with its error), so that the
+    // next page is asked for with the session's cookie.
+    eventually("the login to be answered", || async {
+        if c.find(Locator::Id("login-error")).await.is_ok() {
+            return Some(());
+        }
+        (c.current_url().await.ok()?.path() != "/login").then_some(())
+    })
+    .await;
 }
 
 /// A task submitted over REST with the admin key; its cluster id.

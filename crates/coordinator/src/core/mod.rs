@@ -186,14 +186,22 @@ impl Core {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                // Before inputs: replies the store has made durable go out
+                // first, and the flush of the next input finds nothing of
+                // theirs left to queue (it may then commit on this thread).
+                Ok(()) = durable.changed() => {
+                    if self.observer.failed().is_some() {
+                        break;
+                    }
+                }
                 input = rx.recv() => {
                     let Some(input) = input else { break };
-                    self.handle(input);
+                    self.handle_next(input, &rx);
                     // Take what else is waiting before flushing, up to a bound,
                     // so that bursts cost one flush.
                     for _ in 0..burst {
                         match rx.try_recv() {
-                            Ok(input) => self.handle(input),
+                            Ok(input) => self.handle_next(input, &rx),
                             Err(_) => break,
                         }
                     }
@@ -201,12 +209,9 @@ impl Core {
                 _ = sleep_until(deadline) => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
+                    self.observer.set_idle(rx.is_empty());
                     self.flush();
-                }
-                Ok(()) = durable.changed() => {
-                    if self.observer.failed().is_some() {
-                        break;
-                    }
+                    self.observer.set_idle(false);
                 }
                 _ = sleep_until(self.publisher.due()) => {}
             }
@@ -215,6 +220,14 @@ impl Core {
         }
         self.shut_down();
         self.observer.failed()
+    }
+
+    /// Handles an input taken from `rx`, telling the observer whether
+    /// another one waits (an idle core may commit on its own thread).
+    fn handle_next(&mut self, input: Input, rx: &mpsc::Receiver<Input>) {
+        self.observer.set_idle(rx.is_empty());
+        self.handle(input);
+        self.observer.set_idle(false);
     }
 
     fn handle(&mut self, input: Input) {
@@ -297,6 +310,9 @@ impl Core {
         while let Some(cmd) = self.sched.poll_command() {
             self.route(cmd);
         }
+        // Last, when it runs on this thread: what need not wait for it is
+        // already on its way.
+        self.observer.commit_deferred();
     }
 
     fn route(&mut self, cmd: Command<Json>) {
@@ -343,7 +359,11 @@ impl Core {
             return self.undelivered(conn, &msg);
         };
         let failed = match c.tx.try_send(Outbound::Msg(Box::new(msg))) {
-            Ok(()) => return,
+            Ok(()) => {
+                // The connection's task now waits for this thread.
+                self.observer.set_idle(false);
+                return;
+            }
             Err(mpsc::error::TrySendError::Full(out)) => {
                 warn!(%conn, remote = %c.remote, "dropping a connection too slow to read its messages");
                 crate::telemetry::connection_dropped_slow(&self.telemetry.recorder());
