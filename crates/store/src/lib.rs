@@ -19,7 +19,9 @@
 //! that arrive while a transaction commits are gathered into the next one, so
 //! one fsync covers many tasks. It reports the highest batch sequence number
 //! committed, which is what lets the coordinator acknowledge a submission only
-//! once it is durable.
+//! once it is durable. When nothing is in flight, its owner may commit a batch
+//! on its own thread ([`Writer::commit_here`]); a backend's upkeep (SQLite's
+//! checkpoints, [`Store::upkeep`]) stays on the writer's thread.
 //!
 //! This crate knows nothing of the scheduler: its rows are plain data.
 
@@ -111,6 +113,20 @@ pub trait Store: Send + 'static {
     /// backend (SQLite) has nothing to fence and ignores it. Epoch 0, the
     /// default, is "no lease taken": accepted only while nobody ever led.
     fn set_epoch(&mut self, _epoch: u64) {}
+
+    /// Whether the backend has upkeep to do apart from commits (SQLite:
+    /// copying its write-ahead log into the database once the log has grown
+    /// past a bound). The writer runs it on its own thread
+    /// ([`Store::upkeep`]), never on a caller's.
+    fn upkeep_due(&self) -> bool {
+        false
+    }
+
+    /// Does that upkeep. A failure is not a failed commit: nothing
+    /// acknowledged depends on it, and it is tried again when next due.
+    fn upkeep(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What [`Store::load`] returns.

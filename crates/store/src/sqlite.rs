@@ -1,6 +1,8 @@
 //! The SQLite backend: one file, WAL mode, prepared statements.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -119,9 +121,17 @@ pub enum Sync {
     Normal,
 }
 
+/// Pages in the write-ahead log past which it is copied into the database
+/// (SQLite's own automatic checkpoint uses the same bound).
+const CHECKPOINT_PAGES: i32 = 1000;
+
 /// Tasks in an SQLite file.
 pub struct SqliteStore {
     conn: Connection,
+    /// Pages in the write-ahead log after the last commit (set by SQLite's
+    /// WAL hook, which replaces its automatic checkpoint: checkpoints run
+    /// as [`Store::upkeep`], on the writer's thread).
+    wal_pages: Arc<AtomicI32>,
     /// The `next_task_id` stored (as far as this store knows): a batch
     /// whose ids are all below it need not write it again. Reservations
     /// (`Op::IdsUsed`) run ahead of the ids inserted, so most batches don't.
@@ -153,7 +163,16 @@ impl SqliteStore {
             Sync::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync).map_err(open_err)?;
-        SqliteStore::prepare(conn, &path.display().to_string())
+        let mut store = SqliteStore::prepare(conn, &path.display().to_string())?;
+        let pages = Arc::clone(&store.wal_pages);
+        store
+            .conn
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+                pages.store(n, Ordering::Relaxed);
+                Ok(())
+            }))
+            .map_err(open_err)?;
+        Ok(store)
     }
 
     /// A store in memory only, gone when dropped: for simulations and tests
@@ -191,7 +210,7 @@ impl SqliteStore {
         // Room for every statement the writer runs (about 30), so that none
         // is parsed again (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(SqliteStore { conn, next_task_id: 0 })
+        Ok(SqliteStore { conn, wal_pages: Arc::new(AtomicI32::new(0)), next_task_id: 0 })
     }
 }
 
@@ -275,6 +294,19 @@ impl Store for SqliteStore {
             Ok(next_id)
         })?;
         self.next_task_id = stored.max(next_id);
+        Ok(())
+    }
+
+    fn upkeep_due(&self) -> bool {
+        self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES
+    }
+
+    /// A passive checkpoint: copies what it can of the log into the
+    /// database without waiting for readers (the log starts over at the
+    /// next commit once all of it was copied).
+    fn upkeep(&mut self) -> Result<(), StoreError> {
+        self.wal_pages.store(0, Ordering::Relaxed);
+        self.conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE)?;
         Ok(())
     }
 }
@@ -621,6 +653,26 @@ mod tests {
             submitted_at_ms: 1_700_000_000_000,
             verify: None,
         }
+    }
+
+    #[test]
+    fn the_log_is_checkpointed_as_upkeep_not_by_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        assert!(!store.upkeep_due());
+        // About 1 600 pages of log in one commit: past the bound, and left
+        // there (SQLite's automatic checkpoint would have copied it).
+        let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(10_000));
+        let ops: Vec<Op> =
+            (1..=600).map(|id| Op::Insert(NewTask { payload: big.clone(), ..task(id) })).collect();
+        store.write(&ops).unwrap();
+        assert!(store.upkeep_due());
+        store.upkeep().unwrap();
+        assert!(!store.upkeep_due());
+        // Everything was copied: the log starts over at the next commit.
+        store.write(&[Op::Delivered { id: 1, delivered: true }]).unwrap();
+        assert!(!store.upkeep_due());
+        assert_eq!(store.load().unwrap().tasks.len(), 600);
     }
 
     fn err(code: &str) -> Option<ErrorRow> {

@@ -12,7 +12,9 @@
 //! one task at a time then costs no wake-up of the writer thread and no
 //! wake-up back. Batches still commit in order, because a batch is written
 //! here only while no earlier one is in flight, and only the writer's owner
-//! sends.
+//! sends. The store's upkeep ([`Store::upkeep`]: SQLite's checkpoints, with
+//! their fsyncs) always runs on the writer thread, so that a commit on the
+//! owner's thread stays short.
 //!
 //! The queue is bounded: [`Writer::send`] never blocks, and a full queue is
 //! reported ([`SendError::Full`]) for the caller to hold its ops back and
@@ -34,9 +36,12 @@ use crate::{Op, Store, StoreError};
 /// How often a failing write is tried before the writer gives up.
 const ATTEMPTS: u32 = 3;
 
-struct Batch {
-    seq: u64,
-    ops: Vec<Op>,
+/// What the writer thread is given.
+enum Job {
+    /// Batch `seq`, to commit.
+    Batch { seq: u64, ops: Vec<Op> },
+    /// The store's upkeep, due after a commit made on the owner's thread.
+    Upkeep,
 }
 
 /// Why a batch was not queued.
@@ -62,7 +67,7 @@ struct Shared {
 
 /// A store running on its own thread.
 pub struct Writer {
-    tx: Option<mpsc::SyncSender<Batch>>,
+    tx: Option<mpsc::SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -98,7 +103,7 @@ impl Writer {
         max_ops_per_commit: usize,
         on_commit: impl Fn(Result<Committed, StoreError>) + Send + Sync + 'static,
     ) -> Result<Writer, StoreError> {
-        let (tx, rx) = mpsc::sync_channel::<Batch>(queue.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue.max(1));
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             in_flight: AtomicU64::new(0),
@@ -120,10 +125,11 @@ impl Writer {
     pub fn send(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
         let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        tx.try_send(Batch { seq, ops }).map_err(|e| {
+        tx.try_send(Job::Batch { seq, ops }).map_err(|e| {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             match e {
-                mpsc::TrySendError::Full(batch) => SendError::Full(batch.ops),
+                mpsc::TrySendError::Full(Job::Batch { ops, .. }) => SendError::Full(ops),
+                mpsc::TrySendError::Full(Job::Upkeep) => SendError::Full(Vec::new()),
                 mpsc::TrySendError::Disconnected(_) => SendError::Closed,
             }
         })
@@ -146,7 +152,7 @@ impl Writer {
         if self.shared.in_flight.load(Ordering::Acquire) > 0 {
             return self.send(seq, ops);
         }
-        let write = std::panic::AssertUnwindSafe(|| commit(&self.shared, seq, &ops));
+        let write = std::panic::AssertUnwindSafe(|| commit(&self.shared, seq, &ops, false));
         let ok = match std::panic::catch_unwind(write) {
             Ok(ok) => ok,
             Err(panic) => {
@@ -157,6 +163,15 @@ impl Writer {
         if !ok {
             // The thread sees the channel close and ends.
             self.tx.take();
+            return Ok(());
+        }
+        let due = self.shared.store.lock().is_ok_and(|store| store.upkeep_due());
+        if due && let Some(tx) = &self.tx {
+            // Nothing was in flight, so the queue has room.
+            self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            if tx.try_send(Job::Upkeep).is_err() {
+                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         Ok(())
     }
@@ -166,7 +181,7 @@ impl Writer {
     pub fn send_waiting(&self, seq: u64, ops: Vec<Op>) -> Result<(), SendError> {
         let tx = self.tx.as_ref().ok_or(SendError::Closed)?;
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        tx.send(Batch { seq, ops }).map_err(|_| {
+        tx.send(Job::Batch { seq, ops }).map_err(|_| {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             SendError::Closed
         })
@@ -200,9 +215,10 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
     StoreError::WriterPanicked(what)
 }
 
-/// Writes `ops` as the commit of batch `seq` and reports it; false when the
-/// write failed for good.
-fn commit(shared: &Shared, seq: u64, ops: &[Op]) -> bool {
+/// Writes `ops` as the commit of batch `seq` and reports it, then, with
+/// `upkeep`, does the store's upkeep if it is due; false when the write
+/// failed for good.
+fn commit(shared: &Shared, seq: u64, ops: &[Op], upkeep: bool) -> bool {
     let started = std::time::Instant::now();
     // A panic while the lock was held ended the writer: nothing writes after it.
     let written = match shared.store.lock() {
@@ -212,6 +228,10 @@ fn commit(shared: &Shared, seq: u64, ops: &[Op]) -> bool {
     match written {
         Ok(()) => {
             (shared.on_commit)(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() }));
+            // After the report, so that no reply waits for it.
+            if upkeep && let Ok(mut store) = shared.store.lock() {
+                upkeep_if_due(store.as_mut());
+            }
             true
         }
         Err(e) => {
@@ -221,28 +241,47 @@ fn commit(shared: &Shared, seq: u64, ops: &[Op]) -> bool {
     }
 }
 
+fn upkeep_if_due(store: &mut dyn Store) {
+    if store.upkeep_due()
+        && let Err(e) = store.upkeep()
+    {
+        tracing::warn!("store upkeep failed (tried again when next due): {e}");
+    }
+}
+
 /// Takes batches until the channel closes or a write fails for good.
-fn commit_loop(shared: &Shared, rx: &mpsc::Receiver<Batch>, max_ops_per_commit: usize) {
+fn commit_loop(shared: &Shared, rx: &mpsc::Receiver<Job>, max_ops_per_commit: usize) {
     let mut ops: Vec<Op> = Vec::new();
     while let Ok(first) = rx.recv() {
-        let mut seq = first.seq;
-        let mut batches = 1;
-        ops.extend(first.ops);
+        let (mut seq, first_ops) = match first {
+            Job::Batch { seq, ops } => (seq, ops),
+            Job::Upkeep => {
+                if let Ok(mut store) = shared.store.lock() {
+                    upkeep_if_due(store.as_mut());
+                }
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+        };
+        let mut jobs = 1;
+        ops.extend(first_ops);
         while ops.len() < max_ops_per_commit {
             match rx.try_recv() {
-                Ok(next) => {
-                    seq = next.seq;
-                    batches += 1;
-                    ops.extend(next.ops);
+                Ok(Job::Batch { seq: next, ops: more }) => {
+                    seq = next;
+                    jobs += 1;
+                    ops.extend(more);
                 }
+                // Done after this commit, which does the upkeep if due.
+                Ok(Job::Upkeep) => jobs += 1,
                 Err(_) => break,
             }
         }
-        if !commit(shared, seq, &ops) {
+        if !commit(shared, seq, &ops, true) {
             return;
         }
         // Only once reported: the owner may then commit on its own thread.
-        shared.in_flight.fetch_sub(batches, Ordering::AcqRel);
+        shared.in_flight.fetch_sub(jobs, Ordering::AcqRel);
         ops.clear();
     }
 }
@@ -276,6 +315,8 @@ mod tests {
         commits: Arc<Mutex<Vec<usize>>>,
         fail: Arc<Mutex<bool>>,
         slow: Duration,
+        /// Upkeep is due after every commit; the threads it ran on.
+        upkeep: Option<Arc<Mutex<Vec<std::thread::ThreadId>>>>,
     }
 
     impl Store for Probe {
@@ -289,6 +330,17 @@ mod tests {
                 return Err(StoreError::Io(std::io::Error::other("disk on fire")));
             }
             self.commits.lock().unwrap().push(ops.len());
+            Ok(())
+        }
+
+        fn upkeep_due(&self) -> bool {
+            self.upkeep.is_some()
+        }
+
+        fn upkeep(&mut self) -> Result<(), StoreError> {
+            if let Some(ran) = &self.upkeep {
+                ran.lock().unwrap().push(std::thread::current().id());
+            }
             Ok(())
         }
     }
@@ -427,6 +479,26 @@ mod tests {
         assert_eq!(rx.try_recv(), Ok((1, std::thread::current().id())));
         assert_eq!(*probe.commits.lock().unwrap(), [2]);
         writer.close();
+    }
+
+    #[test]
+    fn upkeep_after_a_commit_on_the_callers_thread_runs_on_the_writer_thread() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe { upkeep: Some(Arc::clone(&ran)), ..Probe::default() };
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(probe), 10, 100, move |r| {
+            let _ = tx.send(r.unwrap().seq);
+        })
+        .unwrap();
+        writer.commit_here(1, vec![op(1)]).unwrap();
+        assert_eq!(rx.try_recv(), Ok(1));
+        // The next batch waits behind the upkeep, on the writer thread.
+        writer.commit_here(2, vec![op(2)]).unwrap();
+        writer.close();
+        assert_eq!(rx.iter().collect::<Vec<_>>(), [2]);
+        let ran = ran.lock().unwrap().clone();
+        let here = std::thread::current().id();
+        assert!(!ran.is_empty() && ran.iter().all(|t| *t != here), "{ran:?}");
     }
 
     #[test]
