@@ -47,6 +47,25 @@ struct StoreSide {
     deferred: Option<(u64, Vec<Op>)>,
 }
 
+impl StoreSide {
+    /// After handing over a batch whose number was already taken: a full
+    /// queue puts its ops back in front of the next batch, whose commit then
+    /// covers what was held for this one (held replies wait for a number at
+    /// least theirs to commit).
+    fn sent_numbered(&mut self, sent: Result<(), SendError>) {
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Full(mut ops)) => {
+                ops.append(&mut self.pending);
+                self.pending = ops;
+            }
+            Err(SendError::Closed) => {
+                error!("the store writer has stopped; nothing more is made durable");
+            }
+        }
+    }
+}
+
 pub(crate) struct Observer {
     store: Option<StoreSide>,
     /// Batches handed to the store but not committed beyond which the store
@@ -160,11 +179,9 @@ impl Observer {
         let committed = self.durable.borrow().seq;
         let Some(side) = self.store.as_mut() else { return };
         // An earlier batch still waiting for the core goes first, in order.
-        // The writer had nothing in flight, so its queue has room.
-        if let Some((seq, ops)) = side.deferred.take()
-            && side.writer.send(seq, ops).is_err()
-        {
-            error!("the store writer has stopped; nothing more is made durable");
+        if let Some((seq, ops)) = side.deferred.take() {
+            let sent = side.writer.send(seq, ops);
+            side.sent_numbered(sent);
         }
         let riding = !side.pending.is_empty();
         side.pending.extend(side.marks.take(committed, riding, self.lazy_marks));
@@ -193,11 +210,9 @@ impl Observer {
     pub fn commit_deferred(&mut self) {
         let Some(side) = self.store.as_mut() else { return };
         let Some((seq, ops)) = side.deferred.take() else { return };
-        let written =
+        let sent =
             if self.idle { side.writer.commit_here(seq, ops) } else { side.writer.send(seq, ops) };
-        if written.is_err() {
-            error!("the store writer has stopped; nothing more is made durable");
-        }
+        side.sent_numbered(sent);
     }
 
     /// Tells whether the core has nothing else to do, so that a batch may be
