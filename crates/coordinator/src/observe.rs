@@ -318,14 +318,18 @@ mod tests {
         }
     }
 
+    /// An observer on an SQLite store in `dir`.
+    fn on_sqlite(dir: &std::path::Path, commit_here: bool) -> Observer {
+        let db = store::SqliteStore::open(dir, store::Sync::Normal).unwrap();
+        let recorder =
+            Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+        Observer::with_store(Box::new(db), recorder, &Limits::default(), commit_here).unwrap()
+    }
+
     #[test]
     fn a_reply_never_overtakes_one_held_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
-        let recorder =
-            Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
-        let mut obs =
-            Observer::with_store(Box::new(db), recorder, &Limits::default(), false).unwrap();
+        let mut obs = on_sqlite(dir.path(), false);
         obs.record(Op::IdsUsed { next_task_id: 10 });
         obs.commit();
         obs.hold(ConnId(1), reply("accepted"));
@@ -345,11 +349,7 @@ mod tests {
     #[test]
     fn an_idle_core_commits_on_its_own_thread_and_a_busy_one_hands_over() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
-        let recorder =
-            Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
-        let mut obs =
-            Observer::with_store(Box::new(db), recorder, &Limits::default(), true).unwrap();
+        let mut obs = on_sqlite(dir.path(), true);
         obs.set_idle(true);
         obs.record(Op::IdsUsed { next_task_id: 10 });
         obs.commit();
