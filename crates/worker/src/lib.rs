@@ -24,7 +24,7 @@ use exec::{Executors, RunContext};
 use proto::ToCoordinator;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod credentials;
 mod gpu;
@@ -119,6 +119,8 @@ pub enum WorkerError {
 /// A task the worker holds.
 pub(crate) struct Running {
     pub attempt: u32,
+    /// The run's number on this worker (`runner::Job::run`).
+    pub run: u64,
     /// The cluster id from the assignment, echoed in every report.
     pub id: Option<String>,
     pub ctx: RunContext,
@@ -137,6 +139,8 @@ pub struct Worker {
     pub(crate) reports: mpsc::UnboundedReceiver<Report>,
     /// This worker's own credential, once it has one.
     pub(crate) credential: Option<String>,
+    /// The number of the last run started.
+    pub(crate) runs: u64,
 }
 
 impl Worker {
@@ -154,6 +158,7 @@ impl Worker {
             reports_tx,
             reports,
             credential: None,
+            runs: 0,
         }
     }
 
@@ -252,21 +257,28 @@ impl Worker {
     pub(crate) fn report_messages(&mut self, report: Report) -> Vec<ToCoordinator> {
         match report {
             Report::Progress { .. } => Vec::new(),
-            Report::Started { task_id, attempt } => {
-                let Some(id) = self.running.get(&task_id).map(|r| r.id.clone()) else {
+            Report::Started { task_id, attempt, run } => {
+                let Some(id) =
+                    self.running.get(&task_id).filter(|r| r.run == run).map(|r| r.id.clone())
+                else {
                     return Vec::new();
                 };
                 let started = proto::TaskStarted { task_id, id, attempt: Some(attempt) };
                 vec![ToCoordinator::TaskStarted(started)]
             }
-            Report::Finished { task_id, attempt, outcome, elapsed } => {
+            Report::Finished { task_id, attempt, run, outcome, elapsed } => {
                 let mut out = Vec::with_capacity(2);
-                let running = self.running.get(&task_id).filter(|r| r.attempt == attempt);
-                let id = running.and_then(|r| r.id.clone());
-                if let Some(r) = running {
-                    out.extend(r.progress.take().map(ToCoordinator::TaskProgress));
-                    self.running.remove(&task_id);
-                }
+                // A run the worker stopped itself (the coordinator called it
+                // stale, or it was handed back) is no longer in `running`:
+                // nobody waits for its end, and its answer could be taken for
+                // a later run of the same task and attempt.
+                let Some(r) = self.running.get(&task_id).filter(|r| r.run == run) else {
+                    debug!(task = %task_id, attempt, "a stopped run ended; not reported");
+                    return Vec::new();
+                };
+                let id = r.id.clone();
+                out.extend(r.progress.take().map(ToCoordinator::TaskProgress));
+                self.running.remove(&task_id);
                 let (result, error) = match outcome {
                     Ok(result) => (Some(result), None),
                     Err(failure) => (None, Some(failure)),
@@ -396,5 +408,46 @@ mod tests {
             let d = jittered(Duration::from_millis(100));
             assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
         }
+    }
+
+    #[test]
+    fn a_run_stopped_as_stale_reports_nothing_even_when_its_task_and_attempt_run_again() {
+        let mut worker = Worker::new(Config::new("ws://127.0.0.1:1", "p"), Executors::builtin());
+        // Run 1 of t-7, attempt 3, was stopped as stale; the coordinator, whose
+        // crash lost that attempt, gave the same task and attempt again: run 2.
+        let progress = Arc::new(progress::Progress::new(
+            "t-7".into(),
+            Some("7".into()),
+            3,
+            worker.reports_tx.clone(),
+        ));
+        let ctx = RunContext::new(None);
+        let run = Running { attempt: 3, run: 2, id: Some("7".into()), ctx, progress };
+        worker.running.insert("t-7".into(), run);
+        let cancelled = proto::TaskFailure {
+            code: proto::FailureCode::CANCELLED,
+            message: "cancelled".into(),
+            retryable: None,
+        };
+        let stopped = Report::Finished {
+            task_id: "t-7".into(),
+            attempt: 3,
+            run: 1,
+            outcome: Err(cancelled),
+            elapsed: Duration::from_millis(5),
+        };
+        assert!(worker.report_messages(stopped).is_empty());
+        assert!(worker.running.contains_key("t-7"), "run 2 goes on");
+        let done = Report::Finished {
+            task_id: "t-7".into(),
+            attempt: 3,
+            run: 2,
+            outcome: Ok(proto::json(r#"{"ok":true}"#).unwrap()),
+            elapsed: Duration::from_millis(9),
+        };
+        let sent = worker.report_messages(done);
+        let [ToCoordinator::TaskResult(r)] = sent.as_slice() else { panic!("{sent:?}") };
+        assert_eq!((r.id.as_deref(), r.attempt, r.error.is_none()), (Some("7"), Some(3), true));
+        assert!(worker.running.is_empty());
     }
 }

@@ -20,7 +20,7 @@ const HANG_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) enum Report {
     /// The task is still running after the notice delay.
-    Started { task_id: String, attempt: u32 },
+    Started { task_id: String, attempt: u32, run: u64 },
     /// A task's progress buffer has something to send (once per flush);
     /// `first` when the task has sent none yet (its first token: time to
     /// first token does not wait for the coalescing interval).
@@ -28,6 +28,8 @@ pub(crate) enum Report {
     Finished {
         task_id: String,
         attempt: u32,
+        /// The run's number on this worker ([`Job::run`]).
+        run: u64,
         outcome: Result<Json, TaskFailure>,
         elapsed: Duration,
     },
@@ -37,6 +39,10 @@ pub(crate) enum Report {
 pub(crate) struct Job {
     pub task_id: String,
     pub attempt: u32,
+    /// This run's number on the worker, never reused: a run the worker
+    /// stopped reports nothing, even when the coordinator has since given
+    /// it the same task and attempt again (after a crash lost the attempt).
+    pub run: u64,
     pub input: Json,
     pub limit: Duration,
     pub notice_after: Duration,
@@ -69,7 +75,8 @@ pub(crate) fn spawn(
                 joined = &mut handle => break outcome_of(joined),
                 _ = &mut notice, if !noticed => {
                     noticed = true;
-                    let _ = tx.send(Report::Started { task_id: job.task_id.clone(), attempt: job.attempt });
+                    let (task_id, attempt, run) = (job.task_id.clone(), job.attempt, job.run);
+                    let _ = tx.send(Report::Started { task_id, attempt, run });
                 }
                 _ = &mut hang => {
                     supervisor_ctx.cancel();
@@ -81,6 +88,7 @@ pub(crate) fn spawn(
         let _ = tx.send(Report::Finished {
             task_id: job.task_id,
             attempt: job.attempt,
+            run: job.run,
             outcome,
             elapsed,
         });
@@ -161,6 +169,7 @@ mod tests {
         Job {
             task_id: "t-1".into(),
             attempt: 1,
+            run: 1,
             input: proto::json("{}").unwrap(),
             limit: Duration::from_millis(limit_ms),
             notice_after: Duration::from_secs(60),

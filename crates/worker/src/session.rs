@@ -390,16 +390,19 @@ impl<'w> Session<'w> {
             a.attempt,
             self.worker.reports_tx.clone(),
         ));
+        self.worker.runs += 1;
+        let run = self.worker.runs;
         let job = Job {
             task_id: a.task_id.clone(),
             attempt: a.attempt,
+            run,
             input: a.task_data,
             limit,
             notice_after: self.worker.config.started_notice_after,
             progress: Arc::clone(&progress) as Arc<dyn exec::ProgressSink>,
         };
         let ctx = runner::spawn(executor, job, self.worker.reports_tx.clone());
-        let running = Running { attempt: a.attempt, id: a.id, ctx, progress };
+        let running = Running { attempt: a.attempt, run, id: a.id, ctx, progress };
         self.worker.running.insert(a.task_id, running);
         Ok(())
     }
