@@ -74,6 +74,31 @@ async fn a_reconnecting_gamer_can_ask_again_for_outcomes_it_awaits() {
 }
 
 #[tokio::test]
+async fn a_run_answering_cancelled_that_was_never_cancelled_is_handed_back_not_failed() {
+    // After a crash lost the coordinator's cancel, a peer's `cancelled`
+    // answer for a run the coordinator still counts on: the task runs again.
+    let c = Coordinator::start(bin(), &[]);
+    let mut peer = Raw::peer(&c.ws_url, "p", r#"{"echoes_ids": true}"#).await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    gamer
+        .send(r#"{"msg_type": "task_request", "task_id": "k", "task_type": "x", "data": 3}"#)
+        .await;
+    gamer.expect("task_accepted").await;
+    let a = peer.expect("task_assignment").await;
+    assert_eq!(a["attempt"], 1);
+    let cancelled = json!({"msg_type": "task_result", "task_id": a["task_id"], "id": a["id"],
+        "attempt": 1, "error": {"code": "cancelled", "message": "cancelled"}});
+    peer.send_json(&cancelled).await;
+    let again = peer.until("task_assignment").await;
+    assert_eq!((&again["id"], &again["attempt"]), (&a["id"], &json!(2)));
+    peer.send_json(&json!({"msg_type": "task_result", "task_id": again["task_id"],
+        "id": again["id"], "attempt": 2, "result": 9}))
+        .await;
+    let r = gamer.until("task_result").await;
+    assert_eq!((r["task_id"].as_str(), &r["result"]), (Some("k"), &json!(9)));
+}
+
+#[tokio::test]
 async fn a_task_without_an_id_gets_one_and_priorities_are_honoured() {
     let c = Coordinator::start(bin(), &[]);
     let mut gamer = Raw::gamer(&c.ws_url, "g").await;

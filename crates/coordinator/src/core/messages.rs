@@ -214,6 +214,11 @@ fn peer_message(core: &mut Core, conn: ConnId, peer: &PeerId, msg: ToCoordinator
                 return;
             };
             let outcome = match (m.error, m.result) {
+                // The coordinator cancels only runs it no longer counts on: a
+                // run it does count on that answers `cancelled` was stopped on
+                // a cancel lost with a crash (or as stale, by a peer that
+                // answers anyway). It is handed back, not the task's failure.
+                (Some(err), _) if err.code == proto::FailureCode::CANCELLED => RunOutcome::Returned,
                 (Some(err), _) => RunOutcome::Failed {
                     retryable: err.is_retryable(),
                     failure: Failure::new(err.code, err.message),
