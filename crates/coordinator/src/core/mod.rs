@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use codes::CloseReason;
 use proto::{
@@ -24,7 +26,7 @@ use proto::{
 };
 use sched::{Command, ConnId, Event, GamerId, Outcome, PeerId, Scheduler, TaskSpec, Time};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::approvals::Approvals;
@@ -181,8 +183,10 @@ impl Core {
     ) -> Option<Arc<str>> {
         let mut durable = self.observer.durable_watch();
         let burst = self.config.limits.inputs_per_flush;
+        let (mut sched_timer, mut publish_timer) = (Timer::new(), Timer::new());
         loop {
-            let deadline = self.sched.poll_timeout().map(|t| self.clock.instant(t));
+            sched_timer.arm(self.sched.poll_timeout().map(|t| self.clock.instant(t)));
+            publish_timer.arm(self.publisher.due());
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -206,14 +210,14 @@ impl Core {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => {
+                () = sched_timer.fired() => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
                     self.observer.set_idle(rx.is_empty());
                     self.flush();
                     self.observer.set_idle(false);
                 }
-                _ = sleep_until(self.publisher.due()) => {}
+                () = publish_timer.fired() => {}
             }
             self.release_durable();
             self.publish();
@@ -461,10 +465,44 @@ impl Core {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A timer that moves only earlier.
+///
+/// Moving a tokio timer before the runtime's next wake-up wakes the worker
+/// parked on the I/O driver, so that it sleeps less: with one task at a time
+/// the scheduler's next deadline moves back and forth with each task, and a
+/// timer re-armed at each deadline cost a thread wake-up per task. This one
+/// keeps its deadline when a later one is asked for; firing early costs the
+/// caller one look at a scheduler with nothing due, after which it is armed
+/// at the real deadline.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    /// Where the timer is set, if it is.
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        // Unarmed, it is never awaited: the deadline is only a placeholder.
+        let sleep = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
+        Timer { sleep, armed: None }
+    }
+
+    /// Sets the timer for `deadline` unless it is already set sooner.
+    fn arm(&mut self, deadline: Option<Instant>) {
+        let Some(at) = deadline else { return };
+        if self.armed.is_none_or(|armed| at < armed) {
+            self.sleep.as_mut().reset(at);
+            self.armed = Some(at);
+        }
+    }
+
+    /// Resolves when the timer goes off (never, while it is not set).
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
@@ -505,4 +543,36 @@ pub(crate) fn outcome_message(
 fn secret_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_moves_only_earlier_and_fires_at_the_earliest_deadline_asked() {
+        let start = Instant::now();
+        let mut timer = Timer::new();
+        timer.arm(None);
+        assert_eq!(timer.armed, None, "nothing asked, nothing armed");
+        timer.arm(Some(start + Duration::from_secs(10)));
+        timer.arm(Some(start + Duration::from_secs(20)));
+        assert_eq!(
+            timer.armed,
+            Some(start + Duration::from_secs(10)),
+            "a later deadline is ignored"
+        );
+        timer.arm(Some(start + Duration::from_secs(5)));
+        assert_eq!(timer.armed, Some(start + Duration::from_secs(5)), "an earlier one moves it");
+        tokio::time::timeout(Duration::from_secs(60), timer.fired()).await.unwrap();
+        assert_eq!(Instant::now(), start + Duration::from_secs(5));
+        assert_eq!(timer.armed, None, "fired, it waits to be armed again");
+        // Unarmed, it never fires.
+        let never = tokio::time::timeout(Duration::from_secs(3_600), timer.fired()).await;
+        assert!(never.is_err());
+        // Armed again later than before: at that deadline.
+        timer.arm(Some(start + Duration::from_secs(7_200)));
+        tokio::time::timeout(Duration::from_secs(7_200), timer.fired()).await.unwrap();
+        assert_eq!(Instant::now(), start + Duration::from_secs(7_200));
+    }
 }
