@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, V3_TASK_OPTIONS),
     (4, V4_VERIFICATION),
     (5, V5_COORDINATORS),
+    (6, V6_ROOM_FOR_UPDATES),
 ];
 
 /// Every coordinator on the database says who it is, where it serves and
@@ -36,6 +37,22 @@ CREATE TABLE coordinators (
     started_at TIMESTAMPTZ NOT NULL,
     seen_at    TIMESTAMPTZ NOT NULL
 );
+";
+
+/// More room in each page for a task's later versions. A task's row is
+/// updated two or three times after its insert (finished, delivered, and
+/// started or reassigned) and an attempt's once; at fillfactor 70 and 80
+/// (version 1) the new version often found no room in its page, and such an
+/// update writes an entry in every index, then bottom-up index deletion
+/// cleans them up: under `legacygpu bench`, 44 % of the tasks' updates and
+/// 20 % of the attempts' were heap-only. At 25 and 40 all of them are, and
+/// the same bench ran 19–24 k tasks/s instead of 11–14 k (BENCHMARKS.md). The
+/// price is space: the heap holds a quarter as many rows per page, for the
+/// retention window only (finished tasks are deleted when it ends). Existing
+/// pages keep their fill; new ones get the room.
+const V6_ROOM_FOR_UPDATES: &str = "
+ALTER TABLE tasks SET (fillfactor = 25);
+ALTER TABLE attempts SET (fillfactor = 40);
 ";
 
 /// A task's options beyond the columns, as JSON (`{"stream": true}`).

@@ -240,7 +240,26 @@ fn coordinators_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    // Version 6 left room for the updates of each task (heap-only tuples).
+    let options: Vec<(String, Vec<String>)> = db
+        .client()
+        .query(
+            "SELECT relname::text, reloptions FROM pg_class \
+             WHERE relname IN ('tasks', 'attempts') ORDER BY relname",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        options,
+        vec![
+            ("attempts".to_owned(), vec!["fillfactor=40".to_owned()]),
+            ("tasks".to_owned(), vec!["fillfactor=25".to_owned()]),
+        ]
+    );
 }
 
 #[test]
