@@ -17,14 +17,18 @@
 //! Rust SDK's streamed submissions (`task_progress` deltas timestamp the
 //! first token). The two never run at once: they alternate, `--repeat`
 //! times each, and the median run of each side (by aggregate tokens/s) is
-//! printed, so that a busy machine's swings hit both alike.
+//! printed, so that a busy machine's swings hit both alike. Each pair of
+//! runs (in-process first, then the cluster first, in turn) also gives one
+//! paired difference; with six pairs or more the median overhead is printed
+//! with a distribution-free 95 % confidence interval
+//! (`exec_llm::bench::median_with_ci`), which says whether it is within a bound.
 
 use std::time::Duration;
 
 use client::{Client, ClientOptions, TaskOutcome};
 use coordinator::{Config, Coordinator, StoreMode};
 use exec::{ExecError, Executors};
-use exec_llm::bench::{Figures, Load, run};
+use exec_llm::bench::{Figures, Load, median_with_ci, run};
 use exec_llm::{Devices, GenerateInput, Generation, GpuLayers, Llm, LlmConfig, fixture};
 use proto::TaskRequest;
 
@@ -137,9 +141,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &concurrency in &args.concurrency {
         let load = Load { concurrency, rounds: args.rounds, input: input.clone() };
         let (mut d, mut c) = (Vec::new(), Vec::new());
-        for _ in 0..args.repeat {
-            d.push(run(&load, |i, ctx| direct.generate(i, ctx))?);
-            c.push(run(&load, through)?);
+        let (mut slower, mut later) = (Vec::new(), Vec::new());
+        for i in 0..args.repeat {
+            // Pairs in turn: in-process first, then the cluster first, so
+            // that neither side always runs on the warmer machine.
+            let in_process = || run(&load, |i, ctx| direct.generate(i, ctx));
+            let (one, other) = if i % 2 == 0 {
+                let one = in_process()?;
+                (one, run(&load, through)?)
+            } else {
+                let other = run(&load, through)?;
+                (in_process()?, other)
+            };
+            slower.push((1.0 - other.aggregate_tokens_per_s / one.aggregate_tokens_per_s) * 100.0);
+            later.push((other.ttft_p50.as_secs_f64() - one.ttft_p50.as_secs_f64()) * 1e3);
+            d.push(one);
+            c.push(other);
         }
         let (d, c) = (median(d), median(c));
         println!("{}", row("in-process", &d));
@@ -150,6 +167,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (c.ttft_p50.as_secs_f64() - d.ttft_p50.as_secs_f64()) * 1e3,
             (c.sequence_tokens_per_s_p50 / d.sequence_tokens_per_s_p50 - 1.0) * 100.0,
         );
+        if let (Some(tps), Some(ttft)) = (median_with_ci(&slower), median_with_ci(&later)) {
+            println!(
+                "|   | paired, {} pairs: overhead (tok/s lost) {:+.1} % [95 % CI {:+.1} … {:+.1}], \
+                 TTFT added {:+.1} ms [{:+.1} … {:+.1}] | | | | | | |",
+                slower.len(),
+                tps.0,
+                tps.1,
+                tps.2,
+                ttft.0,
+                ttft.1,
+                ttft.2
+            );
+        }
     }
     Ok(())
 }

@@ -115,3 +115,50 @@ where
     let ttft = first.map_or_else(|| submitted.elapsed(), |t| t.duration_since(submitted));
     Ok((ttft, generation))
 }
+
+/// The median of `values` with a distribution-free 95 % confidence
+/// interval for it: the order statistics that the binomial distribution of
+/// "how many values fall below the true median" puts at least 95 % of the
+/// mass between. For paired differences (the same load through the cluster
+/// and in-process, run back to back) drift of a busy machine cancels within
+/// each pair, and the interval says whether an overhead is within a bound.
+/// `None` with fewer than six values (no interval reaches 95 % then).
+pub fn median_with_ci(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    if n < 6 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    // The largest k with P(Binomial(n, 1/2) < k) <= 2.5 %: the interval
+    // [x(k), x(n-k+1)] (1-based) covers the median with probability >= 95 %.
+    let pmf =
+        |i: usize| (0..i).fold(0.5f64.powi(n as i32), |p, j| p * (n - j) as f64 / (j + 1) as f64);
+    let (mut k, mut below) = (0, 0.0);
+    while below + pmf(k) <= 0.025 {
+        below += pmf(k);
+        k += 1;
+    }
+    let k = k.max(1);
+    Some((median, v[k - 1], v[n - k]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_with_ci;
+
+    #[test]
+    fn the_median_interval_takes_the_binomial_order_statistics() {
+        assert_eq!(median_with_ci(&[1.0, 2.0, 3.0, 4.0, 5.0]), None, "too few for 95 %");
+        // n = 6: P(B < 1) = 1/64 <= 2.5 %, P(B < 2) = 7/64 > 2.5 %: the extremes.
+        assert_eq!(median_with_ci(&[6.0, 1.0, 5.0, 2.0, 4.0, 3.0]), Some((3.5, 1.0, 6.0)));
+        // n = 15: P(B < 4) = 1.76 %, P(B < 5) = 5.9 %: the 4th and 12th.
+        let v: Vec<f64> = (1..=15).rev().map(f64::from).collect();
+        assert_eq!(median_with_ci(&v), Some((8.0, 4.0, 12.0)));
+        // Values that are not numbers are left out.
+        let mut w = v.clone();
+        w.push(f64::NAN);
+        assert_eq!(median_with_ci(&w), Some((8.0, 4.0, 12.0)));
+    }
+}
