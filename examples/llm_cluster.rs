@@ -146,17 +146,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Pairs in turn: in-process first, then the cluster first, so
             // that neither side always runs on the warmer machine.
             let in_process = || run(&load, |i, ctx| direct.generate(i, ctx));
-            let (one, other) = if i % 2 == 0 {
-                let one = in_process()?;
-                (one, run(&load, through)?)
+            let (alone, through_cluster) = if i % 2 == 0 {
+                let alone = in_process()?;
+                (alone, run(&load, through)?)
             } else {
-                let other = run(&load, through)?;
-                (in_process()?, other)
+                let through_cluster = run(&load, through)?;
+                (in_process()?, through_cluster)
             };
-            slower.push((1.0 - other.aggregate_tokens_per_s / one.aggregate_tokens_per_s) * 100.0);
-            later.push((other.ttft_p50.as_secs_f64() - one.ttft_p50.as_secs_f64()) * 1e3);
-            d.push(one);
-            c.push(other);
+            let lost = 1.0 - through_cluster.aggregate_tokens_per_s / alone.aggregate_tokens_per_s;
+            slower.push(lost * 100.0);
+            let added = through_cluster.ttft_p50.as_secs_f64() - alone.ttft_p50.as_secs_f64();
+            later.push(added * 1e3);
+            d.push(alone);
+            c.push(through_cluster);
         }
         let (d, c) = (median(d), median(c));
         println!("{}", row("in-process", &d));

@@ -46,7 +46,7 @@ CREATE TABLE coordinators (
 /// update writes an entry in every index, then bottom-up index deletion
 /// cleans them up: under `legacygpu bench`, 44 % of the tasks' updates and
 /// 20 % of the attempts' were heap-only. At 25 and 40 all of them are, and
-/// the same bench ran 19–24 k tasks/s instead of 11–14 k (BENCHMARKS.md). The
+/// the same bench ran 18–26 k tasks/s instead of 10–15 k (BENCHMARKS.md). The
 /// price is space: the heap holds a quarter as many rows per page, for the
 /// retention window only (finished tasks are deleted when it ends). Existing
 /// pages keep their fill; new ones get the room.
