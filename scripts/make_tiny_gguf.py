@@ -111,7 +111,10 @@ def write(path, seed, layers, width, ff, heads, kv_heads, context, f16):
     w.add_token_types([int(k) for _, _, k in tokens])
     w.add_unk_token_id(ids["<unk>"])
     w.add_bos_token_id(ids["<s>"])
-    w.add_eos_token_id(ids["</s>"])
+    # The end of a turn ends a generation, as in ChatML models (Qwen):
+    # llama.cpp warns when the end-of-sequence token is not one it knows to
+    # end generation (`</s>` is not on its list, `<|im_end|>` is).
+    w.add_eos_token_id(ids["<|im_end|>"])
     w.add_eot_token_id(ids["<|im_end|>"])
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)

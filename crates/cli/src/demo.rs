@@ -38,6 +38,10 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
         http_addr: None,
         store: StoreMode::Memory,
         task_needs: crate::executors::needs(),
+        // Two workers and this client: the default (20 000, sized for a
+        // real cluster) would only draw a warning where the open-file limit
+        // is lower.
+        max_connections: 64,
         ..Config::default()
     };
     let coordinator = Coordinator::bind(config).await.context("cannot start the coordinator")?;
