@@ -11,7 +11,7 @@ template, the KV cache, sampling, and byte-fallback decoding.
 
 Vocabulary: a SentencePiece-style (`llama`) vocabulary of `<unk>`, `<s>`,
 `</s>`, the 256 byte-fallback tokens `<0x00>`..`<0xFF>`, the ChatML control
-tokens `<|im_start|>` and `<|im_end|>` (the end-of-turn token), and a few
+tokens `<|im_start|>` and `<|im_end|>` (the end of a turn and of a sequence), and a few
 dozen plain pieces (the word-boundary mark, letters, punctuation). Anything
 else is spelled in bytes, so generated text is not valid UTF-8 token by
 token — which is what the executor's byte-level decoding must handle.
