@@ -28,6 +28,8 @@ time_page() {
 time_page "/tasks"
 time_page "/tasks?status=failed&task_type=echo"
 time_page "/tasks?worker_id=w3"
+time_page "/tasks?owner=gamer:g3"
+time_page "/tasks?submitted_to_ms=$(($(date +%s%3N) - 50000))"
 time_page "/tasks?before=t-50000"
 time_page "/"
 time_page "/cluster/tasks?limit=100"

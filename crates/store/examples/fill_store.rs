@@ -57,6 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
         }
         db.write(&ops)?;
+        // As the coordinator's writer does after its commits.
+        if db.upkeep_due() {
+            db.upkeep()?;
+        }
     }
     println!("{n} tasks in {dir}/tasks.db");
     Ok(())

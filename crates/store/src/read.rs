@@ -105,60 +105,171 @@ pub(crate) struct Query {
     pub params: Vec<Param>,
 }
 
+/// Which rows a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The `tasks` table and its indexes (PostgreSQL, and SQLite when no
+    /// filter needs the read keys).
+    Tasks,
+    /// SQLite: the tasks whose read keys (`task_keys`: owner, type,
+    /// submission time, indexed) the writer has copied — every id up to
+    /// `keyed_upto` and none above it.
+    Keyed,
+    /// SQLite: tasks above id `upto`, whose keys are not copied yet: a
+    /// bounded tail, scanned by id.
+    Tail { upto: i64 },
+}
+
+impl Source {
+    /// The `FROM` clause and the columns filters test, qualified for it.
+    /// Keyed rows join their tasks when `rows` (a list) or a filter on
+    /// state needs them; a count by keys alone reads the narrow keys.
+    fn tables(self, filter: &TaskFilter, rows: bool) -> (&'static str, Columns) {
+        match self {
+            Source::Tasks | Source::Tail { .. } => ("tasks", Columns::PLAIN),
+            Source::Keyed if rows || filter.state.is_some() => {
+                ("task_keys k JOIN tasks t ON t.id = k.id", Columns::KEYED)
+            }
+            Source::Keyed => ("task_keys k", Columns::KEYED),
+        }
+    }
+}
+
+/// What a filter's conditions name each column it tests.
+struct Columns {
+    id: &'static str,
+    state: &'static str,
+    task_type: &'static str,
+    owner: &'static str,
+    submitted_at: &'static str,
+}
+
+impl Columns {
+    const PLAIN: Columns = Columns {
+        id: "id",
+        state: "state",
+        task_type: "task_type",
+        owner: "owner",
+        submitted_at: "submitted_at",
+    };
+    /// Keys from `task_keys k` (its indexes serve the filter), the rest from
+    /// `tasks t`.
+    const KEYED: Columns = Columns {
+        id: "k.id",
+        state: "t.state",
+        task_type: "k.task_type",
+        owner: "k.owner",
+        submitted_at: "k.submitted_at",
+    };
+}
+
 impl Query {
     /// The list query for `filter` and `page`; `mark(n)` writes the n-th
     /// placeholder (`?n` for SQLite, `$n` for PostgreSQL).
     pub(crate) fn list(filter: &TaskFilter, page: Page, mark: fn(usize) -> String) -> Query {
-        let (filter_sql, mut params) = conditions(filter, page.before, mark);
-        params.push(Param::Int(i64::from(page.limit.min(MAX_PAGE))));
-        let limit = mark(params.len());
-        params.push(Param::Int(i64::from(page.skip)));
-        let skip = mark(params.len());
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {filter_sql} ORDER BY id DESC LIMIT {limit} OFFSET {skip}"
-        );
+        Query::list_from(Source::Tasks, filter, page, mark)
+    }
+
+    /// The list query for `filter` and `page` over the rows of `source`. A
+    /// [`Source::Tail`] takes every row after the cursor (the tail is
+    /// short), without limit or offset.
+    pub(crate) fn list_from(
+        source: Source,
+        filter: &TaskFilter,
+        page: Page,
+        mark: fn(usize) -> String,
+    ) -> Query {
+        let (filter_sql, mut params) = conditions(source, filter, page.before, mark);
+        let (from, cols) = source.tables(filter, true);
+        let columns = match source {
+            Source::Keyed => qualified_task_columns(),
+            Source::Tasks | Source::Tail { .. } => TASK_COLUMNS.to_owned(),
+        };
+        let mut sql =
+            format!("SELECT {columns} FROM {from} {filter_sql} ORDER BY {} DESC", cols.id);
+        if !matches!(source, Source::Tail { .. }) {
+            params.push(Param::Int(i64::from(page.limit.min(MAX_PAGE))));
+            let limit = mark(params.len());
+            params.push(Param::Int(i64::from(page.skip)));
+            let skip = mark(params.len());
+            sql.push_str(&format!(" LIMIT {limit} OFFSET {skip}"));
+        }
         Query { sql, params }
     }
 
     /// The count query for `filter`.
     pub(crate) fn count(filter: &TaskFilter, mark: fn(usize) -> String) -> Query {
-        let (filter_sql, params) = conditions(filter, None, mark);
-        Query { sql: format!("SELECT count(*) FROM tasks {filter_sql}"), params }
+        Query::count_from(Source::Tasks, filter, mark)
+    }
+
+    /// The count query for `filter` over the rows of `source`.
+    pub(crate) fn count_from(
+        source: Source,
+        filter: &TaskFilter,
+        mark: fn(usize) -> String,
+    ) -> Query {
+        let (filter_sql, params) = conditions(source, filter, None, mark);
+        let (from, _) = source.tables(filter, false);
+        Query { sql: format!("SELECT count(*) FROM {from} {filter_sql}"), params }
     }
 }
 
-/// The `WHERE` clause `filter` (and a cursor) make, and its parameters.
+/// Whether `filter` tests a column that SQLite indexes only in its read
+/// keys (owner, type, submission time).
+pub(crate) fn needs_keys(filter: &TaskFilter) -> bool {
+    filter.owner.is_some()
+        || filter.task_type.is_some()
+        || filter.submitted_from_ms.is_some()
+        || filter.submitted_to_ms.is_some()
+}
+
+/// [`TASK_COLUMNS`], each taken from `tasks t`.
+fn qualified_task_columns() -> String {
+    TASK_COLUMNS.split(',').map(|c| format!("t.{}", c.trim())).collect::<Vec<_>>().join(", ")
+}
+
+/// The `WHERE` clause `filter` (and a cursor) make over `source`, and its
+/// parameters.
 fn conditions(
+    source: Source,
     filter: &TaskFilter,
     before: Option<u64>,
     mark: fn(usize) -> String,
 ) -> (String, Vec<Param>) {
+    let (_, cols) = source.tables(filter, true);
     let mut conds: Vec<String> = Vec::new();
     let mut params = Vec::new();
-    let mut add = |cond: &str, p: Param| {
+    let mut add = |cond: String, p: Param| {
         params.push(p);
         conds.push(cond.replace('#', &mark(params.len())));
     };
     if let Some(s) = &filter.state {
-        add("state = #", Param::Text(s.clone()));
+        add(format!("{} = #", cols.state), Param::Text(s.clone()));
     }
     if let Some(t) = &filter.task_type {
-        add("task_type = #", Param::Text(t.clone()));
+        add(format!("{} = #", cols.task_type), Param::Text(t.clone()));
     }
     if let Some(o) = &filter.owner {
-        add("owner = #", Param::Text(o.clone()));
+        add(format!("{} = #", cols.owner), Param::Text(o.clone()));
     }
     if let Some(w) = &filter.worker {
-        add("id IN (SELECT task_id FROM attempts WHERE peer = #)", Param::Text(w.clone()));
+        add(
+            format!("{} IN (SELECT task_id FROM attempts WHERE peer = #)", cols.id),
+            Param::Text(w.clone()),
+        );
     }
     if let Some(from) = filter.submitted_from_ms {
-        add("submitted_at >= #", Param::Int(from));
+        add(format!("{} >= #", cols.submitted_at), Param::Int(from));
     }
     if let Some(to) = filter.submitted_to_ms {
-        add("submitted_at < #", Param::Int(to));
+        add(format!("{} < #", cols.submitted_at), Param::Int(to));
     }
     if let Some(before) = before {
-        add("id < #", Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
+        add(format!("{} < #", cols.id), Param::Int(i64::try_from(before).unwrap_or(i64::MAX)));
+    }
+    match source {
+        Source::Tasks | Source::Keyed => {}
+        Source::Tail { upto } => add(format!("{} > #", cols.id), Param::Int(upto)),
     }
     let sql =
         if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };

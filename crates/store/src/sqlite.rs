@@ -13,8 +13,9 @@ use crate::{
 
 /// Version 2 added `tasks.peer_task_id`, version 3 `tasks.options`, version
 /// 4 verification: `tasks.verify`, `tasks.verify_status`, and the
-/// `replicas` and `reputation` tables.
-const SCHEMA_VERSION: i64 = 4;
+/// `replicas` and `reputation` tables; version 5 moved the read indexes of
+/// `tasks` to `task_keys`.
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -62,11 +63,21 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
--- For the read API's filters (keyset paging by id): columns a task's
--- later writes leave alone, so updates do not touch these indexes.
-CREATE INDEX IF NOT EXISTS tasks_owner_id ON tasks (owner, id);
-CREATE INDEX IF NOT EXISTS tasks_type_id ON tasks (task_type, id);
-CREATE INDEX IF NOT EXISTS tasks_submitted_at ON tasks (submitted_at);
+-- The read API's filters (keyset paging by id) on columns a task's later
+-- writes leave alone. Not indexes of `tasks`: each would put a page into
+-- the commit of every submission (a WAL frame; a fifth of the coordinator's
+-- CPU per task with one task in flight). The writer copies them here as
+-- upkeep, in batches, up to the id in meta `keyed_upto`; readers scan the
+-- tasks above it.
+CREATE TABLE IF NOT EXISTS task_keys (
+    id           INTEGER PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    task_type    TEXT NOT NULL,
+    submitted_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_keys_owner_id ON task_keys (owner, id);
+CREATE INDEX IF NOT EXISTS task_keys_type_id ON task_keys (task_type, id);
+CREATE INDEX IF NOT EXISTS task_keys_submitted_at ON task_keys (submitted_at);
 CREATE INDEX IF NOT EXISTS attempts_peer_task ON attempts (peer, task_id);
 CREATE TABLE IF NOT EXISTS approvals (
     peer_id           TEXT PRIMARY KEY,
@@ -125,6 +136,11 @@ pub enum Sync {
 /// (SQLite's own automatic checkpoint uses the same bound).
 const CHECKPOINT_PAGES: i32 = 1000;
 
+/// Tasks inserted without read keys past which upkeep copies their keys
+/// (the most a filtered read scans unindexed, but for what arrives while
+/// the upkeep waits its turn).
+const UNKEYED_TASKS: u64 = 256;
+
 /// Tasks in an SQLite file.
 pub struct SqliteStore {
     conn: Connection,
@@ -136,6 +152,10 @@ pub struct SqliteStore {
     /// whose ids are all below it need not write it again. Reservations
     /// (`Op::IdsUsed`) run ahead of the ids inserted, so most batches don't.
     next_task_id: u64,
+    /// Tasks up to this id have their read keys in `task_keys`.
+    keyed_upto: u64,
+    /// Tasks inserted above `keyed_upto` since the last copy.
+    unkeyed: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -172,6 +192,10 @@ impl SqliteStore {
                 Ok(())
             }))
             .map_err(open_err)?;
+        // Keys a previous run left uncopied (at most a batch or two).
+        if store.upkeep_due() {
+            store.upkeep()?;
+        }
         Ok(store)
     }
 
@@ -210,7 +234,21 @@ impl SqliteStore {
         // Room for every statement the writer runs (about 30), so that none
         // is parsed again (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(SqliteStore { conn, wal_pages: Arc::new(AtomicI32::new(0)), next_task_id: 0 })
+        let keyed_upto: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'keyed_upto'", [], |r| r.get(0))
+            .optional()?;
+        let keyed_upto = keyed_upto.map_or(0, |v| v as u64);
+        let unkeyed: i64 =
+            conn.query_row("SELECT count(*) FROM tasks WHERE id > ?1", [keyed_upto as i64], |r| {
+                r.get(0)
+            })?;
+        Ok(SqliteStore {
+            conn,
+            wal_pages: Arc::new(AtomicI32::new(0)),
+            next_task_id: 0,
+            keyed_upto,
+            unkeyed: unkeyed as u64,
+        })
     }
 }
 
@@ -218,7 +256,9 @@ impl SqliteStore {
 /// transaction. Version 1 had no `peer_task_id` (peers saw the cluster id,
 /// which is what recovery uses for those rows); version 2 no `options` (its
 /// tasks had none); version 3 no verification columns (the tables
-/// themselves come with the schema).
+/// themselves come with the schema); version 4 indexed `tasks` itself for
+/// reads (its rows' keys are copied to `task_keys`, which comes with the
+/// schema).
 fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     let mut sql = String::from("BEGIN;");
     if from < 2 {
@@ -231,6 +271,17 @@ fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
         sql.push_str(
             "ALTER TABLE tasks ADD COLUMN verify TEXT;
              ALTER TABLE tasks ADD COLUMN verify_status TEXT;",
+        );
+    }
+    if from < 5 {
+        sql.push_str(
+            "DROP INDEX IF EXISTS tasks_owner_id;
+             DROP INDEX IF EXISTS tasks_type_id;
+             DROP INDEX IF EXISTS tasks_submitted_at;
+             INSERT OR REPLACE INTO task_keys (id, owner, task_type, submitted_at)
+                 SELECT id, owner, task_type, submitted_at FROM tasks;
+             INSERT OR REPLACE INTO meta (key, value)
+                 SELECT 'keyed_upto', coalesce(max(id), 0) FROM tasks;",
         );
     }
     sql.push_str(&format!(
@@ -267,6 +318,8 @@ impl Store for SqliteStore {
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let stored = self.next_task_id;
+        let keyed_upto = self.keyed_upto;
+        let mut unkeyed = 0;
         let next_id = in_transaction(&self.conn, |tx| {
             // Tasks inserted in this batch are written as their final rows.
             let (folded, taken) = crate::fold::fold_batch(ops);
@@ -277,6 +330,19 @@ impl Store for SqliteStore {
             for (i, op) in ops.iter().enumerate() {
                 if !taken[i] {
                     apply(tx, op)?;
+                }
+                match op {
+                    // An id at or below the keyed ones (never, as ids only
+                    // grow, but then still found by filters) gets its keys now.
+                    Op::Insert(t) if t.id <= keyed_upto => write_keys(tx, t)?,
+                    Op::Insert(_) => unkeyed += 1,
+                    Op::Deleted { ids } => {
+                        let mut keys = tx.prepare_cached("DELETE FROM task_keys WHERE id = ?1")?;
+                        for id in ids {
+                            keys.execute([*id as i64])?;
+                        }
+                    }
+                    _ => {}
                 }
                 match op {
                     Op::Insert(t) => next_id = next_id.max(t.id + 1),
@@ -294,19 +360,45 @@ impl Store for SqliteStore {
             Ok(next_id)
         })?;
         self.next_task_id = stored.max(next_id);
+        self.unkeyed += unkeyed;
         Ok(())
     }
 
     fn upkeep_due(&self) -> bool {
-        self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES
+        self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES || self.unkeyed >= UNKEYED_TASKS
     }
 
-    /// A passive checkpoint: copies what it can of the log into the
-    /// database without waiting for readers (the log starts over at the
-    /// next commit once all of it was copied).
+    /// Copies the read keys of the tasks inserted since the last copy into
+    /// `task_keys`, then, when the log is past its bound, a passive
+    /// checkpoint: copies what it can of the log into the database without
+    /// waiting for readers (the log starts over at the next commit once all
+    /// of it was copied).
     fn upkeep(&mut self) -> Result<(), StoreError> {
-        self.wal_pages.store(0, Ordering::Relaxed);
-        self.conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE)?;
+        if self.unkeyed > 0 {
+            let from = self.keyed_upto as i64;
+            let upto = in_transaction(&self.conn, |tx| {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO task_keys (id, owner, task_type, submitted_at)
+                     SELECT id, owner, task_type, submitted_at FROM tasks WHERE id > ?1",
+                )?
+                .execute([from])?;
+                let upto: i64 = tx
+                    .prepare_cached("SELECT coalesce(max(id), ?1) FROM tasks")?
+                    .query_row([from], |r| r.get(0))?;
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('keyed_upto', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([upto])?;
+                Ok(upto)
+            })?;
+            self.keyed_upto = upto as u64;
+            self.unkeyed = 0;
+        }
+        if self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES {
+            self.wal_pages.store(0, Ordering::Relaxed);
+            self.conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE)?;
+        }
         Ok(())
     }
 }
@@ -328,6 +420,16 @@ fn in_transaction<T>(
         let _ = conn.execute_batch("ROLLBACK");
     }
     done
+}
+
+/// The read keys of task `t` (see `task_keys` in the schema).
+fn write_keys(tx: &Connection, t: &NewTask) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO task_keys (id, owner, task_type, submitted_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![t.id as i64, t.owner, t.task_type, t.submitted_at_ms])?;
+    Ok(())
 }
 
 /// A folded task's rows, written whole (it began with its insert, which
@@ -833,6 +935,87 @@ mod tests {
         assert_eq!(loaded.tasks[0].task, task(3));
         assert_eq!(loaded.tasks[1].task, t);
         assert!(loaded.reputation.is_empty());
+    }
+
+    fn index_names(store: &SqliteStore) -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .unwrap();
+        let names = stmt.query_map([], |r| r.get(0)).unwrap();
+        let mut names: Vec<String> = names.map(Result::unwrap).collect();
+        names.sort();
+        names
+    }
+
+    fn keyed_ids(store: &SqliteStore) -> Vec<u64> {
+        let mut stmt = store.conn.prepare("SELECT id FROM task_keys ORDER BY id").unwrap();
+        let ids = stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap();
+        ids.map(|id| id.unwrap() as u64).collect()
+    }
+
+    #[test]
+    fn a_version_4_store_moves_its_read_indexes_to_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+            store.write(&[Op::Insert(task(1)), Op::Insert(task(2))]).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP TABLE task_keys;
+                     DELETE FROM meta WHERE key = 'keyed_upto';
+                     CREATE INDEX tasks_owner_id ON tasks (owner, id);
+                     CREATE INDEX tasks_type_id ON tasks (task_type, id);
+                     CREATE INDEX tasks_submitted_at ON tasks (submitted_at);
+                     UPDATE meta SET value = 4 WHERE key = 'schema';",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        assert_eq!(
+            index_names(&store),
+            [
+                "attempts_peer_task",
+                "task_keys_owner_id",
+                "task_keys_submitted_at",
+                "task_keys_type_id"
+            ]
+        );
+        assert_eq!(keyed_ids(&store), [1, 2]);
+        assert_eq!((store.keyed_upto, store.unkeyed), (2, 0));
+        assert!(!store.upkeep_due());
+    }
+
+    #[test]
+    fn read_keys_are_copied_as_upkeep_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let n = UNKEYED_TASKS;
+        let ops: Vec<Op> = (1..n).map(|id| Op::Insert(task(id))).collect();
+        store.write(&ops).unwrap();
+        // No commit writes them; nothing is due below the batch.
+        assert!(keyed_ids(&store).is_empty());
+        assert!(!store.upkeep_due());
+        store.write(&[Op::Insert(task(n))]).unwrap();
+        assert!(store.upkeep_due());
+        store.upkeep().unwrap();
+        assert!(!store.upkeep_due());
+        assert_eq!(keyed_ids(&store), (1..=n).collect::<Vec<_>>());
+        // A reopened store knows where the copy stopped, and what is left.
+        store.write(&[Op::Insert(task(n + 1))]).unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        assert_eq!((store.keyed_upto, store.unkeyed), (n, 1));
+        // An id at or below the copied ones gets its keys at once; a
+        // deleted task loses them.
+        store.write(&[Op::Deleted { ids: vec![5] }]).unwrap();
+        store.write(&[Op::Insert(task(5))]).unwrap();
+        store.write(&[Op::Deleted { ids: vec![6] }]).unwrap();
+        let keyed = keyed_ids(&store);
+        assert!(keyed.contains(&5) && !keyed.contains(&6) && !keyed.contains(&(n + 1)));
+        store.upkeep().unwrap();
+        assert_eq!(keyed_ids(&store).last(), Some(&(n + 1)));
     }
 
     #[test]

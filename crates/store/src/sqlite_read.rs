@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::read::{self, Count, Page, Param, Query, StoreReader, TaskFilter};
+use crate::read::{self, Count, Page, Param, Query, Source, StoreReader, TaskFilter};
 use crate::sqlite::{ATTEMPT_COLUMNS, attempt_row, task_row};
 use crate::sqlite_verify::load_replicas;
 use crate::{StoreError, StoredTask};
@@ -68,14 +68,59 @@ fn sql_value(p: &Param) -> rusqlite::types::Value {
     }
 }
 
+/// Runs a list query on `conn`.
+fn list(conn: &Connection, q: &Query) -> Result<Vec<StoredTask>, StoreError> {
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
+    let rows = stmt.query_map(params, task_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Runs a count query on `conn`.
+fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
+    let n: i64 = stmt.query_row(params, |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The highest task id whose read keys the writer has copied
+/// ([`crate::SqliteStore`]'s upkeep).
+fn keyed_upto(conn: &Connection) -> Result<i64, StoreError> {
+    let upto: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'keyed_upto'", [], |r| r.get(0))
+        .optional()?;
+    Ok(upto.unwrap_or(0))
+}
+
+fn mark(n: usize) -> String {
+    format!("?{n}")
+}
+
 impl StoreReader for SqliteReader {
+    /// A filter on owner, type or time reads two parts in one transaction:
+    /// the tail not yet keyed, scanned, then the keyed tasks through their
+    /// indexes; pages run across the two as over one list.
     fn tasks(&self, filter: &TaskFilter, page: Page) -> Result<Vec<StoredTask>, StoreError> {
-        let q = Query::list(filter, page, |n| format!("?{n}"));
         let conn = self.pool.get()?;
-        let mut stmt = conn.prepare_cached(&q.sql)?;
-        let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
-        let rows = stmt.query_map(params, task_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        if !read::needs_keys(filter) {
+            return list(&conn, &Query::list(filter, page, mark));
+        }
+        let tx = conn.unchecked_transaction()?;
+        let upto = keyed_upto(&tx)?;
+        let tail = list(&tx, &Query::list_from(Source::Tail { upto }, filter, page, mark))?;
+        let (skip, limit) = (page.skip as usize, page.limit.min(read::MAX_PAGE) as usize);
+        let tail_len = tail.len();
+        let mut out: Vec<StoredTask> = tail.into_iter().skip(skip).take(limit).collect();
+        if out.len() < limit {
+            let rest = Page {
+                before: page.before,
+                limit: (limit - out.len()) as u32,
+                skip: skip.saturating_sub(tail_len) as u32,
+            };
+            out.extend(list(&tx, &Query::list_from(Source::Keyed, filter, rest, mark))?);
+        }
+        Ok(out)
     }
 
     fn task(&self, id: u64) -> Result<Option<StoredTask>, StoreError> {
@@ -104,12 +149,49 @@ impl StoreReader for SqliteReader {
         Ok(read::counts(rows.collect::<Result<Vec<_>, _>>()?))
     }
 
+    /// Counts the keyed tasks in `task_keys` (narrower than `tasks`, and
+    /// indexed), whatever the filter, and the tail apart.
     fn count(&self, filter: &TaskFilter) -> Result<u64, StoreError> {
-        let q = Query::count(filter, |n| format!("?{n}"));
         let conn = self.pool.get()?;
-        let mut stmt = conn.prepare_cached(&q.sql)?;
+        let tx = conn.unchecked_transaction()?;
+        let upto = keyed_upto(&tx)?;
+        Ok(count(&tx, &Query::count_from(Source::Tail { upto }, filter, mark))?
+            + count(&tx, &Query::count_from(Source::Keyed, filter, mark))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStore;
+
+    /// What SQLite plans for `q`: each step's detail, joined.
+    fn plan(conn: &Connection, q: &Query) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql)).unwrap();
         let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
-        let n: i64 = stmt.query_row(params, |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn keyed_reads_use_the_keys_indexes_and_the_tail_its_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = SqliteStore::open(dir.path(), crate::Sync::Normal).unwrap();
+        let conn = Connection::open(dir.path().join("tasks.db")).unwrap();
+        let page = Page::first(50);
+        let by = |f: TaskFilter| {
+            let keyed = plan(&conn, &Query::list_from(Source::Keyed, &f, page, mark));
+            let tail = plan(&conn, &Query::list_from(Source::Tail { upto: 9 }, &f, page, mark));
+            (keyed, tail)
+        };
+        let owner = TaskFilter { owner: Some("api".into()), ..TaskFilter::default() };
+        let (keyed, tail) = by(owner.clone());
+        assert!(keyed.contains("task_keys_owner_id") && !keyed.contains("TEMP B-TREE"), "{keyed}");
+        let deeper = Page { before: Some(5), ..page };
+        let keyed = plan(&conn, &Query::list_from(Source::Keyed, &owner, deeper, mark));
+        assert!(keyed.contains("task_keys_owner_id") && !keyed.contains("TEMP B-TREE"), "{keyed}");
+        assert!(tail.contains("INTEGER PRIMARY KEY (rowid>?)"), "{tail}");
+        let typed = TaskFilter { task_type: Some("echo".into()), ..TaskFilter::default() };
+        assert!(by(typed).0.contains("task_keys_type_id"));
     }
 }

@@ -17,10 +17,17 @@ both_backends!(
 
 /// Tasks 1..=40: owners alternate, types cycle a/b/c, submitted 1 000 ms
 /// apart; every 4th assigned to p1 then requeued and assigned to p2; every
-/// 5th completed on p3.
+/// 5th completed on p3. Written in two batches with the store's upkeep
+/// between them, so that SQLite's reads run across tasks whose read keys
+/// were copied (1..=25) and tasks whose keys were not (26..=40).
 fn fixture(b: &Backend) -> Box<dyn Store> {
+    let mut s = b.open();
     let mut ops = Vec::new();
     for id in 1..=40u64 {
+        if id == 26 {
+            s.write(&std::mem::take(&mut ops)).unwrap();
+            s.upkeep().unwrap();
+        }
         let mut t = if id % 2 == 0 { task(id) } else { bare_task(id) };
         t.task_type = ["a", "b", "c"][(id % 3) as usize].into();
         t.submitted_at_ms = 1_000 * id as i64;
@@ -50,7 +57,6 @@ fn fixture(b: &Backend) -> Box<dyn Store> {
             });
         }
     }
-    let mut s = b.open();
     s.write(&ops).unwrap();
     s
 }
@@ -117,6 +123,17 @@ fn pages_walk_the_list_newest_first_without_gaps(b: &Backend) {
     let skipped = r.tasks(&filter, Page { before: None, limit: 2, skip: 3 }).unwrap();
     let skipped: Vec<u64> = skipped.iter().map(|t| t.task.id).collect();
     assert_eq!(skipped, seen[3..5].to_vec());
+    // Across the boundary of SQLite's keyed tasks (26..=40 are not), from
+    // either side.
+    for (skip, limit) in [(6, 4), (8, 2), (10, 3), (0, 20)] {
+        let got = r.tasks(&filter, Page { before: None, limit, skip }).unwrap();
+        let got: Vec<u64> = got.iter().map(|t| t.task.id).collect();
+        let end = (skip + limit) as usize;
+        assert_eq!(got, seen[skip as usize..end.min(seen.len())].to_vec(), "skip {skip}");
+    }
+    let below = r.tasks(&filter, Page { before: Some(27), limit: 3, skip: 1 }).unwrap();
+    let below: Vec<u64> = below.iter().map(|t| t.task.id).collect();
+    assert_eq!(below, vec![24, 22, 20]);
     // A page is never larger than MAX_PAGE, whatever is asked.
     assert_eq!(
         r.tasks(&TaskFilter::default(), Page { before: None, limit: u32::MAX, skip: 0 })
@@ -179,6 +196,14 @@ fn a_reader_sees_each_commit(b: &Backend) {
             id
         );
     }
+    // A filtered read sees them too, before and after their read keys are
+    // copied (SQLite's upkeep), and not once deleted.
+    let owned = TaskFilter { owner: Some(task(1).owner), ..TaskFilter::default() };
+    assert_eq!(r.count(&owned).unwrap(), 3);
+    store.upkeep().unwrap();
+    assert_eq!(r.count(&owned).unwrap(), 3);
     store.write(&[Op::Deleted { ids: vec![2] }]).unwrap();
     assert_eq!(r.task(2).unwrap(), None);
+    let left = r.tasks(&owned, Page::first(10)).unwrap();
+    assert_eq!(left.iter().map(|t| t.task.id).collect::<Vec<_>>(), vec![3, 1]);
 }
