@@ -150,9 +150,13 @@ impl StoreReader for SqliteReader {
     }
 
     /// Counts the keyed tasks in `task_keys` (narrower than `tasks`, and
-    /// indexed), whatever the filter, and the tail apart.
+    /// indexed) and the tail apart, when the filter tests keys or nothing;
+    /// a filter on state or worker alone counts `tasks` by its own means.
     fn count(&self, filter: &TaskFilter) -> Result<u64, StoreError> {
         let conn = self.pool.get()?;
+        if !read::needs_keys(filter) && *filter != TaskFilter::default() {
+            return count(&conn, &Query::count(filter, mark));
+        }
         let tx = conn.unchecked_transaction()?;
         let upto = keyed_upto(&tx)?;
         Ok(count(&tx, &Query::count_from(Source::Tail { upto }, filter, mark))?
