@@ -234,14 +234,10 @@ impl SqliteStore {
         // Room for every statement the writer runs (about 30), so that none
         // is parsed again (rusqlite keeps 16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        let keyed_upto: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'keyed_upto'", [], |r| r.get(0))
-            .optional()?;
-        let keyed_upto = keyed_upto.map_or(0, |v| v as u64);
+        let keyed_upto = keyed_upto(&conn)?;
         let unkeyed: i64 =
-            conn.query_row("SELECT count(*) FROM tasks WHERE id > ?1", [keyed_upto as i64], |r| {
-                r.get(0)
-            })?;
+            conn.query_row("SELECT count(*) FROM tasks WHERE id > ?1", [keyed_upto], |r| r.get(0))?;
+        let keyed_upto = keyed_upto as u64;
         Ok(SqliteStore {
             conn,
             wal_pages: Arc::new(AtomicI32::new(0)),
@@ -420,6 +416,15 @@ fn in_transaction<T>(
         let _ = conn.execute_batch("ROLLBACK");
     }
     done
+}
+
+/// The highest task id whose read keys are in `task_keys` (0 before any
+/// were copied).
+pub(crate) fn keyed_upto(conn: &Connection) -> Result<i64, StoreError> {
+    let upto: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'keyed_upto'", [], |r| r.get(0))
+        .optional()?;
+    Ok(upto.unwrap_or(0))
 }
 
 /// The read keys of task `t` (see `task_keys` in the schema).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::read::{self, Count, Page, Param, Query, Source, StoreReader, TaskFilter};
-use crate::sqlite::{ATTEMPT_COLUMNS, attempt_row, task_row};
+use crate::sqlite::{ATTEMPT_COLUMNS, attempt_row, keyed_upto, task_row};
 use crate::sqlite_verify::load_replicas;
 use crate::{StoreError, StoredTask};
 
@@ -82,15 +82,6 @@ fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {
     let params = rusqlite::params_from_iter(q.params.iter().map(sql_value));
     let n: i64 = stmt.query_row(params, |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// The highest task id whose read keys the writer has copied
-/// ([`crate::SqliteStore`]'s upkeep).
-fn keyed_upto(conn: &Connection) -> Result<i64, StoreError> {
-    let upto: Option<i64> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'keyed_upto'", [], |r| r.get(0))
-        .optional()?;
-    Ok(upto.unwrap_or(0))
 }
 
 fn mark(n: usize) -> String {
