@@ -1024,6 +1024,20 @@ mod tests {
     }
 
     #[test]
+    fn keys_a_previous_run_left_uncopied_are_copied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+            let ops: Vec<Op> = (1..=UNKEYED_TASKS).map(|id| Op::Insert(task(id))).collect();
+            store.write(&ops).unwrap();
+            assert!(store.upkeep_due());
+        }
+        let store = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        assert_eq!((store.keyed_upto, store.unkeyed), (UNKEYED_TASKS, 0));
+        assert_eq!(keyed_ids(&store), (1..=UNKEYED_TASKS).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn approvals_survive_a_reopen_and_the_last_one_wins() {
         let dir = tempfile::tempdir().unwrap();
         {
