@@ -37,6 +37,8 @@ BAD_SUBMITS = [
     (("echo", {}), {"task_id": 7}, TypeError),
     (("echo", {}), {"task_id": "c1\x85"}, ValueError),
     (("echo", {"blob": "x" * 2_000_000}), {}, ValueError),  # over max_frame_bytes below
+    (("echo", {}), {"accept_timeout": 0}, ValueError),
+    (("echo", {}), {"accept_timeout": "1"}, TypeError),
 ]
 
 
@@ -130,3 +132,12 @@ def test_input_builders_check_their_arguments(tmp_path):
         inputs.nbody(steps=10)
     with pytest.raises(ValueError):
         inputs.matmul(m=2, k=2, n=2, seed=1, device="tpu")
+
+
+def test_the_gpu_helper_names_the_op():
+    assert inputs.gpu("matmul", m=2, k=2, n=2, seed=1) == inputs.matmul(m=2, k=2, n=2, seed=1)
+    assert inputs.gpu("nbody", n=8, steps=2, seed=3) == inputs.nbody(n=8, steps=2, seed=3)
+    with pytest.raises(ValueError, match="unknown gpu op"):
+        inputs.gpu("conv2d", m=1)
+    with pytest.raises(ValueError):
+        inputs.gpu("matmul", m=0, k=1, n=1, seed=1)

@@ -4,10 +4,14 @@ tiny random-weight GGUF, streamed through the coordinator)."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import List, Tuple
 
 from cluster import FAST, Coordinator, until, worker
 from images import png
@@ -17,9 +21,14 @@ import legacygpu
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str, *args: str, stdin: "str | None" = None) -> subprocess.CompletedProcess:
+def example_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES.parent / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_example(name: str, *args: str, stdin: "str | None" = None) -> subprocess.CompletedProcess:
+    env = example_env()
     if stdin is None:
         return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
                               timeout=120, env=env, stdin=subprocess.DEVNULL)
@@ -89,6 +98,59 @@ def test_game_loop_falls_back_locally_when_the_cluster_is_late(procs):
     # The balls fell under the local integrator.
     first = re.search(r"ball-0: position \(([-\d.]+), ([-\d.]+)", done.stdout)
     assert first and float(first.group(2)) < 3.0
+
+
+def test_game_loop_steps_locally_when_the_coordinator_is_killed(procs):
+    # The coordinator is killed (kill -9) while frames are offloaded: every
+    # later frame waits for the cluster no longer than its deadline, then is
+    # stepped locally; the loop never hangs on the lost connection.
+    c = Coordinator(FAST)
+    procs.append(c)
+    procs.append(worker(c.ws_url, "w", "--no-gpu", "--slots", "2"))
+    admin = legacygpu.Admin(c.http_url)
+    until(lambda: admin.workers()["total"] >= 1, "the worker registered")
+    deadline_s, frames = 0.05, 90
+    args = ["--coordinator", c.ws_url, "--frames", str(frames), "--fps", "60", "--deadline-ms",
+            str(deadline_s * 1000), "--verbose"]
+    game = subprocess.Popen([sys.executable, "-u", str(EXAMPLES / "game_loop.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=example_env())
+    lines: "queue.Queue[Tuple[float, str]]" = queue.Queue()
+
+    def read() -> None:
+        assert game.stdout is not None
+        for line in game.stdout:
+            lines.put((time.monotonic(), line.rstrip("\n")))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        remote = 0
+        while remote < 5:
+            _, line = lines.get(timeout=30)
+            assert line.startswith("frame "), f"the loop ended before 5 frames were offloaded: {line}"
+            remote += ": remote" in line
+        c.kill9()
+        killed = time.monotonic()
+        after: List[Tuple[float, str]] = []
+        while True:
+            at, line = lines.get(timeout=30)
+            if not line.startswith("frame "):
+                summary = line
+                break
+            after.append((at, line))
+        assert game.wait(timeout=30) == 0, game.stderr.read() if game.stderr else ""
+    finally:
+        if game.poll() is None:
+            game.kill()
+            game.wait()
+    # The frame in flight at the kill may still have come back; every frame
+    # begun after it is stepped locally, none waiting past its deadline.
+    settled = [(at, line) for at, line in after if at > killed + deadline_s + 0.5]
+    assert len(settled) >= 20, after
+    assert all(": local" in line for _, line in settled), settled
+    gaps = [b - a for (a, _), (b, _) in zip([(killed, "")] + after, after)]
+    assert max(gaps) < deadline_s + 1.5, f"a frame took {max(gaps):.2f} s after the kill: {after}"
+    found = counts(summary)
+    assert found["frames"] == frames and found["remote"] >= 5 and found["local fallback"] >= len(settled), summary
 
 
 def test_classify_folder(procs, models_dir, tmp_path):

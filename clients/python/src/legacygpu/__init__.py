@@ -15,6 +15,7 @@ from .admin import Admin
 from .aio import AsyncClient, AsyncGeneration, AsyncTask
 from .client import Client, Generation, Task
 from .errors import (
+    AcceptTimeout,
     ApiError,
     Busy,
     ClientClosed,
@@ -33,6 +34,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcceptTimeout",
     "Admin",
     "ApiError",
     "AsyncClient",

@@ -98,7 +98,8 @@ class Options:
 class Pending:
     """A task waiting for its outcome."""
 
-    __slots__ = ("seq", "task_id", "frame", "accepted", "outcome", "acked", "id", "progress", "cancel", "resubmits")
+    __slots__ = ("seq", "task_id", "frame", "accepted", "outcome", "acked", "sent", "id", "progress", "cancel",
+                 "resubmits")
 
     def __init__(self, seq: int, task_id: str, frame: str, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
         self.seq = seq
@@ -107,6 +108,9 @@ class Pending:
         self.accepted: "asyncio.Future[Dict[str, Any]]" = loop.create_future()
         self.outcome: "asyncio.Future[Outcome]" = loop.create_future()
         self.acked = False
+        #: Whether the request was ever handed to a connection (if not, the
+        #: coordinator cannot have it, and a cancel withdraws it here).
+        self.sent = False
         self.id = ""
         self.progress: "Optional[asyncio.Queue[Optional[Dict[str, Any]]]]" = asyncio.Queue() if stream else None
         self.cancel = False
@@ -434,13 +438,21 @@ class Driver:
         return f"{self.session}-{self.next}"
 
     def start_task(self, task_id: str, frame: str, stream: bool = False) -> Pending:
-        """Registers a task and sends its request; the acceptance comes on ``accepted``."""
+        """Registers a task and sends its request; the acceptance comes on ``accepted``.
+
+        The same task id (key) again while its task is still pending here
+        gets that task, as the coordinator answers a resubmitted key: nothing
+        is sent twice (a retry after :class:`~legacygpu.AcceptTimeout`)."""
         self.check_usable()
-        if task_id in self.pending:
-            raise ValueError(f"task_id {task_id!r} is already in flight on this client")
+        kept = self.pending.get(task_id)
+        if kept is not None:
+            if stream or kept.progress is not None:
+                raise ValueError(f"task_id {task_id!r} is already in flight on this client as a streamed task")
+            return kept
         self.seq += 1
         p = Pending(self.seq, task_id, frame, self.loop, stream)
         self.pending[task_id] = p
+        p.sent = self.link is not None
         self._send_soon(frame)
         return p
 
@@ -448,6 +460,18 @@ class Driver:
         p = self.pending.get(task_id)
         if p is None:
             return  # already resolved
+        if not p.sent:
+            # Never handed to any connection (submitted while disconnected):
+            # the coordinator cannot have it, so it is withdrawn here.
+            del self.pending[task_id]
+            withdrawn = {"msg_type": "task_error", "task_id": task_id, "id": "", "status": "cancelled",
+                         "code": "withdrawn", "reason": "cancelled before it was sent to the coordinator",
+                         "attempts": 0}
+            if p.progress is not None:
+                p.progress.put_nowait(None)
+            _settle(p.accepted, withdrawn)
+            _settle(p.outcome, withdrawn)
+            return
         p.cancel = True
         self._send_soon(json.dumps({"msg_type": "cancel_task", "task_id": task_id}))
 
@@ -516,7 +540,10 @@ class Driver:
         """Sends again, oldest first: unacknowledged requests (and, when asked,
         the acknowledged ones too), pending cancels and status queries."""
         every = self.options.resubmit_acknowledged
-        frames = [p.frame for p in sorted(self.pending.values(), key=lambda p: p.seq) if every or not p.acked]
+        resend = [p for p in sorted(self.pending.values(), key=lambda p: p.seq) if every or not p.acked]
+        for p in resend:
+            p.sent = True
+        frames = [p.frame for p in resend]
         frames += [json.dumps({"msg_type": "cancel_task", "task_id": p.task_id}) for p in self.pending.values() if p.cancel]
         frames += [_status_query(t) for t, waiters in self.statuses.items() for _ in waiters]
         for f in frames:

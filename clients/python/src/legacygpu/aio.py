@@ -57,22 +57,26 @@ def unwrap(outcome: Outcome) -> Any:
 class AsyncTask:
     """A submitted task. ``await task`` (or ``await task.result()``) gives its result."""
 
-    def __init__(self, client: "AsyncClient", pending: Pending, accepted: Dict[str, Any]) -> None:
+    def __init__(self, client: "AsyncClient", pending: Pending) -> None:
         self._client = client
         self._pending = pending
         #: The client's id for the task (given, or made by the client).
         self.task_id: str = pending.task_id
-        self._accepted = accepted
 
     @property
     def id(self) -> str:
-        """The cluster-wide id (``t-42``), for the REST API and the CLI."""
-        return self._pending.id or str(self._accepted.get("id", ""))
+        """The cluster-wide id (``t-42``), for the REST API and the CLI
+        (empty while the task is not accepted)."""
+        return self._pending.id or str(self.accepted.get("id", ""))
 
     @property
     def accepted(self) -> Dict[str, Any]:
-        """The ``task_accepted`` message (``status``, ``existing``, ``waiting_reason``)."""
-        return self._accepted
+        """The ``task_accepted`` message (``status``, ``existing``,
+        ``waiting_reason``); empty while the coordinator has not answered
+        (a handle from :class:`~legacygpu.AcceptTimeout`)."""
+        fut = self._pending.accepted
+        value = fut.result() if fut.done() else None
+        return value if isinstance(value, dict) else {}
 
     def done(self) -> bool:
         return self._pending.outcome.done()
@@ -101,7 +105,11 @@ class AsyncTask:
 
     async def cancel(self) -> None:
         """Asks for the task to be cancelled; its result then raises
-        :class:`~legacygpu.TaskCancelled` (unless the result won the race)."""
+        :class:`~legacygpu.TaskCancelled` (unless the result won the race).
+        A task submitted while disconnected and never sent is withdrawn at
+        once (code ``withdrawn``). Does nothing once the task has finished."""
+        if self.done():
+            return
         await self._client._driver_or_raise().cancel(self.task_id)
 
     async def status(self) -> Dict[str, Any]:
@@ -195,6 +203,13 @@ class AsyncClient:
         return self._options.gamer_id
 
     @property
+    def connected(self) -> bool:
+        """Whether a connection to a coordinator is up now (False while the
+        client reconnects, and once it gave up or was closed)."""
+        d = self._driver
+        return d is not None and d.link is not None and d.failed is None and not d.closing
+
+    @property
     def stats(self) -> Dict[str, int]:
         """What the client saw on the wire: ``accepted`` (tasks acknowledged),
         ``outcomes`` (first deliveries and
@@ -243,11 +258,17 @@ class AsyncClient:
         msg = _wire.task_request(task_type, data, task_id=task_id, stream=stream, **opts)
         return task_id, _wire.frame(msg, self._options.max_frame_bytes)
 
-    async def _accepted(self, pending: Pending) -> AsyncTask:
+    async def _accepted(self, pending: Pending, accept_timeout: Optional[float] = None) -> AsyncTask:
+        task = AsyncTask(self, pending)
+        if accept_timeout is not None and not pending.accepted.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(pending.accepted), accept_timeout)
+            except asyncio.TimeoutError:
+                raise errors.AcceptTimeout(task, accept_timeout) from None
         value = await pending.accepted
         if isinstance(value, errors.LegacyGpuError):
             raise value
-        return AsyncTask(self, pending, value)
+        return task
 
     async def submit(
         self,
@@ -261,20 +282,47 @@ class AsyncClient:
         max_attempts: Optional[int] = None,
         requirements: Optional[Mapping[str, Any]] = None,
         idempotency_key: Optional[str] = None,
+        accept_timeout: Optional[float] = None,
     ) -> AsyncTask:
         """Submits one task and waits for ``task_accepted`` (with the store on,
         the task is then durable). Raises :class:`~legacygpu.Busy` when the
-        queue is full and :class:`~legacygpu.Rejected` for other refusals."""
+        queue is full and :class:`~legacygpu.Rejected` for other refusals.
+
+        ``accept_timeout``: wait at most this many seconds for the acceptance
+        (default: as long as the client keeps reconnecting), then raise
+        :class:`~legacygpu.AcceptTimeout` — a ``TimeoutError`` whose ``task``
+        is the handle of the submission, which the client keeps and sends
+        when it can, under the same key (``task.cancel()`` withdraws it)."""
+        if accept_timeout is not None:
+            _wire.check_seconds("accept_timeout", accept_timeout)
         tid, frame = self._request(
             task_type, data, task_id=task_id, priority=priority, timeout_s=timeout_s,
             queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
             requirements=requirements, idempotency_key=idempotency_key,
         )
-        return await self._accepted(self._driver_or_raise().start_task(tid, frame))
+        return await self._accepted(self._driver_or_raise().start_task(tid, frame), accept_timeout)
 
-    async def run(self, task_type: str, data: Any = None, **opts: Any) -> Any:
+    async def run(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        task_id: Optional[str] = None,
+        priority: Optional[_wire.Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+        accept_timeout: Optional[float] = None,
+    ) -> Any:
         """Submits a task and waits for its result."""
-        return await (await self.submit(task_type, data, **opts))
+        task = await self.submit(
+            task_type, data, task_id=task_id, priority=priority, timeout_s=timeout_s,
+            queue_timeout_s=queue_timeout_s, max_attempts=max_attempts, requirements=requirements,
+            idempotency_key=idempotency_key, accept_timeout=accept_timeout,
+        )
+        return await task
 
     async def submit_many(
         self,
@@ -283,14 +331,21 @@ class AsyncClient:
         *,
         in_flight: int = DEFAULT_IN_FLIGHT,
         busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
-        **opts: Any,
+        priority: Optional[_wire.Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
     ) -> List[AsyncTask]:
         """Submits one task per input, pipelined: up to ``in_flight`` tasks
         unfinished at once, without waiting for each acknowledgement. Returns
         the handles in input order once every task is accepted (the last ones
         may still run). Every input is checked before anything is sent; a
-        ``busy`` queue is retried for up to ``busy_retry_s`` seconds."""
-        frames = self._frames(task_type, inputs, opts)
+        ``busy`` queue is retried for up to ``busy_retry_s`` seconds. Each
+        task gets a task id and key of its own (use :meth:`submit` for yours)."""
+        frames = self._frames(task_type, inputs, dict(
+            priority=priority, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s,
+            max_attempts=max_attempts, requirements=requirements))
         sem = asyncio.Semaphore(_wire.check_int("in_flight", in_flight, 1))
         jobs = []
         for tid, frame in frames:
@@ -301,8 +356,6 @@ class AsyncClient:
     def _frames(self, task_type: Any, inputs: Iterable[Any], opts: Dict[str, Any]) -> List["tuple[str, str]"]:
         if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
             raise TypeError("inputs must be an iterable of task data (a list, a generator…)")
-        if "task_id" in opts or "idempotency_key" in opts:
-            raise TypeError("submit_many and map make a task id and key per task; submit() takes your own")
         return [self._request(task_type, data, **opts) for data in inputs]
 
     async def _submit_one(self, tid: str, frame: str, sem: asyncio.Semaphore, busy_retry_s: float) -> AsyncTask:
@@ -317,7 +370,7 @@ class AsyncClient:
                 sem.release()
                 raise value
             pending.outcome.add_done_callback(lambda _: sem.release())
-            return AsyncTask(self, pending, value)
+            return AsyncTask(self, pending)
 
     async def as_completed(self, tasks: Iterable[AsyncTask], timeout: Optional[float] = None) -> AsyncIterator[AsyncTask]:
         """Yields the handles as their tasks finish (whichever way).
@@ -341,12 +394,18 @@ class AsyncClient:
         *,
         in_flight: int = DEFAULT_IN_FLIGHT,
         busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
-        **opts: Any,
+        priority: Optional[_wire.Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
     ) -> AsyncIterator[Any]:
         """Yields each input's result in input order, with up to ``in_flight``
         tasks running ahead; a task that ended without a result raises its
         :class:`~legacygpu.TaskError` when its turn comes."""
-        frames = self._frames(task_type, inputs, opts)
+        frames = self._frames(task_type, inputs, dict(
+            priority=priority, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s,
+            max_attempts=max_attempts, requirements=requirements))
         window = _wire.check_int("in_flight", in_flight, 1)
         sem = asyncio.Semaphore(window)
         jobs: "List[asyncio.Future[AsyncTask]]" = []
@@ -372,7 +431,13 @@ class AsyncClient:
         top_k: Optional[int] = None,
         seed: Optional[int] = None,
         stop: "Optional[str | Sequence[str]]" = None,
-        **opts: Any,
+        task_id: Optional[str] = None,
+        priority: Optional[_wire.Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
     ) -> "AsyncGeneration":
         """A streamed ``generate`` task: ``async for delta in client.generate(…)``
         yields the text as the worker produces it; afterwards ``.result`` holds
@@ -382,7 +447,11 @@ class AsyncClient:
 
         data = generate_input(model, prompt, messages=messages, max_tokens=max_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, stop=stop)
-        tid, frame = self._request("generate", data, stream=True, **opts)
+        tid, frame = self._request(
+            "generate", data, stream=True, task_id=task_id, priority=priority, timeout_s=timeout_s,
+            queue_timeout_s=queue_timeout_s, max_attempts=max_attempts, requirements=requirements,
+            idempotency_key=idempotency_key,
+        )
         return AsyncGeneration(self, tid, frame)
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ssl as _ssl
 import threading
-from typing import Any, Awaitable, Dict, Iterable, Iterator, List, Optional, TypeVar
+from typing import Any, Awaitable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import errors
+from ._wire import DEFAULT_MAX_FRAME_BYTES, Priority
 from .aio import DEFAULT_BUSY_RETRY_S, DEFAULT_IN_FLIGHT, AsyncClient, AsyncGeneration, AsyncTask, unwrap
 
 T = TypeVar("T")
@@ -111,8 +113,30 @@ class Client:
     :class:`~legacygpu.AsyncClient` (``url``, ``token``, ``gamer_id``, ``ssl``,
     ``ca_file``, ``ca_hash``, ``reconnect``, ``give_up_after_s``…)."""
 
-    def __init__(self, url: str, token: Optional[str] = None, **options: Any) -> None:
-        self._async = AsyncClient(url, token, **options)  # checks the arguments first
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        *,
+        gamer_id: Optional[str] = None,
+        ssl: Optional[_ssl.SSLContext] = None,
+        ca_file: Optional[str] = None,
+        ca_hash: Optional[str] = None,
+        reconnect: bool = True,
+        resubmit_acknowledged: bool = False,
+        reconnect_max_s: float = 5.0,
+        give_up_after_s: Optional[float] = 60.0,
+        connect_timeout_s: float = 10.0,
+        silence_timeout_s: float = 15.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        # Checks the arguments first.
+        self._async = AsyncClient(
+            url, token, gamer_id=gamer_id, ssl=ssl, ca_file=ca_file, ca_hash=ca_hash, reconnect=reconnect,
+            resubmit_acknowledged=resubmit_acknowledged, reconnect_max_s=reconnect_max_s,
+            give_up_after_s=give_up_after_s, connect_timeout_s=connect_timeout_s,
+            silence_timeout_s=silence_timeout_s, max_frame_bytes=max_frame_bytes,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="legacygpu-client", daemon=True)
         self._thread.start()
@@ -128,6 +152,11 @@ class Client:
         return self._async.gamer_id
 
     @property
+    def connected(self) -> bool:
+        """Whether a connection to a coordinator is up now (see :attr:`AsyncClient.connected`)."""
+        return not self._closed and self._async.connected
+
+    @property
     def stats(self) -> Dict[str, int]:
         return self._call(_value(lambda: self._async.stats))
 
@@ -140,6 +169,10 @@ class Client:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            # Since Python 3.11 this is the built-in TimeoutError, which the
+            # call itself may raise (AcceptTimeout): that one goes through.
+            if fut.done() and not fut.cancelled():
+                return fut.result()
             fut.cancel()
             raise TimeoutError(f"no answer within {timeout} s") from None
 
@@ -154,17 +187,60 @@ class Client:
         outcome.add_done_callback(copy)
         return Task(self, inner, done)
 
-    def submit(self, task_type: str, data: Any = None, **opts: Any) -> Task:
-        """Submits a task and waits for its acceptance; see :meth:`AsyncClient.submit`."""
+    def submit(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        task_id: Optional[str] = None,
+        priority: Optional[Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+        accept_timeout: Optional[float] = None,
+    ) -> Task:
+        """Submits a task and waits for its acceptance; see :meth:`AsyncClient.submit`.
+        With ``accept_timeout``, :class:`~legacygpu.AcceptTimeout` carries a
+        :class:`Task` handle of the submission (the client keeps it)."""
 
         async def go() -> Task:
-            return self._wrap(await self._async.submit(task_type, data, **opts))
+            try:
+                inner = await self._async.submit(
+                    task_type, data, task_id=task_id, priority=priority, timeout_s=timeout_s,
+                    queue_timeout_s=queue_timeout_s, max_attempts=max_attempts, requirements=requirements,
+                    idempotency_key=idempotency_key, accept_timeout=accept_timeout,
+                )
+            except errors.AcceptTimeout as e:
+                e.task = self._wrap(e.task)
+                raise
+            return self._wrap(inner)
 
         return self._call(go())
 
-    def run(self, task_type: str, data: Any = None, *, timeout: Optional[float] = None, **opts: Any) -> Any:
+    def run(
+        self,
+        task_type: str,
+        data: Any = None,
+        *,
+        timeout: Optional[float] = None,
+        task_id: Optional[str] = None,
+        priority: Optional[Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+        accept_timeout: Optional[float] = None,
+    ) -> Any:
         """Submits a task and waits (up to ``timeout`` s) for its result."""
-        return self.submit(task_type, data, **opts).result(timeout)
+        task = self.submit(
+            task_type, data, task_id=task_id, priority=priority, timeout_s=timeout_s,
+            queue_timeout_s=queue_timeout_s, max_attempts=max_attempts, requirements=requirements,
+            idempotency_key=idempotency_key, accept_timeout=accept_timeout,
+        )
+        return task.result(timeout)
 
     def submit_many(
         self,
@@ -173,12 +249,20 @@ class Client:
         *,
         in_flight: int = DEFAULT_IN_FLIGHT,
         busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
-        **opts: Any,
+        priority: Optional[Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
     ) -> List[Task]:
         """Pipelined submission, ``in_flight`` unfinished at once; see :meth:`AsyncClient.submit_many`."""
 
         async def go() -> List[Task]:
-            tasks = await self._async.submit_many(task_type, inputs, in_flight=in_flight, busy_retry_s=busy_retry_s, **opts)
+            tasks = await self._async.submit_many(
+                task_type, inputs, in_flight=in_flight, busy_retry_s=busy_retry_s, priority=priority,
+                timeout_s=timeout_s, queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
+                requirements=requirements,
+            )
             return [self._wrap(t) for t in tasks]
 
         return self._call(go())
@@ -199,19 +283,51 @@ class Client:
         *,
         in_flight: int = DEFAULT_IN_FLIGHT,
         busy_retry_s: float = DEFAULT_BUSY_RETRY_S,
-        **opts: Any,
+        priority: Optional[Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
     ) -> Iterator[Any]:
         """Yields results in input order, ``in_flight`` tasks running ahead; see :meth:`AsyncClient.map`."""
-        agen = self._call(_value(lambda: self._async.map(task_type, inputs, in_flight=in_flight, busy_retry_s=busy_retry_s, **opts)))
+        agen = self._call(_value(lambda: self._async.map(
+            task_type, inputs, in_flight=in_flight, busy_retry_s=busy_retry_s, priority=priority,
+            timeout_s=timeout_s, queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
+            requirements=requirements,
+        )))
         while True:
             try:
                 yield self._call(agen.__anext__())
             except StopAsyncIteration:
                 return
 
-    def generate(self, model: str, prompt: Optional[str] = None, **kwargs: Any) -> Generation:
+    def generate(
+        self,
+        model: str,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        stop: "Optional[Union[str, Sequence[str]]]" = None,
+        task_id: Optional[str] = None,
+        priority: Optional[Priority] = None,
+        timeout_s: Optional[float] = None,
+        queue_timeout_s: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        requirements: Optional[Mapping[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> Generation:
         """A streamed ``generate`` task: ``for delta in client.generate(…)``; see :meth:`AsyncClient.generate`."""
-        inner = self._call(_value(lambda: self._async.generate(model, prompt, **kwargs)))
+        inner = self._call(_value(lambda: self._async.generate(
+            model, prompt, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, seed=seed, stop=stop, task_id=task_id, priority=priority, timeout_s=timeout_s,
+            queue_timeout_s=queue_timeout_s, max_attempts=max_attempts, requirements=requirements,
+            idempotency_key=idempotency_key,
+        )))
         return Generation(self, inner)
 
     def close(self) -> None:

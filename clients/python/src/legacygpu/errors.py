@@ -12,7 +12,10 @@ the built-in ``TypeError`` / ``ValueError`` before anything is sent.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+if TYPE_CHECKING:
+    from .aio import AsyncTask
 
 
 class LegacyGpuError(Exception):
@@ -88,6 +91,30 @@ class Busy(Rejected):
 
 class ApiError(Rejected):
     """The REST API answered with its error envelope (see docs/API.md)."""
+
+
+class AcceptTimeout(LegacyGpuError, TimeoutError):
+    """``submit(..., accept_timeout=…)`` waited that long without the
+    coordinator's ``task_accepted`` (it is down, or unreachable for now).
+
+    The submission is **not** dropped: the client keeps it under its task id
+    and idempotency key, sends it when the connection is back (as for any
+    unacknowledged task), and :attr:`task` is its handle — wait on it later,
+    or withdraw it with ``task.cancel()``: never sent, it is dropped here
+    (its result raises :class:`TaskCancelled`, code ``withdrawn``); perhaps
+    sent, a ``cancel_task`` follows it under the same key. Submitting the
+    same task id or key again meanwhile gets this same task (nothing is sent
+    twice), so a retry cannot make it run twice. Also a built-in
+    ``TimeoutError``.
+    """
+
+    def __init__(self, task: "AsyncTask", timeout: float) -> None:
+        super().__init__(f"task {task.task_id} was not accepted within {timeout:g} s")
+        #: The task's handle (an :class:`~legacygpu.AsyncTask`, or a
+        #: :class:`~legacygpu.Task` from the blocking client).
+        self.task: Any = task
+        self.task_id: str = task.task_id
+        self.timeout = timeout
 
 
 class TaskError(LegacyGpuError):

@@ -4,7 +4,7 @@ Each returns the task's ``data``; submit it with its task type::
 
     client.submit("physics", inputs.physics([inputs.sphere("ball", 0.5, position=(0, 4, 0))], steps=60))
     client.submit("inference", inputs.inference("resnet50", "cat.jpg"))
-    client.submit("gpu", inputs.matmul(m=512, k=512, n=512, seed=1))
+    client.submit("gpu", inputs.matmul(m=512, k=512, n=512, seed=1))   # or inputs.gpu("matmul", …)
 """
 
 from __future__ import annotations
@@ -211,6 +211,17 @@ def nbody(
     data["n"] = check_int("n", n, 1, 65_536)
     data["seed"] = check_int("seed", seed, 0)
     return data
+
+
+def gpu(op: str, **fields: Any) -> Dict[str, Any]:
+    """The input of a ``gpu`` task by its ``op``: ``gpu("matmul", m=…, k=…,
+    n=…, seed=…)`` is :func:`matmul`, ``gpu("nbody", steps=…, n=…, seed=…)``
+    is :func:`nbody` (the same arguments, checked the same way)."""
+    if op == "matmul":
+        return matmul(**fields)
+    if op == "nbody":
+        return nbody(**fields)
+    raise ValueError(f"unknown gpu op {op!r} (known: matmul, nbody)")
 
 
 # ---- generate (LLM) ----------------------------------------------------------
