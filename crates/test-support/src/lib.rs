@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fuzz;
+pub mod net;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};

@@ -20,17 +20,13 @@ impl TestDb {
     /// A fresh database, or `None` when no server is configured and none is
     /// required (the skip is said on stderr, past the test's capture).
     pub fn create() -> Option<TestDb> {
-        let Some(admin) = std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty()) else {
-            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                panic!("{REQUIRE_ENV}=1 but {SERVER_ENV} is not set (scripts/pg_test_server.sh)");
-            }
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: a PostgreSQL test did not run: {SERVER_ENV} is not set"
-            );
-            return None;
-        };
+        shared_server().map(|admin| TestDb::create_on(&admin))
+    }
+
+    /// A fresh database on the server `admin` (a URL to any of its
+    /// databases) reaches.
+    pub fn create_on(admin: &str) -> TestDb {
+        let admin = admin.to_owned();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "lgit_{}_{}_{}",
@@ -44,7 +40,18 @@ impl TestDb {
             client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         });
         let url = with_database(&admin, &name);
-        Some(TestDb { admin, name, url })
+        TestDb { admin, name, url }
+    }
+
+    /// The server's address (`host:port` of the URL, an IP address).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        addr_of(&self.url)
+    }
+
+    /// The database's URL through another address (a proxy in front of
+    /// the server).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        url_via(&self.url, addr)
     }
 
     /// A plain client on the test's database, for what the store API does
@@ -86,6 +93,91 @@ impl TestDb {
     }
 }
 
+/// A PostgreSQL server of the test's own (`scripts/pg_test_server.sh` in a
+/// temporary directory, `fsync` off), for tests that stop or restart the
+/// server: the shared one of `LEGACYGPU_TEST_POSTGRES` is never touched.
+/// Stopped when dropped. Drop its [`TestDb`]s first.
+pub struct TestServer {
+    dir: tempfile::TempDir,
+    /// A URL to its `postgres` database.
+    pub admin: String,
+    port: u16,
+}
+
+/// The first port an own server tries (the shared one starts at 55432).
+const OWN_PORTS: u16 = 57000;
+
+impl TestServer {
+    /// Starts one, or `None` where PostgreSQL tests are skipped (no
+    /// `LEGACYGPU_TEST_POSTGRES`: see [`TestDb::create`]).
+    pub fn start() -> Option<TestServer> {
+        shared_server()?;
+        let dir = tempfile::tempdir().unwrap();
+        let first = OWN_PORTS + (std::process::id() % 1000) as u16;
+        let admin = server_script("start", dir.path(), first);
+        let port = addr_of(&admin).port();
+        Some(TestServer { dir, admin, port })
+    }
+
+    /// A fresh database on it.
+    pub fn db(&self) -> TestDb {
+        TestDb::create_on(&self.admin)
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are ended).
+    pub fn stop(&self) {
+        server_script("stop", self.dir.path(), self.port);
+    }
+
+    /// Starts it again on the same port, after [`TestServer::stop`].
+    pub fn start_again(&self) {
+        let admin = server_script("start", self.dir.path(), self.port);
+        assert_eq!(admin, self.admin, "the server came back on another port");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `scripts/pg_test_server.sh CMD DIR` (trying ports from `port`);
+/// returns the URL `start` exports.
+fn server_script(cmd: &str, dir: &std::path::Path, port: u16) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg_test_server.sh");
+    let out = std::process::Command::new(script)
+        .args([cmd, &dir.display().to_string()])
+        .env("PG_FSYNC", "off")
+        .env("PGPORT_TRY", port.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {cmd}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.trim().split_once('=').map_or_else(String::new, |(_, url)| url.to_owned())
+}
+
+/// The shared server's URL, or `None` when no server is configured and
+/// none is required (the skip is said on stderr, past the test's capture).
+fn shared_server() -> Option<String> {
+    let Some(admin) = std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty()) else {
+        if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+            panic!("{REQUIRE_ENV}=1 but {SERVER_ENV} is not set (scripts/pg_test_server.sh)");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: a PostgreSQL test did not run: {SERVER_ENV} is not set"
+        );
+        return None;
+    };
+    Some(admin)
+}
+
 /// A table lock of [`TestDb::lock`]; released when dropped.
 pub struct TableLock {
     release: Option<std::sync::mpsc::Sender<()>>,
@@ -118,6 +210,25 @@ impl Drop for TestDb {
     }
 }
 
+/// Where the authority (`user@host:port`) of `url` starts and ends.
+fn authority(url: &str) -> (usize, usize) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?']).map_or(url.len(), |i| start + i);
+    (start, end)
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    let (start, end) = authority(url);
+    let host_port = url[start..end].rsplit('@').next().unwrap_or_default();
+    host_port.parse().unwrap_or_else(|e| panic!("{host_port} is no address: {e}"))
+}
+
+fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (start, end) = authority(url);
+    let user = url[start..end].rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    format!("{}{}{addr}{}", &url[..start], user.unwrap_or_default(), &url[end..])
+}
+
 /// `url` with its database replaced by `db`.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
@@ -132,7 +243,15 @@ fn with_database(url: &str, db: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{addr_of, url_via, with_database};
+
+    #[test]
+    fn a_server_address_is_read_and_swapped() {
+        let url = "postgres://postgres@127.0.0.1:55432/t?x=1";
+        assert_eq!(addr_of(url).to_string(), "127.0.0.1:55432");
+        let via = url_via(url, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(via, "postgres://postgres@127.0.0.1:9/t?x=1");
+    }
 
     #[test]
     fn a_database_url_is_swapped_keeping_the_rest() {

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
 use super::Conn;
 use crate::StoreError;
@@ -84,15 +84,35 @@ pub struct CoordinatorSeen {
 /// (shown as gone) before a report of another one deletes its row.
 const FORGET_AFTER_S: i64 = 3600;
 
+/// How long one call waits for the server, connecting included, until
+/// [`LeaderLease::set_timeout`] says otherwise (the session's own
+/// `statement_timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection for the lease, apart from the writer's, so that renewals
 /// never wait behind a batch.
+///
+/// Every call is bounded by the client's own clock ([`set_timeout`]): a
+/// server that stopped answering (SIGSTOP, a partition) cannot hold a
+/// leader's renewal past its lease, which the server's `statement_timeout`
+/// alone would not ensure (a frozen server enforces nothing). A connection
+/// that was lost (the server restarted or ended the session) or that ran
+/// out of time is dropped, and the next call connects again, so a standby
+/// outlives a restart of the server. No TCP keepalive or user timeout is
+/// set: every call already has a deadline, and calls come every poll.
+///
+/// [`set_timeout`]: LeaderLease::set_timeout
 pub struct LeaderLease {
-    conn: Conn,
+    /// The URL as given (with its password), for connecting again.
+    url: String,
+    /// `None` once lost: the next call connects again.
+    conn: Option<Conn>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for LeaderLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderLease").field("url", &self.conn.url).finish()
+        f.debug_struct("LeaderLease").field("url", &super::redact(&self.url)).finish()
     }
 }
 
@@ -105,15 +125,50 @@ fn ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
+fn session() -> String {
+    format!(
+        "SET application_name = 'legacygpu lease';
+         SET lock_timeout = '{LOCK_TIMEOUT}';
+         SET statement_timeout = '{}ms';",
+        DEFAULT_TIMEOUT.as_millis()
+    )
+}
+
 impl LeaderLease {
     /// Connects to `url` (applying the migrations, like the store does).
     pub fn connect(url: &str) -> Result<LeaderLease, StoreError> {
-        let session = format!(
-            "SET application_name = 'legacygpu lease';
-             SET lock_timeout = '{LOCK_TIMEOUT}';
-             SET statement_timeout = '5s';"
-        );
-        Ok(LeaderLease { conn: Conn::connect(url, &session)? })
+        let conn = Conn::connect(url, &session())?;
+        Ok(LeaderLease { url: url.to_owned(), conn: Some(conn), timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// The longest each later call waits for the server, connecting again
+    /// included (default 5 s). A call that runs out fails with a
+    /// [`StoreError::Io`] of kind [`std::io::ErrorKind::TimedOut`] and
+    /// drops its connection. A leader sets it to what is left of its lease
+    /// before renewing it.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Runs `f` within the timeout on the connection, connecting first
+    /// when there is none (or it was closed).
+    fn run<T: Send, F>(&mut self, f: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut Client, &str) -> Result<T, StoreError> + Send,
+    {
+        let timeout = self.timeout;
+        let conn = match self.conn.take().filter(|c| !c.is_closed()) {
+            Some(conn) => conn,
+            None => Conn::connect_within(&self.url, &session(), timeout)?,
+        };
+        let conn = self.conn.insert(conn);
+        let result = conn.run_within(timeout, f);
+        if let Err(e) = &result
+            && (conn.is_closed() || !answered(e))
+        {
+            self.conn = None;
+        }
+        result
     }
 
     /// Takes the lease for `ttl` when it is free or expired, at the next
@@ -125,7 +180,7 @@ impl LeaderLease {
         address: &str,
         ttl: Duration,
     ) -> Result<Acquired, StoreError> {
-        let won = self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             let row = c
                 .query_opt(
                     "UPDATE leader_lease SET holder = $1, address = $2, epoch = epoch + 1,
@@ -135,17 +190,17 @@ impl LeaderLease {
                     &[&holder, &address, &ms(ttl)],
                 )
                 .await;
-            match row {
-                Ok(row) => Ok(row.map(|r| r.get::<_, i64>(0))),
+            let won = match row {
+                Ok(row) => row.map(|r| r.get::<_, i64>(0)),
                 // Busy: a batch in flight or another contender; not an error.
-                Err(e) if is_lock_timeout(&e) => Ok(None),
-                Err(e) => Err(e.into()),
+                Err(e) if is_lock_timeout(&e) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match won {
+                Some(epoch) => Ok(Acquired::Leader { epoch: epoch as u64 }),
+                None => Ok(Acquired::Standby(read_state(c).await?)),
             }
-        })?;
-        match won {
-            Some(epoch) => Ok(Acquired::Leader { epoch: epoch as u64 }),
-            None => Ok(Acquired::Standby(self.leader()?)),
-        }
+        })
     }
 
     /// Extends the lease by `ttl` from now, if `holder` still holds it at
@@ -157,7 +212,7 @@ impl LeaderLease {
         epoch: u64,
         ttl: Duration,
     ) -> Result<Renewal, StoreError> {
-        let kept = self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             let n = c
                 .execute(
                     "UPDATE leader_lease SET renewed_at = now(),
@@ -166,16 +221,15 @@ impl LeaderLease {
                     &[&holder, &(epoch as i64), &ms(ttl)],
                 )
                 .await?;
-            Ok(n == 1)
-        })?;
-        if kept { Ok(Renewal::Renewed) } else { Ok(Renewal::Lost(self.leader()?)) }
+            if n == 1 { Ok(Renewal::Renewed) } else { Ok(Renewal::Lost(read_state(c).await?)) }
+        })
     }
 
     /// Gives the lease up (a clean shutdown), so that a standby takes over
     /// at once instead of waiting for it to expire. Returns whether it was
     /// still held.
     pub fn release(&mut self, holder: &str, epoch: u64) -> Result<bool, StoreError> {
-        self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             let n = c
                 .execute(
                     "UPDATE leader_lease SET expires_at = now()
@@ -196,7 +250,7 @@ impl LeaderLease {
         role: &str,
         epoch: u64,
     ) -> Result<(), StoreError> {
-        self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             c.execute(
                 "INSERT INTO coordinators (holder, address, role, epoch, started_at, seen_at)
                  VALUES ($1, $2, $3, $4, now(), now())
@@ -216,7 +270,7 @@ impl LeaderLease {
 
     /// Every coordinator in the registry, the longest running first.
     pub fn coordinators(&mut self) -> Result<Vec<CoordinatorSeen>, StoreError> {
-        self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             let rows = c
                 .query(
                     "SELECT holder, address, role, epoch,
@@ -244,7 +298,7 @@ impl LeaderLease {
 
     /// Takes this coordinator out of the registry (a clean stop).
     pub fn retire(&mut self, holder: &str) -> Result<(), StoreError> {
-        self.conn.run(async |c, _| {
+        self.run(async |c, _| {
             c.execute("DELETE FROM coordinators WHERE holder = $1", &[&holder]).await?;
             Ok(())
         })
@@ -252,11 +306,19 @@ impl LeaderLease {
 
     /// Who holds (or last held) the lease; `None` before anyone led.
     pub fn leader(&mut self) -> Result<Option<LeaseState>, StoreError> {
-        self.conn.run(async |c, _| {
-            let row = c.query_one(STATE, &[]).await?;
-            Ok(state(&row)?)
-        })
+        self.run(async |c, _| read_state(c).await)
     }
+}
+
+async fn read_state(c: &Client) -> Result<Option<LeaseState>, StoreError> {
+    let row = c.query_one(STATE, &[]).await?;
+    Ok(state(&row)?)
+}
+
+/// Whether `e` is the server's answer (the session is still good), rather
+/// than a connection that failed or a server that did not answer in time.
+fn answered(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(pg) if pg.code().is_some())
 }
 
 fn state(r: &Row) -> Result<Option<LeaseState>, tokio_postgres::Error> {

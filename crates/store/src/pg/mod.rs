@@ -22,6 +22,7 @@ mod verify;
 
 use std::error::Error as _;
 use std::fmt;
+use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
@@ -134,22 +135,33 @@ pub(crate) struct Conn {
 impl Conn {
     /// Connects, sets `session` (SQL run once), and applies the migrations.
     pub(crate) fn connect(url: &str, session: &str) -> Result<Conn, StoreError> {
-        let mut conn = off_runtime(|| Conn::connect_here(url, session))?;
+        let mut conn = off_runtime(|| Conn::connect_here(url, session, None))?;
         conn.run(schema::migrate)?;
         Ok(conn)
     }
 
     /// Connects without touching the schema (a reader's connection).
     pub(crate) fn connect_plain(url: &str, session: &str) -> Result<Conn, StoreError> {
-        off_runtime(|| Conn::connect_here(url, session))
+        off_runtime(|| Conn::connect_here(url, session, None))
     }
 
-    fn connect_here(url: &str, session: &str) -> Result<Conn, StoreError> {
+    /// Connects without touching the schema, giving up after `limit`: a
+    /// server that accepts the connection and never answers (frozen,
+    /// partitioned) holds the caller no longer.
+    pub(crate) fn connect_within(
+        url: &str,
+        session: &str,
+        limit: Duration,
+    ) -> Result<Conn, StoreError> {
+        off_runtime(|| Conn::connect_here(url, session, Some(limit)))
+    }
+
+    fn connect_here(url: &str, session: &str, limit: Option<Duration>) -> Result<Conn, StoreError> {
         let shown = redact(url);
         let fail = |source| StoreError::Connect { url: shown.clone(), source: PgError(source) };
         let config: tokio_postgres::Config = url.parse().map_err(fail)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = rt.block_on(async {
+        let connecting = async {
             let (client, connection) = config.connect(NoTls).await?;
             // Driven whenever this connection blocks on the runtime; it ends
             // when the client is dropped or the server goes away.
@@ -160,8 +172,19 @@ impl Conn {
             });
             client.batch_execute(session).await?;
             Ok::<_, tokio_postgres::Error>(client)
-        });
-        let client = client.map_err(fail)?;
+        };
+        let client = match limit {
+            None => rt.block_on(connecting).map_err(fail)?,
+            Some(limit) => {
+                match rt.block_on(async { tokio::time::timeout(limit, connecting).await }) {
+                    Ok(client) => client.map_err(fail)?,
+                    Err(_) => {
+                        rt.shutdown_background();
+                        return Err(timed_out(&shown, limit));
+                    }
+                }
+            }
+        };
         Ok(Conn { rt: Some(rt), client, url: shown })
     }
 
@@ -178,9 +201,29 @@ impl Conn {
         off_runtime(|| rt.block_on(f(client, url)))
     }
 
+    /// Runs `f` like [`Conn::run`], giving up after `limit` (the server
+    /// did not answer in time: the connection should not be used again, as
+    /// its statement may still be queued).
+    pub(crate) fn run_within<T: Send, F>(&mut self, limit: Duration, f: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut Client, &str) -> Result<T, StoreError> + Send,
+    {
+        let shown = self.url.clone();
+        self.run(async |c, url| match tokio::time::timeout(limit, f(c, url)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(&shown, limit)),
+        })
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
+}
+
+/// The error of a call the server did not answer within `limit`.
+fn timed_out(url: &str, limit: Duration) -> StoreError {
+    let why = format!("{url} did not answer within {limit:?}");
+    StoreError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
 }
 
 impl Drop for Conn {

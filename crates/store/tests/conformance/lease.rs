@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use store::{Acquired, LeaderLease, Op, PostgresStore, Renewal, Store, StoreError, Writer};
 
 use crate::support::{TestDb, task};
+use test_support::net::FreezableProxy;
+use test_support::pg::TestServer;
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(300);
@@ -329,4 +331,75 @@ fn coordinators_report_to_the_registry_and_a_clean_stop_leaves_it() {
     a.retire("a").unwrap();
     let left: Vec<String> = b.coordinators().unwrap().into_iter().map(|c| c.holder).collect();
     assert_eq!(left, ["b"]);
+}
+
+/// Runs `f` on a thread of its own and fails the test when it has not
+/// returned within `limit` (a call that hangs must fail, not stall).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("the call returned in time")
+}
+
+fn timed_out(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The server stops answering with the connection open (frozen, or cut
+/// off): a renewal gives up at its timeout instead of waiting for ever,
+/// connecting again does too, and once the server answers again the next
+/// call connects anew.
+#[test]
+fn a_lease_call_to_a_server_that_stopped_answering_gives_up_in_time() {
+    let Some(db) = TestDb::create() else { return };
+    let proxy = FreezableProxy::start(db.addr());
+    let mut lease = LeaderLease::connect(&db.url_via(proxy.addr())).unwrap();
+    assert_eq!(lease.try_acquire("a", "addr", LONG).unwrap(), Acquired::Leader { epoch: 1 });
+    lease.set_timeout(Duration::from_millis(300));
+    proxy.freeze();
+    let (mut lease, renewed) = within(LONG, move || {
+        let renewed = lease.renew("a", 1, LONG);
+        (lease, renewed)
+    });
+    let e = renewed.unwrap_err();
+    assert!(timed_out(&e), "{e}");
+    let (mut lease, again) = within(LONG, move || {
+        let again = lease.leader();
+        (lease, again)
+    });
+    let e = again.unwrap_err();
+    assert!(timed_out(&e), "connecting again is bounded too: {e}");
+    proxy.thaw();
+    lease.set_timeout(LONG);
+    assert_eq!(lease.renew("a", 1, LONG).unwrap(), Renewal::Renewed);
+}
+
+/// A restart of the server (`pg_ctl stop`, then start) ends every session:
+/// a standby's lease connects again and takes the lease once the leader,
+/// gone meanwhile, has let it run out.
+#[test]
+fn a_standby_outlives_a_restart_of_the_server_and_takes_the_lease() {
+    let Some(server) = TestServer::start() else { return };
+    let db = server.db();
+    let mut a = LeaderLease::connect(&db.url).unwrap();
+    let mut b = LeaderLease::connect(&db.url).unwrap();
+    assert_eq!(a.try_acquire("a", "addr", SHORT).unwrap(), Acquired::Leader { epoch: 1 });
+    assert!(matches!(b.try_acquire("b", "addr", LONG).unwrap(), Acquired::Standby(Some(_))));
+    server.stop();
+    assert!(b.try_acquire("b", "addr", LONG).is_err(), "nothing answers while it is down");
+    server.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let epoch = loop {
+        match b.try_acquire("b", "addr", LONG) {
+            Ok(Acquired::Leader { epoch }) => break epoch,
+            Ok(Acquired::Standby(_)) => {}
+            Err(e) => assert!(Instant::now() < deadline, "the standby never came back: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the standby never took the lease");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(epoch, 2);
+    drop(a);
 }
