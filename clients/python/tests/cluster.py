@@ -112,6 +112,11 @@ class Coordinator:
         self.proc = Proc(args + self.extra)
         self.ws_url = ""
         self.http_url = ""
+        #: From the banner's TLS lines (as crates/test-support reads them):
+        #: the CA pin, the worker join token and the client token.
+        self.ca_hash = ""
+        self.worker_token = ""
+        self.client_token = ""
         while True:
             line = self.proc.wait_line("")
             value = line.split(": ", 1)[1].strip() if ": " in line else ""
@@ -119,8 +124,29 @@ class Coordinator:
                 self.ws_url = value
             elif line.strip().startswith("http:"):
                 self.http_url = value.split()[0]
+            elif "CA sha256 " in line:
+                self.ca_hash = line.split("CA sha256 ", 1)[1].strip()
+            elif "--join " in line:
+                self.worker_token = line.split("--join ", 1)[1].split()[0]
+            elif line.strip().startswith("client token:"):
+                self.client_token = value
             elif line.startswith("ready"):
                 break
+
+    @property
+    def wss_url(self) -> str:
+        """``wss://127.0.0.1:PORT``: TLS on the protocol port."""
+        return self.ws_url.replace("ws://", "wss://", 1)
+
+    @property
+    def https_url(self) -> str:
+        """``https://127.0.0.1:PORT``: TLS on the HTTP port."""
+        return self.http_url.replace("http://", "https://", 1)
+
+    @property
+    def ca_file(self) -> str:
+        """The coordinator's own CA certificate (``DATA_DIR/tls/ca.pem``)."""
+        return str(Path(self.data_dir) / "tls" / "ca.pem")
 
     def kill9(self) -> None:
         self.proc.kill9()

@@ -1,8 +1,8 @@
 """A scripted coordinator (a websockets server on 127.0.0.1) for what the
-real binary cannot show yet: streamed ``task_progress`` (the coordinator does
-not forward it on main yet) and TLS (the coordinator gets it in parallel
-work). It speaks the protocol's literal JSON (docs/PROTOCOL.md); each test
-says what it answers to a ``task_request``."""
+real binary will not do on demand: dropped or reordered ``task_progress``
+deltas, a stream cut short, and TLS with certificates a test makes (a wrong
+pin, an impostor, a wrong name). It speaks the protocol's literal JSON
+(docs/PROTOCOL.md); each test says what it answers to a ``task_request``."""
 
 from __future__ import annotations
 

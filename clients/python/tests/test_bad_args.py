@@ -65,7 +65,11 @@ def test_bad_client_arguments():
     with pytest.raises(TypeError):
         legacygpu.AsyncClient("ws://127.0.0.1:8765", token=123)
     with pytest.raises(ValueError):
-        legacygpu.AsyncClient("ws://127.0.0.1:8765", ca_hash="AB" * 32)
+        legacygpu.AsyncClient("wss://127.0.0.1:8765", ca_hash="zz" * 32)
+    with pytest.raises(ValueError, match="wss://"):
+        legacygpu.AsyncClient("ws://127.0.0.1:8765", ca_hash="AB" * 32)  # a pin over plaintext
+    with pytest.raises(ValueError, match="not a join token"):
+        legacygpu.AsyncClient("wss://127.0.0.1:8765", token="lgj1-not-a-token")
     with pytest.raises(ValueError):
         legacygpu.AsyncClient("wss://127.0.0.1:8765", ca_file="x.pem", ca_hash="ab" * 32)
     with pytest.raises(ValueError):

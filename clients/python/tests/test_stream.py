@@ -1,8 +1,9 @@
 """generate(): deltas as they stream, the final text authoritative.
 
-Against a scripted coordinator: main does not forward ``task_progress`` yet
-(the lead is landing it). Once it does, a test against the real binary and
-an LLM worker belongs beside these (and the chat example's test)."""
+Against a scripted coordinator, which can drop, reorder and cut deltas on
+purpose. Streaming through the real coordinator from an LLM worker is tested
+in test_examples.py (test_generate_streams_through_the_cluster, and the chat
+example)."""
 
 from __future__ import annotations
 

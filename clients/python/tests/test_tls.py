@@ -1,8 +1,14 @@
-"""TLS: a CA file, a pinned CA hash, and refusals before any secret is sent.
+"""TLS: a CA file, a pinned CA hash, client tokens, and refusals before any
+secret is sent.
 
-The coordinator's TLS is being written in parallel, so the server here is a
-scripted one (scripted.py) with certificates made by the `openssl` command:
-a CA, a server certificate it signs (for 127.0.0.1), and an impostor's."""
+Against the real coordinator, which speaks TLS on its own ports (wss:// and
+https:// beside ws:// and http://) with a CA of its own in DATA_DIR/tls/:
+started with `--not-local 127.0.0.1`, it treats this machine as another one,
+so plaintext is refused and TLS is what a remote client would use. The pin and
+the tokens come from its banner. Against a scripted server (scripted.py) with
+certificates made by the `openssl` command — a CA, a server certificate it
+signs (for 127.0.0.1), one for another name, and an impostor's — what the
+real one cannot show: a wrong pin, an impostor, a wrong name."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cluster import skip_or_fail
+from cluster import FAST, Coordinator, skip_or_fail, until, worker
 from scripted import Scripted
 
 import legacygpu
@@ -39,10 +45,10 @@ def make_ca(d: Path, name: str, key: str) -> None:
             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
 
 
-def make_leaf(d: Path, name: str, ca: str) -> None:
+def make_leaf(d: Path, name: str, ca: str, san: str = "IP:127.0.0.1,DNS:localhost") -> None:
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
             "-out", f"{name}.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "san.ext").write_text(f"subjectAltName={san}\n")
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
 
@@ -54,6 +60,7 @@ def pki(tmp_path_factory):
     make_ca(d, "evil", "rsa")
     make_leaf(d, "server", "ca")
     make_leaf(d, "impostor", "evil")
+    make_leaf(d, "elsewhere", "ca", san="DNS:elsewhere.example")
     return d
 
 
@@ -130,3 +137,140 @@ def test_presenting_the_pinned_ca_beside_an_impostor_certificate_is_refused(pki)
     # cannot have it sign its own certificate.
     error, upgrades = connect(server_context(pki, "impostor", "ca"), ca_hash=openssl_pin(pki, "ca.pem"))
     assert isinstance(error, legacygpu.ConnectFailed) and upgrades == []
+
+
+@needs_chain
+def test_a_pinned_ca_still_checks_the_name(pki):
+    # As the Rust SDK's pinned verifier: the chain verifies to the pinned
+    # CA, and the certificate must be for the host of the URL.
+    error, upgrades = connect(server_context(pki, "elsewhere", "ca"), ca_hash=openssl_pin(pki, "ca.pem"))
+    assert isinstance(error, legacygpu.ConnectFailed) and upgrades == []
+    error, upgrades = connect(server_context(pki, "elsewhere", "ca"), ca_file=str(pki / "ca.pem"))
+    assert isinstance(error, legacygpu.ConnectFailed) and upgrades == []
+
+
+def test_a_pin_over_plaintext_is_refused_before_connecting(pki):
+    pin = openssl_pin(pki, "ca.pem")
+    token = f"lgj1-{pin}-{'s' * 43}"
+
+    async def go():
+        async with Scripted() as server:  # plaintext: it would see the token
+            for kwargs in ({"ca_hash": pin}, {"token": token}, {"ca_file": str(pki / "ca.pem")}):
+                with pytest.raises(ValueError, match="wss://"):
+                    legacygpu.AsyncClient(server.url, **kwargs)
+            with pytest.raises(ValueError, match="wss://"):
+                legacygpu.AsyncClient(f"wss://127.0.0.1:1,{server.url}", ca_hash=pin)
+            return server.upgrades
+
+    assert asyncio.run(asyncio.wait_for(go(), 30)) == []
+    with pytest.raises(ValueError, match="https://"):
+        legacygpu.Admin("http://127.0.0.1:8000", ca_hash=pin)
+    with pytest.raises(ValueError, match="https://"):
+        legacygpu.Admin("http://127.0.0.1:8000", api_key=token)
+
+
+def test_client_tokens_are_split_as_the_rust_sdk_does():
+    pin = "ab" * 32
+    assert tls.split_token(f"lgj1-{pin}-{'x' * 16}") == (pin, "x" * 16)
+    assert tls.split_token(f" lgj1-{pin.upper()}-{'x' * 43} ") == (pin, "x" * 43)
+    assert tls.split_token("the-cluster-token") == (None, "the-cluster-token")
+    for bad in ["lgj1-", "lgj1-" + pin, f"lgj1-{pin}-short", f"lgj1-{pin}x{'x' * 20}", f"lgj1-{'zz' * 32}-{'x' * 20}",
+                f"lgj1-{pin}-{'x' * 10} {'x' * 10}", f"lgj1-{pin[:-1]}-{'x' * 20}"]:
+        with pytest.raises(ValueError, match="not a join token"):
+            tls.split_token(bad)
+    assert tls.check_ca_hash(f"sha256:{pin.upper()}") == pin
+    with pytest.raises(ValueError, match="differs"):
+        legacygpu.AsyncClient("wss://127.0.0.1:8765", token=f"lgj1-{pin}-{'x' * 20}", ca_hash="cd" * 32)
+    with pytest.raises(ValueError, match="pins"):
+        legacygpu.AsyncClient("wss://127.0.0.1:8765", token=f"lgj1-{pin}-{'x' * 20}", ca_file="ca.pem")
+
+
+# ---- the real coordinator ------------------------------------------------------------
+
+REMOTE = ["--not-local", "127.0.0.1"]
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    """A coordinator that takes this machine for another (TLS only), with an
+    admin API key, and a worker joined over wss:// with the join token."""
+    c = Coordinator([*FAST, *REMOTE, "--api-keys", "admin-key-1:admin"])
+    assert len(c.ca_hash) == 64 and c.client_token.startswith(f"lgj1-{c.ca_hash}-"), "the banner's TLS lines"
+    w = worker(c.wss_url, "tls-w1", "--join", c.worker_token, "--slots", "2", "--no-gpu")
+    admin = legacygpu.Admin(c.https_url, api_key="admin-key-1", ca_hash=c.ca_hash)
+    until(lambda: admin.workers()["total"] >= 1, "the worker joined over wss://")
+    yield c
+    w.kill9()
+    c.kill9()
+
+
+@needs_chain
+def test_the_client_token_pins_the_ca_and_presents_its_secret(tls_cluster):
+    with legacygpu.Client(tls_cluster.wss_url, token=tls_cluster.client_token) as client:
+        assert client.run("echo", {"over": "wss"}, timeout=30) == {"over": "wss"}
+    # The whole token is no credential: only its secret is one.
+    with pytest.raises(legacygpu.Unauthorized):
+        legacygpu.Client(tls_cluster.wss_url, token=tls_cluster.client_token.replace("lgj1-", "lgj2-"),
+                         ca_hash=tls_cluster.ca_hash)
+
+
+@needs_chain
+def test_the_banner_pin_or_the_data_dir_ca_with_the_secret(tls_cluster):
+    secret = tls_cluster.client_token[len("lgj1-") + 65:]  # after the pin and its "-"
+    with legacygpu.Client(tls_cluster.wss_url, token=secret, ca_hash=tls_cluster.ca_hash) as client:
+        assert client.run("echo", {"by": "pin"}, timeout=30) == {"by": "pin"}
+    with legacygpu.Client(tls_cluster.wss_url, token=secret, ca_file=tls_cluster.ca_file) as client:
+        assert client.run("echo", {"by": "ca.pem"}, timeout=30) == {"by": "ca.pem"}
+    # And a name the certificate has (localhost), beside the address.
+    with legacygpu.Client(tls_cluster.wss_url.replace("127.0.0.1", "localhost"), token=secret,
+                          ca_hash=tls_cluster.ca_hash) as client:
+        assert client.run("echo", {"by": "name"}, timeout=30) == {"by": "name"}
+
+
+def test_plaintext_from_another_machine_is_refused(tls_cluster):
+    with pytest.raises(legacygpu.Unauthorized) as e:
+        legacygpu.Client(tls_cluster.ws_url, token="admin-key-1", reconnect=False)
+    assert e.value.status == 403
+
+
+@needs_chain
+def test_a_wrong_pin_is_refused_by_the_real_coordinator(tls_cluster):
+    wrong = "0" * 64
+    with pytest.raises(legacygpu.ConnectFailed, match="pinned CA hash"):
+        legacygpu.Client(tls_cluster.wss_url, token="admin-key-1", ca_hash=wrong, connect_timeout_s=5)
+    with pytest.raises(legacygpu.ConnectFailed, match="pinned CA hash"):
+        legacygpu.Admin(tls_cluster.https_url, api_key="admin-key-1", ca_hash=wrong).health()
+
+
+@needs_chain
+def test_admin_over_https(tls_cluster):
+    admin = legacygpu.Admin(tls_cluster.https_url, api_key="admin-key-1", ca_hash=tls_cluster.ca_hash)
+    assert admin.health()["total_workers"] == 1
+    tokens = admin.tokens()
+    assert tokens["ca_sha256"] == tls_cluster.ca_hash
+    assert (tokens["client_token"], tokens["worker_token"]) == (tls_cluster.client_token, tls_cluster.worker_token)
+    by_file = legacygpu.Admin(tls_cluster.https_url, api_key="admin-key-1", ca_file=tls_cluster.ca_file)
+    assert by_file.config()["store"] == "sqlite"
+    # A client token as the key: its pin secures https://, its secret is
+    # sent, and the API (which takes API keys) refuses it after TLS succeeded.
+    with pytest.raises(legacygpu.Unauthorized) as e:
+        legacygpu.Admin(tls_cluster.https_url, api_key=tls_cluster.client_token).health()
+    assert e.value.status == 401
+
+
+@needs_chain
+def test_rotated_client_token(procs):
+    c = Coordinator([*FAST, *REMOTE, "--api-keys", "admin-key-1:admin"])
+    procs.append(c)
+    admin = legacygpu.Admin(c.https_url, api_key="admin-key-1", ca_hash=c.ca_hash)
+    with pytest.raises(ValueError):
+        admin.rotate_tokens("gamers")
+    fresh = admin.rotate_tokens("client")
+    assert fresh["client_token"] != c.client_token and fresh["worker_token"] == c.worker_token
+    assert fresh["ca_sha256"] == c.ca_hash and admin.tokens() == fresh
+    with pytest.raises(legacygpu.Unauthorized):
+        legacygpu.Client(c.wss_url, token=c.client_token, reconnect=False)
+    with legacygpu.Client(c.wss_url, token=fresh["client_token"]) as client:
+        assert client.connected
+    both = admin.rotate_tokens()
+    assert both["worker_token"] != c.worker_token and both["client_token"] != fresh["client_token"]

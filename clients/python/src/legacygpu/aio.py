@@ -25,7 +25,7 @@ from typing import (
 
 from . import _wire, errors
 from ._driver import Driver, Options, Outcome, Pending
-from .tls import Tls
+from .tls import Tls, check_ca_hash, split_token
 
 #: Tasks in flight at once for ``submit_many`` and ``map`` unless told.
 DEFAULT_IN_FLIGHT = 256
@@ -43,6 +43,22 @@ def _spawn(coro: Any) -> "asyncio.Future[Any]":
 
 def _put(queue: "asyncio.Queue[AsyncTask]", task: "AsyncTask", _: Any) -> None:
     queue.put_nowait(task)
+
+
+def _credentials(token: Optional[str], ca_hash: Optional[str], other_trust: bool) -> "tuple[Optional[str], Optional[str]]":
+    """(the secret to present, the CA pin): a client token ``lgj1-<pin>-<secret>``
+    pins its CA and presents only its secret, as in the Rust SDK; a ``ca_hash``
+    given beside it must be the same pin."""
+    if token is None:
+        return None, ca_hash
+    pin, secret = split_token(token)
+    if pin is None:
+        return token, ca_hash
+    if other_trust:
+        raise ValueError("a client token (lgj1-…) pins the coordinator's CA: give no ssl= or ca_file= with it")
+    if ca_hash is not None and check_ca_hash(ca_hash) != pin:
+        raise ValueError("ca_hash differs from the CA hash in the client token (lgj1-<CA hash>-<secret>)")
+    return secret, pin
 
 
 def unwrap(outcome: Outcome) -> Any:
@@ -132,11 +148,15 @@ class AsyncClient:
       comma-separated (the coordinators of one PostgreSQL store): the client
       finds the leader, following a standby's ``not_leader`` answer and
       moving on from one it cannot reach, now and after every drop;
-    - ``token``: the cluster token, when the coordinator requires one;
+    - ``token``: the credential: the cluster token, an API key, or the
+      client token ``lgj1-<CA hash>-<secret>`` that ``cluster start`` prints,
+      which also pins the coordinator's CA (as ``ca_hash``; only the secret is
+      sent, and only over ``wss://``);
     - ``gamer_id``: reconnecting with the same id delivers the outcomes that
       finished while away (default: a random one);
     - ``ssl`` / ``ca_file`` / ``ca_hash``: TLS trust for ``wss://`` (see
-      :mod:`legacygpu.tls`); without any, the system's CAs;
+      :mod:`legacygpu.tls`); without any, the system's CAs. With a ``ws://``
+      URL they are refused (``ValueError``), as the token would go in clear;
     - ``reconnect``: reconnect and resubmit when the connection drops;
     - ``resubmit_acknowledged``: on reconnecting, send acknowledged tasks
       again as well (under their keys) instead of naming them in ``awaiting``;
@@ -184,10 +204,12 @@ class AsyncClient:
             _wire.check_seconds("give_up_after_s", give_up_after_s)
         _wire.check_int("max_frame_bytes", max_frame_bytes, 1024)
         self.url = url
+        secret, ca_hash = _credentials(token, ca_hash, ssl is not None or ca_file is not None)
         self._tls = Tls(ssl, ca_file, ca_hash)
+        self._tls.check_urls(url.split(","))
         self._options = Options(
             gamer_id=_wire.check_id("gamer_id", gamer_id) if gamer_id is not None else f"py-{secrets.token_hex(6)}",
-            token=token,
+            token=secret,
             reconnect=bool(reconnect),
             resubmit_acknowledged=bool(resubmit_acknowledged),
             reconnect_max_s=float(reconnect_max_s),
