@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from cluster import FAST, Coordinator, worker
 
@@ -67,6 +69,33 @@ def test_submit_status_result_cancel(admin_cluster):
     assert f.value.code == "invalid_input"
     with pytest.raises(ValueError):
         admin.submit("echo", {}, timeout_s=-1)  # checked before sending
+
+
+def test_task_filters_and_keyset_paging(admin_cluster):
+    admin = legacygpu.Admin(admin_cluster.http_url, api_key="readonly-key-1")
+    since_ms = int(time.time() * 1000) - 1
+    with legacygpu.Client(admin_cluster.ws_url, gamer_id="filter-gamer") as client:
+        tasks = client.submit_many("echo", [{"n": n} for n in range(5)])
+        assert [t.result(30) for t in tasks] == [{"n": n} for n in range(5)]
+    mine = {t.id for t in tasks}
+    owner = "gamer:filter-gamer"
+    assert admin.tasks(owner=owner)["total"] == 5
+    assert admin.tasks(owner=owner, worker_id="w1", status="completed", task_type="echo")["total"] == 5
+    assert admin.tasks(owner=owner, worker_id="nobody")["total"] == 0
+    assert admin.tasks(owner=owner, submitted_from_ms=since_ms)["total"] == 5
+    assert admin.tasks(owner=owner, submitted_to_ms=since_ms)["total"] == 0
+    assert not mine & {t["task_id"] for t in admin.tasks(owner="api", limit=1000)["tasks"]}
+    # Keyset paging: each page below the last one's next_before.
+    first = admin.tasks(owner=owner, limit=2)
+    second = admin.tasks(owner=owner, limit=2, before=first["next_before"])
+    assert len(first["tasks"]) == len(second["tasks"]) == 2 and first["next_before"]
+    assert not {t["task_id"] for t in first["tasks"]} & {t["task_id"] for t in second["tasks"]}
+    assert {t["task_id"] for t in admin.iter_tasks(owner=owner, page_size=2)} == mine
+    assert len(list(admin.iter_tasks(owner=owner, page_size=2))) == 5
+    with pytest.raises(ValueError):
+        admin.tasks(limit=-1)  # checked before sending
+    with pytest.raises(TypeError):
+        admin.tasks(owner=3)  # type: ignore[arg-type]
 
 
 def test_owner_controls(admin_cluster):

@@ -18,14 +18,22 @@ import ssl as _ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import _wire, errors
+from .aio import _credentials
+from .tls import Tls
 
 
 class Admin:
-    """The HTTP API of one coordinator: ``api_url`` like ``http://HOST:8000``;
-    ``api_key`` an API key (or the cluster token when the cluster has no keys)."""
+    """The HTTP API of one coordinator: ``api_url`` like ``http://HOST:8000``
+    (``https://`` on the same port when the coordinator speaks TLS);
+    ``api_key`` an API key (or the cluster token when the cluster has no
+    keys). A client token ``lgj1-<CA hash>-<secret>`` given as ``api_key`` is
+    split as the clients split it: its CA hash pins ``https://`` and only its
+    secret is sent. TLS trust: ``ssl``, ``ca_file`` or ``ca_hash`` (see
+    :mod:`legacygpu.tls`; the host name is checked in every mode); with an
+    ``http://`` URL they are refused, before anything is sent."""
 
     def __init__(
         self,
@@ -35,22 +43,33 @@ class Admin:
         timeout_s: float = 30.0,
         ssl: Optional[_ssl.SSLContext] = None,
         ca_file: Optional[str] = None,
+        ca_hash: Optional[str] = None,
     ) -> None:
         if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
             raise ValueError(f"api_url must be an http:// or https:// URL, got {api_url!r}")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise TypeError("api_key must be a non-empty str")
         self.api_url = api_url.rstrip("/")
-        self._key = api_key
         self._timeout = _wire.check_seconds("timeout_s", timeout_s) or 30.0
-        if ssl is not None and ca_file is not None:
-            raise ValueError("give ssl= or ca_file=, not both")
-        self._ssl = _ssl.create_default_context(cafile=ca_file) if ca_file else ssl
-        # Never through a proxy: the API is usually on a private network.
-        handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if self._ssl is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self._ssl))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._key, ca_hash = _credentials(api_key, ca_hash, ssl is not None or ca_file is not None)
+        self._tls = Tls(ssl, ca_file, ca_hash)
+        self._tls.check_urls([self.api_url], "https://")
+        self._opener: Optional[urllib.request.OpenerDirector] = None
+
+    def _open(self, req: urllib.request.Request, timeout: float) -> Any:
+        if self._opener is None:
+            # Never through a proxy: the API is usually on a private network.
+            handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+            if self.api_url.startswith("https://"):
+                try:
+                    # A pin reads the server's chain first (nothing sent).
+                    ctx = self._tls.context_for_sync(self.api_url, self._timeout)
+                except OSError as e:
+                    raise errors.ConnectFailed(f"cannot reach the API at {self.api_url}: {e}") from None
+                if ctx is not None:
+                    handlers.append(urllib.request.HTTPSHandler(context=ctx))
+            self._opener = urllib.request.build_opener(*handlers)
+        return self._opener.open(req, timeout=timeout)
 
     # ---- plumbing --------------------------------------------------------
 
@@ -80,7 +99,7 @@ class Admin:
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            with self._opener.open(req, timeout=self._timeout + wait_s) as resp:
+            with self._open(req, self._timeout + wait_s) as resp:
                 return resp.status, _json(resp.read())
         except urllib.error.HTTPError as e:
             raise _api_error(e.code, _json(e.read())) from None
@@ -116,6 +135,18 @@ class Admin:
     def shutdown(self) -> Any:
         """Shuts the coordinator down gracefully (admin)."""
         return self._post("/cluster/shutdown")
+
+    def tokens(self) -> Dict[str, Any]:
+        """The join tokens (admin): ``{"ca_sha256", "worker_token", "client_token"}``."""
+        return self._get("/cluster/tokens")
+
+    def rotate_tokens(self, kind: str = "both") -> Dict[str, Any]:
+        """New join tokens (admin) for ``kind`` — ``worker``, ``client`` or
+        ``both``: the old secrets admit nobody from now on (workers that
+        already joined keep their own credentials). Returns the new tokens."""
+        if kind not in ("worker", "client", "both"):
+            raise ValueError(f"kind must be 'worker', 'client' or 'both', got {kind!r}")
+        return self._post("/cluster/tokens/rotate", {"kind": kind})
 
     # ---- workers -------------------------------------------------------------
 
@@ -162,9 +193,52 @@ class Admin:
         task_type: Optional[str] = None,
         limit: Optional[int] = None,
         offset: Optional[int] = None,
+        *,
+        worker_id: Optional[str] = None,
+        owner: Optional[str] = None,
+        submitted_from_ms: Optional[int] = None,
+        submitted_to_ms: Optional[int] = None,
+        before: Optional[str] = None,
     ) -> Dict[str, Any]:
-        """``{"tasks": [...], "total", "limit", "offset"}``, newest first."""
-        return self._get("/cluster/tasks", status=status, task_type=task_type, limit=limit, offset=offset)
+        """``{"tasks": [...], "total", "limit", "offset", "next_before"}``,
+        newest first: only tasks in ``status``, of ``task_type``, any attempt
+        of which ran on ``worker_id``, of ``owner`` (``api`` or ``gamer:ID``),
+        submitted in [``submitted_from_ms``, ``submitted_to_ms``) (Unix ms).
+        Paging: ``before`` (the previous page's ``next_before``: fast at any
+        depth; see :meth:`iter_tasks`) and/or ``offset``; ``limit`` at most 1000."""
+        for name, value in (("limit", limit), ("offset", offset), ("submitted_from_ms", submitted_from_ms),
+                            ("submitted_to_ms", submitted_to_ms)):
+            if value is not None:
+                _wire.check_int(name, value, 0)
+        for name, text in (("status", status), ("task_type", task_type), ("worker_id", worker_id),
+                           ("owner", owner), ("before", before)):
+            if text is not None:
+                _wire.check_id(name, text)
+        return self._get("/cluster/tasks", status=status, task_type=task_type, worker_id=worker_id, owner=owner,
+                         submitted_from_ms=submitted_from_ms, submitted_to_ms=submitted_to_ms, limit=limit,
+                         before=before, offset=offset)
+
+    def iter_tasks(
+        self,
+        status: Optional[str] = None,
+        task_type: Optional[str] = None,
+        *,
+        worker_id: Optional[str] = None,
+        owner: Optional[str] = None,
+        submitted_from_ms: Optional[int] = None,
+        submitted_to_ms: Optional[int] = None,
+        page_size: int = 1000,
+    ) -> Iterator[Dict[str, Any]]:
+        """Every task the filter matches, newest first, a page at a time
+        (keyset paging with ``before``/``next_before``)."""
+        before: Optional[str] = None
+        while True:
+            page = self.tasks(status, task_type, limit=page_size, worker_id=worker_id, owner=owner,
+                              submitted_from_ms=submitted_from_ms, submitted_to_ms=submitted_to_ms, before=before)
+            yield from page.get("tasks", [])
+            before = page.get("next_before")
+            if not before or not page.get("tasks"):
+                return
 
     def submit(self, task_type: str, data: Any = None, *, task_id: Optional[str] = None, **opts: Any) -> Dict[str, Any]:
         """Submits a task over REST; takes :meth:`AsyncClient.submit`'s options.
