@@ -197,7 +197,7 @@ def tls_cluster():
     c = Coordinator([*FAST, *REMOTE, "--api-keys", "admin-key-1:admin"])
     assert len(c.ca_hash) == 64 and c.client_token.startswith(f"lgj1-{c.ca_hash}-"), "the banner's TLS lines"
     w = worker(c.wss_url, "tls-w1", "--join", c.worker_token, "--slots", "2", "--no-gpu")
-    admin = legacygpu.Admin(c.https_url, api_key="admin-key-1", ca_hash=c.ca_hash)
+    admin = legacygpu.Admin(c.https_url, api_key="admin-key-1", ca_file=c.ca_file)
     until(lambda: admin.workers()["total"] >= 1, "the worker joined over wss://")
     yield c
     w.kill9()

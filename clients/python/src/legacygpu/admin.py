@@ -52,8 +52,7 @@ class Admin:
         self.api_url = api_url.rstrip("/")
         self._timeout = _wire.check_seconds("timeout_s", timeout_s) or 30.0
         self._key, ca_hash = _credentials(api_key, ca_hash, ssl is not None or ca_file is not None)
-        self._tls = Tls(ssl, ca_file, ca_hash)
-        self._tls.check_urls([self.api_url], "https://")
+        self._tls = Tls(ssl, ca_file, ca_hash, urls=[self.api_url], secure="https://")
         self._opener: Optional[urllib.request.OpenerDirector] = None
 
     def _open(self, req: urllib.request.Request, timeout: float) -> Any:

@@ -205,8 +205,7 @@ class AsyncClient:
         _wire.check_int("max_frame_bytes", max_frame_bytes, 1024)
         self.url = url
         secret, ca_hash = _credentials(token, ca_hash, ssl is not None or ca_file is not None)
-        self._tls = Tls(ssl, ca_file, ca_hash)
-        self._tls.check_urls(url.split(","))
+        self._tls = Tls(ssl, ca_file, ca_hash, urls=url.split(","))
         self._options = Options(
             gamer_id=_wire.check_id("gamer_id", gamer_id) if gamer_id is not None else f"py-{secrets.token_hex(6)}",
             token=secret,

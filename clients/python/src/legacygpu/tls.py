@@ -150,16 +150,22 @@ class Tls:
         context: Optional[ssl.SSLContext] = None,
         ca_file: Optional[str] = None,
         ca_hash: Optional[str] = None,
+        *,
+        urls: Sequence[str] = (),
+        secure: str = "wss://",
     ) -> None:
+        """``urls``: where the client connects, refused (``ValueError``) when
+        a trust option is given and one of them is not ``secure``."""
         given = [x is not None for x in (context, ca_file, ca_hash)]
         if sum(given) > 1:
             raise ValueError("give at most one of ssl=, ca_file= and ca_hash= (a client token counts as ca_hash=)")
         if context is not None and not isinstance(context, ssl.SSLContext):
             raise TypeError("ssl must be an ssl.SSLContext")
         self.configured = any(given)
+        self.ca_hash = None if ca_hash is None else check_ca_hash(ca_hash)
+        self.check_urls(urls, secure)
         if ca_file is not None:
             context = ssl.create_default_context(cafile=ca_file)
-        self.ca_hash = None if ca_hash is None else check_ca_hash(ca_hash)
         if self.ca_hash is not None and not can_read_chain():
             raise RuntimeError("ca_hash= needs Python 3.10 or newer (to read the server's chain); use ca_file= instead")
         self._context = context
