@@ -43,6 +43,13 @@ def main() -> int:
                 print(f"\n[the answer failed: {e.code}: {e.reason}]")
                 messages.pop()
                 continue
+            except (legacygpu.ConnectionLost, legacygpu.ClientClosed, legacygpu.Unauthorized) as e:
+                print(f"\n[the cluster is gone: {e}]")
+                return 1
+            except legacygpu.LegacyGpuError as e:  # Busy, Rejected…: try again with the next line
+                print(f"\n[no answer: {e}]")
+                messages.pop()
+                continue
             print()
             messages.append({"role": "assistant", "content": reply.result["text"] if reply.result else ""})
 

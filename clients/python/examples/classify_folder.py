@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Classify every image of a folder on the cluster, with a progress bar.
 
-All images are submitted pipelined (``submit_many``), and the bar moves as
-results come back in whatever order they finish (``as_completed``).
+Images are read and encoded one at a time, just before they are submitted,
+with at most ``--in-flight`` tasks unfinished at once: a folder of any size
+takes memory for that many images only. The bar moves as results come back,
+in whatever order they finish (``as_completed``).
 
     python3 classify_folder.py --coordinator ws://127.0.0.1:8765 --model resnet50 photos/
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Dict, Iterator, List, Optional
 
 import legacygpu
 from legacygpu import inputs
@@ -38,23 +42,59 @@ def main() -> int:
     if not files:
         print(f"no PNG or JPEG files in {args.folder}", file=sys.stderr)
         return 1
-    data = [inputs.inference(args.model, f, top_k=args.top_k) for f in files]
-    labels = {}
-    failed = 0
+    labels: Dict[Path, str] = {}
     with legacygpu.Client(args.coordinator, token=args.token) as client:
-        tasks = client.submit_many("inference", data, in_flight=args.in_flight)
-        by_task = {t.task_id: f for t, f in zip(tasks, files)}
-        for n, task in enumerate(client.as_completed(tasks), start=1):
-            try:
-                best = task.result()["top_k"][0]
-                labels[by_task[task.task_id]] = f"{best['label']} ({best['score']:.2f})"
-            except legacygpu.TaskError as e:
-                labels[by_task[task.task_id]] = f"error: {e.code}: {e.reason}"
-                failed += 1
-            print(bar(n, len(tasks)), end="", file=sys.stderr, flush=True)
+        todo: Iterator[Path] = iter(files)
+        running: Dict[str, Path] = {}
+        window: List[legacygpu.Task] = []
+
+        def submit_more() -> None:
+            """Tops the window up to --in-flight tasks, reading each image only now."""
+            while len(window) < args.in_flight:
+                f = next(todo, None)
+                if f is None:
+                    return
+                try:
+                    data = inputs.inference(args.model, f, top_k=args.top_k)
+                except (OSError, ValueError) as e:  # unreadable, not an image, too big
+                    labels[f] = f"error: {e}"
+                    continue
+                task: Optional[legacygpu.Task] = None
+                while task is None:
+                    try:
+                        task = client.submit("inference", data)
+                    except legacygpu.Busy as e:  # the queue is full: wait a little
+                        time.sleep(e.retry_after_s)
+                    except legacygpu.LegacyGpuError as e:
+                        labels[f] = f"error: {e}"
+                        break
+                if task is not None:
+                    running[task.task_id] = f
+                    window.append(task)
+
+        try:
+            submit_more()
+            while window:
+                task = next(client.as_completed(window))
+                window.remove(task)
+                f = running.pop(task.task_id)
+                try:
+                    best = task.result()["top_k"][0]
+                    labels[f] = f"{best['label']} ({best['score']:.2f})"
+                except legacygpu.TaskError as e:
+                    labels[f] = f"error: {e.code}: {e.reason}"
+                except legacygpu.LegacyGpuError as e:  # ConnectionLost, ClientClosed…
+                    labels[f] = f"error: {e}"
+                print(bar(len(labels), len(files)), end="", file=sys.stderr, flush=True)
+                submit_more()
+        except legacygpu.LegacyGpuError as e:  # the client gave up: what is left is not done
+            print(f"\nstopped: {e}", file=sys.stderr)
     print(file=sys.stderr)
+    failed = 0
     for f in files:
-        print(f"{f.name}: {labels[f]}")
+        label = labels.get(f, "error: not classified")
+        failed += label.startswith("error:")
+        print(f"{f.name}: {label}")
     print(f"{len(files)} images, {failed} failed")
     return 1 if failed else 0
 

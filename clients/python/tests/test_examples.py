@@ -171,3 +171,21 @@ def test_classify_folder(procs, models_dir, tmp_path):
     for file, label in lines.items():
         assert label.split()[0] == file.split("-")[1].removesuffix(".png"), done.stdout
     assert "12/12" in done.stderr and "12 images, 0 failed" in done.stdout
+
+
+def test_classify_folder_streams_a_small_window_and_reports_bad_files(procs, models_dir, tmp_path):
+    c = Coordinator(FAST)
+    procs.append(c)
+    procs.append(worker(c.ws_url, "w", "--models-dir", str(models_dir), "--no-gpu", "--slots", "2"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"{i:02d}-red.png").write_bytes(png(20 + i, 20, (230, 10, 10)))
+    (folder / "03-broken.png").write_text("not really a PNG")
+    done = run_example("classify_folder.py", "--coordinator", c.ws_url, "--model", "tiny", "--in-flight", "2",
+                       str(folder))
+    assert done.returncode == 1, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines["03-broken.png"].startswith("error:") and "neither a PNG nor a JPEG" in lines["03-broken.png"]
+    assert [f for f, label in lines.items() if label.startswith("red")] == [f"{i:02d}-red.png" for i in range(7)]
+    assert "8 images, 1 failed" in done.stdout and "8/8" in done.stderr
