@@ -13,6 +13,16 @@
 //! database extended it. So a leader that was frozen (SIGSTOP) or cut off
 //! wakes to find its local lease run out and steps down before it asks
 //! anything — and should it write first, the fence refuses the batch.
+//! Every call a leader makes to the database is bounded by what is left of
+//! its lease ([`LeaderLease::set_timeout`]), so a database that stops
+//! answering (frozen, cut off) cannot keep it leading past it either: the
+//! call gives up when the lease runs out and the leader steps down.
+//!
+//! A standby that cannot read the lease (the database restarting, or out
+//! of reach) keeps naming the leader it last saw only while that lease, as
+//! read, may still run by its own clock; then it names none (health shows
+//! no leader, the API answers 503 `not_leader`) until it reads the lease
+//! again. Its lease connection is made again at the next try.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +74,10 @@ impl LeaseTimer {
     }
 
     /// A renewal attempted at `now` failed (not refused: the database could
-    /// not be asked); the next try comes sooner.
+    /// not be asked); the next try comes sooner, and never after the lease
+    /// ran out (so that the leader wakes then to step down).
     pub fn failed(&mut self, now: Instant) {
-        self.next_renewal = now + LeaseTimer::renew_every(self.ttl) / 2;
+        self.next_renewal = (now + LeaseTimer::renew_every(self.ttl) / 2).min(self.valid_until);
     }
 
     pub fn next_renewal(&self) -> Instant {
@@ -76,6 +87,12 @@ impl LeaseTimer {
     /// Whether the lease may have run out at `now`: the leader must stop.
     pub fn expired(&self, now: Instant) -> bool {
         now >= self.valid_until
+    }
+
+    /// How long the lease is still valid after `now`: the longest a call
+    /// to the database may take.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.valid_until.saturating_duration_since(now)
     }
 }
 
@@ -169,15 +186,21 @@ impl Run {
     /// the timer) or is stopped.
     fn stand_by(&mut self) -> Option<(u64, LeaseTimer)> {
         let mut logged = false;
+        let mut failing = false;
         while !self.stopped() {
             let sent = Instant::now();
-            match self.lease.try_acquire(&self.holder, &self.address, self.config.ttl) {
+            self.lease.set_timeout(self.config.ttl);
+            let tried = self.lease.try_acquire(&self.holder, &self.address, self.config.ttl);
+            if tried.is_ok() && std::mem::take(&mut failing) {
+                info!("the leader lease can be read again");
+            }
+            match tried {
                 Ok(Acquired::Leader { epoch }) => {
                     info!(epoch, "took the leader lease");
                     let timer = LeaseTimer::new(sent, self.config.ttl);
                     self.status.send_modify(|s| s.lead(epoch, &self.address, &self.holder));
                     self.next_report = Instant::now();
-                    self.report(Role::Leader, epoch);
+                    self.report(Role::Leader, epoch, timer.remaining(Instant::now()));
                     return Some((epoch, timer));
                 }
                 Ok(Acquired::Standby(state)) => {
@@ -187,9 +210,20 @@ impl Run {
                     }
                     self.status.send_modify(|s| s.observe(state.as_ref()));
                     let epoch = state.as_ref().map_or(0, |s| s.epoch);
-                    self.report(Role::Standby, epoch);
+                    self.report(Role::Standby, epoch, self.config.ttl);
                 }
-                Err(e) => warn!("cannot ask for the leader lease: {e}"),
+                Err(e) => {
+                    // Once per outage: a standby asks every `poll`.
+                    if std::mem::replace(&mut failing, true) {
+                        debug!("cannot ask for the leader lease: {e}");
+                    } else {
+                        warn!(
+                            "cannot ask for the leader lease (retrying every {:?}): {e}",
+                            self.config.poll
+                        );
+                    }
+                    self.status.send_modify(|s| s.unreadable(Instant::now()));
+                }
             }
             self.sleep_until(sent + self.config.poll);
         }
@@ -206,13 +240,16 @@ impl Run {
                 return self.deposed("the lease ran out before it could be renewed", None);
             }
             if self.stopped() {
-                return self.release(epoch);
+                return self.release(epoch, timer.remaining(now));
             }
+            // A database that does not answer cannot hold this leader past
+            // its lease: the renewal gives up when the lease runs out.
+            self.lease.set_timeout(timer.remaining(now));
             match self.lease.renew(&self.holder, epoch, self.config.ttl) {
                 Ok(Renewal::Renewed) => {
                     timer.renewed(now);
                     self.status.send_modify(|s| s.renewed());
-                    self.report(Role::Leader, epoch);
+                    self.report(Role::Leader, epoch, timer.remaining(Instant::now()));
                 }
                 Ok(Renewal::Lost(state)) => {
                     return self.deposed("another coordinator took the lease", state.as_ref());
@@ -232,12 +269,14 @@ impl Run {
     /// lease), after the lease's own statement so that it never delays a
     /// renewal: tells the registry what this coordinator is, and reads
     /// back every coordinator for the dashboard and `cluster status`. A
-    /// registry that cannot be reached costs only the list.
-    fn report(&mut self, role: Role, epoch: u64) {
+    /// registry that cannot be reached costs only the list. Its calls wait
+    /// at most `limit` (a leader's: what is left of its lease).
+    fn report(&mut self, role: Role, epoch: u64, limit: Duration) {
         let now = Instant::now();
-        if now < self.next_report {
+        if now < self.next_report || limit.is_zero() {
             return;
         }
+        self.lease.set_timeout(limit);
         // Three quarters of the interval: a renewal that comes a little early
         // still reports.
         self.next_report = now + LeaseTimer::renew_every(self.config.ttl) * 3 / 4;
@@ -260,7 +299,10 @@ impl Run {
         });
     }
 
-    fn release(&mut self, epoch: u64) {
+    /// A clean stop while leading: leaves the registry and gives the lease
+    /// up, waiting at most `limit` (what is left of it) for the database.
+    fn release(&mut self, epoch: u64, limit: Duration) {
+        self.lease.set_timeout(limit.max(Duration::from_millis(1)));
         self.retire();
         match self.lease.release(&self.holder, epoch) {
             Ok(true) => info!(epoch, "released the leader lease"),
@@ -331,15 +373,53 @@ mod tests {
         let mut t = LeaseTimer::new(t0, TTL);
         let mut now = t.next_renewal();
         let mut tries = 0;
+        let valid_until = t0 + TTL - TTL / 10;
         while !t.expired(now) {
+            assert_eq!(t.remaining(now), valid_until - now, "a call may take what is left");
             t.failed(now);
-            assert_eq!(t.next_renewal(), now + Duration::from_millis(375));
+            assert_eq!(t.next_renewal(), (now + Duration::from_millis(375)).min(valid_until));
             now = t.next_renewal();
             tries += 1;
         }
-        // 0.75 s, then every 0.375 s until 2.7 s: six tries in all.
+        // 0.75 s, then every 0.375 s until 2.625 s: six tries in all; the
+        // leader then wakes when the lease runs out (2.7 s), not later.
         assert_eq!(tries, 6);
-        assert!(now >= t0 + TTL - TTL / 10);
+        assert_eq!(now, valid_until);
+        assert_eq!(t.remaining(now), Duration::ZERO);
+    }
+
+    /// The database stops answering with the connection open (a proxy
+    /// frozen in front of it stands in for a SIGSTOPped server): the
+    /// leader's renewal gives up and it steps down when its lease runs out
+    /// by its own clock, while the row still names it.
+    #[test]
+    fn a_leader_whose_database_stops_answering_steps_down_when_its_lease_runs_out() {
+        let Some(db) = test_support::pg::TestDb::create() else { return };
+        let proxy = test_support::net::FreezableProxy::start(db.addr());
+        let lease = LeaderLease::connect(&db.url_via(proxy.addr())).unwrap();
+        let ttl = Duration::from_secs(1);
+        let config = LeaseConfig { ttl, poll: Duration::from_millis(50), ..LeaseConfig::default() };
+        let (tx, status) = watch::channel(HaStatus::standby("a".into(), ttl));
+        let keeper = Keeper::spawn(lease, "a".into(), "ws://a:1".into(), config, tx).unwrap();
+        let role = |want: Role| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while status.borrow().role != want {
+                assert!(Instant::now() < deadline, "never {}", want.as_str());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Instant::now()
+        };
+        role(Role::Leader);
+        let frozen = Instant::now();
+        proxy.freeze();
+        let deposed = role(Role::Deposed);
+        let why = status.borrow().why.clone().unwrap_or_default();
+        assert!(why.contains("ran out"), "{why}");
+        // Within a lease (and the wait's resolution) of the freeze.
+        assert!(deposed - frozen < ttl * 2, "{:?} after the freeze", deposed - frozen);
+        let rows = db.query("SELECT holder, epoch::text FROM leader_lease");
+        assert_eq!(rows, [[Some("a".to_owned()), Some("1".to_owned())]]);
+        drop(keeper);
     }
 
     #[test]

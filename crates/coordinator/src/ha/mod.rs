@@ -82,8 +82,10 @@ pub(crate) struct HaStatus {
     /// Ours while leading; the leader's last seen while standing by.
     pub epoch: u64,
     pub leader: Option<Leader>,
-    /// The lease's age (since its last renewal) at `seen`.
+    /// The lease's age (since its last renewal) and how long it had left,
+    /// as read at `seen`.
     age: Duration,
+    expires_in: Duration,
     seen: Instant,
     /// Why this coordinator stepped down.
     pub why: Option<String>,
@@ -104,6 +106,7 @@ impl HaStatus {
             epoch: 0,
             leader: None,
             age: Duration::ZERO,
+            expires_in: Duration::ZERO,
             seen: Instant::now(),
             why: None,
             holder,
@@ -172,15 +175,28 @@ impl HaStatus {
             Some(s) if !s.expired() || self.role == Role::Leader => {
                 self.epoch = s.epoch;
                 self.age = s.age;
+                self.expires_in = s.expires_in;
                 self.leader = Some(leader_of(s));
             }
             // Expired: nobody leads until someone takes it.
             Some(s) => {
                 self.epoch = s.epoch;
                 self.age = s.age;
+                self.expires_in = Duration::ZERO;
                 self.leader = None;
             }
             None => self.leader = None,
+        }
+    }
+
+    /// A standby could not read the lease at `now`. It names the leader it
+    /// last saw only while that lease, as read, may still run (by this
+    /// clock): then
+    /// nobody is known to lead — health shows no leader, the API answers
+    /// 503 `not_leader` — until the lease is read again.
+    fn unreadable(&mut self, now: Instant) {
+        if self.role == Role::Standby && now >= self.seen + self.expires_in {
+            self.leader = None;
         }
     }
 
@@ -457,5 +473,30 @@ mod tests {
         s.observe(Some(&state(Duration::ZERO)));
         assert!(s.leader.is_none() && s.lease_age().is_none());
         assert_eq!(s.role.as_str(), "standby");
+    }
+
+    #[test]
+    fn a_standby_that_cannot_read_the_lease_names_no_leader_once_it_may_have_run_out() {
+        let mut s = HaStatus::standby("b".into(), Duration::from_secs(3));
+        let state = |expires_in| LeaseState {
+            holder: "a".into(),
+            address: "ws://a:1 http://a:2".into(),
+            epoch: 4,
+            age: Duration::from_millis(500),
+            expires_in,
+        };
+        // Read with two seconds left: a failed read within them changes
+        // nothing, one after them names nobody.
+        s.observe(Some(&state(Duration::from_secs(2))));
+        s.unreadable(Instant::now() + Duration::from_millis(1_900));
+        assert_eq!(s.leader.as_ref().map(|l| l.ws.as_str()), Some("ws://a:1"));
+        s.unreadable(Instant::now() + Duration::from_secs(2));
+        assert!(s.leader.is_none() && s.lease_age().is_none());
+        assert_eq!((s.role, s.epoch), (Role::Standby, 4));
+        // The leader itself is never cleared this way (its own timer rules).
+        let mut l = HaStatus::standby("a".into(), Duration::from_secs(3));
+        l.lead(5, "ws://a:1", "a");
+        l.unreadable(Instant::now() + Duration::from_secs(60));
+        assert!(l.leader.is_some());
     }
 }
