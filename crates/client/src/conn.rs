@@ -85,6 +85,10 @@ impl Driver {
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() >= silence {
                         warn!("nothing from the coordinator for {silence:?}; reconnecting");
+                        // It stopped answering (frozen): trying it again
+                        // first would cost a whole connect_timeout, while
+                        // another coordinator may lead by now.
+                        self.endpoints.failed();
                         if !self.reconnect().await {
                             return;
                         }
@@ -314,13 +318,17 @@ fn accepted_by(outcome: &TaskOutcome) -> TaskAccepted {
 }
 
 /// Connects to the leader among `endpoints` (following redirects, moving
-/// on from those that cannot be reached), within `connect_timeout`.
+/// on from those that cannot be reached). Each try may take
+/// `connect_timeout`, and no try starts after `connect_timeout` per URL of
+/// the list: one URL that does not answer (a frozen coordinator) leaves
+/// the others their turn, as the Python client and `legacygpu bench` do.
 async fn find_leader(
     endpoints: &mut Endpoints,
     gamer_id: &str,
     options: &ClientOptions,
 ) -> Result<Ws, ClientError> {
-    let deadline = Instant::now() + options.connect_timeout;
+    let urls = u32::try_from(endpoints.all().len()).unwrap_or(u32::MAX);
+    let deadline = Instant::now() + options.connect_timeout.saturating_mul(urls);
     // Every URL twice, and the redirects between: bounded.
     let tries = endpoints.all().len() * 4 + 2;
     let mut last = None;

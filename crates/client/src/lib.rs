@@ -55,11 +55,15 @@ pub struct ClientOptions {
     pub resubmit_acknowledged: bool,
     /// The longest wait between reconnection attempts. Default 5 s.
     pub reconnect_max: Duration,
-    /// How long connecting and registering may take. Default 10 s.
+    /// How long connecting to one coordinator and registering may take.
+    /// Given several URLs, finding the leader may take this per URL, so
+    /// that one that does not answer leaves time for the others. Default
+    /// 10 s.
     pub connect_timeout: Duration,
     /// A connection from which nothing arrives for this long (pings go out
-    /// at a third of it) is given up and made anew: a coordinator frozen
-    /// with its socket open (SIGSTOP) is left for the next one. Default 15 s.
+    /// at a third of it) is given up and made anew, to the next URL of the
+    /// list first: a coordinator frozen with its socket open (SIGSTOP) is
+    /// left for the next one. Default 15 s.
     pub silence_timeout: Duration,
 }
 
