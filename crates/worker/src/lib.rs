@@ -203,18 +203,18 @@ impl Worker {
             match connected {
                 Ok(ws) => {
                     backoff = self.config.reconnect_min;
-                    match Session::new(&mut self, ws, &url).run(&mut shutdown).await {
+                    let end = Session::new(&mut self, ws, &url).run(&mut shutdown).await;
+                    rotate(&mut endpoints, &end);
+                    match end {
                         End::Shutdown => return Ok(()),
                         End::Refused(reason) => return Err(WorkerError::Refused(reason)),
-                        End::Disconnected(why) => {
+                        End::Disconnected(why) | End::Silent(why) => {
                             info!("disconnected from the coordinator at {url}: {why}");
-                            endpoints.connected();
                             wait = jittered(backoff);
                         }
                         // An election, or the leader elsewhere: soon again.
                         End::NotLeader(leader) => {
                             info!(%url, leader = leader.as_deref().unwrap_or("none yet"), "a standby answered");
-                            endpoints.not_leader(leader.as_deref());
                             wait = jittered(NOT_LEADER_WAIT);
                         }
                     }
@@ -337,6 +337,20 @@ fn validate_url(url: &str) -> Result<(), WorkerError> {
         .map_err(|e| WorkerError::BadUrl { url: url.to_owned(), reason: e.to_string() })
 }
 
+/// Which coordinator the next connection tries after a session that ended
+/// with `end`: the same one after a drop (it may just have restarted); the
+/// next of the list after silence (a frozen one would hold the next try for
+/// a whole connect timeout, while another may lead by now); the leader a
+/// standby named.
+fn rotate(endpoints: &mut proto::Endpoints, end: &End) {
+    match end {
+        End::Disconnected(_) => endpoints.connected(),
+        End::Silent(_) => endpoints.failed(),
+        End::NotLeader(leader) => endpoints.not_leader(leader.as_deref()),
+        End::Shutdown | End::Refused(_) => {}
+    }
+}
+
 /// A wait between half and all of `d`, so that many workers do not all
 /// reconnect at the same instant.
 fn jittered(d: Duration) -> Duration {
@@ -346,6 +360,28 @@ fn jittered(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_coordinator_is_left_for_the_next_url_and_a_dropped_one_is_tried_again() {
+        let mut e = proto::Endpoints::parse("ws://a:1,ws://b:2,ws://c:3").unwrap();
+        // A drop (a restart, a closed socket): the same one first.
+        rotate(&mut e, &End::Disconnected("closed".into()));
+        assert_eq!(e.current(), "ws://a:1");
+        // Silence (a frozen coordinator): the next one first.
+        rotate(&mut e, &End::Silent("nothing from the coordinator for 3s".into()));
+        assert_eq!(e.current(), "ws://b:2");
+        // b is a standby naming c; c leads, then freezes: on to a.
+        rotate(&mut e, &End::NotLeader(Some("ws://c:3".into())));
+        assert_eq!(e.current(), "ws://c:3");
+        rotate(&mut e, &End::Disconnected("closed".into()));
+        assert_eq!(e.current(), "ws://c:3");
+        rotate(&mut e, &End::Silent("no registration_ack in time".into()));
+        assert_eq!(e.current(), "ws://a:1");
+        // Nothing moves on a stop or a refusal.
+        rotate(&mut e, &End::Refused("bad token".into()));
+        rotate(&mut e, &End::Shutdown);
+        assert_eq!(e.current(), "ws://a:1");
+    }
 
     #[test]
     fn capabilities_list_types_slots_and_machine() {

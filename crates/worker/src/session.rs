@@ -96,6 +96,9 @@ pub(crate) enum End {
     Refused(String),
     /// The connection is gone: reconnect.
     Disconnected(String),
+    /// The coordinator stopped answering with the connection open (frozen,
+    /// or cut off): reconnect, to the next coordinator of the list first.
+    Silent(String),
     /// A standby answered, naming the leader (none during an election).
     NotLeader(Option<String>),
 }
@@ -217,7 +220,7 @@ impl<'w> Session<'w> {
                 _ = tick.tick() => {
                     let silence = (self.heartbeat * SILENT_HEARTBEATS).max(MIN_SILENCE);
                     if self.last_heard.elapsed() >= silence {
-                        return End::Disconnected(format!(
+                        return End::Silent(format!(
                             "nothing from the coordinator for {silence:?}"
                         ));
                     }
@@ -239,8 +242,7 @@ impl<'w> Session<'w> {
         let join = ToCoordinator::Join(proto::Join { peer_id, token: secret });
         self.send(&join).await.map_err(|e| End::Disconnected(e.to_string()))?;
         let joined = tokio::time::timeout(CONNECT_TIMEOUT, self.await_reply()).await;
-        let joined =
-            joined.map_err(|_| End::Disconnected("no answer to join in time".to_owned()))??;
+        let joined = joined.map_err(|_| End::Silent("no answer to join in time".to_owned()))??;
         let FromCoordinator::Joined(joined) = joined else {
             return Err(End::Disconnected(format!(
                 "unexpected answer to join: {}",
@@ -284,8 +286,7 @@ impl<'w> Session<'w> {
         });
         self.send(&register).await.map_err(|e| End::Disconnected(e.to_string()))?;
         let ack = tokio::time::timeout(CONNECT_TIMEOUT, self.await_reply()).await;
-        let ack =
-            ack.map_err(|_| End::Disconnected("no registration_ack in time".to_owned()))??;
+        let ack = ack.map_err(|_| End::Silent("no registration_ack in time".to_owned()))??;
         let FromCoordinator::RegistrationAck(ack) = ack else {
             return Err(End::Disconnected(format!("unexpected answer: {}", ack.msg_type())));
         };
