@@ -135,18 +135,23 @@ fn a_gpu_canary_looks_like_a_benchmark_task_and_its_answer_is_the_executors() {
 }
 
 #[test]
-fn physics_results_agree_exactly_when_their_checksums_do() {
+fn physics_results_agree_exactly_when_their_states_do() {
     let r = rules();
     let p = json(&json!({"steps": 10, "bodies": []}));
-    let out = |sum: &str, x: f64| {
+    let out = |sum: &str, x: f64, elapsed: f64| {
         json(
-            &json!({"bodies": [{"id": 1, "position": [x, 0, 0]}], "steps": 10, "checksum": sum, "elapsed_ms": x}),
+            &json!({"bodies": [{"id": 1, "position": [x, 0, 0]}], "steps": 10, "checksum": sum, "elapsed_ms": elapsed}),
         )
     };
-    assert!(r.agree("physics", &p, &out("5f1d0c3a9b2e8f47", 1.0), &out("5f1d0c3a9b2e8f47", 2.0)));
-    assert!(!r.agree("physics", &p, &out("5f1d0c3a9b2e8f47", 1.0), &out("5f1d0c3a9b2e8f48", 1.0)));
+    let sum = "5f1d0c3a9b2e8f47";
+    assert!(r.agree("physics", &p, &out(sum, 1.0, 3.0), &out(sum, 1.0, 9.0)), "timing differs");
+    assert!(!r.agree("physics", &p, &out(sum, 1.0, 3.0), &out("5f1d0c3a9b2e8f48", 1.0, 3.0)));
     assert!(
-        !r.agree("physics", &p, &out("", 1.0), &out("", 1.0)),
+        !r.agree("physics", &p, &out(sum, 1.0, 3.0), &out(sum, 1.5, 3.0)),
+        "made-up bodies beside an honest checksum"
+    );
+    assert!(
+        !r.agree("physics", &p, &out("", 1.0, 3.0), &out("", 1.0, 3.0)),
         "an empty checksum proves nothing"
     );
     assert!(!r.agree("physics", &p, &json(&json!({"bodies": []})), &json(&json!({"bodies": []}))));

@@ -214,8 +214,8 @@ pub enum WorkersAction {
 pub struct WorkersList {
     #[command(flatten)]
     pub remote: Remote,
-    /// Only workers in this state: healthy, unhealthy, draining or quarantined.
-    #[arg(long, value_parser = ["healthy", "unhealthy", "draining", "quarantined"])]
+    /// Only workers in this state.
+    #[arg(long, value_parser = names(codes::WorkerStatus::ALL.iter().map(|s| s.as_str())))]
     pub status: Option<String>,
 }
 
@@ -773,7 +773,7 @@ pub struct TaskListArgs {
     #[command(flatten)]
     pub remote: Remote,
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["queued", "assigned", "running", "completed", "failed", "cancelled", "timed_out"])]
+    #[arg(long, value_parser = names(codes::TaskState::ALL.iter().map(|s| s.as_str())))]
     pub status: Option<String>,
     /// Only tasks of this type.
     #[arg(long = "type")]
@@ -960,4 +960,9 @@ mod tests {
             }
         }
     }
+}
+
+/// A flag's value must be one of `names` (a closed set's wire names).
+fn names(names: impl Iterator<Item = &'static str>) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(names)
 }

@@ -186,12 +186,8 @@ fn handshake_check(
             info!(%remote, "refused plaintext from another machine");
             return Err(reject(StatusCode::FORBIDDEN, edge::PLAINTEXT_REFUSED));
         }
-        let bearer = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let bearer =
+            req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_token);
         if let Some(given) = bearer {
             // Whether it admits what the connection registers as is decided
             // then; a header that is nobody's credential is refused now.
@@ -342,7 +338,13 @@ impl<'a> Session<'a> {
                 );
                 self.send_now(FromCoordinator::Error(err)).await
             }
-            Message::Close(_) => Flow::Stop,
+            // The WebSocket library has queued the closing handshake's
+            // answer (the code echoed, or 1002 for a code no endpoint may
+            // send): it goes out before the socket does.
+            Message::Close(_) => {
+                let _ = self.ws.flush().await;
+                Flow::Stop
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         }
     }
@@ -521,5 +523,26 @@ pub(crate) fn decode_error(e: &DecodeError) -> ErrorMsg {
     match e.msg_type() {
         Some(t) => err.in_reply_to(t),
         None => err,
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for header in ["Bearer abc", "bearer abc", "BEARER  abc "] {
+            assert_eq!(bearer_token(header), Some("abc"), "{header}");
+        }
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }

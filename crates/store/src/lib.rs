@@ -53,6 +53,12 @@ pub use writer::{Committed, SendError, Writer};
 pub enum StoreError {
     #[error("cannot open the store at {path}: {source}")]
     Open { path: String, source: rusqlite::Error },
+    /// Another process (another coordinator) has the store open.
+    #[error(
+        "the store at {path} is in use by another process (is another coordinator running on \
+         this data directory?)"
+    )]
+    InUse { path: String },
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("store: {0}")]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::read::{self, Count, Page, Param, Query, Source, StoreReader, TaskFilter};
-use crate::sqlite::{ATTEMPT_COLUMNS, attempt_row, keyed_upto, task_row};
+use crate::sqlite::{ATTEMPT_COLUMNS, VFS, attempt_row, keyed_upto, open_error, task_row};
 use crate::sqlite_verify::load_replicas;
 use crate::{StoreError, StoredTask};
 
@@ -26,8 +26,8 @@ impl r2d2::ManageConnection for Manager {
 
     fn connect(&self) -> Result<Connection, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let open_err = |source| StoreError::Open { path: self.path.display().to_string(), source };
-        let conn = Connection::open_with_flags(&self.path, flags).map_err(open_err)?;
+        let open_err = |source| open_error(self.path.display(), source);
+        let conn = Connection::open_with_flags_and_vfs(&self.path, flags, VFS).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         Ok(conn)
     }

@@ -404,8 +404,11 @@ async fn the_event_stream_shows_a_task_go_through_in_order() {
     let mut one_task = Raw::connect(&format!("{events_url}?task_id={id}")).await;
     answer(&mut peer, json!("done")).await;
 
+    // Stats events keep coming: each loop has a deadline of its own.
+    let deadline = tokio::time::Instant::now() + test_support::WAIT;
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("task_completed") {
+        assert!(tokio::time::Instant::now() < deadline, "no task_completed; saw {seen:?}");
         let e = all.recv().await;
         let kind = e["event"].as_str().unwrap().to_owned();
         if kind != "cluster_stats" {
@@ -429,13 +432,40 @@ async fn the_event_stream_shows_a_task_go_through_in_order() {
     assert_eq!(s["event"], "cluster_stats");
     assert!(s["workers"].as_u64().is_some(), "{s}");
     peer.close().await;
+    let deadline = tokio::time::Instant::now() + test_support::WAIT;
     loop {
+        assert!(tokio::time::Instant::now() < deadline, "no worker_left");
         let e = all.recv().await;
         if e["event"] == "worker_left" {
             assert_eq!(e["worker_id"], "p");
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_drained_worker_leaves_once_idle_instead_of_being_declared_dead() {
+    // A heartbeat timeout far past every wait here: the worker may only go
+    // by leaving.
+    let c = Coordinator::start(bin(), &["--heartbeat-timeout", "600"]);
+    let events_url = c.http().replace("http://", "ws://") + "/ws/cluster/events";
+    let mut events = Raw::connect(&format!("{events_url}?kinds=worker_joined,worker_left")).await;
+    let mut peer = Raw::peer(&c.ws_url, "p", "{}").await;
+    assert_eq!(events.recv().await["event"], "worker_joined");
+    let api = Http::new(&c);
+    let (status, body) = api.post("/cluster/workers/p/drain", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(u16::from(peer.closed().await.expect("a close frame").code), 4004);
+    let left = events.recv().await;
+    assert_eq!(
+        (left["event"].as_str(), left["worker_id"].as_str()),
+        (Some("worker_left"), Some("p"))
+    );
+    eventually("the drained worker gone from the list", || async {
+        let (_, workers) = api.get("/cluster/workers").await;
+        (workers["workers"] == json!([])).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

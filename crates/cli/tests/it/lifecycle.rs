@@ -2,7 +2,7 @@
 //! capability matching, graceful shutdown, the CLI client.
 
 use serde_json::json;
-use test_support::{Coordinator, Raw, worker};
+use test_support::{Coordinator, Proc, Raw, worker};
 
 use crate::{FAST, bin};
 
@@ -141,6 +141,29 @@ async fn tasks_go_only_to_peers_declaring_their_type() {
     gamer.send(r#"{"msg_type": "task_status", "task_id": "s"}"#).await;
     let status = gamer.expect("task_status").await;
     assert_eq!(status["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_second_coordinator_on_the_same_data_dir_is_refused() {
+    let c = Coordinator::start(bin(), &[]);
+    let dir = c.data_dir().to_str().unwrap().to_owned();
+    let args = ["cluster", "start", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let (mut second, _lines) =
+        Proc::spawn(bin(), &[&args[..], &["--data-dir", &dir]].concat(), &[]);
+    assert_eq!(second.wait(), Some(1), "{}", second.log());
+    assert!(
+        second.log().contains(&format!("the store at {dir}/tasks.db is in use by another process")),
+        "{}",
+        second.log()
+    );
+    // The first one is unaffected.
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    gamer
+        .send(r#"{"msg_type": "task_request", "task_id": "s", "task_type": "echo", "data": {}}"#)
+        .await;
+    gamer.expect("task_accepted").await;
+    gamer.send(r#"{"msg_type": "task_status", "task_id": "s"}"#).await;
+    assert_eq!(gamer.expect("task_status").await["status"], "queued");
 }
 
 #[tokio::test]

@@ -215,10 +215,15 @@ async fn a_wrong_bearer_header_is_401_even_with_approved_workers() {
 async fn protocol_violations_close_with_rfc_6455_codes() {
     let c = Coordinator::start(bin(), &[]);
     // Frames from a client must be masked; a zero mask keeps the payload as is.
-    let cases: [(&[u8], u16); 3] = [
+    let cases: [(&[u8], u16); 6] = [
         (&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe], 1007), // text, invalid UTF-8
         (&[0xc1, 0x82, 0, 0, 0, 0, b'h', b'i'], 1002), // RSV1 set
         (&[0x81, 0x02, b'h', b'i'], 1002),             // not masked
+        // A close is answered (the closing handshake), with 1002 for a
+        // code no endpoint may send.
+        (&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8], 1000), // close 1000
+        (&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe7], 1002), // close 999
+        (&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed], 1002), // close 1005
     ];
     for (frame, code) in cases {
         let mut raw = Raw::gamer(&c.ws_url, "g").await;

@@ -34,6 +34,7 @@ async fn the_seeds_testing_checklist() {
     let assignment = peer.expect("task_assignment").await;
     assert_eq!(assignment["task_data"], json!({"bodies": 3}));
     let task_id = assignment["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(task_id, "123", "the peer sees the gamer's own id: {assignment}");
 
     // 9. Peer sends heartbeats (no error comes back; the peer stays registered).
     peer.send(r#"{"msg_type": "heartbeat", "peer_id": "peer_1"}"#).await;

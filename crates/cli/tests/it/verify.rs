@@ -152,7 +152,7 @@ async fn a_canary_catches_a_liar_that_is_right_on_every_replicated_task() {
             let r = &w["reputation"];
             assert_eq!(
                 (r["invalid"].as_u64(), r["canaries_failed"].as_u64()),
-                (Some(0), Some(3)),
+                (Some(3), Some(3)),
                 "{w}"
             );
             break;

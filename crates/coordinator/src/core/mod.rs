@@ -444,7 +444,12 @@ impl Core {
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.role = Role::Unregistered;
+            // Every other close follows the scheduler letting go of the
+            // session; a drained peer is still its own until the socket
+            // closes, and then it leaves as any peer does.
+            if reason != CloseReason::Drained {
+                c.role = Role::Unregistered;
+            }
             let _ = c.tx.try_send(Outbound::Close(reason));
         }
     }

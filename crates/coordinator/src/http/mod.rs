@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -176,6 +176,14 @@ pub struct ErrorBody {
     /// The task concerned, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// On a standby (`not_leader`: 307, or 503 while no leader serves an
+    /// API), the leader's HTTP API, when one is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// On a standby (`not_leader`), the leader's WebSocket URL, when one is
+    /// known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_ws: Option<String>,
 }
 
 /// An error answer.
@@ -195,6 +203,8 @@ impl ApiError {
                 status_code: status.as_u16(),
                 retry_after_s: None,
                 task_id: None,
+                leader: None,
+                leader_ws: None,
             },
         }
     }
@@ -228,6 +238,14 @@ impl ApiError {
         self.body.retry_after_s = Some(seconds);
         self
     }
+
+    /// Names the leader (a standby's `not_leader`): its HTTP and WebSocket
+    /// URLs, those known.
+    pub fn leader(mut self, http: Option<String>, ws: Option<String>) -> ApiError {
+        self.body.leader = http;
+        self.body.leader_ws = ws;
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -251,13 +269,34 @@ pub(crate) fn router(api: Api) -> Router {
         .iter()
         .fold(Router::new(), |r, route| r.route(route.path, (route.handler)()))
         .merge(docs)
-        .fallback(|| async { ApiError::not_found("no such route; see /docs") })
+        .fallback(unrouted)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(api.clone(), authenticate))
         // The dashboard authenticates by its session cookie (`dashboard/`).
         .merge(dashboard)
         .layer(axum::middleware::from_fn_with_state(api.clone(), crate::ha::redirect::standby_http))
         .layer(limit)
         .with_state(api)
+}
+
+/// A path no route serves.
+async fn unrouted(uri: Uri) -> Response {
+    refusal(&uri, ApiError::not_found("no such route; see /docs"))
+}
+
+/// A route asked with a method it does not serve.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let detail = format!("{method} is not served at {}; see /docs", uri.path());
+    refusal(&uri, ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail))
+}
+
+/// A refusal in the shape its path's clients read: OpenAI's under `/v1/`.
+fn refusal(uri: &Uri, err: ApiError) -> Response {
+    if openai::owns(uri.path()) {
+        openai::OpenAiError::from(err).into_response()
+    } else {
+        err.into_response()
+    }
 }
 
 /// Serves the API until `shutdown` turns true; publishes `cluster_stats`
@@ -379,11 +418,7 @@ async fn authenticate(
         ),
         Err(e) => e,
     };
-    if openai::owns(req.uri().path()) {
-        openai::OpenAiError::from(refused).into_response()
-    } else {
-        refused.into_response()
-    }
+    refusal(req.uri(), refused)
 }
 
 #[cfg(test)]

@@ -194,3 +194,39 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
     }
     assert!(fuzz::run("http_bodies", check) > 0);
 }
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_refused_in_their_clients_shape() {
+    let app = app(keyed());
+    let ask = |method: Method, path: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("x-api-key", ADMIN)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    // OpenAI's clients read `{"error": {"message", "type", "code"}}`.
+    let (status, body) = ask(Method::GET, "/v1/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let (status, body) = ask(Method::POST, "/v1/models").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("POST"), "{body}");
+    // Everyone else reads ours.
+    let (status, body) = ask(Method::GET, "/cluster/nothing").await;
+    assert_eq!((status, body["error_code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, body) = ask(Method::DELETE, "/cluster/health").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error_code"], "method_not_allowed", "{body}");
+}

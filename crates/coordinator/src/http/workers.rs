@@ -21,7 +21,7 @@ use crate::snapshot::WorkerFacts;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(super) struct WorkerFilter {
-    /// healthy, unhealthy, draining or quarantined.
+    /// healthy, unhealthy, paused, draining or quarantined.
     status_filter: Option<String>,
 }
 

@@ -112,9 +112,8 @@ impl Book {
         let was = r.quarantined;
         match mark {
             Mark::Valid | Mark::CanaryPassed => {
-                if mark == Mark::Valid {
-                    r.valid += 1;
-                } else {
+                r.valid += 1;
+                if mark == Mark::CanaryPassed {
                     r.canaries_passed += 1;
                 }
                 r.consecutive_valid = r.consecutive_valid.saturating_add(1);
@@ -124,9 +123,8 @@ impl Book {
                 }
             }
             Mark::Invalid | Mark::CanaryFailed => {
-                if mark == Mark::Invalid {
-                    r.invalid += 1;
-                } else {
+                r.invalid += 1;
+                if mark == Mark::CanaryFailed {
                     r.canaries_failed += 1;
                 }
                 r.consecutive_valid = 0;
@@ -246,11 +244,11 @@ mod tests {
         assert_eq!(book.mark(&w, Mark::Invalid, &c), Change::Quarantined);
         assert_eq!(book.mark(&w, Mark::Invalid, &c), Change::Counted, "reported once");
         let r = book.get(&w).unwrap();
-        assert!(r.quarantined && r.invalid == 6 && r.canaries_failed == 1 && r.valid == 300);
+        assert!(r.quarantined && r.invalid == 7 && r.canaries_failed == 1 && r.valid == 300);
         assert!(book.clear(&w));
         assert!(!book.clear(&w), "already cleared");
         let r = book.get(&w).unwrap();
-        assert!(!r.quarantined && r.strikes == 0 && r.consecutive_valid == 0 && r.invalid == 6);
+        assert!(!r.quarantined && r.strikes == 0 && r.consecutive_valid == 0 && r.invalid == 7);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 // legacygpu dashboard: live updates from the event stream (/ui/events,
 // server-sent events with the session cookie). Pages work without this
 // script; with it, the page's main part is fetched again when an event it
-// cares about arrives (`data-live` on <body>), at most once a second, and
+// cares about arrives (`data-live` on <body>), at most once per stats interval, and
 // the events page lists the stream as it comes, and a generation's page
 // shows its tokens as they stream (its own event source). No polling loop.
 (function () {
@@ -28,7 +28,9 @@
   var status = document.getElementById("live-status");
   var table = document.querySelector("#events tbody");
   if (!live.length && !table) return;
-  var pending = false, last = 0, MIN_GAP_MS = 1000;
+  // The server puts its settings before this script (dashboard/mod.rs).
+  var settings = window.LEGACYGPU;
+  var pending = false, last = 0, MIN_GAP_MS = settings.minGapMs;
 
   function refresh() {
     if (pending) return;
@@ -94,8 +96,7 @@
       if (live.indexOf(kind) >= 0) refresh();
     });
   }
-  ["worker_joined", "worker_left", "worker_dead", "worker_status", "task_queued", "task_assigned",
-   "task_started", "task_retried", "task_completed", "task_failed", "task_cancelled", "cluster_stats"].forEach(on);
+  settings.kinds.forEach(on);
   // Events were missed: what the page shows may be behind.
   source.addEventListener("dropped", function () { if (live.length) refresh(); });
 })();

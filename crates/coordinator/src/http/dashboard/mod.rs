@@ -61,12 +61,25 @@ pub(crate) fn router(api: Api) -> Router<Api> {
         .route_layer(axum::middleware::from_fn_with_state(api, authenticate));
     Router::new()
         .route("/login", get(login_page).post(actions::login))
-        .route("/ui/dashboard.js", get(|| asset(SCRIPT, "text/javascript; charset=utf-8")))
+        .route("/ui/dashboard.js", get(script))
         .route("/ui/dashboard.css", get(|| asset(STYLE, "text/css; charset=utf-8")))
         .merge(pages)
 }
 
 async fn asset(body: &'static str, kind: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+/// The script, after what it needs of the configuration: the event kinds
+/// to follow, and the least time between two refreshes of a page (the stats
+/// interval, so that no page polls faster than the figures change).
+async fn script(State(api): State<Api>) -> Response {
+    let settings = serde_json::json!({
+        "kinds": crate::telemetry::ApiEvent::KINDS,
+        "minGapMs": api.config.stats_interval.as_millis() as u64,
+    });
+    let body = format!("var LEGACYGPU = {settings};\n{SCRIPT}");
+    let kind = "text/javascript; charset=utf-8";
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
 }
 

@@ -147,6 +147,15 @@ fn chart(per_minute: &[u64]) -> Markup {
 /// `/workers`: every connected worker, its trust (results found valid,
 /// invalid, unverified; a quarantine), with the owner's controls (`clear`
 /// lifts a quarantine).
+/// The buttons a worker's row offers: revoke only where there is a
+/// credential to revoke, clear only for a quarantined worker.
+fn worker_actions(quarantined: bool, approved: bool) -> impl Iterator<Item = &'static str> {
+    ["drain", "pause", "resume"]
+        .into_iter()
+        .chain(approved.then_some("revoke"))
+        .chain(quarantined.then_some("clear"))
+}
+
 pub(super) async fn workers(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
@@ -198,7 +207,8 @@ pub(super) async fn workers(
                         @if admin {
                             td.actions {
                                 @let quarantined = info.status == WorkerStatus::Quarantined;
-                                @for action in ["drain", "pause", "resume", "revoke", "clear"].into_iter().filter(|a| *a != "clear" || quarantined) {
+                                @let approved = api.credentials.approvals.is_approved(&info.worker_id);
+                                @for action in worker_actions(quarantined, approved) {
                                     form.inline method="post" action=(format!("/ui/workers/{}/{action}", urlencode(&info.worker_id))) {
                                         input type="hidden" name="csrf" value=(viewer.csrf);
                                         button type="submit" name="do" value=(action) data-action=(action) { (action) }
