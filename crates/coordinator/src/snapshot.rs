@@ -112,7 +112,7 @@ impl WorkerFacts {
             slots: caps.slots,
             busy_slots: peer.used(),
             task_types: caps.task_types.as_ref().map(|t| t.iter().map(|s| s.to_string()).collect()),
-            models: caps.models.iter().map(|m| m.to_string()).collect(),
+            models: caps.models.names().map(|m| m.to_string()).collect(),
             model_info: info.map_or_else(|| Arc::from([]), |i| Arc::clone(&i.models)),
             capabilities: info.map_or_else(|| Arc::new(serde_json::Value::Null), |i| i.raw()),
             draining: peer.draining(),

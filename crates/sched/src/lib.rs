@@ -40,7 +40,7 @@ mod tests;
 
 pub use crate::config::{Backoff, Config, VerifyConfig};
 pub use crate::output::{Command, Event, LeaveReason, RequeueReason};
-pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin, PeerStatus};
+pub use crate::peer::{Ewma, Peer, PeerCaps, PeerJoin, PeerStatus, ServedModels};
 pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};

@@ -15,7 +15,8 @@ pub struct PeerCaps {
     pub task_types: Option<BTreeSet<Arc<str>>>,
     /// Tasks at once; at least 1.
     pub slots: u32,
-    pub models: BTreeSet<Arc<str>>,
+    /// The models it serves, each for the task types that run it.
+    pub models: ServedModels,
     /// One entry per GPU: its memory in MiB, where known.
     pub gpus_vram_mb: Vec<Option<u64>>,
     /// It answers with the cluster id and attempt of each assignment (our
@@ -30,10 +31,51 @@ impl Default for PeerCaps {
         PeerCaps {
             task_types: None,
             slots: 1,
-            models: BTreeSet::new(),
+            models: ServedModels::default(),
             gpus_vram_mb: Vec::new(),
             echoes_ids: false,
         }
+    }
+}
+
+/// The models a peer serves, by name, each for the task types that run it:
+/// a peer with an ONNX classifier and a GGUF model serves the one to
+/// `inference` tasks and the other to `generate` tasks, never the reverse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServedModels(BTreeMap<Arc<str>, Option<BTreeSet<Arc<str>>>>);
+
+impl ServedModels {
+    /// Adds `model`, served to tasks of `task_type`; `None` serves it to
+    /// every type (a plain name, as a seed-style peer advertises it).
+    pub fn insert(&mut self, model: Arc<str>, task_type: Option<Arc<str>>) {
+        let types = self.0.entry(model).or_insert_with(|| Some(BTreeSet::new()));
+        match (types, task_type) {
+            (Some(types), Some(t)) => {
+                types.insert(t);
+            }
+            (types, None) => *types = None,
+            (None, Some(_)) => {}
+        }
+    }
+
+    /// Whether `model` is served to tasks of `task_type`.
+    pub fn serves(&self, model: &str, task_type: &str) -> bool {
+        self.0.get(model).is_some_and(|types| types.as_ref().is_none_or(|t| t.contains(task_type)))
+    }
+
+    /// The models' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.keys()
+    }
+}
+
+impl FromIterator<(Arc<str>, Option<Arc<str>>)> for ServedModels {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, Option<Arc<str>>)>>(iter: I) -> ServedModels {
+        let mut models = ServedModels::default();
+        for (model, task_type) in iter {
+            models.insert(model, task_type);
+        }
+        models
     }
 }
 
@@ -42,7 +84,7 @@ impl PeerCaps {
     pub fn can_run(&self, class: &Class) -> bool {
         let typed = self.task_types.as_ref().is_none_or(|types| types.contains(&class.task_type));
         let req = &class.requirements;
-        let model = req.model.as_ref().is_none_or(|m| self.models.contains(m));
+        let model = req.model.as_ref().is_none_or(|m| self.models.serves(m, &class.task_type));
         let gpu = !req.needs_gpu()
             || match req.min_vram_mb {
                 None => !self.gpus_vram_mb.is_empty(),
@@ -297,7 +339,7 @@ mod tests {
         let gpu_peer = PeerCaps {
             task_types: Some(["gpu".into(), "inference".into()].into()),
             slots: 2,
-            models: ["resnet50".into()].into(),
+            models: [("resnet50".into(), None)].into_iter().collect(),
             gpus_vram_mb: vec![Some(8192)],
             echoes_ids: true,
         };
@@ -313,6 +355,36 @@ mod tests {
         assert!(gpu_peer.can_run(&class("gpu", gpu)));
         assert!(!gpu_peer.can_run(&class("gpu", big)));
         assert!(!gpu_peer.can_run(&class("echo", plain)));
+    }
+
+    #[test]
+    fn a_model_serves_the_task_types_it_was_advertised_for() {
+        let model = |m: &str| Requirements { model: Some(m.into()), ..Requirements::default() };
+        let both = PeerCaps {
+            models: [
+                ("color".into(), Some("inference".into())),
+                ("tiny".into(), Some("generate".into())),
+                ("shared".into(), Some("inference".into())),
+                ("shared".into(), Some("generate".into())),
+                // A plain name serves every type, whatever else is said of it.
+                ("plain".into(), None),
+                ("plain".into(), Some("inference".into())),
+            ]
+            .into_iter()
+            .collect(),
+            ..PeerCaps::default()
+        };
+        assert!(both.can_run(&class("inference", model("color"))));
+        assert!(!both.can_run(&class("generate", model("color"))));
+        assert!(both.can_run(&class("generate", model("tiny"))));
+        assert!(!both.can_run(&class("inference", model("tiny"))));
+        assert!(both.can_run(&class("inference", model("shared"))));
+        assert!(both.can_run(&class("generate", model("shared"))));
+        assert!(both.can_run(&class("generate", model("plain"))));
+        assert!(both.can_run(&class("anything", model("plain"))));
+        assert!(!both.can_run(&class("generate", model("absent"))));
+        let names: Vec<&str> = both.models.names().map(|n| &**n).collect();
+        assert_eq!(names, ["color", "plain", "shared", "tiny"]);
     }
 
     #[test]

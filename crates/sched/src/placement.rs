@@ -9,8 +9,10 @@
 //!    first served — skipping a task only when no free peer can run it (a
 //!    task waiting for a model or a GPU never blocks the tasks behind it).
 //! 3. A peer can run a task when it declared the task's type (or declared no
-//!    types), serves the required model, and has a GPU (with enough memory)
-//!    when one is required. A draining or quarantined peer takes nothing.
+//!    types), serves the required model for the task's type (a model
+//!    advertised without a type serves every type), and has a GPU (with
+//!    enough memory) when one is required. A draining or quarantined peer
+//!    takes nothing.
 //! 4. Among the free peers able to run the task, the [`Strategy`] chooses.
 //!    Ties rotate: the next candidate after the last peer chosen wins, so
 //!    equal peers share work instead of the first one taking it all.

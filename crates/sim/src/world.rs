@@ -362,7 +362,7 @@ pub(crate) fn caps(p: &SimPeer) -> PeerCaps {
     PeerCaps {
         task_types: p.types.as_ref().map(|t| t.iter().map(|s| Arc::from(*s)).collect()),
         slots: p.slots,
-        models: BTreeSet::new(),
+        models: Default::default(),
         gpus_vram_mb: if p.gpu { vec![Some(8192)] } else { Vec::new() },
         echoes_ids: p.echoes_ids,
     }

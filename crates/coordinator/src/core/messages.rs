@@ -141,7 +141,11 @@ pub(crate) fn peer_caps(caps: &Capabilities) -> PeerCaps {
     PeerCaps {
         task_types: caps.task_types.as_deref().map(set),
         slots: caps.slots(),
-        models: set(&caps.models),
+        models: caps
+            .model_info
+            .iter()
+            .map(|m| (Arc::from(m.name.as_str()), m.task_type.as_deref().map(Arc::from)))
+            .collect(),
         gpus_vram_mb: caps.gpus.iter().map(|g| g.vram_mb).collect(),
         echoes_ids: caps.echoes_ids,
     }

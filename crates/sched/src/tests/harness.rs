@@ -6,6 +6,7 @@
 //! ```text
 //! at 16s                          # move time to 16 s and fire due timers
 //! join p1 slots=2 types=echo,sleep models=m gpu=8192 running=t-1#1
+//! join p1 models=m,color:inference,tiny:generate   (a model for every type, or for one)
 //! leave p1 | hb p1 | drain p1
 //! pause p1 | resume p1 | odrain p1      (an operator's pause, resume, drain)
 //! retry t-1                             (an operator's retry)
@@ -414,7 +415,14 @@ fn caps(opts: &BTreeMap<&str, &str>) -> PeerCaps {
     PeerCaps {
         task_types: list("types"),
         slots: opts.get("slots").map_or(1, |s| s.parse().unwrap()),
-        models: list("models").unwrap_or_default(),
+        models: opts.get("models").map_or_else(Default::default, |v| {
+            v.split(',')
+                .map(|m| match m.split_once(':') {
+                    Some((name, task_type)) => (Arc::from(name), Some(Arc::from(task_type))),
+                    None => (Arc::from(m), None),
+                })
+                .collect()
+        }),
         gpus_vram_mb: opts.get("gpu").map_or(Vec::new(), |v| vec![v.parse().ok()]),
         echoes_ids: opts.contains_key("echoes"),
     }

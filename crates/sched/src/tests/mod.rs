@@ -149,6 +149,37 @@ fn tasks_go_only_to_peers_that_can_run_them() {
 }
 
 #[test]
+fn a_model_goes_only_to_tasks_of_the_type_that_serves_it() {
+    // One peer with an ONNX classifier for `inference` and a GGUF model for
+    // `generate`; another, seed-style, names a model for every type.
+    check(
+        r"
+        join both types=inference,generate models=color:inference,tiny:generate slots=4
+        submit g1 generate model=color p=wrong-type
+        submit g1 inference model=tiny p=wrong-type-too
+        submit g1 inference model=color p=classify
+        submit g1 generate model=tiny p=write
+        join seed models=color
+        ",
+        r"
+        join both types=inference,generate models=color:inference,tiny:generate slots=4
+        submit g1 generate model=color p=wrong-type
+          => t-1 t-1 Queued (no capable peer: needs task type `generate`, model `color`; 1 peer(s) connected, none can run it)
+        submit g1 inference model=tiny p=wrong-type-too
+          => t-2 t-2 Queued (no capable peer: needs task type `inference`, model `tiny`; 1 peer(s) connected, none can run it)
+        submit g1 inference model=color p=classify
+          => t-3 t-3 Assigned
+          assign t-3#1 classify -> both (c1)
+        submit g1 generate model=tiny p=write
+          => t-4 t-4 Assigned
+          assign t-4#1 write -> both (c1)
+        join seed models=color
+          assign t-1#1 wrong-type -> seed (c2)
+        ",
+    );
+}
+
+#[test]
 fn a_peer_declaring_no_types_runs_every_type() {
     check(
         r"
