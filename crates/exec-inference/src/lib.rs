@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
-use exec::{Advertised, ExecError, Executor, Output, RunContext, TaskNeeds, to_output};
+use exec::{Advertised, ExecError, Executor, ModelInfo, Output, RunContext, TaskNeeds, to_output};
 use serde::{Deserialize, Serialize};
 
 mod backend;
@@ -172,8 +172,23 @@ impl Executor for Inference {
         "inference"
     }
 
+    /// Each model for `inference` only: a worker that also holds a GGUF
+    /// model of the same name serves that one to `generate`.
     fn advertise(&self) -> Advertised {
-        Advertised { models: self.model_names(), ..Advertised::default() }
+        let names = self.model_names();
+        let model_info = names
+            .iter()
+            .map(|name| ModelInfo {
+                name: name.clone(),
+                task_type: "inference".into(),
+                format: "onnx".into(),
+                size_bytes: None,
+                context_length: None,
+                quantization: None,
+                n_params: None,
+            })
+            .collect();
+        Advertised { models: names, model_info, ..Advertised::default() }
     }
 
     fn needs(&self) -> TaskNeeds {

@@ -38,7 +38,11 @@ fn best(out: &Value) -> &str {
 fn the_tiny_classifier_tells_colours_apart() {
     let (_dir, inf) = models();
     assert_eq!(inf.model_names(), vec!["tiny".to_owned()]);
-    assert_eq!(inf.advertise().models, vec!["tiny".to_owned()]);
+    let advertised = inf.advertise();
+    assert_eq!(advertised.models, vec!["tiny".to_owned()]);
+    let info = &advertised.model_info[0];
+    assert_eq!((info.name.as_str(), info.task_type.as_str()), ("tiny", "inference"));
+    assert_eq!(info.format, "onnx");
     let cases = [
         (png(&picture(32, 32, Picture::Solid([220, 20, 30]))), "red"),
         (jpeg(&picture(32, 32, Picture::Solid([10, 200, 40]))), "green"),

@@ -66,11 +66,14 @@ pub trait Executor: Send + Sync + 'static {
 /// Capabilities an executor contributes to its peer's registration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Advertised {
-    /// Model names this executor serves (inference).
+    /// Names of the models this executor serves. A name that no entry of
+    /// `model_info` describes is advertised plain, which counts for every
+    /// task type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
-    /// Models described in full (name, task type, format, size, …). A model
-    /// listed here need not be repeated in `models`.
+    /// Models described in full (name, task type, format, size, …), so that
+    /// tasks of their own type only are sent for them. A model listed here
+    /// need not be repeated in `models`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_info: Vec<ModelInfo>,
     /// GPU adapters this executor can run on.

@@ -383,3 +383,89 @@ async fn an_openai_client_that_hangs_up_cancels_its_generation() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_worker_with_both_kinds_of_model_serves_each_to_its_own_task_type() {
+    // `tiny` is a GGUF model (generate), `color` an ONNX classifier (inference).
+    let Some(dir) = models("both_kinds", 512) else { return };
+    exec_inference::fixture::write_tiny_classifier(dir.path(), "color").unwrap();
+    let c = Coordinator::start(bin(), FAST);
+    let _w = llm_worker(&c, "both", dir.path(), &["--slots", "2"]);
+    await_model(&c, 1, None).await;
+    let client = http();
+
+    // The OpenAI API lists the generation model only, and knows no `color`.
+    let list: Value =
+        client.get(format!("{}/v1/models", c.http())).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> =
+        list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tiny"], "{list}");
+    let body = json!({"model": "color", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let resp =
+        client.post(format!("{}/v1/chat/completions", c.http())).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "model_not_found", "{err}");
+
+    // A task naming a model of the other type waits, and says why.
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let request = |task_id: &str, task_type: &str, data: Value| json!({"msg_type": "task_request", "task_id": task_id, "task_type": task_type, "data": data});
+    let requests = [
+        request(
+            "gen-color",
+            "generate",
+            json!({"model": "color", "prompt": "hi", "max_tokens": 4}),
+        ),
+        request("inf-tiny", "inference", json!({"model": "tiny", "image": ""})),
+    ];
+    for request in requests {
+        gamer.send_json(&request).await;
+        let reply = gamer.until("task_accepted").await;
+        let why = reply["waiting_reason"].as_str().unwrap_or_default();
+        let model = request["data"]["model"].as_str().unwrap();
+        assert!(
+            why.contains("no capable peer") && why.contains(&format!("model `{model}`")),
+            "{reply}"
+        );
+    }
+
+    // Each model runs for its own type.
+    let image = {
+        use base64::Engine;
+        use exec_inference::fixture::{Picture, picture, png};
+        base64::engine::general_purpose::STANDARD.encode(png(&picture(
+            32,
+            32,
+            Picture::Solid([220, 20, 30]),
+        )))
+    };
+    gamer
+        .send_json(
+            &json!({"msg_type": "task_request", "task_id": "inf-color", "task_type": "inference",
+                            "data": {"model": "color", "image": image}}),
+        )
+        .await;
+    let classified = gamer.until("task_result").await;
+    assert_eq!(classified["task_id"], "inf-color", "{classified}");
+    assert_eq!(classified["peer_id"], "both");
+    assert_eq!(classified["result"]["top_k"][0]["label"], "red", "{classified}");
+    gamer
+        .send_json(&json!({"msg_type": "task_request", "task_id": "gen-tiny", "task_type": "generate",
+                            "data": {"model": "tiny", "prompt": "hi", "max_tokens": 4, "temperature": 0}}))
+        .await;
+    let generated = gamer.until("task_result").await;
+    assert_eq!(generated["task_id"], "gen-tiny", "{generated}");
+    assert_eq!(generated["result"]["completion_tokens"], 4, "{generated}");
+
+    // The mismatched tasks were never sent to the worker: still queued, no attempt made.
+    for id in ["gen-color", "inf-tiny"] {
+        gamer.send_json(&json!({"msg_type": "task_status", "task_id": id})).await;
+        let status = gamer.until("task_status").await;
+        assert_eq!(
+            (&status["status"], &status["attempt"]),
+            (&json!("queued"), &json!(0)),
+            "{status}"
+        );
+    }
+}
