@@ -5,7 +5,9 @@
 //! REST event stream, the OpenAI API's stream, the CLI — and the failure
 //! rule with real `kill -9`: a worker lost before its first token → the
 //! task runs again elsewhere; lost mid-stream → `stream_interrupted` for
-//! the gamer and an error event for the OpenAI stream, no text repeated.
+//! the gamer and an error event for the OpenAI stream, no text repeated;
+//! and a worker holding an ONNX and a GGUF model serves each to its own
+//! task type only.
 
 use std::path::Path;
 
