@@ -655,7 +655,8 @@ pub struct Backends {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub llm_context: u32,
 
-    /// Use no GPU even if one is present (no `gpu` tasks come to this worker).
+    /// Use no GPU even if one is present: no `gpu` tasks come to this worker,
+    /// and GGUF models run on the CPU whatever --gpu-layers says.
     #[arg(long)]
     pub no_gpu: bool,
 

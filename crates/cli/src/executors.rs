@@ -8,7 +8,7 @@ use anyhow::Context;
 use exec::{Executors, TaskNeeds};
 use exec_gpu::{Gpu, GpuOptions};
 use exec_inference::{BackendOptions, Inference};
-use exec_llm::{Llm, LlmConfig};
+use exec_llm::{GpuLayers, Llm, LlmConfig};
 use exec_physics::Physics;
 use tracing::{info, warn};
 
@@ -73,6 +73,17 @@ pub fn build(backends: &Backends) -> anyhow::Result<Executors> {
     Ok(set)
 }
 
+/// The `generate` executor's settings: `--no-gpu` puts no layer on the GPU,
+/// whatever `--gpu-layers` says.
+fn llm_config(backends: &Backends) -> LlmConfig {
+    LlmConfig {
+        gpu_layers: if backends.no_gpu { GpuLayers::Count(0) } else { backends.gpu_layers },
+        slots: backends.llm_slots,
+        context: backends.llm_context,
+        ..LlmConfig::default()
+    }
+}
+
 /// The `generate` executor, when the models directory holds a GGUF model
 /// that loads.
 fn add_generate(
@@ -80,13 +91,11 @@ fn add_generate(
     backends: &Backends,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let config = LlmConfig {
-        gpu_layers: backends.gpu_layers,
-        slots: backends.llm_slots,
-        context: backends.llm_context,
-        ..LlmConfig::default()
-    };
-    let llm = Llm::from_dir(dir, config).context("cannot use --models-dir for GGUF models")?;
+    if backends.no_gpu && backends.gpu_layers != GpuLayers::Count(0) {
+        info!("GPU disabled (--no-gpu): GGUF models run on the CPU");
+    }
+    let llm = Llm::from_dir(dir, llm_config(backends))
+        .context("cannot use --models-dir for GGUF models")?;
     for (model, reason) in llm.failed() {
         warn!(%model, "GGUF model not loaded: {reason}");
     }
@@ -99,4 +108,30 @@ fn add_generate(
         set.add(llm);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        backends: Backends,
+    }
+
+    fn gpu_layers(args: &[&str]) -> GpuLayers {
+        let flags = Flags::try_parse_from(std::iter::once("worker").chain(args.iter().copied()));
+        llm_config(&flags.unwrap().backends).gpu_layers
+    }
+
+    #[test]
+    fn no_gpu_keeps_every_gguf_layer_on_the_cpu() {
+        assert_eq!(gpu_layers(&[]), GpuLayers::Auto);
+        assert_eq!(gpu_layers(&["--gpu-layers", "12"]), GpuLayers::Count(12));
+        assert_eq!(gpu_layers(&["--no-gpu"]), GpuLayers::Count(0));
+        assert_eq!(gpu_layers(&["--no-gpu", "--gpu-layers", "all"]), GpuLayers::Count(0));
+    }
 }
