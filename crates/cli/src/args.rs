@@ -895,6 +895,11 @@ fn parse_priority(s: &str) -> Result<proto::Priority, String> {
         .ok_or_else(|| format!("`{s}` is not LOW, NORMAL, HIGH, CRITICAL or an integer"))
 }
 
+/// A flag's value must be one of `names` (a closed set's wire names).
+fn names(names: impl Iterator<Item = &'static str>) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,7 +968,3 @@ mod tests {
     }
 }
 
-/// A flag's value must be one of `names` (a closed set's wire names).
-fn names(names: impl Iterator<Item = &'static str>) -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(names)
-}
