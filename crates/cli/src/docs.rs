@@ -79,7 +79,15 @@ const API_INTRO: &str = "# The HTTP API\n\n\
     cluster token is the admin key; without either, only loopback clients are served \
     (protected mode). Every failure has one body:\n\n\
     ```json\n{\"detail\": \"no task `t-9` is known\", \"error_code\": \"not_found\", \"status_code\": 404}\n```\n\n\
-    with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned.\n";
+    with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned.\n\n\
+    With several coordinators on one PostgreSQL store (docs/SCALING.md), a **standby** answers \
+    `GET /cluster/health`, `/metrics` and the docs itself, and every other request with \
+    `error_code` `not_leader`: **307 Temporary Redirect** to the same path on the leader \
+    (`Location`; 307 keeps the method and body), the body naming the leader's URLs in `leader` \
+    (HTTP) and `leader_ws` (WebSocket); or **503** with `Retry-After: 1` while no coordinator \
+    leads (or naming only `leader_ws` when the leader serves no HTTP API). HTTP clients drop \
+    `Authorization` on a redirect to another host or port: follow it with the key, or use \
+    `leader` from `GET /cluster/health`.\n";
 
 /// One route: its role, description, parameters, body and responses.
 fn operation(out: &mut String, method: &str, path: &str, role: &str, op: &Value) {

@@ -281,6 +281,28 @@ impl Metrics {
         });
     }
 
+    /// The leader's addresses, on PostgreSQL, as the labels of an
+    /// info-style gauge: `legacygpu_leader_info{leader="…",leader_ws="…"} 1`
+    /// (`leader` the HTTP API's URL, empty when it serves none), no sample
+    /// while nobody is known to lead. Appended to the exposition text by
+    /// hand rather than recorded, so that a former leader's series does not
+    /// linger after a failover.
+    pub fn leader_info(http: Option<&str>, ws: Option<&str>) -> String {
+        let mut out = String::from(
+            "# HELP legacygpu_leader_info On PostgreSQL: the leader's HTTP (leader) and \
+             WebSocket (leader_ws) URLs as labels, 1 while one is known.\n\
+             # TYPE legacygpu_leader_info gauge\n",
+        );
+        if let Some(ws) = ws {
+            let http = label(http.unwrap_or_default());
+            out.push_str(&format!(
+                "legacygpu_leader_info{{leader=\"{http}\",leader_ws=\"{}\"}} 1\n",
+                label(ws)
+            ));
+        }
+        out
+    }
+
     /// The exposition text, with the gauges set from `snap` first.
     pub fn render(&self, snap: &Snapshot, healthy_workers: usize) -> String {
         let s = &snap.stats;
@@ -302,6 +324,11 @@ impl Metrics {
         });
         self.handle.render()
     }
+}
+
+/// A Prometheus label value, escaped (`\\`, `"`, newlines).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 pub(crate) struct Telemetry {
@@ -747,4 +774,21 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn the_leader_info_names_both_urls_escaped_and_nothing_without_a_leader() {
+        let info = Metrics::leader_info(Some("http://a:8000"), Some("ws://a:8765"));
+        assert!(info.starts_with("# HELP legacygpu_leader_info "), "{info}");
+        assert!(info.contains("# TYPE legacygpu_leader_info gauge\n"), "{info}");
+        let sample = r#"legacygpu_leader_info{leader="http://a:8000",leader_ws="ws://a:8765"} 1"#;
+        assert!(info.ends_with(&format!("{sample}\n")), "{info}");
+        let odd = Metrics::leader_info(None, Some("ws://\"x\"\\"));
+        assert!(odd.contains(r#"{leader="",leader_ws="ws://\"x\"\\"} 1"#), "{odd}");
+        assert!(!Metrics::leader_info(None, None).contains("legacygpu_leader_info{"));
+    }
 }

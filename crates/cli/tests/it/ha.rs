@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use client::{Client, ClientOptions, TaskOutcome};
 use serde_json::{Value, json};
-use test_support::pg::TestDb;
+use test_support::net::FreezableProxy;
+use test_support::pg::{TestDb, TestServer};
 use test_support::{Coordinator, Proc, Raw, WAIT, eventually, worker};
 
 use crate::bin;
@@ -31,9 +32,14 @@ fn start(db: &TestDb, ws: &str, http: &str) -> Coordinator {
 }
 
 fn start_with(db: &TestDb, ws: &str, http: &str, extra: &[&str]) -> Coordinator {
+    start_on(&db.url, ws, http, extra)
+}
+
+/// A coordinator on the store `url` names.
+fn start_on(url: &str, ws: &str, http: &str, extra: &[&str]) -> Coordinator {
     // For reqwest's TLS, unused over http:// but required to build a client.
     tls::install_default_provider();
-    let mut args = vec!["--store", db.url.as_str(), "--bind", ws, "--http", http];
+    let mut args = vec!["--store", url, "--bind", ws, "--http", http];
     args.extend_from_slice(extra);
     Coordinator::start(bin(), &args)
 }
@@ -104,6 +110,8 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
         assert_eq!(location, format!("{}/cluster/tasks?limit=5", leader.http()));
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error_code"], "not_leader");
+        assert_eq!(body["leader"], leader.http(), "{body}");
+        assert_eq!(body["leader_ws"], leader.ws_url.as_str(), "{body}");
         // The protocol: not_leader with the leader's URL, then close 4003.
         let mut gamer = Raw::connect(&c.ws_url).await;
         gamer.send_json(&json!({"msg_type": "register_gamer", "gamer_id": "g"})).await;
@@ -118,6 +126,17 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("legacygpu_leader 1"), "{text}");
     assert!(text.contains(&format!("legacygpu_lease_epoch {epoch}")), "{text}");
+    // Every coordinator names the leader's addresses in its metrics.
+    let info = format!(
+        "legacygpu_leader_info{{leader=\"{}\",leader_ws=\"{}\"}} 1",
+        leader.http(),
+        leader.ws_url
+    );
+    for c in &cs {
+        let text = reqwest::get(format!("{}/metrics", c.http())).await.unwrap();
+        let text = text.text().await.unwrap();
+        assert!(text.contains(&info), "{info} missing from {}:\n{text}", c.http());
+    }
     // `cluster status` over every API shows each one's role.
     let apis: Vec<&str> = cs.iter().map(|c| c.http()).collect();
     let out = Command::new(bin())
@@ -517,4 +536,68 @@ async fn a_peer_answering_by_the_seeds_id_is_sent_only_durable_work() {
     assert_eq!(a["task_id"], "7");
     let accepted = gamer.until("task_accepted").await;
     assert!(["7", "8"].contains(&accepted["task_id"].as_str().unwrap()), "{accepted}");
+}
+
+/// The database server restarts while the leader dies: the standby's lease
+/// connection, ended by the restart, is made again, and the standby takes
+/// the lease once it has run out. Meanwhile, unable to read the lease, it
+/// stops naming the dead leader. On a PostgreSQL server of the test's own.
+#[tokio::test]
+async fn a_standby_outlives_a_restart_of_the_database_and_takes_over() {
+    let Some(server) = TestServer::start() else { return };
+    let db = server.db();
+    let mut cs: Vec<Coordinator> =
+        (0..2).map(|_| start(&db, "127.0.0.1:0", "127.0.0.1:0")).collect();
+    let (old, epoch) = leader_of(&cs, 0).await;
+    let standby = 1 - old;
+    eventually("the standby naming the leader", || async {
+        health(&cs[standby]).await.filter(|h| h["leader"] == cs[old].http())
+    })
+    .await;
+    server.stop();
+    cs[old].proc.kill9();
+    let h = eventually("the standby naming no leader", || async {
+        health(&cs[standby]).await.filter(|h| h["leader"].is_null())
+    })
+    .await;
+    assert_eq!(
+        (&h["role"], &h["lease_age_s"], &h["leader_ws"]),
+        (&json!("standby"), &Value::Null, &Value::Null),
+        "{h}"
+    );
+    server.start_again();
+    let (new, newer) = leader_of(&cs, epoch).await;
+    assert_eq!(new, standby);
+    assert!(newer > epoch);
+    let log = cs[standby].proc.log();
+    assert!(
+        log.matches("cannot ask for the leader lease").count() <= 1,
+        "one warning an outage:\n{log}"
+    );
+}
+
+/// The database stops answering the leader with its connections open (a
+/// proxy frozen in front of it stands in for a SIGSTOPped server): the
+/// leader's renewal gives up when its lease runs out and it exits 75,
+/// and a standby that reaches the database takes over.
+#[tokio::test]
+async fn a_leader_whose_database_stops_answering_exits_when_its_lease_runs_out() {
+    let Some(db) = TestDb::create() else { return };
+    let proxy = FreezableProxy::start(db.addr());
+    let mut first = start_on(&db.url_via(proxy.addr()), "127.0.0.1:0", "127.0.0.1:0", HA);
+    let (_, epoch) = leader_of(std::slice::from_ref(&first), 0).await;
+    let cs = vec![start(&db, "127.0.0.1:0", "127.0.0.1:0")];
+    eventually("the standby naming the leader", || async {
+        health(&cs[0]).await.filter(|h| h["leader"] == first.http())
+    })
+    .await;
+    let frozen = Instant::now();
+    proxy.freeze();
+    assert_eq!(first.proc.wait(), Some(EXIT_DEPOSED), "{}", first.proc.log());
+    // A 2 s lease: well before the 5 s the server's statement_timeout
+    // would take, were the server answering.
+    assert!(frozen.elapsed() < Duration::from_secs(5), "exited {:?} after", frozen.elapsed());
+    assert!(first.proc.log().contains("the lease ran out"), "{}", first.proc.log());
+    let (_, newer) = leader_of(&cs, epoch).await;
+    assert!(newer > epoch);
 }

@@ -8,9 +8,11 @@
 //!   the answer comes, so it is never lost to a reset.
 //! - HTTP: `307 Temporary Redirect` to the same path on the leader (307
 //!   keeps the method and body, so a POST is redone there), with the usual
-//!   error body (`error_code: not_leader`, `leader`); `503` with
-//!   `Retry-After: 1` while nobody leads. Health, metrics and the docs are
-//!   answered by the standby itself.
+//!   error body (`error_code: not_leader`) naming the leader's URLs in
+//!   `leader` (HTTP) and `leader_ws`; `503` with `Retry-After: 1` while
+//!   nobody leads, or naming only `leader_ws` when the leader serves no
+//!   HTTP API. Health, metrics and the docs are answered by the standby
+//!   itself.
 //!
 //! A redirect rather than a proxy: a proxy would add a hop (and a second
 //! copy of every result) to each request, hold connections open on a
@@ -87,16 +89,24 @@ pub(crate) async fn standby_http(State(api): State<Api>, req: Request, next: Nex
     if answered_here(req.uri().path()) {
         return next.run(req).await;
     }
-    let leader = status.borrow().leader.as_ref().and_then(|l| l.http.clone());
-    let Some(base) = leader else {
-        let detail = "this coordinator is a standby and no coordinator leads yet; retry shortly";
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::NOT_LEADER.as_str(),
-            detail,
-        )
-        .retry_after(1.0)
-        .into_response();
+    let leader = status.borrow().leader.clone();
+    let http = leader.as_ref().and_then(|l| l.http.clone());
+    let ws = leader.map(|l| l.ws).filter(|ws| !ws.is_empty());
+    let Some(base) = http else {
+        let unavailable = |detail: String| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NOT_LEADER.as_str(), detail)
+        };
+        let refused = match ws {
+            Some(ws) => unavailable(format!(
+                "this coordinator is a standby; the leader, at {ws}, serves no HTTP API"
+            ))
+            .leader(None, Some(ws)),
+            None => unavailable(
+                "this coordinator is a standby and no coordinator leads yet; retry shortly".into(),
+            )
+            .retry_after(1.0),
+        };
+        return refused.into_response();
     };
     let target = format!(
         "{}{}",
@@ -106,6 +116,7 @@ pub(crate) async fn standby_http(State(api): State<Api>, req: Request, next: Nex
     let detail = format!("this coordinator is a standby; the leader is at {base}");
     let mut resp =
         ApiError::new(StatusCode::TEMPORARY_REDIRECT, ErrorCode::NOT_LEADER.as_str(), detail)
+            .leader(Some(base.clone()), ws)
             .into_response();
     if let Ok(location) = HeaderValue::from_str(&target) {
         resp.headers_mut().insert(header::LOCATION, location);

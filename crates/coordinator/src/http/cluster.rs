@@ -215,11 +215,17 @@ pub(super) async fn shutdown(State(api): State<Api>) -> Response {
 pub(super) async fn prometheus(State(api): State<Api>) -> Response {
     let (snap, now) = (api.snapshot(), api.now());
     let healthy = healthy_workers(&snap, now, api.config.heartbeat_interval);
+    let mut leader_info = None;
     if let Some(view) = api.ha() {
         let s = view.status.borrow().clone();
         let leading = !view.standby && s.role == crate::ha::Role::Leader;
         api.metrics.lease(leading, s.epoch, s.lease_age());
+        let leader = s.leader.as_ref();
+        let ws = leader.map(|l| l.ws.as_str()).filter(|ws| !ws.is_empty());
+        let http = leader.and_then(|l| l.http.as_deref());
+        leader_info = Some(crate::telemetry::Metrics::leader_info(http, ws));
     }
-    let text = api.metrics.render(&snap, healthy);
+    let mut text = api.metrics.render(&snap, healthy);
+    text.extend(leader_info);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

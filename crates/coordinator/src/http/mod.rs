@@ -176,6 +176,14 @@ pub struct ErrorBody {
     /// The task concerned, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// On a standby (`not_leader`: 307, or 503 while no leader serves an
+    /// API), the leader's HTTP API, when one is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// On a standby (`not_leader`), the leader's WebSocket URL, when one is
+    /// known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_ws: Option<String>,
 }
 
 /// An error answer.
@@ -195,6 +203,8 @@ impl ApiError {
                 status_code: status.as_u16(),
                 retry_after_s: None,
                 task_id: None,
+                leader: None,
+                leader_ws: None,
             },
         }
     }
@@ -226,6 +236,14 @@ impl ApiError {
 
     pub fn retry_after(mut self, seconds: f64) -> ApiError {
         self.body.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// Names the leader (a standby's `not_leader`): its HTTP and WebSocket
+    /// URLs, those known.
+    pub fn leader(mut self, http: Option<String>, ws: Option<String>) -> ApiError {
+        self.body.leader = http;
+        self.body.leader_ws = ws;
         self
     }
 }
