@@ -190,14 +190,16 @@ pub struct ErrorBody {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    body: ErrorBody,
+    /// Boxed: an `ApiError` is the `Err` of most handlers' results, which
+    /// stay small so.
+    body: Box<ErrorBody>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 detail: detail.into(),
                 error_code: code.to_owned(),
                 status_code: status.as_u16(),
@@ -205,7 +207,7 @@ impl ApiError {
                 task_id: None,
                 leader: None,
                 leader_ws: None,
-            },
+            }),
         }
     }
 
