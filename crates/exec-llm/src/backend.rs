@@ -11,8 +11,9 @@
 
 use std::sync::OnceLock;
 
+use exec::GpuAdapter;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::{LlamaBackendDevice, LogOptions};
+use llama_cpp_2::{LlamaBackendDevice, LlamaBackendDeviceType, LogOptions};
 use tracing::{info, warn};
 
 use crate::LlmError;
@@ -103,4 +104,47 @@ pub(crate) fn describe(device: &LlamaBackendDevice) -> String {
     } else {
         format!("{} ({})", device.name, device.description)
     }
+}
+
+/// A device as the peer advertises it. Its name is the Vulkan device's name,
+/// the one wgpu gives the same adapter (so that the two are listed once);
+/// its memory is the device-local memory llama.cpp places layers in.
+/// llama.cpp tells no vendor: it is read from the name.
+pub(crate) fn adapter(device: &LlamaBackendDevice) -> GpuAdapter {
+    let name =
+        if device.description.is_empty() { &device.name } else { &device.description }.clone();
+    let lower = name.to_ascii_lowercase();
+    let software = ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|s| lower.contains(s));
+    let device_type = match device.device_type {
+        _ if software => "cpu",
+        LlamaBackendDeviceType::Gpu => "discrete",
+        LlamaBackendDeviceType::IntegratedGpu => "integrated",
+        LlamaBackendDeviceType::Cpu => "cpu",
+        LlamaBackendDeviceType::Accelerator | LlamaBackendDeviceType::Unknown => "other",
+    };
+    GpuAdapter {
+        vendor: vendor(&lower, software).to_owned(),
+        device_type: device_type.to_owned(),
+        backend: device.backend.to_ascii_lowercase(),
+        vram_mb: Some(device.memory_total as u64 / (1024 * 1024)).filter(|&mb| mb > 0),
+        name,
+    }
+}
+
+/// The vendor a device's lower-cased name shows, as wgpu names vendors.
+fn vendor(lower: &str, software: bool) -> &'static str {
+    const BY_NAME: [(&str, &str); 8] = [
+        ("amd", "AMD"),
+        ("radeon", "AMD"),
+        ("nvidia", "NVIDIA"),
+        ("geforce", "NVIDIA"),
+        ("intel", "Intel"),
+        ("apple", "Apple"),
+        ("mali", "ARM"),
+        ("adreno", "Qualcomm"),
+    ];
+    if software {
+        return "Mesa";
+    }
+    BY_NAME.iter().find(|(word, _)| lower.contains(word)).map_or("unknown", |(_, v)| v)
 }

@@ -255,6 +255,16 @@ impl Llm {
         backend::gpu_devices().iter().map(backend::describe).collect()
     }
 
+    /// The GPUs llama.cpp offloads to, when a loaded model has layers there
+    /// (so that `generate` tasks asking for GPU memory can come here).
+    fn gpus_used(&self) -> Vec<exec::GpuAdapter> {
+        let offloaded = self.models.values().flatten().any(|s| s.loaded.gpu_layers > 0);
+        if !offloaded {
+            return Vec::new();
+        }
+        backend::gpu_devices().iter().map(backend::adapter).collect()
+    }
+
     /// Where a loaded model runs (`cpu`, or the GPU and how many layers).
     pub fn device(&self, name: &str) -> Option<&str> {
         self.models.get(name)?.as_ref().ok().map(|s| s.loaded.device.as_str())
@@ -415,7 +425,7 @@ impl Executor for Llm {
                 n_params: Some(s.loaded.n_params),
             })
             .collect();
-        Advertised { models: self.model_names(), model_info, gpus: Vec::new() }
+        Advertised { models: self.model_names(), model_info, gpus: self.gpus_used() }
     }
 
     fn run(&self, input: &str, ctx: &RunContext) -> Result<Output, ExecError> {

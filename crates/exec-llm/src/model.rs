@@ -65,6 +65,8 @@ pub(crate) struct Loaded {
     pub chat: Option<LlamaChatTemplate>,
     /// Where it runs, e.g. `Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))` or `cpu`.
     pub device: String,
+    /// Layers on the GPU (0: it runs on the CPU).
+    pub gpu_layers: u32,
 }
 
 /// Loads the model at `path`, or says why it cannot.
@@ -118,6 +120,7 @@ pub(crate) fn load(
         quantization,
         chat,
         device,
+        gpu_layers,
     }))
 }
 

@@ -11,6 +11,51 @@ fn gpu_layers_parse_from_flags() {
 }
 
 #[test]
+fn llama_cpp_devices_are_advertised_with_their_memory() {
+    use llama_cpp_2::{LlamaBackendDevice, LlamaBackendDeviceType};
+    let device = |description: &str, device_type, memory_total| LlamaBackendDevice {
+        index: 1,
+        name: "Vulkan0".into(),
+        description: description.into(),
+        backend: "Vulkan".into(),
+        memory_total,
+        memory_free: memory_total / 2,
+        device_type,
+    };
+    let rx580 = backend::adapter(&device(
+        "AMD Radeon RX 580 Series (RADV POLARIS10)",
+        LlamaBackendDeviceType::Gpu,
+        8 << 30,
+    ));
+    assert_eq!(
+        rx580,
+        exec::GpuAdapter {
+            name: "AMD Radeon RX 580 Series (RADV POLARIS10)".into(),
+            vendor: "AMD".into(),
+            device_type: "discrete".into(),
+            backend: "vulkan".into(),
+            vram_mb: Some(8192),
+        }
+    );
+    let igpu = backend::adapter(&device(
+        "Intel(R) UHD Graphics 620 (KBL GT2)",
+        LlamaBackendDeviceType::IntegratedGpu,
+        0,
+    ));
+    assert_eq!((igpu.vendor.as_str(), igpu.device_type.as_str()), ("Intel", "integrated"));
+    assert_eq!(igpu.vram_mb, None, "no memory reported is unknown, not 0 MiB");
+    let lavapipe = backend::adapter(&device(
+        "llvmpipe (LLVM 15.0.6, 256 bits)",
+        LlamaBackendDeviceType::Gpu,
+        2 << 30,
+    ));
+    assert_eq!((lavapipe.vendor.as_str(), lavapipe.device_type.as_str()), ("Mesa", "cpu"));
+    let unnamed = backend::adapter(&device("", LlamaBackendDeviceType::Accelerator, 1 << 30));
+    assert_eq!((unnamed.name.as_str(), unnamed.vendor.as_str()), ("Vulkan0", "unknown"));
+    assert_eq!(unnamed.device_type, "other");
+}
+
+#[test]
 fn a_nan_temperature_from_code_is_refused() {
     // JSON cannot carry NaN; in-process callers can.
     let input = GenerateInput {

@@ -179,6 +179,14 @@ fn the_executor_advertises_its_model_and_runs_json() {
     assert_eq!(info.context_length, Some(512));
     assert_eq!(info.quantization.as_deref(), Some("F32"));
     assert!(info.n_params.unwrap() > 10_000);
+    // On the CPU it advertises no GPU; offloaded, the device with its memory.
+    assert!(ad.gpus.is_empty(), "{:?}", ad.gpus);
+    if let Some(gpu) = &m.gpu {
+        let gpus = gpu.advertise().gpus;
+        assert_eq!(gpus.len(), 1, "{gpus:?}");
+        assert_eq!(gpus[0].backend, "vulkan");
+        assert!(gpus[0].vram_mb.is_some_and(|mb| mb > 0), "{gpus:?}");
+    }
     let input =
         json!({"model": MODEL, "prompt": "hi", "max_tokens": 3, "temperature": 0}).to_string();
     let out: serde_json::Value =

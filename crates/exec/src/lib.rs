@@ -109,7 +109,8 @@ pub struct ModelInfo {
 pub struct GpuAdapter {
     /// Adapter name as the driver reports it, e.g. `"AMD Radeon RX 580 Series (RADV POLARIS10)"`.
     pub name: String,
-    /// Vendor name (`"AMD"`, `"NVIDIA"`, `"Intel"`, `"Mesa"`, …) or the PCI vendor id in hex.
+    /// Vendor name (`"AMD"`, `"NVIDIA"`, `"Intel"`, `"Mesa"`, …), the PCI
+    /// vendor id in hex, or `"unknown"`.
     pub vendor: String,
     /// `"discrete"`, `"integrated"`, `"virtual"`, `"cpu"` or `"other"`.
     pub device_type: String,
@@ -313,7 +314,8 @@ impl Executors {
             .collect()
     }
 
-    /// Everything the executors advertise, merged (duplicates removed).
+    /// Everything the executors advertise, merged (duplicates removed; a GPU
+    /// two executors list, by name and backend, is listed once).
     pub fn advertise(&self) -> Advertised {
         let mut all = Advertised::default();
         for executor in self.by_type.values() {
@@ -329,8 +331,18 @@ impl Executors {
                 }
             }
             for gpu in one.gpus {
-                if !all.gpus.contains(&gpu) {
-                    all.gpus.push(gpu);
+                let seen =
+                    all.gpus.iter_mut().find(|g| g.name == gpu.name && g.backend == gpu.backend);
+                match seen {
+                    // One adapter seen by two executors (wgpu's and llama.cpp's):
+                    // listed once, with what either knows that the other does not.
+                    Some(seen) => {
+                        seen.vram_mb = seen.vram_mb.or(gpu.vram_mb);
+                        if seen.vendor == "unknown" {
+                            seen.vendor = gpu.vendor;
+                        }
+                    }
+                    None => all.gpus.push(gpu),
                 }
             }
         }
@@ -388,6 +400,38 @@ mod tests {
         fn run(&self, _: &str, _: &RunContext) -> Result<Output, ExecError> {
             Err(ExecError::Internal("not run".into()))
         }
+    }
+
+    struct Gpus(&'static str, Vec<GpuAdapter>);
+
+    impl Executor for Gpus {
+        fn task_type(&self) -> &str {
+            self.0
+        }
+        fn advertise(&self) -> Advertised {
+            Advertised { gpus: self.1.clone(), ..Advertised::default() }
+        }
+        fn run(&self, _: &str, _: &RunContext) -> Result<Output, ExecError> {
+            Err(ExecError::Internal("not run".into()))
+        }
+    }
+
+    #[test]
+    fn a_gpu_two_executors_see_is_listed_once_with_what_either_knows() {
+        let gpu = |name: &str, vendor: &str, vram_mb| GpuAdapter {
+            name: name.into(),
+            vendor: vendor.into(),
+            device_type: "discrete".into(),
+            backend: "vulkan".into(),
+            vram_mb,
+        };
+        let mut set = Executors::builtin();
+        set.add(Gpus("generate", vec![gpu("RX 580", "unknown", Some(8192))]));
+        set.add(Gpus("gpu", vec![gpu("RX 580", "AMD", None), gpu("RX 570", "AMD", None)]));
+        assert_eq!(
+            set.advertise().gpus,
+            [gpu("RX 580", "AMD", Some(8192)), gpu("RX 570", "AMD", None)]
+        );
     }
 
     #[test]
