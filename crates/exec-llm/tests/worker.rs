@@ -1,8 +1,10 @@
 //! The real worker running `generate` for a fake coordinator (a WebSocket
-//! server on 127.0.0.1 in this test, since the coordinator does not route
-//! `task_progress` yet): it advertises the model with its details, streams
-//! `task_progress` with consecutive `seq` whose texts add up to the result's
-//! text, and sends the `task_result` after the last of them.
+//! server on 127.0.0.1 in this test, so that the very messages the worker
+//! sends are read; through the real coordinator, see
+//! crates/cli/tests/it/generate.rs): it advertises the model with its
+//! details, streams `task_progress` with consecutive `seq` whose texts add
+//! up to the result's text, and sends the `task_result` after the last of
+//! them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
