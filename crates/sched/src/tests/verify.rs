@@ -400,7 +400,7 @@ fn a_generated_canary_follows_real_work_and_a_wrong_answer_is_a_strike() {
         result p1 t-2 ok=41
           => Accepted
           ev finished t-2 completed 41 attempts=1
-          ev reputation worker:p1 valid=0 invalid=0 unverified=0 cv=0 strikes=1
+          ev reputation worker:p1 valid=0 invalid=1 unverified=0 cv=0 strikes=1
           ev canary p1 failed
         submit g1 gen id=real2 p=job2
           => t-3 real2 Assigned
@@ -476,7 +476,7 @@ fn a_canary_replays_a_task_others_verified_under_its_original_id() {
         result p3 e ok=wrong
           => Accepted
           ev finished t-5 completed wrong attempts=1
-          ev reputation worker:p3 valid=0 invalid=0 unverified=0 cv=0 strikes=1
+          ev reputation worker:p3 valid=0 invalid=1 unverified=0 cv=0 strikes=1
           ev canary p3 failed
         ",
     );
@@ -676,7 +676,7 @@ fn a_canary_catches_a_liar_that_is_right_on_every_replica() {
         f.submit("gen", &format!("g{n}"), None);
     }
     let sly = f.s.reputation(&Subject::Worker(PeerId::from("sly"))).unwrap();
-    assert_eq!((sly.invalid, sly.canaries_failed), (0, 3), "{sly:?}");
+    assert_eq!((sly.invalid, sly.canaries_failed), (3, 3), "{sly:?}");
     // The honest peers pass theirs.
     for i in 0..50 {
         f.submit("echo", &format!("w{i}"), Some("2/2"));
