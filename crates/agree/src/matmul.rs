@@ -112,9 +112,13 @@ impl TypeRule for Gpu {
         let Ok(out) = serde_json::from_str::<Output>(result) else { return false };
         let Some((a, b)) = matrices(&inputs) else { return false };
         let (m, k, n) = (inputs.m as usize, inputs.k as usize, inputs.n as usize);
+        let shape = out.m == Some(inputs.m)
+            && out.n == Some(inputs.n)
+            && out.k.is_none_or(|k| k == inputs.k)
+            && out.op.as_deref().is_none_or(|op| op == "matmul");
         match out.c {
-            Some(c) if out.m == Some(inputs.m) && out.n == Some(inputs.n) => {
-                freivalds(&a, &b, &c, (m, k, n), seed)
+            Some(c) if shape => {
+                summaries_match(&c, out.sum, out.l2) && freivalds(&a, &b, &c, (m, k, n), seed)
             }
             _ => false,
         }
@@ -216,6 +220,19 @@ pub fn freivalds(
     })
 }
 
+/// Whether the `sum` and `l2` a result states are those of its `c` (the
+/// executor sums `c` in order in f64, so they match but for the last bits;
+/// a summary that is absent is not checked).
+fn summaries_match(c: &[f32], sum: Option<f64>, l2: Option<f64>) -> bool {
+    const EXACT: f64 = 1e-9;
+    let true_sum: f64 = c.iter().map(|&x| f64::from(x)).sum();
+    let true_l2 = c.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let ok = |stated: Option<f64>, truth: f64| {
+        stated.is_none_or(|s| s.is_finite() && close(s, truth, EXACT))
+    };
+    ok(sum, true_sum) && ok(l2, true_l2)
+}
+
 fn outputs_agree(a: &Output, b: &Output) -> bool {
     if a.op != b.op || a.m != b.m || a.k != b.k || a.n != b.n {
         return false;
@@ -227,7 +244,10 @@ fn outputs_agree(a: &Output, b: &Output) -> bool {
     };
     if let (Some(x), Some(y)) = (&a.c, &b.c) {
         let same = |(p, q): (&f32, &f32)| close(f64::from(*p), f64::from(*q), TOLERANCE);
-        return x.len() == y.len() && x.iter().zip(y).all(same);
+        return x.len() == y.len()
+            && x.iter().zip(y).all(same)
+            && both(a.sum, b.sum)
+            && both(a.l2, b.l2);
     }
     let momentum = match (a.momentum, b.momentum) {
         (Some(x), Some(y)) => x.iter().zip(&y).all(|(p, q)| close(*p, *q, TOLERANCE)),

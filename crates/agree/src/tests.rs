@@ -80,6 +80,28 @@ fn freivalds_catches_a_single_wrong_element_wherever_it_is() {
     assert!(!rules().check("gpu", &json(&payload), &json(&json!({"error": "no"}))));
 }
 
+/// A true `c` with a false summary or shape around it is a lie too: the
+/// whole result reaches the submitter, not only `c`.
+#[test]
+fn a_true_product_with_a_false_sum_l2_or_shape_fails_the_check_and_disagrees() {
+    let payload = json!({"op": "matmul", "m": 24, "k": 40, "n": 16, "seed": 9, "device": "cpu"});
+    let honest: Value = serde_json::from_str(&run_gpu(&payload)).unwrap();
+    let r = rules();
+    assert!(r.check("gpu", &json(&payload), &json(&honest)));
+    for (field, value) in [
+        // Past the 10⁻³ two devices may differ by, so that replicas disagree too.
+        ("sum", json!(honest["sum"].as_f64().unwrap() * 1.01 + 1.0)),
+        ("l2", json!(honest["l2"].as_f64().unwrap() * 1.01 + 1.0)),
+        ("k", json!(41)),
+        ("op", json!("nbody")),
+    ] {
+        let mut lie = honest.clone();
+        lie[field] = value;
+        assert!(!r.check("gpu", &json(&payload), &json(&lie)), "a false `{field}` passed");
+        assert!(!r.agree("gpu", &json(&payload), &json(&honest), &json(&lie)), "{field}");
+    }
+}
+
 #[test]
 fn large_or_unreturned_products_are_replicated_and_compared_by_summary() {
     let r = rules();

@@ -136,8 +136,21 @@ pub struct WorkerStats {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WorkerList {
+    /// Connected workers.
     pub workers: Vec<WorkerInfo>,
     pub total: usize,
+    /// Quarantined workers that are not connected (listed unless a status
+    /// other than `quarantined` is asked for): the quarantine stays until an
+    /// operator clears it (`legacygpu worker clear ID`).
+    #[serde(default)]
+    pub quarantined_away: Vec<AwayWorker>,
+}
+
+/// A quarantined worker that is not connected.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AwayWorker {
+    pub worker_id: String,
+    pub reputation: ReputationView,
 }
 
 /// The approved worker's join credential, shown once.
@@ -199,7 +212,7 @@ pub struct Cleared {
 pub struct TaskView {
     pub task_id: String,
     pub client_task_id: String,
-    /// `api`, or `gamer:ID`.
+    /// `api` (the operator), `key:FINGERPRINT` (an API key's) or `gamer:ID`.
     pub owner: String,
     pub task_type: String,
     /// queued, assigned, running, completed, failed, cancelled, timed_out.

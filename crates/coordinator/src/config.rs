@@ -71,6 +71,18 @@ impl ApiRole {
 pub struct ApiKey {
     pub key: Secret,
     pub role: ApiRole,
+    /// What names the key where the key itself must not appear: task
+    /// owners (`key:FINGERPRINT`), quotas, session bindings. The first 12
+    /// hex digits of the key's SHA-256: stable while the key is, whatever
+    /// its place in the list.
+    pub fingerprint: std::sync::Arc<str>,
+}
+
+impl ApiKey {
+    pub fn new(key: &str, role: ApiRole) -> ApiKey {
+        let digest = crate::approvals::digest(key);
+        ApiKey { key: Secret::new(key), role, fingerprint: std::sync::Arc::from(&digest[..12]) }
+    }
 }
 
 /// Reads keys in seed 2's form, `key:role,key:role` (whitespace and newlines
@@ -96,7 +108,7 @@ pub fn parse_api_keys(text: &str) -> Result<Vec<ApiKey>, String> {
         if key.len() < 8 {
             return Err(format!("API key `{}…` is too short (8 characters at least)", mask(key)));
         }
-        keys.push(ApiKey { key: Secret::new(key), role });
+        keys.push(ApiKey::new(key, role));
     }
     Ok(keys)
 }

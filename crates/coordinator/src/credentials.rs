@@ -38,8 +38,9 @@ pub(crate) enum Principal {
         digest: Arc<str>,
     },
     ClientToken,
+    /// An API key, named by its fingerprint.
     ApiKey {
-        index: usize,
+        fingerprint: Arc<str>,
         role: ApiRole,
     },
 }
@@ -52,7 +53,7 @@ impl Principal {
             Principal::ClusterToken => "cluster-token".to_owned(),
             Principal::Worker { peer_id, .. } => format!("worker:{peer_id}"),
             Principal::ClientToken => "client-token".to_owned(),
-            Principal::ApiKey { index, .. } => format!("api-key:{index}"),
+            Principal::ApiKey { fingerprint, .. } => format!("api-key:{fingerprint}"),
         }
     }
 
@@ -168,10 +169,9 @@ impl Credentials {
         if self.token.as_ref().is_some_and(|t| t.matches(given)) {
             return Some(Principal::ClusterToken);
         }
-        if let Some((index, key)) =
-            self.api_keys.iter().enumerate().find(|(_, k)| k.key.matches(given))
-        {
-            let principal = Principal::ApiKey { index, role: key.role };
+        if let Some(key) = self.api_keys.iter().find(|k| k.key.matches(given)) {
+            let principal =
+                Principal::ApiKey { fingerprint: Arc::clone(&key.fingerprint), role: key.role };
             return match claim {
                 Claim::Gamer if key.role >= ApiRole::Client => Some(principal),
                 Claim::Peer(_) if key.role == ApiRole::Admin => Some(principal),
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn each_secret_admits_what_it_is_for() {
-        let key = |k: &str, role| ApiKey { key: Secret::new(k), role };
+        let key = |k: &str, role| ApiKey::new(k, role);
         let config = Config {
             token: Some(Secret::new("cluster-token-1")),
             api_keys: vec![

@@ -101,6 +101,19 @@ impl Bindings {
         Ok(())
     }
 
+    /// Binds `key` to the principal named `principal` as if its last
+    /// session had just left (at `now`): at start, for the gamer ids of the
+    /// tasks recovered from the store, so that their results and idempotency
+    /// keys stay with the credential that submitted them. A binding already
+    /// made wins; past the bound, the rest are not restored.
+    pub fn restore(&mut self, key: SessionKey, principal: &str, now: Time) {
+        if self.map.len() < MAX_BINDINGS {
+            let restored =
+                Binding { principal: principal.to_owned(), connected: 0, left_at: Some(now) };
+            self.map.entry(key).or_insert(restored);
+        }
+    }
+
     /// A session with `key` ended.
     pub fn release(&mut self, key: &SessionKey, now: Time) {
         if let Some(b) = self.map.get_mut(key) {
@@ -239,6 +252,8 @@ impl Bindings {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::ApiRole;
 
@@ -248,9 +263,9 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let t = |s: u64| Time::from_micros(s * 1_000_000);
         let key = SessionKey::Gamer("g".into());
-        let alice = Principal::ApiKey { index: 0, role: ApiRole::Client };
-        let bob = Principal::ApiKey { index: 1, role: ApiRole::Client };
-        let admin = Principal::ApiKey { index: 2, role: ApiRole::Admin };
+        let alice = Principal::ApiKey { fingerprint: Arc::from("alice"), role: ApiRole::Client };
+        let bob = Principal::ApiKey { fingerprint: Arc::from("bob"), role: ApiRole::Client };
+        let admin = Principal::ApiKey { fingerprint: Arc::from("admin"), role: ApiRole::Admin };
         b.claim(&key, &alice, false, t(0), ttl).unwrap();
         assert_eq!(b.claim(&key, &bob, false, t(1), ttl), Err(Refusal::Taken));
         b.claim(&key, &alice, false, t(1), ttl).unwrap(); // Alice replaces her own session.
@@ -268,5 +283,23 @@ mod tests {
         assert_eq!(b.claim(&key, &bob, false, t(101), ttl), Err(Refusal::Taken));
         // Peers and gamers are separate namespaces.
         b.claim(&SessionKey::Peer("g".into()), &bob, false, t(100), ttl).unwrap();
+    }
+
+    #[test]
+    fn a_restored_binding_holds_for_its_credential_until_it_expires() {
+        let mut b = Bindings::default();
+        let ttl = Duration::from_secs(60);
+        let t = |s: u64| Time::from_micros(s * 1_000_000);
+        let key = SessionKey::Gamer("g".into());
+        let alice = Principal::ApiKey { fingerprint: Arc::from("alice"), role: ApiRole::Client };
+        let bob = Principal::ApiKey { fingerprint: Arc::from("bob"), role: ApiRole::Client };
+        b.restore(key.clone(), &alice.id(), t(0));
+        b.restore(key.clone(), &bob.id(), t(0)); // The first restored wins.
+        assert_eq!(b.claim(&key, &bob, false, t(1), ttl), Err(Refusal::Taken));
+        b.claim(&key, &alice, false, t(1), ttl).unwrap();
+        b.release(&key, t(2));
+        let other = SessionKey::Gamer("h".into());
+        b.restore(other.clone(), &alice.id(), t(0));
+        b.claim(&other, &bob, false, t(61), ttl).unwrap(); // Expired: free again.
     }
 }

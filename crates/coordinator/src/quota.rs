@@ -1,8 +1,8 @@
 //! Quotas per client, decided in one place for both ports.
 //!
 //! A client is a gamer id (`gamer:ID`) and, when it proved itself with an
-//! API key, that key too (`key:N`); HTTP submissions count against their
-//! key (`key:N`, or `api` without one). For each client: unfinished tasks
+//! API key, that key too (`key:FINGERPRINT`); HTTP submissions count against
+//! their owner (the key's, or `api` without one). For each client: unfinished tasks
 //! (`max_queued_tasks_per_client`), their payload bytes
 //! (`max_queued_bytes_per_client`) and submissions per second
 //! (`max_submissions_per_s`, a token bucket with bursts of twice that); and
@@ -15,6 +15,7 @@
 //! hold their bytes without being charged to anyone).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{ErrorCode, ErrorMsg, TaskAccepted, TaskRequest};
@@ -155,6 +156,7 @@ pub(crate) fn accept(
     core: &mut Core,
     clients: Vec<String>,
     owner: Owner,
+    submitter: Option<Arc<str>>,
     req: TaskRequest,
 ) -> Result<TaskAccepted, ErrorMsg> {
     let bytes = req.data.get().len();
@@ -171,7 +173,7 @@ pub(crate) fn accept(
             None => err,
         });
     }
-    let accepted = messages::accept(core, owner, req)?;
+    let accepted = messages::accept(core, owner, submitter, req)?;
     if !accepted.existing
         && let Ok(id) = accepted.id.parse()
     {
@@ -189,9 +191,9 @@ pub(crate) fn clients_of(core: &Core, conn: sched::ConnId, owner: &Owner) -> Vec
         clients.push(format!("gamer:{id}"));
     }
     if let Some(c) = core.conns.get(&conn)
-        && let crate::credentials::Principal::ApiKey { index, .. } = c.principal
+        && let crate::credentials::Principal::ApiKey { fingerprint, .. } = &c.principal
     {
-        clients.push(format!("key:{index}"));
+        clients.push(Owner::Key(Arc::clone(fingerprint)).to_string());
     }
     clients
 }

@@ -19,6 +19,7 @@ use crate::credentials::{Credentials, TokenKind};
 use crate::edge::{FrameBudget, IpLimits, Listener, fd_budget};
 use crate::ha::{HaParts, HaView};
 use crate::http::{self, Api};
+use crate::identity::SessionKey;
 use crate::observe::Observer;
 use crate::telemetry::Telemetry;
 use crate::tls::Tls;
@@ -392,8 +393,16 @@ fn recover(
         // Before any peer joins, so that a quarantined worker stays so.
         core.sched.handle_recovered_reputation(persist::reputations(loaded.reputation)?);
         let n = loaded.tasks.len();
-        let tasks = loaded.tasks.into_iter().map(persist::recovered).collect::<Result<_, _>>()?;
+        let tasks: Vec<_> =
+            loaded.tasks.into_iter().map(persist::recovered).collect::<Result<_, _>>()?;
         let now = core.now();
+        // Newest first: a gamer id goes back to the credential that last
+        // submitted under it.
+        for r in tasks.iter().rev() {
+            if let (sched::Owner::Gamer(g), Some(by)) = (&r.spec.owner, &r.spec.submitter) {
+                core.bindings.restore(SessionKey::Gamer(g.to_string()), by, now);
+            }
+        }
         core.sched.handle_recovered(now, tasks);
         core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));
         // Past every id the last run could have shown a peer (`ids.rs`).

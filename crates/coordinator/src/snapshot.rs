@@ -40,6 +40,9 @@ pub(crate) struct Snapshot {
     pub tasks_held: usize,
     /// Connected workers, by id.
     pub workers: Vec<Arc<WorkerFacts>>,
+    /// Quarantined workers that are not connected, by id: the quarantine
+    /// stays (in the store) until an operator clears it.
+    pub quarantined_away: Vec<(PeerId, Reputation)>,
 }
 
 impl Snapshot {
@@ -48,6 +51,20 @@ impl Snapshot {
             .binary_search_by(|w| w.id.as_str().cmp(id))
             .ok()
             .and_then(|i| self.workers.get(i))
+    }
+}
+
+impl WorkerFacts {
+    /// The models it generates text with: those declared for `generate`,
+    /// and those declared for no type when it runs `generate` (the same rule
+    /// the scheduler matches tasks by).
+    pub fn generation_models(&self) -> impl Iterator<Item = &proto::ModelEntry> {
+        let runs_generate =
+            self.task_types.as_ref().is_some_and(|t| t.iter().any(|t| t == "generate"));
+        self.model_info.iter().filter(move |m| match m.task_type.as_deref() {
+            Some(t) => t == "generate",
+            None => runs_generate,
+        })
     }
 }
 
@@ -134,6 +151,11 @@ impl WorkerFacts {
 pub(crate) struct Publisher {
     tx: watch::Sender<Arc<Snapshot>>,
     facts: BTreeMap<PeerId, Arc<WorkerFacts>>,
+    /// Quarantined workers not connected.
+    away: BTreeMap<PeerId, Reputation>,
+    /// Whether `away` was filled from the reputations recovered at start
+    /// (later changes come as events).
+    seeded: bool,
     /// Workers to rebuild at the next publish.
     dirty: BTreeSet<PeerId>,
     /// Something changed since the last publish.
@@ -150,6 +172,8 @@ impl Publisher {
         Publisher {
             tx,
             facts: BTreeMap::new(),
+            away: BTreeMap::new(),
+            seeded: false,
             dirty: BTreeSet::new(),
             changed: true,
             urgent: true,
@@ -228,15 +252,27 @@ impl Publisher {
         if self.due().is_none_or(|at| at > Instant::now()) {
             return;
         }
+        if !std::mem::replace(&mut self.seeded, true) {
+            for (subject, r) in sched.reputations() {
+                if let (Subject::Worker(id), true) = (subject, r.quarantined) {
+                    self.dirty.insert(id.clone());
+                }
+            }
+        }
         for id in std::mem::take(&mut self.dirty) {
+            let reputation = sched.reputation(&Subject::Worker(id.clone()));
             match sched.peer(id.as_str()) {
                 Some(peer) => {
-                    let reputation = sched.reputation(&Subject::Worker(id.clone()));
                     let facts = WorkerFacts::of(peer, info.get(peer.id()), reputation);
-                    self.facts.insert(id, Arc::new(facts));
+                    self.facts.insert(id.clone(), Arc::new(facts));
+                    self.away.remove(&id);
                 }
                 None => {
                     self.facts.remove(&id);
+                    match reputation.filter(|r| r.quarantined) {
+                        Some(r) => self.away.insert(id, r.clone()),
+                        None => self.away.remove(&id),
+                    };
                 }
             }
         }
@@ -246,6 +282,7 @@ impl Publisher {
             strategy: sched.config().strategy,
             tasks_held: sched.task_count(),
             workers: self.facts.values().cloned().collect(),
+            quarantined_away: self.away.iter().map(|(id, r)| (id.clone(), r.clone())).collect(),
         };
         self.tx.send_replace(Arc::new(snapshot));
         (self.changed, self.urgent, self.last) = (false, false, Some(Instant::now()));

@@ -159,9 +159,10 @@ impl ExecError {
         }
     }
 
-    /// Whether another attempt, possibly on another peer, could succeed.
+    /// Whether another attempt, possibly on another peer, could succeed:
+    /// the rule of its code, the one every crate applies.
     pub fn retryable(&self) -> bool {
-        matches!(self, ExecError::Unavailable(_) | ExecError::Internal(_))
+        self.code().retryable_by_default()
     }
 
     /// Shorthand for an [`ExecError::InvalidInput`] from a serde error.

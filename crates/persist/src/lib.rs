@@ -22,9 +22,8 @@ use std::time::Duration;
 use proto::Json;
 use sched::verify::{Policy, Replica, Reputation, Subject, Verification};
 use sched::{
-    Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, GamerId, Outcome, Owner,
-    PeerId, Recovered, RecoveredState, RequeueReason, Requirements, TaskId, TaskKind, TaskSpec,
-    Time,
+    Attempt, AttemptEnd, AttemptRecord, Event, Failure, FailureCode, Outcome, PeerId, Recovered,
+    RecoveredState, RequeueReason, Requirements, TaskId, TaskKind, TaskSpec, Time,
 };
 use store::{
     ErrorRow, NewTask, Op, ReputationRow, StoredAttempt, StoredReplica, StoredTask, TaskState,
@@ -186,25 +185,11 @@ fn requeue_error(reason: &RequeueReason, end: &AttemptEnd) -> Option<ErrorRow> {
     }
 }
 
-fn owner_name(owner: &Owner) -> String {
-    match owner {
-        Owner::Gamer(g) => format!("gamer:{g}"),
-        Owner::Api => "api".to_owned(),
-    }
-}
-
-fn owner_of(name: &str) -> Owner {
-    match name.strip_prefix("gamer:") {
-        Some(g) => Owner::Gamer(GamerId::from(g)),
-        None => Owner::Api,
-    }
-}
-
 fn new_task(spec: &TaskSpec<Json>) -> NewTask {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     NewTask {
         id: spec.id.0,
-        owner: owner_name(&spec.owner),
+        owner: spec.owner.to_string(),
         client_task_id: spec.client_task_id.to_string(),
         peer_task_id: spec.peer_task_id.to_string(),
         options: Options::of(spec).to_json(),
@@ -234,7 +219,7 @@ pub fn recovered(stored: StoredTask) -> Result<Recovered<Json>, Unreadable> {
     let options = Options::from_json(t.id, t.options.as_deref())?;
     let spec = TaskSpec {
         id: TaskId(t.id),
-        owner: owner_of(&t.owner),
+        owner: t.owner.parse().map_err(|e| Unreadable(format!("task {}: {e}", t.id)))?,
         client_task_id: Arc::from(t.client_task_id.as_str()),
         peer_task_id: Arc::from(t.peer_task_id.as_str()),
         stream: options.stream,
@@ -252,6 +237,7 @@ pub fn recovered(stored: StoredTask) -> Result<Recovered<Json>, Unreadable> {
         idempotency_key: t.idempotency_key.as_deref().map(Arc::from),
         submitted_at: from_unix_ms(t.submitted_at_ms),
         verify: t.verify.as_deref().map(|p| stored_policy(t.id, p)).transpose()?,
+        submitter: options.submitter.as_deref().map(Arc::from),
         kind: TaskKind::Task,
     };
     let failure = stored.error.as_ref().map(|e| Failure::new(e.code.clone(), e.message.as_str()));
@@ -388,11 +374,14 @@ pub struct Unreadable(pub String);
 struct Options {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+    /// The credential that submitted it (see `TaskSpec::submitter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    submitter: Option<String>,
 }
 
 impl Options {
     fn of<P>(spec: &TaskSpec<P>) -> Options {
-        Options { stream: spec.stream }
+        Options { stream: spec.stream, submitter: spec.submitter.as_deref().map(str::to_owned) }
     }
 
     /// `None` when every option has its default.
@@ -491,7 +480,9 @@ impl IdReservations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sched::{Config, ConnId, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time};
+    use sched::{
+        Config, ConnId, GamerId, Owner, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time,
+    };
 
     /// Runs a scheduler history through the store and back: what a restarted
     /// coordinator recovers matches what the first one had.
@@ -564,6 +555,39 @@ mod tests {
         assert_eq!(back.last_error.map(|e| e.code), Some(FailureCode::ATTEMPTS_EXHAUSTED));
     }
 
+    /// An API key's task comes back as that key's, a gamer's with the
+    /// credential that submitted it; an owner this build cannot read stops
+    /// recovery instead of becoming somebody else's task.
+    #[test]
+    fn a_stored_owner_is_read_back_exactly_or_refused() {
+        use store::Store;
+        let mut db = store::SqliteStore::in_memory().unwrap();
+        let t0 = Time::from_secs(1_700_000_000);
+        let mut s: Scheduler<Json> = Scheduler::new(Config::default(), t0);
+        let key = Owner::Key(Arc::from("0123456789ab"));
+        s.handle_submit(t0, Submission::new(key.clone(), "echo", proto::null())).unwrap();
+        let mut by_gamer = Submission::new(Owner::Gamer(GamerId::from("g")), "echo", proto::null());
+        by_gamer.submitter = Some(Arc::from("api-key:0123456789ab"));
+        s.handle_submit(t0, by_gamer).unwrap();
+        let mut ops = Vec::new();
+        while let Some(e) = s.poll_event() {
+            ops.extend(op_for(&e));
+        }
+        db.write(&ops).unwrap();
+        let mut tasks = db.load().unwrap().tasks;
+        let gamers = recovered(tasks.remove(1)).unwrap();
+        assert_eq!(gamers.spec.submitter.as_deref(), Some("api-key:0123456789ab"));
+        let stored = tasks.remove(0);
+        assert_eq!(stored.task.owner, "key:0123456789ab");
+        let back = recovered(stored.clone()).unwrap();
+        assert_eq!((back.spec.owner, back.spec.submitter), (key, None));
+
+        let mut odd = stored;
+        odd.task.owner = "robot".to_owned();
+        let Err(Unreadable(why)) = recovered(odd) else { panic!("an unknown owner was read") };
+        assert!(why.contains("task 1") && why.contains("robot"), "{why}");
+    }
+
     #[test]
     fn a_history_survives_the_round_trip_through_the_store() {
         use store::Store;
@@ -628,7 +652,9 @@ mod tests {
 mod verify_tests {
     use super::*;
     use sched::verify::VerifyStatus;
-    use sched::{Config, ConnId, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time};
+    use sched::{
+        Config, ConnId, Owner, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Time,
+    };
     use store::Store;
 
     /// A verified task's verdict and replicas, and the workers' reputations,

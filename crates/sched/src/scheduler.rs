@@ -547,7 +547,7 @@ impl<P: Clone> Scheduler<P> {
             Owner::Gamer(g) if !given => self.gamers.get(g).copied(),
             _ => None,
         };
-        let delivered = conn.is_some() || spec.owner == Owner::Api || given;
+        let delivered = conn.is_some() || !spec.owner.is_gamer() || given;
         let last = task.history.last().filter(|r| r.ended_at == Some(now));
         let ended = last.and_then(|r| r.end.clone().map(|end| (r.attempt, end)));
         let peer = last.map(|r| r.peer.clone());
@@ -573,7 +573,7 @@ impl<P: Clone> Scheduler<P> {
             (Owner::Gamer(gamer), None) => {
                 self.undelivered.entry(gamer.clone()).or_default().insert(id);
             }
-            (Owner::Api, _) => {}
+            (Owner::Api | Owner::Key(_), _) => {}
         }
         self.evict(now);
     }

@@ -46,6 +46,10 @@ pub struct Submission<P> {
     pub stream: bool,
     /// How the result is verified; the cluster's default when absent.
     pub verify: Option<Policy>,
+    /// The credential that submitted it, as the shell names it (kept with
+    /// the task, so that its gamer id stays bound to that credential after
+    /// a restart).
+    pub submitter: Option<Arc<str>>,
 }
 
 impl<P> Submission<P> {
@@ -64,6 +68,7 @@ impl<P> Submission<P> {
             idempotency_key: None,
             stream: false,
             verify: None,
+            submitter: None,
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct TaskSpec<P> {
     /// The verification policy in force for the task (stored with it);
     /// `None` when it is not verified.
     pub verify: Option<Policy>,
+    /// The credential that submitted it (see [`Submission::submitter`]).
+    pub submitter: Option<Arc<str>>,
     pub kind: TaskKind,
 }
 

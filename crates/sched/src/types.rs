@@ -157,8 +157,27 @@ pub enum Owner {
     /// A WebSocket client: results are pushed to it, and kept for it while
     /// it is away.
     Gamer(GamerId),
-    /// The REST API: results are fetched, not pushed.
+    /// The REST API without a client key (an operator): results are
+    /// fetched, not pushed, and it may act on any task.
     Api,
+    /// The REST API under one API key, named by the key's fingerprint:
+    /// results are fetched, not pushed, and its holder acts on its own
+    /// tasks only.
+    Key(Arc<str>),
+}
+
+impl Owner {
+    /// Whether results are pushed to this owner (a gamer) rather than
+    /// fetched (the API, with or without a key).
+    pub fn is_gamer(&self) -> bool {
+        matches!(self, Owner::Gamer(_))
+    }
+
+    /// Whether this requester may act on (cancel, read) a task of `owner`:
+    /// its own, or any when it is the operator.
+    pub fn may_act_on(&self, owner: &Owner) -> bool {
+        self == &Owner::Api || self == owner
+    }
 }
 
 impl fmt::Display for Owner {
@@ -166,6 +185,35 @@ impl fmt::Display for Owner {
         match self {
             Owner::Gamer(g) => write!(f, "gamer:{g}"),
             Owner::Api => f.write_str("api"),
+            Owner::Key(k) => write!(f, "key:{k}"),
+        }
+    }
+}
+
+/// An owner name that is none of `api`, `gamer:ID` and `key:FINGERPRINT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownOwner(pub String);
+
+impl fmt::Display for UnknownOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not an owner (api, gamer:ID or key:FINGERPRINT)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownOwner {}
+
+impl std::str::FromStr for Owner {
+    type Err = UnknownOwner;
+
+    /// Reads what `Display` writes.
+    fn from_str(s: &str) -> Result<Owner, UnknownOwner> {
+        if s == "api" {
+            return Ok(Owner::Api);
+        }
+        match s.split_once(':') {
+            Some(("gamer", g)) => Ok(Owner::Gamer(GamerId::from(g))),
+            Some(("key", k)) if !k.is_empty() => Ok(Owner::Key(Arc::from(k))),
+            _ => Err(UnknownOwner(s.to_owned())),
         }
     }
 }
@@ -239,4 +287,30 @@ pub enum RunOutcome<P> {
     /// The peer gives the task back unfinished (it is shutting down); the
     /// task is requeued without counting a failure.
     Returned,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_read_back_what_they_print_and_refuse_the_rest() {
+        for owner in [Owner::Api, Owner::Gamer(GamerId::from("g:1")), Owner::Key(Arc::from("ab12"))]
+        {
+            assert_eq!(owner.to_string().parse::<Owner>(), Ok(owner));
+        }
+        for bad in ["", "API", "key:", "peer:p1", "gamer"] {
+            assert!(bad.parse::<Owner>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_operator_acts_on_tasks_not_its_own() {
+        let (a, b) = (Owner::Key(Arc::from("a")), Owner::Key(Arc::from("b")));
+        assert!(Owner::Api.may_act_on(&a));
+        assert!(a.may_act_on(&a));
+        assert!(!a.may_act_on(&b));
+        assert!(!a.may_act_on(&Owner::Api));
+        assert!(!Owner::Gamer(GamerId::from("g")).may_act_on(&a));
+    }
 }

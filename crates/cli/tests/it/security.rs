@@ -201,6 +201,39 @@ async fn a_session_id_belongs_to_the_credential_that_registered_it() {
     assert_eq!(other.expect("error").await["code"], "id_taken");
 }
 
+/// The identity rule survives a restart: the gamer id of recovered tasks
+/// stays bound to the credential that submitted them, so another credential
+/// can neither take it nor name its tasks in `awaiting` to get their results.
+#[tokio::test]
+async fn a_gamer_id_stays_its_credentials_after_a_kill_9_and_restart() {
+    let keys = "alice-key-1:client,bob-key-12:client";
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let register = |token: &str| {
+        json!({"msg_type": "register_gamer", "gamer_id": "g", "token": token,
+               "awaiting": ["secret"]})
+    };
+    let mut c = Coordinator::start(bin(), &["--api-keys", keys, "--data-dir", dir]);
+    let mut alice = Raw::connect(&c.ws_url).await;
+    let first = json!({"msg_type": "register_gamer", "gamer_id": "g", "token": "alice-key-1"});
+    alice.send_json(&first).await;
+    alice.expect("registration_ack").await;
+    let task = json!({"msg_type": "task_request", "task_id": "secret",
+                      "task_type": "nobody-runs-this", "data": {"n": 1}});
+    alice.send_json(&task).await;
+    alice.expect("task_accepted").await;
+    c.proc.kill9();
+
+    let c = Coordinator::start(bin(), &["--api-keys", keys, "--data-dir", dir]);
+    let mut bob = Raw::connect(&c.ws_url).await;
+    bob.send_json(&register("bob-key-12")).await;
+    let err = bob.expect("error").await;
+    assert_eq!(err["code"], "id_taken", "{err}");
+    let mut alice = Raw::connect(&c.ws_url).await;
+    alice.send_json(&register("alice-key-1")).await;
+    alice.expect("registration_ack").await;
+}
+
 #[tokio::test]
 async fn a_wrong_bearer_header_is_401_even_with_approved_workers() {
     let c = Coordinator::start(bin(), &["--token", "cluster-secret"]);

@@ -94,13 +94,9 @@ impl Core {
         }
     }
 
-    /// Cancels a task whoever submitted it.
+    /// Cancels a task whoever submitted it: as the operator.
     pub(crate) fn cancel_any(&mut self, task: TaskId) -> Result<(), CancelError> {
         let now = self.now();
-        let owner: Owner = match self.sched.task(task) {
-            Some(t) => t.spec().owner.clone(),
-            None => return Err(CancelError::UnknownTask),
-        };
-        self.sched.handle_cancel(now, &owner, task)
+        self.sched.handle_cancel(now, &Owner::Api, task)
     }
 }

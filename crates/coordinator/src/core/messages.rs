@@ -381,18 +381,22 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
 
 fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
     let clients = crate::quota::clients_of(core, conn, &owner);
-    match crate::quota::accept(core, clients, owner, req) {
+    // The gamer id stays bound to this credential across restarts.
+    let submitter = core.conns.get(&conn).map(|c| Arc::from(c.principal.id()));
+    match crate::quota::accept(core, clients, owner, submitter, req) {
         Ok(msg) => core.send_durable(conn, FromCoordinator::TaskAccepted(msg)),
         Err(err) => core.reply_error(conn, err),
     }
 }
 
-/// Submits a task for `owner` (a gamer, or the HTTP API): the
-/// acknowledgement, which must not go out before the store has committed
-/// what the core observed so far, or the error that refused it.
+/// Submits a task for `owner` (a gamer, or the HTTP API) by the credential
+/// `submitter` names: the acknowledgement, which must not go out before the
+/// store has committed what the core observed so far, or the error that
+/// refused it.
 pub(crate) fn accept(
     core: &mut Core,
     owner: Owner,
+    submitter: Option<Arc<str>>,
     req: TaskRequest,
 ) -> Result<TaskAccepted, ErrorMsg> {
     let client_id = req.task_id.clone();
@@ -408,7 +412,8 @@ pub(crate) fn accept(
         err.retry_after_s = Some(1.0);
         return refuse(err);
     }
-    let sub = submission(&core.task_needs, owner, req);
+    let mut sub = submission(&core.task_needs, owner, req);
+    sub.submitter = submitter;
     let now = core.now();
     match core.sched.handle_submit(now, sub) {
         Ok(acc) => {
@@ -480,6 +485,7 @@ pub(crate) fn submission(
         stream: req.stream,
         // Checked by the decoder already (1 ≤ quorum ≤ replicas ≤ 16).
         verify: req.verify.and_then(|v| Policy::new(v.replicas, v.quorum(), v.adaptive).ok()),
+        submitter: None,
     }
 }
 

@@ -24,11 +24,14 @@ pub(crate) type Reply<T> = oneshot::Sender<T>;
 
 /// A request of the HTTP API.
 pub(crate) enum ApiRequest {
-    /// Submit a task on behalf of the API (owner `api`), within the quotas
-    /// of `client` (its API key, see `quota.rs`).
-    Submit { req: TaskRequest, client: String, reply: Reply<Result<Submitted, ErrorMsg>> },
-    /// Cancel a task, whoever submitted it.
+    /// Submit a task for `owner` (the operator `api`, or an API key),
+    /// within that owner's quotas (see `quota.rs`).
+    Submit { req: TaskRequest, owner: Owner, reply: Reply<Result<Submitted, ErrorMsg>> },
+    /// Cancel a task, whoever submitted it (the HTTP layer checked that its
+    /// caller may).
     Cancel { task: TaskId, reply: Reply<Result<(), CancelError>> },
+    /// Who submitted a task the scheduler holds (`None`: it holds none).
+    OwnerOf { task: TaskId, reply: Reply<Option<Owner>> },
     /// Answer once the task has an outcome (at once when it has one).
     AwaitOutcome { task: TaskId, reply: Reply<Awaited> },
     /// The task as the scheduler holds it now.
@@ -49,7 +52,7 @@ pub(crate) enum ApiRequest {
     /// outcome through `watch` from the same step (nothing is missed).
     SubmitWatched {
         req: TaskRequest,
-        client: String,
+        owner: Owner,
         watch: Watch,
         reply: Reply<Result<Submitted, ErrorMsg>>,
     },
@@ -182,8 +185,8 @@ impl Core {
     pub(crate) fn handle_request(&mut self, request: ApiRequest) {
         self.publisher.answered_api();
         match request {
-            ApiRequest::Submit { req, client, reply } => {
-                let answer = crate::quota::accept(self, vec![client], Owner::Api, req)
+            ApiRequest::Submit { req, owner, reply } => {
+                let answer = crate::quota::accept(self, vec![owner.to_string()], owner, None, req)
                     .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
                 let _ = reply.send(answer);
             }
@@ -192,6 +195,10 @@ impl Core {
             }
             ApiRequest::Control(control) => self.handle_control(control),
             ApiRequest::AwaitOutcome { task, reply } => self.await_outcome(task, reply),
+            ApiRequest::OwnerOf { task, reply } => {
+                let held = self.sched.task(task).map(|t| t.spec());
+                let _ = reply.send(held.filter(|s| !s.kind.is_hidden()).map(|s| s.owner.clone()));
+            }
             ApiRequest::Task { task, reply } => {
                 let _ = reply.send(self.sched.task(task).map(|t| self.task_now(t)));
             }
@@ -216,8 +223,8 @@ impl Core {
                 let seq = self.observer.appended();
                 let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
             }
-            ApiRequest::SubmitWatched { req, client, watch, reply } => {
-                let answer = crate::quota::accept(self, vec![client], Owner::Api, req)
+            ApiRequest::SubmitWatched { req, owner, watch, reply } => {
+                let answer = crate::quota::accept(self, vec![owner.to_string()], owner, None, req)
                     .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
                 if let Some(task) = answer.as_ref().ok().and_then(|s| s.accepted.id.parse().ok()) {
                     super::stream::follow(self, task, watch);

@@ -3,14 +3,14 @@
 //! count first; `confirm: true` acts).
 
 use api_types::{BulkDone, Retried, WorkerControlled};
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use sched::{PeerError, RetryError, TaskId, TaskState};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Api, ApiError, ErrorBody};
+use super::{Api, ApiError, Caller, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::controls::{BulkAction, BulkOutcome, Control, MAX_BULK, WorkerAction};
 
@@ -74,11 +74,11 @@ pub(super) async fn drain(
               (status = 409, body = ErrorBody)))]
 pub(super) async fn retry(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Retried>), ApiError> {
-    let task: TaskId = id.parse().map_err(|_| {
-        ApiError::not_found(format!("no task `{id}` is known (ids look like t-42)")).task(&id)
-    })?;
+    let task = super::tasks::parse_id(&id)?;
+    super::tasks::check_owner(&api, &caller, task).await?;
     let answer = api.request(|reply| ApiRequest::Control(Control::Retry { task, reply })).await?;
     let conflict = |code: &str, detail: String| {
         ApiError::new(StatusCode::CONFLICT, code, detail).task(task.to_string())

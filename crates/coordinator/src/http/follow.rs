@@ -73,17 +73,17 @@ impl Follower {
         Ok(Follower::new(api, task, channels, false))
     }
 
-    /// Submits `req` for `client` and follows it from the same step; the
+    /// Submits `req` for `owner` and follows it from the same step; the
     /// acknowledgement is durable when this returns. The task is cancelled
     /// if the follower is dropped before its end.
     pub async fn submit(
         api: &Api,
         req: TaskRequest,
-        client: String,
+        owner: sched::Owner,
     ) -> Result<Result<(Follower, Submitted), proto::ErrorMsg>, ApiError> {
         let (watch, channels) = channels(api);
         let submitted =
-            api.request(|reply| ApiRequest::SubmitWatched { req, client, watch, reply }).await?;
+            api.request(|reply| ApiRequest::SubmitWatched { req, owner, watch, reply }).await?;
         let submitted = match submitted {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),

@@ -18,6 +18,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sched::Owner;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use utoipa::ToSchema;
@@ -340,45 +341,63 @@ async fn publish_stats(api: Api) {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Secure(pub bool);
 
-/// Which client a request counts as, for quotas: its API key (`key:N`), or
-/// `api` for requests without one.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientKey(pub String);
-
-fn client_key(config: &Config, headers: &HeaderMap) -> ClientKey {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
-    let index = given.and_then(|g| config.api_keys.iter().position(|k| k.key.matches(g)));
-    ClientKey(index.map_or_else(|| "api".to_owned(), |i| format!("key:{i}")))
+/// Who a request comes from: the role its credentials carry, and the owner
+/// the tasks it submits get — its API key's (`key:FINGERPRINT`), or the
+/// operator's (`api`) for the cluster token, protected mode and `--insecure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub role: ApiRole,
+    pub owner: Owner,
 }
 
-/// The role a request's credentials carry, or why it has none.
-fn role_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<ApiRole, ApiError> {
-    let given = headers
+impl Caller {
+    /// The operator: an admin without a key of its own.
+    pub fn operator() -> Caller {
+        Caller { role: ApiRole::Admin, owner: Owner::Api }
+    }
+
+    /// Whether it may see and act on a task of `owner`. A client key holder
+    /// is confined to its own tasks; admins and read-only keys (which read
+    /// everything and change nothing) are not.
+    pub fn may_touch(&self, owner: &Owner) -> bool {
+        self.role != ApiRole::Client || self.owner.may_act_on(owner)
+    }
+
+    /// The owner a task list is confined to, if any.
+    pub fn confined_to(&self) -> Option<&Owner> {
+        (self.role == ApiRole::Client && self.owner != Owner::Api).then_some(&self.owner)
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer KEY` (the scheme in
+/// any case) or `X-API-Key: KEY`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+/// Who a request's credentials make it, or why they make it nobody.
+fn caller_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<Caller, ApiError> {
+    let given = presented_key(headers);
     let unauthorized =
         |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    let missing = "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`";
     if config.api_keys.is_empty() {
         if let Some(token) = &config.token {
             // The cluster token doubles as the admin key.
             return match given {
-                Some(g) if token.matches(g) => Ok(ApiRole::Admin),
+                Some(g) if token.matches(g) => Ok(Caller::operator()),
                 Some(_) => Err(unauthorized("invalid API key")),
-                None => Err(unauthorized(
-                    "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-                )),
+                None => Err(unauthorized(missing)),
             };
         }
         if config.admits(&remote) {
-            return Ok(ApiRole::Admin);
+            return Ok(Caller::operator());
         }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -387,16 +406,12 @@ fn role_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<A
              set API_KEYS (key:role,…) or start with --insecure",
         ));
     }
-    let Some(given) = given else {
-        return Err(unauthorized(
-            "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-        ));
-    };
+    let given = given.ok_or_else(|| unauthorized(missing))?;
     config
         .api_keys
         .iter()
         .find(|k| k.key.matches(given))
-        .map(|k| k.role)
+        .map(|k| Caller { role: k.role, owner: Owner::Key(Arc::clone(&k.fingerprint)) })
         .ok_or_else(|| unauthorized("invalid API key"))
 }
 
@@ -407,16 +422,21 @@ async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let client = client_key(&api.config, req.headers());
-    req.extensions_mut().insert(client);
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let needed = routes::required_role(req.method(), path.as_deref());
-    let refused = match role_of(&api.config, req.headers(), remote) {
-        Ok(role) if role >= needed => return next.run(req).await,
-        Ok(role) => ApiError::new(
+    let refused = match caller_of(&api.config, req.headers(), remote) {
+        Ok(caller) if caller.role >= needed => {
+            req.extensions_mut().insert(caller);
+            return next.run(req).await;
+        }
+        Ok(caller) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("this needs the {} role; your key has {}", needed.as_str(), role.as_str()),
+            format!(
+                "this needs the {} role; your key has {}",
+                needed.as_str(),
+                caller.role.as_str()
+            ),
         ),
         Err(e) => e,
     };

@@ -13,14 +13,15 @@
 
 use std::convert::Infallible;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::follow::{Follower, Step};
-use super::tasks::{outcome_view, parse_id};
-use super::{Api, ApiError};
+use super::tasks::{check_owner, outcome_view, parse_id};
+use super::{Api, ApiError, Caller};
 use crate::core::ApiRequest;
 
 /// A task's progress as server-sent events: `progress` deltas while it runs (tasks submitted with `stream: true`), then one `result` or `error` event.
@@ -32,9 +33,11 @@ use crate::core::ApiRequest;
               (status = 404, body = super::ErrorBody), (status = 503, body = super::ErrorBody)))]
 pub(super) async fn stream(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
+    check_owner(&api, &caller, task).await?;
     // An unknown task is a 404, not a stream that says so.
     let known = api.request(|reply| ApiRequest::Task { task, reply }).await?;
     if known.is_none() {

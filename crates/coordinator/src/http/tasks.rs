@@ -3,19 +3,19 @@
 use api_types::{Pending, TaskErrorView, TaskList, TaskResultView, TaskView};
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use base64::Engine;
 use proto::{ErrorCode, FailureCode, ToCoordinator};
-use sched::{CancelError, TaskId, TaskState};
+use sched::{CancelError, Owner, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::trust::{stored_verification_view, verification_view};
-use super::{Api, ApiError, ErrorBody};
+use super::{Api, ApiError, Caller, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 
@@ -81,11 +81,10 @@ pub struct SubmittedView {
               (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn submit(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let client = req.extensions().get::<super::ClientKey>().cloned();
-    let client = client.map_or_else(|| "api".to_owned(), |c| c.0);
     let multipart = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -105,7 +104,7 @@ pub(super) async fn submit(
     };
     let header_key =
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    submit_task(&api, body, header_key, client).await
+    submit_task(&api, body, header_key, caller.owner).await
 }
 
 /// The error code for a body axum refused with `status`.
@@ -118,10 +117,11 @@ fn body_code(status: StatusCode) -> &'static str {
     responses((status = 201, body = SubmittedView), (status = 422, body = ErrorBody)))]
 pub(super) async fn submit_seed_path(
     api: State<Api>,
+    caller: Extension<Caller>,
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    submit(api, headers, req).await
+    submit(api, caller, headers, req).await
 }
 
 /// An inference task from a form: the `file` part is the image.
@@ -181,18 +181,19 @@ pub(super) async fn submit_task(
     api: &Api,
     body: SubmitTask,
     header_key: Option<String>,
-    client: String,
+    owner: Owner,
 ) -> Result<Response, ApiError> {
-    let (status, body) = submit_view(api, body, header_key, client).await?;
+    let (status, body) = submit_view(api, body, header_key, owner).await?;
     Ok((status, Json(body)).into_response())
 }
 
-/// Submits a task once durable; 201 (or 200 for an idempotent resubmission).
+/// Submits a task for `owner` once durable; 201 (or 200 for an idempotent
+/// resubmission of that owner's).
 pub(super) async fn submit_view(
     api: &Api,
     body: SubmitTask,
     header_key: Option<String>,
-    client: String,
+    owner: Owner,
 ) -> Result<(StatusCode, SubmittedView), ApiError> {
     let data = body.data.unwrap_or_else(|| json!({}));
     if !data.is_object() {
@@ -211,7 +212,12 @@ pub(super) async fn submit_view(
     }
     let task_type = match body.task_type {
         Some(t) => t,
-        None if data.get("model").is_some() => "inference".to_owned(),
+        // Seed 2 submits `{"payload": {"model": …, "input": …}}` without a
+        // type: a model with a prompt or messages generates, else classifies.
+        None if data.get("model").is_some() => {
+            let text = data.get("prompt").is_some() || data.get("messages").is_some();
+            if text { "generate" } else { "inference" }.to_owned()
+        }
         None => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -253,7 +259,7 @@ pub(super) async fn submit_view(
             ));
         }
     };
-    let submitted = api.request(|reply| ApiRequest::Submit { req, client, reply }).await?;
+    let submitted = api.request(|reply| ApiRequest::Submit { req, owner, reply }).await?;
     let Submitted { accepted, seq } = submitted.map_err(|e| {
         let status = if e.code == ErrorCode::BUSY {
             StatusCode::SERVICE_UNAVAILABLE
@@ -324,7 +330,8 @@ pub(super) struct TaskFilter {
     task_type: Option<String>,
     /// Only tasks any attempt of which ran on this worker.
     worker_id: Option<String>,
-    /// Only tasks of this owner: `api`, or `gamer:ID`.
+    /// Only tasks of this owner: `api`, `key:FINGERPRINT` (an API key's) or
+    /// `gamer:ID`. A client key lists its own only.
     owner: Option<String>,
     /// Only tasks submitted at or after this time (Unix ms).
     submitted_from_ms: Option<i64>,
@@ -377,13 +384,15 @@ pub(super) fn store_filter(
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub(super) async fn list_tasks(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Query(f): Query<TaskFilter>,
 ) -> Result<Json<TaskList>, ApiError> {
+    let owner = confined_owner(&caller, f.owner)?;
     let filter = store_filter(
         f.status.as_deref(),
         f.task_type,
         f.worker_id,
-        f.owner,
+        owner,
         f.submitted_from_ms,
         f.submitted_to_ms,
     )?;
@@ -452,6 +461,45 @@ pub(super) fn stored_view(t: store::StoredTask) -> TaskView {
     }
 }
 
+/// The owner a task list is filtered by: the one asked for, or — for a client
+/// key, which lists its own tasks only — its own (asking for another's is
+/// refused).
+pub(super) fn confined_owner(
+    caller: &Caller,
+    asked: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let Some(own) = caller.confined_to() else { return Ok(asked) };
+    let own = own.to_string();
+    match asked.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+        Some(other) if other != own => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a client key lists its own tasks only (owner `{own}`), not `{other}`"),
+        )),
+        _ => Ok(Some(own)),
+    }
+}
+
+/// Refuses `task` to a caller that may not touch it — a client key, on
+/// another's task — as if it were unknown (404), so that even its existence
+/// does not show. Everyone else passes at no cost.
+pub(super) async fn check_owner(api: &Api, caller: &Caller, task: TaskId) -> Result<(), ApiError> {
+    if caller.confined_to().is_none() {
+        return Ok(());
+    }
+    let owner = match api.request(|reply| ApiRequest::OwnerOf { task, reply }).await? {
+        Some(owner) => Some(owner),
+        None => {
+            let stored = api.read(move |r| r.task(task.0)).await?;
+            stored.and_then(|t| t.task.owner.parse::<Owner>().ok())
+        }
+    };
+    match owner {
+        Some(owner) if caller.may_touch(&owner) => Ok(()),
+        _ => Err(unknown_task(task.to_string())),
+    }
+}
+
 /// The 404 for a task id the coordinator does not hold.
 fn unknown_task(id: String) -> ApiError {
     ApiError::not_found(format!("no task `{id}` is known")).task(id)
@@ -469,9 +517,11 @@ pub(super) fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
 pub(super) async fn task_status(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = parse_id(&id)?;
+    check_owner(&api, &caller, task).await?;
     // The live view first (why it waits, its queue position); the store for
     // a task the scheduler no longer holds.
     if let Some(now) = api.request(|reply| ApiRequest::Task { task, reply }).await? {
@@ -495,10 +545,12 @@ pub(super) struct ResultWait {
               (status = 422, description = "The task failed, was cancelled or timed out", body = ErrorBody)))]
 pub(super) async fn task_result(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(wait): Query<ResultWait>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
+    check_owner(&api, &caller, task).await?;
     let limit = api.config.limits.max_result_wait.as_secs_f64();
     let timeout = wait.timeout.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, limit);
     // Registering and reading the state are one step on the core: no race, no polling.
@@ -564,9 +616,11 @@ pub(super) fn outcome_view(task: TaskId, done: Finished) -> Result<TaskResultVie
               (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
 pub(super) async fn cancel(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
+    check_owner(&api, &caller, task).await?;
     let result = api.request(|reply| ApiRequest::Cancel { task, reply }).await?;
     match result {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({"task_id": id, "status": "cancelled"})))

@@ -14,7 +14,7 @@ use axum::http::{Method, Request, StatusCode};
 use tower::ServiceExt;
 
 use super::routes::{ROUTES, openapi, required_role};
-use super::{Api, role_of, router};
+use super::{Api, Caller, caller_of, router};
 use crate::clock::Clock;
 use crate::config::{ApiKey, ApiRole, Config, Secret};
 use crate::core::Core;
@@ -24,31 +24,35 @@ use crate::telemetry::Telemetry;
 const ADMIN: &str = "admin-key-1";
 const CLIENT: &str = "client-key-1";
 const READER: &str = "reader-key-1";
+const OTHER_CLIENT: &str = "client-key-2";
 
 fn keyed() -> Config {
-    let key = |k: &str, role| ApiKey { key: Secret::new(k), role };
+    let key = |k: &str, role| ApiKey::new(k, role);
     Config {
         api_keys: vec![
             key(ADMIN, ApiRole::Admin),
             key(CLIENT, ApiRole::Client),
             key(READER, ApiRole::ReadOnly),
+            key(OTHER_CLIENT, ApiRole::Client),
         ],
         ..Config::default()
     }
 }
 
-/// A router over a running core (no sockets).
+/// A router over a running core with its SQLite store (no sockets).
 fn app(config: Config) -> axum::Router {
-    let core =
-        Core::new(Arc::new(config), Observer::in_memory(), Telemetry::new(64), Clock::start());
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Telemetry::new(64);
+    let db = store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap();
+    let observer =
+        Observer::with_store(Box::new(db), telemetry.recorder(), &config.limits, false).unwrap();
+    let core = Core::new(Arc::new(config), observer, telemetry, Clock::start());
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let (stop, _) = tokio::sync::watch::channel(false);
     let tls = Arc::new(crate::tls::Tls::load(core.config.cert_source()).unwrap());
     let credentials = Arc::new(
         crate::credentials::Credentials::load(&core.config, core.approvals.clone(), tls).unwrap(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    drop(store::SqliteStore::open(dir.path(), store::Sync::Normal).unwrap());
     let reader = crate::reads::open(&store::Target::Sqlite(dir.path().to_owned())).unwrap();
     let api = Api::new(tx, &core, stop, credentials, Some(reader));
     let (_never, shutdown) = tokio::sync::watch::channel(false);
@@ -133,16 +137,111 @@ fn protected_mode_without_keys_serves_loopback_only() {
     let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let remote: SocketAddr = "10.1.2.3:1".parse().unwrap();
     let open = Config::default();
-    assert_eq!(role_of(&open, &headers, local).unwrap(), ApiRole::Admin);
-    assert_eq!(role_of(&open, &headers, remote).unwrap_err().status, StatusCode::FORBIDDEN);
+    assert_eq!(caller_of(&open, &headers, local).unwrap(), Caller::operator());
+    assert_eq!(caller_of(&open, &headers, remote).unwrap_err().status, StatusCode::FORBIDDEN);
     let insecure = Config { insecure: true, ..Config::default() };
-    assert_eq!(role_of(&insecure, &headers, remote).unwrap(), ApiRole::Admin);
+    assert_eq!(caller_of(&insecure, &headers, remote).unwrap(), Caller::operator());
     // With a cluster token and no keys, the token is the admin key, for everyone.
     let token = Config { token: Some(Secret::new("cluster-token")), ..Config::default() };
-    assert_eq!(role_of(&token, &headers, local).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    assert_eq!(caller_of(&token, &headers, local).unwrap_err().status, StatusCode::UNAUTHORIZED);
     let mut bearer = axum::http::HeaderMap::new();
     bearer.insert("authorization", "Bearer cluster-token".parse().unwrap());
-    assert_eq!(role_of(&token, &bearer, remote).unwrap(), ApiRole::Admin);
+    assert_eq!(caller_of(&token, &bearer, remote).unwrap(), Caller::operator());
+}
+
+#[test]
+fn a_key_makes_its_holder_the_owner_of_its_fingerprint_in_any_scheme_case() {
+    let config = keyed();
+    let remote: SocketAddr = "10.1.2.3:1".parse().unwrap();
+    for header in
+        [format!("Bearer {CLIENT}"), format!("bearer {CLIENT}"), format!("BEARER  {CLIENT} ")]
+    {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("authorization", header.parse().unwrap());
+        let caller = caller_of(&config, &headers, remote).unwrap();
+        assert_eq!(caller.role, ApiRole::Client, "{header}");
+        let sched::Owner::Key(fingerprint) = &caller.owner else { panic!("{caller:?}") };
+        assert_eq!(fingerprint.len(), 12);
+        assert_eq!(fingerprint, &ApiKey::new(CLIENT, ApiRole::Client).fingerprint);
+        assert!(!fingerprint.contains(CLIENT));
+    }
+}
+
+/// Sends a request with a key; answers the status and the JSON body (or null).
+async fn call(
+    app: &axum::Router,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(path).header("x-api-key", key);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let mut req = req.body(body).unwrap();
+    req.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// A client key acts on its own tasks only: another client's are unknown to
+/// it (404, so not even their existence shows), absent from its lists, and
+/// its idempotency keys are its own; read-only keys see every task; admins
+/// act on every task.
+#[tokio::test]
+async fn a_client_key_sees_and_touches_its_own_tasks_only() {
+    let app = app(keyed());
+    let task = serde_json::json!({"task_type": "echo", "data": {"n": 1}});
+    let (status, mine) =
+        call(&app, Method::POST, "/cluster/tasks", CLIENT, Some(task.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{mine}");
+    let id = mine["task_id"].as_str().unwrap().to_owned();
+
+    let (_, own_list) = call(&app, Method::GET, "/cluster/tasks", CLIENT, None).await;
+    assert_eq!(own_list["total"], 1, "{own_list}");
+    let fingerprint = ApiKey::new(CLIENT, ApiRole::Client).fingerprint;
+    assert_eq!(own_list["tasks"][0]["owner"], format!("key:{fingerprint}"));
+    let (status, _) =
+        call(&app, Method::GET, &format!("/cluster/tasks/{id}/status"), CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    for (method, path) in [
+        (Method::GET, format!("/cluster/tasks/{id}/status")),
+        (Method::GET, format!("/cluster/tasks/{id}/result")),
+        (Method::GET, format!("/cluster/tasks/{id}/stream")),
+        (Method::DELETE, format!("/cluster/tasks/{id}")),
+        (Method::POST, format!("/cluster/tasks/{id}/retry")),
+    ] {
+        let (status, body) = call(&app, method.clone(), &path, OTHER_CLIENT, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert_eq!(body["error_code"], "not_found", "{method} {path}: {body}");
+    }
+    let (_, theirs) = call(&app, Method::GET, "/cluster/tasks", OTHER_CLIENT, None).await;
+    assert_eq!(theirs["total"], 0, "{theirs}");
+    let spying = format!("/cluster/tasks?owner=key:{fingerprint}");
+    let (status, body) = call(&app, Method::GET, &spying, OTHER_CLIENT, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The same idempotency key from another client is another task.
+    let keyed_task = serde_json::json!({"task_type": "echo", "data": {}, "idempotency_key": "k1"});
+    let (_, first) =
+        call(&app, Method::POST, "/cluster/tasks", CLIENT, Some(keyed_task.clone())).await;
+    let (_, second) =
+        call(&app, Method::POST, "/cluster/tasks", OTHER_CLIENT, Some(keyed_task)).await;
+    assert_eq!(second["existing"], false, "{second}");
+    assert_ne!(first["task_id"], second["task_id"]);
+
+    let (_, everything) = call(&app, Method::GET, "/cluster/tasks", READER, None).await;
+    assert_eq!(everything["total"], 3, "{everything}");
+    let (status, _) =
+        call(&app, Method::GET, &format!("/cluster/tasks/{id}/status"), READER, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) =
+        call(&app, Method::DELETE, &format!("/cluster/tasks/{id}"), ADMIN, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
 
 /// The JSON bodies and query strings of every route an outsider can send
@@ -229,4 +328,29 @@ async fn unknown_paths_and_methods_are_refused_in_their_clients_shape() {
     let (status, body) = ask(Method::DELETE, "/cluster/health").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error_code"], "method_not_allowed", "{body}");
+}
+
+/// Seed 2's untyped submission: a model with a prompt (or messages) is a
+/// generation, a model alone a classification; nothing else is guessed.
+#[tokio::test]
+async fn an_untyped_submission_is_typed_by_its_fields() {
+    let app = app(keyed());
+    for (data, expected) in [
+        (serde_json::json!({"model": "resnet50", "input": "data"}), Some("inference")),
+        (serde_json::json!({"model": "tiny", "prompt": "Once"}), Some("generate")),
+        (serde_json::json!({"model": "tiny", "messages": []}), Some("generate")),
+        (serde_json::json!({"prompt": "Once"}), None),
+    ] {
+        let body = serde_json::json!({"payload": data});
+        let (status, got) =
+            call(&app, Method::POST, "/cluster/tasks/submit", CLIENT, Some(body)).await;
+        let Some(expected) = expected else {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{data}: {got}");
+            continue;
+        };
+        assert_eq!(status, StatusCode::CREATED, "{data}: {got}");
+        let path = format!("/cluster/tasks/{}/status", got["task_id"].as_str().unwrap());
+        let (_, view) = call(&app, Method::GET, &path, CLIENT, None).await;
+        assert_eq!(view["task_type"], expected, "{data}: {view}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Worker routes: the connected workers, and approving new ones.
 
-use api_types::{Revoked, WorkerCredential, WorkerInfo, WorkerList, WorkerStats};
+use api_types::{AwayWorker, Revoked, WorkerCredential, WorkerInfo, WorkerList, WorkerStats};
 use std::time::Duration;
 
 use axum::Json;
@@ -75,7 +75,18 @@ pub(super) async fn list_workers(
         .map(|w| worker_info(w, now, interval))
         .filter(|w| wanted.is_none_or(|s| w.status == s))
         .collect();
-    Ok(Json(WorkerList { total: workers.len(), workers }))
+    let quarantined_away = match wanted {
+        None | Some(WorkerStatus::Quarantined) => snap
+            .quarantined_away
+            .iter()
+            .map(|(id, r)| AwayWorker {
+                worker_id: id.to_string(),
+                reputation: super::trust::reputation_view(r),
+            })
+            .collect(),
+        Some(_) => Vec::new(),
+    };
+    Ok(Json(WorkerList { total: workers.len(), workers, quarantined_away }))
 }
 
 /// One connected worker: capabilities, load, counts, heartbeat age.

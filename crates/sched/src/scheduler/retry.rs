@@ -46,7 +46,7 @@ impl<P: Clone> Scheduler<P> {
         if outcome.status() == TaskState::Completed {
             return Err(RetryError::Completed);
         }
-        let given = *delivered && task.spec.owner != Owner::Api;
+        let given = *delivered && task.spec.owner.is_gamer();
         let owner = task.spec.owner.clone();
         if self.stopping(id) {
             return Err(RetryError::StillStopping);

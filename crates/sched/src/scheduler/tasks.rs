@@ -116,6 +116,7 @@ impl<P: Clone> Scheduler<P> {
             submitted_at: now,
             stream: sub.stream,
             verify: verify.map(|(policy, _)| policy),
+            submitter: sub.submitter,
             kind: TaskKind::Task,
         });
         let class = Arc::new(Class {
@@ -382,7 +383,7 @@ impl<P: Clone> Scheduler<P> {
         let attempt = h.attempt;
         let to = match &task.spec.owner {
             Owner::Gamer(g) => Some(self.gamers.get(g).copied()),
-            Owner::Api => None,
+            Owner::Api | Owner::Key(_) => None,
         };
         Ok(Progress::Forward { task: Arc::clone(&task.spec), attempt, gamer_conn: to.flatten() })
     }
@@ -400,8 +401,8 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
-    /// Cancels a task. A gamer may cancel only its own tasks; the API may
-    /// cancel any. A running task is stopped on its peer.
+    /// Cancels a task. A gamer or an API key may cancel only its own tasks;
+    /// the operator (`Owner::Api`) may cancel any. A running task is stopped on its peer.
     pub fn handle_cancel(
         &mut self,
         now: Time,
@@ -413,7 +414,7 @@ impl<P: Clone> Scheduler<P> {
         if task.spec.kind.is_hidden() {
             return Err(CancelError::UnknownTask);
         }
-        if requester != &Owner::Api && requester != &task.spec.owner {
+        if !requester.may_act_on(&task.spec.owner) {
             return Err(CancelError::NotOwner);
         }
         match &task.state {

@@ -196,6 +196,7 @@ impl<P: Clone> Scheduler<P> {
             submitted_at: now,
             verify: None,
             stream: false,
+            submitter: None,
             kind: TaskKind::Canary { peer: peer_id.clone() },
         });
         Some((spec, class, expected))

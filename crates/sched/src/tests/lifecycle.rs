@@ -642,6 +642,7 @@ fn spec(id: u64, owner: Owner) -> TaskSpec<String> {
         stream: false,
         submitted_at: Time::ZERO,
         verify: None,
+        submitter: None,
         kind: crate::TaskKind::Task,
     }
 }

@@ -188,6 +188,9 @@ pub(super) async fn task(
     let Ok(task) = id.parse::<TaskId>() else {
         return page_error(StatusCode::NOT_FOUND, "No such task", "Task ids look like t-42.");
     };
+    if let Err(e) = crate::http::tasks::check_owner(&api, &viewer.caller(), task).await {
+        return error_page(e);
+    }
     let refused = match action.as_str() {
         "cancel" => match api.request(|reply| ApiRequest::Cancel { task, reply }).await {
             Ok(Ok(())) => None,
@@ -246,7 +249,7 @@ pub(super) async fn bulk(
         Ok(q) => q,
         Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad filter", &e.to_string()),
     };
-    let filter = match filter_of(&q) {
+    let filter = match filter_of(&viewer, &q) {
         Ok(f) => f,
         Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad filter", &e),
     };
@@ -341,7 +344,7 @@ pub(super) async fn submit(
         stream,
         ..Default::default()
     };
-    match crate::http::tasks::submit_view(&api, body, None, viewer.client.clone()).await {
+    match crate::http::tasks::submit_view(&api, body, None, viewer.owner.clone()).await {
         Ok((_, view)) => Redirect::to(&format!("/tasks/{}", view.task_id)).into_response(),
         Err(e) => error_page(e),
     }

@@ -220,6 +220,30 @@ pub(super) async fn workers(
                 }
             }
         }
+        @if !snap.quarantined_away.is_empty() {
+            h2 { "Quarantined, not connected" }
+            p.muted { "Their results were found wrong too often; the quarantine stays, across restarts, until it is cleared." }
+            table #away {
+                thead { tr { th { "id" } th { "trust" } th { "strikes" } @if admin { th { "actions" } } } }
+                tbody {
+                    @for (id, r) in &snap.quarantined_away {
+                        tr.away data-away-worker=(id) {
+                            td { (id) }
+                            td.trust { span title="valid / invalid / unverified results" { (r.valid) " ✓ · " (r.invalid) " ✗ · " (r.unverified) " ?" } }
+                            td { (r.strikes) }
+                            @if admin {
+                                td.actions {
+                                    form.inline method="post" action=(format!("/ui/workers/{}/clear", urlencode(id.as_str()))) {
+                                        input type="hidden" name="csrf" value=(viewer.csrf);
+                                        button type="submit" name="do" value="clear" data-action="clear" { "clear" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     };
     page(
         &headers,
@@ -280,9 +304,7 @@ pub(super) async fn submit(
     for w in &snap.workers {
         types.extend(w.task_types.iter().flatten().cloned());
         models.extend(w.models.iter().cloned());
-        if w.task_types.as_ref().is_some_and(|t| t.iter().any(|t| t == "generate")) {
-            llm.extend(w.models.iter().cloned());
-        }
+        llm.extend(w.generation_models().map(|m| m.name.clone()));
     }
     let allowed = may(&viewer, ApiRole::Client);
     let body = html! {

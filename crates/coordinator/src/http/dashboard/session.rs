@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
+use sched::Owner;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use crate::config::{ApiRole, Config};
+use crate::http::Caller;
 
 /// How long a login lasts.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -34,10 +36,18 @@ pub(crate) struct Viewer {
     pub role: ApiRole,
     /// The token its forms carry.
     pub csrf: String,
-    /// Which client it counts as for quotas (`key:N`, or `api`).
-    pub client: String,
+    /// The owner its tasks get and the one it is confined to as a client
+    /// (its key's, or the operator's `api`).
+    pub owner: Owner,
     /// Whether it logged in (and so may log out).
     pub logged_in: bool,
+}
+
+impl Viewer {
+    /// The caller it is, as the REST API's routes see one.
+    pub fn caller(&self) -> Caller {
+        Caller { role: self.role, owner: self.owner.clone() }
+    }
 }
 
 #[derive(Debug)]
@@ -73,31 +83,31 @@ impl Sessions {
         !config.api_keys.is_empty() || config.token.is_some()
     }
 
-    /// The role and quota client a key gives, or `None` for a wrong key.
-    pub fn check_key(config: &Config, key: &str) -> Option<(ApiRole, String)> {
+    /// The role and owner a key gives, or `None` for a wrong key.
+    pub fn check_key(config: &Config, key: &str) -> Option<(ApiRole, Owner)> {
         let key = key.trim();
         if config.api_keys.is_empty() {
             return config
                 .token
                 .as_ref()
                 .filter(|t| t.matches(key))
-                .map(|_| (ApiRole::Admin, "api".to_owned()));
+                .map(|_| (ApiRole::Admin, Owner::Api));
         }
         config
             .api_keys
             .iter()
-            .position(|k| k.key.matches(key))
-            .map(|i| (config.api_keys[i].role, format!("key:{i}")))
+            .find(|k| k.key.matches(key))
+            .map(|k| (k.role, Owner::Key(Arc::clone(&k.fingerprint))))
     }
 
     /// Opens a session; returns its id (for the cookie), or `None` when no
     /// secret could be drawn.
-    pub fn open(&self, role: ApiRole, client: String) -> Option<String> {
+    pub fn open(&self, role: ApiRole, owner: Owner) -> Option<String> {
         let (id, csrf) = (secret(), secret());
         if id.is_empty() || csrf.is_empty() {
             return None;
         }
-        let viewer = Viewer { role, csrf, client, logged_in: true };
+        let viewer = Viewer { role, csrf, owner, logged_in: true };
         let now = Instant::now();
         let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_SESSIONS {
@@ -139,7 +149,7 @@ impl Sessions {
         Viewer {
             role: ApiRole::Admin,
             csrf: self.open_csrf.to_string(),
-            client: "api".to_owned(),
+            owner: Owner::Api,
             logged_in: false,
         }
     }
@@ -188,17 +198,18 @@ mod tests {
     fn a_key_opens_a_session_its_cookie_finds_and_logout_ends() {
         let config = Config {
             api_keys: vec![
-                ApiKey { key: Secret::new("adm"), role: ApiRole::Admin },
-                ApiKey { key: Secret::new("ro"), role: ApiRole::ReadOnly },
+                ApiKey::new("adm", ApiRole::Admin),
+                ApiKey::new("ro", ApiRole::ReadOnly),
             ],
             ..Config::default()
         };
         assert!(Sessions::needs_login(&config));
         assert_eq!(Sessions::check_key(&config, "wrong"), None);
-        let (role, client) = Sessions::check_key(&config, " ro ").unwrap();
-        assert_eq!((role, client.as_str()), (ApiRole::ReadOnly, "key:1"));
+        let (role, owner) = Sessions::check_key(&config, " ro ").unwrap();
+        let fingerprint = ApiKey::new("ro", ApiRole::ReadOnly).fingerprint;
+        assert_eq!((role, owner.clone()), (ApiRole::ReadOnly, Owner::Key(fingerprint)));
         let sessions = Sessions::new();
-        let id = sessions.open(role, client).unwrap();
+        let id = sessions.open(role, owner).unwrap();
         let headers = with_cookie(&format!("other=1; {COOKIE}={id}"));
         let viewer = sessions.viewer(&headers).unwrap();
         assert_eq!(viewer.role, ApiRole::ReadOnly);
@@ -213,7 +224,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_session_expires() {
         let sessions = Sessions::new();
-        let id = sessions.open(ApiRole::Admin, "api".into()).unwrap();
+        let id = sessions.open(ApiRole::Admin, Owner::Api).unwrap();
         let headers = with_cookie(&format!("{COOKIE}={id}"));
         assert!(sessions.viewer(&headers).is_some());
         tokio::time::advance(SESSION_TTL + Duration::from_secs(1)).await;

@@ -14,7 +14,7 @@ use super::{Viewer, may, page, page_error};
 use crate::config::ApiRole;
 use crate::core::ApiRequest;
 use crate::http::Api;
-use crate::http::tasks::store_filter;
+use crate::http::tasks::{confined_owner, store_filter};
 
 /// Rows per page.
 const PAGE: u32 = 50;
@@ -77,19 +77,15 @@ pub(super) fn fmt_time(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// The store filter of a list query.
-pub(super) fn filter_of(q: &ListQuery) -> Result<store::TaskFilter, String> {
+/// The store filter of a list query, confined to the viewer's own tasks
+/// when it is a client.
+pub(super) fn filter_of(viewer: &Viewer, q: &ListQuery) -> Result<store::TaskFilter, String> {
     let from = parse_time(q.from.as_deref())?;
     let to = parse_time(q.to.as_deref())?;
-    store_filter(
-        q.status.as_deref(),
-        q.task_type.clone(),
-        q.worker_id.clone(),
-        q.owner.clone(),
-        from,
-        to,
-    )
-    .map_err(|e| e.body.detail)
+    let detail = |e: crate::http::ApiError| e.body.detail;
+    let owner = confined_owner(&viewer.caller(), q.owner.clone()).map_err(detail)?;
+    store_filter(q.status.as_deref(), q.task_type.clone(), q.worker_id.clone(), owner, from, to)
+        .map_err(detail)
 }
 
 /// `/tasks`: the tasks the filters select, newest first, 50 a page.
@@ -99,7 +95,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let filter = match filter_of(&q) {
+    let filter = match filter_of(&viewer, &q) {
         Ok(f) => f,
         Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad filter", &e),
     };
@@ -215,8 +211,8 @@ pub(super) async fn task(
         return page_error(StatusCode::NOT_FOUND, "No such task", "Task ids look like t-42.");
     };
     let stored = match api.read(move |r| r.task(task.0)).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
+        Ok(Some(t)) if t.task.owner.parse().is_ok_and(|o| viewer.caller().may_touch(&o)) => t,
+        Ok(_) => {
             return page_error(
                 StatusCode::NOT_FOUND,
                 "No such task",
@@ -253,7 +249,7 @@ pub(super) async fn stream(
     if !may(&viewer, ApiRole::Client) {
         return page_error(StatusCode::FORBIDDEN, "Not allowed", "This needs the client role.");
     }
-    match crate::http::sse::stream(State(api), id).await {
+    match crate::http::sse::stream(State(api), Extension(viewer.caller()), id).await {
         Ok(events) => events,
         Err(e) => e.into_response(),
     }

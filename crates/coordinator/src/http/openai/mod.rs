@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::follow::{Follower, Lost, Step};
-use super::{Api, ApiError, ClientKey};
+use super::{Api, ApiError, Caller};
 use crate::clock::Clock;
 use crate::snapshot::Snapshot;
 
@@ -176,16 +176,7 @@ struct PoolModel {
 fn pool_models(snap: &Snapshot) -> BTreeMap<String, PoolModel> {
     let mut models: BTreeMap<String, PoolModel> = BTreeMap::new();
     for w in &snap.workers {
-        let runs_generate =
-            w.task_types.as_ref().is_some_and(|t| t.iter().any(|t| t == "generate"));
-        for m in w.model_info.iter() {
-            let generate = match m.task_type.as_deref() {
-                Some(t) => t == "generate",
-                None => runs_generate,
-            };
-            if !generate {
-                continue;
-            }
+        for m in w.generation_models() {
             let entry = models.entry(m.name.clone()).or_default();
             entry.workers += 1;
             entry.context_length = entry.context_length.or(m.context_length);
@@ -237,12 +228,12 @@ pub(super) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Res
               (status = 404, description = "Unknown model"), (status = 429, description = "Busy")))]
 pub(super) async fn chat_completions(
     State(api): State<Api>,
-    client: Option<axum::Extension<ClientKey>>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
         let g = parse::<ChatRequest>(body)?.check()?;
-        complete(&api, client_of(client), Kind::Chat, g).await
+        complete(&api, owner_of(caller)?, Kind::Chat, g).await
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -257,18 +248,20 @@ pub(super) async fn chat_completions(
               (status = 404, description = "Unknown model"), (status = 429, description = "Busy")))]
 pub(super) async fn completions(
     State(api): State<Api>,
-    client: Option<axum::Extension<ClientKey>>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let answer = async {
         let g = parse::<CompletionRequest>(body)?.check()?;
-        complete(&api, client_of(client), Kind::Completion, g).await
+        complete(&api, owner_of(caller)?, Kind::Completion, g).await
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn client_of(key: Option<axum::Extension<ClientKey>>) -> String {
-    key.map_or_else(|| "api".to_owned(), |k| k.0.0)
+/// The owner the request's task gets (its API key's); the middleware
+/// always names a caller, so its absence is our error, not the client's.
+fn owner_of(caller: Option<axum::Extension<Caller>>) -> Result<sched::Owner, OpenAiError> {
+    caller.map(|c| c.0.owner).ok_or_else(|| OpenAiError::server("the request has no caller"))
 }
 
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, OpenAiError> {
@@ -280,7 +273,7 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
 /// Runs one completion as a `generate` task and answers it.
 async fn complete(
     api: &Api,
-    client: String,
+    owner: sched::Owner,
     kind: Kind,
     g: Generate,
 ) -> Result<Response, OpenAiError> {
@@ -292,7 +285,7 @@ async fn complete(
     req.stream = g.stream;
     // A request does not wait for ever for a worker that left.
     req.queue_timeout_s = Some(api.config.limits.max_result_wait.as_secs_f64());
-    let (mut follower, submitted) = match Follower::submit(api, req, client).await? {
+    let (mut follower, submitted) = match Follower::submit(api, req, owner).await? {
         Ok(submitted) => submitted,
         Err(refused) => return Err(OpenAiError::from_refusal(refused)),
     };
