@@ -491,7 +491,7 @@ pub enum WorkerCmd {
         legacygpu worker start --join \"$JOIN_TOKEN\" --coordinator wss://10.0.0.2:8765\n  \
         legacygpu worker start --coordinator ws://127.0.0.1:8765 --token \"$LEGACYGPU_TOKEN\"\n  \
         legacygpu worker start --peer-id rx580-box --slots 2 --models-dir /srv/models")]
-    Start(WorkerStart),
+    Start(Box<WorkerStart>),
     /// Stop workers started on this machine (by their pid files): running
     /// tasks may finish within the worker's drain timeout.
     #[command(after_long_help = "Examples:\n  \
@@ -610,8 +610,25 @@ pub struct WorkerStart {
     #[arg(long, value_delimiter = ',')]
     pub task_types: Option<Vec<String>>,
 
+    /// Who runs this worker (a person or an organisation): replicas of one
+    /// verified task never go to two workers of the same owner
+    /// (docs/VERIFICATION.md). Default: none declared.
+    #[arg(long, env = "LEGACYGPU_OWNER", value_parser = owner_name)]
+    pub owner: Option<String>,
+
     #[command(flatten)]
     pub backends: Backends,
+}
+
+fn owner_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > proto::MAX_ID_LEN || s.chars().any(char::is_control) {
+        return Err(format!(
+            "an owner is 1 to {} bytes without control characters",
+            proto::MAX_ID_LEN
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// Which heavy executors a worker sets up.
@@ -824,9 +841,10 @@ pub struct TaskSubmit {
     #[arg(long, requires = "model")]
     pub input: Option<PathBuf>,
 
-    /// Inference shorthand: how many labels to return.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: u32,
+    /// Inference: how many labels to return (default 5). Generation:
+    /// sample from the k likeliest tokens only (default 40; 0 is no limit).
+    #[arg(long)]
+    pub top_k: Option<u32>,
 
     /// Priority: LOW, NORMAL, HIGH, CRITICAL or an integer (higher runs first).
     #[arg(long, value_parser = parse_priority)]
@@ -835,6 +853,12 @@ pub struct TaskSubmit {
     /// Seconds the task may run on a peer.
     #[arg(long, value_parser = positive_secs)]
     pub timeout: Option<f64>,
+
+    /// Seconds the task may wait for a worker that can run it (for
+    /// instance one serving its model) before it ends `timed_out`; the
+    /// coordinator's default is an hour.
+    #[arg(long, value_parser = positive_secs)]
+    pub queue_timeout: Option<f64>,
 
     /// Your own id for the task.
     #[arg(long)]

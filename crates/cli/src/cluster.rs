@@ -275,6 +275,18 @@ async fn workers(args: &WorkersList) -> anyhow::Result<ExitCode> {
         ],
         &rows,
     );
+    if !list.quarantined_away.is_empty() {
+        println!("\nquarantined, not connected (`legacygpu worker clear ID` lifts it):");
+        let rows: Vec<Vec<String>> = list
+            .quarantined_away
+            .iter()
+            .map(|w| {
+                let r = &w.reputation;
+                vec![w.worker_id.clone(), verdicts(Some(r)), r.strikes.to_string()]
+            })
+            .collect();
+        table(&["worker", "valid/invalid", "strikes"], &rows);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,13 +44,23 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub temperature: Option<f64>,
 
+    /// Generation: sample from the likeliest tokens whose probabilities add
+    /// up to P, above 0 and at most 1 (default 0.95).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+
+    /// Generation: stop before this text (repeatable, at most 4).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+
     /// Generation: the sampler's seed.
     #[arg(long)]
     pub seed: Option<u32>,
 }
 
-/// The task's data from the flags.
-pub fn data(args: &GenerateArgs, model: &str) -> anyhow::Result<Value> {
+/// The task's data from the flags (`top_k` is `task submit`'s, shared with
+/// inference).
+pub fn data(args: &GenerateArgs, top_k: Option<u32>, model: &str) -> anyhow::Result<Value> {
     let mut data = json!({ "model": model });
     match (&args.prompt, &args.chat) {
         (Some(prompt), None) => data["prompt"] = json!(prompt),
@@ -73,6 +83,18 @@ pub fn data(args: &GenerateArgs, model: &str) -> anyhow::Result<Value> {
     if let Some(n) = args.max_tokens {
         data["max_tokens"] = json!(n);
     }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p must be above 0 and at most 1");
+        }
+        data["top_p"] = json!(p);
+    }
+    if let Some(k) = top_k {
+        data["top_k"] = json!(k);
+    }
+    if !args.stop.is_empty() {
+        data["stop"] = json!(args.stop);
+    }
     if let Some(seed) = args.seed {
         data["seed"] = json!(seed);
     }
@@ -85,6 +107,7 @@ pub async fn run(args: &TaskSubmit, data: Value) -> anyhow::Result<ExitCode> {
     req.task_id = args.task_id.clone();
     req.priority = args.priority;
     req.timeout_s = args.timeout;
+    req.queue_timeout_s = args.queue_timeout;
     let options = ClientOptions {
         token: args.conn.token()?,
         ca_hash: args.conn.ca_hash()?,
@@ -95,7 +118,10 @@ pub async fn run(args: &TaskSubmit, data: Value) -> anyhow::Result<ExitCode> {
     let mut streamed =
         client.submit_streamed(req).await.context("the coordinator refused the task")?;
     if let Some(why) = &streamed.accepted.waiting_reason {
-        eprintln!("waiting: {why}");
+        let limit = args
+            .queue_timeout
+            .map_or_else(|| "the coordinator's queue timeout".to_owned(), |s| format!("{s} s"));
+        eprintln!("waiting: {why} (for at most {limit}; --queue-timeout S sets it)");
     }
     let mut out = std::io::stdout().lock();
     let (mut text, mut next_seq, mut gap, mut first) = (String::new(), 0, false, None);
@@ -146,4 +172,52 @@ fn figures(r: &Value, first: Option<std::time::Duration>, peer: Option<&str>) ->
         peer.unwrap_or("?"),
         r["device"].as_str().unwrap_or("?"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GenerateArgs {
+        GenerateArgs {
+            prompt: Some("Once".into()),
+            chat: None,
+            system: None,
+            max_tokens: Some(8),
+            temperature: Some(0.0),
+            top_p: None,
+            stop: Vec::new(),
+            seed: None,
+        }
+    }
+
+    #[test]
+    fn every_sampling_flag_reaches_the_tasks_input() {
+        let mut a = args();
+        a.top_p = Some(0.5);
+        a.stop = vec!["\n".into(), "END".into()];
+        a.seed = Some(7);
+        let given = data(&a, Some(3), "tiny").unwrap();
+        assert_eq!(
+            given,
+            json!({"model": "tiny", "prompt": "Once", "max_tokens": 8, "temperature": 0.0,
+                   "top_p": 0.5, "top_k": 3, "stop": ["\n", "END"], "seed": 7})
+        );
+        let plain = data_keys(&data(&args(), None, "tiny").unwrap());
+        assert_eq!(plain, ["max_tokens", "model", "prompt", "temperature"]);
+    }
+
+    #[test]
+    fn out_of_range_sampling_flags_are_refused_before_anything_is_sent() {
+        for p in [0.0, 1.5, f64::NAN] {
+            let mut a = args();
+            a.top_p = Some(p);
+            let err = data(&a, None, "tiny").unwrap_err().to_string();
+            assert!(err.contains("--top-p"), "{p}: {err}");
+        }
+    }
+
+    fn data_keys(v: &Value) -> Vec<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
 }

@@ -264,13 +264,13 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     let generation = args.generation.prompt.is_some() || args.generation.chat.is_some();
     let (task_type, data) = match (&args.model, &args.input) {
         (Some(model), Some(input)) => {
-            ("inference".to_owned(), inference_data(model, input, args.top_k)?)
+            ("inference".to_owned(), inference_data(model, input, args.top_k.unwrap_or(5))?)
         }
         (Some(model), None) if generation => {
             if args.task_type.as_deref().is_some_and(|t| t != "generate") {
                 bail!("--prompt and --chat make a generate task (--type generate)");
             }
-            let data = crate::generate::data(&args.generation, model)?;
+            let data = crate::generate::data(&args.generation, args.top_k, model)?;
             return crate::generate::run(&args, data).await;
         }
         (Some(_), None) => {
@@ -285,6 +285,7 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     req.task_id = args.task_id.clone();
     req.priority = args.priority;
     req.timeout_s = args.timeout;
+    req.queue_timeout_s = args.queue_timeout;
     req.verify = args.verify.map(|p| proto::VerifyPolicy {
         replicas: p.replicas,
         quorum: Some(p.quorum),

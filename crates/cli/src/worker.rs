@@ -15,7 +15,7 @@ use crate::{local, signals};
 
 pub async fn run(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        WorkerCmd::Start(args) => start(args).await,
+        WorkerCmd::Start(args) => start(*args).await,
         WorkerCmd::Stop(args) => stop(&args),
         WorkerCmd::List { json } => list(json),
         WorkerCmd::Revoke { remote, peer_id } => revoke(&remote, &peer_id).await,
@@ -143,6 +143,9 @@ async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
     }
     config.heartbeat_interval = args.heartbeat_interval.map(Duration::from_secs_f64);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
+    if let Some(owner) = &args.owner {
+        config.extra_capabilities.insert("owner".into(), owner.clone().into());
+    }
     let _pid_file = local::PidFile::create(local::worker_pid_file(&config.peer_id)?)?;
     let w = worker::Worker::new(config, executors);
     w.run(signals::shutdown()).await.context("worker stopped")?;

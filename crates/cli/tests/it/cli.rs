@@ -75,6 +75,8 @@ fn every_read_and_task_command_against_a_real_coordinator() {
             "--no-gpu",
             "--slots",
             "2",
+            "--owner",
+            "lab-a",
         ],
         &[("XDG_STATE_HOME", h.to_str().unwrap())],
     );
@@ -83,6 +85,8 @@ fn every_read_and_task_command_against_a_real_coordinator() {
         let workers = json_of(&ok(run(with(&["cluster", "workers", "--json"]))));
         if workers["total"] == 1 {
             assert_eq!(workers["workers"][0]["worker_id"], "cli-w");
+            // Its declared owner: replicas of a verified task avoid it.
+            assert_eq!(workers["workers"][0]["capabilities"]["owner"], "lab-a");
             break;
         }
         assert!(Instant::now() < deadline, "the worker never joined");
@@ -142,6 +146,34 @@ fn every_read_and_task_command_against_a_real_coordinator() {
     assert_eq!(cancelled["status"], "cancelled");
     let out = run(with(&["task", "result", &waiting]));
     assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    // The owner's controls: a cancelled task retried under its id (and
+    // cancelled again); a completed one is refused; a worker paused and
+    // resumed, as the API then shows it.
+    let retried = json_of(&ok(run(with(&["task", "retry", &waiting, "--json"]))));
+    assert_eq!(
+        (retried["task_id"].as_str(), retried["status"].as_str()),
+        (Some(&*waiting), Some("queued"))
+    );
+    let status = json_of(&ok(run(with(&["task", "status", &waiting, "--json"]))));
+    assert_eq!(status["status"], "queued", "{status}");
+    ok(run(with(&["task", "cancel", &waiting])));
+    let out = run(with(&["task", "retry", &id]));
+    assert_eq!(code(&out), 1, "a completed task is not retried");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("task_completed"), "{out:?}");
+    let worker_status = || {
+        let list = json_of(&ok(run(with(&["cluster", "workers", "--json"]))));
+        list["workers"][0]["status"].as_str().unwrap_or_default().to_owned()
+    };
+    let paused = json_of(&ok(run(with(&["worker", "pause", "cli-w", "--json"]))));
+    assert_eq!(
+        (paused["worker_id"].as_str(), paused["status"].as_str()),
+        (Some("cli-w"), Some("paused"))
+    );
+    assert_eq!(worker_status(), "paused");
+    let resumed = stdout(&ok(run(with(&["worker", "resume", "cli-w"]))));
+    assert_eq!(resumed, "worker cli-w: resumed");
+    assert_eq!(worker_status(), "healthy");
+    assert_eq!(code(&run(with(&["worker", "pause", "nobody"]))), 1, "an unknown worker");
     let out = run(with(&["task", "status", "t-99999"]));
     assert_eq!(code(&out), 1);
     let err = String::from_utf8_lossy(&out.stderr);

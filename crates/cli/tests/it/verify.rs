@@ -283,10 +283,26 @@ async fn a_liar_ends_quarantined_stays_so_across_a_kill_9_and_an_operator_clears
     c.proc.kill9();
     drop((liar, fleet));
     let c = Coordinator::start(bin(), &args);
-    let _liar = peer(&c, "liar", Lies::at(1.0, 2)).await;
     let api = Api::new(c.http(), None);
+    // Not connected, it is still listed as quarantined: in the API, the
+    // CLI and the dashboard, with the button that clears it.
+    let listed = api.get("/cluster/workers").await.unwrap();
+    assert_eq!(listed["total"], 0, "{listed}");
+    assert_eq!(listed["quarantined_away"][0]["worker_id"], "liar", "{listed}");
+    assert_eq!(listed["quarantined_away"][0]["reputation"]["invalid"], 3, "{listed}");
+    let healthy = api.get("/cluster/workers?status_filter=healthy").await.unwrap();
+    assert_eq!(healthy["quarantined_away"], json!([]), "{healthy}");
+    let table = cli(&["cluster", "workers", "--api-url", c.http()]);
+    assert!(table.contains("quarantined, not connected") && table.contains("liar"), "{table}");
+    let page = workers_page(c.http()).await;
+    let row =
+        page.split("<tr").find(|r| r.contains(r#"data-away-worker="liar""#)).unwrap_or_default();
+    assert!(row.contains("3 ✗") && row.contains("/ui/workers/liar/clear"), "{row}");
+    let _liar = peer(&c, "liar", Lies::at(1.0, 2)).await;
     let w = api.get("/cluster/workers/liar").await.unwrap();
     assert_eq!(w["status"], "quarantined", "after a restart: {w}");
+    let listed = api.get("/cluster/workers").await.unwrap();
+    assert_eq!(listed["quarantined_away"], json!([]), "connected again: {listed}");
     // The dashboard's workers page (served to loopback without a key here)
     // shows it, with its record and the button that clears it.
     let page = workers_page(c.http()).await;
