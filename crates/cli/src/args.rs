@@ -451,6 +451,11 @@ pub struct EdgeArgs {
     #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
     pub http_idle_timeout: f64,
 
+    /// Seconds a request's body has to arrive whole, from its head (a body
+    /// that never comes or trickles fails with 400 and its connection closes).
+    #[arg(long, default_value_t = 120.0, value_parser = positive_secs)]
+    pub http_body_timeout: f64,
+
     /// Most WebSocket connections at once (also bounded by the open-file limit).
     #[arg(long, default_value_t = 20_000)]
     pub max_connections: usize,

@@ -498,6 +498,7 @@ fn edge_limits(e: &EdgeArgs) -> coordinator::EdgeLimits {
         idle_timeout: secs(e.idle_timeout),
         http_header_timeout: secs(e.http_header_timeout),
         http_idle_timeout: secs(e.http_idle_timeout),
+        http_body_timeout: secs(e.http_body_timeout),
         max_connections_per_ip: e.max_connections_per_ip,
         new_connections_per_ip_per_s: e.new_connections_per_ip,
         max_partial_frame_bytes: e.max_partial_frame_bytes,

@@ -233,6 +233,11 @@ pub struct EdgeLimits {
     /// An HTTP connection with no request in progress and no bytes moving
     /// for this long is closed. Default 60 s.
     pub http_idle_timeout: Duration,
+    /// A request's body must have arrived whole within this, counted from
+    /// its head; past it the request fails (400) and its connection closes,
+    /// so that a body that never comes or trickles holds nothing. Default
+    /// 120 s (a 16 MiB body at about 1 Mbit/s).
+    pub http_body_timeout: Duration,
     /// The most HTTP connections at once. Default 1 024.
     pub max_http_connections: usize,
     /// The most connections from one address (an IPv6 /64) at once, over
@@ -266,6 +271,7 @@ impl Default for EdgeLimits {
             idle_timeout: Duration::from_secs(60),
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
+            http_body_timeout: Duration::from_secs(120),
             max_http_connections: 1024,
             max_connections_per_ip: 2048,
             new_connections_per_ip_per_s: 200,

@@ -19,6 +19,7 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 const REGISTRATION: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(60);
 const HTTP_HEADER: Duration = Duration::from_secs(10);
+const HTTP_BODY: Duration = Duration::from_secs(30);
 
 struct Running {
     ws: SocketAddr,
@@ -38,6 +39,7 @@ async fn start(max_connections: usize) -> Running {
             idle_timeout: IDLE,
             http_header_timeout: HTTP_HEADER,
             http_idle_timeout: IDLE,
+            http_body_timeout: HTTP_BODY,
             ..EdgeLimits::default()
         },
         ..Config::default()
@@ -145,6 +147,59 @@ async fn idle_and_half_sent_http_requests_are_closed() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let after = closed_after(&mut kept).await;
     assert!(after <= HTTP_HEADER + Duration::from_millis(100), "{after:?}");
+}
+
+/// A body announced but never sent, or sent a byte at a time, holds its
+/// connection no longer than the body deadline (a request in progress is
+/// never idle, so the idle timeout alone would not close it).
+#[tokio::test(start_paused = true)]
+async fn a_request_body_that_never_arrives_or_trickles_fails_at_the_body_deadline() {
+    let c = start(100).await;
+    let head = "POST /cluster/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000\r\n\r\n{\"task_type\": \"echo\", ";
+    let mut stuck = TcpStream::connect(c.http).await.unwrap();
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    let mut trickle = TcpStream::connect(c.http).await.unwrap();
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = trickle.into_split();
+    let dripping = tokio::spawn(async move {
+        // One byte every 5 s: the connection is never idle for long.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    let (stuck, trickled) =
+        tokio::join!(answered_then_closed(&mut stuck, t0), answered_then_closed(&mut reader, t0));
+    for (name, (took, response)) in [("stuck", stuck), ("trickling", trickled)] {
+        assert!(response.starts_with("HTTP/1.1 400"), "{name}: {response}");
+        assert!(response.contains("did not arrive within 30 s"), "{name}: {response}");
+        assert!(
+            took >= HTTP_BODY - Duration::from_millis(100)
+                && took <= HTTP_BODY + Duration::from_millis(100),
+            "{name}: {took:?}"
+        );
+    }
+    dripping.abort();
+}
+
+/// Reads a response and then until the peer closes: how long after
+/// `start` that was (paused time), and the response.
+async fn answered_then_closed(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    start: Instant,
+) -> (Duration, String) {
+    let (mut buf, mut all) = ([0u8; 4096], Vec::new());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3600), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (start.elapsed(), String::from_utf8_lossy(&all).into()),
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("not closed within an hour"),
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

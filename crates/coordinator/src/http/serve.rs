@@ -3,10 +3,12 @@
 //!
 //! Each connection has the handshake deadline for TLS, hyper's header-read
 //! timeout for every request head (it runs from the connection's start and
-//! from each response, so it also bounds idle keep-alive), and an idle
-//! timeout for connections with no request in progress and no bytes moving
-//! (a body that trickles, a client that stops reading). A plaintext client
-//! from another machine is answered 403, whatever it asks, with the fix.
+//! from each response, so it also bounds idle keep-alive), a deadline for
+//! each request's body to arrive whole ([`Deadline`]: a body that never
+//! comes or trickles), and an idle timeout for connections with no request
+//! in progress and no bytes moving (a client that stops reading). A
+//! plaintext client from another machine is answered 403, whatever it asks,
+//! with the fix.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -109,6 +111,7 @@ impl Connection {
         let secure = super::Secure(matches!(transport, Transport::Tls));
         let router = self.router.clone();
         let busy = Arc::clone(&activity);
+        let body_timeout = edge.http_body_timeout;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
             req.extensions_mut().insert(secure);
@@ -118,8 +121,10 @@ impl Connection {
                 let response = if refused {
                     plaintext_refused().into_response()
                 } else {
+                    let req =
+                        req.map(|body| axum::body::Body::new(Deadline::new(body, body_timeout)));
                     // The router's error type is Infallible.
-                    let Ok(response) = router.oneshot(req.map(axum::body::Body::new)).await;
+                    let Ok(response) = router.oneshot(req).await;
                     response
                 };
                 drop(guard);
@@ -157,6 +162,54 @@ impl Connection {
 
 fn plaintext_refused() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "tls_required", edge::PLAINTEXT_REFUSED)
+}
+
+/// A request body that must arrive whole by a deadline: past it, the next
+/// read fails (the handler answers 400 and, the body unread, hyper closes
+/// the connection). The timer is made only when a read has to wait.
+struct Deadline {
+    inner: Incoming,
+    timeout: Duration,
+    at: Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn new(inner: Incoming, timeout: Duration) -> Deadline {
+        Deadline { inner, timeout, at: Instant::now() + timeout, sleep: None }
+    }
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let at = this.at;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let secs = this.timeout.as_secs_f64();
+                Poll::Ready(Some(Err(format!("the body did not arrive within {secs} s").into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// When bytes last moved on a connection, and whether a request is in

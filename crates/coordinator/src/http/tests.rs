@@ -252,19 +252,33 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
     let rt = rt.unwrap();
     let app = rt.block_on(async { app(keyed()) });
+    // A dashboard session, so that its forms reach their decoders.
+    let login = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("key={ADMIN}")))
+        .unwrap();
+    let mut login = login;
+    login.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let logged_in = rt.block_on(app.clone().oneshot(login)).unwrap();
+    let cookie = logged_in.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let bodies = [
         "/cluster/tasks",
         "/cluster/tasks/submit",
+        "/cluster/tasks/bulk",
         "/cluster/workers/register",
         "/v1/chat/completions",
         "/v1/completions",
     ];
-    let send = |method: Method, uri: &str, body: Vec<u8>| {
+    let send_as = |method: Method, uri: &str, content_type: &str, body: Vec<u8>| {
         let Ok(req) = Request::builder()
             .method(method)
             .uri(uri)
             .header("x-api-key", ADMIN)
-            .header("content-type", "application/json")
+            .header("cookie", &cookie)
+            .header("content-type", content_type)
             .body(Body::from(body))
         else {
             return; // Not a URI at all: nothing reaches the router.
@@ -273,6 +287,9 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
         req.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
         let status = rt.block_on(app.clone().oneshot(req)).unwrap().status();
         assert!(status.as_u16() < 500, "{uri}: {status}");
+    };
+    let send = |method: Method, uri: &str, body: Vec<u8>| {
+        send_as(method, uri, "application/json", body);
     };
     let check = |input: &[u8]| {
         let pick = input.first().copied().unwrap_or(0) as usize;
@@ -284,9 +301,16 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
             .filter(|c| c.is_ascii_graphic() && *c != '#')
             .take(200)
             .collect();
-        for path in ["/cluster/tasks", "/cluster/workers", "/cluster/tasks/t-1/result"] {
+        for path in ["/cluster/tasks", "/cluster/workers", "/cluster/tasks/t-1/result", "/tasks"] {
             send(Method::GET, &format!("{path}?{query}"), Vec::new());
         }
+        // The dashboard's forms (login, submit, bulk) and the event stream's
+        // filters reach the same decoders from a browser.
+        let form = "application/x-www-form-urlencoded";
+        for path in ["/login", "/ui/submit", "/ui/tasks/bulk"] {
+            send_as(Method::POST, path, form, input.to_vec());
+        }
+        send(Method::GET, &format!("/ws/cluster/events?{query}"), Vec::new());
     };
     for (_, bytes) in fuzz::corpus("http_bodies") {
         check(&bytes);
