@@ -327,6 +327,10 @@ pub struct Limits {
     pub stream_buffer: usize,
     /// Tasks in one page of a task list, at most. Default 1 000.
     pub max_page: usize,
+    /// A bulk cancel or retry acts on everything its filter matches, in
+    /// steps of this many tasks (each one step of the core loop, so that
+    /// other work goes on between them). Default 10 000.
+    pub bulk_step: usize,
     /// The snapshot that reads are served from is published at most this
     /// often (and at once when workers come or go). Default 50 ms.
     pub snapshot_interval: Duration,
@@ -347,6 +351,7 @@ impl Default for Limits {
             max_result_wait: Duration::from_secs(300),
             stream_buffer: 1024,
             max_page: 1000,
+            bulk_step: 10_000,
             snapshot_interval: Duration::from_millis(50),
         }
     }

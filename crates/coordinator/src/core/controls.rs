@@ -2,16 +2,14 @@
 //! worker, retry a task, and cancel or retry many tasks at once.
 //!
 //! A bulk action takes the ids the HTTP handler read from the store for a
-//! filter (bounded by [`MAX_BULK`]), so the core never searches for them;
-//! each id is then decided here as its own cancel or retry would be.
+//! filter, a step of at most `Limits::bulk_step` at a time, so the core
+//! never searches for them; each id is then decided here as its own cancel
+//! or retry would be.
 
 use sched::{CancelError, Owner, PeerError, PeerId, RetryError, TaskId};
 
 use super::Core;
 use super::requests::Reply;
-
-/// The most tasks one bulk request acts on.
-pub(crate) const MAX_BULK: usize = 10_000;
 
 /// What an operator does to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +76,7 @@ impl Core {
             }
             Control::Bulk { action, tasks, reply } => {
                 let mut outcome = BulkOutcome::default();
-                for task in tasks.into_iter().take(MAX_BULK) {
+                for task in tasks.into_iter().take(self.config.limits.bulk_step) {
                     let ok = match action {
                         BulkAction::Cancel => self.cancel_any(task).is_ok(),
                         BulkAction::Retry => self.sched.handle_retry(now, task).is_ok(),

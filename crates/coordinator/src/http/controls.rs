@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::{Api, ApiError, Caller, ErrorBody};
 use crate::core::ApiRequest;
-use crate::core::controls::{BulkAction, BulkOutcome, Control, MAX_BULK, WorkerAction};
+use crate::core::controls::{BulkAction, BulkOutcome, Control, WorkerAction};
 
 async fn control_worker(
     api: &Api,
@@ -133,7 +133,7 @@ pub struct BulkRequest {
     pub confirm: bool,
 }
 
-/// Cancels or retries every task a filter matches (admin), at most 10 000 per call: without `confirm` a dry run that only counts.
+/// Cancels or retries every task a filter matches (admin; in steps of 10 000, each one step of the core): without `confirm` a dry run that only counts.
 #[utoipa::path(post, path = "/cluster/tasks/bulk", tag = "tasks", request_body = BulkRequest,
     responses((status = 200, body = BulkDone), (status = 400, body = ErrorBody)))]
 pub(super) async fn bulk(
@@ -160,8 +160,10 @@ pub(super) async fn bulk(
     }))
 }
 
-/// Counts what `filter` matches and, when `confirm`, acts on it: the ids
-/// come from the store, page by page, the decisions from the core.
+/// Counts what `filter` matches and, when `confirm`, acts on all of it: the
+/// ids come from the store, newest first, a step of `bulk_step` at a time
+/// (a keyset below the last id, so tasks submitted meanwhile are not
+/// included and the walk ends), the decisions from the core.
 pub(super) async fn bulk_action(
     api: &Api,
     action: BulkAction,
@@ -180,25 +182,39 @@ pub(super) async fn bulk_action(
         let matched = api.read(move |r| r.count(&filter)).await?;
         return Ok((BulkOutcome::default(), matched));
     }
-    let (ids, matched) = api
-        .read(move |r| {
-            let matched = r.count(&filter)?;
-            let mut ids = Vec::new();
-            let mut before = None;
-            while ids.len() < MAX_BULK {
-                let page = store::Page { before, limit: store::MAX_PAGE, skip: 0 };
-                let rows = r.tasks(&filter, page)?;
-                let Some(last) = rows.last() else { break };
-                before = Some(last.task.id);
-                ids.extend(rows.iter().map(|t| TaskId(t.task.id)));
-            }
-            ids.truncate(MAX_BULK);
-            Ok((ids, matched))
-        })
-        .await?;
-    let outcome = api
-        .request(|reply| ApiRequest::Control(Control::Bulk { action, tasks: ids, reply }))
-        .await?;
+    let step = api.config.limits.bulk_step.max(1);
+    let counted = filter.clone();
+    let matched = api.read(move |r| r.count(&counted)).await?;
+    let mut outcome = BulkOutcome::default();
+    let mut before = None;
+    loop {
+        let f = filter.clone();
+        let ids = api
+            .read(move |r| {
+                let (mut ids, mut before) = (Vec::new(), before);
+                while ids.len() < step {
+                    let limit = u32::try_from(step - ids.len()).unwrap_or(u32::MAX);
+                    let page = store::Page { before, limit: limit.min(store::MAX_PAGE), skip: 0 };
+                    let rows = r.tasks(&f, page)?;
+                    let Some(last) = rows.last() else { break };
+                    before = Some(last.task.id);
+                    ids.extend(rows.iter().map(|t| TaskId(t.task.id)));
+                }
+                Ok(ids)
+            })
+            .await?;
+        let Some(last) = ids.last() else { break };
+        before = Some(last.0);
+        let full = ids.len() == step;
+        let done = api
+            .request(|reply| ApiRequest::Control(Control::Bulk { action, tasks: ids, reply }))
+            .await?;
+        outcome.done += done.done;
+        outcome.skipped += done.skipped;
+        if !full {
+            break;
+        }
+    }
     tracing::info!(?action, done = outcome.done, skipped = outcome.skipped, "a bulk action");
     Ok((outcome, matched))
 }

@@ -378,3 +378,26 @@ async fn an_untyped_submission_is_typed_by_its_fields() {
         assert_eq!(view["task_type"], expected, "{data}: {view}");
     }
 }
+
+/// A bulk action reaches everything its filter matches, however many steps
+/// of `bulk_step` that takes; a dry run only counts.
+#[tokio::test]
+async fn a_bulk_cancel_acts_on_every_match_in_steps() {
+    let mut config = keyed();
+    config.limits.bulk_step = 3;
+    let app = app(config);
+    for n in 0..7 {
+        let task = serde_json::json!({"task_type": "nobody-runs-this", "data": {"n": n}});
+        let (status, body) = call(&app, Method::POST, "/cluster/tasks", ADMIN, Some(task)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let bulk = |confirm: bool| serde_json::json!({"action": "cancel", "filter": {"status": "queued"}, "confirm": confirm});
+    let (_, dry) = call(&app, Method::POST, "/cluster/tasks/bulk", ADMIN, Some(bulk(false))).await;
+    assert_eq!((dry["matched"].as_u64(), dry["done"].as_u64()), (Some(7), Some(0)), "{dry}");
+    let (status, done) =
+        call(&app, Method::POST, "/cluster/tasks/bulk", ADMIN, Some(bulk(true))).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!((done["matched"].as_u64(), done["done"].as_u64()), (Some(7), Some(7)), "{done}");
+    let (_, left) = call(&app, Method::GET, "/cluster/tasks?status=queued", READER, None).await;
+    assert_eq!(left["total"], 0, "{left}");
+}
