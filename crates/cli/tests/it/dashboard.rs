@@ -246,10 +246,16 @@ async fn the_dashboard_in_a_real_browser() {
         assert_eq!(done["worker_id"], "w2", "{done}");
     }
     c.goto(&format!("{base}/events")).await.unwrap();
+    // Rendered on the server (readable without JavaScript): the newest
+    // tasks' latest steps from the store.
+    let stored = text(&c, "#events tbody tr.stored td:nth-child(2)").await;
+    assert!(stored.starts_with("task_"), "{stored}");
     until_text(&c, "#live-status", "the live stream", |t| t == "live").await;
     submit(&base, json!({"task_type": "echo", "data": {"n": 2}})).await;
-    until_text(&c, "#events tbody tr td:nth-child(2)", "an event row", |t| t.starts_with("task_"))
-        .await;
+    until_text(&c, "#events tbody tr.event td:nth-child(2)", "an event row", |t| {
+        t.starts_with("task_")
+    })
+    .await;
     shot(&c, "events").await;
     c.goto(&format!("{base}/tasks")).await.unwrap();
     let listed = text(&c, "#task-total").await;

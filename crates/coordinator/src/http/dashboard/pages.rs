@@ -276,18 +276,78 @@ pub(super) fn urlencode(s: &str) -> String {
 }
 
 /// `/events`: the live stream (the script fills it), with a kind filter.
-pub(super) async fn events(Extension(viewer): Extension<Viewer>, headers: HeaderMap) -> Response {
+pub(super) async fn events(
+    State(api): State<Api>,
+    Extension(viewer): Extension<Viewer>,
+    headers: HeaderMap,
+) -> Response {
     let kinds = crate::telemetry::ApiEvent::KINDS;
+    // What the page shows before (and without) the live stream: the latest
+    // step of the newest tasks, from the store (the stream itself keeps no
+    // history). A client key sees its own tasks only.
+    let filter = match crate::http::tasks::confined_owner(&viewer.caller(), None) {
+        Ok(owner) => store::TaskFilter { owner, ..store::TaskFilter::default() },
+        Err(_) => store::TaskFilter::default(),
+    };
+    let page_of = store::Page { before: None, limit: RECENT_EVENTS, skip: 0 };
+    let rows = api.read(move |r| r.tasks(&filter, page_of)).await.unwrap_or_default();
+    let mut recent: Vec<StoredStep> = rows.iter().map(latest_step).collect();
+    recent.sort_by_key(|s| std::cmp::Reverse(s.at_ms));
     let body = html! {
         h1 { "Events" }
-        noscript { p.error { "The live stream needs JavaScript; without it, read /ws/cluster/events with an API key." } }
+        noscript { p.muted { "Without JavaScript this page shows the latest step of the newest tasks, from the store; reload for newer ones. The live stream is /ws/cluster/events (with an API key)." } }
         form #event-filter {
             @for k in kinds { label.check { input type="checkbox" name="kind" value=(k) checked; (k) } }
             label { " task id " input name="task_id" placeholder="t-42"; }
         }
-        table #events { thead { tr { th { "time" } th { "kind" } th { "task" } th { "worker" } th { "event" } } } tbody {} }
+        table #events {
+            thead { tr { th { "time" } th { "kind" } th { "task" } th { "worker" } th { "event" } } }
+            tbody {
+                @for s in &recent {
+                    tr class=(format!("stored {}", s.kind)) {
+                        td { (super::tasks::fmt_time(s.at_ms)) }
+                        td { (s.kind) }
+                        td { a href=(format!("/tasks/{}", s.task_id)) { (s.task_id) } }
+                        td { (s.worker.as_deref().unwrap_or("")) }
+                        td.muted { (s.task_type) " · from the store" }
+                    }
+                }
+            }
+        }
     };
     page(&headers, Some(&viewer), "Events", "", body)
+}
+
+/// Tasks the events page shows from the store.
+const RECENT_EVENTS: u32 = 50;
+
+/// A stored task's latest step, as the event it was.
+struct StoredStep {
+    at_ms: i64,
+    kind: &'static str,
+    task_id: String,
+    task_type: String,
+    worker: Option<String>,
+}
+
+fn latest_step(t: &store::StoredTask) -> StoredStep {
+    use codes::TaskState as S;
+    let last = t.attempts.last();
+    let (kind, at) = match t.state {
+        S::Queued => ("task_queued", None),
+        S::Assigned => ("task_assigned", last.map(|a| a.assigned_at_ms)),
+        S::Running => ("task_started", t.started_at_ms),
+        S::Completed => ("task_completed", t.finished_at_ms),
+        S::Cancelled => ("task_cancelled", t.finished_at_ms),
+        S::Failed | S::TimedOut => ("task_failed", t.finished_at_ms),
+    };
+    StoredStep {
+        at_ms: at.unwrap_or(t.task.submitted_at_ms),
+        kind,
+        task_id: sched::TaskId(t.task.id).to_string(),
+        task_type: t.task.task_type.clone(),
+        worker: t.peer.clone().or_else(|| last.map(|a| a.peer.clone())),
+    }
 }
 
 /// `/submit`: a task form, and a generation form when the pool serves LLM
