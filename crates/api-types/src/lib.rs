@@ -222,6 +222,7 @@ pub struct TaskView {
     pub failures: u32,
     pub worker_id: Option<String>,
     pub waiting_reason: Option<String>,
+    /// Queued tasks ahead of it (0: next), counted up to 10 000.
     pub queue_position: Option<usize>,
     /// Unix milliseconds.
     pub submitted_at_ms: i64,

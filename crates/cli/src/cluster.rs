@@ -9,12 +9,12 @@ use anyhow::Context;
 use api_types::{ClusterMetrics, CoordinatorInfo, Health, ReputationView, Tokens, WorkerList};
 use coordinator::{Config, Coordinator, Secret, StoreMode};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::args::{
     ClusterCmd, ClusterStart, EdgeArgs, Remote, TokenCmd, WorkersAction, WorkersList,
 };
-use crate::remote::{api, cell, print_json, status_colour, table};
+use crate::remote::{api, print_json, status_colour, table};
 use crate::{local, signals};
 
 pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
@@ -147,12 +147,17 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
     let leader = answers
         .iter()
         .position(|(_, h)| h.as_ref().is_ok_and(|h| h.role == "leader") || apis.len() == 1);
-    let coordinators: Vec<Value> = answers
+    let coordinators: Vec<Answered> = answers
         .iter()
         .map(|(api, h)| match h {
-            Ok(h) => json!({"url": api.base(), "role": h.role, "epoch": h.epoch,
-                "lease_age_s": h.lease_age_s, "leader": h.leader}),
-            Err(e) => json!({"url": api.base(), "error": e.to_string()}),
+            Ok(h) => Answered::Up {
+                url: api.base().to_owned(),
+                role: h.role.clone(),
+                epoch: h.epoch,
+                lease_age_s: h.lease_age_s,
+                leader: h.leader.clone(),
+            },
+            Err(e) => Answered::Down { url: api.base().to_owned(), error: e.to_string() },
         })
         .collect();
     let Some(i) = leader else {
@@ -198,17 +203,39 @@ async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What one coordinator answered `cluster status` (its JSON and its row).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Answered {
+    Up {
+        url: String,
+        role: String,
+        epoch: Option<u64>,
+        lease_age_s: Option<f64>,
+        leader: Option<String>,
+    },
+    Down {
+        url: String,
+        error: String,
+    },
+}
+
 /// One line per coordinator: role, epoch, lease age, leader.
-fn print_coordinators(coordinators: &[Value]) {
+fn print_coordinators(coordinators: &[Answered]) {
+    let dash = || "-".to_owned();
     let rows: Vec<Vec<String>> = coordinators
         .iter()
-        .map(|c| {
-            let role = match c.get("error") {
-                Some(e) => format!("unreachable: {}", cell(e)),
-                None => cell(&c["role"]),
-            };
-            let age = c["lease_age_s"].as_f64().map_or("-".to_owned(), |a| format!("{a:.1}s"));
-            vec![cell(&c["url"]), role, cell(&c["epoch"]), age, cell(&c["leader"])]
+        .map(|c| match c {
+            Answered::Up { url, role, epoch, lease_age_s, leader } => vec![
+                url.clone(),
+                role.clone(),
+                epoch.map_or_else(dash, |e| e.to_string()),
+                lease_age_s.map_or_else(dash, |a| format!("{a:.1}s")),
+                leader.clone().unwrap_or_else(dash),
+            ],
+            Answered::Down { url, error } => {
+                vec![url.clone(), format!("unreachable: {error}"), dash(), dash(), dash()]
+            }
         })
         .collect();
     table(&["coordinator", "role", "epoch", "lease age", "leader"], &rows);

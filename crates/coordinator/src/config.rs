@@ -327,6 +327,20 @@ pub struct Limits {
     pub stream_buffer: usize,
     /// Tasks in one page of a task list, at most. Default 1 000.
     pub max_page: usize,
+    /// Tasks in a page of `GET /cluster/tasks` that asks for no `limit`.
+    /// Default 100.
+    pub default_page: usize,
+    /// The most tasks a task list's `offset` may skip (deeper pages use the
+    /// keyset `before`, which is fast at any depth). Default 100 000.
+    pub max_offset: usize,
+    /// Session ids (peers' and gamers') bound to credentials at once; past
+    /// it new ids are refused (`busy`) until old bindings expire. Default
+    /// 1 000 000.
+    pub max_session_bindings: usize,
+    /// How long a dashboard login lasts. Default 12 h.
+    pub dashboard_session_ttl: Duration,
+    /// Dashboard logins kept at once; past it the oldest ends. Default 4 096.
+    pub max_dashboard_sessions: usize,
     /// A bulk cancel or retry acts on everything its filter matches, in
     /// steps of this many tasks (each one step of the core loop, so that
     /// other work goes on between them). Default 10 000.
@@ -351,6 +365,11 @@ impl Default for Limits {
             max_result_wait: Duration::from_secs(300),
             stream_buffer: 1024,
             max_page: 1000,
+            default_page: 100,
+            max_offset: 100_000,
+            max_session_bindings: 1_000_000,
+            dashboard_session_ttl: Duration::from_secs(12 * 3600),
+            max_dashboard_sessions: 4096,
             bulk_step: 10_000,
             snapshot_interval: Duration::from_millis(50),
         }

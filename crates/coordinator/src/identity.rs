@@ -45,14 +45,14 @@ struct Binding {
     left_at: Option<Time>,
 }
 
-/// The most bindings kept; past it, new ids are refused until old ones expire.
-const MAX_BINDINGS: usize = 1_000_000;
-
 /// Session ids and the principals they are bound to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Bindings {
     map: HashMap<SessionKey, Binding>,
     claims_since_sweep: usize,
+    /// The most bindings kept (`Limits::max_session_bindings`); past it, new
+    /// ids are refused until old ones expire.
+    max: usize,
 }
 
 /// Why a claim was refused.
@@ -63,6 +63,10 @@ pub(crate) enum Refusal {
 }
 
 impl Bindings {
+    pub fn new(max: usize) -> Bindings {
+        Bindings { map: HashMap::new(), claims_since_sweep: 0, max }
+    }
+
     /// Binds `key` to `principal` (or finds it already bound to it) and
     /// counts one more session with it. An `owner` (a worker's approved
     /// credential for its own id) takes the binding over.
@@ -91,9 +95,9 @@ impl Bindings {
             b.left_at = None;
             return Ok(());
         }
-        if self.map.len() >= MAX_BINDINGS {
+        if self.map.len() >= self.max {
             self.sweep(now, ttl);
-            if self.map.len() >= MAX_BINDINGS {
+            if self.map.len() >= self.max {
                 return Err(Refusal::Full);
             }
         }
@@ -107,7 +111,7 @@ impl Bindings {
     /// keys stay with the credential that submitted them. A binding already
     /// made wins; past the bound, the rest are not restored.
     pub fn restore(&mut self, key: SessionKey, principal: &str, now: Time) {
-        if self.map.len() < MAX_BINDINGS {
+        if self.map.len() < self.max {
             let restored =
                 Binding { principal: principal.to_owned(), connected: 0, left_at: Some(now) };
             self.map.entry(key).or_insert(restored);
@@ -259,7 +263,7 @@ mod tests {
 
     #[test]
     fn an_id_belongs_to_the_principal_that_registered_it() {
-        let mut b = Bindings::default();
+        let mut b = Bindings::new(1000);
         let ttl = Duration::from_secs(60);
         let t = |s: u64| Time::from_micros(s * 1_000_000);
         let key = SessionKey::Gamer("g".into());
@@ -287,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_restored_binding_holds_for_its_credential_until_it_expires() {
-        let mut b = Bindings::default();
+        let mut b = Bindings::new(1000);
         let ttl = Duration::from_secs(60);
         let t = |s: u64| Time::from_micros(s * 1_000_000);
         let key = SessionKey::Gamer("g".into());

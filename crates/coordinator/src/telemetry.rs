@@ -237,6 +237,18 @@ pub(crate) fn queued_payload_bytes(recorder: &PrometheusRecorder, bytes: f64) {
     });
 }
 
+/// A connection refused at accept (on `port`: `ws` or `http`), and why.
+pub(crate) fn connection_refused(
+    recorder: &PrometheusRecorder,
+    port: &'static str,
+    reason: &'static str,
+) {
+    metrics::with_local_recorder(recorder, || {
+        counter!("legacygpu_connections_refused_total", "port" => port, "reason" => reason)
+            .increment(1);
+    });
+}
+
 /// A connection dropped for reading its messages too slowly.
 pub(crate) fn connection_dropped_slow(recorder: &PrometheusRecorder) {
     metrics::with_local_recorder(recorder, || {

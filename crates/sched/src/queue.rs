@@ -53,6 +53,9 @@ pub struct Queue {
     next_front: i64,
 }
 
+/// The deepest queue position counted (a task further back reports this).
+pub const POSITION_CAP: usize = 10_000;
+
 impl Queue {
     pub fn new() -> Queue {
         Queue::default()
@@ -106,9 +109,17 @@ impl Queue {
     }
 
     /// The position of a task among all queued tasks (0 = next), by the
-    /// global order. Linear in the queue's length: for status queries only.
+    /// global order, counted up to [`POSITION_CAP`]: a status query costs
+    /// the core at most that many steps however deep the queue.
     pub fn position(&self, pos: &QueuePos) -> usize {
-        self.classes.values().map(|entries| entries.range(..pos.key).count()).sum()
+        let mut ahead = 0;
+        for entries in self.classes.values() {
+            ahead += entries.range(..pos.key).take(POSITION_CAP - ahead).count();
+            if ahead == POSITION_CAP {
+                break;
+            }
+        }
+        ahead
     }
 }
 
@@ -125,6 +136,22 @@ mod tests {
             q.classes().flat_map(|(_, e)| e.iter().map(|(k, id)| (*k, *id))).collect();
         all.sort();
         all.into_iter().map(|(_, id)| id.0).collect()
+    }
+
+    #[test]
+    fn positions_are_counted_across_classes_up_to_the_cap() {
+        let mut q = Queue::new();
+        let (a, b) = (class("a"), class("b"));
+        let mut last = None;
+        for i in 0..(POSITION_CAP as u64 + 10) {
+            let c = if i % 2 == 0 { &a } else { &b };
+            last = Some(q.push(c.clone(), 1, TaskId(i), false));
+        }
+        let first = q.push(a.clone(), 5, TaskId(99_999), false);
+        assert_eq!(q.position(&first), 0, "the higher priority goes first");
+        assert_eq!(q.position(&last.unwrap()), POSITION_CAP);
+        let third = q.push(b.clone(), 5, TaskId(100_000), false);
+        assert_eq!(q.position(&third), 1);
     }
 
     #[test]

@@ -15,7 +15,6 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -289,7 +288,6 @@ async fn the_dashboard_in_a_real_browser() {
     let status = rest(&base, &format!("/cluster/tasks/{long}/status")).await;
     assert_eq!(status["status"], "cancelled", "the forged retry did nothing");
     c.close().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 /// A generation submitted from the form streams its tokens into its task

@@ -150,6 +150,7 @@ impl Core {
         let mut sched = Scheduler::new(sched_config, clock.now());
         sched.set_agreement(Box::new(agree::Rules::builtin(secret_seed())));
         let publisher = Publisher::new(config.limits.snapshot_interval);
+        let bindings = Bindings::new(config.limits.max_session_bindings);
         let task_needs = config.task_needs.clone();
         Core {
             task_needs,
@@ -164,7 +165,7 @@ impl Core {
             listeners: stream::Listeners::default(),
             approvals: Approvals::default(),
             publisher,
-            bindings: Bindings::default(),
+            bindings,
             quotas: Quotas::default(),
         }
     }

@@ -60,11 +60,7 @@ impl Listener {
     }
 
     pub fn count_refused(&self, reason: &'static str) {
-        let port = self.port;
-        metrics::with_local_recorder(self.metrics.as_ref(), || {
-            metrics::counter!("legacygpu_connections_refused_total", "port" => port, "reason" => reason)
-                .increment(1);
-        });
+        crate::telemetry::connection_refused(&self.metrics, self.port, reason);
     }
 }
 

@@ -93,7 +93,10 @@ impl Api {
             stop,
             credentials,
             reader,
-            sessions: dashboard::Sessions::new(),
+            sessions: dashboard::Sessions::new(
+                state.config.limits.dashboard_session_ttl,
+                state.config.limits.max_dashboard_sessions,
+            ),
             ha: None,
         }
     }

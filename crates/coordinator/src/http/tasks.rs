@@ -337,17 +337,16 @@ pub(super) struct TaskFilter {
     submitted_from_ms: Option<i64>,
     /// Only tasks submitted before this time (Unix ms).
     submitted_to_ms: Option<i64>,
-    /// Page size, default 100, at most 1000.
+    /// Page size, default 100, at most 1000 (`Limits::default_page`,
+    /// `Limits::max_page`).
     limit: Option<usize>,
     /// Keyset paging: only tasks with ids below this one (`next_before` of
     /// the previous page). Fast at any depth.
     before: Option<String>,
-    /// Tasks to skip (newest first), after `before`. At most 100 000.
+    /// Tasks to skip (newest first), after `before`. At most 100 000
+    /// (`Limits::max_offset`).
     offset: Option<usize>,
 }
-
-/// The most rows `offset` may skip: deeper pages use `before`.
-const MAX_OFFSET: usize = 100_000;
 
 /// The store filter a query names, or why it is wrong.
 pub(super) fn store_filter(
@@ -396,12 +395,13 @@ pub(super) async fn list_tasks(
         f.submitted_from_ms,
         f.submitted_to_ms,
     )?;
-    let limit = f.limit.unwrap_or(100).clamp(1, api.config.limits.max_page);
+    let limits = &api.config.limits;
+    let limit = f.limit.unwrap_or(limits.default_page).clamp(1, limits.max_page);
     let offset = f.offset.unwrap_or(0);
-    if offset > MAX_OFFSET {
+    if offset > limits.max_offset {
         return Err(ApiError::bad_request(
             "invalid_filter",
-            format!("offset is at most {MAX_OFFSET}; page deeper with `before`"),
+            format!("offset is at most {}; page deeper with `before`", limits.max_offset),
         ));
     }
     let before = match f.before.as_deref() {

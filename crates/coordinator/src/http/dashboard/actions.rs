@@ -46,7 +46,7 @@ pub(super) async fn login(
         );
     };
     tracing::info!(role = role.as_str(), "dashboard login");
-    let cookie = set_cookie(&id, secure(secure_ext.as_deref()));
+    let cookie = set_cookie(&id, secure(secure_ext.as_deref()), api.sessions.ttl());
     let mut resp = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -100,7 +100,9 @@ pub(super) async fn logout(
     }
     api.sessions.close(&headers);
     let mut resp = Redirect::to("/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&set_cookie("", secure(secure_ext.as_deref()))) {
+    if let Ok(v) =
+        HeaderValue::from_str(&set_cookie("", secure(secure_ext.as_deref()), api.sessions.ttl()))
+    {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp

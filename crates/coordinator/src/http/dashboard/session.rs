@@ -3,7 +3,7 @@
 //! With API keys (or a cluster token, which is then the admin key), a
 //! browser logs in by posting a key to `/login`; it gets a session cookie
 //! (`HttpOnly`, `SameSite=Strict`, `Secure` when the page came over TLS,
-//! expiring after [`SESSION_TTL`]) holding a random session id. The key
+//! expiring after `Limits::dashboard_session_ttl`) holding a random session id. The key
 //! itself never leaves the login form: not in a URL, a cookie or a log.
 //! Each session has a CSRF token every state-changing request must carry
 //! (a form field, or the `X-CSRF-Token` header). Without keys (protected
@@ -23,10 +23,6 @@ use tokio::time::Instant;
 use crate::config::{ApiRole, Config};
 use crate::http::Caller;
 
-/// How long a login lasts.
-pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; the oldest go first.
-const MAX_SESSIONS: usize = 4096;
 /// The cookie's name.
 pub(crate) const COOKIE: &str = "lg_session";
 
@@ -62,6 +58,10 @@ pub(crate) struct Sessions {
     by_digest: Arc<Mutex<HashMap<[u8; 32], Session>>>,
     /// The CSRF token of loopback browsers in protected mode.
     open_csrf: Arc<str>,
+    /// How long a login lasts.
+    ttl: Duration,
+    /// Sessions kept at most; the oldest go first.
+    max: usize,
 }
 
 fn digest(id: &str) -> [u8; 32] {
@@ -74,8 +74,13 @@ fn secret() -> String {
 }
 
 impl Sessions {
-    pub fn new() -> Sessions {
-        Sessions { by_digest: Arc::default(), open_csrf: Arc::from(secret()) }
+    pub fn new(ttl: Duration, max: usize) -> Sessions {
+        Sessions { by_digest: Arc::default(), open_csrf: Arc::from(secret()), ttl, max }
+    }
+
+    /// How long a login lasts (the cookie's `Max-Age`).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Whether the dashboard asks for a login (keys or a token are set).
@@ -110,15 +115,15 @@ impl Sessions {
         let viewer = Viewer { role, csrf, owner, logged_in: true };
         let now = Instant::now();
         let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SESSIONS {
+        if map.len() >= self.max {
             map.retain(|_, s| s.expires > now);
         }
-        if map.len() >= MAX_SESSIONS
+        if map.len() >= self.max
             && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
         {
             map.remove(&oldest);
         }
-        map.insert(digest(&id), Session { viewer, expires: now + SESSION_TTL });
+        map.insert(digest(&id), Session { viewer, expires: now + self.ttl });
         Some(id)
     }
 
@@ -174,8 +179,8 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The `Set-Cookie` value for a session id (empty `id`: clears it).
-pub(crate) fn set_cookie(id: &str, secure: bool) -> String {
-    let max_age = if id.is_empty() { 0 } else { SESSION_TTL.as_secs() };
+pub(crate) fn set_cookie(id: &str, secure: bool, ttl: Duration) -> String {
+    let max_age = if id.is_empty() { 0 } else { ttl.as_secs() };
     let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }
@@ -187,6 +192,8 @@ mod tests {
     use super::*;
     use crate::config::{ApiKey, Secret};
     use axum::http::HeaderValue;
+
+    const TTL: Duration = Duration::from_secs(3600);
 
     fn with_cookie(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -208,7 +215,7 @@ mod tests {
         let (role, owner) = Sessions::check_key(&config, " ro ").unwrap();
         let fingerprint = ApiKey::new("ro", ApiRole::ReadOnly).fingerprint;
         assert_eq!((role, owner.clone()), (ApiRole::ReadOnly, Owner::Key(fingerprint)));
-        let sessions = Sessions::new();
+        let sessions = Sessions::new(TTL, 16);
         let id = sessions.open(role, owner).unwrap();
         let headers = with_cookie(&format!("other=1; {COOKIE}={id}"));
         let viewer = sessions.viewer(&headers).unwrap();
@@ -223,20 +230,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_session_expires() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::new(TTL, 16);
         let id = sessions.open(ApiRole::Admin, Owner::Api).unwrap();
         let headers = with_cookie(&format!("{COOKIE}={id}"));
         assert!(sessions.viewer(&headers).is_some());
-        tokio::time::advance(SESSION_TTL + Duration::from_secs(1)).await;
+        tokio::time::advance(TTL + Duration::from_secs(1)).await;
         assert!(sessions.viewer(&headers).is_none());
     }
 
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_under_tls() {
-        let c = set_cookie("abc", true);
+        let c = set_cookie("abc", true, TTL);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
-        assert!(!set_cookie("abc", false).contains("Secure"));
-        assert!(set_cookie("", false).contains("Max-Age=0"));
+        assert!(!set_cookie("abc", false, TTL).contains("Secure"));
+        assert!(set_cookie("", false, TTL).contains("Max-Age=0"));
     }
 
     #[test]
