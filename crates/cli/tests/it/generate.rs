@@ -173,6 +173,10 @@ async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() 
     assert!(metrics.contains(r#"legacygpu_progress_forwarded_total{to="gamer"}"#), "{metrics}");
 
     // REST: submit with `stream`, follow its event stream to the result.
+    // The worker is paused until the follower is on, so that every delta
+    // is produced after it connected and must reach it.
+    let pause = client.post(format!("{}/cluster/workers/llm/pause", c.http())).send().await;
+    assert_eq!(pause.unwrap().status(), StatusCode::OK);
     let body = json!({"task_type": "generate", "data": data, "stream": true});
     let sub: Value = client
         .post(format!("{}/cluster/tasks", c.http()))
@@ -188,19 +192,23 @@ async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() 
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut events = Events::new(resp);
-    let (mut streamed, mut last_seq) = (String::new(), None);
+    let resume = client.post(format!("{}/cluster/workers/llm/resume", c.http())).send().await;
+    assert_eq!(resume.unwrap().status(), StatusCode::OK);
+    let (mut streamed, mut next_seq) = (String::new(), 0);
     let done = loop {
         let (name, data) = events.next().await.expect("a result event before the end");
         let v: Value = serde_json::from_str(&data).unwrap();
         match name.as_str() {
             "progress" => {
-                let seq = v["seq"].as_u64().unwrap();
-                assert!(last_seq.is_none_or(|l| seq > l), "seq goes up: {v}");
-                // Deltas before this follower connected are not replayed.
-                if last_seq.is_none_or(|l| seq == l + 1) {
-                    streamed.push_str(v["text"].as_str().unwrap());
-                }
-                last_seq = Some(seq);
+                // Every delta, once, in order, from the first.
+                assert_eq!(
+                    (v["seq"].as_u64(), v["attempt"].as_u64()),
+                    (Some(next_seq), Some(1)),
+                    "{v}"
+                );
+                assert_eq!(v["task_id"], id);
+                streamed.push_str(v["text"].as_str().unwrap());
+                next_seq += 1;
             }
             "result" => break v,
             other => panic!("unexpected event {other}: {data}"),
@@ -208,7 +216,8 @@ async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() 
     };
     assert!(events.next().await.is_none(), "the stream ends after the result");
     assert_eq!(done["result"]["text"], text.as_str());
-    assert!(text.ends_with(&streamed) || text.contains(&streamed));
+    assert!(next_seq > 0, "no delta reached the follower");
+    assert_eq!(streamed, text, "the deltas add up to the result");
     let unknown = client.get(format!("{}/cluster/tasks/t-999999/stream", c.http())).send().await;
     assert_eq!(unknown.unwrap().status(), StatusCode::NOT_FOUND);
 
