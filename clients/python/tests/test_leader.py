@@ -45,3 +45,33 @@ def test_a_list_of_urls_is_checked():
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_a_coordinator_that_just_failed_is_not_followed_back_from_a_standby():
+    """A frozen leader keeps its lease for a while, so the standbys still
+    name it: the client asks them again instead of waiting on it (as
+    proto::Endpoints does in Rust), and follows names again once connected."""
+    from legacygpu._driver import Driver, Options
+    from legacygpu.tls import Tls
+
+    async def go():
+        urls = "ws://a:1,ws://b:2,ws://c:3"
+        options = Options(gamer_id="g", token=None, reconnect=True, resubmit_acknowledged=True,
+                          reconnect_max_s=1, connect_timeout_s=1, give_up_after_s=None, max_frame_bytes=1 << 20)
+        d = Driver(urls, options, Tls(None, None, None, urls=urls.split(",")))
+        d._connected()  # a leads, then freezes
+        d._failed()
+        assert d.url == "ws://b:2"
+        d._not_leader("ws://a:1")  # b's view of the lease is stale
+        assert d.url == "ws://c:3"
+        d._not_leader("ws://c:3")  # c names itself: stale too
+        assert d.url == "ws://b:2"  # a is skipped while b and c have not failed
+        d._not_leader("ws://c:3")  # b names the new leader
+        assert d.url == "ws://c:3"
+        d._connected()
+        d._failed()  # c fails in turn; a may be named again
+        d._not_leader("ws://b:2")
+        d._not_leader("ws://a:1")
+        assert d.url == "ws://a:1"
+
+    asyncio.run(go())

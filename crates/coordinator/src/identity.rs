@@ -261,15 +261,23 @@ mod tests {
     use super::*;
     use crate::config::ApiRole;
 
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn t(s: u64) -> Time {
+        Time::from_micros(s * 1_000_000)
+    }
+
+    fn key_holder(name: &str, role: ApiRole) -> Principal {
+        Principal::ApiKey { fingerprint: Arc::from(name), role }
+    }
+
     #[test]
     fn an_id_belongs_to_the_principal_that_registered_it() {
-        let mut b = Bindings::new(1000);
-        let ttl = Duration::from_secs(60);
-        let t = |s: u64| Time::from_micros(s * 1_000_000);
+        let (mut b, ttl) = (Bindings::new(1000), TTL);
         let key = SessionKey::Gamer("g".into());
-        let alice = Principal::ApiKey { fingerprint: Arc::from("alice"), role: ApiRole::Client };
-        let bob = Principal::ApiKey { fingerprint: Arc::from("bob"), role: ApiRole::Client };
-        let admin = Principal::ApiKey { fingerprint: Arc::from("admin"), role: ApiRole::Admin };
+        let alice = key_holder("alice", ApiRole::Client);
+        let bob = key_holder("bob", ApiRole::Client);
+        let admin = key_holder("admin", ApiRole::Admin);
         b.claim(&key, &alice, false, t(0), ttl).unwrap();
         assert_eq!(b.claim(&key, &bob, false, t(1), ttl), Err(Refusal::Taken));
         b.claim(&key, &alice, false, t(1), ttl).unwrap(); // Alice replaces her own session.
@@ -291,12 +299,10 @@ mod tests {
 
     #[test]
     fn a_restored_binding_holds_for_its_credential_until_it_expires() {
-        let mut b = Bindings::new(1000);
-        let ttl = Duration::from_secs(60);
-        let t = |s: u64| Time::from_micros(s * 1_000_000);
+        let (mut b, ttl) = (Bindings::new(1000), TTL);
         let key = SessionKey::Gamer("g".into());
-        let alice = Principal::ApiKey { fingerprint: Arc::from("alice"), role: ApiRole::Client };
-        let bob = Principal::ApiKey { fingerprint: Arc::from("bob"), role: ApiRole::Client };
+        let (alice, bob) =
+            (key_holder("alice", ApiRole::Client), key_holder("bob", ApiRole::Client));
         b.restore(key.clone(), &alice.id(), t(0));
         b.restore(key.clone(), &bob.id(), t(0)); // The first restored wins.
         assert_eq!(b.claim(&key, &bob, false, t(1), ttl), Err(Refusal::Taken));

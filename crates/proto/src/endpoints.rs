@@ -7,7 +7,11 @@
 //! (`ws://a:8765,ws://b:8765`) and keep an [`Endpoints`]: try the current
 //! one; on a `not_leader` answer go to the leader it names; on a failed
 //! connection (or a redirect that led nowhere) move on to the next in the
-//! list. Pure: no IO, no clock; the caller decides when to try.
+//! list. A URL that failed since the last good connection is neither
+//! followed when named nor tried again while others have not failed: a
+//! frozen leader (SIGSTOP) holds its lease, and so the standbys' redirects,
+//! until the lease runs out, and each try of it would cost a whole connect
+//! timeout; the standbys are asked again instead, until one of them leads. Pure: no IO, no clock; the caller decides when to try.
 
 /// The coordinator URLs a client knows, and the one to try next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +20,9 @@ pub struct Endpoints {
     next: usize,
     /// Where a standby said the leader is: tried before the list.
     redirect: Option<String>,
+    /// URLs that failed since the last good connection: not followed when
+    /// a standby names them.
+    suspect: Vec<String>,
 }
 
 /// Why a list of coordinator URLs was refused.
@@ -48,7 +55,7 @@ impl Endpoints {
         if urls.len() > MAX_ENDPOINTS {
             return Err(BadEndpoints(format!("more than {MAX_ENDPOINTS} coordinator URLs")));
         }
-        Ok(Endpoints { urls, next: 0, redirect: None })
+        Ok(Endpoints { urls, next: 0, redirect: None, suspect: Vec::new() })
     }
 
     /// The URL to try now.
@@ -69,28 +76,50 @@ impl Endpoints {
         self.urls.len() > 1
     }
 
-    /// The current URL could not be reached (or its redirect led nowhere):
-    /// the next in the list is tried.
+    /// The current URL could not be reached, or stopped answering (or its
+    /// redirect led nowhere): the next in the list is tried, and standbys
+    /// naming this one are not followed until a connection succeeds.
     pub fn failed(&mut self) {
-        if self.redirect.take().is_none() {
-            self.next = (self.next + 1) % self.urls.len();
+        let url = self.current().to_owned();
+        if !self.suspect.contains(&url) {
+            self.suspect.push(url);
         }
+        self.move_on();
+    }
+
+    /// The next URL of the list that has not failed since the last good
+    /// connection (any next one when all have).
+    fn move_on(&mut self) {
+        if self.redirect.take().is_some() {
+            return;
+        }
+        let n = self.urls.len();
+        let fresh = (1..=n)
+            .map(|step| (self.next + step) % n)
+            .find(|&i| !self.suspect.contains(&self.urls[i]));
+        self.next = fresh.unwrap_or((self.next + 1) % n);
     }
 
     /// The current URL answered `not_leader`, naming `leader` (or nobody,
     /// during an election). A leader named is tried next, unless that is
-    /// the URL that just answered (a stale name): then the list moves on.
+    /// the URL that just answered (a stale name) or one that failed since
+    /// the last good connection (a frozen leader whose lease has not run
+    /// out): then the list moves on.
     pub fn not_leader(&mut self, leader: Option<&str>) {
         let answered = self.current().to_owned();
-        match leader.map(str::trim).filter(|l| is_websocket(l) && *l != answered) {
+        let followed = leader
+            .map(str::trim)
+            .filter(|l| is_websocket(l) && *l != answered && !self.suspect.iter().any(|s| s == l));
+        match followed {
             Some(leader) => self.redirect = Some(leader.to_owned()),
-            None => self.failed(),
+            None => self.move_on(),
         }
     }
 
     /// The current URL is the leader: forget the redirect's origin, keep
     /// trying it first after a drop.
     pub fn connected(&mut self) {
+        self.suspect.clear();
         if let Some(url) = self.redirect.take() {
             match self.urls.iter().position(|u| *u == url) {
                 Some(i) => self.next = i,
@@ -139,11 +168,39 @@ mod tests {
         // No leader yet (an election): the next one.
         e.not_leader(None);
         assert_eq!(e.current(), "ws://b:2");
-        // A standby naming itself (stale) is not followed.
+        // A standby naming itself (stale) is not followed; c, which failed
+        // since the last connection, is skipped.
         e.not_leader(Some("ws://b:2"));
-        assert_eq!(e.current(), "ws://c:3");
+        assert_eq!(e.current(), "ws://a:1");
         // A garbled name is not followed either.
         e.not_leader(Some("javascript:alert(1)"));
+        assert_eq!(e.current(), "ws://b:2");
+    }
+
+    /// The leader froze with its lease held: the standbys still name it,
+    /// and the client asks them again instead of waiting on it, until one
+    /// of them leads; once connected, a name is followed again.
+    #[test]
+    fn a_leader_that_just_failed_is_not_followed_back() {
+        let mut e = Endpoints::parse("ws://a:1,ws://b:2,ws://c:3").unwrap();
+        e.connected(); // a leads, then freezes.
+        e.failed();
+        assert_eq!(e.current(), "ws://b:2");
+        e.not_leader(Some("ws://a:1")); // b's lease view is stale.
+        assert_eq!(e.current(), "ws://c:3");
+        e.not_leader(Some("ws://a:1"));
+        assert_eq!(e.current(), "ws://b:2", "the list skips a while b and c have not failed");
+        e.not_leader(Some("ws://c:3")); // b names the new leader, c.
+        assert_eq!(e.current(), "ws://c:3");
+        e.connected(); // The failures are forgotten: a may be named again.
+        e.failed(); // c fails in turn.
+        assert_eq!(e.current(), "ws://a:1");
+        e.not_leader(Some("ws://b:2"));
+        assert_eq!(e.current(), "ws://b:2");
+        e.not_leader(Some("ws://a:1"));
+        assert_eq!(e.current(), "ws://a:1");
+        // c failed since the last connection: not followed; back to the list.
+        e.not_leader(Some("ws://c:3"));
         assert_eq!(e.current(), "ws://a:1");
     }
 

@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, List, Optional, Union
+from typing import Any, Deque, Dict, List, Optional, Set, Union
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -69,6 +69,8 @@ CONNECT_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException, ValueError,
 #: Close codes after which reconnecting makes no sense.
 CLOSE_UNAUTHORIZED = 1008
 CLOSE_REPLACED = 4000
+#: No close frame: the connection dropped, or a keepalive ping timed out.
+CLOSE_ABNORMAL = 1006
 #: How often an awaited task the coordinator forgot is submitted again.
 MAX_RESUBMITS = 3
 #: Outcomes kept after delivery, for a key resubmitted on the same connection
@@ -155,11 +157,13 @@ class Link:
 
 class Driver:
     def __init__(self, url: str, options: Options, tls: Tls) -> None:
-        # The coordinators, which to try next, and where a standby said the
-        # leader is (tried first); as proto::Endpoints does in Rust.
+        # The coordinators, which to try next, where a standby said the
+        # leader is (tried first), and those that failed since the last good
+        # connection (not followed when named); as proto::Endpoints does in Rust.
         self.urls = list(dict.fromkeys(u.strip() for u in url.split(",")))
         self.index = 0
         self.redirect: Optional[str] = None
+        self.suspect: Set[str] = set()
         self.options = options
         self.tls = tls
         self.loop = asyncio.get_running_loop()
@@ -189,19 +193,32 @@ class Driver:
         return self.redirect or self.urls[self.index]
 
     def _failed(self) -> None:
-        """The current URL could not be reached: the next one is tried."""
-        if self.redirect is None:
-            self.index = (self.index + 1) % len(self.urls)
-        self.redirect = None
+        """The current URL could not be reached, or went silent: the next
+        one is tried, and standbys naming this one are not followed until a
+        connection succeeds (a frozen leader holds its lease for a while)."""
+        self.suspect.add(self.url)
+        self._move_on()
+
+    def _move_on(self) -> None:
+        """The next URL that has not failed since the last good connection
+        (any next one when all have)."""
+        if self.redirect is not None:
+            self.redirect = None
+            return
+        n = len(self.urls)
+        fresh = [i for i in ((self.index + step) % n for step in range(1, n + 1)) if self.urls[i] not in self.suspect]
+        self.index = fresh[0] if fresh else (self.index + 1) % n
 
     def _not_leader(self, leader: Optional[str]) -> None:
         """A standby answered, naming ``leader`` (or nobody)."""
-        if isinstance(leader, str) and leader.startswith(("ws://", "wss://")) and leader != self.url:
+        named = isinstance(leader, str) and leader.startswith(("ws://", "wss://"))
+        if named and leader != self.url and leader not in self.suspect:
             self.redirect = leader
         else:
-            self._failed()
+            self._move_on()
 
     def _connected(self) -> None:
+        self.suspect.clear()
         if self.redirect in self.urls:
             self.index = self.urls.index(self.redirect)
             self.redirect = None
@@ -306,18 +323,24 @@ class Driver:
             assert link is not None  # set before the reader starts and after each reconnect
             ws = link.ws
             close_code: Optional[int] = None
+            heard = time.monotonic()
             try:
                 async for text in ws:
+                    heard = time.monotonic()
                     if isinstance(text, str):
                         self._on_frame(text)
             except ConnectionClosed:
                 pass
             close_code = ws.close_code
+            # No close frame, after silence as long as the ping timeout: the
+            # coordinator is frozen (its socket open), not just restarted.
+            silent = close_code in (None, CLOSE_ABNORMAL) and (
+                time.monotonic() - heard >= self.options.silence_timeout_s * 2 / 3)
             link.stop()
             self.link = None
             if self.closing:
                 return
-            if not await self._reconnect(close_code):
+            if not await self._reconnect(close_code, silent):
                 return
 
     def _on_frame(self, text: str) -> None:
@@ -490,13 +513,17 @@ class Driver:
 
     # ---- reconnecting --------------------------------------------------
 
-    async def _reconnect(self, close_code: Optional[int]) -> bool:
+    async def _reconnect(self, close_code: Optional[int], silent: bool = False) -> bool:
         if close_code == CLOSE_UNAUTHORIZED:
             return self._give_up(errors.Unauthorized("the coordinator closed the connection: unauthorized"))
         if close_code == CLOSE_REPLACED:
             return self._give_up(errors.ConnectionLost(f"replaced by another connection with gamer id {self.options.gamer_id!r}"))
         if not self.options.reconnect:
             return self._give_up(errors.ConnectionLost("the connection to the coordinator closed (reconnect is off)"))
+        if silent and len(self.urls) > 1:
+            # Frozen: another coordinator first (one that dropped is tried
+            # again first: it may just have restarted).
+            self._failed()
         lost_at = time.monotonic()
         wait = 0.05
         last: Any = "closed"

@@ -339,49 +339,88 @@ fn check_history(db: &TestDb, seen: &BTreeMap<String, Seen>) {
     eprintln!("history checked: {} acknowledged tasks, each with one outcome", seen.len());
 }
 
-/// Failover time, kill -9 of the leader to the first task a new leader
-/// accepts, over 20 runs (a benchmark: `cargo test -p cli --test it --
-/// --ignored failover_time`; figures in BENCHMARKS.md).
+/// Failover time, the leader killed (`kill -9`) or frozen (`SIGSTOP`) to
+/// the first task a new leader accepts, over 20 runs (a benchmark: `cargo
+/// test -p cli --test it -- --ignored failover_time`; figures in
+/// BENCHMARKS.md). `LEGACYGPU_BENCH_FAILOVER=stop` freezes instead of
+/// killing; `LEGACYGPU_BENCH_DEFAULTS=1` keeps every product default (the
+/// client's silence timeout, the heartbeat interval) instead of the tuned
+/// 1.5 s / 0.5 s; `LEGACYGPU_BENCH_LEASE_TTL` sets the lease (default 3 s),
+/// `LEGACYGPU_BENCH_RUNS` the runs (20).
 #[tokio::test]
 #[ignore = "a benchmark: run with --ignored"]
 async fn failover_time() {
     let Some(db) = TestDb::create() else { return };
-    // The default lease (3 s) unless LEGACYGPU_BENCH_LEASE_TTL says.
     let ttl = std::env::var("LEGACYGPU_BENCH_LEASE_TTL").unwrap_or_else(|_| "3".into());
-    let args = ["--lease-ttl", ttl.as_str(), "--heartbeat-interval", "0.5"];
+    let freeze = std::env::var("LEGACYGPU_BENCH_FAILOVER").is_ok_and(|v| v == "stop");
+    let defaults = std::env::var("LEGACYGPU_BENCH_DEFAULTS").is_ok_and(|v| v == "1");
+    let mut args = vec!["--lease-ttl", ttl.as_str()];
+    if !defaults {
+        args.extend(["--heartbeat-interval", "0.5"]);
+    }
     let mut cs: Vec<Coordinator> =
         (0..3).map(|_| start_with(&db, "127.0.0.1:0", "127.0.0.1:0", &args)).collect();
     let urls = list(&cs);
-    let _w = worker(bin(), &urls, "w", &["--slots", "4"]);
-    let options = ClientOptions {
-        silence_timeout: Duration::from_millis(1500),
-        reconnect_max: Duration::from_millis(200),
-        ..ClientOptions::default()
+    let w = worker(bin(), &urls, "w", &["--slots", "4"]);
+    let options = if defaults {
+        ClientOptions::default()
+    } else {
+        ClientOptions {
+            silence_timeout: Duration::from_millis(1500),
+            reconnect_max: Duration::from_millis(200),
+            ..ClientOptions::default()
+        }
     };
     let client = Client::connect(&urls, options).await.unwrap();
-    let (mut epoch, mut times) = (0, Vec::new());
-    for _ in 0..20 {
+    let (mut epoch, mut times, mut done) = (0, Vec::new(), Vec::new());
+    let runs: usize =
+        std::env::var("LEGACYGPU_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    for _ in 0..runs {
         let (l, e) = leader_of(&cs, epoch).await;
         epoch = e;
         let req = proto::TaskRequest::new("echo", proto::json("{}").unwrap());
         client.run(req).await.unwrap();
-        cs[l].proc.kill9();
-        let killed = Instant::now();
+        if freeze {
+            signal(&cs[l].proc, "-STOP");
+        } else {
+            cs[l].proc.kill9();
+        }
+        let stopped = Instant::now();
+        // The first task accepted after the failure, and done (a worker
+        // attached to a frozen leader must have left it too).
         let req = proto::TaskRequest::new("echo", proto::json("{}").unwrap());
-        client.submit(req).await.unwrap();
-        times.push(killed.elapsed());
+        let submitted = client.submit(req).await.unwrap();
+        times.push(stopped.elapsed());
+        submitted.outcome().await.unwrap();
+        done.push(stopped.elapsed());
+        if std::env::var_os("LEGACYGPU_BENCH_LOGS").is_some() {
+            for (i, c) in cs.iter().enumerate() {
+                eprintln!("---- coordinator {i} (leader was {l}):\n{}", c.proc.log());
+            }
+            eprintln!("---- worker:\n{}", w.log());
+        }
+        if freeze {
+            // Woken, the deposed leader steps down; then it is replaced.
+            signal(&cs[l].proc, "-CONT");
+            cs[l].proc.kill9();
+        }
         let ws = cs[l].ws_url.trim_start_matches("ws://").to_owned();
         let http = cs[l].http().trim_start_matches("http://").to_owned();
         cs[l] = start_with(&db, &ws, &http, &args);
     }
-    times.sort();
-    let p = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    let figures = |mut t: Vec<Duration>| {
+        t.sort();
+        let p = |q: f64| t[((t.len() as f64 * q).ceil() as usize).clamp(1, t.len()) - 1];
+        let s = |d: Duration| d.as_secs_f64();
+        format!("p50 {:.2} s, p99 {:.2} s, max {:.2} s", s(p(0.5)), s(p(0.99)), s(t[t.len() - 1]))
+    };
     println!(
-        "failover (kill -9 to first task accepted), {} runs: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "failover ({}; {}), {} runs: to the first task accepted {}; to it done {}",
+        if freeze { "SIGSTOP" } else { "kill -9" },
+        if defaults { "product defaults" } else { "client silence 1.5 s, heartbeats 0.5 s" },
         times.len(),
-        p(0.5).as_secs_f64(),
-        p(0.99).as_secs_f64(),
-        times[times.len() - 1].as_secs_f64()
+        figures(times),
+        figures(done),
     );
 }
 
