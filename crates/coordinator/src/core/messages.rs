@@ -382,7 +382,7 @@ pub(crate) fn task_status(core: &Core, id: TaskId) -> Option<TaskStatusOut> {
 fn submit(core: &mut Core, conn: ConnId, owner: Owner, req: TaskRequest) {
     let clients = crate::quota::clients_of(core, conn, &owner);
     // The gamer id stays bound to this credential across restarts.
-    let submitter = core.conns.get(&conn).map(|c| Arc::from(c.principal.id()));
+    let submitter = core.conns.get(&conn).map(|c| Arc::clone(&c.principal_id));
     match crate::quota::accept(core, clients, owner, submitter, req) {
         Ok(msg) => core.send_durable(conn, FromCoordinator::TaskAccepted(msg)),
         Err(err) => core.reply_error(conn, err),

@@ -87,6 +87,8 @@ pub(crate) struct Conn {
     pub remote: SocketAddr,
     /// Who its credential proved it to be.
     pub principal: Principal,
+    /// `principal.id()`, made once: each task it submits carries it.
+    pub principal_id: Arc<str>,
     /// The session id it holds (see `identity.rs`).
     pub bound: Option<SessionKey>,
 }
@@ -239,11 +241,14 @@ impl Core {
         match input {
             Input::Connected { conn, tx, remote } => {
                 let principal = Principal::Local;
-                let c = Conn { tx, role: Role::Unregistered, remote, principal, bound: None };
+                let principal_id = Arc::from(principal.id());
+                let role = Role::Unregistered;
+                let c = Conn { tx, role, remote, principal, principal_id, bound: None };
                 self.conns.insert(conn, c);
             }
             Input::Authenticated { conn, principal } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
+                    c.principal_id = Arc::from(principal.id());
                     c.principal = principal;
                 }
             }
