@@ -50,9 +50,21 @@ pub(crate) struct BulkOutcome {
 
 /// A control request.
 pub(crate) enum Control {
-    Worker { worker_id: String, action: WorkerAction, reply: Reply<Result<(), PeerError>> },
-    Retry { task: TaskId, reply: Reply<Result<(), RetryError>> },
-    Bulk { action: BulkAction, tasks: Vec<TaskId>, reply: Reply<BulkOutcome> },
+    Worker {
+        worker_id: String,
+        action: WorkerAction,
+        reply: Reply<Result<(), PeerError>>,
+    },
+    Retry {
+        task: TaskId,
+        reply: Reply<Result<(), RetryError>>,
+    },
+    /// The answer also names the store batch that makes the step durable.
+    Bulk {
+        action: BulkAction,
+        tasks: Vec<TaskId>,
+        reply: Reply<(BulkOutcome, u64)>,
+    },
 }
 
 impl Core {
@@ -87,7 +99,9 @@ impl Core {
                         outcome.skipped += 1;
                     }
                 }
-                let _ = reply.send(outcome);
+                // What it changed goes to the store with this flush.
+                self.flush();
+                let _ = reply.send((outcome, self.observer.appended()));
             }
         }
     }

@@ -206,9 +206,11 @@ pub(super) async fn bulk_action(
         let Some(last) = ids.last() else { break };
         before = Some(last.0);
         let full = ids.len() == step;
-        let done = api
+        let (done, seq) = api
             .request(|reply| ApiRequest::Control(Control::Bulk { action, tasks: ids, reply }))
             .await?;
+        // Answered once durable, so that a list read next shows it.
+        api.durable(seq).await?;
         outcome.done += done.done;
         outcome.skipped += done.skipped;
         if !full {
