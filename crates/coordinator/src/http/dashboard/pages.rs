@@ -100,6 +100,11 @@ pub(super) async fn overview(
     )
 }
 
+/// A worker's results as found: valid, invalid, unverified.
+fn verdicts(valid: u64, invalid: u64, unverified: u64) -> Markup {
+    html! { span title="valid / invalid / unverified results" { (valid) " ✓ · " (invalid) " ✗ · " (unverified) " ?" } }
+}
+
 fn card(label: &str, id: &str, value: &str) -> Markup {
     html! { div.card { div.label { (label) } div.value id=(id) { (value) } } }
 }
@@ -198,7 +203,7 @@ pub(super) async fn workers(
                         }
                         td.trust {
                                 @if let Some(r) = &info.reputation {
-                                    span title="valid / invalid / unverified results" { (r.valid) " ✓ · " (r.invalid) " ✗ · " (r.unverified) " ?" }
+                                    (verdicts(r.valid, r.invalid, r.unverified))
                                     @if r.canaries_passed + r.canaries_failed > 0 {
                                         div.muted { "canaries " (r.canaries_passed) " / " (r.canaries_passed + r.canaries_failed) }
                                     }
@@ -229,7 +234,7 @@ pub(super) async fn workers(
                     @for (id, r) in &snap.quarantined_away {
                         tr.away data-away-worker=(id) {
                             td { (id) }
-                            td.trust { span title="valid / invalid / unverified results" { (r.valid) " ✓ · " (r.invalid) " ✗ · " (r.unverified) " ?" } }
+                            td.trust { (verdicts(r.valid, r.invalid, r.unverified)) }
                             td { (r.strikes) }
                             @if admin {
                                 td.actions {
@@ -285,10 +290,8 @@ pub(super) async fn events(
     // What the page shows before (and without) the live stream: the latest
     // step of the newest tasks, from the store (the stream itself keeps no
     // history). A client key sees its own tasks only.
-    let filter = match crate::http::tasks::confined_owner(&viewer.caller(), None) {
-        Ok(owner) => store::TaskFilter { owner, ..store::TaskFilter::default() },
-        Err(_) => store::TaskFilter::default(),
-    };
+    let owner = viewer.caller().confined_to().map(ToString::to_string);
+    let filter = store::TaskFilter { owner, ..store::TaskFilter::default() };
     let page_of = store::Page { before: None, limit: RECENT_EVENTS, skip: 0 };
     let rows = api.read(move |r| r.tasks(&filter, page_of)).await.unwrap_or_default();
     let mut recent: Vec<StoredStep> = rows.iter().map(latest_step).collect();
