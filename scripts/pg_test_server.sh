@@ -11,6 +11,7 @@
 # tests, never for data that matters.
 #
 # Options (environment): PGPORT_TRY (first port to try, default 55432);
+# PGPORT_SAME=1 to retry that port only (a restart keeping its port);
 # PG_FSYNC=off for a faster, not crash-safe server (default on: what the
 # benchmarks measure).
 set -euo pipefail
@@ -64,15 +65,30 @@ start)
             { cat "$dir/initdb.log" >&2; exit 1; }
     fi
     port="${PGPORT_TRY:-55432}"
+    # A port free now may be taken before the server binds it (another
+    # server, or an outgoing connection's local port): a start that fails to
+    # bind tries again, on the next port, or (PGPORT_SAME=1: a restart that
+    # must keep its port) on the same one a moment later.
+    started=""
     for _ in $(seq 1 50); do
-        port_free "$port" && break
-        port=$((port + 1))
+        if [ "${PGPORT_SAME:-0}" = 1 ] || port_free "$port"; then
+            # Loopback only; the socket stays in DIR, never /var/run.
+            opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200"
+            opts="$opts -c fsync=${PG_FSYNC:-on} -c shared_buffers=128MB"
+            rm -f "$dir/server.log"
+            if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null 2>&1; then
+                started=1
+                break
+            fi
+            grep -q "could not bind" "$dir/server.log" || { cat "$dir/server.log" >&2; exit 1; }
+        fi
+        if [ "${PGPORT_SAME:-0}" = 1 ]; then
+            sleep 0.2
+        else
+            port=$((port + 1))
+        fi
     done
-    # Loopback only; the socket stays in DIR, never /var/run.
-    opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200"
-    opts="$opts -c fsync=${PG_FSYNC:-on} -c shared_buffers=128MB"
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null ||
-        { cat "$dir/server.log" >&2; exit 1; }
+    [ -n "$started" ] || { echo "error: no port to listen on from ${PGPORT_TRY:-55432}" >&2; cat "$dir/server.log" >&2; exit 1; }
     echo "export LEGACYGPU_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
     ;;
 stop)

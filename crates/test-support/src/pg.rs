@@ -104,8 +104,10 @@ pub struct TestServer {
     port: u16,
 }
 
-/// The first port an own server tries (the shared one starts at 55432).
-const OWN_PORTS: u16 = 57000;
+/// The first port an own server tries (the shared one starts at 55432):
+/// above Linux's ephemeral range (32768-60999), so that no outgoing
+/// connection's local port can take it between the check and the bind.
+const OWN_PORTS: u16 = 61000;
 
 impl TestServer {
     /// Starts one, or `None` where PostgreSQL tests are skipped (no
@@ -114,7 +116,7 @@ impl TestServer {
         shared_server()?;
         let dir = tempfile::tempdir().unwrap();
         let first = OWN_PORTS + (std::process::id() % 1000) as u16;
-        let admin = server_script("start", dir.path(), first);
+        let admin = server_script("start", dir.path(), first, false);
         let port = addr_of(&admin).port();
         Some(TestServer { dir, admin, port })
     }
@@ -126,12 +128,12 @@ impl TestServer {
 
     /// Stops the server (`pg_ctl stop -m fast`: sessions are ended).
     pub fn stop(&self) {
-        server_script("stop", self.dir.path(), self.port);
+        server_script("stop", self.dir.path(), self.port, false);
     }
 
     /// Starts it again on the same port, after [`TestServer::stop`].
     pub fn start_again(&self) {
-        let admin = server_script("start", self.dir.path(), self.port);
+        let admin = server_script("start", self.dir.path(), self.port, true);
         assert_eq!(admin, self.admin, "the server came back on another port");
     }
 }
@@ -142,14 +144,15 @@ impl Drop for TestServer {
     }
 }
 
-/// Runs `scripts/pg_test_server.sh CMD DIR` (trying ports from `port`);
-/// returns the URL `start` exports.
-fn server_script(cmd: &str, dir: &std::path::Path, port: u16) -> String {
+/// Runs `scripts/pg_test_server.sh CMD DIR` (trying ports from `port`, or
+/// only `port` when `same_port`); returns the URL `start` exports.
+fn server_script(cmd: &str, dir: &std::path::Path, port: u16, same_port: bool) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg_test_server.sh");
     let out = std::process::Command::new(script)
         .args([cmd, &dir.display().to_string()])
         .env("PG_FSYNC", "off")
         .env("PGPORT_TRY", port.to_string())
+        .env("PGPORT_SAME", if same_port { "1" } else { "0" })
         .output()
         .unwrap_or_else(|e| panic!("{script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
