@@ -57,7 +57,8 @@ def test_a_coordinator_that_just_failed_is_not_followed_back_from_a_standby():
     async def go():
         urls = "ws://a:1,ws://b:2,ws://c:3"
         options = Options(gamer_id="g", token=None, reconnect=True, resubmit_acknowledged=True,
-                          reconnect_max_s=1, connect_timeout_s=1, give_up_after_s=None, max_frame_bytes=1 << 20)
+                          reconnect_max_s=1, connect_timeout_s=1, give_up_after_s=None, max_frame_bytes=1 << 20,
+                          silence_timeout_s=3)
         d = Driver(urls, options, Tls(None, None, None, urls=urls.split(",")))
         d._connected()  # a leads, then freezes
         d._failed()
@@ -75,3 +76,12 @@ def test_a_coordinator_that_just_failed_is_not_followed_back_from_a_standby():
         assert d.url == "ws://a:1"
 
     asyncio.run(go())
+
+
+def test_the_silence_timeout_is_short_given_several_coordinators_and_long_given_one():
+    """Given several URLs a frozen leader is left about when a standby takes
+    its lease (3 s); given one there is nowhere to go, so it is waited for."""
+    assert legacygpu.AsyncClient("ws://a:1,ws://b:2")._options.silence_timeout_s == 3.0
+    assert legacygpu.AsyncClient("ws://a:1")._options.silence_timeout_s == 15.0
+    assert legacygpu.AsyncClient("ws://a:1,ws://a:1")._options.silence_timeout_s == 15.0
+    assert legacygpu.AsyncClient("ws://a:1,ws://b:2", silence_timeout_s=7)._options.silence_timeout_s == 7.0

@@ -607,6 +607,13 @@ pub struct WorkerStart {
     #[arg(long, value_parser = positive_secs)]
     pub heartbeat_interval: Option<f64>,
 
+    /// Seconds without a word from the coordinator (pings go out at a third
+    /// of it) after which it is given up for the next URL: a frozen
+    /// coordinator keeps its socket open. Default: 3 given several
+    /// coordinator URLs (about when a standby takes the lease), 15 given one.
+    #[arg(long, value_parser = positive_secs)]
+    pub silence_timeout: Option<f64>,
+
     /// On shutdown, seconds running tasks may finish before they are returned to the queue.
     #[arg(long, default_value_t = 30.0, value_parser = nonnegative_secs)]
     pub drain_timeout: f64,

@@ -142,6 +142,7 @@ async fn start(args: WorkerStart) -> anyhow::Result<ExitCode> {
         config.slots = slots;
     }
     config.heartbeat_interval = args.heartbeat_interval.map(Duration::from_secs_f64);
+    config.silence_timeout = args.silence_timeout.map(Duration::from_secs_f64);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     if let Some(owner) = &args.owner {
         config.extra_capabilities.insert("owner".into(), owner.clone().into());

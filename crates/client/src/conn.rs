@@ -78,7 +78,8 @@ impl Driver {
     }
 
     pub async fn run(mut self) {
-        let silence = self.options.silence_timeout.max(Duration::from_millis(30));
+        let silence = self.options.silence_timeout.unwrap_or(self.endpoints.silence_timeout());
+        let silence = silence.max(Duration::from_millis(30));
         let mut ping = tokio::time::interval(silence / 3);
         loop {
             tokio::select! {

@@ -63,8 +63,10 @@ pub struct ClientOptions {
     /// A connection from which nothing arrives for this long (pings go out
     /// at a third of it) is given up and made anew, to the next URL of the
     /// list first: a coordinator frozen with its socket open (SIGSTOP) is
-    /// left for the next one. Default 15 s.
-    pub silence_timeout: Duration,
+    /// left for the next one. Default (`None`): 3 s given several URLs,
+    /// about when a standby takes a frozen leader's lease; 15 s given one
+    /// ([`proto::Endpoints::silence_timeout`]).
+    pub silence_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -77,7 +79,7 @@ impl Default for ClientOptions {
             resubmit_acknowledged: true,
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
-            silence_timeout: Duration::from_secs(15),
+            silence_timeout: None,
         }
     }
 }

@@ -113,7 +113,7 @@ async fn a_coordinator_gone_silent_is_left_for_the_next_url_first() {
     let (frozen_url, frozen_accepted) = freezing().await;
     let (good_url, mut registered) = fake().await;
     let options = ClientOptions {
-        silence_timeout: Duration::from_millis(300),
+        silence_timeout: Some(Duration::from_millis(300)),
         connect_timeout: Duration::from_secs(2),
         ..ClientOptions::default()
     };

@@ -13,6 +13,8 @@
 //! until the lease runs out, and each try of it would cost a whole connect
 //! timeout; the standbys are asked again instead, until one of them leads. Pure: no IO, no clock; the caller decides when to try.
 
+use std::time::Duration;
+
 /// The coordinator URLs a client knows, and the one to try next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -32,6 +34,12 @@ pub struct BadEndpoints(String);
 
 /// The most URLs a list may hold (a cluster has two or three coordinators).
 pub const MAX_ENDPOINTS: usize = 16;
+
+/// [`Endpoints::silence_timeout`] given several coordinators.
+pub const HA_SILENCE: Duration = Duration::from_secs(3);
+
+/// [`Endpoints::silence_timeout`] given one coordinator.
+pub const LONE_SILENCE: Duration = Duration::from_secs(15);
 
 impl Endpoints {
     /// Reads `ws://a:8765,ws://b:8765` (spaces around commas are ignored).
@@ -74,6 +82,16 @@ impl Endpoints {
     /// Whether the list has more than one URL (so a failure moves on).
     pub fn is_several(&self) -> bool {
         self.urls.len() > 1
+    }
+
+    /// How long a connection may go without a word from the coordinator
+    /// before a client gives it up, unless told otherwise: given several
+    /// URLs, [`HA_SILENCE`], so that clients leave a frozen leader about
+    /// when a standby takes its lease (`--lease-ttl`, 3 s by default);
+    /// given one, [`LONE_SILENCE`]: there is nowhere else to go, and a
+    /// coordinator stalled on a loaded machine is better waited for.
+    pub fn silence_timeout(&self) -> Duration {
+        if self.is_several() { HA_SILENCE } else { LONE_SILENCE }
     }
 
     /// The current URL could not be reached, or stopped answering (or its
@@ -138,6 +156,15 @@ fn is_websocket(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_leave_a_silent_coordinator_sooner_when_another_may_lead() {
+        assert_eq!(Endpoints::parse("ws://a:1,ws://b:2").unwrap().silence_timeout(), HA_SILENCE);
+        assert_eq!(Endpoints::parse("ws://a:1").unwrap().silence_timeout(), LONE_SILENCE);
+        // A duplicate is not another coordinator.
+        assert_eq!(Endpoints::parse("ws://a:1,ws://a:1").unwrap().silence_timeout(), LONE_SILENCE);
+        assert!(HA_SILENCE < LONE_SILENCE);
+    }
 
     #[test]
     fn lists_parse_and_bad_entries_are_refused() {

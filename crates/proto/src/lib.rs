@@ -29,7 +29,7 @@ mod endpoints;
 mod messages;
 
 pub use capabilities::{Capabilities, GpuInfo, ModelEntry, TaskNeeds};
-pub use endpoints::{BadEndpoints, Endpoints, MAX_ENDPOINTS};
+pub use endpoints::{BadEndpoints, Endpoints, HA_SILENCE, LONE_SILENCE, MAX_ENDPOINTS};
 pub use messages::*;
 
 /// A JSON value kept as text: task data and results are forwarded unparsed.

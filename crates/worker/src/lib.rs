@@ -62,6 +62,12 @@ pub struct Config {
     pub credential_file: Option<PathBuf>,
     /// Heartbeat interval; `None` uses what the coordinator says (5 s by default).
     pub heartbeat_interval: Option<Duration>,
+    /// A coordinator from which nothing arrives for this long (pings go out
+    /// at a third of it) is given up, for the next URL of the list: a
+    /// frozen one (SIGSTOP) keeps its socket open. `None`:
+    /// [`proto::Endpoints::silence_timeout`] (3 s given several URLs, 15 s
+    /// given one).
+    pub silence_timeout: Option<Duration>,
     /// First and longest wait between reconnection attempts.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -93,6 +99,7 @@ impl Config {
             trust: tls::Trust::System,
             credential_file: None,
             heartbeat_interval: None,
+            silence_timeout: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -189,6 +196,7 @@ impl Worker {
         self.credential = credentials::load(&self.config).map_err(WorkerError::Credential)?;
         tokio::pin!(shutdown);
         let mut backoff = self.config.reconnect_min;
+        let silence = self.config.silence_timeout.unwrap_or(endpoints.silence_timeout());
         loop {
             let bearer = self.bearer();
             let url = endpoints.current().to_owned();
@@ -203,8 +211,9 @@ impl Worker {
             match connected {
                 Ok(ws) => {
                     backoff = self.config.reconnect_min;
-                    let end = Session::new(&mut self, ws, &url).run(&mut shutdown).await;
-                    rotate(&mut endpoints, &end);
+                    let mut session = Session::new(&mut self, ws, &url, silence);
+                    let end = session.run(&mut shutdown).await;
+                    rotate(&mut endpoints, session.registered(), &end);
                     match end {
                         End::Shutdown => return Ok(()),
                         End::Refused(reason) => return Err(WorkerError::Refused(reason)),
@@ -338,13 +347,19 @@ fn validate_url(url: &str) -> Result<(), WorkerError> {
 }
 
 /// Which coordinator the next connection tries after a session that ended
-/// with `end`: the same one after a drop (it may just have restarted); the
-/// next of the list after silence (a frozen one would hold the next try for
-/// a whole connect timeout, while another may lead by now); the leader a
-/// standby named.
-fn rotate(endpoints: &mut proto::Endpoints, end: &End) {
+/// with `end`, having `registered` or not: the same one after a drop (it
+/// may just have restarted); the next of the list after silence (a frozen
+/// one would hold the next try for a whole connect timeout, while another
+/// may lead by now); the leader a standby named. A registration was a good
+/// connection: what failed before it is trusted again (or a cluster whose
+/// every coordinator has frozen once would send the worker back to the
+/// frozen one).
+fn rotate(endpoints: &mut proto::Endpoints, registered: bool, end: &End) {
+    if registered {
+        endpoints.connected();
+    }
     match end {
-        End::Disconnected(_) => endpoints.connected(),
+        End::Disconnected(_) => {}
         End::Silent(_) => endpoints.failed(),
         End::NotLeader(leader) => endpoints.not_leader(leader.as_deref()),
         End::Shutdown | End::Refused(_) => {}
@@ -365,22 +380,40 @@ mod tests {
     fn a_silent_coordinator_is_left_for_the_next_url_and_a_dropped_one_is_tried_again() {
         let mut e = proto::Endpoints::parse("ws://a:1,ws://b:2,ws://c:3").unwrap();
         // A drop (a restart, a closed socket): the same one first.
-        rotate(&mut e, &End::Disconnected("closed".into()));
+        rotate(&mut e, true, &End::Disconnected("closed".into()));
         assert_eq!(e.current(), "ws://a:1");
         // Silence (a frozen coordinator): the next one first.
-        rotate(&mut e, &End::Silent("nothing from the coordinator for 3s".into()));
+        rotate(&mut e, true, &End::Silent("nothing from the coordinator for 3s".into()));
         assert_eq!(e.current(), "ws://b:2");
-        // b is a standby naming c; c leads, then freezes: on to a.
-        rotate(&mut e, &End::NotLeader(Some("ws://c:3".into())));
+        // b is a standby naming c, which drops us, then freezes.
+        rotate(&mut e, false, &End::NotLeader(Some("ws://c:3".into())));
         assert_eq!(e.current(), "ws://c:3");
-        rotate(&mut e, &End::Disconnected("closed".into()));
+        rotate(&mut e, false, &End::Disconnected("closed".into()));
         assert_eq!(e.current(), "ws://c:3");
-        rotate(&mut e, &End::Silent("no registration_ack in time".into()));
-        assert_eq!(e.current(), "ws://a:1");
+        // c never registered us: back to the list, at b (a froze).
+        rotate(&mut e, false, &End::Silent("no registration_ack in time".into()));
+        assert_eq!(e.current(), "ws://b:2");
         // Nothing moves on a stop or a refusal.
-        rotate(&mut e, &End::Refused("bad token".into()));
-        rotate(&mut e, &End::Shutdown);
-        assert_eq!(e.current(), "ws://a:1");
+        rotate(&mut e, false, &End::Refused("bad token".into()));
+        rotate(&mut e, false, &End::Shutdown);
+        assert_eq!(e.current(), "ws://b:2");
+    }
+
+    #[test]
+    fn a_coordinator_led_since_it_froze_is_trusted_again_and_only_the_frozen_one_is_avoided() {
+        // Each coordinator leads in turn and freezes (the failover
+        // benchmark's rounds): after the third, the standbys still name it
+        // until its lease runs out, and the worker must not go back to it
+        // (it would wait out a whole connect timeout there).
+        let mut e = proto::Endpoints::parse("ws://a:1,ws://b:2,ws://c:3").unwrap();
+        for next in ["ws://b:2", "ws://c:3", "ws://a:1"] {
+            rotate(&mut e, true, &End::Silent("nothing from the coordinator for 3s".into()));
+            assert_eq!(e.current(), next);
+        }
+        for _ in 0..4 {
+            rotate(&mut e, false, &End::NotLeader(Some("ws://c:3".into())));
+            assert_ne!(e.current(), "ws://c:3", "back to the frozen leader");
+        }
     }
 
     #[test]

@@ -140,25 +140,28 @@ pub(crate) struct Session<'w> {
     load: Load,
     /// When anything last arrived from the coordinator.
     last_heard: Instant,
+    /// How long without a word from the coordinator (not even a pong to
+    /// the pings sent at a third of it) it is given up: a frozen
+    /// coordinator (SIGSTOP) keeps its socket open but answers nothing.
+    silence: Duration,
+    /// Whether the coordinator acknowledged the registration.
+    registered: bool,
 }
 
-/// Heartbeats without a word from the coordinator (not even a pong to the
-/// ping each heartbeat carries) after which it is given up: a frozen
-/// coordinator (SIGSTOP) keeps its socket open but answers nothing.
-const SILENT_HEARTBEATS: u32 = 3;
-
-/// ... but never less than this, so that a coordinator stalled for a moment
-/// on a loaded machine is not left at once.
-const MIN_SILENCE: Duration = Duration::from_secs(2);
-
 impl<'w> Session<'w> {
-    pub fn new(worker: &'w mut Worker, ws: Ws, url: &str) -> Session<'w> {
+    pub fn new(worker: &'w mut Worker, ws: Ws, url: &str, silence: Duration) -> Session<'w> {
         let heartbeat = worker.config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
         let (url, last_heard) = (url.to_owned(), Instant::now());
-        Session { worker, ws, url, heartbeat, load: Load::new(), last_heard }
+        let load = Load::new();
+        Session { worker, ws, url, heartbeat, load, last_heard, silence, registered: false }
     }
 
-    pub async fn run<F: Future<Output = ()>>(mut self, shutdown: &mut Pin<&mut F>) -> End {
+    /// Whether this session got as far as a `registration_ack`.
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    pub async fn run<F: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut F>) -> End {
         if let Err(end) = self.register().await {
             return end;
         }
@@ -173,6 +176,8 @@ impl<'w> Session<'w> {
             return End::Disconnected(e.to_string());
         }
         let mut tick = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        let ping_every = self.silence / 3;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut flush = Flush::new(self.worker.config.progress_interval);
         loop {
             tokio::select! {
@@ -218,14 +223,14 @@ impl<'w> Session<'w> {
                     }
                 }
                 _ = tick.tick() => {
-                    let silence = (self.heartbeat * SILENT_HEARTBEATS).max(MIN_SILENCE);
-                    if self.last_heard.elapsed() >= silence {
-                        return End::Silent(format!(
-                            "nothing from the coordinator for {silence:?}"
-                        ));
-                    }
                     if let Err(e) = self.heartbeat().await {
                         return End::Disconnected(e.to_string());
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= self.silence {
+                        let silence = self.silence;
+                        return End::Silent(format!("nothing from the coordinator for {silence:?}"));
                     }
                     if let Err(e) = self.ws.send(Message::Ping(Default::default())).await {
                         return End::Disconnected(e.to_string());
@@ -290,6 +295,7 @@ impl<'w> Session<'w> {
         let FromCoordinator::RegistrationAck(ack) = ack else {
             return Err(End::Disconnected(format!("unexpected answer: {}", ack.msg_type())));
         };
+        self.registered = true;
         if self.worker.config.heartbeat_interval.is_none()
             && let Some(s) = ack.heartbeat_interval_s.filter(|s| s.is_finite() && *s > 0.0)
         {
@@ -430,7 +436,7 @@ impl<'w> Session<'w> {
     }
 
     /// Takes no new tasks, lets running ones finish for a while, returns the rest.
-    async fn drain(mut self) -> End {
+    async fn drain(&mut self) -> End {
         info!(running = self.worker.running.len(), "draining before shutdown");
         let peer_id = Some(self.worker.config.peer_id.clone());
         if self.send(&ToCoordinator::Drain(Drain { peer_id })).await.is_err() {

@@ -94,7 +94,7 @@ class Options:
     #: A connection silent this long (no answer to the pings sent at a
     #: third of it) is given up and made anew, as the Rust SDK does: a
     #: coordinator frozen with its socket open (SIGSTOP) is left.
-    silence_timeout_s: float = 15.0
+    silence_timeout_s: float
 
 
 class Pending:

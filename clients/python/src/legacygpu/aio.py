@@ -32,6 +32,11 @@ DEFAULT_IN_FLIGHT = 256
 #: How long ``submit_many`` and ``map`` keep retrying a ``busy`` queue.
 DEFAULT_BUSY_RETRY_S = 60.0
 
+#: The default ``silence_timeout_s`` given several coordinator URLs (the
+#: coordinators' default ``--lease-ttl``), and given one.
+HA_SILENCE_S = 3.0
+LONE_SILENCE_S = 15.0
+
 
 def _spawn(coro: Any) -> "asyncio.Future[Any]":
     """A background job whose failure is read even when nobody awaits it
@@ -166,7 +171,9 @@ class AsyncClient:
     - ``connect_timeout_s``: how long one connection attempt may take;
     - ``silence_timeout_s``: a connection from which nothing comes for this
       long (pings go out at a third of it) is given up and made anew, so that
-      a coordinator frozen with its socket open is left for another URL;
+      a coordinator frozen with its socket open is left for another URL
+      (None: 3 s given several URLs, about when a standby takes a frozen
+      leader's lease; 15 s given one, as the Rust SDK does);
     - ``max_frame_bytes``: the coordinator's frame limit (requests over it are
       refused here, with ``ValueError``).
     """
@@ -185,7 +192,7 @@ class AsyncClient:
         reconnect_max_s: float = 5.0,
         give_up_after_s: Optional[float] = 60.0,
         connect_timeout_s: float = 10.0,
-        silence_timeout_s: float = 15.0,
+        silence_timeout_s: Optional[float] = None,
         max_frame_bytes: int = _wire.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         if not isinstance(url, str) or not all(
@@ -194,6 +201,9 @@ class AsyncClient:
             raise ValueError(f"url must be a ws:// or wss:// URL (or several, comma-separated), got {url!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
+        if silence_timeout_s is None:
+            several = len({u.strip() for u in url.split(",")}) > 1
+            silence_timeout_s = HA_SILENCE_S if several else LONE_SILENCE_S
         for name, value in (
             ("reconnect_max_s", reconnect_max_s),
             ("connect_timeout_s", connect_timeout_s),

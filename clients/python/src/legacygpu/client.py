@@ -127,7 +127,7 @@ class Client:
         reconnect_max_s: float = 5.0,
         give_up_after_s: Optional[float] = 60.0,
         connect_timeout_s: float = 10.0,
-        silence_timeout_s: float = 15.0,
+        silence_timeout_s: Optional[float] = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         # Checks the arguments first.

@@ -238,7 +238,7 @@ async fn gamer(
         gamer_id: Some(id.clone()),
         // Only the coordinators' durability keeps acknowledged tasks.
         resubmit_acknowledged: false,
-        silence_timeout: Duration::from_millis(1500),
+        silence_timeout: Some(Duration::from_millis(1500)),
         reconnect_max: Duration::from_millis(500),
         ..ClientOptions::default()
     };
@@ -366,7 +366,7 @@ async fn failover_time() {
         ClientOptions::default()
     } else {
         ClientOptions {
-            silence_timeout: Duration::from_millis(1500),
+            silence_timeout: Some(Duration::from_millis(1500)),
             reconnect_max: Duration::from_millis(200),
             ..ClientOptions::default()
         }
@@ -431,8 +431,10 @@ async fn a_frozen_coordinator_is_left_by_workers_and_clients() {
     // would never reach the workers and gamers still attached to it.
     let c = Coordinator::start(bin(), crate::FAST);
     let w = worker(bin(), &c.ws_url, "w", &[]);
-    let options =
-        ClientOptions { silence_timeout: Duration::from_millis(1000), ..ClientOptions::default() };
+    let options = ClientOptions {
+        silence_timeout: Some(Duration::from_millis(1000)),
+        ..ClientOptions::default()
+    };
     let client = Client::connect(&c.ws_url, options).await.unwrap();
     eventually("the worker registered", || async { w.log().contains("registered").then_some(()) })
         .await;
