@@ -15,7 +15,9 @@
 //! | `generate` | replicate at temperature 0 (equal text); sampled text cannot be verified |
 //! | `echo`, `sleep`, any other | replicate; equal canonical JSON |
 //!
-//! Canaries with answers made here: small seeded matrix products (`gpu`).
+//! Canaries with answers made here: small seeded matrix products (`gpu`),
+//! made from the real task they follow (its text with another seed) when
+//! that is one.
 //! Other types' canaries are replays of tasks a quorum verified, which the
 //! scheduler keeps itself.
 
@@ -24,7 +26,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proto::Json;
-use sched::Requirements;
 use sched::verify::{Agreement, Canary, Rule};
 
 mod generate;
@@ -48,9 +49,9 @@ pub trait TypeRule: fmt::Debug + Send + Sync {
         false
     }
 
-    /// A task with its known answer, from `seed`: (payload, answer, what a
-    /// peer needs to run it).
-    fn canary(&self, _seed: u64) -> Option<(String, String, Requirements)> {
+    /// A task with its known answer, from `seed`, made like the real task
+    /// `like` where it can be: (payload, answer).
+    fn canary(&self, _like: &str, _seed: u64) -> Option<(String, String)> {
         None
     }
 }
@@ -146,12 +147,11 @@ impl Agreement<Json> for Rules {
         self.of(task_type).check(payload.get(), result.get(), self.draw())
     }
 
-    fn canary(&self, task_type: &str, seed: u64) -> Option<Canary<Json>> {
-        let (payload, expected, requirements) = self.of(task_type).canary(seed)?;
+    fn canary(&self, task_type: &str, like: &Json, seed: u64) -> Option<Canary<Json>> {
+        let (payload, expected) = self.of(task_type).canary(like.get(), seed)?;
         Some(Canary {
             payload: proto::json(&payload).ok()?,
             expected: proto::json(&expected).ok()?,
-            requirements,
         })
     }
 }

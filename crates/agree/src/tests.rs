@@ -135,25 +135,56 @@ fn large_or_unreturned_products_are_replicated_and_compared_by_summary() {
     assert!(r.agree("gpu", &json(&nbody), &once, &again));
 }
 
+/// A canary's answer is what the executor computes, and a wrong element
+/// fails it.
+fn assert_answer_is_the_executors(r: &Rules, canary: &Canary<Json>) {
+    let mut on_cpu: Value = serde_json::from_str(canary.payload.get()).unwrap();
+    on_cpu["device"] = json!("cpu");
+    let actual = proto::json(&run_gpu(&on_cpu)).unwrap();
+    assert!(r.agree("gpu", &canary.payload, &canary.expected, &actual));
+    assert!(r.check("gpu", &canary.payload, &actual));
+    let mut wrong: Value = serde_json::from_str(actual.get()).unwrap();
+    wrong["c"][0] = json!(wrong["c"][0].as_f64().unwrap() + 0.5);
+    assert!(!r.agree("gpu", &canary.payload, &canary.expected, &json(&wrong)));
+}
+
 #[test]
-fn a_gpu_canary_looks_like_a_benchmark_task_and_its_answer_is_the_executors() {
+fn a_gpu_canary_is_the_real_task_it_follows_with_another_seed() {
     let r = rules();
+    // As the Python client writes it: its spacing, its key order, `device`.
+    let like = r#"{"op": "matmul", "m": 64, "k": 32, "n": 48, "device": "auto", "seed": 7}"#;
+    let mut seeds = std::collections::BTreeSet::new();
     for seed in 0..5 {
-        let canary = r.canary("gpu", seed).unwrap();
+        let canary = r.canary("gpu", &proto::json(like).unwrap(), seed).unwrap();
         let payload: Value = serde_json::from_str(canary.payload.get()).unwrap();
-        let keys: Vec<&str> = payload.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["k", "m", "n", "op", "seed"]);
-        assert!(canary.requirements.gpu);
-        let mut on_cpu = payload.clone();
-        on_cpu["device"] = json!("cpu");
-        let actual = proto::json(&run_gpu(&on_cpu)).unwrap();
-        assert!(r.agree("gpu", &canary.payload, &canary.expected, &actual));
-        assert!(r.check("gpu", &canary.payload, &actual));
-        let mut wrong: Value = serde_json::from_str(actual.get()).unwrap();
-        wrong["c"][0] = json!(wrong["c"][0].as_f64().unwrap() + 0.5);
-        assert!(!r.agree("gpu", &canary.payload, &canary.expected, &json(&wrong)));
+        let new_seed = payload["seed"].as_u64().unwrap();
+        assert_ne!(new_seed, 7);
+        let same_but_seed = like.replace(r#""seed": 7"#, &format!(r#""seed": {new_seed}"#));
+        assert_eq!(canary.payload.get(), same_but_seed);
+        seeds.insert(new_seed);
+        assert_answer_is_the_executors(&r, &canary);
     }
-    assert!(r.canary("physics", 1).is_none() && r.canary("echo", 1).is_none());
+    assert_eq!(seeds.len(), 5, "a fresh seed each time");
+}
+
+#[test]
+fn a_gpu_canary_after_other_work_has_our_clients_shape() {
+    let r = rules();
+    let big = r#"{"op":"matmul","m":256,"k":256,"n":256,"seed":3}"#;
+    let given = r#"{"op":"matmul","m":8,"k":8,"n":8,"a":[1],"b":[1]}"#;
+    let nbody = r#"{"op":"nbody","n":64,"steps":10,"seed":1}"#;
+    for (seed, like) in [big, given, nbody, "{}", "[1]"].into_iter().enumerate() {
+        let canary = r.canary("gpu", &proto::json(like).unwrap(), seed as u64).unwrap();
+        let text = canary.payload.get();
+        assert!(text.starts_with(r#"{"op":"matmul","m":"#), "{like}: {text}");
+        let payload: Value = serde_json::from_str(text).unwrap();
+        for dim in ["m", "k", "n"] {
+            assert!((16..=96).contains(&payload[dim].as_u64().unwrap()), "{text}");
+        }
+        assert_answer_is_the_executors(&r, &canary);
+    }
+    let like = proto::json("{}").unwrap();
+    assert!(r.canary("physics", &like, 1).is_none() && r.canary("echo", &like, 1).is_none());
 }
 
 #[test]

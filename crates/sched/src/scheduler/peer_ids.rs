@@ -145,3 +145,90 @@ impl<P: Clone> Scheduler<P> {
             .is_some_and(|p| p.zombies.contains_key(&id))
     }
 }
+
+/// An id shaped like `template` (a real task's id), for a canary that
+/// follows it to the same peer: a UUID gives a fresh random UUID (version
+/// 4, in the template's case); any other id keeps its letters and
+/// punctuation and gets random digits in place of its own (a number's first
+/// digit stays non-zero when it was). `None` when the template has no digit
+/// to vary, or when the result would read as a cluster id (`t-42`, which
+/// peers may answer by): the canary then shows its own cluster id.
+pub(crate) fn lookalike(template: &str, rng: &mut fastrand::Rng) -> Option<String> {
+    // A short number may come out as itself: a few tries.
+    (0..4).find_map(|_| {
+        let made = vary(template, rng)?;
+        (TaskId::parse_cluster(&made).is_none() && made != template).then_some(made)
+    })
+}
+
+fn vary(template: &str, rng: &mut fastrand::Rng) -> Option<String> {
+    Some(if is_uuid(template) {
+        let hex: &[u8] = if template.bytes().any(|b| b.is_ascii_uppercase()) {
+            b"0123456789ABCDEF"
+        } else {
+            b"0123456789abcdef"
+        };
+        template
+            .bytes()
+            .enumerate()
+            .map(|(i, b)| match (i, b) {
+                (_, b'-') => '-',
+                (14, _) => '4',
+                (19, _) => char::from(hex[8 + rng.usize(..4)]),
+                _ => char::from(hex[rng.usize(..16)]),
+            })
+            .collect()
+    } else if template.bytes().any(|b| b.is_ascii_digit()) {
+        let mut after_digit = false;
+        template
+            .chars()
+            .map(|c| {
+                let digit = c.is_ascii_digit();
+                let out = match (digit, after_digit || c == '0') {
+                    (true, true) => char::from(b'0' + rng.u8(..10)),
+                    (true, false) => char::from(b'1' + rng.u8(..9)),
+                    (false, _) => c,
+                };
+                after_digit = digit;
+                out
+            })
+            .collect()
+    } else {
+        return None;
+    })
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookalike_has_the_shape_of_its_template_and_never_its_value() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let u = lookalike("3f2a9c1e-7b4d-4e0f-9a8b-1c2d3e4f5a6b", &mut rng).unwrap();
+            assert!(is_uuid(&u) && &u[14..15] == "4" && "89ab".contains(&u[19..20]), "{u}");
+            assert!(!u.bytes().any(|b| b.is_ascii_uppercase()), "{u}");
+            let upper = lookalike("3F2A9C1E-7B4D-4E0F-9A8B-1C2D3E4F5A6B", &mut rng).unwrap();
+            assert!(!upper.bytes().any(|b| b.is_ascii_lowercase()), "{upper}");
+            let f = lookalike("frame-0412", &mut rng).unwrap();
+            assert_eq!((f.len(), &f[..6]), (10, "frame-"), "{f}");
+            assert!(f[6..].bytes().all(|b| b.is_ascii_digit()) && f != "frame-0412");
+            let n = lookalike("py-5f3a-17", &mut rng).unwrap();
+            assert!(n.starts_with("py-") && &n[3..4] != "0" && &n[8..9] != "0", "{n}");
+        }
+        // Nothing to vary, or a cluster id: the canary's own id instead.
+        assert_eq!(lookalike("job", &mut rng), None);
+        assert_eq!(lookalike("t-42", &mut rng), None);
+        assert_eq!(lookalike("7", &mut rng).map(|s| s.len()), Some(1));
+    }
+}

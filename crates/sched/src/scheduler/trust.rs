@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::Scheduler;
+use super::peer_ids::lookalike;
 use super::verifying::Hidden;
 use crate::output::Event;
 use crate::peer::Peer;
@@ -129,10 +130,10 @@ impl<P: Clone> Scheduler<P> {
         if self.verify.rng.f64() >= rate {
             return;
         }
-        let Some(task_type) = self.tasks.get(&work).map(|t| Arc::clone(&t.spec.task_type)) else {
+        let Some(work) = self.tasks.get(&work).map(|t| Arc::clone(&t.spec)) else {
             return;
         };
-        let Some((spec, class, expected)) = self.make_canary(now, &task_type, peer_id) else {
+        let Some((spec, class, expected)) = self.make_canary(now, &work, peer_id) else {
             return;
         };
         self.verify.canaries.insert(peer_id.clone(), spec.id);
@@ -141,14 +142,16 @@ impl<P: Clone> Scheduler<P> {
         self.insert_hidden(now, spec, class, hidden, true);
     }
 
-    /// A canary of `task_type` that `peer_id` can run: a known answer it
-    /// never saw, else one the rules make.
+    /// A canary of `work`'s type that `peer_id` can run: a known answer it
+    /// never saw, else one the rules make like `work`, under an id shaped
+    /// like `work`'s.
     fn make_canary(
         &mut self,
         now: Time,
-        task_type: &Arc<str>,
+        work: &TaskSpec<P>,
         peer_id: &PeerId,
     ) -> Option<(Arc<TaskSpec<P>>, Arc<Class>, P)> {
+        let task_type = &work.task_type;
         let peer = self.peers.get(peer_id).filter(|p| !p.quarantined)?;
         let roll = self.verify.rng.f64();
         let made = match self.verify.pool.pick(task_type, peer, roll) {
@@ -165,15 +168,16 @@ impl<P: Clone> Scheduler<P> {
             }
             None => {
                 let seed = self.verify.rng.u64(..);
-                let c = self.verify.agreement.as_deref()?.canary(task_type, seed)?;
+                let c = self.verify.agreement.as_deref()?.canary(task_type, &work.payload, seed)?;
                 let class = Arc::new(Class {
                     task_type: Arc::clone(task_type),
-                    requirements: c.requirements,
+                    requirements: work.requirements.clone(),
                 });
                 if !peer.caps.can_run(&class) {
                     return None;
                 }
-                (class, None, c.payload, c.expected, 1, None)
+                let id = lookalike(&work.client_task_id, &mut self.verify.rng).map(Arc::from);
+                (class, id, c.payload, c.expected, work.priority, work.run_timeout)
             }
         };
         let (class, client, payload, expected, priority, run_timeout) = made;

@@ -62,12 +62,9 @@ impl Agreement<String> for Rules {
         result.starts_with("ok")
     }
 
-    fn canary(&self, task_type: &str, _seed: u64) -> Option<Canary<String>> {
-        (task_type == "gen").then(|| Canary {
-            payload: "canary".to_owned(),
-            expected: "canary".to_owned(),
-            requirements: Requirements::default(),
-        })
+    fn canary(&self, task_type: &str, _like: &String, _seed: u64) -> Option<Canary<String>> {
+        (task_type == "gen")
+            .then(|| Canary { payload: "canary".to_owned(), expected: "canary".to_owned() })
     }
 }
 

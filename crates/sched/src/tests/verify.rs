@@ -413,6 +413,51 @@ fn a_generated_canary_follows_real_work_and_a_wrong_answer_is_a_strike() {
 }
 
 #[test]
+fn a_generated_canary_looks_like_the_work_it_follows() {
+    // Its id has the shape of the real task's, its payload is the rules' copy
+    // of the real one, its priority and needs are the real one's: nothing
+    // on the wire tells the two apart.
+    for real_id in ["frame-0412", "3f2a9c1e-7b4d-4e0f-9a8b-1c2d3e4f5a6b", "job"] {
+        let mut s = Scheduler::new(canaries(), Time::ZERO);
+        s.set_agreement(Box::new(Rules));
+        s.handle_gamer_joined(Time::ZERO, "g".into(), ConnId(1));
+        let caps = PeerCaps { slots: 4, ..PeerCaps::default() };
+        s.handle_peer_joined(Time::ZERO, PeerJoin::new(PeerId::from("p1"), ConnId(2), caps));
+        let mut sub = Submission::new(Owner::Gamer("g".into()), "gen", "job".to_owned());
+        sub.client_task_id = Some(Arc::from(real_id));
+        sub.priority = 5;
+        s.handle_submit(Time::ZERO, sub).unwrap();
+        let assigned: Vec<_> = std::iter::from_fn(|| s.poll_command())
+            .filter_map(|c| match c {
+                Command::Assign { task, .. } => Some(task),
+                _ => None,
+            })
+            .collect();
+        let [real, canary] = &assigned[..] else { panic!("{real_id}: {assigned:?}") };
+        assert_eq!(&*real.peer_task_id, real_id);
+        assert!(matches!(canary.kind, crate::TaskKind::Canary { .. }), "{canary:?}");
+        let seen = &*canary.peer_task_id;
+        assert_eq!(canary.payload, "canary");
+        assert_eq!(canary.priority, 5);
+        match real_id {
+            "job" => assert_eq!(seen, canary.id.to_string(), "nothing to vary: its cluster id"),
+            _ => {
+                assert_ne!(seen, real_id);
+                assert_eq!(seen.len(), real_id.len());
+                let shape =
+                    |id: &str| id.chars().map(|c| c.is_ascii_hexdigit()).collect::<Vec<_>>();
+                let letters = |id: &str| id.replace(|c: char| c.is_ascii_hexdigit(), "#");
+                if real_id.contains('-') && real_id.len() == 36 {
+                    assert_eq!(shape(seen), shape(real_id), "{seen}");
+                } else {
+                    assert_eq!(letters(seen), letters(real_id), "{seen}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn a_canary_replays_a_task_others_verified_under_its_original_id() {
     // p3 never saw task `e`: it gets it back as a canary, under the id `e`.
     check_with(

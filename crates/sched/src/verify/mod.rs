@@ -47,7 +47,8 @@
 //!    same worker: a task whose answer is known — a replay of a task that
 //!    other workers verified (with its original id when free), or one the
 //!    [`Agreement`] generates with its answer (a small seeded matrix
-//!    product) — of the same type as the work. On the wire it is an ordinary
+//!    product, shaped like the work) under an id shaped like the work's —
+//!    of the same type as the work. On the wire it is an ordinary
 //!    assignment. A wrong answer counts as invalid; a right one as valid.
 //!    At most one canary per worker is outstanding.
 //! 9. **Reputation and quarantine.** Each worker — and its credential, when
@@ -71,7 +72,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::task::Requirements;
 use crate::types::{Failure, PeerId, TaskId};
 
 pub(crate) use judge::{Decision, judge};
@@ -186,13 +186,13 @@ pub enum Rule {
     Unverifiable,
 }
 
-/// A task with a known answer, made by an [`Agreement`] for a canary.
+/// A task with a known answer, made by an [`Agreement`] for a canary. It
+/// needs what the real work it follows needed.
 #[derive(Debug, Clone)]
 pub struct Canary<P> {
     pub payload: P,
     /// The answer a correct peer gives (compared with [`Agreement::agree`]).
     pub expected: P,
-    pub requirements: Requirements,
 }
 
 /// The agreement rules of each task type, as the shell registers them. The
@@ -208,8 +208,10 @@ pub trait Agreement<P>: fmt::Debug + Send {
     fn check(&self, task_type: &str, payload: &P, result: &P) -> bool;
 
     /// A new task of `task_type` with its answer, from `seed`, when the
-    /// rules can make one.
-    fn canary(&self, _task_type: &str, _seed: u64) -> Option<Canary<P>> {
+    /// rules can make one: as like the real work it follows (`like`, the
+    /// payload just assigned to the same peer) as they can, so that the
+    /// peer cannot tell the two apart.
+    fn canary(&self, _task_type: &str, _like: &P, _seed: u64) -> Option<Canary<P>> {
         None
     }
 }
