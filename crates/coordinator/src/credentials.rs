@@ -85,6 +85,11 @@ impl TokenKind {
         }
     }
 
+    /// The kind [`TokenKind::as_str`] names.
+    pub fn parse(s: &str) -> Option<TokenKind> {
+        [TokenKind::Worker, TokenKind::Client].into_iter().find(|k| k.as_str() == s)
+    }
+
     fn file(self) -> &'static str {
         match self {
             TokenKind::Worker => "worker-join.secret",
@@ -100,6 +105,8 @@ pub enum CredentialError {
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Random(#[from] tls::TlsError),
+    #[error("the store holds a join secret of an unknown kind `{0}` (a newer version's?)")]
+    UnknownKind(String),
 }
 
 /// Every credential the protocol port knows.
@@ -141,17 +148,33 @@ impl Credentials {
         JoinToken { pin: self.tls.pin(), secret: self.join_secret(kind).expose().to_owned() }
     }
 
-    /// A new secret for `kind`; the old one admits nobody from now on.
-    /// Credentials already issued to workers stay valid.
-    pub fn rotate(&self, kind: TokenKind) -> Result<JoinToken, CredentialError> {
-        let secret = Secret::new(tls::random_secret()?);
+    /// `secret` (new: [`tls::random_secret`], and in the store first) for
+    /// `kind`; the old one admits nobody from now on. Credentials already
+    /// issued to workers stay valid. The data dir keeps a copy, so that the
+    /// banner of a restart on another store, or none, shows it too.
+    pub fn set(&self, kind: TokenKind, secret: &str) -> Result<JoinToken, CredentialError> {
         if let Some(dir) = &self.dir {
-            write_secret(&dir.join(kind.file()), secret.expose())?;
+            write_secret(&dir.join(kind.file()), secret)?;
         }
         if let Ok(mut slot) = self.slot(kind).write() {
-            *slot = secret;
+            *slot = Secret::new(secret);
         }
         Ok(self.join_token(kind))
+    }
+
+    /// The secrets the store holds (`(kind, secret)`, as last rotated on
+    /// any coordinator of the store) replace those of the data dir: with
+    /// high availability a token rotated on one leader admits, and the old
+    /// one is refused, on the next. Unknown kinds are an error.
+    pub fn adopt(&self, stored: &[(String, String)]) -> Result<(), CredentialError> {
+        for (kind, secret) in stored {
+            let kind =
+                TokenKind::parse(kind).ok_or_else(|| CredentialError::UnknownKind(kind.clone()))?;
+            if !self.join_secret(kind).matches(secret) {
+                self.set(kind, secret)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether `given` is any credential at all (an upgrade's bearer header
@@ -319,7 +342,7 @@ mod tests {
         let first = creds(&config).join_token(TokenKind::Worker);
         let c = creds(&config);
         assert_eq!(c.join_token(TokenKind::Worker), first, "kept across restarts");
-        let rotated = c.rotate(TokenKind::Worker).unwrap();
+        let rotated = c.set(TokenKind::Worker, &tls::random_secret().unwrap()).unwrap();
         assert_ne!(rotated, first);
         assert!(!c.may_join(&first.secret) && c.may_join(&rotated.secret));
         assert_eq!(creds(&config).join_token(TokenKind::Worker), rotated, "rotation is kept");
@@ -329,5 +352,15 @@ mod tests {
             let path = dir.path().join("tls/worker-join.secret");
             assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        // What the store holds (rotated on another coordinator) wins, and
+        // the data dir follows it.
+        let stored = vec![("client".to_owned(), "from-the-store".to_owned())];
+        c.adopt(&stored).unwrap();
+        assert!(c.join_secret(TokenKind::Client).matches("from-the-store"));
+        assert_eq!(c.join_token(TokenKind::Worker), rotated, "the other kind is left alone");
+        let again = creds(&config);
+        assert!(again.join_secret(TokenKind::Client).matches("from-the-store"));
+        let unknown = vec![("gamer".to_owned(), "x".to_owned())];
+        assert!(matches!(c.adopt(&unknown), Err(CredentialError::UnknownKind(k)) if k == "gamer"));
     }
 }

@@ -150,13 +150,14 @@ impl Coordinator {
             _ => None,
         };
         let target = store_target(&config, ephemeral.as_ref(), epoch);
-        let core = recover(Arc::clone(&config), target.as_ref(), epoch)?;
+        let (core, join_secrets) = recover(Arc::clone(&config), target.as_ref(), epoch)?;
         let reader = match (&target, &http) {
             (Some(target), Some(_)) => Some(crate::reads::open(target)?),
             _ => None,
         };
-        let credentials =
-            Arc::new(Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?);
+        let credentials = Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?;
+        credentials.adopt(&join_secrets)?;
+        let credentials = Arc::new(credentials);
         Ok(Coordinator {
             config,
             ws,
@@ -359,7 +360,7 @@ fn recover(
     config: Arc<Config>,
     target: Option<&store::Target>,
     epoch: Option<u64>,
-) -> Result<Core, StartError> {
+) -> Result<(Core, Vec<(String, String)>), StartError> {
     let clock = Clock::start();
     let telemetry = Telemetry::new(config.limits.event_buffer);
     // An ephemeral store need not survive the machine: the OS writes it.
@@ -386,7 +387,9 @@ fn recover(
         }
     };
     let mut core = Core::new(config, observer, telemetry, clock);
+    let mut join_secrets = Vec::new();
     if let Some(loaded) = loaded {
+        join_secrets = loaded.join_secrets;
         for (peer, credential_sha256) in loaded.approvals {
             core.approvals.approve(&peer, credential_sha256);
         }
@@ -412,5 +415,5 @@ fn recover(
             info!(tasks = n, "recovered tasks from the store");
         }
     }
-    Ok(core)
+    Ok((core, join_secrets))
 }

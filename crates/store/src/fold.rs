@@ -55,7 +55,7 @@ pub(crate) fn task_ids(op: &Op) -> &[u64] {
         | Op::Stale { id, .. }
         | Op::Verified { id, .. } => std::slice::from_ref(id),
         Op::Deleted { ids } => ids,
-        Op::Approved { .. } | Op::Reputation(_) | Op::IdsUsed { .. } => &[],
+        Op::Approved { .. } | Op::JoinSecret { .. } | Op::Reputation(_) | Op::IdsUsed { .. } => &[],
     }
 }
 
@@ -142,6 +142,7 @@ pub(crate) fn fold(ops: &[&Op]) -> Option<Folded> {
             Op::Deleted { .. }
             | Op::Verified { .. }
             | Op::Approved { .. }
+            | Op::JoinSecret { .. }
             | Op::Reputation(_)
             | Op::IdsUsed { .. } => return None,
         }

@@ -141,6 +141,8 @@ pub struct Loaded {
     pub tasks: Vec<StoredTask>,
     /// Approved workers: peer id and the SHA-256 (hex) of its credential.
     pub approvals: Vec<(String, String)>,
+    /// The join secrets last rotated, by kind (`worker`, `client`).
+    pub join_secrets: Vec<(String, String)>,
     /// Workers' and credentials' reputations, by subject.
     pub reputation: Vec<ReputationRow>,
     /// Every task id ever stored is below this (ids are never reused).
@@ -258,6 +260,14 @@ pub enum Op {
     Approved {
         peer_id: String,
         credential_sha256: String,
+        at_ms: i64,
+    },
+    /// An operator rotated a join token: its new secret (`kind` is `worker`
+    /// or `client`), for every coordinator on the store to admit by. Kept
+    /// as it is, not hashed: a coordinator shows it (`cluster token show`).
+    JoinSecret {
+        kind: String,
+        secret: String,
         at_ms: i64,
     },
     /// A verified task's verdict and every replica's result, kept for the

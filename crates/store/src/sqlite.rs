@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS approvals (
     credential_sha256 TEXT NOT NULL,
     approved_at       INTEGER NOT NULL
 );
+-- Join secrets as last rotated (a store without rows: those of the data dir).
+CREATE TABLE IF NOT EXISTS join_secrets (
+    kind       TEXT PRIMARY KEY,
+    secret     TEXT NOT NULL,
+    rotated_at INTEGER NOT NULL
+);
 -- A verified task's replicas and their results, kept for the operator.
 CREATE TABLE IF NOT EXISTS replicas (
     task_id       INTEGER NOT NULL,
@@ -329,8 +335,12 @@ impl Store for SqliteStore {
         let approvals = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<(String, String)>, _>>()?;
+        let mut stmt = self.conn.prepare("SELECT kind, secret FROM join_secrets ORDER BY kind")?;
+        let join_secrets = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
         let reputation = verify::load_reputation(&self.conn)?;
-        Ok(Loaded { tasks, approvals, reputation, next_task_id })
+        Ok(Loaded { tasks, approvals, join_secrets, reputation, next_task_id })
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
@@ -604,6 +614,14 @@ fn apply(tx: &Connection, op: &Op) -> Result<(), StoreError> {
                  approved_at = excluded.approved_at",
             )?
             .execute(params![peer_id, credential_sha256, at_ms])?;
+        }
+        Op::JoinSecret { kind, secret, at_ms } => {
+            tx.prepare_cached(
+                "INSERT INTO join_secrets (kind, secret, rotated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind) DO UPDATE SET secret = excluded.secret,
+                 rotated_at = excluded.rotated_at",
+            )?
+            .execute(params![kind, secret, at_ms])?;
         }
         Op::Deleted { ids } => {
             let mut task = tx.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;

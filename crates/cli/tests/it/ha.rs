@@ -642,3 +642,46 @@ async fn a_leader_whose_database_stops_answering_exits_when_its_lease_runs_out()
     let (_, newer) = leader_of(&cs, epoch).await;
     assert!(newer > epoch);
 }
+
+/// A join token rotated on the leader is the one the next leader admits
+/// by, and shows; the token it had before is refused there (the store keeps
+/// the rotated secret, not only the data dir of the coordinator that made
+/// it).
+#[tokio::test]
+async fn a_rotated_join_token_holds_across_a_failover() {
+    let Some(db) = TestDb::create() else { return };
+    let mut cs: Vec<Coordinator> =
+        (0..2).map(|_| start(&db, "127.0.0.1:0", "127.0.0.1:0")).collect();
+    let (l, epoch) = leader_of(&cs, 0).await;
+    let next = 1 - l;
+    let http = reqwest::Client::new();
+    let rotate = format!("{}/cluster/tokens/rotate", cs[l].http());
+    let resp = http.post(rotate).json(&json!({"kind": "worker"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let rotated: Value = resp.json().await.unwrap();
+    let rotated = crate::auth::token_secret(rotated["worker_token"].as_str().unwrap());
+    let before = crate::auth::token_secret(&cs[next].worker_token);
+    assert_ne!(rotated, before);
+    cs[l].proc.kill9();
+    let (n, _) = leader_of(&cs[next..=next], epoch).await;
+    assert_eq!(n, 0);
+    let c = &cs[next];
+    let shown: Value = eventually("the new leader's tokens", || async {
+        let resp = http.get(format!("{}/cluster/tokens", c.http())).send().await.ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.json().await.ok()
+    })
+    .await;
+    let shown_secret = crate::auth::token_secret(shown["worker_token"].as_str().unwrap());
+    assert_eq!(shown_secret, rotated, "the new leader shows the rotated token");
+    let join = |secret: String| async move {
+        let dial = test_support::Dial { ca_hash: Some(&c.ca_hash), ..Default::default() };
+        let mut raw = Raw::open(&c.wss_url(), dial).await.unwrap();
+        raw.send_json(&json!({"msg_type": "join", "peer_id": "w1", "token": secret})).await;
+        raw.recv().await
+    };
+    let refused = join(before).await;
+    assert_eq!(refused["code"], "unauthorized", "the token from before the rotation: {refused}");
+    let joined = join(rotated).await;
+    assert_eq!(joined["msg_type"], "joined", "{joined}\n{}", c.proc.log());
+}

@@ -42,6 +42,9 @@ pub(crate) enum ApiRequest {
     /// Revoke a worker's credential; the answer is the store batch that
     /// makes it durable, or `None` when it had none.
     RevokeWorker { worker_id: String, reply: Reply<Option<u64>> },
+    /// Store a rotated join secret (`kind`: `worker` or `client`); the
+    /// answer is the store batch that makes it durable.
+    RecordJoinSecret { kind: &'static str, secret: String, reply: Reply<u64> },
     /// Switch the placement strategy; the answer is the previous one.
     SetStrategy { strategy: Strategy, reply: Reply<Strategy> },
     /// An owner's control: pause, resume, drain, retry, bulk actions.
@@ -207,6 +210,13 @@ impl Core {
             }
             ApiRequest::RevokeWorker { worker_id, reply } => {
                 let _ = reply.send(crate::identity::revoke(self, &worker_id));
+            }
+            ApiRequest::RecordJoinSecret { kind, secret, reply } => {
+                let at_ms = crate::clock::Clock::unix_ms(self.now());
+                let kind = kind.to_owned();
+                self.observer.record(store::Op::JoinSecret { kind, secret, at_ms });
+                self.observer.commit();
+                let _ = reply.send(self.observer.appended());
             }
             ApiRequest::SetStrategy { strategy, reply } => {
                 let previous = self.sched.config().strategy;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{Api, ApiError, ErrorBody};
+use crate::core::ApiRequest;
 use crate::credentials::TokenKind;
 
 /// `POST /cluster/tokens/rotate` body.
@@ -53,10 +54,19 @@ pub(super) async fn rotate(
             ));
         }
     };
+    let internal = |e: &dyn std::fmt::Display| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
     for kind in kinds {
-        api.credentials.rotate(*kind).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })?;
+        let secret = tls::random_secret().map_err(|e| internal(&e))?;
+        // In the store first (every coordinator on it admits by it after a
+        // failover), then here.
+        let (name, stored) = (kind.as_str(), secret.clone());
+        let seq = api
+            .request(|reply| ApiRequest::RecordJoinSecret { kind: name, secret: stored, reply })
+            .await?;
+        api.durable(seq).await?;
+        api.credentials.set(*kind, &secret).map_err(|e| internal(&e))?;
         tracing::info!("rotated the {} join token", kind.as_str());
     }
     Ok(Json(tokens(&api)))

@@ -45,6 +45,7 @@ pub(super) struct Statements {
     stale: Statement,
     deleted: Statement,
     approved: Statement,
+    join_secret: Statement,
     next_id: Statement,
     folded_tasks: Statement,
     folded_attempts: Statement,
@@ -67,6 +68,7 @@ impl Statements {
             stale: c.prepare(STALE).await?,
             deleted: c.prepare(DELETED).await?,
             approved: c.prepare(APPROVED).await?,
+            join_secret: c.prepare(JOIN_SECRET).await?,
             next_id: c.prepare(NEXT_ID).await?,
             folded_tasks: c.prepare(fold::TASKS).await?,
             folded_attempts: c.prepare(fold::ATTEMPTS).await?,
@@ -174,6 +176,11 @@ INSERT INTO approvals (peer_id, credential_sha256, approved_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (peer_id) DO UPDATE SET credential_sha256 = excluded.credential_sha256,
     approved_at = excluded.approved_at";
+
+const JOIN_SECRET: &str = "
+INSERT INTO join_secrets (kind, secret, rotated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (kind) DO UPDATE SET secret = excluded.secret, rotated_at = excluded.rotated_at";
 
 const NEXT_ID: &str = "
 INSERT INTO meta (key, value) VALUES ('next_task_id', $1)
@@ -391,9 +398,12 @@ impl<'a> Round<'a> {
             }
             Op::Deleted { .. } => self.deleted.push(i),
             Op::Verified { status, replicas, .. } => self.verified.push(id, *status, replicas),
-            // Not a task's op: folded into the plan's approvals, reputations
-            // and next id.
-            Op::Approved { .. } | Op::Reputation(_) | Op::IdsUsed { .. } => {}
+            // Not a task's op: folded into the plan's approvals, join
+            // secrets, reputations and next id.
+            Op::Approved { .. }
+            | Op::JoinSecret { .. }
+            | Op::Reputation(_)
+            | Op::IdsUsed { .. } => {}
         }
     }
 }
@@ -404,6 +414,8 @@ pub(super) struct Plan<'a> {
     rounds: Vec<Round<'a>>,
     /// The last approval of each peer in the batch (the last one wins).
     approvals: BTreeMap<&'a str, (&'a str, i64)>,
+    /// The last secret of each kind of join token in the batch.
+    join_secrets: BTreeMap<&'a str, (&'a str, i64)>,
     /// The last reputation of each subject in the batch.
     reputations: BTreeMap<&'a str, &'a ReputationRow>,
     /// One past the highest id inserted.
@@ -416,6 +428,7 @@ impl<'a> Plan<'a> {
     pub(super) fn new(ops: &'a [Op]) -> Plan<'a> {
         let mut per_task: BTreeMap<u64, Vec<&'a Op>> = BTreeMap::new();
         let (mut approvals, mut reputations) = (BTreeMap::new(), BTreeMap::new());
+        let mut join_secrets = BTreeMap::new();
         let mut next_task_id = None;
         for op in ops {
             match op {
@@ -428,6 +441,9 @@ impl<'a> Plan<'a> {
                 }
                 Op::Approved { peer_id, credential_sha256, at_ms } => {
                     approvals.insert(peer_id.as_str(), (credential_sha256.as_str(), *at_ms));
+                }
+                Op::JoinSecret { kind, secret, at_ms } => {
+                    join_secrets.insert(kind.as_str(), (secret.as_str(), *at_ms));
                 }
                 _ => {}
             }
@@ -448,7 +464,7 @@ impl<'a> Plan<'a> {
                 rounds[k].push(op, id);
             }
         }
-        Plan { folded, rounds, approvals, reputations, next_task_id }
+        Plan { folded, rounds, approvals, join_secrets, reputations, next_task_id }
     }
 
     /// Writes the batch in one transaction, refused unless the lease is at
@@ -460,7 +476,8 @@ impl<'a> Plan<'a> {
         epoch: u64,
     ) -> Result<(), StoreError> {
         let epoch_param = epoch as i64;
-        let approvals = self.approval_columns();
+        let approvals = columns(&self.approvals);
+        let join_secrets = columns(&self.join_secrets);
         let reputations = Reputations::new(&self.reputations);
         let folded = fold::Columns::new(&self.folded);
         let mut flight: Vec<Pending<'_>> = Vec::new();
@@ -479,6 +496,10 @@ impl<'a> Plan<'a> {
             let (peer, hash, at) = &approvals;
             flight.push(exec(c, &st.approved, vec![peer, hash, at]));
         }
+        if !self.join_secrets.is_empty() {
+            let (kind, secret, at) = &join_secrets;
+            flight.push(exec(c, &st.join_secret, vec![kind, secret, at]));
+        }
         if !self.reputations.is_empty() {
             flight.push(exec(c, &st.reputation, reputations.params()));
         }
@@ -493,16 +514,17 @@ impl<'a> Plan<'a> {
             Some(e) => Err(fenced(&e, epoch).unwrap_or_else(|| e.into())),
         }
     }
+}
 
-    fn approval_columns(&self) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>) {
-        let mut cols = (Vec::new(), Vec::new(), Vec::new());
-        for (peer, (hash, at)) in &self.approvals {
-            cols.0.push(*peer);
-            cols.1.push(*hash);
-            cols.2.push(*at);
-        }
-        cols
+/// A map of key to (text, time) as three columns, for `unnest`.
+fn columns<'a>(rows: &BTreeMap<&'a str, (&'a str, i64)>) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>) {
+    let mut cols = (Vec::new(), Vec::new(), Vec::new());
+    for (key, (text, at)) in rows {
+        cols.0.push(*key);
+        cols.1.push(*text);
+        cols.2.push(*at);
     }
+    cols
 }
 
 impl Round<'_> {

@@ -38,6 +38,8 @@ pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
             &[],
         )
         .await?;
+    let join_secrets =
+        tx.query("SELECT kind, secret FROM join_secrets ORDER BY kind COLLATE \"C\"", &[]).await?;
     tx.commit().await?;
 
     let mut by_task: BTreeMap<u64, Vec<StoredAttempt>> = BTreeMap::new();
@@ -62,7 +64,11 @@ pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
-    Ok(Loaded { tasks, approvals, reputation, next_task_id })
+    let join_secrets = join_secrets
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
+    Ok(Loaded { tasks, approvals, join_secrets, reputation, next_task_id })
 }
 
 /// The replicas' columns, in [`replica_row`]'s order.

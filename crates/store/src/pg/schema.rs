@@ -22,7 +22,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, V4_VERIFICATION),
     (5, V5_COORDINATORS),
     (6, V6_ROOM_FOR_UPDATES),
+    (7, V7_JOIN_SECRETS),
 ];
+
+/// Join secrets as last rotated, so that a token rotated on one leader
+/// admits (and the old one is refused) on the next.
+const V7_JOIN_SECRETS: &str = "
+CREATE TABLE join_secrets (
+    kind       TEXT PRIMARY KEY,
+    secret     TEXT NOT NULL,
+    rotated_at BIGINT NOT NULL
+);";
 
 /// Every coordinator on the database says who it is, where it serves and
 /// what it is, each time it asks for or renews the lease: the registry the

@@ -14,6 +14,7 @@ both_backends!(
     a_failed_batch_writes_nothing,
     a_newer_schema_is_refused,
     approvals_survive_a_reopen_and_the_last_one_wins,
+    join_secrets_survive_a_reopen_and_the_last_one_wins,
     a_reinserted_task_starts_over,
     reclaim_and_stale_results_keep_the_attempt_history,
     many_tasks_and_many_ops_per_task_in_one_batch,
@@ -193,6 +194,22 @@ fn approvals_survive_a_reopen_and_the_last_one_wins(b: &Backend) {
         .map(|(p, h)| (p.to_string(), h.to_string()))
         .collect();
     assert_eq!(loaded.approvals, want);
+}
+
+fn join_secrets_survive_a_reopen_and_the_last_one_wins(b: &Backend) {
+    let rotate = |kind: &str, secret: &str, at_ms| Op::JoinSecret {
+        kind: kind.into(),
+        secret: secret.into(),
+        at_ms,
+    };
+    assert!(b.open().load().unwrap().join_secrets.is_empty());
+    b.open()
+        .write(&[rotate("worker", "s1", 1), rotate("client", "c1", 1), rotate("worker", "s2", 2)])
+        .unwrap();
+    b.open().write(&[rotate("client", "c2", 3)]).unwrap();
+    let loaded = b.open().load().unwrap();
+    let want = [("client", "c2"), ("worker", "s2")].map(|(k, s)| (k.to_string(), s.to_string()));
+    assert_eq!(loaded.join_secrets, want);
 }
 
 fn a_reinserted_task_starts_over(b: &Backend) {
