@@ -4,7 +4,9 @@
 //! ([`CertSource::Files`], e.g. from ACME), the coordinator keeps a CA of its
 //! own in `DATA_DIR/tls/` (`ca.pem`, and `ca-key.pem` readable by its owner
 //! only), made at first start, and issues itself a fresh server certificate
-//! for the names it is given at every start and every reload. Joining
+//! for the names it is given at every start and every reload, written beside
+//! it as `server.pem` (the chain, for `openssl x509` and monitoring; its key
+//! stays in memory: a new one each time). Joining
 //! workers and clients pin that CA: its [`CaPin`] is in every join token, and
 //! it stays the same across restarts, reloads and changes of names.
 //!
@@ -158,6 +160,13 @@ fn generated(dir: Option<&Path>, extra: &[String]) -> Result<Current, TlsError> 
     params.use_authority_key_identifier_extension = true;
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let leaf = params.signed_by(&key, &issuer).map_err(gen_err)?;
+    if let Some(dir) = dir {
+        let ca_path = dir.join("tls/ca.pem");
+        let ca_pem = std::fs::read_to_string(&ca_path)
+            .map_err(|source| TlsError::Read { path: ca_path.display().to_string(), source })?;
+        let chain_pem = format!("{}{ca_pem}", leaf.pem());
+        write_replacing(&dir.join("tls/server.pem"), chain_pem.as_bytes())?;
+    }
     let chain = vec![leaf.der().clone(), ca_der];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok(Current { config: server_config(chain, key)?, pin, names })
@@ -233,6 +242,16 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
     builder.create(dir).map_err(err)
 }
 
+/// Writes a public file (mode 0644), replacing the one there by a rename.
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write { path: path.display().to_string(), source };
+    let tmp = path.with_extension("pem.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 /// Writes a file only its owner may read (mode 0600), replacing none.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     let err = |source| TlsError::Write { path: path.display().to_string(), source };
@@ -260,9 +279,20 @@ mod tests {
         let first = Tls::load(source.clone()).unwrap();
         assert!(first.names().contains(&"coord.example".to_owned()));
         assert!(first.names().contains(&"2001:db8::1".to_owned()));
+        // The server certificate is written beside the CA, as its chain.
+        let server = dir.path().join("tls/server.pem");
+        let chain = |path: &Path| -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_file_iter(path).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        let written = chain(&server);
+        assert_eq!(written.len(), 2);
+        assert_eq!(CaPin::of_certificate(&written[1]).unwrap(), first.pin());
         let again = Tls::load(source).unwrap();
         assert_eq!(first.pin(), again.pin(), "the CA survives a restart");
         assert_eq!(first.reload().unwrap(), first.pin(), "and a reload");
+        let reissued = chain(&server);
+        assert_ne!(reissued[0], written[0], "each start and reload issues a new one");
+        assert_eq!(reissued[1], written[1]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
