@@ -109,6 +109,10 @@ pub struct WorkerInfo {
     /// The capabilities exactly as the worker declared them.
     #[schema(value_type = Object)]
     pub capabilities: Value,
+    /// Results it returned that completed and that failed, over its
+    /// sessions: reconnects keep them, and after a coordinator restart they
+    /// start from the store's history (the tasks kept, within the result
+    /// TTL; replicas and canaries are not kept).
     pub tasks_completed: u64,
     pub tasks_failed: u64,
     pub last_heartbeat_seconds_ago: f64,

@@ -1,6 +1,7 @@
 //! The coordinator's lifecycle, in the shape of mini-redis's server: bind,
 //! run until a shutdown signal, stop accepting, tell everyone, drain.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -352,6 +353,23 @@ fn store_target(
     }
 }
 
+/// What each peer ran to an end in the stored history (the attempts of the
+/// tasks kept: within the result TTL; replicas and canaries are not kept).
+fn tallies(tasks: &[store::StoredTask]) -> BTreeMap<sched::PeerId, sched::Tally> {
+    let mut by_peer: BTreeMap<sched::PeerId, sched::Tally> = BTreeMap::new();
+    for attempt in tasks.iter().flat_map(|t| &t.attempts) {
+        let (completed, failed) = match attempt.end {
+            Some(store::AttemptEnd::Completed) => (1, 0),
+            Some(store::AttemptEnd::Failed) => (0, 1),
+            _ => continue,
+        };
+        let tally = by_peer.entry(sched::PeerId::from(attempt.peer.as_str())).or_default();
+        tally.completed += completed;
+        tally.failed += failed;
+    }
+    by_peer
+}
+
 /// The core, with the store opened and its tasks recovered. On
 /// PostgreSQL the store is opened only by a leader, with its `epoch` set
 /// before anything is loaded, so that the fence refuses every batch once a
@@ -395,6 +413,8 @@ fn recover(
         }
         // Before any peer joins, so that a quarantined worker stays so.
         core.sched.handle_recovered_reputation(persist::reputations(loaded.reputation)?);
+        // And so that a worker's table row counts the runs in the store.
+        core.sched.handle_recovered_tallies(tallies(&loaded.tasks));
         let n = loaded.tasks.len();
         let tasks: Vec<_> =
             loaded.tasks.into_iter().map(persist::recovered).collect::<Result<_, _>>()?;

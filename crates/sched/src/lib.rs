@@ -45,8 +45,8 @@ pub use crate::placement::Strategy;
 pub use crate::query::Stats;
 pub use crate::recovery::{Recovered, RecoveredState};
 pub use crate::scheduler::{
-    Accepted, CancelError, ClearError, Counters, Joined, PeerError, Progress, ResultAck,
-    RetryError, Scheduler, SubmitError, VerifyCounters,
+    Accepted, CancelError, ClearError, Counters, Joined, MAX_TALLIES, PeerError, Progress,
+    ResultAck, RetryError, Scheduler, SubmitError, Tally, VerifyCounters,
 };
 pub use crate::task::{
     AttemptEnd, AttemptRecord, Requirements, Submission, Task, TaskKind, TaskSpec,

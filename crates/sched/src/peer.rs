@@ -302,6 +302,17 @@ impl Peer {
         self.completed
     }
 
+    /// What it ran to an end, over its sessions (see [`crate::Tally`]).
+    pub fn tally(&self) -> crate::Tally {
+        crate::Tally { completed: self.completed, failed: self.failed }
+    }
+
+    /// Adds what an earlier session of this id ran.
+    pub(crate) fn carry(&mut self, earlier: crate::Tally) {
+        self.completed += earlier.completed;
+        self.failed += earlier.failed;
+    }
+
     pub fn failed(&self) -> u64 {
         self.failed
     }

@@ -87,6 +87,21 @@ pub struct Scheduler<P> {
     pub(crate) counters: Counters,
     /// Replicas, canaries, reputation (see [`crate::verify`]).
     pub(crate) verify: Verifier<P>,
+    /// Tasks completed and failed by peers not connected now, kept for
+    /// their next session (a reconnect, or the first after a restart: see
+    /// [`Scheduler::handle_recovered_tallies`]); at most [`MAX_TALLIES`].
+    pub(crate) tallies: BTreeMap<PeerId, Tally>,
+}
+
+/// The most peers whose [`Tally`] is kept while they are away; beyond, the
+/// tally of one of them (the first by id) is forgotten.
+pub const MAX_TALLIES: usize = 100_000;
+
+/// What a peer ran to an end: results that completed and failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub completed: u64,
+    pub failed: u64,
 }
 
 /// Totals since the scheduler started.
@@ -111,6 +126,7 @@ impl<P: Clone> Scheduler<P> {
         let verify = Verifier::new(config.seed, config.verify.canary_pool);
         Scheduler {
             verify,
+            tallies: BTreeMap::new(),
             config,
             now,
             next_task: 1,
@@ -681,11 +697,31 @@ impl<P: Clone> Scheduler<P> {
         }
     }
 
+    /// Keeps `tally` for `peer`'s next session.
+    pub(crate) fn keep_tally(&mut self, peer: &PeerId, tally: Tally) {
+        if tally == Tally::default() {
+            return;
+        }
+        if self.tallies.len() >= MAX_TALLIES && !self.tallies.contains_key(peer) {
+            self.tallies.pop_first();
+        }
+        self.tallies.insert(peer.clone(), tally);
+    }
+
+    /// What peers ran to an end in the store's history (after a restart,
+    /// before any peer joins): each one's next session starts from it.
+    pub fn handle_recovered_tallies(&mut self, tallies: impl IntoIterator<Item = (PeerId, Tally)>) {
+        for (peer, tally) in tallies {
+            self.keep_tally(&peer, tally);
+        }
+    }
+
     /// Removes a peer; its assignments go back to the queue (a failed attempt
     /// each), and its zombies become lost runs (it may still run them).
     pub(crate) fn drop_peer(&mut self, now: Time, id: &PeerId, reason: LeaveReason) {
         let Some(peer) = self.peers.remove(id) else { return };
         self.free.remove(id);
+        self.keep_tally(id, peer.tally());
         for (task, _) in peer.tasks {
             self.requeue(now, task, AttemptEnd::PeerLost, RequeueReason::PeerLost, true);
         }

@@ -2,7 +2,7 @@
 //! a coordinator restart, a worker drained by SIGTERM.
 
 use serde_json::{Value, json};
-use test_support::{Coordinator, Raw, worker};
+use test_support::{Coordinator, Raw, eventually, worker};
 
 use crate::{FAST, bin};
 
@@ -157,4 +157,56 @@ async fn sigterm_lets_a_worker_finish_within_its_drain_timeout() {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The workers table's done and failed counts come back after a restart
+/// (from the store's history) and grow from there.
+#[tokio::test]
+async fn a_workers_counts_survive_a_coordinator_restart() {
+    let (port, data) = (free_port(), tempfile::tempdir().unwrap());
+    let bind = format!("127.0.0.1:{port}");
+    let args = ["--bind", bind.as_str(), "--data-dir", data.path().to_str().unwrap()];
+    let mut c1 = Coordinator::start_env(bin(), &args, &[]);
+    let url = c1.ws_url.clone();
+    let _w = worker(bin(), &url, "w", &[]);
+    let mut gamer = Raw::gamer(&url, "g").await;
+    let echo = |id: u32| {
+        format!(
+            r#"{{"msg_type": "task_request", "task_id": "{id}", "task_type": "echo", "data": {id}}}"#
+        )
+    };
+    for id in 1..=2 {
+        gamer.send(&echo(id)).await;
+        gamer.until("task_result").await;
+    }
+    let bad = r#"{"msg_type": "task_request", "task_id": "3", "task_type": "sleep", "data": {"ms": "x"}}"#;
+    gamer.send(bad).await;
+    let failed = gamer.until("task_error").await;
+    assert_eq!(failed["attempts"], 1, "failed on the worker: {failed}");
+    c1.proc.kill9();
+    let c2 = Coordinator::start_env(bin(), &args, &[]);
+    let mut gamer = Raw::gamer(&url, "g").await;
+    gamer.send(&echo(4)).await;
+    gamer.until("task_result").await;
+    tls::install_default_provider();
+    let http = reqwest::Client::new();
+    let row = eventually("the worker's row", || async {
+        let list: serde_json::Value = http
+            .get(format!("{}/cluster/workers", c2.http()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let row = list["workers"].as_array()?.iter().find(|w| w["worker_id"] == "w").cloned()?;
+        // The snapshot is published after the core's next step.
+        (row["busy_slots"] == 0).then_some(row)
+    })
+    .await;
+    assert_eq!(
+        (row["tasks_completed"].as_u64(), row["tasks_failed"].as_u64()),
+        (Some(3), Some(1)),
+        "{row}"
+    );
 }

@@ -27,10 +27,12 @@ impl<P: Clone> Scheduler<P> {
         let now = self.tick(now);
         let claims: BTreeMap<TaskId, Attempt> = join.running.iter().copied().collect();
         let mut peer = Peer::new(&join, now);
+        peer.carry(self.tallies.remove(&join.id).unwrap_or_default());
         let mut joined = Joined::default();
 
         if let Some(old) = self.peers.remove(&join.id) {
             joined.replaced = true;
+            peer.carry(old.tally());
             self.free.remove(&join.id);
             if old.conn != join.conn {
                 self.commands.push_back(Command::ClosePeer {

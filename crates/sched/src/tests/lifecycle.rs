@@ -948,3 +948,40 @@ fn recovery_holds_the_peer_ids_of_runs_lost_within_the_hold() {
     assert_eq!(seen(3).as_deref(), Some("t-3"), "c1 is still held by t-1");
     assert_eq!(seen(4).as_deref(), Some("c2"));
 }
+
+#[test]
+fn a_peer_keeps_what_it_ran_across_reconnects_replacements_and_restarts() {
+    use crate::{ConnId, PeerCaps, PeerJoin, RunOutcome, Scheduler, Submission, Tally};
+    let mut s: Scheduler<u32> = Scheduler::new(config(), Time::ZERO);
+    let peer = PeerId::from("p");
+    let join = |conn: u64| PeerJoin::new(peer.clone(), ConnId(conn), PeerCaps::default());
+    let tally = |s: &Scheduler<u32>| s.peer("p").map(|p| p.tally());
+    // As after a restart: the store's history counts.
+    let stored = Tally { completed: 5, failed: 2 };
+    s.handle_recovered_tallies([(peer.clone(), stored)]);
+    s.handle_peer_joined(Time::ZERO, join(1));
+    assert_eq!(tally(&s), Some(stored));
+    let run = |s: &mut Scheduler<u32>, conn: u64, outcome: RunOutcome<u32>| {
+        let id = s.handle_submit(Time::ZERO, Submission::new(Owner::Api, "echo", 0)).unwrap().id;
+        s.handle_result(Time::ZERO, &peer, ConnId(conn), id, Some(Attempt(1)), outcome).unwrap();
+    };
+    run(&mut s, 1, RunOutcome::Completed(1));
+    let failed = Failure::new("internal", "broken");
+    run(&mut s, 1, RunOutcome::Failed { failure: failed, retryable: false });
+    assert_eq!(tally(&s), Some(Tally { completed: 6, failed: 3 }));
+    // A second session replaces the first: the counts go with it.
+    s.handle_peer_joined(Time::ZERO, join(2));
+    assert_eq!(tally(&s), Some(Tally { completed: 6, failed: 3 }));
+    run(&mut s, 2, RunOutcome::Completed(1));
+    // It leaves and comes back.
+    s.handle_peer_left(Time::ZERO, &peer, ConnId(2));
+    assert_eq!(tally(&s), None);
+    s.handle_peer_joined(Time::ZERO, join(3));
+    assert_eq!(tally(&s), Some(Tally { completed: 7, failed: 3 }));
+    // Peers away are remembered up to a bound.
+    let many = (0..crate::MAX_TALLIES + 10).map(|i| {
+        (PeerId::from(format!("away-{i:06}").as_str()), Tally { completed: 1, failed: 0 })
+    });
+    s.handle_recovered_tallies(many);
+    assert_eq!(s.tallies.len(), crate::MAX_TALLIES);
+}
