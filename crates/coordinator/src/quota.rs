@@ -11,8 +11,14 @@
 //! counted in `legacygpu_quota_refusals_total{limit}`; the bytes held show
 //! in `legacygpu_queued_payload_bytes`.
 //!
-//! Only tasks accepted since the coordinator started count (recovered ones
-//! hold their bytes without being charged to anyone).
+//! Unfinished tasks recovered at a restart are charged again to the clients
+//! they were charged to when accepted (their owner, and the API key that
+//! submitted them), so that a restart frees no one's quota.
+//!
+//! A gamer id is a client of its own: callers sharing one credential (the
+//! cluster or client token, this machine) can spread their tasks over many
+//! gamer ids, so a per-caller bound needs a credential per caller — an API
+//! key, which is charged whatever gamer id it uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,6 +120,27 @@ impl Quotas {
             u.bytes += bytes;
         }
         self.tasks.insert(task, (clients, bytes));
+    }
+
+    /// Charges the unfinished tasks recovered at start, as [`accept`] did
+    /// when they were submitted.
+    pub fn charge_recovered(&mut self, tasks: &[sched::Recovered<proto::Json>]) {
+        for r in tasks {
+            if matches!(r.state, sched::RecoveredState::Finished { .. }) {
+                continue;
+            }
+            let mut clients = Vec::with_capacity(2);
+            match &r.spec.owner {
+                Owner::Gamer(id) => clients.push(format!("gamer:{id}")),
+                other => clients.push(other.to_string()),
+            }
+            let key = r.spec.submitter.as_deref().and_then(|s| s.strip_prefix("api-key:"));
+            if let (Owner::Gamer(_), Some(fingerprint)) = (&r.spec.owner, key) {
+                clients.push(Owner::Key(Arc::from(fingerprint)).to_string());
+            }
+            self.charge(r.spec.id, clients, r.spec.payload.get().len());
+        }
+        self.dirty = true;
     }
 
     /// A task ended: what it held is free.

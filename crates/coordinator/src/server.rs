@@ -426,6 +426,7 @@ fn recover(
                 core.bindings.restore(SessionKey::Gamer(g.to_string()), by, now);
             }
         }
+        core.quotas.charge_recovered(&tasks);
         core.sched.handle_recovered(now, tasks);
         core.sched.set_next_task_id(loaded.next_task_id.saturating_sub(1));
         // Past every id the last run could have shown a peer (`ids.rs`).

@@ -166,3 +166,34 @@ async fn queued_payload_bytes_are_bounded_per_client_and_in_total() {
     let held: f64 = held.split_whitespace().last().unwrap().parse().unwrap();
     assert_eq!(held as usize, 9 * (10 * MIB + 2));
 }
+
+/// Tasks a client had queued when the coordinator stopped still count
+/// against its quota after the restart; another client's do not.
+#[tokio::test]
+async fn queued_tasks_recovered_at_a_restart_stay_charged_to_their_client() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let extra = ["--data-dir", dir, "--max-queued-tasks-per-client", "3"];
+    let echo = |id: usize| {
+        format!(
+            r#"{{"msg_type": "task_request", "task_id": "t{id}", "task_type": "echo", "data": {id}}}"#
+        )
+    };
+    let mut c = Coordinator::start(bin(), &extra);
+    // No worker: the tasks stay queued.
+    let mut raw = Raw::gamer(&c.ws_url, "g1").await;
+    for i in 0..3 {
+        raw.send(&echo(i)).await;
+        assert_eq!(raw.recv().await["msg_type"], "task_accepted");
+    }
+    c.proc.kill9();
+    let c = Coordinator::start(bin(), &extra);
+    let mut raw = Raw::gamer(&c.ws_url, "g1").await;
+    raw.send(&echo(3)).await;
+    let answer = raw.until("error").await;
+    assert_eq!(answer["code"], "busy", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("gamer:g1 has 3 unfinished"), "{answer}");
+    let mut other = Raw::gamer(&c.ws_url, "g2").await;
+    other.send(&echo(4)).await;
+    assert_eq!(other.recv().await["msg_type"], "task_accepted");
+}
