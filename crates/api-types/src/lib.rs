@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use codes::WorkerStatus;
+use codes::{FailureCode, TaskState, Verdict, VerifyStatus, WorkerStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -220,7 +220,8 @@ pub struct TaskView {
     pub owner: String,
     pub task_type: String,
     /// queued, assigned, running, completed, failed, cancelled, timed_out.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: TaskState,
     pub priority: i32,
     pub attempt: u32,
     pub failures: u32,
@@ -243,7 +244,8 @@ pub struct TaskView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskErrorView {
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: FailureCode,
     pub message: String,
 }
 
@@ -264,7 +266,8 @@ pub struct VerificationView {
     /// `replicas/quorum`, with `/adaptive` under adaptive replication.
     pub policy: String,
     /// pending, agreed, self_checked, trusted, unverifiable, no_quorum, ended.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: VerifyStatus,
     /// Every replica, with its result: what a `no_quorum` leaves for the operator.
     pub replicas: Vec<ReplicaView>,
 }
@@ -277,7 +280,8 @@ pub struct ReplicaView {
     pub worker_id: Option<String>,
     pub attempts: u32,
     /// pending, valid, invalid, unverified, unjudged.
-    pub verdict: String,
+    #[schema(value_type = String)]
+    pub verdict: Verdict,
     /// Its result, when it completed.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
@@ -289,7 +293,8 @@ pub struct ReplicaView {
 pub struct TaskResultView {
     pub task_id: String,
     pub client_task_id: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: TaskState,
     #[schema(value_type = Object)]
     pub result: Value,
     pub worker_id: String,
@@ -300,7 +305,8 @@ pub struct TaskResultView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Pending {
     pub task_id: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: TaskState,
     pub detail: String,
 }
 
@@ -308,7 +314,8 @@ pub struct Pending {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Retried {
     pub task_id: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: TaskState,
 }
 
 /// What a bulk action matched and did.

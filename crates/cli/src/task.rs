@@ -32,7 +32,7 @@ async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
     if args.remote.json {
         return print_json(&t);
     }
-    println!("task {} ({}): {}", t.task_id, t.task_type, status_colour(&t.status));
+    println!("task {} ({}): {}", t.task_id, t.task_type, status_colour(t.status.as_str()));
     println!("  your id:  {}", t.client_task_id);
     println!("  attempt:  {} ({} failed)", t.attempt, t.failures);
     println!("  worker:   {}", t.worker_id.as_deref().unwrap_or("-"));
@@ -103,7 +103,7 @@ async fn list(args: &TaskListArgs) -> anyhow::Result<ExitCode> {
                 t.task_id.clone(),
                 t.client_task_id.clone(),
                 t.task_type.clone(),
-                status_colour(&t.status),
+                status_colour(t.status.as_str()),
                 t.attempt.to_string(),
                 t.worker_id.clone().unwrap_or_else(|| "-".to_owned()),
                 t.owner.clone(),

@@ -93,8 +93,10 @@ pub enum ApiEvent {
         task_id: String,
         client_task_id: String,
         task_type: String,
-        status: String,
-        code: String,
+        #[schema(value_type = String)]
+        status: codes::TaskState,
+        #[schema(value_type = String)]
+        code: codes::FailureCode,
         message: String,
         attempts: u32,
     },
@@ -108,7 +110,8 @@ pub enum ApiEvent {
     TaskVerified {
         task_id: String,
         task_type: String,
-        status: String,
+        #[schema(value_type = String)]
+        status: codes::VerifyStatus,
         replicas: usize,
     },
     /// Sent every few seconds while someone listens.
@@ -693,7 +696,7 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
         Event::Verified { task, task_type, verification } => ApiEvent::TaskVerified {
             task_id: task.to_string(),
             task_type: task_type.to_string(),
-            status: verification.status.as_str().to_owned(),
+            status: verification.status,
             replicas: verification.replicas.len(),
         },
         Event::Quarantined { peer } => {
@@ -776,8 +779,8 @@ fn api_event(event: &Event<Json>) -> Option<ApiEvent> {
                         task_id,
                         client_task_id,
                         task_type,
-                        status: other.status().as_str().to_owned(),
-                        code: failure.code.to_string(),
+                        status: other.status(),
+                        code: failure.code.clone(),
                         message: failure.message.to_string(),
                         attempts: *attempts,
                     }

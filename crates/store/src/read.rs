@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::{StoreError, StoredTask};
+use crate::{StoreError, StoredTask, TaskState};
 
 /// The most tasks one page returns.
 pub const MAX_PAGE: u32 = 1_000;
@@ -26,8 +26,7 @@ const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Which tasks to list. Every field set narrows the list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
-    /// `queued`, `assigned`, `running`, `completed`, …
-    pub state: Option<String>,
+    pub state: Option<TaskState>,
     pub task_type: Option<String>,
     /// `gamer:<id>` or `api`.
     pub owner: Option<String>,
@@ -244,7 +243,7 @@ fn conditions(
         conds.push(cond.replace('#', &mark(params.len())));
     };
     if let Some(s) = &filter.state {
-        add(format!("{} = #", cols.state), Param::Text(s.clone()));
+        add(format!("{} = #", cols.state), Param::Text(s.as_str().to_owned()));
     }
     if let Some(t) = &filter.task_type {
         add(format!("{} = #", cols.task_type), Param::Text(t.clone()));
@@ -309,7 +308,7 @@ mod tests {
     #[test]
     fn a_filter_becomes_numbered_conditions_in_order() {
         let filter = TaskFilter {
-            state: Some("queued".into()),
+            state: Some(TaskState::Queued),
             worker: Some("p1".into()),
             submitted_to_ms: Some(9),
             ..TaskFilter::default()

@@ -86,10 +86,7 @@ pub(super) async fn retry(
     match answer {
         Ok(()) => Ok((
             StatusCode::ACCEPTED,
-            Json(Retried {
-                task_id: task.to_string(),
-                status: TaskState::Queued.as_str().to_owned(),
-            }),
+            Json(Retried { task_id: task.to_string(), status: TaskState::Queued }),
         )),
         Err(RetryError::UnknownTask) => Err(ApiError::not_found(format!(
             "no task `{id}` is held (unknown, or past its result TTL)"

@@ -292,7 +292,7 @@ fn task_view(t: TaskNow) -> TaskView {
         client_task_id: t.client_task_id,
         owner: t.owner,
         task_type: t.task_type,
-        status: t.status.as_str().to_owned(),
+        status: t.status,
         priority: t.priority,
         attempt: t.attempt,
         failures: t.failures,
@@ -305,7 +305,7 @@ fn task_view(t: TaskNow) -> TaskView {
         finished_at_ms: t.finished_at_ms,
         last_error: t
             .last_error
-            .map(|f| TaskErrorView { code: f.code.to_string(), message: f.message.to_string() }),
+            .map(|f| TaskErrorView { code: f.code.clone(), message: f.message.to_string() }),
         attempts: t
             .attempts
             .into_iter()
@@ -369,7 +369,7 @@ pub(super) fn store_filter(
     };
     let text = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     Ok(store::TaskFilter {
-        state: state.map(|s| s.as_str().to_owned()),
+        state,
         task_type: text(task_type),
         owner: text(owner),
         worker: text(worker),
@@ -433,7 +433,7 @@ pub(super) fn stored_view(t: store::StoredTask) -> TaskView {
         client_task_id: t.task.client_task_id,
         owner: t.task.owner,
         task_type: t.task.task_type,
-        status: t.state.as_str().to_owned(),
+        status: t.state,
         priority: t.task.priority,
         attempt: t.attempt,
         failures: t.failures,
@@ -444,7 +444,7 @@ pub(super) fn stored_view(t: store::StoredTask) -> TaskView {
         assigned_at_ms: assigned,
         started_at_ms: t.started_at_ms,
         finished_at_ms: t.finished_at_ms,
-        last_error: t.error.map(|e| TaskErrorView { code: e.code.to_string(), message: e.message }),
+        last_error: t.error.map(|e| TaskErrorView { code: e.code, message: e.message }),
         attempts: t
             .attempts
             .into_iter()
@@ -574,7 +574,7 @@ pub(super) async fn task_result(
             let Some(now) = now else { return Err(unknown_task(id)) };
             let pending = Pending {
                 task_id: task.to_string(),
-                status: now.status.as_str().to_owned(),
+                status: now.status,
                 detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
             };
             return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
@@ -591,7 +591,7 @@ pub(super) fn outcome_view(task: TaskId, done: Finished) -> Result<TaskResultVie
         sched::Outcome::Completed { result, peer, .. } => Ok(TaskResultView {
             task_id: task.to_string(),
             client_task_id: done.client_task_id,
-            status: TaskState::Completed.as_str().into(),
+            status: TaskState::Completed,
             result: serde_json::from_str(result.get()).unwrap_or(Value::Null),
             worker_id: peer.to_string(),
             attempts: done.attempts,

@@ -31,7 +31,7 @@ pub(super) fn reputation_view(r: &Reputation) -> ReputationView {
 pub(super) fn verification_view(v: &Verification<RawJson>) -> VerificationView {
     VerificationView {
         policy: v.policy.to_string(),
-        status: v.status.as_str().to_owned(),
+        status: v.status,
         replicas: v
             .replicas
             .iter()
@@ -39,7 +39,7 @@ pub(super) fn verification_view(v: &Verification<RawJson>) -> VerificationView {
                 task_id: r.task.to_string(),
                 worker_id: r.peer.as_ref().map(ToString::to_string),
                 attempts: r.attempts,
-                verdict: r.verdict.as_str().to_owned(),
+                verdict: r.verdict,
                 result: r.result.as_ref().and_then(|j| serde_json::from_str(j.get()).ok()),
                 error: r.failure.as_ref().map(ToString::to_string),
             })
@@ -53,7 +53,7 @@ pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<Verifica
     let status = t.verify_status?;
     Some(VerificationView {
         policy: t.task.verify.clone().unwrap_or_else(|| "off".to_owned()),
-        status: status.as_str().to_owned(),
+        status,
         replicas: t
             .replicas
             .iter()
@@ -61,7 +61,7 @@ pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<Verifica
                 task_id: TaskId(r.task_id).to_string(),
                 worker_id: r.peer.clone(),
                 attempts: r.attempts,
-                verdict: r.verdict.as_str().to_owned(),
+                verdict: r.verdict,
                 result: r.result.as_deref().and_then(|j| serde_json::from_str(j).ok()),
                 error: r.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
             })

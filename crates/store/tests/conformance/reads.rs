@@ -79,7 +79,7 @@ fn filters_select_the_same_tasks(b: &Backend) {
     let r = b.reader();
     let f = TaskFilter::default;
     assert_eq!(ids(r.as_ref(), &f()), want(|_| true));
-    let by_state = |s: &str| TaskFilter { state: Some(s.into()), ..f() };
+    let by_state = |s: &str| TaskFilter { state: Some(s.parse().unwrap()), ..f() };
     assert_eq!(ids(r.as_ref(), &by_state("assigned")), want(|id| id % 4 == 0));
     assert_eq!(ids(r.as_ref(), &by_state("completed")), want(|id| id % 4 != 0 && id % 5 == 0));
     assert_eq!(ids(r.as_ref(), &by_state("queued")), want(|id| id % 4 != 0 && id % 5 != 0));
@@ -96,7 +96,7 @@ fn filters_select_the_same_tasks(b: &Backend) {
         TaskFilter { submitted_from_ms: Some(10_000), submitted_to_ms: Some(20_000), ..f() };
     assert_eq!(ids(r.as_ref(), &window), want(|id| (10..20).contains(&id)));
     let all = TaskFilter {
-        state: Some("assigned".into()),
+        state: Some(store::TaskState::Assigned),
         task_type: Some("a".into()),
         owner: Some("gamer:g1".into()),
         worker: Some("p2".into()),

@@ -256,7 +256,7 @@ pub(super) async fn bulk(
         Err(e) => return page_error(StatusCode::BAD_REQUEST, "Bad filter", &e),
     };
     let filter = BulkFilter {
-        status: filter.state,
+        status: filter.state.map(|s| s.as_str().to_owned()),
         task_type: filter.task_type,
         worker_id: filter.worker,
         owner: filter.owner,
