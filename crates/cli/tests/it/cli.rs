@@ -231,6 +231,20 @@ fn every_read_and_task_command_against_a_real_coordinator() {
     let local = json_of(&ok(cli(h, &["worker", "list", "--json"])));
     assert_eq!(local["workers"], json!([]));
     assert_eq!(code(&cli(h, &["worker", "stop", "--peer-id", "cli-w"])), 1);
+
+    // `worker drain`: the worker finishes what it runs and leaves for good.
+    let args = ["worker", "start", "--coordinator", &ws, "--peer-id", "cli-d", "--no-gpu"];
+    let (mut drained, _) = Proc::spawn(bin(), &args, &[("XDG_STATE_HOME", h.to_str().unwrap())]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json_of(&ok(run(with(&["cluster", "workers", "--json"]))))["total"] != 1 {
+        assert!(Instant::now() < deadline, "the worker never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = json_of(&ok(run(with(&["worker", "drain", "cli-d", "--json"]))));
+    assert_eq!(answer["worker_id"], "cli-d", "{answer}");
+    assert_eq!(drained.wait(), Some(0), "{}", drained.log());
+    assert!(drained.log().contains("drained by an operator"), "{}", drained.log());
+    assert_eq!(code(&run(with(&["worker", "drain", "nobody"]))), 1, "an unknown worker");
 }
 
 #[test]
