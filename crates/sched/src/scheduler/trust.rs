@@ -176,7 +176,7 @@ impl<P: Clone> Scheduler<P> {
                 if !peer.caps.can_run(&class) {
                     return None;
                 }
-                let id = lookalike(&work.client_task_id, &mut self.verify.rng).map(Arc::from);
+                let id = lookalike(&work.client_task_id, &mut self.verify.id_rng).map(Arc::from);
                 (class, id, c.payload, c.expected, work.priority, work.run_timeout)
             }
         };

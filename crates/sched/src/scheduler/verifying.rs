@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::Scheduler;
+use super::peer_ids::lookalike;
 use crate::output::Event;
 use crate::peer::Peer;
 use crate::placement::Constraints;
@@ -38,6 +39,9 @@ pub(crate) struct Verifier<P> {
     pub canaries: BTreeMap<PeerId, TaskId>,
     /// Draws of its own, so that verification never shifts back-off jitter.
     pub rng: fastrand::Rng,
+    /// The draws of hidden tasks' ids (see `peer_ids::lookalike`), apart
+    /// from `rng` so that ids never shift replication's decisions.
+    pub id_rng: fastrand::Rng,
     /// Hidden tasks were queued while placing: place again.
     pub queued_while_placing: bool,
     pub counters: VerifyCounters,
@@ -75,6 +79,7 @@ impl<P> Verifier<P> {
             pool: Pool::new(pool),
             canaries: BTreeMap::new(),
             rng: fastrand::Rng::with_seed(seed ^ 0x7e51_f1ed),
+            id_rng: fastrand::Rng::with_seed(seed ^ 0x01d5_0f1d),
             queued_while_placing: false,
             counters: VerifyCounters::default(),
         }
@@ -172,8 +177,15 @@ impl<P: Clone> Scheduler<P> {
         let (spec, class) = (Arc::clone(&task.spec), Arc::clone(&task.class));
         let id = self.take_task_id();
         // The first replica usually gets the submitter's own id, as an
-        // unverified task would; the others show their cluster ids.
-        let peer_task_id = self.claim_peer_task_id(&spec.client_task_id, id);
+        // unverified task would; the others an id of the same shape (their
+        // cluster ids when it has nothing to vary), so that a peer cannot
+        // tell that its run is compared with another.
+        let wanted = match self.peer_ids.contains_key(&spec.client_task_id) {
+            true => lookalike(&spec.client_task_id, &mut self.verify.id_rng)
+                .map_or_else(|| Arc::clone(&spec.client_task_id), Arc::from),
+            false => Arc::clone(&spec.client_task_id),
+        };
+        let peer_task_id = self.claim_peer_task_id(&wanted, id);
         let replica = Arc::new(TaskSpec {
             id,
             peer_task_id,
