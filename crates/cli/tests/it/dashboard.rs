@@ -244,6 +244,21 @@ async fn the_dashboard_in_a_real_browser() {
         let done = rest(&base, &format!("/cluster/tasks/{id}/result?timeout=30")).await;
         assert_eq!(done["worker_id"], "w2", "{done}");
     }
+    // A worker that joined with the join token has a credential: revoke it
+    // from its row; it is closed at once and stops, told why.
+    assert!(c.find(Locator::Css("tr[data-worker=w1] button[data-action=revoke]")).await.is_err());
+    let cred = data.path().join("w3-credential.json");
+    let join = ["--join", coord.worker_token.as_str(), "--credential-file", cred.to_str().unwrap()];
+    let mut w3 = worker(bin(), &coord.wss_url(), "w3", &join);
+    c.goto(&format!("{base}/workers")).await.unwrap();
+    click(&c, "tr[data-worker=w3] button[data-action=revoke]").await;
+    assert_eq!(w3.wait(), Some(1), "{}", w3.log());
+    assert!(w3.log().contains("revoked"), "{}", w3.log());
+    c.goto(&format!("{base}/workers")).await.unwrap();
+    let gone = eventually("w3 to leave the table", || async {
+        c.find(Locator::Css("tr[data-worker=w3]")).await.is_err().then_some(())
+    });
+    gone.await;
     c.goto(&format!("{base}/events")).await.unwrap();
     // Rendered on the server (readable without JavaScript): the newest
     // tasks' latest steps from the store.
