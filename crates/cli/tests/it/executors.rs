@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use test_support::{Coordinator, Raw, worker};
 
-use crate::{FAST, bin};
+use crate::bin;
 
 /// A models directory with the tiny colour classifier as `tiny`.
 fn models() -> tempfile::TempDir {
@@ -51,7 +51,7 @@ async fn submit_keeping(
 
 #[tokio::test]
 async fn tasks_go_only_to_peers_that_can_run_them() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let models = models();
     let dir = models.path().to_string_lossy().into_owned();
     let _plain = worker(bin(), &c.ws_url, "plain", &["--no-gpu", "--slots", "4"]);
@@ -126,7 +126,7 @@ async fn physics_is_bit_identical_across_worker_processes() {
 
 #[tokio::test]
 async fn the_seeds_model_and_input_command_classifies_an_image() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let models = models();
     let dir = models.path().to_string_lossy().into_owned();
     let _w = worker(bin(), &c.ws_url, "w", &["--models-dir", &dir, "--no-gpu"]);
@@ -164,7 +164,7 @@ async fn the_seeds_model_and_input_command_classifies_an_image() {
 
 #[tokio::test]
 async fn a_worker_with_a_missing_models_dir_refuses_to_start() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let mut w = worker(bin(), &c.ws_url, "w", &["--models-dir", "/no/such/dir"]);
     assert_eq!(w.wait(), Some(1));
     let stderr = w.log();
@@ -175,7 +175,7 @@ async fn a_worker_with_a_missing_models_dir_refuses_to_start() {
 /// with the path it lacks; `auto` serves on tract and says why in its log.
 #[tokio::test]
 async fn the_inference_backend_is_checked_at_start() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let models = models();
     let dir = models.path().to_string_lossy().into_owned();
     let missing = [
@@ -227,7 +227,7 @@ async fn the_inference_backend_is_checked_at_start() {
 /// what it needs, a seed-literal peer (which runs every type) is not sent it.
 #[tokio::test]
 async fn a_peer_declaring_a_types_needs_keeps_it_from_peers_without_them() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let needs = r#"{"task_types": ["quantum"], "gpus": ["QPU 9000"],
                     "task_needs": {"quantum": {"gpu": true}}}"#;
     let able = Raw::peer(&c.ws_url, "able", needs).await;

@@ -31,7 +31,7 @@ async fn until_held_by(gamer: &mut Raw, id: &str, peer: &str) -> Value {
 
 #[tokio::test]
 async fn kill_9_of_a_worker_holding_a_task_moves_it_to_another() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let mut a = worker(bin(), &c.ws_url, "worker-a", &["--slots", "1"]);
     let mut gamer = submit_sleep(&c.ws_url, "job", 1500).await;
     let held = until_held_by(&mut gamer, "job", "worker-a").await;
@@ -89,7 +89,7 @@ async fn peer_failures_end_in_a_clear_failure_after_max_attempts() {
 
 #[tokio::test]
 async fn an_executor_error_is_returned_without_retry() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let _w = worker(bin(), &c.ws_url, "w", &[]);
     let mut gamer = Raw::gamer(&c.ws_url, "g").await;
     gamer.send(r#"{"msg_type": "task_request", "task_id": "bad", "task_type": "sleep", "data": {"ms": "soon"}}"#).await;
@@ -132,7 +132,7 @@ async fn workers_reconnect_after_a_coordinator_restart() {
 
 #[tokio::test]
 async fn sigterm_drains_a_worker_and_returns_its_task() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let mut a = worker(bin(), &c.ws_url, "a", &["--drain-timeout", "0"]);
     let mut gamer = submit_sleep(&c.ws_url, "long", 1000).await;
     until_held_by(&mut gamer, "long", "a").await;
@@ -145,7 +145,7 @@ async fn sigterm_drains_a_worker_and_returns_its_task() {
 
 #[tokio::test]
 async fn sigterm_lets_a_worker_finish_within_its_drain_timeout() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let mut a = worker(bin(), &c.ws_url, "a", &["--drain-timeout", "30"]);
     let mut gamer = submit_sleep(&c.ws_url, "short", 300).await;
     until_held_by(&mut gamer, "short", "a").await;

@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use test_support::{Coordinator, Raw, WAIT, eventually, worker};
 
-use crate::{FAST, bin};
+use crate::bin;
 
 /// A models directory holding the tiny model as `tiny` (trained context
 /// `context`), or `None` (SKIP).
@@ -138,7 +138,7 @@ fn assert_in_order(deltas: &[(u64, u64, String)], attempt: u64) {
 #[tokio::test]
 async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() {
     let Some(dir) = models("streamed_generation", 512) else { return };
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let _w = llm_worker(&c, "llm", dir.path(), &["--slots", "2"]);
     await_model(&c, 1, None).await;
     let data = json!({"model": "tiny", "prompt": "hello", "max_tokens": 48, "temperature": 0});
@@ -264,7 +264,7 @@ async fn a_worker_killed_before_its_first_token_is_retried_and_one_killed_mid_st
     // A long context, so that the long generations are still going when
     // their worker is killed.
     let Some(dir) = models("kill_rules", 4096) else { return };
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     // Two sequences decode at once; a third assigned task waits for one.
     let llm = ["--slots", "3", "--llm-slots", "2", "--llm-context", "4096"];
     let mut a = llm_worker(&c, "a", dir.path(), &llm);
@@ -356,7 +356,7 @@ async fn a_worker_killed_before_its_first_token_is_retried_and_one_killed_mid_st
 #[tokio::test]
 async fn an_openai_client_that_hangs_up_cancels_its_generation() {
     let Some(dir) = models("hang_up", 4096) else { return };
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let _w = llm_worker(&c, "w", dir.path(), &["--llm-context", "4096"]);
     await_model(&c, 1, None).await;
     let client = http();
@@ -400,7 +400,7 @@ async fn a_worker_with_both_kinds_of_model_serves_each_to_its_own_task_type() {
     // `tiny` is a GGUF model (generate), `color` an ONNX classifier (inference).
     let Some(dir) = models("both_kinds", 512) else { return };
     exec_inference::fixture::write_tiny_classifier(dir.path(), "color").unwrap();
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let _w = llm_worker(&c, "both", dir.path(), &["--slots", "2"]);
     await_model(&c, 1, None).await;
     let client = http();

@@ -430,7 +430,10 @@ async fn a_frozen_coordinator_is_left_by_workers_and_clients() {
     // sockets open (SIGSTOP) must be given up, or a standby's takeover
     // would never reach the workers and gamers still attached to it.
     let c = Coordinator::start(bin(), crate::FAST);
-    let w = worker(bin(), &c.ws_url, "w", &[]);
+    // One URL: the worker's default silence is long (nowhere else to go).
+    // Longer than the client's, so that the client has given up too by the
+    // time the worker has.
+    let w = worker(bin(), &c.ws_url, "w", &["--silence-timeout", "2"]);
     let options = ClientOptions {
         silence_timeout: Some(Duration::from_millis(1000)),
         ..ClientOptions::default()

@@ -4,7 +4,7 @@
 use serde_json::json;
 use test_support::{Coordinator, Proc, Raw, worker};
 
-use crate::{FAST, bin};
+use crate::bin;
 
 #[tokio::test]
 async fn results_go_only_to_the_submitter_and_wait_for_it_to_return() {
@@ -179,7 +179,7 @@ async fn sigterm_tells_everyone_and_exits_cleanly() {
 
 #[tokio::test]
 async fn task_submit_wait_prints_the_result() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let _w = worker(bin(), &c.ws_url, "w", &[]);
     let out = std::process::Command::new(bin())
         .args([

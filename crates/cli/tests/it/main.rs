@@ -31,5 +31,8 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_legacygpu"))
 }
 
-/// Coordinator flags that make failure detection fast in tests.
+/// Coordinator flags that make the detection of a silent peer fast, for the
+/// tests of that alone (a killed process closes its socket and is noticed at
+/// once without them): a loaded machine can starve a busy worker's
+/// heartbeats for a second, so tests of anything else keep the defaults.
 pub const FAST: &[&str] = &["--heartbeat-timeout", "1", "--heartbeat-interval", "0.2"];

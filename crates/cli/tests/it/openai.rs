@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use test_support::Coordinator;
 
+use crate::bin;
 use crate::generate::{await_model, llm_worker, models};
-use crate::{FAST, bin};
 
 /// The whole pytest run may take this long (it takes seconds).
 const LIMIT: Duration = Duration::from_secs(240);
@@ -44,7 +44,7 @@ async fn the_official_openai_client_works_against_the_cluster() {
     }
     let Some(dir) = models("openai", 512) else { return };
     let keys = "openai-admin-01:admin,openai-client-01:client,openai-viewer-01:read-only";
-    let c = Coordinator::start_env(bin(), FAST, &[("API_KEYS", keys)]);
+    let c = Coordinator::start_env(bin(), &[], &[("API_KEYS", keys)]);
     let _w = llm_worker(&c, "llm", dir.path(), &["--slots", "2"]);
     await_model(&c, 1, Some("openai-viewer-01")).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai");

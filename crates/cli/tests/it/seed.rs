@@ -70,7 +70,7 @@ async fn the_seeds_testing_checklist() {
 
 #[tokio::test]
 async fn the_seeds_example_clients_work() {
-    let c = Coordinator::start(bin(), FAST);
+    let c = Coordinator::start(bin(), &[]);
     let examples =
         std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
     let peer = std::process::Command::new(examples.join("test_peer"))
