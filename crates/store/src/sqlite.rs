@@ -313,6 +313,12 @@ fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     conn.execute_batch(&sql)
 }
 
+/// The rows of a two-text-column query, in order.
+fn pairs(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(sql)?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+}
+
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let next: Option<i64> = self
@@ -329,16 +335,10 @@ impl Store for SqliteStore {
         let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
         let next_task_id = max.max(next.map_or(1, |n| n as u64));
         self.next_task_id = next.map_or(0, |n| n as u64);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT peer_id, credential_sha256 FROM approvals ORDER BY peer_id")?;
-        let approvals = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<(String, String)>, _>>()?;
-        let mut stmt = self.conn.prepare("SELECT kind, secret FROM join_secrets ORDER BY kind")?;
-        let join_secrets = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<(String, String)>, _>>()?;
+        let approvals =
+            pairs(&self.conn, "SELECT peer_id, credential_sha256 FROM approvals ORDER BY peer_id")?;
+        let join_secrets =
+            pairs(&self.conn, "SELECT kind, secret FROM join_secrets ORDER BY kind")?;
         let reputation = verify::load_reputation(&self.conn)?;
         Ok(Loaded { tasks, approvals, join_secrets, reputation, next_task_id })
     }

@@ -60,15 +60,13 @@ pub(super) async fn load(c: &mut Client) -> Result<Loaded, StoreError> {
     let reputation = reputation.iter().map(reputation_row).collect::<Result<_, _>>()?;
     let max = tasks.iter().map(|t| t.task.id + 1).max().unwrap_or(1);
     let next_task_id = max.max(next.map_or(1, |n| n as u64));
-    let approvals = approvals
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
-    let join_secrets = join_secrets
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
+    let (approvals, join_secrets) = (pairs(&approvals)?, pairs(&join_secrets)?);
     Ok(Loaded { tasks, approvals, join_secrets, reputation, next_task_id })
+}
+
+/// Rows of two text columns, in order.
+fn pairs(rows: &[tokio_postgres::Row]) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
 /// The replicas' columns, in [`replica_row`]'s order.
