@@ -197,6 +197,8 @@ impl Worker {
         tokio::pin!(shutdown);
         let mut backoff = self.config.reconnect_min;
         let silence = self.config.silence_timeout.unwrap_or(endpoints.silence_timeout());
+        // Pings go out at a third of it: never a zero period.
+        let silence = silence.max(Duration::from_millis(30));
         loop {
             let bearer = self.bearer();
             let url = endpoints.current().to_owned();
