@@ -161,9 +161,11 @@ fn reseeded(like: &str, seed: u64) -> Option<String> {
     }
     let members: Members<'_> = serde_json::from_str(like).ok()?;
     let value = members.0.iter().find(|(key, _)| key == "seed")?.1.get();
-    // The value's place in the text: the raw value borrows from it.
-    let at = value.as_ptr() as usize - like.as_ptr() as usize;
-    Some(format!("{}{seed}{}", &like[..at], &like[at + value.len()..]))
+    // The value's place in the text: the raw value borrows from it (checked
+    // all the same: this text comes from a client).
+    let at = (value.as_ptr() as usize).checked_sub(like.as_ptr() as usize)?;
+    let end = at.checked_add(value.len())?;
+    (like.get(at..end)? == value).then(|| format!("{}{seed}{}", &like[..at], &like[end..]))
 }
 
 /// A JSON object's members in the order of its text, each value borrowed

@@ -188,6 +188,22 @@ fn a_gpu_canary_after_other_work_has_our_clients_shape() {
 }
 
 #[test]
+fn odd_work_still_makes_a_right_canary() {
+    // A client's text, whatever it holds: a float seed, an escaped key, the
+    // largest seed, another order and spacing; none breaks the rules.
+    let r = rules();
+    for like in [
+        r#"{"op":"matmul","m":8,"k":8,"n":8,"seed":1e3}"#,
+        r#"{"op":"matmul","m":8,"k":8,"n":8,"se\u0065d":5}"#,
+        r#"{"op":"matmul","m":8,"k":8,"n":8,"seed":18446744073709551615}"#,
+        r#"{ "seed" : 3 , "n":8,"k":8,"m":8,"op":"matmul"}"#,
+    ] {
+        let canary = r.canary("gpu", &proto::json(like).unwrap(), 9).unwrap();
+        assert_answer_is_the_executors(&r, &canary);
+    }
+}
+
+#[test]
 fn physics_results_agree_exactly_when_their_states_do() {
     let r = rules();
     let p = json(&json!({"steps": 10, "bodies": []}));
