@@ -129,15 +129,8 @@ impl Quotas {
             if matches!(r.state, sched::RecoveredState::Finished { .. }) {
                 continue;
             }
-            let mut clients = Vec::with_capacity(2);
-            match &r.spec.owner {
-                Owner::Gamer(id) => clients.push(format!("gamer:{id}")),
-                other => clients.push(other.to_string()),
-            }
             let key = r.spec.submitter.as_deref().and_then(|s| s.strip_prefix("api-key:"));
-            if let (Owner::Gamer(_), Some(fingerprint)) = (&r.spec.owner, key) {
-                clients.push(Owner::Key(Arc::from(fingerprint)).to_string());
-            }
+            let clients = clients(&r.spec.owner, key);
             self.charge(r.spec.id, clients, r.spec.payload.get().len());
         }
         self.dirty = true;
@@ -213,14 +206,21 @@ pub(crate) fn accept(
 
 /// The clients a gamer's submission on `conn` counts against.
 pub(crate) fn clients_of(core: &Core, conn: sched::ConnId, owner: &Owner) -> Vec<String> {
-    let mut clients = Vec::with_capacity(2);
-    if let Owner::Gamer(id) = owner {
-        clients.push(format!("gamer:{id}"));
-    }
-    if let Some(c) = core.conns.get(&conn)
-        && let crate::credentials::Principal::ApiKey { fingerprint, .. } = &c.principal
-    {
-        clients.push(Owner::Key(Arc::clone(fingerprint)).to_string());
+    let key = match core.conns.get(&conn).map(|c| &c.principal) {
+        Some(crate::credentials::Principal::ApiKey { fingerprint, .. }) => Some(&**fingerprint),
+        _ => None,
+    };
+    clients(owner, key)
+}
+
+/// The clients a task of `owner` counts against: its owner (`gamer:ID`,
+/// `key:FINGERPRINT`, `api`), and for a gamer's task the API key
+/// (`fingerprint`) it was submitted with, if any. The one rule for new
+/// submissions on both ports and for tasks recovered at a restart.
+pub(crate) fn clients(owner: &Owner, fingerprint: Option<&str>) -> Vec<String> {
+    let mut clients = vec![owner.to_string()];
+    if let (Owner::Gamer(_), Some(fp)) = (owner, fingerprint) {
+        clients.push(Owner::Key(Arc::from(fp)).to_string());
     }
     clients
 }

@@ -189,8 +189,14 @@ impl Core {
         self.publisher.answered_api();
         match request {
             ApiRequest::Submit { req, owner, reply } => {
-                let answer = crate::quota::accept(self, vec![owner.to_string()], owner, None, req)
-                    .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                let answer = crate::quota::accept(
+                    self,
+                    crate::quota::clients(&owner, None),
+                    owner,
+                    None,
+                    req,
+                )
+                .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
                 let _ = reply.send(answer);
             }
             ApiRequest::Cancel { task, reply } => {
@@ -234,8 +240,14 @@ impl Core {
                 let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
             }
             ApiRequest::SubmitWatched { req, owner, watch, reply } => {
-                let answer = crate::quota::accept(self, vec![owner.to_string()], owner, None, req)
-                    .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                let answer = crate::quota::accept(
+                    self,
+                    crate::quota::clients(&owner, None),
+                    owner,
+                    None,
+                    req,
+                )
+                .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
                 if let Some(task) = answer.as_ref().ok().and_then(|s| s.accepted.id.parse().ok()) {
                     super::stream::follow(self, task, watch);
                 }
