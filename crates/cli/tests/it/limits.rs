@@ -197,3 +197,36 @@ async fn queued_tasks_recovered_at_a_restart_stay_charged_to_their_client() {
     other.send(&echo(4)).await;
     assert_eq!(other.recv().await["msg_type"], "task_accepted");
 }
+
+/// A caller with an API key is one client whatever gamer ids it uses: its
+/// tasks under every id count against the key's quota.
+#[tokio::test]
+async fn an_api_key_is_charged_whatever_gamer_id_it_uses() {
+    let extra = ["--api-keys", "spread-key-01:client", "--max-queued-tasks-per-client", "2"];
+    let c = Coordinator::start(bin(), &extra);
+    let echo = |id: usize| {
+        format!(
+            r#"{{"msg_type": "task_request", "task_id": "t{id}", "task_type": "echo", "data": {id}, "token": "spread-key-01"}}"#
+        )
+    };
+    // No worker: the tasks stay queued. Each under a gamer id of its own.
+    for (i, gamer) in ["a", "b"].into_iter().enumerate() {
+        let mut raw = Raw::connect(&c.ws_url).await;
+        raw.send(&format!(
+            r#"{{"msg_type": "register_gamer", "gamer_id": "{gamer}", "token": "spread-key-01"}}"#
+        ))
+        .await;
+        raw.until("registration_ack").await;
+        raw.send(&echo(i)).await;
+        assert_eq!(raw.recv().await["msg_type"], "task_accepted");
+    }
+    let mut third = Raw::connect(&c.ws_url).await;
+    third
+        .send(r#"{"msg_type": "register_gamer", "gamer_id": "c", "token": "spread-key-01"}"#)
+        .await;
+    third.until("registration_ack").await;
+    third.send(&echo(3)).await;
+    let answer = third.until("error").await;
+    assert_eq!(answer["code"], "busy", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().starts_with("key:"), "{answer}");
+}
