@@ -265,11 +265,11 @@ async fn the_dashboard_in_a_real_browser() {
     let stored = text(&c, "#events tbody tr.stored td:nth-child(2)").await;
     assert!(stored.starts_with("task_"), "{stored}");
     until_text(&c, "#live-status", "the live stream", |t| t == "live").await;
-    submit(&base, json!({"task_type": "echo", "data": {"n": 2}})).await;
-    until_text(&c, "#events tbody tr.event td:nth-child(2)", "an event row", |t| {
-        t.starts_with("task_")
-    })
-    .await;
+    let echoed = submit(&base, json!({"task_type": "echo", "data": {"n": 2}})).await;
+    // The newest row may be a later cluster_stats (one a second): look for
+    // the task's own row, by its kind's class.
+    let row = "#events tbody tr.event.task_completed td:nth-child(3)";
+    until_text(&c, row, "the task's completion row", |t| t == echoed).await;
     shot(&c, "events").await;
     c.goto(&format!("{base}/tasks")).await.unwrap();
     let listed = text(&c, "#task-total").await;
