@@ -420,15 +420,24 @@ impl<'a> Session<'a> {
             _ if self.principal.is_some() || open => return Ok(msg),
             _ => return Err(denied("not authorized: register with a credential first", false)),
         };
-        let proven = given.and_then(|g| self.ctx.credentials.authorize(&g, claim));
-        let Some(principal) = proven.or(open.then_some(Principal::Local)) else {
-            return Err(denied(
+        // A secret that is nobody's credential is refused even where none
+        // is needed, as a wrong bearer header is (a misconfigured client
+        // learns so at once).
+        let principal = match given {
+            Some(g) => self.ctx.credentials.authorize(&g, claim),
+            None => open.then_some(Principal::Local),
+        };
+        let Some(principal) = principal else {
+            let reason = if open {
+                "invalid token: it is no credential of this cluster that admits this registration \
+                 (register without one here, or with one `legacygpu cluster token show` prints)"
+            } else {
                 "missing or invalid token: this coordinator admits other machines with a \
                  credential only (a join token, the cluster token, an API key, or a worker's own \
                  credential) in the `token` field of the registration or an \
-                 `Authorization: Bearer` header",
-                true,
-            ));
+                 `Authorization: Bearer` header"
+            };
+            return Err(denied(reason, true));
         };
         self.principal = Some(principal.clone());
         self.proven = Some(principal);

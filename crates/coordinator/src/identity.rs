@@ -176,7 +176,10 @@ pub(crate) fn claim(core: &mut Core, conn: ConnId, key: SessionKey, msg_type: &s
             ),
         ),
         Some(Refusal::Full) => {
-            ErrorMsg::new(ErrorCode::BUSY, "too many session ids are in use; retry later")
+            let mut err =
+                ErrorMsg::new(ErrorCode::BUSY, "too many session ids are in use; retry later");
+            err.retry_after_s = Some(1.0);
+            err
         }
     };
     core.reply_error(conn, err.in_reply_to(msg_type));

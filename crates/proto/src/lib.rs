@@ -116,13 +116,24 @@ impl std::error::Error for DecodeError {}
 #[derive(Deserialize)]
 struct Tag<'a> {
     #[serde(borrow, default)]
-    msg_type: Option<std::borrow::Cow<'a, str>>,
+    msg_type: Option<&'a RawValue>,
 }
 
+/// The frame's `msg_type`: a frame that is not one JSON object is
+/// malformed (serde would read a struct from an array, field by field); one
+/// whose `msg_type` is absent or not a string has no type.
 fn tag_of(text: &str) -> Result<String, DecodeError> {
+    let not_object = || DecodeError::Malformed("the frame is not a JSON object".into());
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => not_object(),
+            Err(e) => DecodeError::Malformed(e.to_string()),
+        });
+    }
     let tag: Tag<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    tag.msg_type.map(|t| t.into_owned()).ok_or(DecodeError::MissingType)
+    let raw = tag.msg_type.ok_or(DecodeError::MissingType)?;
+    serde_json::from_str::<String>(raw.get()).map_err(|_| DecodeError::MissingType)
 }
 
 fn parse<'a, T: Deserialize<'a>>(msg_type: &str, text: &'a str) -> Result<T, DecodeError> {

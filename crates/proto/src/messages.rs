@@ -41,6 +41,9 @@ pub struct RegisterPeer {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Join {
     pub peer_id: String,
+    /// The join token's secret; empty or absent when it comes as the
+    /// upgrade's `Authorization: Bearer` header instead.
+    #[serde(default)]
     pub token: String,
 }
 
@@ -536,7 +539,9 @@ pub struct TaskResultOut {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskErrorOut {
     pub task_id: String,
-    #[serde(default)]
+    /// The cluster id; empty (and omitted) for a task the coordinator has
+    /// no record of.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     pub status: TaskState,
     pub code: FailureCode,

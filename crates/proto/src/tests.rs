@@ -132,6 +132,10 @@ fn malformed_json_is_reported() {
     // Valid JSON that is not an object.
     assert_eq!(decode_err("[1,2]").code(), "malformed_json");
     assert_eq!(decode_err("42").code(), "malformed_json");
+    // serde would read a struct from an array, field by field: refused.
+    for text in ["[]", r#"["register_gamer"]"#, r#" ["register_gamer", "g1"]"#, r#""x""#] {
+        assert_eq!(decode_err(text).code(), "malformed_json", "{text}");
+    }
 }
 
 #[test]
@@ -140,8 +144,10 @@ fn missing_or_unknown_type_is_reported() {
     assert_eq!(decode_err(r#"{"msg_type":"nope"}"#), DecodeError::UnknownType("nope".into()));
     // A coordinator-only message sent by a client is unknown in this direction.
     assert_eq!(decode_err(r#"{"msg_type":"task_assignment"}"#).code(), "unknown_msg_type");
-    // A non-string msg_type is malformed.
-    assert_eq!(decode_err(r#"{"msg_type":7}"#).code(), "malformed_json");
+    // A msg_type that is not a string is no type.
+    assert_eq!(decode_err(r#"{"msg_type":7}"#), DecodeError::MissingType);
+    assert_eq!(decode_err(r#"{"msg_type":null}"#), DecodeError::MissingType);
+    assert_eq!(decode_err(r#"{"msg_type":["register_gamer"]}"#), DecodeError::MissingType);
 }
 
 #[test]

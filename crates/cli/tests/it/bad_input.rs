@@ -22,7 +22,11 @@ async fn malformed_unknown_and_wrong_messages_get_errors_and_keep_the_connection
     let mut raw = Raw::connect(&c.ws_url).await;
     refused(&mut raw, "{not json", "malformed_json").await;
     refused(&mut raw, "[1, 2, 3]", "malformed_json").await;
+    // serde would read a message from an array, field by field: refused.
+    refused(&mut raw, r#"["register_gamer", "g0"]"#, "malformed_json").await;
+    refused(&mut raw, r#""register_gamer""#, "malformed_json").await;
     refused(&mut raw, r#"{"peer_id": "p"}"#, "missing_msg_type").await;
+    refused(&mut raw, r#"{"msg_type": 7}"#, "missing_msg_type").await;
     let err = refused(&mut raw, r#"{"msg_type": "teleport"}"#, "unknown_msg_type").await;
     assert!(err["reason"].as_str().unwrap().contains("teleport"));
     let err = refused(&mut raw, r#"{"msg_type": "register_peer"}"#, "invalid_message").await;
@@ -137,4 +141,42 @@ async fn odd_capabilities_never_refuse_a_peer() {
         .await;
         assert_eq!(raw.expect("registration_ack").await["status"], "registered", "{caps}");
     }
+}
+
+/// A reconnecting peer's claim to a run the coordinator never knew (or no
+/// longer holds) is told back as stale, as the peer named it, so that the
+/// peer stops that run; the claim it still holds stays.
+#[tokio::test]
+async fn claims_to_unknown_runs_come_back_stale() {
+    let c = Coordinator::start(bin(), &[]);
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let caps = r#"{"echoes_ids": true, "slots": 2}"#;
+    let mut peer = Raw::peer(&c.ws_url, "p", caps).await;
+    gamer.send_json(&json!({"msg_type": "task_request", "task_id": "held", "task_type": "echo", "data": {}})).await;
+    let assigned = peer.expect("task_assignment").await;
+    let (id, attempt) = (assigned["id"].as_str().unwrap().to_owned(), assigned["attempt"].clone());
+    peer.close().await;
+    let register = json!({
+        "msg_type": "register_peer", "peer_id": "p",
+        "capabilities": {"echoes_ids": true, "slots": 2},
+        "running": [
+            {"task_id": "held", "id": id, "attempt": attempt},
+            {"task_id": "never-seen", "attempt": 1},
+            {"task_id": "other", "id": "t-999999", "attempt": 1},
+        ],
+    });
+    let mut again = Raw::connect(&c.ws_url).await;
+    again.send_json(&register).await;
+    let ack = again.expect("registration_ack").await;
+    let stale = ack["stale"].as_array().cloned().unwrap_or_default();
+    let mut named: Vec<_> = stale.iter().map(|s| s["task_id"].as_str().unwrap_or("?")).collect();
+    named.sort_unstable();
+    assert_eq!(named, ["never-seen", "other"], "{ack}");
+    let other = stale.iter().find(|s| s["task_id"] == "other").unwrap();
+    assert_eq!(other["id"], "t-999999", "{ack}");
+    // The held run's result still counts.
+    let result = json!({"msg_type": "task_result", "task_id": "held", "id": id, "attempt": attempt, "result": {"ok": 1}});
+    again.send_json(&result).await;
+    let done = gamer.until("task_result").await;
+    assert_eq!(done["result"], json!({"ok": 1}), "{done}");
 }

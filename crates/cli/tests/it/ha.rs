@@ -88,7 +88,10 @@ fn list(cs: &[Coordinator]) -> String {
 #[tokio::test]
 async fn one_leader_and_standbys_that_redirect_on_both_ports() {
     let Some(db) = TestDb::create() else { return };
-    let cs: Vec<Coordinator> = (0..3).map(|_| start(&db, "127.0.0.1:0", "127.0.0.1:0")).collect();
+    // A short registration timeout: a standby closes a silent connection at it.
+    let args = [HA, &["--registration-timeout", "2"]].concat();
+    let cs: Vec<Coordinator> =
+        (0..3).map(|_| start_with(&db, "127.0.0.1:0", "127.0.0.1:0", &args)).collect();
     let (l, epoch) = leader_of(&cs, 0).await;
     let leader = &cs[l];
     for (i, c) in cs.iter().enumerate().filter(|(i, _)| *i != l) {
@@ -120,6 +123,10 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
         assert_eq!(err["leader"], leader.ws_url.as_str());
         assert_eq!(err["in_reply_to"], "register_gamer");
         assert_eq!(u16::from(gamer.closed().await.expect("close").code), 4003);
+        // A connection that says nothing is closed at the registration
+        // timeout with 4002, as the leader closes it.
+        let mut silent = Raw::connect(&c.ws_url).await;
+        assert_eq!(u16::from(silent.closed().await.expect("close").code), 4002);
     }
     // The leader's metrics say so; a standby's too.
     let metrics = reqwest::get(format!("{}/metrics", leader.http())).await.unwrap();

@@ -119,11 +119,17 @@ async fn a_revoked_worker_is_closed_at_once_and_kept_out() {
     back.send_json(&json!({"msg_type": "register_peer", "peer_id": "w1", "capabilities": {},
                            "token": credential}))
         .await;
-    // Loopback without a cluster token is protected mode: the id is free
-    // again, registered as this machine's own.
-    let ack = back.recv().await;
+    // Even on loopback, where no credential is needed, a secret that is no
+    // credential is refused (and closes the connection).
+    let refused = back.expect("error").await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}\n{}", c.proc.log());
+    assert_eq!(u16::from(back.closed().await.expect("close").code), 1008);
+    // Without one the id is free again, registered as this machine's own.
+    let mut local = Raw::connect_with(&c.ws_url, None).await.unwrap();
+    local.send_json(&json!({"msg_type": "register_peer", "peer_id": "w1", "capabilities": {}})).await;
+    let ack = local.recv().await;
     assert_eq!(ack["status"], "registered", "{ack}\n{}", c.proc.log());
-    back.close().await;
+    local.close().await;
     // A revoked worker process stops with what to do about it.
     let dir = tempfile::tempdir().unwrap();
     let cred = dir.path().join("w2.json");

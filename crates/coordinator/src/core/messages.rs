@@ -84,14 +84,20 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
         core.task_needs.entry(task_type.clone()).or_insert_with(|| needs.clone());
     }
     let id = PeerId::from(m.peer_id.as_str());
-    let running: Vec<_> = m
-        .running
-        .iter()
-        .filter_map(|r| {
-            let task = peer_task(core, r.id.as_deref(), &r.task_id)?;
-            Some((task, Attempt(r.attempt)))
-        })
-        .collect();
+    // A claim naming no task the coordinator knows is stale too: told back
+    // as the peer named it, so that the peer stops that run.
+    let mut unknown = Vec::new();
+    let mut running = Vec::with_capacity(m.running.len());
+    let mut named = std::collections::HashMap::new();
+    for r in &m.running {
+        match peer_task(core, r.id.as_deref(), &r.task_id) {
+            Some(task) => {
+                running.push((task, Attempt(r.attempt)));
+                named.insert(task, r.task_id.as_str());
+            }
+            None => unknown.push(r.clone()),
+        }
+    }
     let join = PeerJoin {
         id: id.clone(),
         conn,
@@ -120,12 +126,14 @@ fn register_peer(core: &mut Core, conn: ConnId, m: RegisterPeer) {
             .stale
             .iter()
             .map(|(t, a)| {
-                let task_id = core
-                    .sched
-                    .task(*t)
-                    .map_or_else(|| t.to_string(), |task| task.spec().peer_task_id.to_string());
+                // A task the coordinator does not know goes by the peer's name for it.
+                let task_id = core.sched.task(*t).map_or_else(
+                    || named.get(t).map_or_else(|| t.to_string(), |n| (*n).to_owned()),
+                    |task| task.spec().peer_task_id.to_string(),
+                );
                 RunningTask { task_id, attempt: a.0, id: Some(t.to_string()) }
             })
+            .chain(unknown)
             .collect(),
         ..RegistrationAck::registered()
     };

@@ -54,7 +54,17 @@ pub(crate) async fn refuse_ws(mut ws: Ws, status: &watch::Receiver<HaStatus>, de
             }
         }
     });
-    let Ok(Some(msg_type)) = first.await else { return };
+    let msg_type = match first.await {
+        Ok(Some(msg_type)) => msg_type,
+        Ok(None) => return,
+        Err(_) => {
+            // Nothing within the registration timeout: closed as the leader would.
+            let reason = CloseReason::Idle;
+            let code = CloseCode::from(reason.code());
+            let _ = ws.close(Some(CloseFrame { code, reason: reason.as_str().into() })).await;
+            return;
+        }
+    };
     let leader = status.borrow().leader.as_ref().map(|l| l.ws.clone()).filter(|l| !l.is_empty());
     let reason = match &leader {
         Some(url) => format!("this coordinator is a standby; the leader is at {url}"),
