@@ -342,3 +342,50 @@ async fn a_generation_streams_into_its_task_page() {
     assert!(c.find(Locator::Id("task-stream")).await.is_err(), "a finished task streams nothing");
     c.close().await.unwrap();
 }
+
+/// A live page fetches itself again at most once per stats interval however
+/// many events arrive (no polling loop faster than the figures change). With
+/// an hour's interval: the fetch made when the stream opened, and none for
+/// the events that followed, which the page was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_page_refreshes_at_most_once_per_stats_interval() {
+    let Some((_driver, c, _profile)) = browser().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let keys = format!("{ADMIN}:admin");
+    let dir = data.path().to_str().unwrap();
+    let args = ["--api-keys", &keys, "--data-dir", dir, "--stats-interval", "3600"];
+    let coord = Coordinator::start(bin(), &args);
+    let base = coord.http().to_owned();
+    let _w1 = worker(bin(), &coord.ws_url, "w1", &[]);
+    login(&c, &base, ADMIN).await;
+    c.goto(&format!("{base}/workers")).await.unwrap();
+    until_text(&c, "#live-status", "the live stream", |t| t == "live").await;
+    until_text(&c, "tr[data-worker=w1] td", "the w1 row", |t| t == "w1").await;
+    // The test's own subscription beside the page's, counting what is sent.
+    let watch = "window.seen = 0; window.opened = false;
+                 const s = new EventSource('/ui/events');
+                 s.onopen = () => { window.opened = true; };
+                 s.addEventListener('task_completed', () => { window.seen += 1; });";
+    c.execute(watch, vec![]).await.unwrap();
+    let opened = "return window.opened;";
+    eventually("the test's subscription", || async {
+        (c.execute(opened, vec![]).await.ok()? == json!(true)).then_some(())
+    })
+    .await;
+    const TASKS: usize = 10;
+    for n in 0..TASKS {
+        let id = submit(&base, json!({"task_type": "echo", "data": {"n": n}})).await;
+        let done = rest(&base, &format!("/cluster/tasks/{id}/result?timeout=30")).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    eventually("the completions to reach the page", || async {
+        let seen = c.execute("return window.seen;", vec![]).await.ok()?.as_u64()?;
+        (seen >= TASKS as u64).then_some(())
+    })
+    .await;
+    let fetches = "return performance.getEntriesByType('resource')
+                       .filter(e => e.initiatorType === 'fetch').length;";
+    let fetched = c.execute(fetches, vec![]).await.unwrap();
+    assert_eq!(fetched, json!(1), "one refresh (on open) for {TASKS} events within the interval");
+    c.close().await.unwrap();
+}

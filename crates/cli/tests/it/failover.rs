@@ -200,8 +200,9 @@ async fn a_workers_counts_survive_a_coordinator_restart() {
             .await
             .ok()?;
         let row = list["workers"].as_array()?.iter().find(|w| w["worker_id"] == "w").cloned()?;
-        // The snapshot is published after the core's next step.
-        (row["busy_slots"] == 0).then_some(row)
+        // The snapshot is published after the core's next step: wait for
+        // the last completion to show (a count lost at the restart never does).
+        (row["busy_slots"] == 0 && row["tasks_completed"].as_u64() >= Some(3)).then_some(row)
     })
     .await;
     assert_eq!(
