@@ -171,7 +171,9 @@ fn sampling(
         temperature: temperature as f32,
         top_p: top_p as f32,
         top_k: top_k.unwrap_or(40),
-        seed: seed.unwrap_or(RANDOM_SEED),
+        // A seed the caller chose is never llama.cpp's "random": its
+        // value is taken as the one below it.
+        seed: seed.map_or(RANDOM_SEED, |s| s.min(RANDOM_SEED - 1)),
     })
 }
 
@@ -228,6 +230,10 @@ mod tests {
             c.sampling,
             Sampling::Random { temperature: 0.8, top_p: 1.0, top_k: 0, seed: 3 }
         );
+        // The largest seed is a seed, not llama.cpp's "pick one".
+        let c = check(json!({"model": "m", "prompt": "", "seed": u32::MAX})).unwrap();
+        let Sampling::Random { seed, .. } = c.sampling else { panic!("{:?}", c.sampling) };
+        assert_ne!(seed, RANDOM_SEED);
     }
 
     #[test]

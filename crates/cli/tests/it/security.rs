@@ -126,7 +126,9 @@ async fn a_revoked_worker_is_closed_at_once_and_kept_out() {
     assert_eq!(u16::from(back.closed().await.expect("close").code), 1008);
     // Without one the id is free again, registered as this machine's own.
     let mut local = Raw::connect_with(&c.ws_url, None).await.unwrap();
-    local.send_json(&json!({"msg_type": "register_peer", "peer_id": "w1", "capabilities": {}})).await;
+    local
+        .send_json(&json!({"msg_type": "register_peer", "peer_id": "w1", "capabilities": {}}))
+        .await;
     let ack = local.recv().await;
     assert_eq!(ack["status"], "registered", "{ack}\n{}", c.proc.log());
     local.close().await;
