@@ -55,6 +55,11 @@ impl Snapshot {
 }
 
 impl WorkerFacts {
+    /// Whether it is given new work (not paused, draining or quarantined).
+    pub fn takes_work(&self) -> bool {
+        !(self.paused || self.draining || self.quarantined)
+    }
+
     /// The models it generates text with: those declared for `generate`,
     /// and those declared for no type when it runs `generate` (the same rule
     /// the scheduler matches tasks by).

@@ -480,3 +480,38 @@ async fn a_worker_with_both_kinds_of_model_serves_each_to_its_own_task_type() {
         );
     }
 }
+
+/// `GET /v1/models` lists what workers given new work serve: a model only a
+/// paused worker holds is gone from the list and refused at once (404), and
+/// back when the worker resumes.
+#[tokio::test]
+async fn a_paused_workers_model_leaves_the_list_until_it_resumes() {
+    let Some(dir) = models("paused_model", 512) else { return };
+    let c = Coordinator::start(bin(), &[]);
+    let _w = llm_worker(&c, "llm", dir.path(), &[]);
+    await_model(&c, 1, None).await;
+    let client = http();
+    let control = |action: &'static str| {
+        let url = format!("{}/cluster/workers/llm/{action}", c.http());
+        let req = client.post(url).json(&json!({}));
+        async move { assert!(req.send().await.unwrap().status().is_success(), "{action}") }
+    };
+    control("pause").await;
+    let models = format!("{}/v1/models", c.http());
+    eventually("the paused worker's model to leave the list", || async {
+        let list: Value = client.get(&models).send().await.ok()?.json().await.ok()?;
+        list["data"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    let body = json!({"model": "tiny", "max_tokens": 2,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let chat = format!("{}/v1/chat/completions", c.http());
+    let resp = client.post(&chat).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "model_not_found", "{err}");
+    control("resume").await;
+    await_model(&c, 1, None).await;
+    let resp = client.post(&chat).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap_or_default());
+}

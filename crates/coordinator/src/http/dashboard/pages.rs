@@ -364,7 +364,8 @@ pub(super) async fn submit(
     let mut types: BTreeSet<String> = api.config.task_needs.keys().cloned().collect();
     let mut models = BTreeSet::new();
     let mut llm = BTreeSet::new();
-    for w in &snap.workers {
+    // What the pool offers: the workers given new work.
+    for w in snap.workers.iter().filter(|w| w.takes_work()) {
         types.extend(w.task_types.iter().flatten().cloned());
         models.extend(w.models.iter().cloned());
         llm.extend(w.generation_models().map(|m| m.name.clone()));

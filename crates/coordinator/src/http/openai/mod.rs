@@ -89,7 +89,7 @@ impl OpenAiError {
     fn model_not_found(model: &str) -> OpenAiError {
         OpenAiError::new(
             StatusCode::NOT_FOUND,
-            format!("the model `{model}` does not exist: no connected worker serves it (see GET /v1/models)"),
+            format!("the model `{model}` does not exist: no connected worker given new work serves it (see GET /v1/models)"),
         )
         .param("model")
         .code("model_not_found")
@@ -172,10 +172,13 @@ struct PoolModel {
 }
 
 /// The models workers serve for `generate`: entries declared for it, and
-/// plain names of workers that declare the `generate` type.
+/// plain names of workers that declare the `generate` type — of workers
+/// given new work only, so that a request for a model only a paused,
+/// draining or quarantined worker holds is refused at once instead of
+/// waiting in the queue for its timeout.
 fn pool_models(snap: &Snapshot) -> BTreeMap<String, PoolModel> {
     let mut models: BTreeMap<String, PoolModel> = BTreeMap::new();
-    for w in &snap.workers {
+    for w in snap.workers.iter().filter(|w| w.takes_work()) {
         for m in w.generation_models() {
             let entry = models.entry(m.name.clone()).or_default();
             entry.workers += 1;
@@ -193,7 +196,7 @@ fn model_json(name: &str, m: &PoolModel) -> Value {
            "size_bytes": m.size_bytes, "quantization": m.quantization})
 }
 
-/// The pool's generation models (OpenAI's list shape), with how many connected workers serve each.
+/// The pool's generation models (OpenAI's list shape), with how many connected workers serve each; workers that are paused, draining or quarantined count for none.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \
         \"model\", \"owned_by\", \"workers\", \"context_length\", \"size_bytes\", \"quantization\"}]}`")))]
