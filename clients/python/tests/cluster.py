@@ -163,6 +163,25 @@ def worker(ws_url: str, peer_id: str, *extra: str) -> Proc:
     return Proc(["worker", "start", "--coordinator", ws_url, "--peer-id", peer_id, *extra])
 
 
+def freeze(pid: int) -> None:
+    """SIGSTOPs ``pid`` and returns once every thread of it has stopped (the
+    signal is delivered asynchronously: a loaded machine can let the process
+    answer one more message after ``kill`` returned)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # a thread that just ended
+            states.append(stat.rsplit(")", 1)[1].split()[0])
+        return bool(states) and all(state in ("T", "t") for state in states)
+
+    until(stopped, f"process {pid} to stop")
+
+
 def until(check: Callable[[], Optional[T]], what: str, timeout: float = WAIT, every: float = 0.02) -> T:
     """Polls ``check`` (each call asks the coordinator something) until it
     returns a value other than None/False."""

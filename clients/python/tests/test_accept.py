@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from cluster import FAST, Coordinator, free_port, until, worker
+from cluster import FAST, Coordinator, free_port, freeze, until, worker
 
 import legacygpu
 
@@ -72,7 +72,7 @@ def test_cancel_follows_a_submission_that_may_have_been_sent(procs):
     # coordinator once it runs again, under the same key.
     c = stopped_coordinator(procs)
     with legacygpu.Client(c.ws_url, give_up_after_s=None, silence_timeout_s=30) as client:
-        os.kill(c.proc.pid, signal.SIGSTOP)
+        freeze(c.proc.pid)
         try:
             with pytest.raises(legacygpu.AcceptTimeout) as e:
                 client.submit("sleep", {"ms": 5000}, accept_timeout=0.3)

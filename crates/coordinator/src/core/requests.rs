@@ -184,20 +184,20 @@ impl Waiters {
 }
 
 impl Core {
+    /// A submission over HTTP, charged to its owner; answered with the
+    /// store batch that holds it.
+    fn submit(&mut self, req: TaskRequest, owner: Owner) -> Result<Submitted, ErrorMsg> {
+        let clients = crate::quota::clients(&owner, None);
+        let accepted = crate::quota::accept(self, clients, owner, None, req)?;
+        Ok(Submitted { accepted, seq: self.observer.appended() })
+    }
+
     /// Handles one request of the API: the one place they are decided.
     pub(crate) fn handle_request(&mut self, request: ApiRequest) {
         self.publisher.answered_api();
         match request {
             ApiRequest::Submit { req, owner, reply } => {
-                let answer = crate::quota::accept(
-                    self,
-                    crate::quota::clients(&owner, None),
-                    owner,
-                    None,
-                    req,
-                )
-                .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
-                let _ = reply.send(answer);
+                let _ = reply.send(self.submit(req, owner));
             }
             ApiRequest::Cancel { task, reply } => {
                 let _ = reply.send(self.cancel_any(task));
@@ -240,14 +240,7 @@ impl Core {
                 let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
             }
             ApiRequest::SubmitWatched { req, owner, watch, reply } => {
-                let answer = crate::quota::accept(
-                    self,
-                    crate::quota::clients(&owner, None),
-                    owner,
-                    None,
-                    req,
-                )
-                .map(|accepted| Submitted { accepted, seq: self.observer.appended() });
+                let answer = self.submit(req, owner);
                 if let Some(task) = answer.as_ref().ok().and_then(|s| s.accepted.id.parse().ok()) {
                     super::stream::follow(self, task, watch);
                 }
