@@ -79,7 +79,15 @@ const API_INTRO: &str = "# The HTTP API\n\n\
     cluster token is the admin key; without either, only loopback clients are served \
     (protected mode). Every failure has one body:\n\n\
     ```json\n{\"detail\": \"no task `t-9` is known\", \"error_code\": \"not_found\", \"status_code\": 404}\n```\n\n\
-    with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned.\n\n\
+    with `retry_after_s` (and a `Retry-After` header) on `busy`, and `task_id` when a task is concerned. \
+    What does not parse is refused in the same body before a handler runs: a body that is not JSON \
+    (400), lacks `Content-Type: application/json` (415), does not fit the schema (422, all \
+    `invalid_body`) or is over `--max-frame-bytes` (413, `payload_too_large`); a query string \
+    that does not parse (400, `invalid_query`); a path id that is not UTF-8 (400, \
+    `invalid_path`); a plain request to the event stream (400, `not_websocket`). The `/v1/` \
+    routes answer in OpenAI's error shape instead (docs/OPENAI.md). The schemas list the values \
+    each field takes; a value they allow may still be refused for what it means (an unknown \
+    model, a `task_id` already live).\n\n\
     With several coordinators on one PostgreSQL store (docs/SCALING.md), a **standby** answers \
     `GET /cluster/health`, `/metrics` and the docs itself, and every other request with \
     `error_code` `not_leader`: **307 Temporary Redirect** to the same path on the leader \

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::extract::Body;
 use super::{Api, ApiError, ErrorBody};
 use crate::config::StoreMode;
 use crate::core::ApiRequest;
@@ -174,6 +175,7 @@ pub(super) async fn config(State(api): State<Api>) -> Json<ClusterConfig> {
 pub struct Balancing {
     /// ROUND_ROBIN, LEAST_LOADED, GPU_MATCH, LATENCY or ADAPTIVE.
     #[serde(alias = "balancing_strategy")]
+    #[schema(schema_with = super::schemas::strategy)]
     pub strategy: String,
 }
 
@@ -183,7 +185,7 @@ pub struct Balancing {
               (status = 400, body = ErrorBody)))]
 pub(super) async fn set_balancing(
     State(api): State<Api>,
-    Json(body): Json<Balancing>,
+    Body(body): Body<Balancing>,
 ) -> Result<Response, ApiError> {
     let Some(strategy) = Strategy::parse(&body.strategy) else {
         let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();

@@ -3,13 +3,14 @@
 //! count first; `confirm: true` acts).
 
 use api_types::{BulkDone, Retried, WorkerControlled};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sched::{PeerError, RetryError, TaskId, TaskState};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::extract::{Body, Id};
 use super::{Api, ApiError, Caller, ErrorBody};
 use crate::core::ApiRequest;
 use crate::core::controls::{BulkAction, BulkOutcome, Control, WorkerAction};
@@ -40,7 +41,7 @@ async fn control_worker(
     responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
 pub(super) async fn pause(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<WorkerControlled>, ApiError> {
     control_worker(&api, id, WorkerAction::Pause).await
 }
@@ -51,7 +52,7 @@ pub(super) async fn pause(
     responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
 pub(super) async fn resume(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<WorkerControlled>, ApiError> {
     control_worker(&api, id, WorkerAction::Resume).await
 }
@@ -62,7 +63,7 @@ pub(super) async fn resume(
     responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
 pub(super) async fn drain(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<WorkerControlled>, ApiError> {
     control_worker(&api, id, WorkerAction::Drain).await
 }
@@ -75,7 +76,7 @@ pub(super) async fn drain(
 pub(super) async fn retry(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<(StatusCode, Json<Retried>), ApiError> {
     let task = super::tasks::parse_id(&id)?;
     super::tasks::check_owner(&api, &caller, task).await?;
@@ -110,6 +111,7 @@ pub(super) async fn retry(
 /// Which tasks a bulk action touches (the task list's filters).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct BulkFilter {
+    #[schema(schema_with = super::schemas::task_state)]
     pub status: Option<String>,
     pub task_type: Option<String>,
     pub worker_id: Option<String>,
@@ -122,6 +124,7 @@ pub struct BulkFilter {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BulkRequest {
     /// `cancel` or `retry`.
+    #[schema(schema_with = super::schemas::bulk_action)]
     pub action: String,
     #[serde(default)]
     pub filter: BulkFilter,
@@ -135,7 +138,7 @@ pub struct BulkRequest {
     responses((status = 200, body = BulkDone), (status = 400, body = ErrorBody)))]
 pub(super) async fn bulk(
     State(api): State<Api>,
-    Json(body): Json<BulkRequest>,
+    Body(body): Body<BulkRequest>,
 ) -> Result<Json<BulkDone>, ApiError> {
     let action = match body.action.as_str() {
         "cancel" => BulkAction::Cancel,

@@ -8,14 +8,16 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
+use super::extract::Params;
 use super::{Api, ApiError};
 use crate::telemetry::{ApiEvent, Published};
 
@@ -23,6 +25,7 @@ use crate::telemetry::{ApiEvent, Published};
 const TOO_SLOW: u16 = 4008;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Filter {
     /// Event kinds to receive, comma-separated (default: all).
     kinds: Option<String>,
@@ -70,13 +73,15 @@ impl Subscription {
 /// `dropped` notice and closed.
 #[utoipa::path(get, path = "/ws/cluster/events", tag = "monitoring", params(Filter),
     responses((status = 101, description = "WebSocket of events, one JSON object each", body = ApiEvent),
-              (status = 400, body = super::ErrorBody)))]
+              (status = 400, description = "A filter that does not parse, or `not_websocket`: \
+                  a request that is not a WebSocket upgrade", body = super::ErrorBody)))]
 pub(crate) async fn stream(
     State(api): State<Api>,
-    Query(filter): Query<Filter>,
-    ws: WebSocketUpgrade,
+    Params(filter): Params<Filter>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let sub = Subscription::parse(filter)?;
+    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
     // Subscribe before the upgrade completes, so nothing after it is missed.
     let rx = api.events.subscribe();
     let buffer = api.config.limits.event_buffer;

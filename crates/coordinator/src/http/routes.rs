@@ -96,7 +96,7 @@ pub(crate) fn required_role(method: &Method, path: Option<&str>) -> ApiRole {
         openai::completions
     ),
     components(schemas(ErrorBody, crate::telemetry::ApiEvent)),
-    modifiers(&Security),
+    modifiers(&Security, &Refusals),
     security(("bearer" = []), ("api_key" = []))
 )]
 struct ApiDoc;
@@ -122,4 +122,82 @@ impl utoipa::Modify for Security {
 
 pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The refusals every route may answer with, added to each operation that
+/// does not already say more: the key checks (401, 403), a standby's
+/// redirect (307, 503 `not_leader`; not for what a standby answers itself,
+/// `ha::redirect`), and the extractors' refusals (`extract`: 400 for a query
+/// or path that does not parse; 400, 413, 415 and 422 for a body).
+struct Refusals;
+
+impl utoipa::Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let openai = path.starts_with("/v1/");
+            let answered_here = matches!(path.as_str(), "/cluster/health" | "/metrics");
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+            for op in ops.into_iter().flatten() {
+                let params = op.parameters.iter().flatten().filter_map(|p| match p {
+                    RefOr::T(p) => Some(p.parameter_in.clone()),
+                    RefOr::Ref(_) => None,
+                });
+                let parsed = params
+                    .into_iter()
+                    .any(|at| matches!(at, ParameterIn::Query | ParameterIn::Path));
+                let mut refusals = vec![
+                    ("401", "No API key, or one the cluster does not know"),
+                    ("403", "The key's role does not reach the route's, or protected mode"),
+                ];
+                if !answered_here {
+                    refusals.push(("307", "`not_leader`: a standby; `Location` is the leader's"));
+                    refusals
+                        .push(("503", "`not_leader` while no coordinator leads, or `unavailable`"));
+                }
+                let body = op.request_body.is_some();
+                match (parsed, body) {
+                    (true, true) => refusals.push((
+                        "400",
+                        "A query, path or body that does not parse, or a refused value",
+                    )),
+                    (true, false) => refusals.push((
+                        "400",
+                        "A query string or path that does not parse, or a refused value",
+                    )),
+                    (false, true) => {
+                        refusals.push(("400", "A body that is not JSON, or a refused value"))
+                    }
+                    (false, false) => {}
+                }
+                if body {
+                    refusals.push(("413", "`payload_too_large`: over `--max-frame-bytes`"));
+                }
+                // The OpenAI routes read any body and answer 400 for all else.
+                if body && !openai {
+                    refusals.push(("415", "`invalid_body`: not `Content-Type: application/json`"));
+                    refusals.push(("422", "`invalid_body`: JSON that does not fit the schema"));
+                }
+                for (status, description) in refusals {
+                    let responses = &mut op.responses.responses;
+                    if responses.contains_key(status) {
+                        continue;
+                    }
+                    let response = if openai {
+                        ResponseBuilder::new()
+                            .description(format!("{description} (OpenAI's error shape)"))
+                    } else {
+                        ResponseBuilder::new().description(description).content(
+                            "application/json",
+                            utoipa::openapi::Content::new(Some(
+                                utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                            )),
+                        )
+                    };
+                    responses.insert(status.to_owned(), RefOr::T(response.build()));
+                }
+            }
+        }
+    }
 }

@@ -14,11 +14,12 @@
 use std::convert::Infallible;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::extract::Id;
 use super::follow::{Follower, Step};
 use super::tasks::{check_owner, outcome_view, parse_id};
 use super::{Api, ApiError, Caller};
@@ -34,7 +35,7 @@ use crate::core::ApiRequest;
 pub(super) async fn stream(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
     check_owner(&api, &caller, task).await?;

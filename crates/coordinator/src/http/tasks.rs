@@ -3,7 +3,7 @@
 use api_types::{Pending, TaskErrorView, TaskList, TaskResultView, TaskView};
 use std::time::Duration;
 
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
+use super::extract::{Id, Params, body_code, body_refused};
 use super::trust::{stored_verification_view, verification_view};
 use super::{Api, ApiError, Caller, ErrorBody};
 use crate::core::ApiRequest;
@@ -26,13 +27,14 @@ use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 pub struct SubmitTask {
     /// physics, inference, gpu, echo, sleep… Defaults to `inference` when
     /// `data` names a model.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
     pub task_type: Option<String>,
     /// The task's input (seed 2 called it `payload`).
     #[serde(alias = "payload")]
     #[schema(value_type = Object)]
     pub data: Option<Value>,
     /// A number, or LOW, NORMAL (default), HIGH, CRITICAL.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schemas::priority)]
     pub priority: Option<Value>,
     /// The most one run may take, in seconds.
     #[serde(alias = "timeout")]
@@ -41,16 +43,18 @@ pub struct SubmitTask {
     pub queue_timeout_s: Option<f64>,
     pub max_attempts: Option<u32>,
     /// `{model, gpu, min_vram_mb}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schemas::requirements)]
     pub requirements: Option<Value>,
     /// Your own id for the task (the cluster id is used when absent).
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
     pub task_id: Option<String>,
     /// Resubmitting the same key returns the original task. The
     /// `Idempotency-Key` header does the same.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
     pub idempotency_key: Option<String>,
     /// `{replicas, quorum, adaptive}`: run on distinct workers and accept
     /// the result once `quorum` agree (docs/VERIFICATION.md).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schemas::verify)]
     pub verify: Option<Value>,
     /// Stream the task's output (`generate`'s tokens) to followers of
     /// `GET /cluster/tasks/{id}/stream` while it runs.
@@ -78,7 +82,9 @@ pub struct SubmittedView {
         part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
     responses((status = 201, body = SubmittedView), (status = 200, description = "Idempotent resubmission", body = SubmittedView),
-              (status = 400, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 400, body = ErrorBody),
+              (status = 409, description = "`duplicate_task_id` (a live task of yours holds `task_id`), or another refusal of the submission", body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, description = "`busy` (with `retry_after_s`) or `unavailable`", body = ErrorBody)))]
 pub(super) async fn submit(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -97,9 +103,8 @@ pub(super) async fn submit(
         from_multipart(form).await?
     } else {
         use axum::extract::FromRequest;
-        let Json(body) = Json::<SubmitTask>::from_request(req, &api)
-            .await
-            .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
+        let Json(body) =
+            Json::<SubmitTask>::from_request(req, &api).await.map_err(|e| body_refused(&e))?;
         body
     };
     let header_key =
@@ -107,14 +112,11 @@ pub(super) async fn submit(
     submit_task(&api, body, header_key, caller.owner).await
 }
 
-/// The error code for a body axum refused with `status`.
-fn body_code(status: StatusCode) -> &'static str {
-    if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_body" }
-}
-
 /// Seed 2's path for submitting a task; the same as `POST /cluster/tasks`.
 #[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
-    responses((status = 201, body = SubmittedView), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = SubmittedView), (status = 200, description = "Idempotent resubmission", body = SubmittedView),
+              (status = 409, description = "`duplicate_task_id`, or another refusal of the submission", body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, description = "`busy` or `unavailable`", body = ErrorBody)))]
 pub(super) async fn submit_seed_path(
     api: State<Api>,
     caller: Extension<Caller>,
@@ -323,8 +325,10 @@ fn task_view(t: TaskNow) -> TaskView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TaskFilter {
     /// Only tasks in this state.
+    #[param(schema_with = super::schemas::task_state)]
     status: Option<String>,
     /// Only tasks of this type.
     task_type: Option<String>,
@@ -342,9 +346,11 @@ pub(super) struct TaskFilter {
     limit: Option<usize>,
     /// Keyset paging: only tasks with ids below this one (`next_before` of
     /// the previous page). Fast at any depth.
+    #[param(pattern = "^((t-)?[0-9]+)?$")]
     before: Option<String>,
     /// Tasks to skip (newest first), after `before`. At most 100 000
     /// (`Limits::max_offset`).
+    #[param(maximum = 100_000)]
     offset: Option<usize>,
 }
 
@@ -384,7 +390,7 @@ pub(super) fn store_filter(
 pub(super) async fn list_tasks(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Query(f): Query<TaskFilter>,
+    Params(f): Params<TaskFilter>,
 ) -> Result<Json<TaskList>, ApiError> {
     let owner = confined_owner(&caller, f.owner)?;
     let filter = store_filter(
@@ -518,7 +524,7 @@ pub(super) fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 pub(super) async fn task_status(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<TaskView>, ApiError> {
     let task = parse_id(&id)?;
     check_owner(&api, &caller, task).await?;
@@ -532,6 +538,7 @@ pub(super) async fn task_status(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ResultWait {
     /// Seconds to wait for the task to finish (default 0, at most 300).
     timeout: Option<f64>,
@@ -546,8 +553,8 @@ pub(super) struct ResultWait {
 pub(super) async fn task_result(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(wait): Query<ResultWait>,
+    Id(id): Id,
+    Params(wait): Params<ResultWait>,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
     check_owner(&api, &caller, task).await?;
@@ -617,7 +624,7 @@ pub(super) fn outcome_view(task: TaskId, done: Finished) -> Result<TaskResultVie
 pub(super) async fn cancel(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
     let task = parse_id(&id)?;
     check_owner(&api, &caller, task).await?;

@@ -285,8 +285,23 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
         };
         let mut req = req;
         req.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
-        let status = rt.block_on(app.clone().oneshot(req)).unwrap().status();
+        let resp = rt.block_on(app.clone().oneshot(req)).unwrap();
+        let status = resp.status();
         assert!(status.as_u16() < 500, "{uri}: {status}");
+        // A refusal of the REST API is its one error body (the dashboard's
+        // are pages; OpenAI's routes have their own shape, checked below).
+        let rest = uri.starts_with("/cluster/") || uri.starts_with("/ws/");
+        if rest && status.is_client_error() {
+            let bytes = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("{uri}: {status} {}", String::from_utf8_lossy(&bytes)));
+            assert!(body["error_code"].is_string(), "{uri}: {body}");
+            assert_eq!(body["status_code"], status.as_u16(), "{uri}: {body}");
+        } else if uri.starts_with("/v1/") && status.is_client_error() {
+            let bytes = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(body["error"]["message"].is_string(), "{uri}: {body}");
+        }
     };
     let send = |method: Method, uri: &str, body: Vec<u8>| {
         send_as(method, uri, "application/json", body);
@@ -400,4 +415,121 @@ async fn a_bulk_cancel_acts_on_every_match_in_steps() {
     assert_eq!((done["matched"].as_u64(), done["done"].as_u64()), (Some(7), Some(7)), "{done}");
     let (_, left) = call(&app, Method::GET, "/cluster/tasks?status=queued", READER, None).await;
     assert_eq!(left["total"], 0, "{left}");
+}
+
+/// What axum's extractors refuse (a body of the wrong type or without its
+/// content type, a query or a path that does not parse, a plain GET of the
+/// event stream) comes in the API's one error body, like every other failure.
+#[tokio::test]
+async fn extractor_refusals_are_the_error_body() {
+    let app = app(keyed());
+    let ask = |method: Method,
+               path: &'static str,
+               content_type: Option<&'static str>,
+               body: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::builder().method(method).uri(path).header("x-api-key", ADMIN);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let mut req = req.body(Body::from(body)).unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let body: serde_json::Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("{path}: {status} is not JSON: {text}"));
+            (status, body)
+        }
+    };
+    let json = Some("application/json");
+    let cases = [
+        (
+            Method::POST,
+            "/cluster/workers/register",
+            json,
+            r#"{"worker_id": 5}"#,
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/cluster/workers/register",
+            None,
+            r#"{"worker_id": "w"}"#,
+            415,
+            "invalid_body",
+        ),
+        (Method::POST, "/cluster/tasks/bulk", json, r#"{"action": "#, 400, "invalid_body"),
+        (Method::POST, "/cluster/tokens/rotate", json, r#"{"kind": {}}"#, 422, "invalid_body"),
+        (Method::PUT, "/cluster/config/balancing", json, r#"{"strategy": 1}"#, 422, "invalid_body"),
+        (Method::GET, "/cluster/tasks?limit=abc", None, "", 400, "invalid_query"),
+        (
+            Method::GET,
+            "/cluster/workers?status_filter=a&status_filter=b",
+            None,
+            "",
+            400,
+            "invalid_query",
+        ),
+        (Method::GET, "/cluster/tasks/t-1/result?timeout=soon", None, "", 400, "invalid_query"),
+        (Method::GET, "/ws/cluster/events?kinds=1&kinds=2", None, "", 400, "invalid_query"),
+        (Method::GET, "/ws/cluster/events", None, "", 400, "not_websocket"),
+        (Method::GET, "/cluster/tasks/%FF/status", None, "", 400, "invalid_path"),
+        (Method::DELETE, "/cluster/tasks/%FF", None, "", 400, "invalid_path"),
+        (Method::POST, "/cluster/tasks/%C3%28/retry", None, "", 400, "invalid_path"),
+        (Method::GET, "/cluster/workers/%FF/stats", None, "", 400, "invalid_path"),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let (got, answer) = ask(method, path, content_type, body).await;
+        assert_eq!(got.as_u16(), status, "{path}: {answer}");
+        assert_eq!(answer["error_code"], code, "{path}: {answer}");
+        assert_eq!(answer["status_code"], status, "{path}: {answer}");
+        assert!(answer["detail"].as_str().is_some_and(|d| !d.is_empty()), "{path}: {answer}");
+    }
+}
+
+/// The OpenAPI document names the refusals every operation may answer with
+/// (the key checks, a standby's redirect, the extractors'), and the query
+/// parameters are in the query.
+#[test]
+fn the_openapi_document_names_every_refusal() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let has = |s: &str| responses.contains_key(s);
+            let at = format!("{method} {path}");
+            assert!(has("401") && has("403"), "{at}: {:?}", responses.keys());
+            if !matches!(path.as_str(), "/cluster/health" | "/metrics") {
+                assert!(has("307") && has("503"), "{at}");
+            }
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let parsed = params.iter().any(|p| p["in"] == "query" || p["in"] == "path");
+            if parsed || op.get("requestBody").is_some() {
+                assert!(has("400"), "{at}");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(has("413"), "{at}");
+                if !path.starts_with("/v1/") {
+                    assert!(has("415") && has("422"), "{at}");
+                }
+            }
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let expected = if in_path {
+                    "path"
+                } else if p["in"] == "header" {
+                    "header"
+                } else {
+                    "query"
+                };
+                assert_eq!(p["in"], expected, "{at}: {name}");
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::extract::Body;
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::credentials::TokenKind;
@@ -15,6 +16,7 @@ use crate::credentials::TokenKind;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Rotate {
     /// `worker`, `client` or `both` (the default).
+    #[schema(schema_with = super::schemas::token_kind)]
     pub kind: Option<String>,
 }
 
@@ -41,7 +43,7 @@ pub(super) async fn show(State(api): State<Api>) -> Json<Tokens> {
     responses((status = 200, body = Tokens), (status = 400, body = ErrorBody)))]
 pub(super) async fn rotate(
     State(api): State<Api>,
-    Json(body): Json<Rotate>,
+    Body(body): Body<Rotate>,
 ) -> Result<Json<Tokens>, ApiError> {
     let kinds: &[TokenKind] = match body.kind.as_deref().map(str::trim) {
         None | Some("both") => &[TokenKind::Worker, TokenKind::Client],

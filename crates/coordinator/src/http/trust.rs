@@ -3,12 +3,13 @@
 
 use api_types::{Cleared, ReplicaView, ReputationView, VerificationView};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use codes::WorkerStatus;
 use proto::Json as RawJson;
 use sched::TaskId;
 use sched::verify::{Reputation, Verification};
 
+use super::extract::Id;
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 
@@ -76,7 +77,7 @@ pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<Verifica
               (status = 403, body = ErrorBody)))]
 pub(super) async fn clear_worker(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<Cleared>, ApiError> {
     clear(&api, id).await.map(Json)
 }

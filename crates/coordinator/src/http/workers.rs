@@ -4,7 +4,7 @@ use api_types::{AwayWorker, Revoked, WorkerCredential, WorkerInfo, WorkerList, W
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use codes::WorkerStatus;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::extract::{Body, Id, Params};
 use super::{Api, ApiError, ErrorBody};
 use crate::core::ApiRequest;
 use crate::snapshot::WorkerFacts;
@@ -20,8 +21,10 @@ use crate::snapshot::WorkerFacts;
 // --------------------------------------------------------------- workers
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WorkerFilter {
     /// healthy, unhealthy, paused, draining or quarantined.
+    #[param(schema_with = super::schemas::worker_status)]
     status_filter: Option<String>,
 }
 
@@ -55,7 +58,7 @@ pub(super) fn worker_info(w: &WorkerFacts, now: Time, heartbeat_interval: Durati
     responses((status = 200, body = WorkerList), (status = 400, body = ErrorBody)))]
 pub(super) async fn list_workers(
     State(api): State<Api>,
-    Query(filter): Query<WorkerFilter>,
+    Params(filter): Params<WorkerFilter>,
 ) -> Result<Json<WorkerList>, ApiError> {
     let wanted = match filter.status_filter.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
         None => None,
@@ -95,7 +98,7 @@ pub(super) async fn list_workers(
     responses((status = 200, body = WorkerInfo), (status = 404, body = ErrorBody)))]
 pub(super) async fn worker(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<WorkerInfo>, ApiError> {
     let snap = api.snapshot();
     let w = snap.worker(&id).ok_or_else(|| unknown_worker(&id))?;
@@ -112,7 +115,7 @@ fn unknown_worker(id: &str) -> ApiError {
     responses((status = 200, body = WorkerStats), (status = 404, body = ErrorBody)))]
 pub(super) async fn worker_stats(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<WorkerStats>, ApiError> {
     let snap = api.snapshot();
     let w = snap.worker(&id).ok_or_else(|| unknown_worker(&id))?;
@@ -126,7 +129,13 @@ pub(super) async fn worker_stats(
 /// `POST /cluster/workers/register` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterWorker {
-    /// The peer id the worker will register with.
+    /// The peer id the worker will register with: 1–256 bytes of UTF-8,
+    /// no control characters, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub worker_id: String,
 }
 
@@ -137,7 +146,7 @@ pub struct RegisterWorker {
               (status = 403, body = ErrorBody)))]
 pub(super) async fn register_worker(
     State(api): State<Api>,
-    Json(body): Json<RegisterWorker>,
+    Body(body): Body<RegisterWorker>,
 ) -> Result<Response, ApiError> {
     let id = body.worker_id.trim().to_owned();
     if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
@@ -170,7 +179,7 @@ pub(super) async fn register_worker(
     responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke_worker(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<Revoked>, ApiError> {
     let worker_id = id.clone();
     let seq = api.request(|reply| ApiRequest::RevokeWorker { worker_id, reply }).await?;

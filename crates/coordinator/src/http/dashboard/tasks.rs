@@ -244,12 +244,18 @@ pub(super) async fn task(
 pub(super) async fn stream(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
-    id: Path<String>,
+    Path(id): Path<String>,
 ) -> Response {
     if !may(&viewer, ApiRole::Client) {
         return page_error(StatusCode::FORBIDDEN, "Not allowed", "This needs the client role.");
     }
-    match crate::http::sse::stream(State(api), Extension(viewer.caller()), id).await {
+    match crate::http::sse::stream(
+        State(api),
+        Extension(viewer.caller()),
+        crate::http::extract::Id(id),
+    )
+    .await
+    {
         Ok(events) => events,
         Err(e) => e.into_response(),
     }

@@ -223,7 +223,7 @@ pub(super) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Res
 
 /// A chat completion: the model's chat template over `messages`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]`.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
-    request_body(content = Object, description = "OpenAI's chat completion request: model, \
+    request_body(content = ChatRequest, description = "OpenAI's chat completion request: model, \
         messages, max_tokens (or max_completion_tokens), temperature, top_p, top_k, seed, stop, \
         stream, stream_options.include_usage; see docs/OPENAI.md"),
     responses((status = 200, description = "A chat.completion, or (stream) text/event-stream of \
@@ -243,7 +243,7 @@ pub(super) async fn chat_completions(
 
 /// A text completion of `prompt`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]`.
 #[utoipa::path(post, path = "/v1/completions", tag = "openai",
-    request_body(content = Object, description = "OpenAI's completion request: model, prompt \
+    request_body(content = CompletionRequest, description = "OpenAI's completion request: model, prompt \
         (one string), max_tokens, temperature, top_p, top_k, seed, stop, stream, \
         stream_options.include_usage; see docs/OPENAI.md"),
     responses((status = 200, description = "A text_completion, or (stream) text/event-stream of \

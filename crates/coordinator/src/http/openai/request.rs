@@ -4,56 +4,77 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::OpenAiError;
 
 /// `POST /v1/chat/completions`. Fields not named here are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct ChatRequest {
+    #[schema(min_length = 1, pattern = r"\S")]
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     #[serde(flatten)]
     pub options: Options,
     /// The newer name of `max_tokens`.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
+    /// Not supported: false or absent.
+    #[schema(schema_with = crate::http::schemas::unsupported_flag)]
     pub logprobs: Option<bool>,
+    /// Not supported: empty or absent.
+    #[schema(value_type = Option<Vec<Object>>, max_items = 0)]
     pub tools: Option<Vec<Value>>,
 }
 
 /// `POST /v1/completions`. Fields not named here are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct CompletionRequest {
+    #[schema(min_length = 1, pattern = r"\S")]
     pub model: String,
+    #[schema(schema_with = crate::http::schemas::prompt)]
     pub prompt: Prompt,
     #[serde(flatten)]
     pub options: Options,
+    /// Not supported: false or absent.
+    #[schema(schema_with = crate::http::schemas::unsupported_flag)]
     pub echo: Option<bool>,
+    /// Not supported: empty or absent.
+    #[schema(max_length = 0)]
     pub suffix: Option<String>,
+    #[schema(minimum = 1, maximum = 1)]
     pub best_of: Option<u32>,
+    /// Not supported: 0 or absent.
+    #[schema(maximum = 0)]
     pub logprobs: Option<u32>,
 }
 
 /// What both requests share.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub(super) struct Options {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// Not OpenAI's, but llama.cpp's server and others take it.
     pub top_k: Option<u32>,
     pub seed: Option<i64>,
     pub stop: Option<StopField>,
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub(super) struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct ChatMessage {
     pub role: String,
     /// A string, or a list of content parts (only `text` parts are read).
@@ -61,17 +82,19 @@ pub(super) struct ChatMessage {
     pub content: Option<Content>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(super) enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct Part {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::http::schemas::text_part)]
     pub kind: String,
+    #[schema(required = true, value_type = String)]
     pub text: Option<String>,
 }
 
@@ -82,7 +105,7 @@ pub(super) enum Prompt {
     Many(Vec<Value>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(super) enum StopField {
     One(String),
