@@ -74,7 +74,8 @@ const API_INTRO: &str = "# The HTTP API\n\n\
     coordinator serves at `/openapi.json`, also in `docs/openapi.json`; a browsable \
     version is at `/docs`). A test fails when this file is stale.\n\n\
     The API listens on port 8000 (`cluster start --http ADDR`). JSON in and out. \
-    Authenticate with `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key's role \
+    Authenticate with `Authorization: Bearer KEY` or `X-API-Key: KEY` (an `Authorization` \
+    header of another form is refused with 401, not passed over); a key's role \
     (`read-only` < `client` < `admin`) must reach the route's. Without API keys the \
     cluster token is the admin key; without either, only loopback clients are served \
     (protected mode). Every failure has one body:\n\n\

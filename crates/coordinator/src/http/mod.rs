@@ -376,21 +376,35 @@ impl Caller {
 
 /// The key a request presents: `Authorization: Bearer KEY` (the scheme in
 /// any case) or `X-API-Key: KEY`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key);
-    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+///
+/// An `Authorization` header that is not `Bearer KEY` is refused rather than
+/// passed over for `X-API-Key`: a request names one credential, plainly.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let bearer =
+            v.to_str().ok().and_then(|v| v.trim().split_once(' ')).filter(|(scheme, key)| {
+                scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty()
+            });
+        return match bearer {
+            Some((_, key)) => Ok(Some(key.trim())),
+            None => Err("the Authorization header must be `Bearer KEY`"),
+        };
+    }
+    Ok(headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
 }
 
 /// Who a request's credentials make it, or why they make it nobody.
 fn caller_of(config: &Config, headers: &HeaderMap, remote: SocketAddr) -> Result<Caller, ApiError> {
-    let given = presented_key(headers);
     let unauthorized =
         |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    // Protected mode checks no key (there is none to match): a malformed
+    // header is then as good as none.
+    let open = config.api_keys.is_empty() && config.token.is_none();
+    let given = match presented_key(headers) {
+        Ok(given) => given,
+        Err(_) if open => None,
+        Err(why) => return Err(unauthorized(why)),
+    };
     let missing = "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`";
     if config.api_keys.is_empty() {
         if let Some(token) = &config.token {

@@ -149,6 +149,41 @@ fn protected_mode_without_keys_serves_loopback_only() {
     assert_eq!(caller_of(&token, &bearer, remote).unwrap(), Caller::operator());
 }
 
+/// One credential per request: an `Authorization` header that is not
+/// `Bearer KEY` is refused, not passed over for a good `X-API-Key` beside it
+/// (protected mode, which checks no key, lets it be).
+#[test]
+fn a_malformed_authorization_header_is_refused_not_skipped() {
+    let remote: SocketAddr = "10.1.2.3:1".parse().unwrap();
+    let with = |authorization: &str| {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("authorization", authorization.parse().unwrap());
+        headers.insert("x-api-key", ADMIN.parse().unwrap());
+        headers
+    };
+    for bad in ["Basic YWRtaW46YWRtaW4=", "Bearer", "Bearer    ", ADMIN, "Token x"] {
+        let err = caller_of(&keyed(), &with(bad), remote).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(err.body.detail.contains("Bearer KEY"), "{bad}: {}", err.body.detail);
+        let token = Config { token: Some(Secret::new(ADMIN)), ..Config::default() };
+        assert_eq!(
+            caller_of(&token, &with(bad), remote).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The key alone, or a well-formed bearer, is served.
+    let mut alone = axum::http::HeaderMap::new();
+    alone.insert("x-api-key", ADMIN.parse().unwrap());
+    assert_eq!(caller_of(&keyed(), &alone, remote).unwrap().role, ApiRole::Admin);
+    assert_eq!(
+        caller_of(&keyed(), &with(&format!("Bearer {ADMIN}")), remote).unwrap().role,
+        ApiRole::Admin
+    );
+    let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let open = Config::default();
+    assert_eq!(caller_of(&open, &with("Basic x"), local).unwrap(), Caller::operator());
+}
+
 #[test]
 fn a_key_makes_its_holder_the_owner_of_its_fingerprint_in_any_scheme_case() {
     let config = keyed();
