@@ -24,7 +24,8 @@ fn one_of_or_null(values: impl IntoIterator<Item = &'static str>, description: &
 }
 
 pub(super) fn task_state() -> Schema {
-    one_of_or_null(TaskState::ALL.iter().map(|s| s.as_str()), "Only tasks in this state.")
+    let states = TaskState::ALL.iter().map(|s| s.as_str());
+    one_of_or_null(states.chain([""]), "Only tasks in this state (empty: any).")
 }
 
 pub(super) fn worker_status() -> Schema {
@@ -143,7 +144,7 @@ mod tests {
         let values = |s: Schema| -> Vec<serde_json::Value> {
             values(s).into_iter().filter(|v| !v.is_null()).collect()
         };
-        for v in values(task_state()) {
+        for v in values(task_state()).into_iter().filter(|v| v != "") {
             assert!(v.as_str().unwrap().parse::<TaskState>().is_ok(), "{v}");
         }
         for v in values(worker_status()) {

@@ -38,9 +38,12 @@ pub struct SubmitTask {
     pub priority: Option<Value>,
     /// The most one run may take, in seconds.
     #[serde(alias = "timeout")]
+    #[schema(exclusive_minimum = 0, maximum = 604_800)]
     pub timeout_s: Option<f64>,
     /// The most the task may wait before it starts, in seconds.
+    #[schema(exclusive_minimum = 0, maximum = 604_800)]
     pub queue_timeout_s: Option<f64>,
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// `{model, gpu, min_vram_mb}`.
     #[schema(schema_with = super::schemas::requirements)]

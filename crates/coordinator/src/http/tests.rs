@@ -568,3 +568,24 @@ fn the_openapi_document_names_every_refusal() {
         }
     }
 }
+
+/// The bounds the document states as literals (utoipa takes no constants)
+/// are the code's.
+#[test]
+fn the_documents_bounds_are_the_codes() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let submit = &schemas["SubmitTask"]["properties"];
+    for field in ["timeout_s", "queue_timeout_s"] {
+        assert_eq!(submit[field]["maximum"].as_f64(), Some(proto::MAX_TIMEOUT_S), "{field}");
+    }
+    assert_eq!(submit["max_attempts"]["maximum"], proto::MAX_ATTEMPTS_LIMIT);
+    for field in ["task_id", "task_type", "idempotency_key"] {
+        assert_eq!(submit[field]["maxLength"], proto::MAX_ID_LEN, "{field}");
+    }
+    let worker_id = &schemas["RegisterWorker"]["properties"]["worker_id"];
+    assert_eq!(worker_id["maxLength"], proto::MAX_ID_LEN);
+    let list = &doc["paths"]["/cluster/tasks"]["get"]["parameters"];
+    let offset = list.as_array().unwrap().iter().find(|p| p["name"] == "offset").unwrap();
+    assert_eq!(offset["schema"]["maximum"], crate::config::Limits::default().max_offset);
+}
