@@ -288,17 +288,7 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
     let rt = rt.unwrap();
     let app = rt.block_on(async { app(keyed()) });
     // A dashboard session, so that its forms reach their decoders.
-    let login = Request::builder()
-        .method(Method::POST)
-        .uri("/login")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(format!("key={ADMIN}")))
-        .unwrap();
-    let mut login = login;
-    login.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
-    let logged_in = rt.block_on(app.clone().oneshot(login)).unwrap();
-    let cookie = logged_in.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let cookie = rt.block_on(login_cookie(&app));
     let bodies = [
         "/cluster/tasks",
         "/cluster/tasks/submit",
@@ -332,6 +322,9 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
                 .unwrap_or_else(|_| panic!("{uri}: {status} {}", String::from_utf8_lossy(&bytes)));
             assert!(body["error_code"].is_string(), "{uri}: {body}");
             assert_eq!(body["status_code"], status.as_u16(), "{uri}: {body}");
+        } else if dashboard_page(uri) && status.is_client_error() {
+            let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok());
+            assert!(content_type.is_some_and(|t| t.starts_with("text/html")), "{uri}: {status}");
         } else if uri.starts_with("/v1/") && status.is_client_error() {
             let bytes = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
             let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -366,6 +359,53 @@ fn fuzzed_bodies_and_queries_get_4xx_at_worst() {
         check(&bytes);
     }
     assert!(fuzz::run("http_bodies", check) > 0);
+}
+
+/// The session cookie of an admin logged in to the dashboard.
+async fn login_cookie(app: &axum::Router) -> String {
+    let mut login = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("key={ADMIN}")))
+        .unwrap();
+    login.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+    let logged_in = app.clone().oneshot(login).await.unwrap();
+    let cookie = logged_in.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A path of the dashboard's pages and forms (refused with a page).
+fn dashboard_page(uri: &str) -> bool {
+    uri == "/login" || uri.starts_with("/ui/") || uri.starts_with("/tasks")
+}
+
+/// The dashboard refuses what does not parse with a page, not axum's text.
+#[tokio::test]
+async fn the_dashboards_refusals_are_pages() {
+    let app = app(keyed());
+    let cookie = login_cookie(&app).await;
+    let cases = [
+        (Method::GET, "/tasks/%FF", None, 400),
+        (Method::GET, "/tasks?status=a&status=b", None, 400),
+        (Method::POST, "/ui/submit", Some("text/plain"), 415),
+        (Method::POST, "/ui/tasks/bulk", Some("text/plain"), 415),
+        (Method::POST, "/ui/tasks/%FF/retry", Some("application/x-www-form-urlencoded"), 400),
+    ];
+    for (method, path, content_type, status) in cases {
+        let mut req = Request::builder().method(method).uri(path).header("cookie", &cookie);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let mut req = req.body(Body::from("x=1")).unwrap();
+        req.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/html"), "{path}: {content_type}");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("Bad request"), "{path}");
+    }
 }
 
 #[tokio::test]

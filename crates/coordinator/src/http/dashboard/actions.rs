@@ -3,10 +3,10 @@
 //! and submissions. Every one but the login needs the session's CSRF token
 //! and the role the same REST route needs; the decisions are the core's.
 
-use axum::extract::{Path, State};
+use axum::Extension;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
 use maud::html;
 use sched::TaskId;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::session::{Sessions, csrf_ok, set_cookie};
 use super::tasks::{ListQuery, filter_of};
-use super::{Viewer, login_form, may, page, page_error, secure};
+use super::{PageForm, PagePath, Viewer, login_form, may, page, page_error, secure};
 use crate::config::ApiRole;
 use crate::core::ApiRequest;
 use crate::core::controls::{BulkAction, Control, WorkerAction};
@@ -32,7 +32,7 @@ pub(super) async fn login(
     State(api): State<Api>,
     secure_ext: Option<Extension<Secure>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> Response {
     let Some((role, client)) = Sessions::check_key(&api.config, &form.key) else {
         tracing::info!("dashboard login refused: wrong key");
@@ -93,7 +93,7 @@ pub(super) async fn logout(
     Extension(viewer): Extension<Viewer>,
     secure_ext: Option<Extension<Secure>>,
     headers: HeaderMap,
-    Form(form): Form<Csrf>,
+    PageForm(form): PageForm<Csrf>,
 ) -> Response {
     if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::ReadOnly) {
         return refused;
@@ -118,8 +118,8 @@ pub(super) async fn worker(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    Form(form): Form<Csrf>,
+    PagePath((id, action)): PagePath<(String, String)>,
+    PageForm(form): PageForm<Csrf>,
 ) -> Response {
     if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
         return refused;
@@ -181,8 +181,8 @@ pub(super) async fn task(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    Form(form): Form<Csrf>,
+    PagePath((id, action)): PagePath<(String, String)>,
+    PageForm(form): PageForm<Csrf>,
 ) -> Response {
     if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
         return refused;
@@ -231,7 +231,7 @@ pub(super) async fn bulk(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Form(form): Form<BulkForm>,
+    PageForm(form): PageForm<BulkForm>,
 ) -> Response {
     if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Admin) {
         return refused;
@@ -312,7 +312,7 @@ pub(super) async fn submit(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Form(form): Form<SubmitForm>,
+    PageForm(form): PageForm<SubmitForm>,
 ) -> Response {
     if let Some(refused) = refusal(&viewer, &headers, form.csrf.as_deref(), ApiRole::Client) {
         return refused;

@@ -179,6 +179,62 @@ pub(super) fn page_error(status: StatusCode, title: &str, detail: &str) -> Respo
     resp
 }
 
+/// axum's `Form`, its refusal (not a form, too big) a page rather than text.
+pub(super) struct PageForm<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for PageForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(v)) => Ok(PageForm(v)),
+            Err(e) => Err(page_error(e.status(), "Bad request", &e.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, its refusal (a query that does not parse) a page rather than text.
+pub(super) struct PageQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PageQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(PageQuery(v)),
+            Err(e) => Err(page_error(e.status(), "Bad request", &e.body_text())),
+        }
+    }
+}
+
+/// axum's `Path`, its refusal (an id that is not UTF-8) a page rather than text.
+pub(super) struct PagePath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PagePath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PagePath(v)),
+            Err(e) => Err(page_error(e.status(), "Bad request", &e.body_text())),
+        }
+    }
+}
+
 async fn login_page(headers: HeaderMap) -> Response {
     login_form(&headers, None, StatusCode::OK)
 }

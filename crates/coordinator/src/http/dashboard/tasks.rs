@@ -2,7 +2,7 @@
 //! both read from the store.
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
@@ -10,7 +10,7 @@ use sched::{TaskId, TaskState};
 use serde::Deserialize;
 
 use super::pages::urlencode;
-use super::{Viewer, may, page, page_error};
+use super::{PagePath, PageQuery, Viewer, may, page, page_error};
 use crate::config::ApiRole;
 use crate::core::ApiRequest;
 use crate::http::Api;
@@ -93,7 +93,7 @@ pub(super) async fn list(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    PageQuery(q): PageQuery<ListQuery>,
 ) -> Response {
     let filter = match filter_of(&viewer, &q) {
         Ok(f) => f,
@@ -205,7 +205,7 @@ pub(super) async fn task(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let Ok(task) = id.parse::<TaskId>() else {
         return page_error(StatusCode::NOT_FOUND, "No such task", "Task ids look like t-42.");
@@ -244,7 +244,7 @@ pub(super) async fn task(
 pub(super) async fn stream(
     State(api): State<Api>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     if !may(&viewer, ApiRole::Client) {
         return page_error(StatusCode::FORBIDDEN, "Not allowed", "This needs the client role.");
