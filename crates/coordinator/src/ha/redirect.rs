@@ -86,7 +86,7 @@ pub(crate) async fn refuse_ws(mut ws: Ws, status: &watch::Receiver<HaStatus>, de
 }
 
 /// Paths a standby answers itself: its own health and metrics, the docs.
-fn answered_here(path: &str) -> bool {
+pub(crate) fn answered_here(path: &str) -> bool {
     matches!(path, "/cluster/health" | "/metrics" | "/openapi.json")
         || path == "/docs"
         || path.starts_with("/docs/")

@@ -137,7 +137,7 @@ impl utoipa::Modify for Refusals {
         use utoipa::openapi::{RefOr, ResponseBuilder};
         for (path, item) in openapi.paths.paths.iter_mut() {
             let openai = path.starts_with("/v1/");
-            let answered_here = matches!(path.as_str(), "/cluster/health" | "/metrics");
+            let answered_here = crate::ha::redirect::answered_here(path);
             let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
             for op in ops.into_iter().flatten() {
                 let params = op.parameters.iter().flatten().filter_map(|p| match p {
@@ -176,7 +176,7 @@ impl utoipa::Modify for Refusals {
                 }
                 // The OpenAI routes read any body and answer 400 for all else.
                 if body && !openai {
-                    refusals.push(("415", "`invalid_body`: not `Content-Type: application/json`"));
+                    refusals.push(("415", "`invalid_body`: not the body's content type (JSON)"));
                     refusals.push(("422", "`invalid_body`: JSON that does not fit the schema"));
                 }
                 for (status, description) in refusals {
