@@ -31,7 +31,7 @@ pub struct SubmitTask {
     pub task_type: Option<String>,
     /// The task's input (seed 2 called it `payload`).
     #[serde(alias = "payload")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// A number, or LOW, NORMAL (default), HIGH, CRITICAL.
     #[schema(schema_with = super::schemas::priority)]
@@ -72,6 +72,7 @@ pub struct SubmittedView {
     pub task_id: String,
     /// The submitter's own id (the cluster id when none was given).
     pub client_task_id: String,
+    /// The task's state (`queued`, …); `submitted` on seed 2's path.
     pub status: String,
     /// True when an idempotency key matched an earlier submission.
     pub existing: bool,
@@ -94,39 +95,55 @@ pub(super) async fn submit(
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let (body, header_key) = read_submission(&api, &headers, req).await?;
+    submit_task(&api, body, header_key, caller.owner).await
+}
+
+/// A submission's body (JSON, or multipart for an image) and its
+/// `Idempotency-Key` header.
+async fn read_submission(
+    api: &Api,
+    headers: &HeaderMap,
+    req: axum::extract::Request,
+) -> Result<(SubmitTask, Option<String>), ApiError> {
+    use axum::extract::FromRequest;
     let multipart = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let body = if multipart {
-        use axum::extract::FromRequest;
-        let form = Multipart::from_request(req, &api)
+        let form = Multipart::from_request(req, api)
             .await
             .map_err(|e| ApiError::new(e.status(), body_code(e.status()), e.body_text()))?;
         from_multipart(form).await?
     } else {
-        use axum::extract::FromRequest;
         let Json(body) =
-            Json::<SubmitTask>::from_request(req, &api).await.map_err(|e| body_refused(&e))?;
+            Json::<SubmitTask>::from_request(req, api).await.map_err(|e| body_refused(&e))?;
         body
     };
     let header_key =
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    submit_task(&api, body, header_key, caller.owner).await
+    Ok((body, header_key))
 }
 
-/// Seed 2's path for submitting a task; the same as `POST /cluster/tasks`.
+/// Seed 2's path for submitting a task, answered as its template and its
+/// test have it: 200 with `"status": "submitted"` (and the fields of
+/// `POST /cluster/tasks`; the task's state is in `GET /cluster/tasks/{id}/status`).
 #[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
-    responses((status = 201, body = SubmittedView), (status = 200, description = "Idempotent resubmission", body = SubmittedView),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
+    responses((status = 200, description = "Submitted (or an idempotent resubmission: `existing`); `status` is `submitted`", body = SubmittedView),
               (status = 409, description = "`duplicate_task_id`, or another refusal of the submission", body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, description = "`busy` or `unavailable`", body = ErrorBody)))]
 pub(super) async fn submit_seed_path(
-    api: State<Api>,
-    caller: Extension<Caller>,
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    submit(api, caller, headers, req).await
+    let (body, header_key) = read_submission(&api, &headers, req).await?;
+    let (_, mut view) = submit_view(&api, body, header_key, caller.owner).await?;
+    view.status = "submitted".to_owned();
+    Ok(Json(view).into_response())
 }
 
 /// An inference task from a form: the `file` part is the image.
