@@ -244,15 +244,21 @@ pub struct Remote {
 pub struct Monitor {
     #[command(flatten)]
     pub remote: Remote,
+    /// The coordinator by its protocol address, as seed 2 named it
+    /// (`tcp://HOST:PORT`, or ws[s]://): the monitor reads the HTTP API on
+    /// that host's port 8000. `--api-url` names the API itself.
+    #[arg(long, conflicts_with = "api_url")]
+    pub coordinator: Option<String>,
     /// Seconds between refreshes of the worker table.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_secs)]
+    #[arg(long, default_value_t = 2.0, value_parser = positive_secs)]
     pub interval: f64,
 }
 
 #[derive(Debug, Args)]
 pub struct ClusterStart {
-    /// Address of the WebSocket protocol port (peers and gamers).
-    #[arg(long, default_value = "0.0.0.0:8765", env = "LEGACYGPU_BIND")]
+    /// Address of the WebSocket protocol port (peers and gamers). Seed 2's
+    /// `--bind-address tcp://HOST:PORT` is read the same.
+    #[arg(long, visible_alias = "bind-address", default_value = "0.0.0.0:8765", env = "LEGACYGPU_BIND", value_parser = bind_address)]
     pub bind: SocketAddr,
 
     /// Address of the HTTP API (REST, events, /metrics, /docs).
@@ -699,7 +705,8 @@ pub struct Backends {
 pub struct Connection {
     /// The coordinator's WebSocket URL, or several comma-separated (the
     /// coordinators of one PostgreSQL store: the leader is found and
-    /// followed). Default: ws://127.0.0.1:8765.
+    /// followed). Default: ws://127.0.0.1:8765. Seed 2's `tcp://HOST:PORT`
+    /// names the same port: ws:// on this machine, wss:// elsewhere.
     #[arg(long, env = "LEGACYGPU_COORDINATOR")]
     pub coordinator: Option<String>,
 
@@ -726,7 +733,7 @@ impl Connection {
     /// The flag or environment, else `~/.config/legacygpu/cli.json`, else local.
     pub fn url(&self) -> anyhow::Result<String> {
         Ok(match &self.coordinator {
-            Some(url) => url.clone(),
+            Some(url) => seed_urls(url),
             None => crate::remote::CliConfig::load()?
                 .coordinator
                 .unwrap_or_else(|| "ws://127.0.0.1:8765".to_owned()),
@@ -894,6 +901,30 @@ fn gpu_layers(s: &str) -> Result<exec_llm::GpuLayers, String> {
     s.parse()
 }
 
+/// Seed 2's coordinator addresses (`tcp://HOST:PORT`, from its ZeroMQ
+/// design) as the WebSocket URLs they name: ws:// for this machine (the
+/// coordinator takes plaintext only from it), wss:// for any other; other
+/// entries of the list are left as they are.
+pub fn seed_urls(list: &str) -> String {
+    let one = |url: &str| match url.trim().strip_prefix("tcp://") {
+        Some(addr) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let local = host == "localhost"
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            format!("{}://{addr}", if local { "ws" } else { "wss" })
+        }
+        None => url.trim().to_owned(),
+    };
+    list.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
+/// A bind address, `HOST:PORT` or seed 2's `tcp://HOST:PORT`.
+fn bind_address(s: &str) -> Result<SocketAddr, String> {
+    let addr = s.trim().strip_prefix("tcp://").unwrap_or(s.trim());
+    addr.parse().map_err(|e| format!("`{s}` is not an address (HOST:PORT, e.g. 0.0.0.0:8765): {e}"))
+}
+
 fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -944,6 +975,43 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Seed 2's commands, as its deployment guide types them, parse.
+    #[test]
+    fn seed_twos_addresses_and_flags_are_read() {
+        use clap::Parser;
+        assert_eq!(seed_urls("tcp://127.0.0.1:5555"), "ws://127.0.0.1:5555");
+        assert_eq!(seed_urls("tcp://localhost:5555"), "ws://localhost:5555");
+        assert_eq!(seed_urls("tcp://[::1]:5555"), "ws://[::1]:5555");
+        assert_eq!(seed_urls("tcp://10.0.0.2:5555"), "wss://10.0.0.2:5555");
+        assert_eq!(seed_urls("tcp://a:1, wss://b:2"), "wss://a:1,wss://b:2");
+        assert_eq!(seed_urls("ws://127.0.0.1:8765"), "ws://127.0.0.1:8765");
+        assert_eq!(bind_address("tcp://0.0.0.0:5555"), Ok("0.0.0.0:5555".parse().unwrap()));
+        assert!(bind_address("tcp://somewhere").is_err());
+        let cli = Cli::try_parse_from([
+            "legacygpu",
+            "cluster",
+            "start",
+            "--bind-address",
+            "tcp://0.0.0.0:5555",
+        ]);
+        let Command::Cluster(ClusterCmd::Start(start)) = cli.unwrap().command else { panic!() };
+        assert_eq!(start.bind, "0.0.0.0:5555".parse().unwrap());
+        let cli = Cli::try_parse_from([
+            "legacygpu",
+            "worker",
+            "start",
+            "--coordinator",
+            "tcp://127.0.0.1:5555",
+        ]);
+        let Command::Worker(WorkerCmd::Start(worker)) = cli.unwrap().command else { panic!() };
+        assert_eq!(worker.conn.url().unwrap(), "ws://127.0.0.1:5555");
+        let cli =
+            Cli::try_parse_from(["legacygpu", "monitor", "--coordinator", "tcp://localhost:5555"]);
+        let Command::Monitor(monitor) = cli.unwrap().command else { panic!() };
+        assert_eq!(monitor.interval, 2.0, "seed 2's default");
+        assert_eq!(monitor.coordinator.as_deref(), Some("tcp://localhost:5555"));
     }
 
     /// Splits a shell command line into words: quotes are honoured, a word

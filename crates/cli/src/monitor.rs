@@ -49,7 +49,11 @@ struct View {
 }
 
 pub async fn run(args: Monitor) -> anyhow::Result<ExitCode> {
-    let api = api(&args.remote).await?;
+    let mut remote = args.remote.clone();
+    if let Some(coordinator) = &args.coordinator {
+        remote.api_url = Some(api_of(coordinator)?);
+    }
+    let api = api(&remote).await?;
     // Fail early, before taking over the terminal, when the API is unreachable.
     api.get("/cluster/health").await?;
     let (tx, mut rx) = mpsc::channel(4096);
@@ -248,6 +252,27 @@ fn workers_table(workers: &[WorkerInfo]) -> Table<'_> {
         .block(Block::new().borders(Borders::ALL).title(format!(" workers ({}) ", workers.len())))
 }
 
+/// The HTTP API beside a coordinator's protocol address (`--coordinator`):
+/// the same host, port 8000, https:// when the address is wss:// (or
+/// another machine's `tcp://`).
+fn api_of(coordinator: &str) -> anyhow::Result<String> {
+    let url = crate::args::seed_urls(coordinator);
+    let first = url.split(',').next().unwrap_or_default();
+    let (scheme, rest) = match first.split_once("://") {
+        Some(("ws", rest)) => ("http", rest),
+        Some(("wss", rest)) => ("https", rest),
+        _ => anyhow::bail!(
+            "`{coordinator}` is not a coordinator address (tcp://, ws:// or wss://HOST:PORT)"
+        ),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => authority,
+    };
+    Ok(format!("{scheme}://{host}:8000"))
+}
+
 /// Health and workers, every `interval`.
 async fn poll(api: Api, interval: Duration, tx: mpsc::Sender<Update>) {
     let mut tick = tokio::time::interval(interval);
@@ -300,5 +325,20 @@ async fn follow(api: Api, tx: mpsc::Sender<Update>) {
             .map_or_else(|| "the event stream closed".to_owned(), |e| format!("event stream: {e}"));
         let _ = tx.send(Update::Problem(format!("{why}; reconnecting"))).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_is_beside_the_coordinators_address() {
+        assert_eq!(api_of("tcp://localhost:5555").unwrap(), "http://localhost:8000");
+        assert_eq!(api_of("ws://127.0.0.1:8765").unwrap(), "http://127.0.0.1:8000");
+        assert_eq!(api_of("wss://10.0.0.2:8765/").unwrap(), "https://10.0.0.2:8000");
+        assert_eq!(api_of("tcp://10.0.0.2:5555").unwrap(), "https://10.0.0.2:8000");
+        assert_eq!(api_of("wss://[::1]:8765").unwrap(), "https://[::1]:8000");
+        assert!(api_of("http://x:1").is_err());
     }
 }

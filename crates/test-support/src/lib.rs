@@ -186,7 +186,7 @@ impl Coordinator {
             args.push(&bin_arg);
         }
         args.extend(["cluster", "start"]);
-        if !extra.contains(&"--bind") {
+        if !extra.contains(&"--bind") && !extra.contains(&"--bind-address") {
             args.extend(["--bind", "127.0.0.1:0"]);
         }
         if !extra.contains(&"--http") && !extra.contains(&"--no-http") {

@@ -359,6 +359,26 @@ fn the_monitor_shows_workers_and_events_and_quits_on_q() {
     }
 }
 
+/// Seed 2's deployment guide types `cluster start --bind-address tcp://…`
+/// and `worker start --coordinator tcp://…` (its design spoke ZeroMQ): the
+/// same commands start a cluster here and run a task through it.
+#[test]
+fn seed_twos_commands_and_addresses_run_a_task() {
+    let c = Coordinator::start(bin(), &["--bind-address", "tcp://127.0.0.1:0"]);
+    let seed_url = c.ws_url.replacen("ws://", "tcp://", 1);
+    assert!(seed_url.starts_with("tcp://127.0.0.1:"), "{}", c.ws_url);
+    let home = tempfile::tempdir().unwrap();
+    let (_worker, _) = Proc::spawn(
+        bin(),
+        &["worker", "start", "--coordinator", &seed_url, "--peer-id", "seed-w", "--no-gpu"],
+        &[("XDG_STATE_HOME", home.path().to_str().unwrap())],
+    );
+    let submit = ["task", "submit", "--coordinator", &seed_url, "--type", "echo"];
+    let out =
+        ok(cli(home.path(), &[&submit[..], &["--data", r#"{"seed": 2}"#, "--wait"]].concat()));
+    assert_eq!(json_of(&out), json!({"seed": 2}));
+}
+
 /// Section 2 of docs/CLUSTER_DEPLOYMENT_GUIDE.md, run as written (ports and
 /// directories moved by environment variables, which every command honours).
 #[test]
