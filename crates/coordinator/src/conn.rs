@@ -537,7 +537,7 @@ pub(crate) fn decode_error(e: &DecodeError) -> ErrorMsg {
 
 /// The token of an `Authorization: Bearer …` header; the scheme is
 /// case-insensitive (RFC 9110, section 11.1).
-fn bearer_token(header: &str) -> Option<&str> {
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

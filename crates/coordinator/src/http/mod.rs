@@ -381,12 +381,9 @@ impl Caller {
 /// passed over for `X-API-Key`: a request names one credential, plainly.
 fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let bearer =
-            v.to_str().ok().and_then(|v| v.trim().split_once(' ')).filter(|(scheme, key)| {
-                scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty()
-            });
-        return match bearer {
-            Some((_, key)) => Ok(Some(key.trim())),
+        let key = v.to_str().ok().and_then(|v| crate::conn::bearer_token(v.trim()));
+        return match key.filter(|k| !k.is_empty()) {
+            Some(key) => Ok(Some(key)),
             None => Err("the Authorization header must be `Bearer KEY`"),
         };
     }
