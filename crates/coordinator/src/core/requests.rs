@@ -36,6 +36,9 @@ pub(crate) enum ApiRequest {
     AwaitOutcome { task: TaskId, reply: Reply<Awaited> },
     /// The task as the scheduler holds it now.
     Task { task: TaskId, reply: Reply<Option<TaskNow>> },
+    /// The store batch that holds all the scheduler has done so far (a read
+    /// of the store that waits for it sees every change already told).
+    Observed { reply: Reply<u64> },
     /// Approve a worker id with the SHA-256 of its credential; the answer is
     /// the store batch that makes the approval durable.
     ApproveWorker { worker_id: String, credential_sha256: String, reply: Reply<u64> },
@@ -125,6 +128,9 @@ pub(crate) struct TaskNow {
     pub attempts: Vec<AttemptNow>,
     /// Its replicas and their verdict, when it is verified.
     pub verification: Option<sched::verify::Verification<Json>>,
+    /// The store batch that holds this state: an answer built from it, or a
+    /// read of the store to go with it, waits for that batch.
+    pub seq: u64,
 }
 
 /// One attempt of a task, for the API.
@@ -210,6 +216,9 @@ impl Core {
             }
             ApiRequest::Task { task, reply } => {
                 let _ = reply.send(self.sched.task(task).map(|t| self.task_now(t)));
+            }
+            ApiRequest::Observed { reply } => {
+                let _ = reply.send(self.observer.appended());
             }
             ApiRequest::ApproveWorker { worker_id, credential_sha256, reply } => {
                 let _ = reply.send(crate::identity::approve(self, &worker_id, credential_sha256));
@@ -315,6 +324,7 @@ impl Core {
                 })
                 .collect(),
             verification: task.verification().cloned(),
+            seq: self.observer.appended(),
         }
     }
 }

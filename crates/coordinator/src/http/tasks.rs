@@ -537,7 +537,7 @@ pub(super) fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     })
 }
 
-/// Where a task stands: state, attempt, worker, why it waits, timestamps, attempt history, last error.
+/// Where a task stands: state, attempt, worker, why it waits, timestamps, attempt history, last error. The state told is durable: a restart of the coordinator does not take it back.
 #[utoipa::path(get, path = "/cluster/tasks/{id}/status", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id, e.g. t-42")),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
@@ -549,8 +549,10 @@ pub(super) async fn task_status(
     let task = parse_id(&id)?;
     check_owner(&api, &caller, task).await?;
     // The live view first (why it waits, its queue position); the store for
-    // a task the scheduler no longer holds.
+    // a task the scheduler no longer holds. A state is told once durable, as
+    // results are: a crash cannot take back what a client was told.
     if let Some(now) = api.request(|reply| ApiRequest::Task { task, reply }).await? {
+        api.durable(now.seq).await?;
         return Ok(Json(task_view(now)));
     }
     let stored = api.read(move |r| r.task(task.0)).await?;

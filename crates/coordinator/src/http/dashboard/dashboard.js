@@ -30,25 +30,34 @@
   if (!live.length && !table) return;
   // The server puts its settings before this script (dashboard/mod.rs).
   var settings = window.LEGACYGPU;
-  var pending = false, last = 0, MIN_GAP_MS = settings.minGapMs;
+  // `again`: an event came while a fetch was on its way, which may have
+  // read the page before the change: one more fetch follows it.
+  var pending = false, fetching = false, again = false, last = 0, MIN_GAP_MS = settings.minGapMs;
+
+  function settled() {
+    pending = fetching = false;
+    if (again) { again = false; refresh(); }
+  }
 
   function refresh() {
-    if (pending) return;
+    if (pending) { again = again || fetching; return; }
     pending = true;
     var wait = Math.max(0, last + MIN_GAP_MS - Date.now());
     setTimeout(function () {
       last = Date.now();
+      fetching = true;
       fetch(location.href, { headers: { "X-Fragment": "1" }, credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
-          pending = false;
           // Not while the operator is typing in a form of the page.
           var active = document.activeElement;
-          if (html === null || (active && active.form && active.type !== "submit")) return;
-          document.getElementById("main").innerHTML = html;
-          showStream();
+          if (html !== null && !(active && active.form && active.type !== "submit")) {
+            document.getElementById("main").innerHTML = html;
+            showStream();
+          }
+          settled();
         })
-        .catch(function () { pending = false; });
+        .catch(settled);
     }, wait);
   }
 

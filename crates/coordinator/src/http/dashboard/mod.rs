@@ -30,6 +30,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::{Api, Secure};
 use crate::config::ApiRole;
+use crate::core::ApiRequest;
 
 mod actions;
 mod pages;
@@ -51,6 +52,7 @@ pub(crate) fn router(api: Api) -> Router<Api> {
         .route("/tasks/{id}", get(tasks::task))
         .route("/events", get(pages::events))
         .route("/submit", get(pages::submit))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), settled))
         .route("/ui/events", get(live))
         .route("/ui/workers/{id}/{action}", post(actions::worker))
         .route("/ui/tasks/{id}/{action}", post(actions::task))
@@ -110,6 +112,18 @@ async fn authenticate(
         return page_error(StatusCode::UNAUTHORIZED, "Not logged in", "Log in with an API key.");
     };
     req.extensions_mut().insert(viewer);
+    next.run(req).await
+}
+
+/// Before a page reads the store: it waits for the store to hold what the
+/// scheduler had done when the page was asked for, so that a page fetched
+/// on an event (which the core sends as the change happens, before its
+/// commit) shows that change.
+async fn settled(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if let Ok(seq) = api.request(|reply| ApiRequest::Observed { reply }).await {
+        // A failed store is the page's own error to show.
+        let _ = api.durable(seq).await;
+    }
     next.run(req).await
 }
 

@@ -210,6 +210,14 @@ pub(super) async fn task(
     let Ok(task) = id.parse::<TaskId>() else {
         return page_error(StatusCode::NOT_FOUND, "No such task", "Task ids look like t-42.");
     };
+    // The scheduler first, then the store once it holds what the scheduler
+    // knew: the stored state and its result are then at least as new as the
+    // live view, and the page shows the two from one read (an event that
+    // sent the page here names a change the store may not have held yet).
+    let live = api.request(|reply| ApiRequest::Task { task, reply }).await.ok().flatten();
+    if let Some(now) = &live {
+        let _ = api.durable(now.seq).await;
+    }
     let stored = match api.read(move |r| r.task(task.0)).await {
         Ok(Some(t)) if t.task.owner.parse().is_ok_and(|o| viewer.caller().may_touch(&o)) => t,
         Ok(_) => {
@@ -227,8 +235,6 @@ pub(super) async fn task(
             );
         }
     };
-    // The live view adds what only the scheduler knows (why it waits).
-    let live = api.request(|reply| ApiRequest::Task { task, reply }).await.ok().flatten();
     let body = render_task(&viewer, &stored, live.as_ref());
     page(
         &headers,
@@ -285,7 +291,10 @@ fn render_task(
     live: Option<&crate::core::requests::TaskNow>,
 ) -> Markup {
     let id = TaskId(t.task.id).to_string();
-    let state = live.map_or(t.state, |l| l.status);
+    let state = t.state;
+    // The live view adds what only the scheduler knows (why it waits), while
+    // it describes the state the store holds.
+    let live = live.filter(|l| l.status == state);
     let (input, input_cut) = capped(&pretty(&t.task.payload));
     let result = t.result.as_deref().map(|r| capped(&pretty(r)));
     let text = t
