@@ -420,7 +420,7 @@ pub struct TlsArgs {
 
     /// More DNS names or IP addresses for the generated certificate (the host
     /// name, the --bind address, localhost and 127.0.0.1 are always in it).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "LEGACYGPU_TLS_SAN")]
     pub tls_san: Vec<String>,
 
     /// Accept plaintext (ws://, http://) from other machines too. Dangerous:
@@ -506,6 +506,7 @@ pub enum WorkerCmd {
     /// Stop workers started on this machine (by their pid files): running
     /// tasks may finish within the worker's drain timeout.
     #[command(after_long_help = "Examples:\n  \
+        legacygpu worker stop                         # the one worker running here\n  \
         legacygpu worker stop --peer-id rx580-box\n  \
         legacygpu worker stop --all")]
     Stop(WorkerStop),
@@ -576,8 +577,9 @@ pub struct WorkerClear {
 
 #[derive(Debug, Args)]
 pub struct WorkerStop {
-    /// The worker to stop.
-    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    /// The worker to stop. Without it (and without --all), the one worker
+    /// running on this machine, as the seed's `legacygpu worker stop`.
+    #[arg(long, conflicts_with = "all")]
     pub peer_id: Option<String>,
     /// Stop every worker started on this machine.
     #[arg(long)]

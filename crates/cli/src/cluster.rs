@@ -387,9 +387,12 @@ fn banner_tls(out: &mut impl Write, coordinator: &Coordinator) -> anyhow::Result
     if !names.is_empty() {
         writeln!(out, "  certificate names: {}  (more with --tls-san)", names.join(", "))?;
     }
-    // A daemon's stdout is its log file, and secrets never go to logs.
-    let daemon = std::env::var_os("LEGACYGPU_DAEMON_PID_FILE").is_some();
-    let (worker, client) = if daemon {
+    // A daemon's stdout is its log file, a systemd service's the journal
+    // (`JOURNAL_STREAM` is set), and secrets never go to logs.
+    let logged = ["LEGACYGPU_DAEMON_PID_FILE", "JOURNAL_STREAM"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some());
+    let (worker, client) = if logged {
         let hidden = "\"$(legacygpu cluster token show --json | jq -r .worker_token)\"".to_owned();
         (hidden, "see `legacygpu cluster token show`".to_owned())
     } else {

@@ -79,7 +79,8 @@ fn stop(args: &WorkerStop) -> anyhow::Result<ExitCode> {
             })?;
             vec![(id.clone(), pid, local::alive(pid))]
         }
-        None => local::workers()?,
+        None if args.all => local::workers()?,
+        None => vec![the_one_running(local::workers()?)?],
     };
     if targets.is_empty() {
         anyhow::bail!("no worker was started on this machine");
@@ -95,6 +96,24 @@ fn stop(args: &WorkerStop) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The worker a bare `worker stop` means: the one running here.
+fn the_one_running(workers: Vec<(String, u32, bool)>) -> anyhow::Result<(String, u32, bool)> {
+    let mut running: Vec<_> = workers.into_iter().filter(|(_, _, alive)| *alive).collect();
+    match running.len() {
+        0 => anyhow::bail!("no worker is running on this machine"),
+        1 => Ok(running.remove(0)),
+        _ => {
+            let ids: Vec<&str> = running.iter().map(|(id, _, _)| id.as_str()).collect();
+            anyhow::bail!(
+                "{} workers run on this machine ({}): name one with --peer-id, or stop them all \
+                 with --all",
+                ids.len(),
+                ids.join(", ")
+            )
+        }
+    }
 }
 
 fn list(as_json: bool) -> anyhow::Result<ExitCode> {
@@ -166,4 +185,26 @@ fn executors(args: &WorkerStart) -> anyhow::Result<Executors> {
         chosen.add_arc(executor.clone());
     }
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::the_one_running;
+
+    fn w(id: &str, alive: bool) -> (String, u32, bool) {
+        (id.to_owned(), 7, alive)
+    }
+
+    #[test]
+    fn a_bare_stop_means_the_one_worker_running_here() {
+        let one = the_one_running(vec![w("gone", false), w("a", true)]).unwrap();
+        assert_eq!(one.0, "a");
+        let none = the_one_running(vec![w("gone", false)]).unwrap_err().to_string();
+        assert!(none.contains("no worker is running"), "{none}");
+        let two = the_one_running(vec![w("a", true), w("b", true)]).unwrap_err().to_string();
+        assert!(
+            two.contains("(a, b)") && two.contains("--peer-id") && two.contains("--all"),
+            "{two}"
+        );
+    }
 }

@@ -225,12 +225,15 @@ fn every_read_and_task_command_against_a_real_coordinator() {
         "HEALTHY"
     );
 
-    // `worker stop` ends the worker through its pid file.
-    ok(cli(h, &["worker", "stop", "--all"]));
+    // `worker stop`, as the seed writes it, ends the one worker running
+    // here through its pid file.
+    ok(cli(h, &["worker", "stop"]));
     assert_eq!(worker.wait(), Some(0));
     let local = json_of(&ok(cli(h, &["worker", "list", "--json"])));
     assert_eq!(local["workers"], json!([]));
     assert_eq!(code(&cli(h, &["worker", "stop", "--peer-id", "cli-w"])), 1);
+    assert_eq!(code(&cli(h, &["worker", "stop", "--all"])), 1, "nothing left to stop");
+    assert_eq!(code(&cli(h, &["worker", "stop"])), 1, "nothing left to stop");
 
     // `worker drain`: the worker finishes what it runs and leaves for good.
     let args = ["worker", "start", "--coordinator", &ws, "--peer-id", "cli-d", "--no-gpu"];

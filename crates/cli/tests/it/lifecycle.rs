@@ -74,6 +74,32 @@ async fn a_reconnecting_gamer_can_ask_again_for_outcomes_it_awaits() {
 }
 
 #[tokio::test]
+async fn resubmitting_a_finished_task_is_acknowledged_before_its_outcome_comes_again() {
+    let c = Coordinator::start(bin(), &[]);
+    let mut peer = Raw::peer(&c.ws_url, "p", "{}").await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    let request = r#"{"msg_type": "task_request", "task_id": "k", "task_type": "x", "data": 3,
+        "idempotency_key": "order-k"}"#;
+    gamer.send(request).await;
+    let first = gamer.expect("task_accepted").await;
+    let a = peer.expect("task_assignment").await;
+    peer.send_json(&json!({"msg_type": "task_result", "task_id": a["task_id"], "result": 9})).await;
+    assert_eq!(gamer.expect("task_result").await["result"], 9);
+    // The client asks again on a new connection (it missed the outcome).
+    gamer.close().await;
+    let mut gamer = Raw::gamer(&c.ws_url, "g").await;
+    gamer.send(request).await;
+    let ack = gamer.recv().await;
+    assert_eq!(
+        (&ack["msg_type"], &ack["existing"], &ack["id"]),
+        (&json!("task_accepted"), &json!(true), &first["id"]),
+        "{ack}"
+    );
+    let again = gamer.recv().await;
+    assert_eq!((&again["msg_type"], &again["result"]), (&json!("task_result"), &json!(9)));
+}
+
+#[tokio::test]
 async fn a_run_answering_cancelled_that_was_never_cancelled_is_handed_back_not_failed() {
     // After a crash lost the coordinator's cancel, a peer's `cancelled`
     // answer for a run the coordinator still counts on: the task runs again.

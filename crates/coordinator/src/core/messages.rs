@@ -425,9 +425,11 @@ pub(crate) fn accept(
     let now = core.now();
     match core.sched.handle_submit(now, sub) {
         Ok(acc) => {
-            // Persist the submission (flush hands the event to the store)
-            // before the acknowledgement is allowed out.
-            core.flush();
+            // Persist the submission (the event goes to the store) before the
+            // acknowledgement is allowed out; what it caused (an assignment,
+            // a finished task's outcome again) is sent by the caller's flush,
+            // after the acknowledgement.
+            core.flush_events();
             Ok(TaskAccepted {
                 task_id: acc.client_task_id.to_string(),
                 id: acc.id.to_string(),

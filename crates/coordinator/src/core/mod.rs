@@ -296,6 +296,21 @@ impl Core {
     /// Drains the scheduler: events first (so the store sees what commands
     /// promise), then commands.
     pub fn flush(&mut self) {
+        self.flush_events();
+        while let Some(cmd) = self.sched.poll_command() {
+            self.route(cmd);
+        }
+        // Last, when it runs on this thread: what need not wait for it is
+        // already on its way.
+        self.observer.commit_deferred();
+    }
+
+    /// The first half of [`Core::flush`]: hands the scheduler's events to
+    /// the store, the telemetry and the waiters, leaving its commands for the
+    /// next flush. A submission's acknowledgement is queued in between, so
+    /// that it goes out before what the submission caused (the re-sent
+    /// outcome of an idempotent resubmission).
+    pub(crate) fn flush_events(&mut self) {
         let mut finished = Vec::new();
         while let Some(event) = self.sched.poll_event() {
             self.observer.observe(&event);
@@ -317,12 +332,6 @@ impl Core {
                 self.publisher.answered_api();
             }
         }
-        while let Some(cmd) = self.sched.poll_command() {
-            self.route(cmd);
-        }
-        // Last, when it runs on this thread: what need not wait for it is
-        // already on its way.
-        self.observer.commit_deferred();
     }
 
     fn route(&mut self, cmd: Command<Json>) {
