@@ -8,9 +8,10 @@
 //! ```text
 //! legacygpu cluster start --bind 127.0.0.1:8765 --no-store &
 //! legacygpu worker start --coordinator ws://127.0.0.1:8765 --slots 1 &
-//! cargo run --release --example cluster_overhead -- ws://127.0.0.1:8765 TASK.json 10
+//! cargo run --release -p cli --example cluster_overhead -- ws://127.0.0.1:8765 TASK 10
 //! ```
-//! TASK.json holds `{"task_type": …, "data": …}`.
+//! TASK is a file holding `{"task_type": …, "data": …}`, or `physics:N:STEPS`
+//! for `exec_physics::example_scene(N, STEPS)`.
 
 use std::time::Instant;
 
@@ -21,9 +22,16 @@ use proto::TaskRequest;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let url = args.next().unwrap_or_else(|| "ws://127.0.0.1:8765".to_owned());
-    let file = args.next().ok_or("usage: cluster_overhead URL TASK.json [N]")?;
+    let file = args.next().ok_or("usage: cluster_overhead URL TASK.json|physics:N:STEPS [N]")?;
     let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10);
-    let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let task: serde_json::Value = match file.strip_prefix("physics:") {
+        Some(spec) => {
+            let (bodies, steps) = spec.split_once(':').ok_or("physics:N:STEPS")?;
+            let scene = exec_physics::example_scene(bodies.parse()?, steps.parse()?);
+            serde_json::json!({"task_type": "physics", "data": scene})
+        }
+        None => serde_json::from_str(&std::fs::read_to_string(file)?)?,
+    };
     let task_type = task["task_type"].as_str().ok_or("no task_type")?.to_owned();
     let data: proto::Json = serde_json::from_str(&task["data"].to_string())?;
     let client = Client::connect(&url, ClientOptions::default()).await?;

@@ -15,7 +15,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
 trap cleanup EXIT
 
-"$bin" cluster start --bind "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" --data-dir "$data" >"$data/coordinator.log" 2>&1 &
+"$bin" cluster start --bind "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" --data-dir "$data" --sync full >"$data/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^ready' "$data/coordinator.log" && break; sleep 0.1; done
 "$bin" worker start --coordinator "ws://127.0.0.1:$ws_port" --peer-id bench-worker --slots 256 --task-types echo --no-gpu >"$data/worker.log" 2>&1 &

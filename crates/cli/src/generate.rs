@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use client::{Client, ClientOptions, TaskOutcome};
-use proto::TaskRequest;
 use serde_json::{Value, json};
 
 use crate::args::TaskSubmit;
@@ -103,11 +102,7 @@ pub fn data(args: &GenerateArgs, top_k: Option<u32>, model: &str) -> anyhow::Res
 
 /// Submits the generation, prints its text as it comes, then its figures.
 pub async fn run(args: &TaskSubmit, data: Value) -> anyhow::Result<ExitCode> {
-    let mut req = TaskRequest::new("generate", proto::to_json(&data)?);
-    req.task_id = args.task_id.clone();
-    req.priority = args.priority;
-    req.timeout_s = args.timeout;
-    req.queue_timeout_s = args.queue_timeout;
+    let req = crate::task::request(args, "generate", proto::to_json(&data)?);
     let options = ClientOptions {
         token: args.conn.token()?,
         ca_hash: args.conn.ca_hash()?,

@@ -260,6 +260,26 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<TaskRequest>> {
         .collect()
 }
 
+/// The task request `task submit`'s flags make around `data` (a generation
+/// too: `--verify` applies to it as to any task).
+pub(crate) fn request(
+    args: &TaskSubmit,
+    task_type: impl Into<String>,
+    data: proto::Json,
+) -> TaskRequest {
+    let mut req = TaskRequest::new(task_type, data);
+    req.task_id = args.task_id.clone();
+    req.priority = args.priority;
+    req.timeout_s = args.timeout;
+    req.queue_timeout_s = args.queue_timeout;
+    req.verify = args.verify.map(|p| proto::VerifyPolicy {
+        replicas: p.replicas,
+        quorum: Some(p.quorum),
+        adaptive: p.adaptive,
+    });
+    req
+}
+
 async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
     let generation = args.generation.prompt.is_some() || args.generation.chat.is_some();
     let (task_type, data) = match (&args.model, &args.input) {
@@ -281,16 +301,7 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
             (t, read_data(&args.data)?)
         }
     };
-    let mut req = TaskRequest::new(task_type, data);
-    req.task_id = args.task_id.clone();
-    req.priority = args.priority;
-    req.timeout_s = args.timeout;
-    req.queue_timeout_s = args.queue_timeout;
-    req.verify = args.verify.map(|p| proto::VerifyPolicy {
-        replicas: p.replicas,
-        quorum: Some(p.quorum),
-        adaptive: p.adaptive,
-    });
+    let req = request(&args, task_type, data);
     let options = ClientOptions {
         token: args.conn.token()?,
         ca_hash: args.conn.ca_hash()?,

@@ -5,7 +5,8 @@
 //! friction, restitution, initial pose and velocities) and an optional ground
 //! — and gets back the final state of every body with a checksum of it.
 //! rapier's `enhanced-determinism` makes the result bit-identical on every
-//! peer, so two peers' answers can be compared by checksum alone.
+//! peer, so two peers' answers can be compared field for field (verification
+//! compares all but `elapsed_ms`, `crates/agree`).
 //!
 //! Limits on bodies, steps and their product keep one task from running away
 //! with a peer; every malformed or out-of-range input is an `invalid_input`

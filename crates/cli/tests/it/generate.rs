@@ -239,6 +239,34 @@ async fn a_streamed_generation_reaches_the_gamer_the_event_stream_and_the_cli() 
         .await
         .unwrap();
     assert!(chat.status.success(), "{}", String::from_utf8_lossy(&chat.stderr));
+    // `--verify` holds for a generation as for any task (greedy text
+    // compares): two replicas on two workers.
+    let _w2 = llm_worker(&c, "llm-2", dir.path(), &[]);
+    await_model(&c, 2, None).await;
+    let verified = tokio::process::Command::new(bin())
+        .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "tiny", "--verify", "2/2"])
+        .args([
+            "--task-id",
+            "verified-gen",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let list = client.get(format!("{}/cluster/tasks?limit=1", c.http())).send().await.unwrap();
+    let list: Value = list.json().await.unwrap();
+    let newest = &list["tasks"][0];
+    assert_eq!(
+        (&newest["client_task_id"], &newest["verification"]["status"]),
+        (&json!("verified-gen"), &json!("agreed")),
+        "{list}"
+    );
     // --model with neither an image nor a prompt is refused clearly.
     let bad = tokio::process::Command::new(bin())
         .args(["task", "submit", "--coordinator", &c.ws_url, "--model", "tiny"])

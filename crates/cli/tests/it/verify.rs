@@ -394,5 +394,14 @@ async fn real_workers_agree_on_physics_bit_for_bit_under_two_of_two() {
             .map(|r| r["result"]["checksum"].to_string())
             .collect();
         assert_eq!(sums.len(), 1, "the same checksum: {t}");
+        // The dashboard's task page shows the same verdict and replicas.
+        let page = reqwest::get(format!("{}/tasks/{id}", c.http())).await.unwrap();
+        let page = page.text().await.unwrap();
+        let verdict = r#"<p id="verification">policy <code>2/2</code> · <span class="status">agreed</span></p>"#;
+        assert!(page.contains(verdict), "{page}");
+        assert_eq!(page.matches(r#"class="verdict valid""#).count(), 2, "{page}");
+        for w in ["<td>a</td>", "<td>b</td>"] {
+            assert!(page.contains(w), "{w}: {page}");
+        }
     }
 }

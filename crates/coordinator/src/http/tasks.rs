@@ -84,7 +84,7 @@ pub struct SubmittedView {
 #[utoipa::path(post, path = "/cluster/tasks", tag = "tasks",
     request_body(content = SubmitTask, description = "JSON; or multipart/form-data with a `file` \
         part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "Resubmitting returns the original task (the same bounds as `idempotency_key`)")),
     responses((status = 201, body = SubmittedView), (status = 200, description = "Idempotent resubmission", body = SubmittedView),
               (status = 400, body = ErrorBody),
               (status = 409, description = "`duplicate_task_id` (a live task of yours holds `task_id`), or another refusal of the submission", body = ErrorBody),
@@ -130,7 +130,7 @@ async fn read_submission(
 /// test have it: 200 with `"status": "submitted"` (and the fields of
 /// `POST /cluster/tasks`; the task's state is in `GET /cluster/tasks/{id}/status`).
 #[utoipa::path(post, path = "/cluster/tasks/submit", tag = "tasks", request_body = SubmitTask,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Resubmitting returns the original task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "Resubmitting returns the original task (the same bounds as `idempotency_key`)")),
     responses((status = 200, description = "Submitted (or an idempotent resubmission: `existing`); `status` is `submitted`", body = SubmittedView),
               (status = 409, description = "`duplicate_task_id`, or another refusal of the submission", body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, description = "`busy` or `unavailable`", body = ErrorBody)))]

@@ -326,6 +326,7 @@ fn render_task(
         }
         h2 { "Attempts" }
         (timeline(t))
+        (verification(t, state))
         @if let Some(e) = &t.error { h2 { "Error" } p.error #task-error { (e.code) ": " (e.message) } }
         @if streams {
             h2 { "Generated text (as it streams)" }
@@ -337,6 +338,36 @@ fn render_task(
         h2 { "Input" }
         pre #task-input { (input) }
         @if input_cut { p.muted { "(shortened to 16 KiB)" } }
+    }
+}
+
+/// A verified task's policy, verdict and replicas (docs/VERIFICATION.md);
+/// nothing for a task that is not verified.
+fn verification(t: &store::StoredTask, state: TaskState) -> Markup {
+    let Some(v) = crate::http::trust::stored_verification_view(t) else {
+        return html! {
+            @if let Some(policy) = t.task.verify.as_deref().filter(|_| !state.is_terminal()) {
+                h2 { "Verification" }
+                p #verification { "policy " code { (policy) } " · " span.status { "pending" } }
+            }
+        };
+    };
+    html! {
+        h2 { "Verification" }
+        p #verification { "policy " code { (v.policy) } " · " span.status { (v.status.as_str()) } }
+        table #replicas {
+            thead { tr { th { "replica" } th { "worker" } th { "attempts" } th { "verdict" } th { "result or error" } } }
+            tbody {
+                @for r in &v.replicas {
+                    @let outcome = r.result.as_ref().map(ToString::to_string).or_else(|| r.error.clone());
+                    tr {
+                        td { (r.task_id) } td { (r.worker_id.as_deref().unwrap_or("")) } td { (r.attempts) }
+                        td class=(format!("verdict {}", r.verdict.as_str())) { (r.verdict.as_str()) }
+                        td { code { (capped(&outcome.unwrap_or_default()).0) } }
+                    }
+                }
+            }
+        }
     }
 }
 
