@@ -32,6 +32,8 @@ BAD_SUBMITS = [
     (("echo", {}), {"requirements": {"gpus": True}}, ValueError),
     (("echo", {}), {"requirements": {"gpu": "yes"}}, TypeError),
     (("echo", {}), {"requirements": {"min_vram_mb": -1}}, ValueError),
+    (("echo", {}), {"requirements": {"min_vram_mb": 2**70}}, ValueError),  # past the coordinator's u64
+    (("echo", {}), {"timeout_s": 10**400}, ValueError),  # an int too large for a float
     (("echo", {}), {"requirements": ["gpu"]}, TypeError),
     (("echo", {}), {"idempotency_key": ""}, ValueError),
     (("echo", {}), {"task_id": 7}, TypeError),

@@ -357,7 +357,7 @@ impl<'a> Session<'a> {
             Ok(msg) => msg,
             Err(e) => {
                 self.ctx.rejected(&e.code());
-                return self.send_now(FromCoordinator::Error(decode_error(&e))).await;
+                return self.send_now(FromCoordinator::Error(decode_error(&e, text))).await;
             }
         };
         let msg = match self.authorize(msg) {
@@ -526,11 +526,14 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The `error` reply for a frame that did not decode.
-pub(crate) fn decode_error(e: &DecodeError) -> ErrorMsg {
+/// The `error` reply for a frame that did not decode, naming the message
+/// type and the task it refused where the frame says them.
+pub(crate) fn decode_error(e: &DecodeError, text: &str) -> ErrorMsg {
     let err = ErrorMsg::new(e.code(), e.to_string());
-    match e.msg_type() {
-        Some(t) => err.in_reply_to(t),
+    let Some(t) = e.msg_type() else { return err };
+    let err = err.in_reply_to(t);
+    match proto::task_id_of(text) {
+        Some(task) => err.task(task),
         None => err,
     }
 }

@@ -54,6 +54,36 @@ impl Snapshot {
     }
 }
 
+/// A connected peer's status now, as its snapshot would tell it.
+pub(crate) fn peer_status(
+    peer: &sched::Peer,
+    now: Time,
+    heartbeat_interval: Duration,
+) -> WorkerStatus {
+    let flags = (peer.quarantined(), peer.draining(), peer.paused());
+    status(flags, peer.last_seen(), now, heartbeat_interval)
+}
+
+/// The rule of [`WorkerFacts::status`], from (quarantined, draining, paused).
+fn status(
+    (quarantined, draining, paused): (bool, bool, bool),
+    last_seen: Time,
+    now: Time,
+    heartbeat_interval: Duration,
+) -> WorkerStatus {
+    if quarantined {
+        WorkerStatus::Quarantined
+    } else if draining {
+        WorkerStatus::Draining
+    } else if paused {
+        WorkerStatus::Paused
+    } else if now.saturating_since(last_seen) > 2 * heartbeat_interval {
+        WorkerStatus::Unhealthy
+    } else {
+        WorkerStatus::Healthy
+    }
+}
+
 impl WorkerFacts {
     /// Whether it is given new work (not paused, draining or quarantined).
     pub fn takes_work(&self) -> bool {
@@ -109,17 +139,8 @@ impl WorkerFacts {
     /// than two intervals late at `now` (it is declared dead only at the
     /// heartbeat timeout); else `healthy`.
     pub fn status(&self, now: Time, heartbeat_interval: Duration) -> WorkerStatus {
-        if self.quarantined {
-            WorkerStatus::Quarantined
-        } else if self.draining {
-            WorkerStatus::Draining
-        } else if self.paused {
-            WorkerStatus::Paused
-        } else if now.saturating_since(self.last_seen) > 2 * heartbeat_interval {
-            WorkerStatus::Unhealthy
-        } else {
-            WorkerStatus::Healthy
-        }
+        let flags = (self.quarantined, self.draining, self.paused);
+        status(flags, self.last_seen, now, heartbeat_interval)
     }
 
     fn of(

@@ -136,6 +136,20 @@ fn tag_of(text: &str) -> Result<String, DecodeError> {
     serde_json::from_str::<String>(raw.get()).map_err(|_| DecodeError::MissingType)
 }
 
+/// The `task_id` a frame names, when it is one object with a valid id
+/// there: the error answering a frame that did not decode then says which
+/// task it refuses (a client waiting for that task's answer gets it).
+pub fn task_id_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        task_id: Option<&'a RawValue>,
+    }
+    let named: Named<'_> = serde_json::from_str(text).ok()?;
+    let id: String = serde_json::from_str(named.task_id?.get()).ok()?;
+    check_id("", "task_id", &id).is_ok().then_some(id)
+}
+
 fn parse<'a, T: Deserialize<'a>>(msg_type: &str, text: &'a str) -> Result<T, DecodeError> {
     serde_json::from_str(text)
         .map_err(|e| DecodeError::Invalid { msg_type: msg_type.to_owned(), reason: e.to_string() })

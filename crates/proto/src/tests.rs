@@ -412,3 +412,21 @@ fn models_may_be_names_or_objects() {
     assert!(odd.models.is_empty());
     assert_eq!(odd.warnings.len(), 1);
 }
+
+#[test]
+fn a_frame_that_did_not_decode_still_names_its_task() {
+    let bad = r#"{"msg_type": "task_request", "task_id": "t\u00e9", "task_type": "x",
+                  "requirements": {"min_vram_mb": 1180591620717411303424}}"#;
+    assert!(ToCoordinator::decode(bad).is_err());
+    assert_eq!(task_id_of(bad).as_deref(), Some("té"));
+    for none in [
+        r#"{"msg_type": "task_request"}"#,
+        r#"{"msg_type": "task_request", "task_id": 7}"#,
+        r#"{"msg_type": "task_request", "task_id": ""}"#,
+        r#"{"msg_type": "task_request", "task_id": "a\u0001"}"#,
+        r#"["task_id", "x"]"#,
+        "not json",
+    ] {
+        assert_eq!(task_id_of(none), None, "{none}");
+    }
+}

@@ -50,9 +50,21 @@ class _Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if self.secret in text:
-            record.msg, record.args = text.replace(self.secret, "<redacted>"), ()
+        redacted = text.replace(self.secret, "<redacted>")
+        # websockets shortens long frames to their head and tail ("…" between),
+        # so a frame carrying the token may show only its start or its end.
+        for n in range(len(self.secret) - 1, _SHOWN_PIECE - 1, -1):
+            for piece in (self.secret[:n], self.secret[-n:]):
+                if piece in redacted:
+                    redacted = redacted.replace(piece, "<redacted>")
+        if redacted != text:
+            record.msg, record.args = redacted, ()
         return True
+
+
+#: The shortest start or end of the token that is redacted (shorter ones are
+#: too little of it to matter, and too likely to match other text).
+_SHOWN_PIECE = 6
 
 
 def _ws_logger(token: Optional[str]) -> logging.Logger:

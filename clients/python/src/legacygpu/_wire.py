@@ -20,6 +20,8 @@ MAX_ATTEMPTS = 100
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 PRIORITY_NAMES = ("LOW", "NORMAL", "HIGH", "CRITICAL")
 I32 = (-(2**31), 2**31 - 1)
+#: The coordinator reads ``min_vram_mb`` as an unsigned 64-bit integer.
+U64_MAX = 2**64 - 1
 
 Priority = Union[int, str]
 
@@ -50,7 +52,8 @@ def check_seconds(field: str, value: Any) -> Optional[float]:
         return None
     if not is_number(value):
         raise TypeError(f"{field} must be a number of seconds, not {type(value).__name__}")
-    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+    # A huge int is out of range, not an OverflowError from isfinite.
+    if not (0 < value <= MAX_TIMEOUT_S and math.isfinite(value)):
         raise ValueError(f"{field} must be in (0, {MAX_TIMEOUT_S:.0f}] seconds, got {value!r}")
     return float(value)
 
@@ -92,7 +95,7 @@ def check_requirements(value: Any) -> Optional[Dict[str, Any]]:
         if value["gpu"]:
             out["gpu"] = True
     if value.get("min_vram_mb") is not None:
-        out["min_vram_mb"] = check_int("requirements['min_vram_mb']", value["min_vram_mb"], 0)
+        out["min_vram_mb"] = check_int("requirements['min_vram_mb']", value["min_vram_mb"], 0, U64_MAX)
     return out
 
 

@@ -150,7 +150,8 @@ class Admin:
     # ---- workers -------------------------------------------------------------
 
     def workers(self, status: Optional[str] = None) -> Dict[str, Any]:
-        """``{"workers": [...], "total": n}``, optionally only healthy, unhealthy or draining ones."""
+        """``{"workers": [...], "total": n}``, optionally only those in one status: healthy, unhealthy (or ``late``),
+        paused, draining or quarantined."""
         return self._get("/cluster/workers", status_filter=status)
 
     def worker(self, worker_id: str) -> Dict[str, Any]:
@@ -201,7 +202,8 @@ class Admin:
     ) -> Dict[str, Any]:
         """``{"tasks": [...], "total", "limit", "offset", "next_before"}``,
         newest first: only tasks in ``status``, of ``task_type``, any attempt
-        of which ran on ``worker_id``, of ``owner`` (``api`` or ``gamer:ID``),
+        of which ran on ``worker_id``, of ``owner`` (``api``, ``gamer:ID`` or
+        ``key:FINGERPRINT``),
         submitted in [``submitted_from_ms``, ``submitted_to_ms``) (Unix ms).
         Paging: ``before`` (the previous page's ``next_before``: fast at any
         depth; see :meth:`iter_tasks`) and/or ``offset``; ``limit`` at most 1000."""
@@ -240,8 +242,11 @@ class Admin:
                 return
 
     def submit(self, task_type: str, data: Any = None, *, task_id: Optional[str] = None, **opts: Any) -> Dict[str, Any]:
-        """Submits a task over REST; takes :meth:`AsyncClient.submit`'s options.
-        Returns ``{"task_id" (the cluster id), "client_task_id", "existing", …}``."""
+        """Submits a task over REST with the task's options of
+        :meth:`AsyncClient.submit` (``priority``, ``timeout_s``,
+        ``queue_timeout_s``, ``max_attempts``, ``requirements``,
+        ``idempotency_key``; not the client's own, such
+        as ``accept_timeout``); ``data`` must be a JSON object here. Returns ``{"task_id" (the cluster id), "client_task_id", "existing", …}``."""
         body: Dict[str, Any] = {"task_type": _wire.check_id("task_type", task_type), "data": {} if data is None else data}
         if task_id is not None:
             body["task_id"] = _wire.check_id("task_id", task_id)
@@ -278,8 +283,9 @@ class Admin:
         return self._post(f"/cluster/tasks/{self._seg(task_id, 'task_id')}/retry")
 
     def bulk(self, action: str, *, confirm: bool = False, **filter: Any) -> Dict[str, Any]:
-        """Cancels or retries every task the filter matches (admin; at most
-        10 000 a call): ``status``, ``task_type``, ``worker_id``, ``owner``,
+        """Cancels or retries every task the filter matches (admin; the
+        coordinator works through them 10 000 at a time, so a large one may
+        outlast ``timeout_s``): ``status``, ``task_type``, ``worker_id``, ``owner``,
         ``submitted_from_ms``, ``submitted_to_ms``. Without ``confirm`` it only
         counts (``matched``); with it, ``done`` and ``skipped`` say what it did."""
         if action not in ("cancel", "retry"):

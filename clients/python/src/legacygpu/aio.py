@@ -92,9 +92,11 @@ class AsyncTask:
 
     @property
     def accepted(self) -> Dict[str, Any]:
-        """The ``task_accepted`` message (``status``, ``existing``,
-        ``waiting_reason``); empty while the coordinator has not answered
-        (a handle from :class:`~legacygpu.AcceptTimeout`)."""
+        """The ``task_accepted`` message (``status``; ``existing`` and
+        ``waiting_reason`` only when set: read them with ``.get()``); empty
+        while the coordinator has not answered (a handle from
+        :class:`~legacygpu.AcceptTimeout`). After a reconnect the outcome may
+        come before any acknowledgement: this is then the outcome."""
         fut = self._pending.accepted
         value = fut.result() if fut.done() else None
         return value if isinstance(value, dict) else {}

@@ -3,8 +3,9 @@
 Everything derives from :class:`LegacyGpuError`. A task that ended without a
 result raises a :class:`TaskError` subclass chosen by how it ended; a request
 the coordinator refused raises :class:`Rejected` (or :class:`Busy`); losing the
-coordinator for good raises :class:`ConnectionLost`, and only once the
-reconnection budget is spent.
+coordinator for good raises :class:`ConnectionLost`: once the reconnection
+budget is spent, at once when reconnecting is off, or when another
+connection took this gamer id.
 
 Arguments that are wrong in themselves (a bad type, a value out of range) raise
 the built-in ``TypeError`` / ``ValueError`` before anything is sent.
@@ -36,7 +37,9 @@ class NotLeader(ConnectFailed):
 
 
 class ConnectionLost(LegacyGpuError, ConnectionError):
-    """The coordinator stayed unreachable past the reconnection budget.
+    """The coordinator stayed unreachable past the reconnection budget (or
+    the connection dropped with ``reconnect=False``, or another connection
+    took this gamer id: close code 4000).
 
     Raised by every handle still waiting when the client gave up.
     """

@@ -47,12 +47,27 @@ async fn malformed_unknown_and_wrong_messages_get_errors_and_keep_the_connection
         "invalid_message",
     )
     .await;
-    refused(
+    let err = refused(
         &mut raw,
         r#"{"msg_type": "task_request", "task_type": "echo", "timeout_s": -5}"#,
         "invalid_message",
     )
     .await;
+    assert_eq!(err.get("task_id"), None, "it named none: {err}");
+    // The refusal names the task it refuses, so that a client waiting for
+    // that task's answer gets one.
+    let err = refused(
+        &mut raw,
+        r#"{"msg_type": "task_request", "task_id": "c-9", "task_type": "echo",
+            "requirements": {"min_vram_mb": 1180591620717411303424}}"#,
+        "invalid_message",
+    )
+    .await;
+    assert_eq!(
+        (&err["task_id"], &err["in_reply_to"]),
+        (&json!("c-9"), &json!("task_request")),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -339,6 +339,16 @@ async fn a_liar_ends_quarantined_stays_so_across_a_kill_9_and_an_operator_clears
     assert!(!workers_page(c.http()).await.contains("/ui/workers/liar/clear"), "cleared");
     let again = cli(&["worker", "clear", "liar", "--api-url", c.http()]);
     assert!(again.contains("was not quarantined"), "{again}");
+    // The answer tells the worker's status as its row would: paused here.
+    cli(&["worker", "pause", "liar", "--api-url", c.http()]);
+    let paused = cli(&["worker", "clear", "liar", "--api-url", c.http(), "--json"]);
+    let paused: serde_json::Value = serde_json::from_str(&paused).unwrap();
+    assert_eq!(
+        (&paused["cleared"], &paused["status"]),
+        (&json!(false), &json!("paused")),
+        "{paused}"
+    );
+    cli(&["worker", "resume", "liar", "--api-url", c.http()]);
     let unknown = std::process::Command::new(bin())
         .args(["worker", "clear", "nobody", "--api-url", c.http()])
         .output()

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use codes::WorkerStatus;
 use proto::{ErrorMsg, Json, TaskAccepted, TaskRequest};
 use sched::{CancelError, Outcome, Owner, Strategy, Task, TaskId, TaskState};
 use tokio::sync::oneshot;
@@ -79,8 +80,8 @@ pub(crate) struct Submitted {
 pub(crate) struct ClearedNow {
     /// It was quarantined.
     pub was: bool,
-    /// Whether it is connected, and draining.
-    pub connected: Option<bool>,
+    /// Its status, when it is connected.
+    pub status: Option<WorkerStatus>,
     /// The store batch that makes the clearing durable.
     pub seq: u64,
 }
@@ -244,9 +245,13 @@ impl Core {
                     self.sched.handle_clear(now, &sched::PeerId::from(worker_id.as_str()));
                 // The reputation it leaves goes to the store with this flush.
                 self.flush();
-                let connected = self.sched.peer(&worker_id).map(sched::Peer::draining);
+                let interval = self.config.heartbeat_interval;
+                let status = self
+                    .sched
+                    .peer(&worker_id)
+                    .map(|p| crate::snapshot::peer_status(p, now, interval));
                 let seq = self.observer.appended();
-                let _ = reply.send(cleared.map(|was| ClearedNow { was, connected, seq }));
+                let _ = reply.send(cleared.map(|was| ClearedNow { was, status, seq }));
             }
             ApiRequest::SubmitWatched { req, owner, watch, reply } => {
                 let answer = self.submit(req, owner);

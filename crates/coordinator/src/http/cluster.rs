@@ -21,7 +21,7 @@ use crate::snapshot::Snapshot;
 
 // ---------------------------------------------------------------- health
 
-/// Cluster health: HEALTHY, DEGRADED (some workers late) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
+/// Cluster health: HEALTHY, DEGRADED (some workers late, paused, draining or quarantined) or CRITICAL (no workers), with worker and task counts, average latency and uptime.
 #[utoipa::path(get, path = "/cluster/health", tag = "cluster",
     responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
 pub(super) async fn health(State(api): State<Api>) -> Json<Health> {

@@ -46,7 +46,7 @@ pub(super) async fn pause(
     control_worker(&api, id, WorkerAction::Pause).await
 }
 
-/// Resumes a paused worker, or one being drained that has not yet left (admin).
+/// Resumes a paused worker, or one an operator is draining that has not yet left (admin); a worker draining itself goes on leaving.
 #[utoipa::path(post, path = "/cluster/workers/{id}/resume", tag = "workers",
     params(("id" = String, Path, description = "The worker's peer id")),
     responses((status = 200, body = WorkerControlled), (status = 404, body = ErrorBody)))]
@@ -68,7 +68,7 @@ pub(super) async fn drain(
     control_worker(&api, id, WorkerAction::Drain).await
 }
 
-/// Runs a failed, cancelled or timed-out task again under the same id (see docs/API.md for the rule). 409 when it completed or has not finished.
+/// Runs a failed, cancelled or timed-out task the coordinator still holds again under the same id, with a fresh budget of attempts and queue deadline (attempt numbers go on, so a late result of an old run is fenced off); a gamer already handed its earlier outcome is not sent the new one. 409 `task_completed` (its result stands), `task_not_finished` (cancel it first) or `task_stopping` (a worker still stops its last run; retry shortly).
 #[utoipa::path(post, path = "/cluster/tasks/{id}/retry", tag = "tasks",
     params(("id" = String, Path, description = "The cluster task id")),
     responses((status = 202, body = Retried), (status = 404, body = ErrorBody),

@@ -74,7 +74,9 @@ impl Subscription {
 #[utoipa::path(get, path = "/ws/cluster/events", tag = "monitoring", params(Filter),
     responses((status = 101, description = "WebSocket of events, one JSON object each", body = ApiEvent),
               (status = 400, description = "A filter that does not parse, or `not_websocket`: \
-                  a request that is not a WebSocket upgrade", body = super::ErrorBody)))]
+                  a request that is not a WebSocket upgrade", body = super::ErrorBody),
+              (status = 405, description = "`not_websocket`: a HEAD request", body = super::ErrorBody),
+              (status = 426, description = "`not_websocket`: an upgrade the connection cannot make (HTTP/1.0)", body = super::ErrorBody)))]
 pub(crate) async fn stream(
     State(api): State<Api>,
     Params(filter): Params<Filter>,

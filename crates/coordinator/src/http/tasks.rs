@@ -25,8 +25,9 @@ use crate::core::requests::{Awaited, Finished, Submitted, TaskNow};
 /// `POST /cluster/tasks` body (also `POST /cluster/tasks/submit`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SubmitTask {
-    /// physics, inference, gpu, echo, sleep… Defaults to `inference` when
-    /// `data` names a model.
+    /// physics, inference, gpu, echo, sleep… Defaults, when `data` names a
+    /// model, to `generate` if it has a `prompt` or `messages`, else to
+    /// `inference`.
     #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")]
     pub task_type: Option<String>,
     /// The task's input (seed 2 called it `payload`).
@@ -80,7 +81,7 @@ pub struct SubmittedView {
     pub waiting_reason: Option<String>,
 }
 
-/// Submits a task: JSON, or multipart with an image file for inference. 201 with the cluster task id; 200 when an idempotency key matched an earlier task.
+/// Submits a task: JSON, or multipart with an image `file` and a `model` (inference) or `task_type`. 201 with the cluster task id; 200 when an idempotency key matched an earlier task.
 #[utoipa::path(post, path = "/cluster/tasks", tag = "tasks",
     request_body(content = SubmitTask, description = "JSON; or multipart/form-data with a `file` \
         part (the image, for inference) and `model`, `top_k`, `priority`, `timeout_s` fields"),
@@ -571,7 +572,8 @@ pub(super) struct ResultWait {
     params(("id" = String, Path, description = "The cluster task id"), ResultWait),
     responses((status = 200, body = TaskResultView), (status = 202, description = "Not finished yet", body = Pending),
               (status = 404, body = ErrorBody),
-              (status = 422, description = "The task failed, was cancelled or timed out", body = ErrorBody)))]
+              (status = 422, description = "The task failed, was cancelled or timed out", body = ErrorBody),
+              (status = 503, description = "`busy`: too many requests wait for results (with `retry_after_s`); or `unavailable`", body = ErrorBody)))]
 pub(super) async fn task_result(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -583,13 +585,32 @@ pub(super) async fn task_result(
     let limit = api.config.limits.max_result_wait.as_secs_f64();
     let timeout = wait.timeout.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, limit);
     // Registering and reading the state are one step on the core: no race, no polling.
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
     api.core_send(ApiRequest::AwaitOutcome { task, reply: tx }).await?;
-    let answer = tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await;
+    let answer = match tokio::time::timeout(Duration::from_secs_f64(timeout), &mut rx).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            // The core takes requests in order: once it has told the task's
+            // state, the wait asked for before has its answer if the task
+            // has finished (with no timeout, the first look may come before
+            // the core has read the wait at all).
+            let now = api.request(|reply| ApiRequest::Task { task, reply }).await?;
+            let Some(now) = now else { return Err(unknown_task(id)) };
+            if !now.status.is_terminal() {
+                let pending = Pending {
+                    task_id: task.to_string(),
+                    status: now.status,
+                    detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
+                };
+                return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
+            }
+            rx.await
+        }
+    };
     let done = match answer {
-        Ok(Ok(Awaited::Finished(done))) => done,
-        Ok(Ok(Awaited::Unknown)) => return Err(unknown_task(id)),
-        Ok(Ok(Awaited::Busy)) => {
+        Ok(Awaited::Finished(done)) => done,
+        Ok(Awaited::Unknown) => return Err(unknown_task(id)),
+        Ok(Awaited::Busy) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::BUSY.as_str(),
@@ -597,17 +618,7 @@ pub(super) async fn task_result(
             )
             .retry_after(1.0));
         }
-        Ok(Err(_)) => return Err(ApiError::unavailable()),
-        Err(_) => {
-            let now = api.request(|reply| ApiRequest::Task { task, reply }).await?;
-            let Some(now) = now else { return Err(unknown_task(id)) };
-            let pending = Pending {
-                task_id: task.to_string(),
-                status: now.status,
-                detail: "not finished yet; ask again (with ?timeout=S to wait)".into(),
-            };
-            return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
-        }
+        Err(_) => return Err(ApiError::unavailable()),
     };
     // What goes out must be durable, as for results pushed to gamers.
     api.durable(done.seq).await?;

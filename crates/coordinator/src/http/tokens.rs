@@ -40,7 +40,8 @@ pub(super) async fn show(State(api): State<Api>) -> Json<Tokens> {
 /// New join tokens (admin): the old ones admit nobody from now on; workers
 /// that already joined keep their own credentials.
 #[utoipa::path(post, path = "/cluster/tokens/rotate", tag = "cluster", request_body = Rotate,
-    responses((status = 200, body = Tokens), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Tokens), (status = 400, body = ErrorBody),
+              (status = 500, description = "The new secret could not be made or written (with `both`, the first kind may already be rotated)", body = ErrorBody)))]
 pub(super) async fn rotate(
     State(api): State<Api>,
     Body(body): Body<Rotate>,

@@ -4,7 +4,6 @@
 use api_types::{Cleared, ReplicaView, ReputationView, VerificationView};
 use axum::Json;
 use axum::extract::State;
-use codes::WorkerStatus;
 use proto::Json as RawJson;
 use sched::TaskId;
 use sched::verify::{Reputation, Verification};
@@ -70,7 +69,7 @@ pub(super) fn stored_verification_view(t: &store::StoredTask) -> Option<Verifica
     })
 }
 
-/// Lifts a worker's quarantine (admin): it gets work again, starting over as a new worker (always replicated until trusted again).
+/// Lifts a worker's quarantine (admin): it gets work again (unless paused or draining), starting over as a new worker (always replicated until trusted again).
 #[utoipa::path(post, path = "/cluster/workers/{id}/clear", tag = "workers",
     params(("id" = String, Path, description = "The worker's peer id")),
     responses((status = 200, body = Cleared), (status = 404, body = ErrorBody),
@@ -91,8 +90,5 @@ pub(super) async fn clear(api: &Api, id: String) -> Result<Cleared, ApiError> {
         ApiError::not_found(format!("no worker `{id}` is connected or has a reputation"))
     })?;
     api.durable(done.seq).await?;
-    let status = done
-        .connected
-        .map(|draining| if draining { WorkerStatus::Draining } else { WorkerStatus::Healthy });
-    Ok(Cleared { worker_id: id, cleared: done.was, status })
+    Ok(Cleared { worker_id: id, cleared: done.was, status: done.status })
 }

@@ -143,7 +143,8 @@ pub struct RegisterWorker {
 #[utoipa::path(post, path = "/cluster/workers/register", tag = "workers",
     request_body = RegisterWorker,
     responses((status = 201, body = WorkerCredential), (status = 400, body = ErrorBody),
-              (status = 403, body = ErrorBody)))]
+              (status = 403, body = ErrorBody),
+              (status = 500, description = "No credential could be made (the system's random source failed)", body = ErrorBody)))]
 pub(super) async fn register_worker(
     State(api): State<Api>,
     Body(body): Body<RegisterWorker>,

@@ -221,14 +221,18 @@ pub(super) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Res
 
 // ------------------------------------------------------------ completions
 
-/// A chat completion: the model's chat template over `messages`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]`.
+/// A chat completion: the model's chat template over `messages`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]` (or in an error event, when the task fails after its first token).
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body(content = ChatRequest, description = "OpenAI's chat completion request: model, \
         messages, max_tokens (or max_completion_tokens), temperature, top_p, top_k, seed, stop, \
         stream, stream_options.include_usage; see docs/OPENAI.md"),
     responses((status = 200, description = "A chat.completion, or (stream) text/event-stream of \
         chat.completion.chunk"), (status = 400, description = "Bad parameters"),
-              (status = 404, description = "Unknown model"), (status = 429, description = "Busy")))]
+              (status = 404, description = "Unknown model (`model_not_found`)"),
+              (status = 429, description = "The submission was refused: a quota or a full queue"),
+              (status = 500, description = "The task failed (or was cancelled another way), or its result has no text"),
+              (status = 503, description = "`busy` (too many requests follow tasks), `unavailable` (no worker could run it), or `not_leader`"),
+              (status = 504, description = "The task timed out (waiting for a worker, or running)")))]
 pub(super) async fn chat_completions(
     State(api): State<Api>,
     caller: Option<axum::Extension<Caller>>,
@@ -241,14 +245,18 @@ pub(super) async fn chat_completions(
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// A text completion of `prompt`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]`.
+/// A text completion of `prompt`, as one `generate` task; `stream: true` answers with server-sent chunks ending in `data: [DONE]` (or in an error event, when the task fails after its first token).
 #[utoipa::path(post, path = "/v1/completions", tag = "openai",
     request_body(content = CompletionRequest, description = "OpenAI's completion request: model, prompt \
         (one string), max_tokens, temperature, top_p, top_k, seed, stop, stream, \
         stream_options.include_usage; see docs/OPENAI.md"),
     responses((status = 200, description = "A text_completion, or (stream) text/event-stream of \
         them"), (status = 400, description = "Bad parameters"),
-              (status = 404, description = "Unknown model"), (status = 429, description = "Busy")))]
+              (status = 404, description = "Unknown model (`model_not_found`)"),
+              (status = 429, description = "The submission was refused: a quota or a full queue"),
+              (status = 500, description = "The task failed (or was cancelled another way), or its result has no text"),
+              (status = 503, description = "`busy` (too many requests follow tasks), `unavailable` (no worker could run it), or `not_leader`"),
+              (status = 504, description = "The task timed out (waiting for a worker, or running)")))]
 pub(super) async fn completions(
     State(api): State<Api>,
     caller: Option<axum::Extension<Caller>>,
