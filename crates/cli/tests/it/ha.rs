@@ -115,6 +115,13 @@ async fn one_leader_and_standbys_that_redirect_on_both_ports() {
         assert_eq!(body["error_code"], "not_leader");
         assert_eq!(body["leader"], leader.http(), "{body}");
         assert_eq!(body["leader_ws"], leader.ws_url.as_str(), "{body}");
+        // The OpenAI API too, its refusal in OpenAI's shape.
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build();
+        let resp = http.unwrap().get(format!("{}/v1/models", c.http())).send().await.unwrap();
+        assert_eq!(resp.status(), 307);
+        assert_eq!(resp.headers()["location"], format!("{}/v1/models", leader.http()).as_str());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_leader", "{body}");
         // The protocol: not_leader with the leader's URL, then close 4003.
         let mut gamer = Raw::connect(&c.ws_url).await;
         gamer.send_json(&json!({"msg_type": "register_gamer", "gamer_id": "g"})).await;

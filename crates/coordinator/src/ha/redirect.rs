@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use codes::CloseReason;
 use futures_util::{SinkExt, StreamExt};
 use proto::{ErrorCode, ErrorMsg, FromCoordinator, ToCoordinator};
@@ -116,7 +116,7 @@ pub(crate) async fn standby_http(State(api): State<Api>, req: Request, next: Nex
             )
             .retry_after(1.0),
         };
-        return refused.into_response();
+        return crate::http::refusal(req.uri(), refused);
     };
     let target = format!(
         "{}{}",
@@ -124,10 +124,10 @@ pub(crate) async fn standby_http(State(api): State<Api>, req: Request, next: Nex
         req.uri().path_and_query().map_or("/", |p| p.as_str())
     );
     let detail = format!("this coordinator is a standby; the leader is at {base}");
-    let mut resp =
+    let redirect =
         ApiError::new(StatusCode::TEMPORARY_REDIRECT, ErrorCode::NOT_LEADER.as_str(), detail)
-            .leader(Some(base.clone()), ws)
-            .into_response();
+            .leader(Some(base.clone()), ws);
+    let mut resp = crate::http::refusal(req.uri(), redirect);
     if let Ok(location) = HeaderValue::from_str(&target) {
         resp.headers_mut().insert(header::LOCATION, location);
     }

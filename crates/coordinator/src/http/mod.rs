@@ -299,7 +299,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 /// A refusal in the shape its path's clients read: OpenAI's under `/v1/`.
-fn refusal(uri: &Uri, err: ApiError) -> Response {
+pub(crate) fn refusal(uri: &Uri, err: ApiError) -> Response {
     if openai::owns(uri.path()) {
         openai::OpenAiError::from(err).into_response()
     } else {

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use proto::{ErrorCode, ErrorMsg, FailureCode, TaskRequest};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::extract::Id;
 use super::follow::{Follower, Lost, Step};
 use super::{Api, ApiError, Caller};
 use crate::clock::Clock;
@@ -211,7 +212,12 @@ pub(super) async fn list_models(State(api): State<Api>) -> Response {
     params(("id" = String, Path, description = "The model's name")),
     responses((status = 200, description = "The model, as in the list"),
               (status = 404, description = "No connected worker serves it (OpenAI's error shape)")))]
-pub(super) async fn model(State(api): State<Api>, Path(id): Path<String>) -> Response {
+pub(super) async fn model(State(api): State<Api>, id: Result<Id, ApiError>) -> Response {
+    // A path that does not parse is refused in OpenAI's shape too.
+    let id = match id {
+        Ok(Id(id)) => id,
+        Err(e) => return OpenAiError::from(e).into_response(),
+    };
     let snap = api.snapshot();
     match pool_models(&snap).get(&id) {
         Some(m) => axum::Json(model_json(&id, m)).into_response(),
