@@ -145,7 +145,8 @@ pub struct Bench {
 
 #[derive(Debug, Args)]
 pub struct Demo {
-    /// Tasks of each kind to run.
+    /// Rounds of work: each one physics step run, one image classified and two
+    /// GPU kernels (a matmul and an n-body run); the generation runs once.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub tasks: u64,
 }
@@ -693,7 +694,8 @@ pub struct Backends {
     pub llm_context: u32,
 
     /// Use no GPU even if one is present: no `gpu` tasks come to this worker,
-    /// and GGUF models run on the CPU whatever --gpu-layers says.
+    /// and GGUF models run on the CPU whatever --gpu-layers says (ONNX models
+    /// follow --inference-backend, tract on the CPU by default).
     #[arg(long)]
     pub no_gpu: bool,
 
@@ -834,7 +836,10 @@ pub struct TaskSubmit {
     /// Submit many tasks from a file: JSON lines (or one JSON array) of
     /// `{"task_type": …, "data": …, "priority": …, "timeout_s": …}`; shows
     /// progress, waits for every outcome and prints a summary.
-    #[arg(long, conflicts_with_all = ["model", "task_type", "task_id"])]
+    #[arg(long, conflicts_with_all = [
+        "model", "task_type", "task_id", "data", "input", "top_k", "priority", "timeout",
+        "queue_timeout", "verify", "wait",
+    ])]
     pub batch: Option<PathBuf>,
 
     /// With --batch: tasks in flight at once.
@@ -864,7 +869,7 @@ pub struct TaskSubmit {
 
     /// Inference: how many labels to return (default 5). Generation:
     /// sample from the k likeliest tokens only (default 40; 0 is no limit).
-    #[arg(long)]
+    #[arg(long, requires = "model")]
     pub top_k: Option<u32>,
 
     /// Priority: LOW, NORMAL, HIGH, CRITICAL or an integer (higher runs first).

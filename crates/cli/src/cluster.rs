@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::args::{
     ClusterCmd, ClusterStart, EdgeArgs, Remote, TokenCmd, WorkersAction, WorkersList,
 };
-use crate::remote::{api, print_json, status_colour, table};
+use crate::remote::{api, print_json, status_colour, table, usage};
 use crate::{local, signals};
 
 pub async fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
@@ -114,7 +114,10 @@ fn daemonize(args: &ClusterStart) -> anyhow::Result<ExitCode> {
 async fn stop(remote: &Remote) -> anyhow::Result<ExitCode> {
     let api = api(remote).await?;
     match api.post("/cluster/shutdown", &json!({})).await {
-        Ok(_) => {
+        Ok(answer) => {
+            if remote.json {
+                return print_json(&answer);
+            }
             println!("the coordinator at {} is shutting down", api.base());
             Ok(ExitCode::SUCCESS)
         }
@@ -123,6 +126,9 @@ async fn stop(remote: &Remote) -> anyhow::Result<ExitCode> {
             match local::read_pid(&pid_file).filter(|p| local::alive(*p)) {
                 Some(pid) => {
                     local::terminate(pid)?;
+                    if remote.json {
+                        return print_json(&json!({"signalled_pid": pid}));
+                    }
                     println!(
                         "sent SIGTERM to the coordinator (pid {pid}, from {})",
                         pid_file.display()
@@ -460,7 +466,7 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
     } else {
         let data_dir = match (&args.data_dir, target) {
             (Some(_), Some(_)) => {
-                anyhow::bail!("give the data directory once: --store or --data-dir")
+                return Err(usage("give the data directory once: --store or --data-dir"));
             }
             (None, Some(coordinator::Target::Sqlite(dir))) => dir,
             (Some(dir), _) => dir.clone(),
@@ -471,8 +477,9 @@ fn config(args: &ClusterStart) -> anyhow::Result<Config> {
             if args.sync == "full" { coordinator::Sync::Full } else { coordinator::Sync::Normal };
         StoreMode::Sqlite { data_dir, sync }
     };
-    if args.store.is_none() && (args.advertise.is_some() || args.advertise_http.is_some()) {
-        anyhow::bail!("--advertise is for coordinators on a PostgreSQL --store");
+    let on_postgres = matches!(store, StoreMode::Postgres { .. });
+    if !on_postgres && (args.advertise.is_some() || args.advertise_http.is_some()) {
+        return Err(usage("--advertise is for coordinators on a PostgreSQL --store"));
     }
     let mut api_keys = Vec::new();
     if let Some(keys) = &args.api_keys {

@@ -95,7 +95,11 @@ pub async fn run(args: Demo) -> anyhow::Result<ExitCode> {
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), cluster).await;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::remote::exit::TASK_FAILED)
+    })
 }
 
 /// A named worker and what it runs.

@@ -27,10 +27,14 @@ pub fn cli_markdown() -> String {
         "# The `legacygpu` command line\n\n\
          Generated from the code by `legacygpu docs cli`; a test fails when this file is stale.\n\n\
          Exit codes: 0 success; 1 an error (one line on stderr: unreachable coordinator, \
-         refused request, unknown task…); 2 bad usage; 3 a task ended without a result \
-         (failed, cancelled, timed out); 4 a task has not finished within `--timeout`.\n\n\
+         refused request, unknown task…); 2 bad usage (flags that do not parse or do not go \
+         together, values out of range); 3 a task ended without a result (failed, cancelled, \
+         timed out; `demo` and `task submit --batch`: one did); 4 a task has not \
+         finished within `--timeout`; 75 (`cluster start` on PostgreSQL) this coordinator \
+         lost its leader lease and stopped: its supervisor restarts it as a standby.\n\n\
          Connection settings come from flags, then the environment (`LEGACYGPU_*`, `API_KEYS`), \
-         then `~/.config/legacygpu/cli.json` (`{\"api_url\", \"api_key\", \"coordinator\", \"token\"}`).\n",
+         then `~/.config/legacygpu/cli.json` (`{\"api_url\", \"api_key\", \"coordinator\", \"token\", \
+         \"ca_hash\"}`).\n",
     );
     let mut root = Cli::command().term_width(100);
     root.build();

@@ -11,15 +11,17 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use client::{Client, ClientOptions, TaskOutcome};
 use serde_json::{Value, json};
 
 use crate::args::TaskSubmit;
-use crate::remote::exit;
+use crate::remote::{exit, usage};
 
-/// `task submit`'s generation flags.
+/// `task submit`'s generation flags; the sampling ones need a text to
+/// generate from (`text`: --prompt or --chat).
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("text").args(["prompt", "chat"]))]
 pub struct GenerateArgs {
     /// Generation: text for the model to continue (a `generate` task,
     /// streamed: tokens are printed as they come, then the figures).
@@ -35,25 +37,25 @@ pub struct GenerateArgs {
     pub system: Option<String>,
 
     /// Generation: the most tokens to generate.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), requires = "text")]
     pub max_tokens: Option<u32>,
 
     /// Generation: the sampling temperature, 0 to 2 (0 is greedy: the same
     /// tokens every time).
-    #[arg(long)]
+    #[arg(long, requires = "text")]
     pub temperature: Option<f64>,
 
     /// Generation: sample from the likeliest tokens whose probabilities add
     /// up to P, above 0 and at most 1 (default 0.95).
-    #[arg(long)]
+    #[arg(long, requires = "text")]
     pub top_p: Option<f64>,
 
     /// Generation: stop before this text (repeatable, at most 4).
-    #[arg(long = "stop", value_name = "TEXT")]
+    #[arg(long = "stop", value_name = "TEXT", requires = "text")]
     pub stop: Vec<String>,
 
     /// Generation: the sampler's seed.
-    #[arg(long)]
+    #[arg(long, requires = "text")]
     pub seed: Option<u32>,
 }
 
@@ -71,11 +73,11 @@ pub fn data(args: &GenerateArgs, top_k: Option<u32>, model: &str) -> anyhow::Res
             messages.push(json!({"role": "user", "content": chat}));
             data["messages"] = json!(messages);
         }
-        _ => bail!("give --prompt TEXT or --chat MESSAGE"),
+        _ => return Err(usage("give --prompt TEXT or --chat MESSAGE")),
     }
     if let Some(t) = args.temperature {
         if !(0.0..=2.0).contains(&t) {
-            bail!("--temperature must be between 0 and 2");
+            return Err(usage("--temperature must be between 0 and 2"));
         }
         data["temperature"] = json!(t);
     }
@@ -84,7 +86,7 @@ pub fn data(args: &GenerateArgs, top_k: Option<u32>, model: &str) -> anyhow::Res
     }
     if let Some(p) = args.top_p {
         if !(p > 0.0 && p <= 1.0) {
-            bail!("--top-p must be above 0 and at most 1");
+            return Err(usage("--top-p must be above 0 and at most 1"));
         }
         data["top_p"] = json!(p);
     }

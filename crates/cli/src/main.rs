@@ -65,7 +65,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<remote::Usage>().is_some() {
+                ExitCode::from(remote::exit::USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -99,16 +103,35 @@ fn init_logging(level: Option<&str>) {
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
-/// Libraries whose debug and trace logs show message contents.
+/// Libraries whose debug and trace logs show message contents (tokio-postgres
+/// logs every statement's parameters: join secrets and payloads).
 fn logs_frames(target: &str) -> bool {
-    ["tungstenite", "tokio_tungstenite", "rustls", "tokio_rustls", "hyper", "reqwest"]
-        .iter()
+    const LIBS: [&str; 7] = [
+        "tungstenite",
+        "tokio_tungstenite",
+        "rustls",
+        "tokio_rustls",
+        "hyper",
+        "reqwest",
+        "tokio_postgres",
+    ];
+    LIBS.iter()
         .any(|lib| target == *lib || target.strip_prefix(lib).is_some_and(|t| t.starts_with("::")))
 }
 
 #[cfg(test)]
 mod tests {
     use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn libraries_that_log_contents_are_capped() {
+        for target in ["tungstenite::protocol", "tokio_postgres::query", "hyper", "rustls::conn"] {
+            assert!(super::logs_frames(target), "{target}");
+        }
+        for target in ["coordinator::conn", "hyperion", "tokio_postgresql"] {
+            assert!(!super::logs_frames(target), "{target}");
+        }
+    }
 
     #[test]
     fn levels_below_the_chosen_one_are_disabled_before_any_record_is_built() {

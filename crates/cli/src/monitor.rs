@@ -49,6 +49,11 @@ struct View {
 }
 
 pub async fn run(args: Monitor) -> anyhow::Result<ExitCode> {
+    if args.remote.json {
+        return Err(crate::remote::usage(
+            "monitor draws a live view; for JSON, ask `cluster status --json`",
+        ));
+    }
     let mut remote = args.remote.clone();
     if let Some(coordinator) = &args.coordinator {
         remote.api_url = Some(api_of(coordinator)?);

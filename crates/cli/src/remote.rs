@@ -15,10 +15,30 @@ use crate::args::Remote;
 
 /// Exit codes (also in docs/CLI.md).
 pub mod exit {
+    /// A misuse of the command line (clap's own code for what it catches).
+    pub const USAGE: u8 = 2;
     /// The task ended without a result (failed, cancelled, timed out).
     pub const TASK_FAILED: u8 = 3;
     /// The task has not finished within the wait.
     pub const NOT_FINISHED: u8 = 4;
+}
+
+/// A misuse of the command line found after parsing (flags that do not go
+/// together, a value out of range): exits [`exit::USAGE`], as clap's own.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The error for a misuse of the command line (see [`Usage`]).
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(msg.into()))
 }
 
 /// `~/.config/legacygpu/cli.json`: defaults for the connection flags.

@@ -12,7 +12,7 @@ use proto::{Json, TaskRequest};
 use serde_json::{Value, json};
 
 use crate::args::{TaskCmd, TaskListArgs, TaskRef, TaskResultArgs, TaskSubmit};
-use crate::remote::{api, exit, print_json, status_colour, table};
+use crate::remote::{api, exit, print_json, status_colour, table, usage};
 
 pub async fn run(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -48,10 +48,23 @@ async fn status(args: &TaskRef) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The longest wait one result request may ask of the coordinator.
+const ONE_WAIT_S: f64 = 300.0;
+
 async fn result(args: &TaskResultArgs) -> anyhow::Result<ExitCode> {
     let api = api(&args.task.remote).await?;
-    let path = format!("/cluster/tasks/{}/result?timeout={}", args.task.id, args.timeout);
-    let answer = api.get_with_status(&path, Some(Duration::from_secs_f64(args.timeout))).await;
+    // The coordinator waits at most 300 s a request: ask again until ours.
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(args.timeout);
+    let answer = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs_f64();
+        let wait = left.min(ONE_WAIT_S);
+        let path = format!("/cluster/tasks/{}/result?timeout={wait}", args.task.id);
+        let answer = api.get_with_status(&path, Some(Duration::from_secs_f64(wait))).await;
+        match answer {
+            Ok((202, _)) if left > wait => continue,
+            answer => break answer,
+        }
+    };
     match answer {
         Ok((202, pending)) => {
             let pending: Pending = serde_json::from_value(pending)?;
@@ -173,7 +186,7 @@ async fn batch(args: TaskSubmit) -> anyhow::Result<ExitCode> {
         })
         .buffer_unordered(args.in_flight.max(1));
     tokio::pin!(outcomes);
-    let (mut completed, mut failed, mut errors) = (0u64, 0u64, Vec::new());
+    let (mut completed, mut failed, mut refused, mut errors) = (0u64, 0u64, 0u64, Vec::new());
     while let Some(outcome) = outcomes.next().await {
         match outcome {
             Ok(TaskOutcome::Completed(_)) => completed += 1,
@@ -191,6 +204,7 @@ async fn batch(args: TaskSubmit) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
+                refused += 1;
                 if errors.len() < 10 {
                     errors.push(e.to_string());
                 }
@@ -219,7 +233,13 @@ async fn batch(args: TaskSubmit) -> anyhow::Result<ExitCode> {
             eprintln!("  {e}");
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::TASK_FAILED) })
+    // A submission refused (or the connection lost) is an error (1); a task
+    // that ended without a result is 3, as for one task.
+    Ok(match (refused, failed) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::from(exit::TASK_FAILED),
+        _ => ExitCode::FAILURE,
+    })
 }
 
 /// JSON lines, or one JSON array, of `{task_type, data, priority, timeout_s,
@@ -288,13 +308,15 @@ async fn submit(args: TaskSubmit) -> anyhow::Result<ExitCode> {
         }
         (Some(model), None) if generation => {
             if args.task_type.as_deref().is_some_and(|t| t != "generate") {
-                bail!("--prompt and --chat make a generate task (--type generate)");
+                return Err(usage("--prompt and --chat make a generate task (--type generate)"));
             }
             let data = crate::generate::data(&args.generation, args.top_k, model)?;
             return crate::generate::run(&args, data).await;
         }
         (Some(_), None) => {
-            bail!("--model needs --input IMAGE (inference) or --prompt/--chat (generate)")
+            return Err(usage(
+                "--model needs --input IMAGE (inference) or --prompt/--chat (generate)",
+            ));
         }
         _ => {
             let t = args.task_type.clone().context("--type is required")?;

@@ -106,12 +106,12 @@ fn the_one_running(workers: Vec<(String, u32, bool)>) -> anyhow::Result<(String,
         1 => Ok(running.remove(0)),
         _ => {
             let ids: Vec<&str> = running.iter().map(|(id, _, _)| id.as_str()).collect();
-            anyhow::bail!(
+            Err(crate::remote::usage(format!(
                 "{} workers run on this machine ({}): name one with --peer-id, or stop them all \
                  with --all",
                 ids.len(),
                 ids.join(", ")
-            )
+            )))
         }
     }
 }
@@ -178,9 +178,12 @@ fn executors(args: &WorkerStart) -> anyhow::Result<Executors> {
     let Some(wanted) = &args.task_types else { return Ok(all) };
     let mut chosen = Executors::new();
     for t in wanted {
-        let executor = all.get(t).with_context(|| {
+        let executor = all.get(t).ok_or_else(|| {
             let known: Vec<_> = all.task_types().collect();
-            format!("unknown task type `{t}` (this worker has: {})", known.join(", "))
+            crate::remote::usage(format!(
+                "unknown task type `{t}` in --task-types (this worker has: {})",
+                known.join(", ")
+            ))
         })?;
         chosen.add_arc(executor.clone());
     }

@@ -79,6 +79,13 @@ impl RunError {
     }
 }
 
+/// See [`Coordinator::carried`].
+pub(crate) struct Carried {
+    tls: Arc<Tls>,
+    /// (kind, secret) of the join tokens, as `Credentials::adopt` takes them.
+    secrets: Vec<(String, String)>,
+}
+
 /// A bound coordinator, ready to run.
 pub struct Coordinator {
     config: Arc<Config>,
@@ -127,7 +134,19 @@ impl Coordinator {
         if let StoreMode::Postgres { .. } = config.store {
             return crate::ha::standby(config, ws, http).await;
         }
-        Coordinator::assemble(Arc::new(config), ws, ws_addr, http, None, None)
+        Coordinator::assemble(Arc::new(config), ws, ws_addr, http, None, None, None)
+    }
+
+    /// What a standby hands to the leader instance it becomes: the same
+    /// certificates (so that its banner's pin holds, and SIGHUP reloads what
+    /// is served) and the same join secrets (its banner's tokens), unless
+    /// the store holds newer ones.
+    pub(crate) fn carried(&self) -> Carried {
+        let secrets = [TokenKind::Worker, TokenKind::Client]
+            .into_iter()
+            .map(|kind| (kind.as_str().to_owned(), self.credentials.join_token(kind).secret))
+            .collect();
+        Carried { tls: Arc::clone(&self.tls), secrets }
     }
 
     /// The coordinator on bound sockets: certificates, the store recovered
@@ -139,8 +158,12 @@ impl Coordinator {
         http: Option<(TcpListener, SocketAddr)>,
         view: Option<HaView>,
         epoch: Option<u64>,
+        carried: Option<Carried>,
     ) -> Result<Coordinator, StartError> {
-        let tls = Arc::new(Tls::load(config.cert_source())?);
+        let tls = match &carried {
+            Some(c) => Arc::clone(&c.tls),
+            None => Arc::new(Tls::load(config.cert_source())?),
+        };
         let ephemeral = match (&config.store, &http) {
             (StoreMode::Memory, Some(_)) => Some(
                 tempfile::Builder::new()
@@ -157,6 +180,9 @@ impl Coordinator {
             _ => None,
         };
         let credentials = Credentials::load(&config, core.approvals.clone(), Arc::clone(&tls))?;
+        if let Some(c) = &carried {
+            credentials.adopt(&c.secrets)?;
+        }
         credentials.adopt(&join_secrets)?;
         let credentials = Arc::new(credentials);
         Ok(Coordinator {

@@ -45,7 +45,9 @@ pub async fn run(
             if let Some(t) = token {
                 cmd.env("LEGACYGPU_TOKEN", t);
             }
-            if let Some(pin) = &args.ca_hash {
+            // The same pin as this process's connections (the CA of the
+            // coordinator it started, with --tls).
+            if let Some(pin) = args.ca_hash.as_ref().or(local.and_then(|l| l.ca_hash.as_ref())) {
                 cmd.args(["--ca-hash", pin]);
             }
             peer_procs.push(KillOnDrop(cmd.stdin(std::process::Stdio::null()).spawn()?));

@@ -454,3 +454,55 @@ fn the_demo_runs_real_tasks() {
         assert!(text.contains("generate     skipped") && text.contains("--models-dir"), "{text}");
     }
 }
+
+/// Misuse exits 2 whether clap or the command finds it, with one line that
+/// names the flags; nothing is sent (no coordinator listens here).
+#[test]
+fn misuse_exits_two_and_says_why() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let nowhere = "ws://127.0.0.1:9";
+    let cases: [(&[&str], &str); 6] = [
+        (&["task", "submit", "--coordinator", nowhere, "--model", "m"], "--input"),
+        (
+            &[
+                "task",
+                "submit",
+                "--coordinator",
+                nowhere,
+                "--model",
+                "m",
+                "--prompt",
+                "hi",
+                "--temperature",
+                "3",
+            ],
+            "--temperature",
+        ),
+        (
+            &["task", "submit", "--coordinator", nowhere, "--type", "echo", "--temperature", "0.5"],
+            "--temperature",
+        ),
+        (
+            &[
+                "task",
+                "submit",
+                "--coordinator",
+                nowhere,
+                "--batch",
+                "tasks.jsonl",
+                "--priority",
+                "HIGH",
+            ],
+            "--priority",
+        ),
+        (&["monitor", "--json"], "cluster status --json"),
+        (&["cluster", "start", "--no-http", "--advertise", "wss://a:1"], "--advertise"),
+    ];
+    for (args, names) in cases {
+        let out = cli(h, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
+}

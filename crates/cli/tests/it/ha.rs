@@ -702,3 +702,36 @@ async fn a_rotated_join_token_holds_across_a_failover() {
     let joined = join(rotated).await;
     assert_eq!(joined["msg_type"], "joined", "{joined}\n{}", c.proc.log());
 }
+
+/// The leader serves the certificates its standby phase loaded (the pin its
+/// banner printed), and SIGHUP reloads what it serves.
+#[tokio::test]
+async fn a_leader_on_postgresql_reloads_its_certificate_on_sighup() {
+    let Some(db) = TestDb::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("fullchain.pem"), dir.path().join("privkey.pem"));
+    let first = crate::security::operator_certificate(&cert, &key);
+    let mut args = HA.to_vec();
+    args.extend(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let cs = vec![start_with(&db, "127.0.0.1:0", "127.0.0.1:0", &args)];
+    leader_of(&cs, 0).await;
+    let c = &cs[0];
+    assert_eq!(c.ca_hash, first, "the banner's pin");
+    let pinned = |pin: String| {
+        let url = c.wss_url();
+        async move {
+            let dial = test_support::Dial { ca_hash: Some(&pin), ..Default::default() };
+            Raw::open(&url, dial).await
+        }
+    };
+    pinned(first.clone()).await.expect("the leader serves the banner's certificate");
+    let second = crate::security::operator_certificate(&cert, &key);
+    let hup = Command::new("kill").args(["-HUP", &c.proc.pid().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + WAIT;
+    while pinned(second.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", c.proc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pinned(first).await.is_err(), "the old certificate is gone");
+}

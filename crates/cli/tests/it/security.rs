@@ -305,7 +305,7 @@ async fn trace_logs_carry_no_secrets() {
 
 /// A CA and a server certificate for 127.0.0.1 issued by it, as PEM files
 /// (chain: server certificate, then the CA); returns the CA's pin.
-fn operator_certificate(cert: &std::path::Path, key: &std::path::Path) -> String {
+pub(crate) fn operator_certificate(cert: &std::path::Path, key: &std::path::Path) -> String {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();

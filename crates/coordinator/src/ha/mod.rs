@@ -245,6 +245,8 @@ pub(crate) struct HaParts {
     http: Option<std::net::TcpListener>,
     /// The configuration as given (the standby's own has a short grace).
     config: Arc<Config>,
+    /// The standby's certificates and join secrets, for the leader.
+    carried: crate::server::Carried,
 }
 
 /// A bound coordinator on PostgreSQL, in its standby phase.
@@ -292,8 +294,9 @@ pub(crate) async fn standby(
     // Standing down from standby to leader should not wait for clients.
     let quick = Config { shutdown_grace: Duration::from_millis(100), ..(*config).clone() };
     let view = HaView { status: status.clone(), standby: true };
-    let mut c = Coordinator::assemble(Arc::new(quick), ws, ws_addr, http, Some(view), None)?;
-    c.ha = Some(HaParts { keeper, status, ws: ws_dup, http: http_dup, config });
+    let mut c = Coordinator::assemble(Arc::new(quick), ws, ws_addr, http, Some(view), None, None)?;
+    let carried = c.carried();
+    c.ha = Some(HaParts { keeper, status, ws: ws_dup, http: http_dup, config, carried });
     Ok(c)
 }
 
@@ -338,7 +341,7 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let Some(parts) = standby.ha.take() else { return standby.serve(shutdown).await };
-    let HaParts { keeper, status, ws, http, config } = parts;
+    let HaParts { keeper, status, ws, http, config, carried } = parts;
     let mut shutdown = std::pin::pin!(shutdown.fuse());
     let mut asked = false;
     let mut watching = status.clone();
@@ -358,7 +361,7 @@ pub(crate) async fn run(
         keeper.stop();
         return Ok(());
     }
-    let leader = match lead(config, ws, http, epoch, status.clone()) {
+    let leader = match lead(config, ws, http, epoch, status.clone(), carried) {
         Ok(c) => c,
         Err(e) => {
             keeper.stop();
@@ -385,6 +388,7 @@ fn lead(
     http: Option<std::net::TcpListener>,
     epoch: u64,
     status: watch::Receiver<HaStatus>,
+    carried: crate::server::Carried,
 ) -> Result<Coordinator, StartError> {
     let ws = TcpListener::from_std(ws)
         .map_err(|source| StartError::Bind { addr: config.ws_addr, source })?;
@@ -400,7 +404,7 @@ fn lead(
         None => None,
     };
     let view = HaView { status, standby: false };
-    Coordinator::assemble(config, ws, ws_addr, http, Some(view), Some(epoch))
+    Coordinator::assemble(config, ws, ws_addr, http, Some(view), Some(epoch), Some(carried))
 }
 
 #[cfg(test)]
