@@ -349,3 +349,33 @@ async fn an_operator_certificate_is_served_and_reloaded_on_sighup() {
     assert!(pinned(first).await.is_err(), "the old certificate is gone");
     assert!(c.proc.log().contains("reloaded the TLS certificates"), "{}", c.proc.log());
 }
+
+/// Under systemd (stdout is the journal: `JOURNAL_STREAM` is set) the banner
+/// shows no join token, and `LEGACYGPU_TLS_SAN` names the certificate's
+/// extra addresses, as `--tls-san` does (the unit's environment file).
+#[test]
+fn a_systemd_banner_hides_tokens_and_takes_its_names_from_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["cluster", "start", "--bind", "127.0.0.1:0", "--no-http"];
+    let dir = data.path().to_str().unwrap();
+    let envs = [("JOURNAL_STREAM", "8:12345"), ("LEGACYGPU_TLS_SAN", "coord.example")];
+    let (mut proc, lines) =
+        test_support::Proc::spawn(bin(), &[&args[..], &["--data-dir", dir]].concat(), &envs);
+    let mut banner = Vec::new();
+    loop {
+        let line = lines.recv_timeout(WAIT).expect("the banner, up to `ready`");
+        let done = line.starts_with("ready");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let banner = banner.join("\n");
+    assert!(banner.contains("certificate names:") && banner.contains("coord.example"), "{banner}");
+    assert!(
+        !banner.contains("lgj1-") && !banner.contains("lgc1-"),
+        "a token in the journal: {banner}"
+    );
+    assert!(banner.contains("cluster token show"), "{banner}");
+    proc.terminate();
+}
