@@ -29,6 +29,9 @@ use crate::config::Limits;
 pub(crate) struct Durable {
     /// The last batch committed.
     pub seq: u64,
+    /// The last batch the store's readers see (the store may apply what it
+    /// committed later: `store::Journaled`).
+    pub visible: u64,
     /// Set when the store failed for good: the coordinator must stop.
     pub failed: Option<Arc<str>>,
 }
@@ -117,8 +120,13 @@ impl Observer {
         let max_ops = limits.max_ops_per_commit;
         let writer = Writer::spawn(store, queue, max_ops, move |committed| match committed {
             Ok(c) => {
-                crate::telemetry::store_committed(&recorder, c.took);
-                tx.send_modify(|d| d.seq = d.seq.max(c.seq));
+                if c.ops > 0 {
+                    crate::telemetry::store_committed(&recorder, c.took);
+                }
+                tx.send_modify(|d| {
+                    d.seq = d.seq.max(c.seq);
+                    d.visible = d.visible.max(c.visible);
+                });
             }
             Err(e) => {
                 error!("the store failed: {e}");

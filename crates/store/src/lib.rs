@@ -30,6 +30,7 @@ use std::fmt;
 pub use codes::{AttemptEnd, FailureCode, TaskState, Verdict, VerifyStatus};
 
 mod fold;
+mod journal;
 mod pg;
 mod read;
 mod sqlite;
@@ -38,6 +39,7 @@ mod sqlite_verify;
 mod target;
 mod writer;
 
+pub use journal::Journaled;
 pub use pg::{
     Acquired, CoordinatorSeen, LeaderLease, LeaseState, PgError, PostgresReader, PostgresStore,
     Renewal,
@@ -133,6 +135,19 @@ pub trait Store: Send + 'static {
     fn upkeep(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Whether ops it has made durable are not yet visible to the store's
+    /// readers ([`StoreReader`]): a journaled store ([`Journaled`]) applies
+    /// them to its database in its upkeep.
+    fn behind(&self) -> bool {
+        false
+    }
+
+    /// How soon upkeep is due even if nothing more is written: the writer
+    /// thread wakes for it then. `None` when nothing waits for upkeep.
+    fn upkeep_within(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// What [`Store::load`] returns.
@@ -150,7 +165,7 @@ pub struct Loaded {
 }
 
 /// A submitted task, as accepted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewTask {
     pub id: u64,
     /// `gamer:<id>` or `api`.
@@ -181,14 +196,14 @@ pub struct NewTask {
 }
 
 /// A failure's code and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorRow {
     pub code: FailureCode,
     pub message: String,
 }
 
 /// One change in a task's life. Times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// A task accepted. Inserting an id again starts its rows over, its
     /// replicas' results included.
@@ -308,7 +323,7 @@ pub struct StoredTask {
 }
 
 /// One replica of a verified task, as stored with its task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredReplica {
     /// Its place among the task's replicas (0, 1, …).
     pub replica: u32,
@@ -323,7 +338,7 @@ pub struct StoredReplica {
 }
 
 /// A worker's or credential's reputation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReputationRow {
     /// `worker:<peer id>` or `credential:<digest>`.
     pub subject: String,

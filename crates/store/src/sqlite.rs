@@ -275,6 +275,79 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Applies `ops` as [`Store::write`] does; with `journal`, records in the
+    /// same transaction that the journal's records up to that number are
+    /// applied ([`SqliteStore::journal_applied`]).
+    pub(crate) fn write_applying(
+        &mut self,
+        ops: &[Op],
+        journal: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let stored = self.next_task_id;
+        let keyed_upto = self.keyed_upto;
+        let mut unkeyed = 0;
+        let next_id = in_transaction(&self.conn, |tx| {
+            // Tasks inserted in this batch are written as their final rows.
+            let (folded, taken) = crate::fold::fold_batch(ops);
+            for f in &folded {
+                write_folded(tx, f)?;
+            }
+            let mut next_id = 0;
+            for (i, op) in ops.iter().enumerate() {
+                if !taken[i] {
+                    apply(tx, op)?;
+                }
+                match op {
+                    // An id at or below the keyed ones (never, as ids only
+                    // grow, but then still found by filters) gets its keys now.
+                    Op::Insert(t) if t.id <= keyed_upto => write_keys(tx, t)?,
+                    Op::Insert(_) => unkeyed += 1,
+                    Op::Deleted { ids } => {
+                        let mut keys = tx.prepare_cached("DELETE FROM task_keys WHERE id = ?1")?;
+                        for id in ids {
+                            keys.execute([*id as i64])?;
+                        }
+                    }
+                    _ => {}
+                }
+                match op {
+                    Op::Insert(t) => next_id = next_id.max(t.id + 1),
+                    Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
+                    _ => {}
+                }
+            }
+            if let Some(seq) = journal {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('journal_applied', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([seq as i64])?;
+            }
+            if next_id > stored {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute([next_id as i64])?;
+            }
+            Ok(next_id)
+        })?;
+        self.next_task_id = stored.max(next_id);
+        self.unkeyed += unkeyed;
+        Ok(())
+    }
+
+    /// The last journal record applied to this database (0 before any).
+    pub(crate) fn journal_applied(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'journal_applied'", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.map_or(0, |s| s as u64))
+    }
+}
+
 /// Brings a store at version `from` to [`SCHEMA_VERSION`], in one
 /// transaction. Version 1 had no `peer_task_id` (peers saw the cluster id,
 /// which is what recovery uses for those rows); version 2 no `options` (its
@@ -344,51 +417,7 @@ impl Store for SqliteStore {
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        let stored = self.next_task_id;
-        let keyed_upto = self.keyed_upto;
-        let mut unkeyed = 0;
-        let next_id = in_transaction(&self.conn, |tx| {
-            // Tasks inserted in this batch are written as their final rows.
-            let (folded, taken) = crate::fold::fold_batch(ops);
-            for f in &folded {
-                write_folded(tx, f)?;
-            }
-            let mut next_id = 0;
-            for (i, op) in ops.iter().enumerate() {
-                if !taken[i] {
-                    apply(tx, op)?;
-                }
-                match op {
-                    // An id at or below the keyed ones (never, as ids only
-                    // grow, but then still found by filters) gets its keys now.
-                    Op::Insert(t) if t.id <= keyed_upto => write_keys(tx, t)?,
-                    Op::Insert(_) => unkeyed += 1,
-                    Op::Deleted { ids } => {
-                        let mut keys = tx.prepare_cached("DELETE FROM task_keys WHERE id = ?1")?;
-                        for id in ids {
-                            keys.execute([*id as i64])?;
-                        }
-                    }
-                    _ => {}
-                }
-                match op {
-                    Op::Insert(t) => next_id = next_id.max(t.id + 1),
-                    Op::IdsUsed { next_task_id } => next_id = next_id.max(*next_task_id),
-                    _ => {}
-                }
-            }
-            if next_id > stored {
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('next_task_id', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                )?
-                .execute([next_id as i64])?;
-            }
-            Ok(next_id)
-        })?;
-        self.next_task_id = stored.max(next_id);
-        self.unkeyed += unkeyed;
-        Ok(())
+        self.write_applying(ops, None)
     }
 
     fn upkeep_due(&self) -> bool {
@@ -775,11 +804,12 @@ fn load_attempts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::TaskState;
 
-    fn task(id: u64) -> NewTask {
+    /// A task with every column set (for the journal's tests too).
+    pub(crate) fn task(id: u64) -> NewTask {
         NewTask {
             id,
             owner: "gamer:g1".into(),

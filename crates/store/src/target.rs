@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::{PostgresStore, SqliteStore, Store, StoreError, Sync};
+use crate::{Journaled, PostgresStore, Store, StoreError, Sync};
 
 /// Where the store is, as the operator named it.
 #[derive(Clone, PartialEq, Eq)]
@@ -62,15 +62,16 @@ pub fn open_reader(target: &Target) -> Result<Box<dyn crate::StoreReader>, Store
     })
 }
 
-/// Opens the store `target` names, applying its migrations. `sync` applies
-/// to SQLite; PostgreSQL's durability is the server's (`synchronous_commit`).
+/// Opens the store `target` names, applying its migrations. SQLite is
+/// opened behind its journal ([`crate::Journaled`]); `sync` applies to it.
+/// PostgreSQL's durability is the server's (`synchronous_commit`).
 ///
 /// Blocks (a PostgreSQL connection is made): it may be called from async
 /// code, which it leaves alone by doing its network work on a thread of its
 /// own.
 pub fn open(target: &Target, sync: Sync) -> Result<Box<dyn Store>, StoreError> {
     Ok(match target {
-        Target::Sqlite(dir) => Box::new(SqliteStore::open(dir, sync)?),
+        Target::Sqlite(dir) => Box::new(Journaled::open(dir, sync)?),
         Target::Postgres(url) => Box::new(PostgresStore::connect(url)?),
     })
 }

@@ -16,6 +16,13 @@
 //! their fsyncs) always runs on the writer thread, so that a commit on the
 //! owner's thread stays short.
 //!
+//! A store that applies its commits later ([`Store::behind`]: the journal)
+//! has them durable before its readers see them; each report says both
+//! ([`Committed::seq`], [`Committed::visible`]), and upkeep that makes them
+//! visible is reported too. Such upkeep may be due by a deadline
+//! ([`Store::upkeep_within`]), for which the thread wakes though nothing
+//! else arrives.
+//!
 //! The queue is bounded: [`Writer::send`] never blocks, and a full queue is
 //! reported ([`SendError::Full`]) for the caller to hold its ops back and
 //! try again. A writer that cannot start, or that panics, reports it: a
@@ -26,7 +33,7 @@
 //! ([`StoreError::Fenced`]) reports it and stops at once, and nothing it is
 //! given afterwards is written.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,6 +69,13 @@ struct Shared {
     store: Mutex<Box<dyn Store>>,
     /// Batches queued or being written, not yet reported.
     in_flight: AtomicU64,
+    /// The last batch written and the last one readers see (changed with
+    /// the store's lock held).
+    written: AtomicU64,
+    visible: AtomicU64,
+    /// Whether the writer thread waits with a deadline for the store's
+    /// upkeep (read and written with the store's lock held).
+    timing: AtomicBool,
     on_commit: Box<OnCommit>,
 }
 
@@ -81,12 +95,16 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-/// One group commit that reached the disk.
+/// One group commit that reached the disk, or (with no ops) upkeep that
+/// made earlier commits visible.
 #[derive(Debug, Clone, Copy)]
 pub struct Committed {
-    /// The highest batch number it holds.
+    /// The highest batch number durable.
     pub seq: u64,
-    /// Ops written.
+    /// The highest batch number the store's readers see: `seq`, but for a
+    /// store that applies its commits later ([`Store::behind`]).
+    pub visible: u64,
+    /// Ops written (0 for a report of upkeep).
     pub ops: usize,
     /// Time the transaction took.
     pub took: std::time::Duration,
@@ -107,6 +125,9 @@ impl Writer {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             in_flight: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            visible: AtomicU64::new(0),
+            timing: AtomicBool::new(false),
             on_commit: Box::new(on_commit),
         });
         let on_thread = Arc::clone(&shared);
@@ -152,7 +173,18 @@ impl Writer {
         if self.shared.in_flight.load(Ordering::Acquire) > 0 {
             return self.send(seq, ops);
         }
-        let write = std::panic::AssertUnwindSafe(|| commit(&self.shared, seq, &ops, false));
+        // The writer thread doing the store's upkeep holds it: the batch
+        // waits there rather than this thread.
+        let mut store = match self.shared.store.try_lock() {
+            Ok(store) => store,
+            Err(std::sync::TryLockError::WouldBlock) => return self.send(seq, ops),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                self.tx.take();
+                return Ok(());
+            }
+        };
+        let write =
+            std::panic::AssertUnwindSafe(|| commit_locked(&self.shared, &mut store, seq, &ops));
         let ok = match std::panic::catch_unwind(write) {
             Ok(ok) => ok,
             Err(panic) => {
@@ -165,8 +197,13 @@ impl Writer {
             self.tx.take();
             return Ok(());
         }
-        let due = self.shared.store.lock().is_ok_and(|store| store.upkeep_due());
-        if due && let Some(tx) = &self.tx {
+        // Upkeep due now, or a deadline the writer thread does not yet
+        // wait for: wake it.
+        let wake = store.upkeep_due()
+            || (store.upkeep_within().is_some()
+                && !self.shared.timing.swap(true, Ordering::AcqRel));
+        drop(store);
+        if wake && let Some(tx) = &self.tx {
             // Nothing was in flight, so the queue has room.
             self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
             if tx.try_send(Job::Upkeep).is_err() {
@@ -219,19 +256,31 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
 /// `upkeep`, does the store's upkeep if it is due; false when the write
 /// failed for good.
 fn commit(shared: &Shared, seq: u64, ops: &[Op], upkeep: bool) -> bool {
-    let started = std::time::Instant::now();
     // A panic while the lock was held ended the writer: nothing writes after it.
-    let written = match shared.store.lock() {
-        Ok(mut store) => write_with_retries(store.as_mut(), ops),
-        Err(_) => return false,
-    };
-    match written {
+    let Ok(mut store) = shared.store.lock() else { return false };
+    if !commit_locked(shared, &mut store, seq, ops) {
+        return false;
+    }
+    // After the report, so that no reply waits for it.
+    if upkeep {
+        upkeep_if_due(shared, &mut store);
+    }
+    true
+}
+
+/// Writes `ops` as the commit of batch `seq` and reports it; false when
+/// the write failed for good.
+fn commit_locked(shared: &Shared, store: &mut Box<dyn Store>, seq: u64, ops: &[Op]) -> bool {
+    let started = std::time::Instant::now();
+    match write_with_retries(store.as_mut(), ops) {
         Ok(()) => {
-            (shared.on_commit)(Ok(Committed { seq, ops: ops.len(), took: started.elapsed() }));
-            // After the report, so that no reply waits for it.
-            if upkeep && let Ok(mut store) = shared.store.lock() {
-                upkeep_if_due(store.as_mut());
+            shared.written.store(seq, Ordering::Release);
+            if !store.behind() {
+                shared.visible.store(seq, Ordering::Release);
             }
+            let visible = shared.visible.load(Ordering::Acquire);
+            let took = started.elapsed();
+            (shared.on_commit)(Ok(Committed { seq, visible, ops: ops.len(), took }));
             true
         }
         Err(e) => {
@@ -241,23 +290,58 @@ fn commit(shared: &Shared, seq: u64, ops: &[Op], upkeep: bool) -> bool {
     }
 }
 
-fn upkeep_if_due(store: &mut dyn Store) {
-    if store.upkeep_due()
-        && let Err(e) = store.upkeep()
-    {
+/// Does the store's upkeep if it is due, and reports commits it made
+/// visible.
+fn upkeep_if_due(shared: &Shared, store: &mut Box<dyn Store>) {
+    if !store.upkeep_due() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    if let Err(e) = store.upkeep() {
         tracing::warn!("store upkeep failed (tried again when next due): {e}");
+        return;
+    }
+    let written = shared.written.load(Ordering::Acquire);
+    if !store.behind() && shared.visible.swap(written, Ordering::AcqRel) < written {
+        let took = started.elapsed();
+        (shared.on_commit)(Ok(Committed { seq: written, visible: written, ops: 0, took }));
+    }
+}
+
+/// The next job, waking for the store's upkeep when it is due by a
+/// deadline; `None` once the channel is closed.
+fn next_job(shared: &Shared, rx: &mpsc::Receiver<Job>) -> Option<Job> {
+    loop {
+        let within = match shared.store.lock() {
+            Ok(store) => {
+                let within = store.upkeep_within();
+                shared.timing.store(within.is_some(), Ordering::Release);
+                within
+            }
+            Err(_) => return None,
+        };
+        let Some(within) = within else { return rx.recv().ok() };
+        match rx.recv_timeout(within) {
+            Ok(job) => return Some(job),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(mut store) = shared.store.lock() {
+                    upkeep_if_due(shared, &mut store);
+                }
+            }
+        }
     }
 }
 
 /// Takes batches until the channel closes or a write fails for good.
 fn commit_loop(shared: &Shared, rx: &mpsc::Receiver<Job>, max_ops_per_commit: usize) {
     let mut ops: Vec<Op> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = next_job(shared, rx) {
         let (mut seq, first_ops) = match first {
             Job::Batch { seq, ops } => (seq, ops),
             Job::Upkeep => {
                 if let Ok(mut store) = shared.store.lock() {
-                    upkeep_if_due(store.as_mut());
+                    upkeep_if_due(shared, &mut store);
                 }
                 shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
@@ -285,6 +369,7 @@ fn commit_loop(shared: &Shared, rx: &mpsc::Receiver<Job>, max_ops_per_commit: us
         ops.clear();
     }
 }
+
 fn write_with_retries(store: &mut dyn Store, ops: &[Op]) -> Result<(), StoreError> {
     let mut attempt = 1;
     loop {

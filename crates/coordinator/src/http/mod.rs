@@ -103,11 +103,18 @@ impl Api {
         }
     }
 
-    /// Runs a store read on a blocking thread.
+    /// Runs a store read on a blocking thread, once the store's readers see
+    /// every batch committed when it was asked for: a read shows what was
+    /// acknowledged before it (the journaled store applies its commits to
+    /// the database a few milliseconds later: `store::Journaled`).
     pub async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn store::StoreReader) -> Result<T, store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        let mut durable = self.durable.clone();
+        let committed = durable.borrow().seq;
+        // A failed store is the read's own error to meet.
+        let _ = durable.wait_for(|d| d.visible >= committed || d.failed.is_some()).await;
         match &self.reader {
             Some(reader) => crate::reads::run(reader, read).await,
             None => Err(ApiError::unavailable_because("this coordinator is a standby")),
