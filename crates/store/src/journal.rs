@@ -176,6 +176,11 @@ impl Journaled {
         Ok(())
     }
 
+    /// Whether the ops waiting in the journal are to be applied now.
+    fn apply_due(&self) -> bool {
+        self.pending.len() >= APPLY_OPS || self.since.is_some_and(|t| t.elapsed() >= APPLY_DELAY)
+    }
+
     /// Applies what waits in the journal, and `more` after it, in one
     /// transaction; then empties the journal.
     fn apply(&mut self, more: &[Op]) -> Result<(), StoreError> {
@@ -198,13 +203,6 @@ impl Journaled {
             self.len = 0;
         }
         Ok(())
-    }
-}
-
-impl Journaled {
-    /// Whether the ops waiting in the journal are to be applied now.
-    fn apply_due(&self) -> bool {
-        self.pending.len() >= APPLY_OPS || self.since.is_some_and(|t| t.elapsed() >= APPLY_DELAY)
     }
 }
 
