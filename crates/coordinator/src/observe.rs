@@ -51,6 +51,16 @@ struct StoreSide {
 }
 
 impl StoreSide {
+    /// Commits batch `seq`, kept for the core's thread, there when the core
+    /// is `idle` — unless it `queued` a message and the batch is too large
+    /// for the journal's one `write` — else on the writer thread.
+    fn commit_kept(&mut self, idle: bool, queued: bool, seq: u64, ops: Vec<Op>) {
+        let here = idle && (!queued || ops.len() <= store::JOURNAL_MAX_OPS);
+        let sent =
+            if here { self.writer.commit_here(seq, ops) } else { self.writer.send(seq, ops) };
+        self.sent_numbered(sent);
+    }
+
     /// After handing over a batch whose number was already taken: a full
     /// queue puts its ops back in front of the next batch, whose commit then
     /// covers what was held for this one (held replies wait for a number at
@@ -82,6 +92,9 @@ pub(crate) struct Observer {
     commit_here: bool,
     /// Whether the core has nothing else waiting now.
     idle: bool,
+    /// Whether the core queued a message to a connection since it last
+    /// said it was idle.
+    queued: bool,
     /// Keeps the channel open when there is no store.
     _durable_tx: Option<watch::Sender<Durable>>,
     held: VecDeque<(u64, ConnId, FromCoordinator)>,
@@ -98,6 +111,7 @@ impl Observer {
             durable: rx,
             commit_here: false,
             idle: false,
+            queued: false,
             _durable_tx: Some(tx),
             held: VecDeque::new(),
         }
@@ -148,6 +162,7 @@ impl Observer {
             durable: rx,
             commit_here,
             idle: false,
+            queued: false,
             _durable_tx: None,
             held: VecDeque::new(),
         })
@@ -185,16 +200,18 @@ impl Observer {
     /// once `lazy_marks` have piled up.
     pub fn commit(&mut self) {
         let committed = self.durable.borrow().seq;
+        let here = self.commit_here && self.idle;
+        let queued = self.queued;
         let Some(side) = self.store.as_mut() else { return };
-        // An earlier batch still waiting for the core goes first, in order.
-        if let Some((seq, ops)) = side.deferred.take() {
-            let sent = side.writer.send(seq, ops);
-            side.sent_numbered(sent);
-        }
         let riding = !side.pending.is_empty();
         side.pending.extend(side.marks.take(committed, riding, self.lazy_marks));
         if side.pending.is_empty() {
+            // A batch kept for the core's thread stays for commit_deferred.
             return;
+        }
+        // An earlier batch still waiting for the core goes first, in order.
+        if let Some((seq, ops)) = side.deferred.take() {
+            side.commit_kept(here, queued, seq, ops);
         }
         let ops = std::mem::take(&mut side.pending);
         if self.commit_here && self.idle && side.writer.idle() {
@@ -213,23 +230,29 @@ impl Observer {
     }
 
     /// Commits the batch [`Observer::commit`] kept for the core's thread, if
-    /// any — on the writer thread instead if the core is no longer idle —
-    /// and the replies it holds can be released.
+    /// any — on the writer thread instead if the core is no longer idle, or
+    /// queued a message and the batch is too large for the journal — and the
+    /// replies it holds can be released.
     pub fn commit_deferred(&mut self) {
         let Some(side) = self.store.as_mut() else { return };
         let Some((seq, ops)) = side.deferred.take() else { return };
-        let sent =
-            if self.idle { side.writer.commit_here(seq, ops) } else { side.writer.send(seq, ops) };
-        side.sent_numbered(sent);
+        side.commit_kept(self.idle, self.queued, seq, ops);
     }
 
     /// Tells whether the core has nothing else to do, so that a batch may be
-    /// committed on its thread (see [`Observer::with_store`]). A core that
-    /// queued a message to a connection is not idle: that connection's task
-    /// waits for this thread (tokio runs a task woken from a task next, on the
-    /// same thread), and a commit here would hold the message back.
+    /// committed on its thread (see [`Observer::with_store`]).
     pub fn set_idle(&mut self, idle: bool) {
         self.idle = idle;
+        self.queued = false;
+    }
+
+    /// Tells that the core queued a message to a connection. That
+    /// connection's task waits for this thread (tokio runs a task woken from
+    /// a task next, on the same thread), so only a batch the journal takes
+    /// (one `write`) is still committed here; a larger one, an SQLite
+    /// transaction, would hold the message back.
+    pub fn queued_message(&mut self) {
+        self.queued = true;
     }
 
     /// The highest id reservation the store made durable since the last
@@ -326,9 +349,10 @@ mod tests {
         }
     }
 
-    /// An observer on an SQLite store in `dir`.
+    /// An observer on an SQLite store in `dir`, behind its journal (as the
+    /// coordinator opens it).
     fn on_sqlite(dir: &std::path::Path, commit_here: bool) -> Observer {
-        let db = store::SqliteStore::open(dir, store::Sync::Normal).unwrap();
+        let db = store::Journaled::open(dir, store::Sync::Normal).unwrap();
         let recorder =
             Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
         Observer::with_store(Box::new(db), recorder, &Limits::default(), commit_here).unwrap()
@@ -372,6 +396,44 @@ mod tests {
         obs.record(Op::IdsUsed { next_task_id: 20 });
         obs.commit();
         obs.hold(ConnId(1), reply("result"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.is_empty() {
+            assert!(Instant::now() < deadline, "the batch never committed");
+            out = obs.release();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(reason(&out[0].1), "result");
+        obs.close_store();
+    }
+
+    #[test]
+    fn a_core_that_queued_a_message_still_commits_a_small_batch_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut obs = on_sqlite(dir.path(), true);
+        // A submission: its events are flushed, its acknowledgement held,
+        // the events flushed again (nothing new), then the commands routed
+        // — an assignment queued to a peer that echoes ids.
+        obs.set_idle(true);
+        obs.record(Op::IdsUsed { next_task_id: 10 });
+        obs.commit();
+        obs.hold(ConnId(1), reply("accepted"));
+        obs.commit();
+        obs.queued_message();
+        obs.commit_deferred();
+        // One `write` on this thread: committed before it returned.
+        let out: Vec<String> = obs.release().iter().map(|(_, m)| reason(m).to_owned()).collect();
+        assert_eq!(out, ["accepted"]);
+        // A batch too large for the journal goes to the writer thread, and
+        // is committed there.
+        obs.set_idle(true);
+        for next_task_id in 0..=store::JOURNAL_MAX_OPS as u64 {
+            obs.record(Op::IdsUsed { next_task_id });
+        }
+        obs.commit();
+        obs.hold(ConnId(1), reply("result"));
+        obs.queued_message();
+        obs.commit_deferred();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
         while out.is_empty() {

@@ -49,7 +49,7 @@ pub const APPLY_OPS: usize = 512;
 pub const APPLY_DELAY: Duration = Duration::from_millis(10);
 
 /// A batch with more ops than this goes straight to SQLite.
-const DIRECT_OPS: usize = 64;
+pub const JOURNAL_MAX_OPS: usize = 64;
 
 /// Length, checksum, number.
 const HEADER: usize = 16;
@@ -237,7 +237,7 @@ impl Store for Journaled {
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        if ops.len() > DIRECT_OPS {
+        if ops.len() > JOURNAL_MAX_OPS {
             return self.apply(ops);
         }
         self.append(ops)?;

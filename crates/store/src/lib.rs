@@ -39,7 +39,7 @@ mod sqlite_verify;
 mod target;
 mod writer;
 
-pub use journal::Journaled;
+pub use journal::{JOURNAL_MAX_OPS, Journaled};
 pub use pg::{
     Acquired, CoordinatorSeen, LeaderLease, LeaseState, PgError, PostgresReader, PostgresStore,
     Renewal,

@@ -380,7 +380,7 @@ impl Core {
         let failed = match c.tx.try_send(Outbound::Msg(Box::new(msg))) {
             Ok(()) => {
                 // The connection's task now waits for this thread.
-                self.observer.set_idle(false);
+                self.observer.queued_message();
                 return;
             }
             Err(mpsc::error::TrySendError::Full(out)) => {

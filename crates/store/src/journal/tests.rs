@@ -134,7 +134,7 @@ fn a_large_batch_goes_straight_to_the_database_after_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Journaled::open(dir.path(), Sync::Normal).unwrap();
     store.write(&[Op::Insert(task(1))]).unwrap();
-    let mut ops: Vec<Op> = (2..2 + DIRECT_OPS as u64).map(|id| Op::Insert(task(id))).collect();
+    let mut ops: Vec<Op> = (2..2 + JOURNAL_MAX_OPS as u64).map(|id| Op::Insert(task(id))).collect();
     // After the journal's insert: applied in order.
     ops.push(assigned(1));
     store.write(&ops).unwrap();
@@ -143,7 +143,7 @@ fn a_large_batch_goes_straight_to_the_database_after_the_journal() {
     let reader = SqliteReader::open(dir.path()).unwrap();
     let one = reader.task(1).unwrap().unwrap();
     assert_eq!((one.state, one.attempts.len()), (TaskState::Assigned, 1));
-    assert!(reader.task(1 + DIRECT_OPS as u64).unwrap().is_some());
+    assert!(reader.task(1 + JOURNAL_MAX_OPS as u64).unwrap().is_some());
 }
 
 #[test]
