@@ -348,6 +348,11 @@ pub struct Limits {
     /// The snapshot that reads are served from is published at most this
     /// often (and at once when workers come or go). Default 50 ms.
     pub snapshot_interval: Duration,
+    /// The longest a store read waits for the store's readers to see what
+    /// was acknowledged before it (the journal applies its records to SQLite
+    /// within 10 ms; a store that cannot apply them is read as it is after
+    /// this). Default 2 s.
+    pub max_read_wait: Duration,
 }
 
 impl Default for Limits {
@@ -372,6 +377,7 @@ impl Default for Limits {
             max_dashboard_sessions: 4096,
             bulk_step: 10_000,
             snapshot_interval: Duration::from_millis(50),
+            max_read_wait: Duration::from_secs(2),
         }
     }
 }

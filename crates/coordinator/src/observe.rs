@@ -4,8 +4,9 @@
 //!
 //! Each flush of the core becomes one numbered batch for the store writer:
 //! queued for its thread, or — when the core has no other input waiting,
-//! the writer nothing in flight, and the flush queued no message to a
-//! connection — committed on the core's thread at the end of the flush.
+//! the writer nothing in flight, and either the flush queued no message to
+//! a connection or the batch is small enough for the journal's one `write`
+//! — committed on the core's thread at the end of the flush.
 //! A reply that promises durability — `task_accepted`, a delivered result —
 //! is held until the writer reports that batch committed. A delivery is
 //! marked in the store only *after* it went out, so a crash in between

@@ -113,8 +113,10 @@ impl Api {
     ) -> Result<T, ApiError> {
         let mut durable = self.durable.clone();
         let committed = durable.borrow().seq;
-        // A failed store is the read's own error to meet.
-        let _ = durable.wait_for(|d| d.visible >= committed || d.failed.is_some()).await;
+        // A failed store is the read's own error to meet; one that cannot
+        // apply its journal is read as it is.
+        let visible = durable.wait_for(|d| d.visible >= committed || d.failed.is_some());
+        let _ = tokio::time::timeout(self.config.limits.max_read_wait, visible).await;
         match &self.reader {
             Some(reader) => crate::reads::run(reader, read).await,
             None => Err(ApiError::unavailable_because("this coordinator is a standby")),
