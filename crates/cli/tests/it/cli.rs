@@ -286,7 +286,8 @@ fn a_daemon_starts_reports_and_stops() {
         json_of(&ok(cli(h, &["cluster", "status", "--api-url", &api, "--json"])))["health"]["status"],
         "CRITICAL"
     );
-    ok(cli(h, &["cluster", "stop", "--api-url", &api]));
+    let stopping = json_of(&ok(cli(h, &["cluster", "stop", "--api-url", &api, "--json"])));
+    assert_eq!(stopping["status"], "shutting_down", "{stopping}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(Instant::now() < deadline, "the daemon did not stop");

@@ -330,3 +330,22 @@ fn after_any_crash_the_journal_holds_exactly_what_was_acknowledged() {
         assert_eq!(got.next_task_id, want.next_task_id, "JOURNAL_SEED={seed}");
     }
 }
+
+#[test]
+fn closing_applies_the_journal_so_the_database_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Journaled::open(dir.path(), Sync::Normal).unwrap();
+    store.write(&[Op::Insert(task(1))]).unwrap();
+    let (tx, rx) = mpsc::channel::<Committed>();
+    let writer = Writer::spawn(Box::new(store), 10, 1000, move |c| {
+        let _ = tx.send(c.unwrap());
+    })
+    .unwrap();
+    writer.send(1, vec![assigned(1)]).unwrap();
+    writer.close();
+    assert!(rx.iter().any(|c| c.seq == 1), "the batch was committed");
+    assert!(journal(dir.path()).is_empty(), "applied at close");
+    let reader = SqliteReader::open(dir.path()).unwrap();
+    let one = reader.task(1).unwrap().expect("in the database");
+    assert_eq!(one.state, TaskState::Assigned);
+}
